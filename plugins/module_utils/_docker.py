@@ -1,0 +1,811 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Docker images on the build host's engine, through the ``docker`` SDK.
+
+Four ways to an image, each idempotent by the ``org.bakery.fingerprint`` label:
+
+* ``build``: a Dockerfile build of a context directory;
+* ``import``: a root filesystem tarball (from ``rootfs``) as a base image;
+* ``start`` + ``commit``: a build container that Ansible provisions in between (Packer's docker
+  builder, with Ansible as the provisioner), committed with Dockerfile-like changes;
+* ``push``: the image's tags to a registry.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Iterable
+
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    BAKE_ID_LABEL,
+    FINGERPRINT_LABEL,
+    INPUTS_LABEL,
+    TEMPORARY_LABEL,
+    IgnoreRules,
+    canonical_json,
+    changed_inputs,
+    digest_file,
+    digest_tree,
+    digest_value,
+    fingerprint,
+    parse_inputs,
+)
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+
+try:
+    import docker
+    from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - reported by the module
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = str(_exc)
+    APIError = DockerException = ImageNotFound = NotFound = Exception  # type: ignore[misc,assignment]
+
+TARGET_LABEL = "org.bakery.target"
+ROOTFS_LABEL = "org.bakery.rootfs"
+BUILD_BAKE_ID_LABEL = "org.bakery.bake-id"
+# keeps the build container alive for provisioning; the image's CMD becomes $0, harmlessly
+KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
+# repository[:tag] as Docker accepts it: lowercase path components, optional registry host:port
+_REPOSITORY = re.compile(
+    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_CHANGE_KEYS = ("cmd", "entrypoint", "env", "expose", "user", "workdir", "volumes", "stopsignal")
+
+
+def validate_name(name: str, tags: Iterable[str]) -> None:
+    """Fail early, before anything is created, on names Docker would reject."""
+    if not name or not _REPOSITORY.match(name):
+        raise BakeryError(
+            "invalid image name %r: Docker repository names are lowercase letters, digits and separators "
+            "(. _ -), optionally prefixed by a registry host[:port]/" % name
+        )
+    for tag in tags:
+        if not _TAG.match(str(tag)):
+            raise BakeryError(
+                "invalid image tag %r: up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
+                % tag
+            )
+
+
+def connect(docker_host: str | None, timeout: int) -> Any:
+    if not HAS_DOCKER:
+        raise BakeryError(
+            "the Python 'docker' SDK is required on the build host (pip install docker): %s" % DOCKER_IMPORT_ERROR
+        )
+    try:
+        client = docker.DockerClient(base_url=docker_host or None, timeout=timeout, version="auto")
+        client.ping()
+    except DockerException as exc:
+        raise BakeryError(
+            "cannot reach the Docker engine at %s: %s (is dockerd running and is this user allowed to use it?)"
+            % (docker_host or "the default socket", exc)
+        ) from exc
+    return client
+
+
+def _image(client: Any, ref: str) -> dict[str, Any] | None:
+    try:
+        return client.api.inspect_image(ref)
+    except (ImageNotFound, NotFound):
+        return None
+
+
+def _labels(image: dict[str, Any] | None) -> dict[str, str]:
+    if not image:
+        return {}
+    return (image.get("Config") or {}).get("Labels") or {}
+
+
+def find_by_fingerprint(client: Any, name: str, tags: list[str], fp: str) -> dict[str, Any] | None:
+    """The local image carrying *fp*: preferably the one the first tag names, else any labelled one."""
+    for tag in tags:
+        image = _image(client, "%s:%s" % (name, tag))
+        if image and _labels(image).get(FINGERPRINT_LABEL) == fp:
+            return image
+    matches = client.api.images(filters={"label": "%s=%s" % (FINGERPRINT_LABEL, fp)})
+    for match in matches:
+        image = _image(client, match["Id"])
+        if image:
+            return image
+    return None
+
+
+def previous_inputs(client: Any, name: str, tags: list[str]) -> dict[str, str]:
+    """Inputs of the image the tags point at now (to say what changed)."""
+    for tag in tags:
+        image = _image(client, "%s:%s" % (name, tag))
+        if image:
+            return parse_inputs(_labels(image).get(INPUTS_LABEL))
+    return {}
+
+
+def ensure_tags(client: Any, image_id: str, name: str, tags: list[str], check_mode: bool) -> list[str]:
+    """Point every ``name:tag`` at *image_id*; returns the tags that had to move."""
+    moved = []
+    for tag in tags:
+        current = _image(client, "%s:%s" % (name, tag))
+        if current and current["Id"] == image_id:
+            continue
+        moved.append(tag)
+        if not check_mode:
+            client.api.tag(image_id, name, tag)
+    return moved
+
+
+def image_summary(client: Any, image_id: str, name: str, tags: list[str]) -> dict[str, Any]:
+    image = _image(client, image_id) or {}
+    config = image.get("Config") or {}
+    return {
+        "id": image.get("Id", image_id),
+        "name": name,
+        "tags": ["%s:%s" % (name, tag) for tag in tags],
+        "repo_digests": image.get("RepoDigests") or [],
+        "size": image.get("Size"),
+        "labels": config.get("Labels") or {},
+        "config": {
+            key: config.get(key)
+            for key in ("Cmd", "Entrypoint", "Env", "ExposedPorts", "User", "WorkingDir", "Volumes")
+        },
+    }
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def _from_images(dockerfile_text: str, build_args: dict[str, str]) -> list[str]:
+    """Base images named by FROM lines (ARG defaults and build args substituted, stage names skipped)."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    images: list[str] = []
+    for raw in _logical_lines(dockerfile_text):
+        parts = raw.split()
+        if not parts:
+            continue
+        keyword = parts[0].upper()
+        if keyword == "ARG" and len(parts) > 1 and not images:
+            key, _, value = parts[1].partition("=")
+            args[key] = build_args.get(key, value.strip("\"'"))
+        elif keyword == "FROM":
+            words = [word for word in parts[1:] if not word.startswith("--")]
+            if not words:
+                continue
+            ref = re.sub(
+                r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
+                lambda m: args.get(m.group(1), build_args.get(m.group(1), "")),
+                words[0],
+            )
+            if ref.lower() not in stages and ref.lower() != "scratch":
+                images.append(ref)
+            if len(words) >= 3 and words[1].upper() == "AS":
+                stages.add(words[2].lower())
+    return images
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and not current:
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    if current:
+        lines.append(current)
+    return lines
+
+
+def dockerfile_path(context: str, dockerfile: str | None) -> str:
+    name = dockerfile or "Dockerfile"
+    return name if os.path.isabs(name) else os.path.join(context, name)
+
+
+def build_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
+    """Inputs of a Dockerfile build: context content, Dockerfile, options and the base images' ids."""
+    context = params["context"]
+    if not context or not os.path.isdir(context):
+        raise BakeryError("build context %r is not a directory" % context)
+    path = dockerfile_path(context, params.get("dockerfile"))
+    if not os.path.isfile(path):
+        raise BakeryError("Dockerfile %r not found" % path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    build_args = {k: str(v) for k, v in (params.get("build_args") or {}).items()}
+    bases = {}
+    for ref in _from_images(text, build_args):
+        image = _image(client, ref)
+        bases[ref] = image["Id"] if image else "missing:" + ref
+    rules = IgnoreRules.from_file(os.path.join(context, ".dockerignore"))
+    inputs = dict(params.get("inputs") or {})
+    inputs.update(
+        {
+            "dockerfile": digest_file(path),
+            "context": digest_tree(context, ignore=rules),
+            "base_images": digest_value(bases),
+            "options": digest_value(
+                {
+                    "build_args": build_args,
+                    "stage": params.get("stage"),
+                    "labels": params.get("labels") or {},
+                    "platform": params.get("platform"),
+                    "nocache": params.get("nocache"),
+                }
+            ),
+        }
+    )
+    return inputs
+
+
+def container_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
+    """Inputs of a container bake: the plan's inputs, the base image's id and the commit changes."""
+    inputs = dict(params.get("inputs") or {})
+    if params.get("base_image"):
+        image = _image(client, params["base_image"])
+        if image is None:
+            raise BakeryError(
+                "base image %r not found on the Docker engine (bakery does not pull: build it with the "
+                "'import' action from a rootfs, or load it first)" % params["base_image"]
+            )
+        inputs["base_image"] = image["Id"]
+    elif params.get("rootfs") and "source" not in inputs:
+        inputs["source"] = rootfs_identity(params["rootfs"])
+    inputs["options"] = digest_value(
+        {"changes": params.get("changes") or {}, "labels": params.get("labels") or {}}
+    )
+    return inputs
+
+
+def rootfs_identity(path: str) -> str:
+    """The rootfs's fingerprint from its sidecar, else the tarball's sha256."""
+    from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
+
+    if not os.path.isfile(path):
+        raise BakeryError("rootfs tarball %r not found" % path)
+    sidecar = read_sidecar(path) or {}
+    return str(sidecar.get("fingerprint") or digest_file(path))
+
+
+def final_labels(params: dict[str, Any], fp: str, inputs: dict[str, str]) -> dict[str, str]:
+    labels = {str(k): str(v) for k, v in (params.get("labels") or {}).items()}
+    labels[FINGERPRINT_LABEL] = fp
+    labels[INPUTS_LABEL] = canonical_json(inputs)
+    if params.get("bake_id"):
+        labels[BUILD_BAKE_ID_LABEL] = params["bake_id"]
+    return labels
+
+
+# ---------------------------------------------------------------- build
+
+
+def _build_error(step: str | None, output: list[str], error: dict[str, Any]) -> BakeryError:
+    detail = (error.get("errorDetail") or {}).get("message") or error.get("error") or "unknown error"
+    tail = [line for line in output if line.strip()][-25:]
+    where = "at %s" % step if step else "before the first instruction"
+    msg = "docker build failed %s: %s" % (where, detail.strip())
+    if tail:
+        msg += "\n--- output of the failing instruction (last %d lines) ---\n%s" % (len(tail), "\n".join(tail))
+    return BakeryError(msg, failed_instruction=step, output_lines=tail)
+
+
+def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    name, tags = params["name"], params["tags"]
+    inputs = build_inputs(client, params)
+    fp = fingerprint(inputs)
+    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
+    if result is not None:
+        return result
+    previous = previous_inputs(client, name, tags)
+    started = time.monotonic()
+    context = params["context"]
+    dockerfile = params.get("dockerfile") or "Dockerfile"
+    if os.path.isabs(dockerfile):
+        dockerfile = os.path.relpath(dockerfile, context)
+    kwargs: dict[str, Any] = dict(
+        path=context,
+        dockerfile=dockerfile,
+        tag="%s:%s" % (name, tags[0]),
+        buildargs={k: str(v) for k, v in (params.get("build_args") or {}).items()},
+        labels=final_labels(params, fp, inputs),
+        pull=bool(params.get("pull")),
+        nocache=bool(params.get("nocache")),
+        rm=True,
+        forcerm=True,
+        decode=True,
+    )
+    if params.get("stage"):
+        kwargs["target"] = params["stage"]
+    if params.get("platform"):
+        kwargs["platform"] = params["platform"]
+    step: str | None = None
+    output: list[str] = []
+    image_id = None
+    try:
+        for chunk in client.api.build(**kwargs):
+            if "error" in chunk or "errorDetail" in chunk:
+                raise _build_error(step, output, chunk)
+            text = chunk.get("stream")
+            if text:
+                for line in text.splitlines():
+                    match = re.match(r"^Step (\d+/\d+) : (.*)$", line)
+                    if match:
+                        step = "step %s `%s`" % (match.group(1), match.group(2))
+                        output = []
+                    else:
+                        output.append(line)
+            aux = chunk.get("aux") or {}
+            if aux.get("ID"):
+                image_id = aux["ID"]
+    except APIError as exc:
+        raise BakeryError("docker build failed: %s" % exc.explanation) from exc
+    image = _image(client, image_id or "%s:%s" % (name, tags[0]))
+    if image is None:
+        raise BakeryError("docker build ended without an image")
+    ensure_tags(client, image["Id"], name, tags, False)
+    summary = image_summary(client, image["Id"], name, tags)
+    return dict(
+        changed=True,
+        built=True,
+        image=summary,
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed_inputs(previous, inputs),
+        duration=round(time.monotonic() - started, 3),
+        msg="built %s:%s from %s" % (name, tags[0], params["context"]),
+    )
+
+
+def _unchanged_or_plan(
+    client: Any, params: dict[str, Any], fp: str, inputs: dict[str, str], check_mode: bool
+) -> dict[str, Any] | None:
+    """The result when nothing needs building (or, in check mode, what would be built); else None."""
+    name, tags = params["name"], params["tags"]
+    existing = None if params.get("force") else find_by_fingerprint(client, name, tags, fp)
+    if existing is not None:
+        moved = ensure_tags(client, existing["Id"], name, tags, check_mode)
+        return dict(
+            changed=bool(moved),
+            built=False,
+            found=True,
+            image=image_summary(client, existing["Id"], name, tags),
+            fingerprint=fp,
+            inputs=inputs,
+            changed_inputs=[],
+            msg="%s:%s is up to date (fingerprint %s)%s"
+            % (name, tags[0], fp[:12], "; tagged %s" % ", ".join(moved) if moved else ""),
+        )
+    if check_mode:
+        changed = changed_inputs(previous_inputs(client, name, tags), inputs)
+        reason = "forced" if params.get("force") else "inputs changed: %s" % ", ".join(changed)
+        return dict(
+            changed=True,
+            built=False,
+            found=False,
+            fingerprint=fp,
+            inputs=inputs,
+            changed_inputs=changed,
+            msg="would build %s:%s (%s)" % (name, tags[0], reason),
+        )
+    return None
+
+
+# ---------------------------------------------------------------- import / start / commit
+
+
+def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """A rootfs tarball as an image (a base image of one's own, no registry needed)."""
+    name, tags = params["name"], params["tags"]
+    inputs = dict(params.get("inputs") or {})
+    inputs["source"] = rootfs_identity(params["rootfs"])
+    inputs["options"] = digest_value({"changes": params.get("changes") or {}, "labels": params.get("labels") or {}})
+    fp = fingerprint(inputs)
+    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
+    if result is not None:
+        return result
+    previous = previous_inputs(client, name, tags)
+    started = time.monotonic()
+    changes = dockerfile_changes(params.get("changes") or {}, default_cmd=["bash"])
+    labels = final_labels(params, fp, inputs)
+    labels[ROOTFS_LABEL] = inputs["source"]
+    changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
+    image_id = _import(client, params["rootfs"], name, tags[0], changes)
+    ensure_tags(client, image_id, name, tags, False)
+    return dict(
+        changed=True,
+        built=True,
+        image=image_summary(client, image_id, name, tags),
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed_inputs(previous, inputs),
+        duration=round(time.monotonic() - started, 3),
+        msg="imported %s as %s:%s" % (params["rootfs"], name, tags[0]),
+    )
+
+
+def _quote(value: str) -> str:
+    return canonical_json(str(value))
+
+
+def _import(client: Any, tarball: str, repository: str, tag: str, changes: list[str]) -> str:
+    try:
+        with open(tarball, "rb") as handle:
+            reply = client.api.import_image_from_data(handle, repository=repository, tag=tag, changes=changes)
+    except APIError as exc:
+        raise BakeryError("docker import of %s failed: %s" % (tarball, exc.explanation)) from exc
+    text = reply if isinstance(reply, str) else str(reply)
+    image = _image(client, "%s:%s" % (repository, tag))
+    if image is None:
+        raise BakeryError("docker import of %s produced no image: %s" % (tarball, text[-500:]))
+    return image["Id"]
+
+
+def dockerfile_changes(changes: dict[str, Any], default_cmd: list[str] | None = None) -> list[str]:
+    """``changes`` as Dockerfile instructions, for ``docker import``."""
+    lines = []
+    if changes.get("entrypoint") is not None:
+        lines.append("ENTRYPOINT %s" % canonical_json(list(changes["entrypoint"])))
+    cmd = changes.get("cmd") if changes.get("cmd") is not None else default_cmd
+    if cmd is not None:
+        lines.append("CMD %s" % canonical_json(list(cmd)))
+    for key, value in sorted((changes.get("env") or {}).items()):
+        lines.append("ENV %s=%s" % (key, _quote(value)))
+    for port in changes.get("expose") or []:
+        lines.append("EXPOSE %s" % port)
+    if changes.get("user"):
+        lines.append("USER %s" % changes["user"])
+    if changes.get("workdir"):
+        lines.append("WORKDIR %s" % changes["workdir"])
+    for volume in changes.get("volumes") or []:
+        lines.append("VOLUME %s" % canonical_json([volume]))
+    if changes.get("stopsignal"):
+        lines.append("STOPSIGNAL %s" % changes["stopsignal"])
+    return lines
+
+
+def rootfs_base_image(client: Any, rootfs: str) -> str:
+    """The image made from a rootfs tarball, imported once and reused (label org.bakery.rootfs)."""
+    identity = rootfs_identity(rootfs)
+    found = client.api.images(filters={"label": "%s=%s" % (ROOTFS_LABEL, identity)})
+    if found:
+        return found[0]["Id"]
+    return _import(
+        client,
+        rootfs,
+        "bakery-rootfs",
+        identity[:12],
+        ['CMD ["bash"]', "LABEL %s=%s" % (ROOTFS_LABEL, identity)],
+    )
+
+
+def container_name(bake_id: str | None, target: str | None) -> str:
+    raw = "bakery-%s-%s" % (bake_id or time.strftime("%Y%m%d%H%M%S"), target or "build")
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:120]
+
+
+def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Start a build container (unless an image with the fingerprint exists) for Ansible to provision."""
+    name, tags = params["name"], params["tags"]
+    if not params.get("base_image") and not params.get("rootfs"):
+        raise BakeryError("a container bake needs base_image or rootfs")
+    inputs = container_inputs(client, params)
+    fp = fingerprint(inputs)
+    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
+    if result is not None:
+        return result
+    base = params.get("base_image") or rootfs_base_image(client, params["rootfs"])
+    labels = {
+        BAKE_ID_LABEL: params.get("bake_id") or "",
+        TEMPORARY_LABEL: "true",
+        TARGET_LABEL: params.get("target") or name,
+    }
+    cname = params.get("container_name") or container_name(params.get("bake_id"), params.get("target"))
+    # Docker's commit fills empty config fields from the container's, so the container keeps the base
+    # image's Cmd, WorkingDir and User (root is forced only when the base image runs as someone else).
+    base_user = ((_image(client, base) or {}).get("Config") or {}).get("User") or ""
+    run_as = "0" if base_user not in ("", "0", "root") else None
+    with Steps() as steps:
+
+        def create() -> str:
+            try:
+                created = client.api.create_container(
+                    base,
+                    entrypoint=KEEPALIVE,
+                    user=run_as,
+                    labels=labels,
+                    name=cname,
+                    detach=True,
+                    host_config=client.api.create_host_config(init=False),
+                )
+            except APIError as exc:
+                raise BakeryError("cannot create build container %s: %s" % (cname, exc.explanation)) from exc
+            return created["Id"]
+
+        cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        try:
+            steps.run("start container", lambda: client.api.start(cid))
+        except APIError as exc:
+            raise BakeryError("cannot start build container %s: %s" % (cname, exc.explanation)) from exc
+        _wait_running(client, cid)
+    base_image = _image(client, base) or {}
+    return dict(
+        changed=True,
+        built=False,
+        found=False,
+        container={"id": cid, "name": cname, "base_image": base_image.get("Id", base)},
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed_inputs(previous_inputs(client, name, tags), inputs),
+        msg="started build container %s from %s" % (cname, base),
+    )
+
+
+def _wait_running(client: Any, cid: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.api.inspect_container(cid)["State"]
+        if state.get("Running"):
+            return
+        if state.get("Status") in ("exited", "dead") or time.monotonic() > deadline:
+            logs = client.api.logs(cid, tail=20).decode("utf-8", "replace")
+            raise BakeryError("build container %s did not stay running (%s): %s" % (cid[:12], state, logs))
+        time.sleep(0.2)
+
+
+def _remove(client: Any, cid: str) -> None:
+    try:
+        client.api.remove_container(cid, force=True, v=True)
+    except (NotFound, ImageNotFound):
+        pass
+
+
+def commit_config(base: dict[str, Any], changes: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The committed image's config: the base image's, with *changes* applied as a Dockerfile would.
+
+    The build container ran a keep-alive entrypoint (perhaps as root), so Entrypoint, Cmd and User are
+    always set explicitly; as in a Dockerfile, a new ENTRYPOINT resets the base's CMD.
+    """
+    config = dict(base.get("Config") or {})
+    entrypoint = config.get("Entrypoint") or []
+    cmd = config.get("Cmd") or []
+    if changes.get("entrypoint") is not None:
+        entrypoint = list(changes["entrypoint"])
+        cmd = []
+    if changes.get("cmd") is not None:
+        cmd = list(changes["cmd"])
+    env = dict(item.split("=", 1) if "=" in item else (item, "") for item in config.get("Env") or [])
+    env.update({str(k): str(v) for k, v in (changes.get("env") or {}).items()})
+    ports = dict(config.get("ExposedPorts") or {})
+    for port in changes.get("expose") or []:
+        port = str(port)
+        ports[port if "/" in port else port + "/tcp"] = {}
+    volumes = dict(config.get("Volumes") or {})
+    for volume in changes.get("volumes") or []:
+        volumes[str(volume)] = {}
+    all_labels = dict(config.get("Labels") or {})
+    all_labels.update(labels)
+    # Docker's commit also copies the build container's labels; the image is not temporary
+    all_labels[TEMPORARY_LABEL] = "false"
+    conf: dict[str, Any] = {
+        "Entrypoint": entrypoint,
+        "Cmd": cmd,
+        "Env": ["%s=%s" % item for item in env.items()],
+        "ExposedPorts": ports,
+        "Volumes": volumes or None,
+        "User": changes.get("user") if changes.get("user") is not None else config.get("User") or "",
+        "WorkingDir": changes.get("workdir")
+        if changes.get("workdir") is not None
+        else config.get("WorkingDir") or "",
+        "Labels": all_labels,
+    }
+    if changes.get("stopsignal"):
+        conf["StopSignal"] = changes["stopsignal"]
+    elif config.get("StopSignal"):
+        conf["StopSignal"] = config["StopSignal"]
+    return conf
+
+
+def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Commit the provisioned build container as the final image; the container always goes."""
+    name, tags = params["name"], params["tags"]
+    cid = params.get("container")
+    if not cid:
+        raise BakeryError("commit needs the build container (container=...)")
+    try:
+        container = client.api.inspect_container(cid)
+    except NotFound as exc:
+        raise BakeryError("build container %s not found (was it removed?)" % cid) from exc
+    inputs = container_inputs(client, params)
+    fp = fingerprint(inputs)
+    if check_mode:
+        return dict(changed=True, fingerprint=fp, inputs=inputs, msg="would commit %s as %s" % (cid, name))
+    previous = previous_inputs(client, name, tags)
+    started = time.monotonic()
+    base = _image(client, container["Image"]) or {}
+    with Steps() as steps:
+        steps.add_undo("remove build container", lambda: _remove(client, cid), always=True)
+        conf = commit_config(base, params.get("changes") or {}, final_labels(params, fp, inputs))
+        try:
+            reply = steps.run(
+                "commit",
+                lambda: client.api.commit(cid, conf=conf, message="bakery %s" % (params.get("bake_id") or "")),
+            )
+        except APIError as exc:
+            raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
+        image_id = reply["Id"]
+        _check_committed(client, image_id, conf)
+        ensure_tags(client, image_id, name, tags, False)
+    return dict(
+        changed=True,
+        built=True,
+        image=image_summary(client, image_id, name, tags),
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed_inputs(previous, inputs),
+        duration=round(time.monotonic() - started, 3),
+        msg="committed %s as %s:%s" % (container.get("Name", cid).lstrip("/"), name, tags[0]),
+    )
+
+
+def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:
+    """Docker's commit merges the container's config into empty fields; make sure ours won."""
+    got = (_image(client, image_id) or {}).get("Config") or {}
+    if (got.get("Entrypoint") or []) != conf["Entrypoint"] or (got.get("Cmd") or []) != conf["Cmd"]:
+        raise BakeryError(
+            "committed image has Entrypoint=%s Cmd=%s, expected Entrypoint=%s Cmd=%s"
+            % (got.get("Entrypoint"), got.get("Cmd"), conf["Entrypoint"], conf["Cmd"])
+        )
+
+
+def remove(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Remove build containers: the one named, or every temporary one of a bake."""
+    ids: list[str] = []
+    if params.get("container"):
+        try:
+            ids.append(client.api.inspect_container(params["container"])["Id"])
+        except NotFound:
+            pass
+    if params.get("bake_id"):
+        filters = {"label": ["%s=%s" % (BAKE_ID_LABEL, params["bake_id"]), "%s=true" % TEMPORARY_LABEL]}
+        ids.extend(c["Id"] for c in client.api.containers(all=True, filters=filters) if c["Id"] not in ids)
+    if not check_mode:
+        for cid in ids:
+            _remove(client, cid)
+    return dict(changed=bool(ids), removed=ids, msg="removed %d build container(s)" % len(ids))
+
+
+def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Look for an image with the container bake's fingerprint; never changes anything."""
+    name, tags = params["name"], params["tags"]
+    if params.get("context"):
+        inputs = build_inputs(client, params)
+    else:
+        inputs = container_inputs(client, params)
+    fp = fingerprint(inputs)
+    existing = None if params.get("force") else find_by_fingerprint(client, name, tags, fp)
+    changed = [] if existing else changed_inputs(previous_inputs(client, name, tags), inputs)
+    if existing:
+        msg = "%s is up to date (fingerprint %s)" % (name, fp[:12])
+    elif params.get("force"):
+        msg = "%s will be rebuilt: forced" % name
+    else:
+        msg = "%s must be built: inputs changed: %s" % (name, ", ".join(changed))
+    return dict(
+        changed=False,
+        found=existing is not None,
+        image=image_summary(client, existing["Id"], name, tags) if existing else None,
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed,
+        msg=msg,
+    )
+
+
+# ---------------------------------------------------------------- push
+
+
+def _auth(params: dict[str, Any]) -> dict[str, str] | None:
+    registry = params.get("registry") or {}
+    if registry.get("username"):
+        return {"username": registry["username"], "password": registry.get("password") or ""}
+    return None
+
+
+def push(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Push every tag; a tag whose registry digest already matches the local image is left alone."""
+    name, tags = params["name"], params["tags"]
+    image = _image(client, "%s:%s" % (name, tags[0]))
+    if image is None:
+        raise BakeryError("cannot push %s:%s: no such image" % (name, tags[0]))
+    auth = _auth(params)
+    pushed, up_to_date = [], []
+    for tag in tags:
+        ref = "%s:%s" % (name, tag)
+        if _registry_has(client, ref, name, image, auth):
+            up_to_date.append(ref)
+            continue
+        pushed.append(ref)
+        if check_mode:
+            continue
+        last_error = None
+        for attempt in range(3):
+            last_error = _push_once(client, name, tag, auth)
+            if last_error is None:
+                break
+            time.sleep(1 + attempt)
+        if last_error is not None:
+            raise BakeryError("push of %s failed: %s" % (ref, last_error))
+    image = _image(client, image["Id"]) or image
+    return dict(
+        changed=bool(pushed),
+        pushed=pushed,
+        up_to_date=up_to_date,
+        repo_digests=image.get("RepoDigests") or [],
+        msg="pushed %s" % ", ".join(pushed) if pushed else "registry already has %s" % ", ".join(up_to_date),
+    )
+
+
+def _push_once(client: Any, name: str, tag: str, auth: dict[str, str] | None) -> str | None:
+    try:
+        for chunk in client.api.push(name, tag=tag, auth_config=auth, stream=True, decode=True):
+            if "error" in chunk:
+                return (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+    except APIError as exc:
+        return str(exc.explanation)
+    return None
+
+
+def _registry_has(client: Any, ref: str, name: str, image: dict[str, Any], auth: dict[str, str] | None) -> bool:
+    try:
+        remote = client.api.inspect_distribution(ref, auth_config=auth)
+    except (APIError, NotFound):
+        return False
+    digest = (remote.get("Descriptor") or {}).get("digest")
+    return bool(digest) and "%s@%s" % (name, digest) in (image.get("RepoDigests") or [])
+
+
+ACTIONS = {
+    "build": build,
+    "import": import_rootfs,
+    "find": find,
+    "start": start,
+    "commit": commit,
+    "remove": remove,
+    "push": push,
+}
+
+
+def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Entry point of the docker_image_build module."""
+    action = params["action"]
+    tags = [str(tag) for tag in (params.get("tags") or ["latest"])]
+    params = dict(params, tags=tags)
+    if action not in ("remove",):
+        validate_name(params.get("name") or "", tags)
+    if action == "build" and not params.get("context"):
+        raise BakeryError("action=build needs context (the directory holding the Dockerfile)")
+    if action == "import" and not params.get("rootfs"):
+        raise BakeryError("action=import needs rootfs (a tarball made by bakery.images.rootfs)")
+    changes = params.get("changes") or {}
+    unknown = sorted(set(changes) - set(_CHANGE_KEYS))
+    if unknown:
+        raise BakeryError("unknown key(s) in changes: %s (known: %s)" % (", ".join(unknown), ", ".join(_CHANGE_KEYS)))
+    client = connect(params.get("docker_host"), params.get("timeout") or 600)
+    try:
+        result = ACTIONS[action](client, params, check_mode)
+        if params.get("push") and action in ("build", "import", "commit") and result.get("image"):
+            pushed = push(client, params, check_mode)
+            result["push"] = pushed
+            result["changed"] = result["changed"] or pushed["changed"]
+            result["image"] = image_summary(client, result["image"]["id"], params["name"], tags)
+        return result
+    finally:
+        client.close()

@@ -1,0 +1,357 @@
+#!/usr/bin/python
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: docker_image_build
+short_description: Build, import, commit and push Docker images, idempotent by fingerprint
+version_added: 0.1.0
+description:
+  - Makes Docker images on the build host's Docker engine through the Docker SDK for Python.
+  - C(action=build) builds a Dockerfile context; C(action=import) turns a root filesystem tarball made by
+    M(bakery.images.rootfs) into a base image; C(action=start) starts a build container that a later play
+    provisions over the C(community.docker.docker_api) connection, and C(action=commit) commits it with
+    Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
+    C(action=find) only reports whether the image is up to date; C(action=remove) removes build containers.
+  - Every image carries the label C(org.bakery.fingerprint), a sha256 over everything that decides it
+    (context content, Dockerfile, build options, base image ids, the bake's inputs). An image with the
+    same fingerprint is not rebuilt; O(force=true) rebuilds. The label C(org.bakery.inputs) keeps the
+    digests of the single inputs so that a rebuild can say which input changed.
+  - Build containers are labelled C(bakery-bake-id=<bake id>) and C(bakery-temporary=true), and are removed
+    after a commit, also when it fails.
+author:
+  - bakery maintainers (@bakery-images)
+requirements:
+  - docker (Python SDK) >= 7.0 on the build host
+  - a Docker engine (API 1.41 or later)
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would be built and which input changed; creates nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    description: Same inputs give the same fingerprint; an existing image with it is reused.
+options:
+  action:
+    description: What to do.
+    type: str
+    choices: [build, import, find, start, commit, remove, push]
+    default: build
+  name:
+    description:
+      - Image repository, optionally with a registry host, for example V(bakery/example-web) or
+        V(127.0.0.1:5000/team/app). Required for every action but V(remove).
+    type: str
+  tags:
+    description: Tags to give the image; the first one is the main tag. All are pushed with O(push=true).
+    type: list
+    elements: str
+    default: [latest]
+  inputs:
+    description:
+      - Input digests computed by the bake plan (source, provisioning roles, variables). They are part of
+        the fingerprint, together with what the module computes itself.
+    type: dict
+    default: {}
+  force:
+    description: Build even when an image with the same fingerprint exists.
+    type: bool
+    default: false
+  bake_id:
+    description: Id of the bake; labels build containers and final images.
+    type: str
+  target:
+    description: Name of the bake target, used in build container names and labels.
+    type: str
+  context:
+    description: Build context directory (V(build)).
+    type: path
+  dockerfile:
+    description: Dockerfile, relative to O(context) or absolute.
+    type: str
+    default: Dockerfile
+  build_args:
+    description: Build arguments (C(ARG)).
+    type: dict
+    default: {}
+  build_target:
+    description: Stage to build in a multi-stage Dockerfile.
+    type: str
+  labels:
+    description: Labels to put on the image.
+    type: dict
+    default: {}
+  pull:
+    description: Pull newer base images while building. Needs a reachable registry.
+    type: bool
+    default: false
+  nocache:
+    description: Do not use the build cache.
+    type: bool
+    default: false
+  platform:
+    description: Platform to build for, for example V(linux/amd64).
+    type: str
+  rootfs:
+    description: Root filesystem tarball for V(import), or for V(start) when O(base_image) is not given.
+    type: path
+  base_image:
+    description: Image the build container of V(start) runs (it must exist on the engine; nothing is pulled).
+    type: str
+  container:
+    description: Build container id or name for V(commit) and V(remove).
+    type: str
+  container_name:
+    description: Name for the build container of V(start); default C(bakery-<bake_id>-<target>).
+    type: str
+  changes:
+    description:
+      - Changes applied to the image config by V(commit) and V(import), as Dockerfile instructions would.
+        Unset keys keep the base image's values; as in a Dockerfile, a new O(changes.entrypoint) resets the
+        base image's CMD.
+    type: dict
+    default: {}
+    suboptions:
+      cmd:
+        description: CMD, exec form.
+        type: list
+        elements: str
+      entrypoint:
+        description: ENTRYPOINT, exec form.
+        type: list
+        elements: str
+      env:
+        description: Environment variables to set.
+        type: dict
+      expose:
+        description: Ports to expose, V(80) or V(53/udp).
+        type: list
+        elements: str
+      user:
+        description: USER.
+        type: str
+      workdir:
+        description: WORKDIR.
+        type: str
+      volumes:
+        description: VOLUME paths.
+        type: list
+        elements: str
+      stopsignal:
+        description: STOPSIGNAL.
+        type: str
+  push:
+    description: Push every tag after V(build), V(import) or V(commit). Tags the registry already has are skipped.
+    type: bool
+    default: false
+  registry:
+    description: Credentials for the registry O(name) points at.
+    type: dict
+    suboptions:
+      username:
+        description: Registry user.
+        type: str
+      password:
+        description: Registry password or token.
+        type: str
+  docker_host:
+    description: Docker engine URL. Defaults to E(DOCKER_HOST), else the local socket.
+    type: str
+  timeout:
+    description: Seconds to wait for a Docker API call.
+    type: int
+    default: 600
+seealso:
+  - module: bakery.images.rootfs
+  - name: Docker builder reference
+    description: The Dockerfile instructions the build understands.
+    link: https://docs.docker.com/reference/dockerfile/
+"""
+
+EXAMPLES = r"""
+- name: Turn a bakery rootfs into the base image bakery/debian:bookworm
+  bakery.images.docker_image_build:
+    action: import
+    rootfs: /srv/bakery/rootfs/bookworm.tar
+    name: bakery/debian
+    tags: [bookworm]
+
+- name: Build a Dockerfile context
+  bakery.images.docker_image_build:
+    context: ./web
+    name: registry.example.org/team/web
+    tags: ["1.2.0", latest]
+    build_args:
+      VERSION: 1.2.0
+    push: true
+    registry:
+      username: ci
+      password: "{{ registry_token }}"
+
+- name: Start a build container from a base image
+  bakery.images.docker_image_build:
+    action: start
+    name: bakery/example-web
+    base_image: bakery/debian:bookworm
+    bake_id: "{{ bake_id }}"
+  register: launch
+
+- name: Commit it once provisioned
+  bakery.images.docker_image_build:
+    action: commit
+    name: bakery/example-web
+    base_image: bakery/debian:bookworm
+    container: "{{ launch.container.id }}"
+    changes:
+      cmd: [/usr/sbin/nginx]
+      expose: ["80"]
+  when: launch.container is defined
+"""
+
+RETURN = r"""
+image:
+  description: The image, when there is one.
+  returned: when an image was built, found or committed
+  type: dict
+  contains:
+    id:
+      description: Image id.
+      type: str
+      sample: sha256:4c1f...
+    tags:
+      description: C(name:tag) references.
+      type: list
+      elements: str
+    repo_digests:
+      description: Registry digests after a push.
+      type: list
+      elements: str
+    size:
+      description: Size in bytes.
+      type: int
+    labels:
+      description: Image labels, fingerprint included.
+      type: dict
+    config:
+      description: Cmd, Entrypoint, Env, ExposedPorts, User, WorkingDir and Volumes of the image.
+      type: dict
+found:
+  description: Whether an image with the fingerprint already existed.
+  returned: for build, import, find and start
+  type: bool
+built:
+  description: Whether this run made the image.
+  returned: for build, import, start and commit
+  type: bool
+container:
+  description: The build container started by V(start) (id, name, base_image).
+  returned: when a build container was started
+  type: dict
+fingerprint:
+  description: The image's fingerprint.
+  returned: except for remove and push
+  type: str
+inputs:
+  description: The digests the fingerprint was computed from.
+  returned: except for remove and push
+  type: dict
+changed_inputs:
+  description: Names of the inputs that differ from the image the tags pointed at before.
+  returned: except for remove and push
+  type: list
+  elements: str
+removed:
+  description: Ids of removed build containers.
+  returned: for remove
+  type: list
+  elements: str
+push:
+  description: Result of the push (pushed, up_to_date, repo_digests).
+  returned: when O(push=true)
+  type: dict
+duration:
+  description: Seconds the build, import or commit took.
+  returned: when something was built
+  type: float
+msg:
+  description: What happened, in one line.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible_collections.bakery.images.plugins.module_utils import _docker, _module
+
+CHANGES = dict(
+    cmd=dict(type="list", elements="str"),
+    entrypoint=dict(type="list", elements="str"),
+    env=dict(type="dict"),
+    expose=dict(type="list", elements="str"),
+    user=dict(type="str"),
+    workdir=dict(type="str"),
+    volumes=dict(type="list", elements="str"),
+    stopsignal=dict(type="str"),
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", default="build", choices=sorted(_docker.ACTIONS)),
+            name=dict(type="str"),
+            tags=dict(type="list", elements="str", default=["latest"]),
+            inputs=dict(type="dict", default={}),
+            force=dict(type="bool", default=False),
+            bake_id=dict(type="str"),
+            target=dict(type="str"),
+            context=dict(type="path"),
+            dockerfile=dict(type="str", default="Dockerfile"),
+            build_args=dict(type="dict", default={}),
+            build_target=dict(type="str"),
+            labels=dict(type="dict", default={}),
+            pull=dict(type="bool", default=False),
+            nocache=dict(type="bool", default=False),
+            platform=dict(type="str"),
+            rootfs=dict(type="path"),
+            base_image=dict(type="str"),
+            container=dict(type="str"),
+            container_name=dict(type="str"),
+            changes=dict(type="dict", default={}, options=CHANGES),
+            push=dict(type="bool", default=False),
+            registry=dict(
+                type="dict",
+                options=dict(username=dict(type="str"), password=dict(type="str", no_log=True)),
+            ),
+            docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
+            timeout=dict(type="int", default=600),
+        ),
+        required_if=[
+            ("action", "build", ["name", "context"]),
+            ("action", "import", ["name", "rootfs"]),
+            ("action", "find", ["name"]),
+            ("action", "start", ["name"]),
+            ("action", "commit", ["name", "container"]),
+            ("action", "push", ["name"]),
+        ],
+        mutually_exclusive=[("base_image", "rootfs")],
+        supports_check_mode=True,
+    )
+
+    def action(mod: AnsibleModule) -> dict:
+        params = dict(mod.params)
+        params["target"] = params.get("target")
+        params["stage"] = params.pop("build_target")
+        changes = {k: v for k, v in (params.get("changes") or {}).items() if v is not None}
+        params["changes"] = changes
+        return _docker.run_action(params, mod.check_mode)
+
+    _module.run(module, action)
+
+
+if __name__ == "__main__":
+    main()
