@@ -1,0 +1,126 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of the bake plan: resolves roles and target specs, then calls module_utils._plan."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
+from ansible_collections.bakery.images.plugins.module_utils import _plan
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_tree, digest_value
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+ROLES_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "roles"))
+
+
+def target_spec(kind: str) -> dict[str, Any]:
+    """The options a target of *kind* takes: ``bakery_target.options`` of the target role's spec."""
+    path = os.path.join(ROLES_DIR, kind, "meta", "argument_specs.yml")
+    with open(path, encoding="utf-8") as handle:
+        specs = yaml.safe_load(handle)["argument_specs"]
+    return specs["main"]["options"]["bakery_target"]["options"]["options"]["options"]
+
+
+def validate_target(kind: str, options: Any, where: str) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        raise BakeryError("%s must be a dictionary of %s target options" % (where, kind))
+    spec = _strip_docs(target_spec(kind))
+    result = ArgumentSpecValidator(spec).validate(options)
+    if result.error_messages:
+        raise BakeryError("%s: %s" % (where, "; ".join(result.error_messages)))
+    return result.validated_parameters
+
+
+def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
+    """Role specs carry descriptions; the validator wants only the argument spec keys."""
+    keep = ("type", "elements", "default", "choices", "required", "no_log", "aliases", "mutually_exclusive")
+    out = {}
+    for name, option in spec.items():
+        entry = {key: option[key] for key in keep if key in option}
+        if "options" in option:
+            entry["options"] = _strip_docs(option["options"])
+        out[name] = entry
+    return out
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("bake", "only", "except", "force", "bake_id"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        bake = args.get("bake")
+        if not isinstance(bake, dict):
+            raise AnsibleActionFail("bake must be a dictionary (the bake definition)")
+        playbook_dir = task_vars.get("playbook_dir") or os.getcwd()
+        collections = task_vars.get("ansible_collection_name")
+        cache: dict[str, str] = {}
+
+        def role_digest(name: str) -> str:
+            if name not in cache:
+                cache[name] = self._role_digest(name, playbook_dir, collections, set())
+            return cache[name]
+
+        try:
+            plan = _plan.make_plan(
+                bake,
+                validate_target=validate_target,
+                role_digest=role_digest,
+                cwd=os.getcwd(),
+                only=args.get("only"),
+                except_=args.get("except"),
+                force=args.get("force", False),
+                bake_id=args.get("bake_id"),
+            )
+        except BakeryError as exc:
+            raise AnsibleActionFail(exc.msg) from None
+        result.update(changed=False, plan=plan)
+        result["msg"] = "bake %s (%s): %d target(s): %s" % (
+            plan["name"],
+            plan["bake_id"],
+            len(plan["targets"]),
+            ", ".join("%s (%s)" % (t["name"], t["type"]) for t in plan["targets"]) or "none selected",
+        )
+        return result
+
+    def _role_path(self, name: str, playbook_dir: str) -> str:
+        if name.count(".") >= 2:
+            found = _get_collection_role_path(name)
+            if found:
+                return found[1]
+            raise BakeryError("provisioner role %r not found in any installed collection" % name)
+        from ansible import constants as C
+
+        for base in [os.path.join(playbook_dir, "roles"), *C.DEFAULT_ROLES_PATH, playbook_dir]:
+            candidate = os.path.join(os.path.expanduser(base), name)
+            if os.path.isdir(candidate):
+                return candidate
+        raise BakeryError(
+            "provisioner role %r not found (looked in %s/roles and the roles path %s)"
+            % (name, playbook_dir, ":".join(C.DEFAULT_ROLES_PATH))
+        )
+
+    def _role_digest(self, name: str, playbook_dir: str, collections: Any, seen: set[str]) -> str:
+        """Content digest of a role and, recursively, of the roles it depends on."""
+        if name in seen:
+            return "cycle"
+        seen.add(name)
+        path = self._role_path(name, playbook_dir)
+        parts = {"content": digest_tree(path)}
+        meta = os.path.join(path, "meta", "main.yml")
+        if os.path.isfile(meta):
+            with open(meta, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+            for dep in data.get("dependencies") or []:
+                dep_name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
+                if isinstance(dep_name, str) and "{{" not in dep_name:
+                    parts["dep:" + dep_name] = self._role_digest(dep_name, playbook_dir, collections, seen)
+        return digest_value(parts)

@@ -1,0 +1,138 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The bake manifest (``bake-manifest.json``) and the artifact summary printed at the end of a bake.
+
+The manifest holds one entry per target. It is deterministic: an artifact that was not rebuilt keeps
+the bake id and build time of the bake that made it, so a bake that changes nothing rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+MANIFEST_VERSION = 1
+
+
+def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of a Docker target from the docker_image_build result that made or found it."""
+    image = result.get("image") or {}
+    labels = image.get("labels") or {}
+    built = bool(result.get("built"))
+    entry: dict[str, Any] = {
+        "target": target["name"],
+        "type": "docker",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("id"),
+        "name": target["options"]["repository"],
+        "tags": image.get("tags") or [],
+        "repo_digests": sorted(image.get("repo_digests") or []),
+        "size": image.get("size"),
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": labels.get("org.bakery.bake-id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+    return entry
+
+
+def _previous_entries(previous: Any) -> dict[str, dict]:
+    if isinstance(previous, str):
+        try:
+            previous = json.loads(previous) if previous.strip() else {}
+        except ValueError:
+            previous = {}
+    if not isinstance(previous, dict):
+        return {}
+    return {a.get("target"): a for a in previous.get("artifacts") or [] if isinstance(a, dict)}
+
+
+def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous: Any = None) -> dict:
+    """The new manifest: this run's artifacts, plus earlier entries of targets this run did not bake."""
+    entries = _previous_entries(previous)
+    for result in results:
+        artifact = result.get("artifact")
+        if not artifact or artifact.get("status") == "would build":
+            continue
+        entry = {key: value for key, value in artifact.items() if key not in ("status", "changed_inputs")}
+        old = entries.get(entry["target"])
+        if artifact.get("status") == "unchanged" and old and old.get("fingerprint") == entry["fingerprint"]:
+            entry["build_seconds"] = old.get("build_seconds")
+            entry["bake_id"] = entry.get("bake_id") or old.get("bake_id")
+        entries[entry["target"]] = entry
+    return {
+        "version": MANIFEST_VERSION,
+        "bake": plan["name"],
+        "artifacts": [entries[name] for name in sorted(entries)],
+    }
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return "%.1f %s" % (size, unit) if unit != "B" else "%d B" % size
+        size /= 1024
+    return "-"
+
+
+def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[str]:
+    """Readable lines: one per target, with what was done and where the manifest is."""
+    counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0}
+    rows = []
+    for result in results:
+        artifact = result.get("artifact") or {}
+        failure = result.get("failure")
+        if failure:
+            status = "FAILED in %s: %s" % (failure.get("phase"), str(failure.get("msg", "")).splitlines()[0][:160])
+            counts["failed"] += 1
+            ref = "-"
+        else:
+            state = artifact.get("status", "would build")
+            counts[state] = counts.get(state, 0) + 1
+            ref = (artifact.get("tags") or [artifact.get("path") or artifact.get("name") or "-"])[0]
+            if state == "built":
+                status = "built in %.1f s" % (artifact.get("build_seconds") or 0)
+            elif state == "unchanged":
+                status = "unchanged (fingerprint %s)" % str(artifact.get("fingerprint"))[:12]
+            else:
+                status = "would build: %s" % (", ".join(artifact.get("changed_inputs") or []) or "forced")
+        ident = str(artifact.get("id") or "-").replace("sha256:", "")[:12]
+        rows.append((result["target"], result["type"], ref, ident, _size(artifact.get("size")), status))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)] if rows else []
+    lines = [
+        "bake %s (%s): %s"
+        % (plan["name"], plan["bake_id"], ", ".join("%d %s" % (n, k) for k, n in counts.items() if n) or "nothing")
+    ]
+    for row in rows:
+        lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+    if plan.get("skipped_targets"):
+        lines.append("not selected: %s" % ", ".join(plan["skipped_targets"]))
+    lines.append("manifest: %s" % plan["manifest"])
+    return lines
+
+
+def failures(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> str:
+    """One message naming every failed target, its phase, task, builder and last output lines."""
+    parts = []
+    for result in results:
+        failure = result.get("failure")
+        if not failure:
+            continue
+        text = "target %s failed in %s" % (result["target"], failure.get("phase"))
+        if failure.get("builder"):
+            text += " on builder %s" % failure["builder"]
+        if failure.get("task"):
+            text += ", task '%s'" % failure["task"]
+        text += ": %s" % failure.get("msg")
+        output = failure.get("output") or []
+        if output:
+            text += "\n  last output:\n    " + "\n    ".join(str(line) for line in output)
+        parts.append(text)
+    return "bake %s: %d target(s) failed (temporary resources were cleaned up)\n%s" % (
+        plan["name"],
+        len(parts),
+        "\n".join(parts),
+    )

@@ -1,0 +1,195 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The bake plan: a validated bake definition expanded into one entry per output target.
+
+Pure logic, no Ansible internals: the ``bake_plan`` action plugin resolves role paths and argument
+specs on the controller and hands them in, which keeps this unit-testable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from typing import Any, Callable, Mapping
+
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+# every target type bakery knows; a target names its type by the one key of these it has
+TARGET_TYPES = ("docker",)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+Validator = Callable[[str, Mapping[str, Any], str], dict]
+
+
+def new_bake_id(now: float | None = None) -> str:
+    """``<UTC time>-<random>``, lowercase, usable as a Docker label, an EC2 tag and a GCE label."""
+    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return "%s-%s" % (stamp, secrets.token_hex(3))
+
+
+def check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BakeryError(
+            "%s name %r is not valid: use 1 to 40 lowercase letters, digits, '-' or '_', starting with a "
+            "letter or digit" % (kind, name)
+        )
+    return name
+
+
+def check_role_name(role: Any) -> str:
+    """Role names are names (``ns.coll.role`` or ``role``), never paths: no '/', no '..'."""
+    if not isinstance(role, str) or not _ROLE.match(role) or ".." in role:
+        raise BakeryError(
+            "provisioner role %r is not a role name: give a role name such as 'my_role' or "
+            "'my_namespace.my_collection.my_role' (paths and '..' are not accepted)" % (role,)
+        )
+    return role
+
+
+def target_type(target: Mapping[str, Any]) -> str:
+    present = [kind for kind in TARGET_TYPES if target.get(kind) is not None]
+    if len(present) != 1:
+        raise BakeryError(
+            "target %r must have exactly one of the keys %s (it has %s)"
+            % (target.get("name"), ", ".join(TARGET_TYPES), ", ".join(present) or "none")
+        )
+    return present[0]
+
+
+def select(names: list[str], only: list[str], except_: list[str], types: dict[str, str]) -> list[str]:
+    """Targets chosen by ``bake_only``/``bake_except`` (by target name or by type)."""
+    known = set(names) | set(types.values())
+    for word in only + except_:
+        if word not in known:
+            raise BakeryError(
+                "bake_only/bake_except name %r is neither a target nor a target type of this bake "
+                "(targets: %s)" % (word, ", ".join(names))
+            )
+    chosen = [n for n in names if not only or n in only or types[n] in only]
+    return [n for n in chosen if n not in except_ and types[n] not in except_]
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return [str(item) for item in value]
+
+
+def rootfs_plan(base: Mapping[str, Any], output_dir: str) -> dict[str, Any]:
+    """Where the bake's base rootfs goes and its identity: one tarball per distinct base."""
+    options = {key: value for key, value in base.items() if value not in (None, [], {})}
+    identity = digest_value(options)
+    name = "%s-%s.tar" % (check_name("suite", str(options.get("suite", "base")).lower()), identity[:12])
+    return {"path": os.path.join(output_dir, "rootfs", name), "options": options, "identity": identity}
+
+
+def make_plan(
+    bake: Mapping[str, Any],
+    validate_target: Validator,
+    role_digest: Callable[[str], str],
+    cwd: str,
+    only: Any = None,
+    except_: Any = None,
+    force: Any = False,
+    bake_id: str | None = None,
+) -> dict[str, Any]:
+    """Expand a bake definition (already validated against the bake role's spec) into targets.
+
+    *validate_target(type, options, where)* validates a target's type-specific options against the
+    target role's argument spec and returns them with defaults; *role_digest(name)* digests a
+    provisioning role's content (its files and its dependencies').
+    """
+    name = check_name("bake", bake.get("name"))
+    output_dir = os.path.normpath(os.path.join(cwd, bake.get("output_dir") or "output"))
+    targets_in = list(bake.get("targets") or [])
+    if not targets_in:
+        raise BakeryError("bake %r has no targets" % name)
+
+    seen: set[str] = set()
+    types: dict[str, str] = {}
+    for index, target in enumerate(targets_in):
+        where = "bake.targets[%d]" % index
+        tname = check_name("target", target.get("name"))
+        if tname in seen:
+            raise BakeryError("%s: target name %r is used twice" % (where, tname))
+        seen.add(tname)
+        types[tname] = target_type(target)
+
+    provisioners = []
+    for index, entry in enumerate(bake.get("provisioners") or []):
+        role = check_role_name(entry.get("role"))
+        variables = dict(entry.get("vars") or {})
+        provisioners.append({"role": role, "vars": variables})
+    provision_inputs = {"role:%s" % p["role"]: role_digest(p["role"]) for p in provisioners}
+    if provisioners:
+        provision_inputs["vars"] = digest_value([[p["role"], p["vars"]] for p in provisioners])
+
+    base = bake.get("base") or {}
+    rootfs = rootfs_plan(base, output_dir) if base else None
+
+    chosen = select(list(types), as_list(only), as_list(except_), types)
+    forced = force if isinstance(force, bool) else None
+    forced_names = [] if forced is not None else as_list(force)
+
+    planned = []
+    for index, target in enumerate(targets_in):
+        tname, kind = target["name"], types[target["name"]]
+        options = validate_target(kind, target[kind], "bake.targets[%d].%s" % (index, kind))
+        uses_builder = needs_builder(kind, options)
+        inputs: dict[str, str] = {}
+        target_rootfs = None
+        if uses_builder:
+            inputs.update(provision_inputs)
+            if not uses_own_source(kind, options):
+                if rootfs is None:
+                    raise BakeryError(
+                        "bake.targets[%d] (%s) needs a source: set bake.base (a rootfs to build) or "
+                        "the target's own base image" % (index, tname)
+                    )
+                inputs["source"] = rootfs["identity"]
+                target_rootfs = rootfs
+        planned.append(
+            {
+                "name": tname,
+                "type": kind,
+                "host": "bakery-%s" % tname,
+                "builder": "bakery-%s-builder" % tname,
+                "selected": tname in chosen,
+                "force": bool(target.get("force")) or bool(forced) or tname in forced_names,
+                "options": options,
+                "inputs": inputs,
+                "rootfs": target_rootfs,
+                "needs_builder": uses_builder,
+                "provisioners": provisioners if uses_builder else [],
+            }
+        )
+    bake_id = bake_id or new_bake_id()
+    for entry in planned:
+        entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir)
+    return {
+        "name": name,
+        "bake_id": bake_id,
+        "output_dir": output_dir,
+        "manifest": os.path.join(output_dir, "bake-manifest.json"),
+        "targets": [entry for entry in planned if entry["selected"]],
+        "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
+    }
+
+
+def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether the target is provisioned by the bake's roles on a builder (else it builds alone)."""
+    if kind == "docker":
+        return not options.get("context")
+    return True
+
+
+def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
+    if kind == "docker":
+        return bool(options.get("base_image"))
+    return False
