@@ -10,10 +10,10 @@ owners or the order of keys in a mapping.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
+import re
 import stat
 from typing import Any, Callable, Iterable, Mapping
 
@@ -127,6 +127,7 @@ class IgnoreRules:
             if line == ".":
                 continue
             self.rules.append((negate, line))
+        self._compiled = [(negate, self._regex(pattern)) for negate, pattern in self.rules]
 
     @classmethod
     def from_file(cls, path: str) -> "IgnoreRules":
@@ -136,22 +137,43 @@ class IgnoreRules:
             return cls(handle.read().splitlines())
 
     @staticmethod
-    def _match(pattern: str, path: str) -> bool:
-        if "**" in pattern:
-            regex = fnmatch.translate(pattern.replace("**/", "\0").replace("**", "\0"))
-            regex = regex.replace("\0", ".*")
-            import re
-
-            return re.match(regex, path) is not None
-        if fnmatch.fnmatchcase(path, pattern):
-            return True
-        # a pattern naming a directory excludes everything below it
-        parts = path.split("/")
-        return any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern) for i in range(1, len(parts)))
+    def _regex(pattern: str) -> "re.Pattern[str]":
+        """Docker's matching: ``*`` and ``?`` stay within one path component, ``**`` spans any."""
+        out = []
+        i = 0
+        while i < len(pattern):
+            char = pattern[i]
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+                continue
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            if char == "*":
+                out.append("[^/]*")
+            elif char == "?":
+                out.append("[^/]")
+            elif char == "[":
+                end = pattern.find("]", i + 1)
+                if end < 0:
+                    out.append(re.escape(char))
+                else:
+                    body = pattern[i + 1 : end].replace("\\", "\\\\")
+                    if body.startswith("!") or body.startswith("^"):
+                        body = "^" + body[1:]
+                    out.append("[%s]" % body)
+                    i = end
+            else:
+                out.append(re.escape(char))
+            i += 1
+        # a pattern naming a directory also excludes everything below it
+        return re.compile("^%s(?:/.*)?$" % "".join(out))
 
     def __call__(self, path: str) -> bool:
         excluded = False
-        for negate, pattern in self.rules:
-            if self._match(pattern, path):
+        for negate, regex in self._compiled:
+            if regex.match(path):
                 excluded = not negate
         return excluded
