@@ -1,0 +1,746 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Base root filesystems: a Debian or Ubuntu tarball built by mmdebstrap, skipped when unchanged.
+
+The tarball's fingerprint covers what decides its content (suite, mirror, variant, packages,
+components, architecture, keyring content, extra apt sources, tarball format).  The
+``<path>.bakery.json`` sidecar records it; a tarball whose sidecar carries the same fingerprint
+(and whose size, optionally sha256, still matches) is not built again.
+
+The build writes to a temporary name beside *path* that keeps the tarball extension (mmdebstrap
+picks the compressor from it) and is renamed onto *path* only when mmdebstrap succeeded; on any
+failure, timeout or interruption the partial output is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ansible_collections.bakery.images.plugins.module_utils._files import (
+    atomic_output,
+    file_lock,
+    read_sidecar,
+    write_sidecar,
+)
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    changed_inputs,
+    digest_file,
+    digest_tree,
+    digest_value,
+    fingerprint,
+)
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+
+VARIANTS = (
+    "extract",
+    "custom",
+    "essential",
+    "apt",
+    "required",
+    "minbase",
+    "buildd",
+    "important",
+    "debootstrap",
+    "standard",
+)
+MODES = ("auto", "sudo", "root", "unshare", "fakeroot", "fakechroot", "chrootless")
+
+# file name ending -> tarball format (what mmdebstrap infers from the name)
+EXTENSIONS = {
+    ".tar": "tar",
+    ".tar.gz": "tar.gz",
+    ".tgz": "tar.gz",
+    ".tar.xz": "tar.xz",
+    ".tar.zst": "tar.zst",
+}
+# tarball format -> (compressor program, Debian package that ships it)
+COMPRESSORS = {"tar.gz": ("gzip", "gzip"), "tar.xz": ("xz", "xz-utils"), "tar.zst": ("zstd", "zstd")}
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+UBUNTU_PORTS_MIRROR = "http://ports.ubuntu.com/ubuntu-ports"
+UBUNTU_PRIMARY_ARCHES = frozenset({"amd64", "i386"})
+UBUNTU_SUITES = frozenset(
+    {
+        "trusty",
+        "xenial",
+        "bionic",
+        "focal",
+        "groovy",
+        "hirsute",
+        "impish",
+        "jammy",
+        "kinetic",
+        "lunar",
+        "mantic",
+        "noble",
+        "oracular",
+        "plucky",
+        "questing",
+    }
+)
+
+INPUT_NAMES = (
+    "suite",
+    "mirror",
+    "variant",
+    "packages",
+    "components",
+    "architecture",
+    "keyring",
+    "extra_sources",
+    "format",
+)
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STDERR_TAIL = 20
+KILL_GRACE = 30.0
+
+_SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+# a Debian package name, optionally :arch, optionally =version or /release (apt syntax)
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9.+~:_-]+)?$")
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_MIRROR_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s\"']+$")
+_SOURCE_RE = re.compile(r"^deb(-src)?\s+\S")
+
+
+@dataclass
+class RootfsOptions:
+    """The module's options, validated and with defaults resolved."""
+
+    path: str
+    suite: str
+    mirror: str
+    architecture: str
+    variant: str = "minbase"
+    packages: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=lambda: ["main"])
+    keyring: list[str] = field(default_factory=list)
+    extra_sources: list[str] = field(default_factory=list)
+    mode: str = "auto"
+    force: bool = False
+    verify: bool = False
+    timeout: int = 1800
+
+    @property
+    def format(self) -> str:
+        return tarball_format(self.path)
+
+    @property
+    def extension(self) -> str:
+        return tarball_extension(self.path)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def tarball_extension(path: str) -> str:
+    """The supported tarball ending of *path* (``.tar.zst``), or raise BakeryError."""
+    name = os.path.basename(path)
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    raise BakeryError(
+        "rootfs: unsupported tarball name {!r}: path must end with one of {}".format(
+            name, ", ".join(sorted(EXTENSIONS))
+        )
+    )
+
+
+def tarball_format(path: str) -> str:
+    return EXTENSIONS[tarball_extension(path)]
+
+
+def is_ubuntu_suite(suite: str) -> bool:
+    """True for known Ubuntu code names, also with a pocket suffix (``noble-updates``)."""
+    return suite.split("-", 1)[0].lower() in UBUNTU_SUITES
+
+
+def default_mirror(suite: str, architecture: str) -> str:
+    if is_ubuntu_suite(suite):
+        return UBUNTU_MIRROR if architecture in UBUNTU_PRIMARY_ARCHES else UBUNTU_PORTS_MIRROR
+    return DEBIAN_MIRROR
+
+
+def host_architecture() -> str:
+    """The build host's Debian architecture (``dpkg --print-architecture``)."""
+    try:
+        proc = subprocess.run(
+            ["dpkg", "--print-architecture"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BakeryError(
+            f"rootfs: cannot find the host architecture (dpkg --print-architecture: {exc}); set architecture"
+        ) from exc
+    arch = proc.stdout.strip()
+    if proc.returncode != 0 or not arch:
+        raise BakeryError(
+            "rootfs: cannot find the host architecture (dpkg --print-architecture failed: "
+            f"{proc.stderr.strip() or f'rc={proc.returncode}'}); set architecture"
+        )
+    return arch
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    """*items* without repeats, first occurrence kept."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def normalize_packages(packages: Sequence[str]) -> list[str]:
+    """Sorted, without repeats and blanks: the order in which packages are given does not matter."""
+    return sorted({pkg.strip() for pkg in packages if pkg and pkg.strip()})
+
+
+def _check_output_dir(path: str) -> None:
+    """The directory of *path*, or its nearest existing ancestor, must be a writable directory."""
+    if os.path.isdir(path):
+        raise BakeryError(f"rootfs: path {path} is a directory; give the tarball's file name")
+    directory = os.path.dirname(path)
+    probe = directory
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise BakeryError(f"rootfs: cannot create output directory {directory}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BakeryError(f"rootfs: output directory {probe} is not writable")
+
+
+def _check_keyring(paths: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    dirs: list[str] = []
+    for raw in paths:
+        path = os.path.abspath(os.path.expanduser(raw))
+        if '"' in path:
+            raise BakeryError(
+                f"rootfs: keyring path {raw!r} must not contain double quotes (apt cannot use it)"
+            )
+        if os.path.isdir(path):
+            dirs.append(path)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise BakeryError(f"rootfs: keyring {raw} does not exist")
+    if len(files) > 1 or len(dirs) > 1:
+        raise BakeryError(
+            "rootfs: keyring takes at most one file and one directory (apt trusts one of each); "
+            "put the keys in one directory, or use [signed-by=...] in extra_sources"
+        )
+    return _unique(files + dirs)
+
+
+def parse_options(params: Mapping[str, Any], architecture: str | None = None) -> RootfsOptions:
+    """Validate the module parameters and resolve their defaults; nothing is run or created.
+
+    *architecture* is the host's architecture, looked up with dpkg when needed and not given.
+    """
+    raw_path = params.get("path")
+    if not raw_path:
+        raise BakeryError("rootfs: path is required")
+    path = os.path.abspath(os.path.expanduser(str(raw_path)))
+    tarball_extension(path)
+
+    suite = str(params.get("suite") or "").strip()
+    if not suite:
+        raise BakeryError("rootfs: suite must not be empty (e.g. bookworm, trixie, noble)")
+    if not _SUITE_RE.match(suite):
+        raise BakeryError(
+            f"rootfs: invalid suite {suite!r}: use letters, digits and . _ + ~ - only (e.g. bookworm)"
+        )
+
+    packages = normalize_packages(params.get("packages") or [])
+    bad = [pkg for pkg in packages if not _PACKAGE_RE.match(pkg)]
+    if bad:
+        raise BakeryError(
+            "rootfs: invalid package name(s): {} (Debian package names use a-z 0-9 + - . and may end "
+            "in :arch, =version or /release)".format(", ".join(repr(pkg) for pkg in bad))
+        )
+
+    components = _unique([str(c).strip() for c in (params.get("components") or ["main"]) if str(c).strip()])
+    if not components:
+        raise BakeryError("rootfs: components must not be empty (e.g. [main])")
+    bad = [c for c in components if not _COMPONENT_RE.match(c)]
+    if bad:
+        raise BakeryError("rootfs: invalid component(s): {}".format(", ".join(repr(c) for c in bad)))
+
+    arch = str(params.get("architecture") or "").strip() or architecture or host_architecture()
+    if not _ARCH_RE.match(arch):
+        raise BakeryError(f"rootfs: invalid architecture {arch!r} (e.g. amd64, arm64)")
+
+    mirror = str(params.get("mirror") or "").strip() or default_mirror(suite, arch)
+    if not _MIRROR_RE.match(mirror):
+        raise BakeryError(f"rootfs: invalid mirror {mirror!r}: give a URL such as {DEBIAN_MIRROR}")
+    mirror = mirror.rstrip("/")
+
+    sources = []
+    for entry in params.get("extra_sources") or []:
+        line = " ".join(str(entry).split())
+        if "\n" in str(entry).strip() or not _SOURCE_RE.match(line):
+            raise BakeryError(
+                f"rootfs: invalid extra_sources entry {entry!r}: give one apt source line such as "
+                "'deb http://deb.debian.org/debian bookworm-updates main'"
+            )
+        sources.append(line)
+
+    variant = str(params.get("variant") or "minbase")
+    if variant not in VARIANTS:
+        raise BakeryError(
+            "rootfs: unknown variant {!r}; choose one of {}".format(variant, ", ".join(VARIANTS))
+        )
+    mode = str(params.get("mode") or "auto")
+    if mode not in MODES:
+        raise BakeryError("rootfs: unknown mode {!r}; choose one of {}".format(mode, ", ".join(MODES)))
+    timeout = int(params["timeout"]) if params.get("timeout") is not None else 1800
+    if timeout <= 0:
+        raise BakeryError("rootfs: timeout must be a positive number of seconds")
+
+    _check_output_dir(path)
+    keyring = _check_keyring(params.get("keyring") or [])
+
+    return RootfsOptions(
+        path=path,
+        suite=suite,
+        mirror=mirror,
+        architecture=arch,
+        variant=variant,
+        packages=packages,
+        components=components,
+        keyring=keyring,
+        extra_sources=_unique(sources),
+        mode=mode,
+        force=bool(params.get("force")),
+        verify=bool(params.get("verify")),
+        timeout=timeout,
+    )
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def keyring_digest(path: str) -> str:
+    """sha256 of a keyring file's content, or of a keyring directory's files (names and content)."""
+    if os.path.isdir(path):
+        return digest_tree(path)
+    return digest_file(path)
+
+
+def describe(opts: RootfsOptions) -> dict[str, Any]:
+    """The readable values behind the inputs (kept in the sidecar, shown in diffs)."""
+    return {
+        "suite": opts.suite,
+        "mirror": opts.mirror,
+        "variant": opts.variant,
+        "packages": list(opts.packages),
+        "components": list(opts.components),
+        "architecture": opts.architecture,
+        "keyring": sorted(keyring_digest(path) for path in opts.keyring),
+        "extra_sources": list(opts.extra_sources),
+        "format": opts.format,
+    }
+
+
+def compute_inputs(opts: RootfsOptions) -> dict[str, str]:
+    """Named input digests; ``fingerprint(compute_inputs(opts))`` is the tarball's fingerprint."""
+    values = describe(opts)
+    return {name: digest_value(values[name]) for name in INPUT_NAMES}
+
+
+# --------------------------------------------------------------------------- command
+
+
+def build_command(opts: RootfsOptions, target: str, mmdebstrap: str = "mmdebstrap") -> list[str]:
+    """The mmdebstrap argv that builds *opts* into *target* (whose name keeps the tarball ending)."""
+    argv = [
+        mmdebstrap,
+        f"--variant={opts.variant}",
+        f"--mode={opts.mode}",
+        "--format=tar",
+        f"--architectures={opts.architecture}",
+        "--components={}".format(",".join(opts.components)),
+    ]
+    if opts.packages:
+        argv.append("--include={}".format(",".join(opts.packages)))
+    for path in opts.keyring:
+        argv.append(f"--keyring={path}")
+    argv += [opts.suite, target, opts.mirror]
+    argv += opts.extra_sources
+    return argv
+
+
+def find_mmdebstrap(search_path: str | None = None) -> str:
+    """The mmdebstrap executable on *search_path* (default: PATH and the usual system directories)."""
+    if search_path is None:
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), SYSTEM_PATH])
+    found = shutil.which("mmdebstrap", path=search_path)
+    if not found:
+        raise BakeryError(
+            "rootfs: mmdebstrap is not installed on the build host; install the Debian package "
+            "'mmdebstrap' (apt-get install mmdebstrap)"
+        )
+    return found
+
+
+def check_compressor(fmt: str) -> None:
+    if fmt in COMPRESSORS:
+        program, package = COMPRESSORS[fmt]
+        if not shutil.which(program):
+            raise BakeryError(
+                f"rootfs: a .{fmt} tarball needs {program}, which is not installed; "
+                f"install the Debian package {package!r}"
+            )
+
+
+def mmdebstrap_version(mmdebstrap: str) -> str:
+    try:
+        proc = subprocess.run(
+            [mmdebstrap, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "mmdebstrap (unknown version)"
+    text = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    return text[0].strip() if text else "mmdebstrap (unknown version)"
+
+
+# --------------------------------------------------------------------------- errors
+
+_RELEASE_MISSING_RE = re.compile(r"The repository '(\S+) (\S+) Release' does not have a Release file")
+_NOT_SIGNED_RE = re.compile(r"The repository '(\S+) (\S+) (?:In)?Release' is not signed")
+_FETCH_RE = re.compile(r"^E: Failed to fetch (\S+)\s+(.*)$", re.MULTILINE)
+_NO_PACKAGE_RE = re.compile(r"E: Unable to locate package (\S+)")
+_NO_CANDIDATE_RE = re.compile(r"E: Package '([^']+)' has no installation candidate")
+_NO_PUBKEY_RE = re.compile(r"NO_PUBKEY ([0-9A-F]+)")
+_GENERIC_ERRORS = (
+    "E: mmdebstrap failed to run",
+    "E: apt-get update",
+    "E: setup failed: E: apt-get",
+    "E: Some index files failed to download",
+    "E: run_download() failed",
+    "E: run_install() failed",
+)
+
+
+def _network_reason(detail: str) -> str:
+    text = detail.strip()
+    lowered = text.lower()
+    resolve = re.search(r"Could not resolve '([^']+)'", text) or re.search(
+        r"Temporary failure resolving '([^']+)'", text
+    )
+    if resolve:
+        return f"cannot resolve host {resolve.group(1)}"
+    if "connection refused" in lowered:
+        return "connection refused"
+    if "timed out" in lowered:
+        return "connection timed out"
+    if "network is unreachable" in lowered or "no route to host" in lowered:
+        return "network unreachable"
+    return text
+
+
+def _source_for(url: str, opts: RootfsOptions) -> str:
+    """The configured source (mirror or extra source URI) that *url* belongs to."""
+    for source in [opts.mirror] + [_source_uri(line) for line in opts.extra_sources]:
+        if source and url.startswith(source.rstrip("/")):
+            return source
+    return url
+
+
+def _source_uri(line: str) -> str:
+    """The URI of a one-line apt source (``deb [opts] URI suite comp...``)."""
+    rest = re.sub(r"^deb(-src)?\s+(\[[^\]]*\]\s+)?", "", line)
+    return rest.split()[0].rstrip("/") if rest.split() else ""
+
+
+def explain_failure(log: str, opts: RootfsOptions, returncode: int) -> str:
+    """A short message naming what went wrong, read from mmdebstrap's (and apt's) output."""
+    missing = _RELEASE_MISSING_RE.search(log)
+    if missing:
+        uri, suite = missing.group(1).rstrip("/"), missing.group(2)
+        if suite == opts.suite and uri == opts.mirror:
+            return f"rootfs: suite {suite!r} not found on mirror {uri} (Release file missing)"
+        return f"rootfs: apt source '{uri} {suite}' not found (Release file missing)"
+
+    fetch = _FETCH_RE.search(log)
+    if fetch:
+        url, detail = fetch.group(1), fetch.group(2)
+        source = _source_for(url, opts)
+        reason = _network_reason(detail)
+        if re.match(r"\s*\d{3}\s", detail):
+            return "rootfs: download from mirror {} failed: {} ({})".format(
+                source, " ".join(detail.split()), url
+            )
+        return f"rootfs: mirror {source} unreachable: {reason}"
+
+    if _NOT_SIGNED_RE.search(log) or "NO_PUBKEY" in log:
+        signed = _NOT_SIGNED_RE.search(log)
+        where = f"{signed.group(1)} {signed.group(2)}" if signed else f"{opts.mirror} {opts.suite}"
+        keys = _NO_PUBKEY_RE.findall(log)
+        hint = (
+            "install the Debian package 'ubuntu-keyring' or set keyring"
+            if is_ubuntu_suite(opts.suite)
+            else "set keyring to the archive's keyring"
+        )
+        return "rootfs: cannot verify the signature of {}{}; {}".format(
+            where,
+            " (missing key {})".format(", ".join(_unique(keys))) if keys else "",
+            hint,
+        )
+
+    not_found = _unique(_NO_PACKAGE_RE.findall(log) + _NO_CANDIDATE_RE.findall(log))
+    if not_found:
+        return "rootfs: package(s) not found in {} on {}: {}".format(
+            opts.suite, opts.mirror, ", ".join(not_found)
+        )
+
+    if "Unmet dependencies" in log or "unmet dependencies" in log:
+        detail = [line.strip() for line in log.splitlines() if "Depends:" in line or "Conflicts:" in line]
+        return "rootfs: package dependencies cannot be satisfied%s" % (
+            ": " + "; ".join(detail[:3]) if detail else ""
+        )
+
+    errors = [line.strip() for line in log.splitlines() if line.startswith("E: ")]
+    specific = [line for line in errors if not line.startswith(_GENERIC_ERRORS)]
+    chosen = (specific or errors or [""])[0]
+    chosen = chosen[3:] if chosen.startswith("E: ") else chosen
+    if len(chosen) > 300:
+        chosen = chosen[:297] + "..."
+    if chosen:
+        return f"rootfs: mmdebstrap failed (rc={returncode}): {chosen}"
+    return f"rootfs: mmdebstrap failed (rc={returncode}); see stderr_lines"
+
+
+def tail_lines(text: str, count: int = STDERR_TAIL) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()][-count:]
+
+
+# --------------------------------------------------------------------------- running mmdebstrap
+
+
+def _stop(proc: subprocess.Popen, grace: float = KILL_GRACE) -> str:
+    """Stop mmdebstrap's whole process group: TERM (it unmounts and removes its tempdir), then KILL."""
+    output = ""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            output += proc.communicate(timeout=wait)[0] or ""
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # whatever mmdebstrap left behind in its group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return output
+
+
+def run_mmdebstrap(argv: list[str], opts: RootfsOptions) -> str:
+    """Run *argv*; return its output (stderr, where mmdebstrap reports) or raise BakeryError."""
+    env = dict(os.environ)
+    # apt's messages are parsed: keep them in English
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", LANGUAGE="")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise BakeryError(f"rootfs: cannot run {argv[0]}: {exc}", command=argv) from exc
+    try:
+        output = proc.communicate(timeout=opts.timeout)[0]
+    except subprocess.TimeoutExpired as exc:
+        output = _stop(proc)
+        raise BakeryError(
+            f"rootfs: mmdebstrap timed out after {opts.timeout} s building {opts.path} (raise timeout?)",
+            stderr_lines=tail_lines(output),
+            command=argv,
+        ) from exc
+    except BaseException:
+        _stop(proc)
+        raise
+    if proc.returncode != 0:
+        raise BakeryError(
+            explain_failure(output, opts, proc.returncode),
+            stderr_lines=tail_lines(output),
+            command=argv,
+            rc=proc.returncode,
+        )
+    return output
+
+
+def _remove(path: str) -> None:
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+# --------------------------------------------------------------------------- the bake
+
+
+def up_to_date(opts: RootfsOptions, fp: str, sidecar: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the tarball at opts.path is the one *fp* describes, and if not, why."""
+    if sidecar is None:
+        if os.path.exists(opts.path):
+            return False, "tarball has no sidecar"
+        return False, "tarball does not exist"
+    if sidecar.get("fingerprint") != fp:
+        return False, "inputs changed"
+    try:
+        size = os.path.getsize(opts.path)
+    except OSError:
+        return False, "tarball does not exist"
+    if sidecar.get("size") != size:
+        return False, "tarball size differs from its sidecar"
+    if opts.verify and sidecar.get("sha256") != digest_file(opts.path):
+        return False, "tarball sha256 differs from its sidecar"
+    return True, "up to date"
+
+
+def _previous_inputs(sidecar: dict[str, Any] | None) -> dict[str, str] | None:
+    if not sidecar or not isinstance(sidecar.get("inputs"), dict):
+        return None
+    return {str(key): str(value) for key, value in sidecar["inputs"].items()}
+
+
+def bake_rootfs(params: Mapping[str, Any], check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    """Build the tarball unless an identical one exists; the module's whole result."""
+    started = time.monotonic()
+    opts = parse_options(params)
+    inputs = compute_inputs(opts)
+    fp = fingerprint(inputs)
+    sidecar = read_sidecar(opts.path)
+    previous = _previous_inputs(sidecar)
+    changed_names = changed_inputs(previous, inputs)
+    current, reason = up_to_date(opts, fp, sidecar)
+
+    result: dict[str, Any] = {
+        "path": opts.path,
+        "fingerprint": fp,
+        "inputs": inputs,
+        "changed_inputs": [] if current else changed_names,
+        "command": build_command(opts, opts.path),
+        "sha256": (sidecar or {}).get("sha256") if current else None,
+        "size": (sidecar or {}).get("size") if current else None,
+    }
+    if diff:
+        before = (sidecar or {}).get("options") or (previous or {})
+        result["diff"] = {
+            "before_header": f"{opts.path} (existing)",
+            "after_header": f"{opts.path} (wanted)",
+            "before": before if sidecar else {},
+            "after": describe(opts),
+        }
+
+    if current and not opts.force:
+        result.update(changed=False, msg=f"rootfs {opts.path} is up to date")
+        return _finish(result, started)
+
+    why = _why(reason, changed_names, opts.force and current)
+    if check_mode:
+        result.update(changed=True, msg=f"would build rootfs: {why}")
+        return _finish(result, started)
+
+    mmdebstrap = find_mmdebstrap()
+    check_compressor(opts.format)
+    with file_lock(opts.path):
+        # another target may have built it while this one waited for the lock
+        sidecar = read_sidecar(opts.path)
+        current, reason = up_to_date(opts, fp, sidecar)
+        if current and not opts.force:
+            result.update(
+                changed=False,
+                changed_inputs=[],
+                sha256=sidecar.get("sha256") if sidecar else None,
+                size=sidecar.get("size") if sidecar else None,
+                msg=f"rootfs {opts.path} is up to date (built by another task)",
+            )
+            return _finish(result, started)
+        built = _build(opts, mmdebstrap, fp, inputs)
+    result.update(built)
+    result.update(changed=True, msg=f"built rootfs: {why}")
+    return _finish(result, started)
+
+
+def _why(reason: str, changed_names: list[str], forced: bool) -> str:
+    if forced:
+        return "force=true"
+    if reason == "inputs changed":
+        return "inputs changed: {}".format(", ".join(changed_names))
+    return reason
+
+
+def _build(opts: RootfsOptions, mmdebstrap: str, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
+    builder = mmdebstrap_version(mmdebstrap)
+    with Steps() as steps:
+        with atomic_output(opts.path) as tmp:
+            # mmdebstrap picks the compressor from the name: keep the tarball's ending
+            target = tmp + opts.extension
+            steps.add_undo(f"remove partial tarball {target}", lambda: _remove(target))
+            argv = build_command(opts, target, mmdebstrap)
+            steps.run("mmdebstrap", lambda: run_mmdebstrap(argv, opts))
+            if not os.path.isfile(target) or os.path.getsize(target) == 0:
+                raise BakeryError(
+                    f"rootfs: mmdebstrap succeeded but wrote no tarball to {target}", command=argv
+                )
+            os.replace(target, tmp)
+            sha256 = digest_file(tmp)
+            size = os.path.getsize(tmp)
+        write_sidecar(
+            opts.path,
+            {
+                "fingerprint": fp,
+                "inputs": inputs,
+                "options": describe(opts),
+                "sha256": sha256,
+                "size": size,
+                "suite": opts.suite,
+                "architecture": opts.architecture,
+                "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "builder": builder,
+            },
+        )
+    return {"sha256": sha256, "size": size, "command": argv}
+
+
+def _finish(result: dict[str, Any], started: float) -> dict[str, Any]:
+    result["duration"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def module_action(module: Any) -> dict[str, Any]:
+    """Entry point for ``_module.run``."""
+    return bake_rootfs(module.params, check_mode=module.check_mode, diff=module._diff)
