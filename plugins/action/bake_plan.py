@@ -12,6 +12,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
+
 from ansible_collections.bakery.images.plugins.module_utils import _plan
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_tree, digest_value
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError

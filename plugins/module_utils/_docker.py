@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
@@ -56,6 +57,7 @@ _REPOSITORY = re.compile(
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CHANGE_KEYS = ("cmd", "entrypoint", "env", "expose", "user", "workdir", "volumes", "stopsignal")
 
 
@@ -77,7 +79,8 @@ def validate_name(name: str, tags: Iterable[str]) -> None:
 def connect(docker_host: str | None, timeout: int) -> Any:
     if not HAS_DOCKER:
         raise BakeryError(
-            "the Python 'docker' SDK is required on the build host (pip install docker): %s" % DOCKER_IMPORT_ERROR
+            "the Python 'docker' SDK is required on the build host (pip install docker): %s"
+            % DOCKER_IMPORT_ERROR
         )
     try:
         client = docker.DockerClient(base_url=docker_host or None, timeout=timeout, version="auto")
@@ -293,7 +296,10 @@ def _build_error(step: str | None, output: list[str], error: dict[str, Any]) -> 
     where = "at %s" % step if step else "before the first instruction"
     msg = "docker build failed %s: %s" % (where, detail.strip())
     if tail:
-        msg += "\n--- output of the failing instruction (last %d lines) ---\n%s" % (len(tail), "\n".join(tail))
+        msg += "\n--- output of the failing instruction (last %d lines) ---\n%s" % (
+            len(tail),
+            "\n".join(tail),
+        )
     return BakeryError(msg, failed_instruction=step, output_lines=tail)
 
 
@@ -335,7 +341,9 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
                 raise _build_error(step, output, chunk)
             text = chunk.get("stream")
             if text:
-                for line in text.splitlines():
+                for line in _ANSI.sub("", text).splitlines():
+                    if line.startswith((" ---> ", "Removing intermediate container")):
+                        continue
                     match = re.match(r"^Step (\d+/\d+) : (.*)$", line)
                     if match:
                         step = "step %s `%s`" % (match.group(1), match.group(2))
@@ -406,7 +414,9 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
     name, tags = params["name"], params["tags"]
     inputs = dict(params.get("inputs") or {})
     inputs["source"] = rootfs_identity(params["rootfs"])
-    inputs["options"] = digest_value({"changes": params.get("changes") or {}, "labels": params.get("labels") or {}})
+    inputs["options"] = digest_value(
+        {"changes": params.get("changes") or {}, "labels": params.get("labels") or {}}
+    )
     fp = fingerprint(inputs)
     result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
     if result is not None:
@@ -636,7 +646,9 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         try:
             reply = steps.run(
                 "commit",
-                lambda: client.api.commit(cid, conf=conf, message="bakery %s" % (params.get("bake_id") or "")),
+                lambda: client.api.commit(
+                    cid, conf=conf, message="bakery %s" % (params.get("bake_id") or "")
+                ),
             )
         except APIError as exc:
             raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
@@ -763,7 +775,9 @@ def _push_once(client: Any, name: str, tag: str, auth: dict[str, str] | None) ->
     return None
 
 
-def _registry_has(client: Any, ref: str, name: str, image: dict[str, Any], auth: dict[str, str] | None) -> bool:
+def _registry_has(
+    client: Any, ref: str, name: str, image: dict[str, Any], auth: dict[str, str] | None
+) -> bool:
     try:
         remote = client.api.inspect_distribution(ref, auth_config=auth)
     except (APIError, NotFound):
@@ -797,7 +811,9 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     changes = params.get("changes") or {}
     unknown = sorted(set(changes) - set(_CHANGE_KEYS))
     if unknown:
-        raise BakeryError("unknown key(s) in changes: %s (known: %s)" % (", ".join(unknown), ", ".join(_CHANGE_KEYS)))
+        raise BakeryError(
+            "unknown key(s) in changes: %s (known: %s)" % (", ".join(unknown), ", ".join(_CHANGE_KEYS))
+        )
     client = connect(params.get("docker_host"), params.get("timeout") or 600)
     try:
         result = ACTIONS[action](client, params, check_mode)

@@ -9,7 +9,8 @@ import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 SIDECAR_SUFFIX = ".bakery.json"
 

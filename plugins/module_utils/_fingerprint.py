@@ -15,7 +15,8 @@ import json
 import os
 import re
 import stat
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
 
 FINGERPRINT_LABEL = "org.bakery.fingerprint"
 INPUTS_LABEL = "org.bakery.inputs"
@@ -130,14 +131,14 @@ class IgnoreRules:
         self._compiled = [(negate, self._regex(pattern)) for negate, pattern in self.rules]
 
     @classmethod
-    def from_file(cls, path: str) -> "IgnoreRules":
+    def from_file(cls, path: str) -> IgnoreRules:
         if not os.path.isfile(path):
             return cls([])
         with open(path, encoding="utf-8", errors="replace") as handle:
             return cls(handle.read().splitlines())
 
     @staticmethod
-    def _regex(pattern: str) -> "re.Pattern[str]":
+    def _regex(pattern: str) -> re.Pattern[str]:
         """Docker's matching: ``*`` and ``?`` stay within one path component, ``**`` spans any."""
         out = []
         i = 0

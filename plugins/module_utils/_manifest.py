@@ -9,7 +9,8 @@ the bake id and build time of the bake that made it, so a bake that changes noth
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MANIFEST_VERSION = 1
 
@@ -86,7 +87,10 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
         artifact = result.get("artifact") or {}
         failure = result.get("failure")
         if failure:
-            status = "FAILED in %s: %s" % (failure.get("phase"), str(failure.get("msg", "")).splitlines()[0][:160])
+            status = "FAILED in %s: %s" % (
+                failure.get("phase"),
+                str(failure.get("msg", "")).splitlines()[0][:160],
+            )
             counts["failed"] += 1
             ref = "-"
         else:
@@ -104,7 +108,11 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)] if rows else []
     lines = [
         "bake %s (%s): %s"
-        % (plan["name"], plan["bake_id"], ", ".join("%d %s" % (n, k) for k, n in counts.items() if n) or "nothing")
+        % (
+            plan["name"],
+            plan["bake_id"],
+            ", ".join("%d %s" % (n, k) for k, n in counts.items() if n) or "nothing",
+        )
     ]
     for row in rows:
         lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])

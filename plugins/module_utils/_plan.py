@@ -12,7 +12,8 @@ import os
 import re
 import secrets
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
@@ -81,12 +82,12 @@ def as_list(value: Any) -> list[str]:
     return [str(item) for item in value]
 
 
-def rootfs_plan(base: Mapping[str, Any], output_dir: str) -> dict[str, Any]:
+def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
     """Where the bake's base rootfs goes and its identity: one tarball per distinct base."""
     options = {key: value for key, value in base.items() if value not in (None, [], {})}
     identity = digest_value(options)
     name = "%s-%s.tar" % (check_name("suite", str(options.get("suite", "base")).lower()), identity[:12])
-    return {"path": os.path.join(output_dir, "rootfs", name), "options": options, "identity": identity}
+    return {"path": os.path.join(cache_dir, "rootfs", name), "options": options, "identity": identity}
 
 
 def make_plan(
@@ -107,6 +108,9 @@ def make_plan(
     """
     name = check_name("bake", bake.get("name"))
     output_dir = os.path.normpath(os.path.join(cwd, bake.get("output_dir") or "output"))
+    cache_dir = os.path.normpath(
+        os.path.join(cwd, bake.get("cache_dir") or os.path.join(output_dir, "cache"))
+    )
     targets_in = list(bake.get("targets") or [])
     if not targets_in:
         raise BakeryError("bake %r has no targets" % name)
@@ -122,7 +126,7 @@ def make_plan(
         types[tname] = target_type(target)
 
     provisioners = []
-    for index, entry in enumerate(bake.get("provisioners") or []):
+    for entry in bake.get("provisioners") or []:
         role = check_role_name(entry.get("role"))
         variables = dict(entry.get("vars") or {})
         provisioners.append({"role": role, "vars": variables})
@@ -131,7 +135,7 @@ def make_plan(
         provision_inputs["vars"] = digest_value([[p["role"], p["vars"]] for p in provisioners])
 
     base = bake.get("base") or {}
-    rootfs = rootfs_plan(base, output_dir) if base else None
+    rootfs = rootfs_plan(base, cache_dir) if base else None
 
     chosen = select(list(types), as_list(only), as_list(except_), types)
     forced = force if isinstance(force, bool) else None
@@ -140,7 +144,9 @@ def make_plan(
     planned = []
     for index, target in enumerate(targets_in):
         tname, kind = target["name"], types[target["name"]]
-        options = validate_target(kind, target[kind], "bake.targets[%d].%s" % (index, kind))
+        where = "bake.targets[%d].%s" % (index, kind)
+        options = validate_target(kind, target[kind], where)
+        check_target(kind, options, where)
         uses_builder = needs_builder(kind, options)
         inputs: dict[str, str] = {}
         target_rootfs = None
@@ -180,6 +186,17 @@ def make_plan(
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
     }
+
+
+def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
+    """What the argument spec cannot say: names the engine or cloud would reject later."""
+    if kind == "docker":
+        from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
+
+        try:
+            validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
+        except BakeryError as exc:
+            raise BakeryError("%s: %s" % (where, exc.msg)) from None
 
 
 def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:

@@ -77,7 +77,7 @@ class Steps:
     def _on_signal(self, signum: int, frame: Any) -> None:
         raise Interrupted("interrupted by signal %d" % signum)
 
-    def __enter__(self) -> "Steps":
+    def __enter__(self) -> Steps:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._on_signal)

@@ -285,6 +285,7 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
+
 from ansible_collections.bakery.images.plugins.module_utils import _docker, _module
 
 CHANGES = dict(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".collections"
+COLLECTIONS = Path(os.environ.get("BAKERY_TEST_COLLECTIONS", REPO / ".collections"))
 CACHE = REPO / "tests" / "output" / "cache"
 
 
@@ -95,3 +95,66 @@ def cache_dir() -> Path:
     """Artifacts worth keeping between tests of one session (a base rootfs, say)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     return CACHE
+
+
+# The base every Docker test starts from: what the default bake builds (Debian bookworm minbase with
+# python3 and python3-apt), made once per session by bakery.images.rootfs in the shared cache, and
+# imported as bakery/debian:bookworm, the name ../shared/examples/Dockerfile.nginx starts FROM.
+BAKE_BASE = {
+    "suite": "bookworm",
+    "mirror": "http://deb.debian.org/debian",
+    "variant": "minbase",
+    "packages": ["python3", "python3-apt"],
+}
+LOCAL = ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter={{ ansible_playbook_python }}"]
+
+
+def docker_client():
+    import docker
+
+    return docker.from_env()
+
+
+@pytest.fixture(scope="session")
+def bake_base(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The bake's base rootfs tarball (path as the plan computes it) and the base image made from it."""
+    from ansible_collections.bakery.images.plugins.module_utils._plan import rootfs_plan
+
+    rootfs = rootfs_plan(BAKE_BASE, str(cache_dir))
+    tmp = tmp_path_factory.mktemp("bake-base")
+    play = """
+    - hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: rootfs
+          bakery.images.rootfs:
+            path: "{{ path }}"
+            suite: "{{ base.suite }}"
+            mirror: "{{ base.mirror }}"
+            variant: "{{ base.variant }}"
+            packages: "{{ base.packages }}"
+        - name: import
+          bakery.images.docker_image_build:
+            action: import
+            rootfs: "{{ path }}"
+            name: bakery/debian
+            tags: [bookworm]
+    """
+    run = run_playbook(play, tmp, extra_vars={"base": BAKE_BASE, "path": rootfs["path"]}, args=LOCAL)
+    assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return {
+        "rootfs": rootfs["path"],
+        "image": run.task_result("import")["image"]["id"],
+        "cache_dir": str(cache_dir),
+    }
+
+
+@pytest.fixture()
+def docker_leftovers():
+    """Fails the test if it leaves bakery build containers behind."""
+    client = docker_client()
+    before = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
+    yield client
+    after = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
+    leaked = after - before
+    assert not leaked, "build containers left behind: %s" % leaked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.bakery.images.plugins.module_utils import _docker
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from ansible_collections.bakery.images.plugins.module_utils import _fingerprint as fp
 
 

@@ -6,11 +6,21 @@ from ansible_collections.bakery.images.plugins.module_utils import _manifest
 
 PLAN = {"name": "web", "bake_id": "run2", "manifest": "/o/bake-manifest.json", "skipped_targets": []}
 TARGET = {"name": "img", "bake_id": "run2", "options": {"repository": "bakery/web"}}
-IMAGE = {"id": "sha256:abc", "tags": ["bakery/web:latest"], "size": 1000, "labels": {"org.bakery.bake-id": "run1"}}
+IMAGE = {
+    "id": "sha256:abc",
+    "tags": ["bakery/web:latest"],
+    "size": 1000,
+    "labels": {"org.bakery.bake-id": "run1"},
+}
 
 
 def artifact(built):
-    result = {"built": built, "image": IMAGE, "fingerprint": "f1", "changed_inputs": ["vars"] if built else []}
+    result = {
+        "built": built,
+        "image": IMAGE,
+        "fingerprint": "f1",
+        "changed_inputs": ["vars"] if built else [],
+    }
     return _manifest.docker_artifact(result, TARGET, 100.0, 160.0)
 
 
@@ -22,13 +32,17 @@ def test_built_artifact_records_its_build_time():
 
 def test_unchanged_rebake_rewrites_the_same_manifest():
     first = _manifest.manifest(PLAN, [{"target": "img", "type": "docker", "artifact": artifact(True)}])
-    second = _manifest.manifest(PLAN, [{"target": "img", "type": "docker", "artifact": artifact(False)}], first)
+    second = _manifest.manifest(
+        PLAN, [{"target": "img", "type": "docker", "artifact": artifact(False)}], first
+    )
     assert second == first
 
 
 def test_targets_not_baked_this_time_stay_in_the_manifest():
     previous = {"artifacts": [{"target": "old", "fingerprint": "x"}]}
-    result = _manifest.manifest(PLAN, [{"target": "img", "type": "docker", "artifact": artifact(True)}], previous)
+    result = _manifest.manifest(
+        PLAN, [{"target": "img", "type": "docker", "artifact": artifact(True)}], previous
+    )
     assert [a["target"] for a in result["artifacts"]] == ["img", "old"]
 
 
@@ -38,7 +52,13 @@ def test_summary_and_failures_are_readable():
         {
             "target": "bad",
             "type": "docker",
-            "failure": {"phase": "provision", "builder": "b", "task": "Install", "msg": "E: no", "output": ["x"]},
+            "failure": {
+                "phase": "provision",
+                "builder": "b",
+                "task": "Install",
+                "msg": "E: no",
+                "output": ["x"],
+            },
         },
     ]
     lines = _manifest.summary(PLAN, results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from ansible_collections.bakery.images.plugins.module_utils import _plan
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
@@ -40,7 +41,7 @@ def test_targets_become_hosts_with_inputs():
     assert img["host"] == "bakery-img" and img["builder"] == "bakery-img-builder"
     assert img["needs_builder"] and not df["needs_builder"]
     assert set(img["inputs"]) == {"role:bakery.images.example_web", "vars", "source"}
-    assert img["rootfs"]["path"].startswith("/work/out/rootfs/bookworm-")
+    assert img["rootfs"]["path"].startswith("/work/out/cache/rootfs/bookworm-")
     # a Dockerfile build is not provisioned by the roles: their content is no input of it
     assert df["inputs"] == {} and df["provisioners"] == []
 

@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Interrupted, Steps
 
 

@@ -1,26 +1,19 @@
 """Integration tests of bakery.images.rootfs: real ansible-playbook runs, real mmdebstrap, one real build.
 
-The build (bookworm minbase + python3) is cached in the session's cache_dir, so other tests can use
-the ``bookworm_rootfs`` fixture (a base image for ``docker import``, say) without building again.
+The build is the default bake's base (bookworm minbase + python3 + python3-apt, conftest.BAKE_BASE), at
+the path the bake plan gives it in the session's cache_dir: the Docker tests and this file share it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
-
-try:  # tests/integration as a package, or (pytest's default) as a directory on sys.path
-    from .conftest import run_playbook
-except ImportError:
-    from conftest import run_playbook
-
-pytestmark = pytest.mark.skipif(not shutil.which("mmdebstrap"), reason="mmdebstrap is not installed")
+from conftest import BAKE_BASE, run_playbook
 
 PLAY = """\
 - hosts: localhost
@@ -36,13 +29,15 @@ ROOTFS_TASK = """\
       bakery.images.rootfs:
         path: "{{ rootfs_path }}"
         suite: bookworm
+        mirror: "{{ rootfs_mirror }}"
         variant: minbase
-        packages: "{{ rootfs_packages | default(['python3']) }}"
+        packages: "{{ rootfs_packages | default(default_packages) }}"
 """
 
 # The play sets its own connection and interpreter, so it also runs with an explicit inventory; an explicit
 # one also keeps ansible-playbook from reading the inventory configured in ansible.cfg.
 INVENTORY = ["-i", "localhost,"]
+BASE_VARS = {"rootfs_mirror": BAKE_BASE["mirror"], "default_packages": BAKE_BASE["packages"]}
 
 # a stand-in that records being run: when it appears first on PATH, an up-to-date rootfs must not call it
 TRIPWIRE = """\
@@ -67,10 +62,14 @@ def bookworm_rootfs(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     Returns ``{"path": Path, "result": <the first rootfs task result>, "seconds": <wall time>}``.
     """
-    path = cache_dir / "rootfs" / "bookworm-minbase-python3.tar"
+    from ansible_collections.bakery.images.plugins.module_utils._plan import rootfs_plan
+
+    path = Path(rootfs_plan(BAKE_BASE, str(cache_dir))["path"])
     tmp = tmp_path_factory.mktemp("bookworm-rootfs")
     started = time.monotonic()
-    run = run_playbook(PLAY + ROOTFS_TASK, tmp, extra_vars={"rootfs_path": str(path)}, args=INVENTORY)
+    run = run_playbook(
+        PLAY + ROOTFS_TASK, tmp, extra_vars={**BASE_VARS, "rootfs_path": str(path)}, args=INVENTORY
+    )
     seconds = time.monotonic() - started
     assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
     return {"path": path, "result": run.task_result("rootfs"), "seconds": seconds}
@@ -85,7 +84,9 @@ def test_build(bookworm_rootfs: dict) -> None:
     if result["changed"]:
         # built now: mmdebstrap ran with the options asked for
         assert result["command"][0].endswith("mmdebstrap")
-        assert "--variant=minbase" in result["command"] and "--include=python3" in result["command"]
+        assert (
+            "--variant=minbase" in result["command"] and "--include=python3,python3-apt" in result["command"]
+        )
         assert result["msg"].startswith("built rootfs")
     else:
         # reused from the cache of an earlier session
@@ -110,7 +111,11 @@ def test_second_run_is_unchanged_fast_and_runs_no_mmdebstrap(bookworm_rootfs: di
     env, called = _tripwire(tmp_path)
     started = time.monotonic()
     run = run_playbook(
-        PLAY + ROOTFS_TASK, tmp_path, extra_vars={"rootfs_path": str(path)}, args=INVENTORY, env=env
+        PLAY + ROOTFS_TASK,
+        tmp_path,
+        extra_vars={**BASE_VARS, "rootfs_path": str(path)},
+        args=INVENTORY,
+        env=env,
     )
     seconds = time.monotonic() - started
     assert run.rc == 0, run.stdout[-4000:]
@@ -133,7 +138,7 @@ def test_check_mode_reports_changed_packages_and_creates_nothing(
     run = run_playbook(
         PLAY + ROOTFS_TASK,
         tmp_path,
-        extra_vars={"rootfs_path": str(path), "rootfs_packages": ["python3", "curl"]},
+        extra_vars={**BASE_VARS, "rootfs_path": str(path), "rootfs_packages": ["python3", "curl"]},
         args=[*INVENTORY, "--check", "--diff"],
         env=env,
     )
@@ -149,7 +154,10 @@ def test_check_mode_reports_changed_packages_and_creates_nothing(
 
     fresh = tmp_path / "fresh" / "rootfs.tar"
     run = run_playbook(
-        PLAY + ROOTFS_TASK, tmp_path, extra_vars={"rootfs_path": str(fresh)}, args=[*INVENTORY, "--check"]
+        PLAY + ROOTFS_TASK,
+        tmp_path,
+        extra_vars={**BASE_VARS, "rootfs_path": str(fresh)},
+        args=[*INVENTORY, "--check"],
     )
     assert run.rc == 0, run.stdout[-4000:]
     assert run.task_result("rootfs")["changed"] is True

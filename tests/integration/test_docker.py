@@ -1,0 +1,405 @@
+"""The Docker target on the real engine: Dockerfile builds, container bakes, push, failures.
+
+Every test talks to the dockerd that `make test` started; base images come from bakery's own rootfs
+(no registry is reachable here, nothing is pulled).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import BAKE_BASE, LOCAL, REPO, docker_client, run_playbook
+
+BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
+SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
+DOCKERFILE = Path(__file__).parent / "files" / "Dockerfile.nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serves(image: str, expected: str = "nginx on Debian") -> str:
+    """Run *image* with port 80 published on 127.0.0.1 and return the page it serves."""
+    client = docker_client()
+    port = free_port()
+    container = client.containers.run(image, detach=True, ports={"80/tcp": ("127.0.0.1", port)})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=2) as reply:
+                    return reply.read().decode()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        "no answer; logs:\n%s" % container.logs().decode(errors="replace")
+                    ) from None
+                time.sleep(0.3)
+    finally:
+        container.remove(force=True)
+
+
+def unique(prefix: str) -> str:
+    return "bakery-test/%s-%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def remove_images(*names: str) -> None:
+    client = docker_client()
+    for name in names:
+        for image in client.images.list(name=name):
+            client.images.remove(image.id, force=True)
+
+
+BUILD_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: build
+      bakery.images.docker_image_build:
+        context: "{{ context }}"
+        name: "{{ name }}"
+        tags: "{{ tags | default(['latest']) }}"
+        build_args: "{{ build_args | default({}) }}"
+        push: "{{ push | default(false) }}"
+        registry: "{{ registry | default(omit) }}"
+"""
+
+
+def build(tmp_path: Path, context: Path, name: str, args: list[str] | None = None, **extra):
+    return run_playbook(
+        BUILD_PLAY,
+        tmp_path,
+        extra_vars=dict(context=str(context), name=name, **extra),
+        args=LOCAL + (args or []),
+    )
+
+
+def test_shared_example_is_the_one_we_test():
+    if SHARED_DOCKERFILE.exists():
+        assert SHARED_DOCKERFILE.read_text() == DOCKERFILE.read_text()
+
+
+def test_dockerfile_nginx_builds_on_bakery_base_and_is_idempotent(bake_base, tmp_path, docker_leftovers):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(DOCKERFILE.read_text())
+    (context / ".dockerignore").write_text("*.log\n")
+    name = unique("nginx-df")
+    try:
+        first = build(tmp_path, context, name)
+        assert first.rc == 0, first.stdout[-3000:]
+        result = first.task_result("build")
+        assert result["changed"] and result["built"]
+        assert result["image"]["config"]["Cmd"] == ["/usr/sbin/nginx"]
+        assert "80/tcp" in result["image"]["config"]["ExposedPorts"]
+        assert serves("%s:latest" % name).strip() == "nginx on Debian"
+
+        (context / "debug.log").write_text("ignored by .dockerignore")
+        started = time.monotonic()
+        second = build(tmp_path, context, name)
+        seconds = time.monotonic() - started
+        assert second.rc == 0
+        again = second.task_result("build")
+        assert not again["changed"] and not again["built"]
+        assert again["image"]["id"] == result["image"]["id"]
+        assert seconds < 15
+
+        (context / "extra.txt").write_text("a new file in the context")
+        check = build(tmp_path, context, name, args=["--check"])
+        would = check.task_result("build")
+        assert would["changed"] and would["changed_inputs"] == ["context"]
+        assert "would build" in would["msg"]
+    finally:
+        remove_images(name)
+
+
+def test_every_dockerfile_instruction_and_build_args(bake_base, tmp_path):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "app.txt").write_text("app\n")
+    (context / "Dockerfile").write_text(
+        "ARG BASE=bakery/debian:bookworm\n"
+        "FROM ${BASE}\n"
+        "ARG GREETING=hello\n"
+        'LABEL org.example.team="images"\n'
+        "ENV APP_HOME=/srv/app GREETING=${GREETING}\n"
+        "WORKDIR /srv/app\n"
+        "COPY app.txt ./copied.txt\n"
+        "ADD app.txt /srv/app/added.txt\n"
+        'RUN useradd --system appuser && echo "$GREETING" > greeting\n'
+        "USER appuser\n"
+        'ENTRYPOINT ["/bin/cat"]\n'
+        'CMD ["/srv/app/greeting"]\n'
+    )
+    name = unique("instructions")
+    try:
+        run = build(tmp_path, context, name, build_args={"GREETING": "bonjour"})
+        assert run.rc == 0, run.stdout[-3000:]
+        config = run.task_result("build")["image"]["config"]
+        assert config["User"] == "appuser" and config["WorkingDir"] == "/srv/app"
+        assert config["Entrypoint"] == ["/bin/cat"] and config["Cmd"] == ["/srv/app/greeting"]
+        assert "APP_HOME=/srv/app" in config["Env"] and "GREETING=bonjour" in config["Env"]
+        labels = run.task_result("build")["image"]["labels"]
+        assert labels["org.example.team"] == "images" and labels["org.bakery.fingerprint"]
+        out = docker_client().containers.run("%s:latest" % name, remove=True)
+        assert out.decode().strip() == "bonjour"
+    finally:
+        remove_images(name)
+
+
+def test_failing_instruction_and_its_output_are_in_the_error(bake_base, tmp_path):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM bakery/debian:bookworm\nRUN echo preparing\nRUN echo about-to-fail && ls /no/such/dir\n"
+    )
+    name = unique("failing")
+    run = build(tmp_path, context, name)
+    assert run.rc != 0
+    msg = run.task_result("build")["msg"]
+    assert re.search(r"step 3/\d+ `RUN echo about-to-fail && ls /no/such/dir`", msg), msg
+    assert "\x1b[" not in msg
+    assert "returned a non-zero code" in msg
+    assert "about-to-fail" in msg and "No such file or directory" in msg
+    assert "Traceback" not in msg
+
+
+def write_bake(tmp_path: Path, bake: dict) -> Path:
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": bake}))
+    return path
+
+
+def container_bake(name: str, cache_dir: str, **docker) -> dict:
+    return {
+        "name": "itest",
+        "cache_dir": cache_dir,
+        "base": dict(BAKE_BASE),
+        "provisioners": [{"role": "bakery.images.example_web"}],
+        "targets": [{"name": "web", "docker": dict({"repository": name}, **docker)}],
+    }
+
+
+def bake(tmp_path: Path, definition: dict, *args: str, env=None):
+    return run_playbook(
+        BAKE_PLAYBOOK,
+        tmp_path,
+        args=["-e", "@%s" % write_bake(tmp_path, definition), *args],
+        json_output=True,
+        env=env,
+    )
+
+
+def host_stats(run) -> dict:
+    return {host: (s["changed"], s["failures"], s["unreachable"]) for host, s in run.stats.items()}
+
+
+def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_leftovers):
+    name = unique("web")
+    definition = container_bake(
+        name,
+        bake_base["cache_dir"],
+        tags=["latest", "1.0"],
+        changes={
+            "cmd": ["/usr/sbin/nginx"],
+            "expose": ["80"],
+            "env": {"SITE": "example"},
+            "workdir": "/var/www",
+        },
+        labels={"org.example.owner": "platform"},
+    )
+    try:
+        first = bake(tmp_path, definition)
+        assert first.rc == 0, first.stdout[-5000:]
+        image = docker_client().images.get("%s:latest" % name)
+        assert image.tags and "%s:1.0" % name in image.tags
+        config = image.attrs["Config"]
+        assert config["Cmd"] == ["/usr/sbin/nginx"]
+        assert not config.get("Entrypoint")
+        assert "80/tcp" in config["ExposedPorts"]
+        assert "SITE=example" in config["Env"] and config["WorkingDir"] == "/var/www"
+        assert config["Labels"]["org.example.owner"] == "platform"
+        assert config["Labels"]["bakery-temporary"] == "false"
+        assert serves("%s:latest" % name).strip() == "nginx on Debian"
+
+        manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+        (entry,) = manifest["artifacts"]
+        assert entry["id"] == image.id and entry["fingerprint"] == config["Labels"]["org.bakery.fingerprint"]
+        assert entry["build_seconds"] > 0 and entry["bake_id"]
+        summary = first.task_result("Artifact summary")["msg"]
+        assert any("built in" in line and name in line for line in summary)
+
+        second = bake(tmp_path, definition)
+        assert second.rc == 0
+        assert all(changed == 0 for changed, _, _ in host_stats(second).values()), host_stats(second)
+        assert "bakery-web-builder" not in second.stats
+        assert docker_client().images.get("%s:latest" % name).id == image.id
+        assert json.loads((tmp_path / "output" / "bake-manifest.json").read_text()) == manifest
+
+        definition["provisioners"][0]["vars"] = {"example_web_page": "changed\n"}
+        check = bake(tmp_path, definition, "--check")
+        assert check.rc == 0
+        summary = check.task_result("Artifact summary")["msg"]
+        assert any("would build: vars" in line for line in summary), summary
+        assert docker_client().images.get("%s:latest" % name).id == image.id
+    finally:
+        remove_images(name)
+
+
+def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_leftovers):
+    base, name = unique("entry-base"), unique("entry")
+    play = """
+    - hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: base
+          bakery.images.docker_image_build:
+            action: import
+            rootfs: "{{ rootfs }}"
+            name: "{{ base }}"
+            changes: {entrypoint: [/bin/echo, from-base], env: {BASEVAR: "1"}}
+        - name: start
+          bakery.images.docker_image_build:
+            action: start
+            name: "{{ name }}"
+            base_image: "{{ base }}:latest"
+          register: started
+        - name: provision
+          ansible.builtin.command: touch /provisioned
+          delegate_to: "{{ started.container.name }}"
+          vars:
+            ansible_connection: community.docker.docker_api
+            ansible_python_interpreter: /usr/bin/python3
+        - name: commit
+          bakery.images.docker_image_build:
+            action: commit
+            name: "{{ name }}"
+            base_image: "{{ base }}:latest"
+            container: "{{ started.container.id }}"
+    """
+    try:
+        run = run_playbook(
+            play, tmp_path, extra_vars={"rootfs": bake_base["rootfs"], "base": base, "name": name}, args=LOCAL
+        )
+        assert run.rc == 0, run.stdout[-4000:]
+        config = docker_client().images.get("%s:latest" % name).attrs["Config"]
+        assert config["Entrypoint"] == ["/bin/echo", "from-base"]
+        assert config["Cmd"] == ["bash"]
+        assert "BASEVAR=1" in config["Env"]
+        out = docker_client().containers.run("%s:latest" % name, remove=True).decode()
+        assert out.strip() == "from-base bash"
+        check = docker_client().containers.run(
+            "%s:latest" % name, entrypoint=["ls", "/provisioned"], remove=True
+        )
+        assert check.decode().strip() == "/provisioned"
+    finally:
+        remove_images(name, base)
+
+
+def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_path, docker_leftovers):
+    role = tmp_path / "roles" / "broken" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(
+        "- name: Step that works\n  ansible.builtin.command: echo fine\n"
+        "- name: Step that breaks\n  ansible.builtin.shell: echo last words; echo on stderr >&2; exit 3\n"
+    )
+    name = unique("broken")
+    definition = container_bake(name, bake_base["cache_dir"])
+    definition["provisioners"] = [{"role": "broken"}]
+    run = bake(tmp_path, definition, env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")})
+    assert run.rc != 0
+    failure = run.task_result("Fail for the targets that failed")["msg"]
+    assert "target web failed in provision on builder bakery-web-builder, task 'Step that breaks'" in failure
+    assert "last words" in failure and "on stderr" in failure
+    assert not docker_client().images.list(name=name)
+    # docker_leftovers asserts that no build container is left
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b["targets"][0]["docker"].update(colour="blue"), "Unsupported parameters"),
+        (lambda b: b["targets"][0]["docker"].update(tags="not-a-list-of-tags!"), "invalid image tag"),
+        (lambda b: b["targets"][0]["docker"].update(repository="Upper/Case"), "invalid image name"),
+        (lambda b: b.update(colour="blue"), "colour"),
+        (lambda b: b.update(name="has space"), "bake name 'has space' is not valid"),
+        (lambda b: b["provisioners"].append({"role": "../../etc"}), "is not a role name"),
+        (
+            lambda b: b["provisioners"].append({"role": "no_such_role"}),
+            "provisioner role 'no_such_role' not found",
+        ),
+        (lambda b: b["targets"].append({"name": "web", "docker": {"repository": "x"}}), "used twice"),
+        (lambda b: b["targets"][0].update(qemu={}), "exactly one of the keys"),
+        (lambda b: b["base"].update(suite=None), "suite"),
+    ],
+)
+def test_bad_definitions_fail_in_the_plan_and_create_nothing(tmp_path, mutate, message):
+    definition = container_bake(unique("never"), str(tmp_path / "cache"))
+    mutate(definition)
+    client = docker_client()
+    containers = len(client.containers.list(all=True))
+    images = len(client.images.list(all=True))
+    run = bake(tmp_path, definition)
+    assert run.rc != 0
+    assert message in run.stdout, run.stdout[-3000:]
+    assert "Traceback" not in run.stdout
+    assert "bakery-web" not in run.stats  # failed in the plan: no target host was even added
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "output").exists()
+    assert len(client.containers.list(all=True)) == containers
+    assert len(client.images.list(all=True)) == images
+
+
+REGISTRY_PASSWORD = "s3cret-Registry-Passw0rd-7f3a"
+
+
+def test_push_to_a_local_registry_and_pull_back(bake_base, tmp_path):
+    from registry import start_registry
+
+    url, stop = start_registry(tmp_path / "registry", user="pusher", password=REGISTRY_PASSWORD)
+    name = "%s/bakery/pushed" % url
+    auth = {"username": "pusher", "password": REGISTRY_PASSWORD}
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM bakery/debian:bookworm\nRUN echo pushed > /pushed\n")
+    try:
+        first = build(
+            tmp_path, context, name, args=["-vvvv"], tags=["latest", "v1"], push=True, registry=auth
+        )
+        assert first.rc == 0, first.stdout[-3000:]
+        pushed = first.task_result("build")["push"]
+        assert sorted(pushed["pushed"]) == ["%s:latest" % name, "%s:v1" % name]
+        assert REGISTRY_PASSWORD not in first.stdout + first.stderr
+
+        client = docker_client()
+        image_id = client.images.get("%s:v1" % name).id
+        remove_images(name)
+        pulled = client.images.pull(name, tag="v1", auth_config=auth)
+        assert pulled.id == image_id
+        assert (
+            client.containers.run("%s:v1" % name, ["cat", "/pushed"], remove=True).decode().strip()
+            == "pushed"
+        )
+
+        client.api.tag(image_id, name, "latest")
+        again = build(tmp_path, context, name, tags=["latest", "v1"], push=True, registry=auth)
+        assert again.rc == 0, again.stdout[-3000:]
+        result = again.task_result("build")
+        assert not result["changed"], result
+        assert sorted(result["push"]["up_to_date"]) == ["%s:latest" % name, "%s:v1" % name]
+
+        wrong = build(tmp_path, context, name, tags=["v2"], push=True, registry=dict(auth, password="wrong"))
+        assert wrong.rc != 0
+        assert "push of %s:v2 failed" % name in wrong.task_result("build")["msg"]
+    finally:
+        stop()
+        remove_images(name)
