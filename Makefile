@@ -1,0 +1,116 @@
+# bakery.images: bake images from this checkout, and test it.
+#
+#   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
+#   make test                                          lint, sanity, unit, integration (what CI runs)
+#   make lint | sanity | unit | integration            one of them
+#   make help                                          this list
+#
+# Everything needed is installed on the way: Debian packages with apt-get when root (else the missing
+# ones are named), a virtualenv in .venv (redone only when requirements*.txt change), this checkout
+# built and installed as a collection in .collections (redone only when a file of it changed).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+BAKE_PLAYBOOK ?= playbooks/bake.yml
+BAKE_ARGS ?=
+PYTEST_ARGS ?=
+# Extra ansible-test sanity options, e.g. SANITY_ARGS="--test pylint".
+SANITY_ARGS ?=
+
+# Debian packages.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
+# arch-test lets it check foreign architectures.
+APT_BAKE := docker.io iptables mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
+# shellcheck: lints scripts/ and .ci/run.
+APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+
+SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
+
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help bake test lint sanity unit integration \
+	apt-bake apt-test collection collection-test clean distclean
+
+help:
+	@sed -n '3,7s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+# ---------------------------------------------------------------- installs
+
+apt-bake:
+	@scripts/system-packages $(APT_BAKE)
+
+apt-test:
+	@scripts/system-packages $(APT_TEST)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-runtime: requirements.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.stamp-test: requirements.txt requirements-test.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@ $(VENV)/.stamp-runtime
+
+collection: $(VENV)/.stamp-runtime
+	@scripts/collection $(VENV)
+
+collection-test: $(VENV)/.stamp-test
+	@scripts/collection $(VENV)
+
+# ---------------------------------------------------------------- bake
+
+bake: apt-bake collection
+	@scripts/dockerd start
+	@if scripts/dockerd status | grep -q 'started by scripts/dockerd'; then \
+		echo "note: the Docker engine started for this bake is left running; 'scripts/dockerd stop' stops it"; \
+	fi
+	PATH="$(BIN):$$PATH" $(BIN)/ansible-playbook $(BAKE_PLAYBOOK) $(BAKE_ARGS)
+
+# ---------------------------------------------------------------- tests
+
+# All steps run, even after a failure; a summary with timings follows.  dockerd is started (and stopped
+# again) only around the integration tests, which are the only ones that need it.
+test: apt-test collection-test
+	@MAKE="$(MAKE)" scripts/steps lint sanity unit integration
+
+lint: $(VENV)/.stamp-test
+	@rc=0; \
+	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
+	echo "+ ruff format --check ."; $(BIN)/ruff format --check . || rc=1; \
+	if command -v shellcheck >/dev/null; then \
+		echo "+ shellcheck $(SHELL_SCRIPTS)"; shellcheck $(SHELL_SCRIPTS) || rc=1; \
+	else \
+		echo "shellcheck is not installed (apt-get install shellcheck): shell scripts not linted" >&2; \
+	fi; \
+	exit $$rc
+
+sanity: $(VENV)/.stamp-test
+	scripts/sanity $(VENV) $(SANITY_ARGS)
+
+# pytest's exit status 5 means it collected no test: a failure here, where tests are expected.
+unit: collection-test
+	@$(BIN)/pytest tests/unit $(PYTEST_ARGS) || { rc=$$?; \
+		if [ $$rc = 5 ]; then echo "unit: pytest collected no tests in tests/unit" >&2; fi; exit $$rc; }
+
+integration: apt-test collection-test
+	@PATH="$(BIN):$$PATH" scripts/dockerd run $(BIN)/pytest tests/integration $(PYTEST_ARGS) || { rc=$$?; \
+		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
+		exit $$rc; }
+
+# ---------------------------------------------------------------- cleaning
+
+clean:
+	rm -rf .collections .ruff_cache .pytest_cache tests/output
+
+distclean: clean
+	rm -rf $(VENV)
