@@ -173,7 +173,7 @@ def _from_images(dockerfile_text: str, build_args: dict[str, str]) -> list[str]:
             continue
         keyword = parts[0].upper()
         if keyword == "ARG" and len(parts) > 1 and not images:
-            key, _, value = parts[1].partition("=")
+            key, _sep, value = parts[1].partition("=")
             args[key] = build_args.get(key, value.strip("\"'"))
         elif keyword == "FROM":
             words = [word for word in parts[1:] if not word.startswith("--")]
@@ -484,9 +484,10 @@ def dockerfile_changes(changes: dict[str, Any], default_cmd: list[str] | None = 
 def rootfs_base_image(client: Any, rootfs: str) -> str:
     """The image made from a rootfs tarball, imported once and reused (label org.bakery.rootfs)."""
     identity = rootfs_identity(rootfs)
-    found = client.api.images(filters={"label": "%s=%s" % (ROOTFS_LABEL, identity)})
-    if found:
-        return found[0]["Id"]
+    # only the plain import made here: an image imported with changes may carry the same rootfs label
+    cached = _image(client, "bakery-rootfs:%s" % identity[:12])
+    if cached and _labels(cached).get(ROOTFS_LABEL) == identity:
+        return cached["Id"]
     return _import(
         client,
         rootfs,

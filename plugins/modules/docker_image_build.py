@@ -33,6 +33,7 @@ attributes:
     description: Reports what would be built and which input changed; creates nothing.
   diff_mode:
     support: none
+    description: Reports the changed inputs in RV(changed_inputs) instead of a diff.
   idempotent:
     support: full
     description: Same inputs give the same fingerprint; an existing image with it is reused.

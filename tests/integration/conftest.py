@@ -28,7 +28,8 @@ class PlaybookResult:
         found = []
         for play in (self.data or {}).get("plays", []):
             for task in play.get("tasks", []):
-                if task["task"]["name"] == task_name:
+                name = task["task"]["name"]
+                if name == task_name or name.endswith(" : " + task_name):  # role tasks: "role : name"
                     found.extend(task["hosts"].values())
         return found
 
@@ -80,7 +81,9 @@ def run_playbook(
     run_env = ansible_env(**(env or {}))
     if json_output:
         run_env["ANSIBLE_STDOUT_CALLBACK"] = "json"
-    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     data = None
     if json_output:
         try:

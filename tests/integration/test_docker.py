@@ -241,7 +241,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
 
         second = bake(tmp_path, definition)
         assert second.rc == 0
-        assert all(changed == 0 for changed, _, _ in host_stats(second).values()), host_stats(second)
+        assert all(stats[0] == 0 for stats in host_stats(second).values()), host_stats(second)
         assert "bakery-web-builder" not in second.stats
         assert docker_client().images.get("%s:latest" % name).id == image.id
         assert json.loads((tmp_path / "output" / "bake-manifest.json").read_text()) == manifest
@@ -261,6 +261,8 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
     play = """
     - hosts: localhost
       gather_facts: false
+      vars:
+        ansible_python_interpreter: "{{ ansible_playbook_python }}"
       tasks:
         - name: base
           bakery.images.docker_image_build:
@@ -289,7 +291,15 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
     """
     try:
         run = run_playbook(
-            play, tmp_path, extra_vars={"rootfs": bake_base["rootfs"], "base": base, "name": name}, args=LOCAL
+            play,
+            tmp_path,
+            extra_vars={"rootfs": bake_base["rootfs"], "base": base, "name": name},
+            args=[
+                "-i",
+                "localhost,",
+                "-c",
+                "local",
+            ],  # the interpreter is a play var: delegation overrides it
         )
         assert run.rc == 0, run.stdout[-4000:]
         config = docker_client().images.get("%s:latest" % name).attrs["Config"]

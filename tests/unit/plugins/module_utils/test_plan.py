@@ -96,7 +96,7 @@ def test_bad_definitions_fail_with_a_message_naming_the_problem(mutate, message)
 
 
 def test_bake_ids_are_unique_and_label_safe():
-    ids = {_plan.new_bake_id() for _ in range(50)}
+    ids = {_plan.new_bake_id() for _index in range(50)}
     assert len(ids) == 50
     for bake_id in ids:
         assert bake_id == bake_id.lower() and len(bake_id) <= 63

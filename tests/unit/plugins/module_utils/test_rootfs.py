@@ -634,7 +634,7 @@ class TestBake:
         def target() -> None:
             results.append(bake(tmp_path, packages=["python3"]))
 
-        threads = [threading.Thread(target=target) for _ in range(3)]
+        threads = [threading.Thread(target=target) for _index in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:

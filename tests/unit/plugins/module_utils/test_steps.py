@@ -16,7 +16,7 @@ def test_undos_run_in_reverse_on_failure():
         with Steps() as steps:
             steps.run("one", lambda: log.append("do 1") or 1, undo=lambda r: log.append("undo %d" % r))
             steps.run("two", lambda: log.append("do 2") or 2, undo=lambda r: log.append("undo %d" % r))
-            steps.run("three", lambda: (_ for _ in ()).throw(BakeryError("boom")))
+            steps.run("three", lambda: (_fail for _fail in ()).throw(BakeryError("boom")))
     assert log == ["do 1", "do 2", "undo 2", "undo 1"]
     assert steps.undone == ["two", "one"]
 
@@ -32,7 +32,7 @@ def test_success_keeps_results_but_runs_always_undos():
 def test_a_failing_undo_does_not_stop_the_others_and_is_reported():
     log = []
 
-    def bad_undo(_):
+    def bad_undo(_result):
         raise RuntimeError("cannot remove")
 
     with pytest.raises(BakeryError) as info:

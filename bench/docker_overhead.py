@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Overhead of docker_image_build (Dockerfile mode) over plain `docker build` on the same context.
 
 Both build tests/integration/files/Dockerfile.nginx on bakery/debian:bookworm without the layer cache
@@ -7,7 +6,7 @@ Both build tests/integration/files/Dockerfile.nginx on bakery/debian:bookworm wi
 Prints the medians and their ratio; the goal is a ratio <= 1.10.
 
 Needs the base image bakery/debian:bookworm: `make bake` leaves the rootfs it needs in output/cache,
-and this script imports it when the image is missing. Run: .venv/bin/python bench/docker_overhead [N]
+and this script imports it when the image is missing. Run: .venv/bin/python bench/docker_overhead.py [N]
 """
 
 from __future__ import annotations
@@ -68,7 +67,12 @@ def run(cmd: list[str], **kwargs) -> float:
 
 
 def ensure_base(workdir: Path) -> None:
-    if subprocess.run(["docker", "image", "inspect", "bakery/debian:bookworm"], capture_output=True).returncode == 0:
+    if (
+        subprocess.run(
+            ["docker", "image", "inspect", "bakery/debian:bookworm"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         return
     tarballs = sorted((REPO / "output" / "cache" / "rootfs").glob("bookworm-*.tar"))
     if not tarballs:
@@ -90,10 +94,21 @@ def main() -> None:
         play.write_text(PLAY % {"context": context})
         module, cli = [], []
         for index in range(rounds):
-            module.append(run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", str(play)]))
-            cli.append(run(["docker", "build", "--no-cache", "-q", "-t", "bakery-bench/overhead-cli", str(context)]))
-            print("round %d: module %.2f s, docker build %.2f s" % (index + 1, module[-1], cli[-1]), file=sys.stderr)
-        subprocess.run(["docker", "rmi", "-f", "bakery-bench/overhead-module", "bakery-bench/overhead-cli"], capture_output=True)
+            module.append(
+                run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", str(play)])
+            )
+            cli.append(
+                run(["docker", "build", "--no-cache", "-q", "-t", "bakery-bench/overhead-cli", str(context)])
+            )
+            print(
+                "round %d: module %.2f s, docker build %.2f s" % (index + 1, module[-1], cli[-1]),
+                file=sys.stderr,
+            )
+        subprocess.run(
+            ["docker", "rmi", "-f", "bakery-bench/overhead-module", "bakery-bench/overhead-cli"],
+            capture_output=True,
+            check=False,
+        )
     ratio = statistics.median(module) / statistics.median(cli)
     print(
         json.dumps(
