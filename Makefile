@@ -24,8 +24,9 @@ PYTEST_ARGS ?=
 SANITY_ARGS ?=
 
 # Debian packages.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
-# arch-test lets it check foreign architectures.
-APT_BAKE := docker.io iptables mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
+# hierarchies with it where nothing else did.
+APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
 # shellcheck: lints scripts/ and .ci/run.
 APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
