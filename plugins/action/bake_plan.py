@@ -34,7 +34,13 @@ def validate_target(kind: str, options: Any, where: str) -> dict[str, Any]:
     spec = _strip_docs(target_spec(kind))
     result = ArgumentSpecValidator(spec).validate(options)
     if result.error_messages:
-        raise BakeryError("%s: %s" % (where, "; ".join(result.error_messages)))
+        messages = []
+        for error in result.errors.errors:
+            text = str(error)
+            if type(error).__name__ == "UnsupportedError":
+                text = "unsupported option %s" % text
+            messages.append(text)
+        raise BakeryError("%s: %s" % (where, "; ".join(messages)))
     return result.validated_parameters
 
 

@@ -83,11 +83,24 @@ def as_list(value: Any) -> list[str]:
 
 
 def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
-    """Where the bake's base rootfs goes and its identity: one tarball per distinct base."""
+    """Where the bake's base rootfs goes and its identity: one tarball per distinct base.
+
+    The options are checked as the rootfs module will check them (a bad suite, package name or
+    mirror fails here, before anything is created), and the identity is the fingerprint the module
+    will give the tarball.
+    """
+    from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+    from ansible_collections.bakery.images.plugins.module_utils._fingerprint import fingerprint
+
     options = {key: value for key, value in base.items() if value not in (None, [], {})}
-    identity = digest_value(options)
-    name = "%s-%s.tar" % (check_name("suite", str(options.get("suite", "base")).lower()), identity[:12])
-    return {"path": os.path.join(cache_dir, "rootfs", name), "options": options, "identity": identity}
+    directory = os.path.join(cache_dir, "rootfs")
+    try:
+        parsed = _rootfs.parse_options(dict(options, path=os.path.join(directory, "base.tar")))
+    except BakeryError as exc:
+        raise BakeryError("bake.base: %s" % exc.msg) from None
+    identity = fingerprint(_rootfs.compute_inputs(parsed))
+    name = "%s-%s.tar" % (parsed.suite.lower(), identity[:12])
+    return {"path": os.path.join(directory, name), "options": options, "identity": identity}
 
 
 def make_plan(

@@ -338,7 +338,10 @@ def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda b: b["targets"][0]["docker"].update(colour="blue"), "Unsupported parameters"),
+        (
+            lambda b: b["targets"][0]["docker"].update(colour="blue"),
+            "bake.targets[0].docker: unsupported option colour",
+        ),
         (lambda b: b["targets"][0]["docker"].update(tags="not-a-list-of-tags!"), "invalid image tag"),
         (lambda b: b["targets"][0]["docker"].update(repository="Upper/Case"), "invalid image name"),
         (lambda b: b.update(colour="blue"), "colour"),
@@ -349,8 +352,10 @@ def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_
             "provisioner role 'no_such_role' not found",
         ),
         (lambda b: b["targets"].append({"name": "web", "docker": {"repository": "x"}}), "used twice"),
-        (lambda b: b["targets"][0].update(qemu={}), "exactly one of the keys"),
-        (lambda b: b["base"].update(suite=None), "suite"),
+        (lambda b: b["targets"][0].update(qemu={}), "bake.targets.qemu. Supported parameters include"),
+        (lambda b: b["targets"][0].update(docker=None), "exactly one of the keys"),
+        (lambda b: b["base"].update(suite=None), "bake.base: rootfs: suite must not be empty"),
+        (lambda b: b["base"].update(packages=["python3", "no such package"]), "invalid package name"),
     ],
 )
 def test_bad_definitions_fail_in_the_plan_and_create_nothing(tmp_path, mutate, message):
