@@ -88,6 +88,7 @@ lint: $(VENV)/.stamp-test
 	@rc=0; \
 	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
 	echo "+ ruff format --check ."; $(BIN)/ruff format --check . || rc=1; \
+	echo "+ antsibull-changelog lint"; $(BIN)/antsibull-changelog lint || rc=1; \
 	if command -v shellcheck >/dev/null; then \
 		echo "+ shellcheck $(SHELL_SCRIPTS)"; shellcheck $(SHELL_SCRIPTS) || rc=1; \
 	else \
