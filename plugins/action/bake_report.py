@@ -1,0 +1,58 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of the bake report: the manifest, the summary and the failures, in one quick step."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.bakery.images.plugins.module_utils import _manifest
+from ansible_collections.bakery.images.plugins.module_utils._files import write_json_atomic
+
+
+def _read(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("plan", "results"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        plan = self._task.args.get("plan")
+        results = self._task.args.get("results") or []
+        if not isinstance(plan, dict) or "manifest" not in plan:
+            raise AnsibleActionFail("plan must be the plan returned by bakery.images.bake_plan")
+        path = plan["manifest"]
+        previous = _read(path)
+        manifest = _manifest.manifest(plan, results, previous)
+        has_artifacts = bool(manifest["artifacts"])
+        changed = has_artifacts and manifest != previous
+        if changed and not self._task.check_mode:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json_atomic(path, manifest)
+        failures = [r for r in results if r.get("failure")]
+        result.update(
+            changed=changed,
+            manifest=path if has_artifacts else None,
+            summary=_manifest.summary(plan, results),
+            failed_targets=[r["target"] for r in failures],
+            failures=_manifest.failures(plan, results) if failures else "",
+        )
+        if self._task.diff and changed:
+            result["diff"] = {
+                "before": json.dumps(previous, indent=2, sort_keys=True) + "\n" if previous else "",
+                "after": json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                "before_header": path,
+                "after_header": path,
+            }
+        return result
