@@ -358,18 +358,7 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     image = _image(client, image_id or "%s:%s" % (name, tags[0]))
     if image is None:
         raise BakeryError("docker build ended without an image")
-    ensure_tags(client, image["Id"], name, tags, False)
-    summary = image_summary(client, image["Id"], name, tags)
-    return dict(
-        changed=True,
-        built=True,
-        image=summary,
-        fingerprint=fp,
-        inputs=inputs,
-        changed_inputs=changed_inputs(previous, inputs),
-        duration=round(time.monotonic() - started, 3),
-        msg="built %s:%s from %s" % (name, tags[0], params["context"]),
-    )
+    return _built(client, image["Id"], params, fp, inputs, previous, started, "built %s" % params["context"])
 
 
 def _unchanged_or_plan(
@@ -428,6 +417,21 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
     labels[ROOTFS_LABEL] = inputs["source"]
     changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
     image_id = _import(client, params["rootfs"], name, tags[0], changes)
+    return _built(client, image_id, params, fp, inputs, previous, started, "imported %s" % params["rootfs"])
+
+
+def _built(
+    client: Any,
+    image_id: str,
+    params: dict[str, Any],
+    fp: str,
+    inputs: dict[str, str],
+    previous: dict[str, str],
+    started: float,
+    what: str,
+) -> dict[str, Any]:
+    """Tag a freshly made image and describe it: the result of build, import and commit."""
+    name, tags = params["name"], params["tags"]
     ensure_tags(client, image_id, name, tags, False)
     return dict(
         changed=True,
@@ -437,7 +441,7 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
         inputs=inputs,
         changed_inputs=changed_inputs(previous, inputs),
         duration=round(time.monotonic() - started, 3),
-        msg="imported %s as %s:%s" % (params["rootfs"], name, tags[0]),
+        msg="%s as %s:%s" % (what, name, tags[0]),
     )
 
 
@@ -655,17 +659,8 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
             raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
         image_id = reply["Id"]
         _check_committed(client, image_id, conf)
-        ensure_tags(client, image_id, name, tags, False)
-    return dict(
-        changed=True,
-        built=True,
-        image=image_summary(client, image_id, name, tags),
-        fingerprint=fp,
-        inputs=inputs,
-        changed_inputs=changed_inputs(previous, inputs),
-        duration=round(time.monotonic() - started, 3),
-        msg="committed %s as %s:%s" % (container.get("Name", cid).lstrip("/"), name, tags[0]),
-    )
+        what = "committed %s" % container.get("Name", cid).lstrip("/")
+        return _built(client, image_id, params, fp, inputs, previous, started, what)
 
 
 def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:
