@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     FINGERPRINT_LABEL,
@@ -270,8 +271,6 @@ def container_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
 
 def rootfs_identity(path: str) -> str:
     """The rootfs's fingerprint from its sidecar, else the tarball's sha256."""
-    from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
-
     if not os.path.isfile(path):
         raise BakeryError("rootfs tarball %r not found" % path)
     sidecar = read_sidecar(path) or {}

@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value
+from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
@@ -89,9 +91,6 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
     mirror fails here, before anything is created), and the identity is the fingerprint the module
     will give the tarball.
     """
-    from ansible_collections.bakery.images.plugins.module_utils import _rootfs
-    from ansible_collections.bakery.images.plugins.module_utils._fingerprint import fingerprint
-
     options = {key: value for key, value in base.items() if value not in (None, [], {})}
     directory = os.path.join(cache_dir, "rootfs")
     try:
@@ -204,8 +203,6 @@ def make_plan(
 def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
     """What the argument spec cannot say: names the engine or cloud would reject later."""
     if kind == "docker":
-        from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
-
         try:
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
         except BakeryError as exc:
