@@ -72,6 +72,7 @@ BUILD_PLAY = """
         build_args: "{{ build_args | default({}) }}"
         push: "{{ push | default(false) }}"
         registry: "{{ registry | default(omit) }}"
+        force: "{{ force | default(false) }}"
 """
 
 
@@ -113,6 +114,12 @@ def test_dockerfile_nginx_builds_on_bakery_base_and_is_idempotent(bake_base, tmp
         assert not again["changed"] and not again["built"]
         assert again["image"]["id"] == result["image"]["id"]
         assert seconds < 15
+
+        forced = build(tmp_path, context, name, force=True)
+        assert forced.rc == 0, forced.stdout[-3000:]
+        rebuilt = forced.task_result("build")
+        assert rebuilt["changed"] and rebuilt["built"]
+        assert rebuilt["fingerprint"] == result["fingerprint"]
 
         (context / "extra.txt").write_text("a new file in the context")
         check = build(tmp_path, context, name, args=["--check"])
