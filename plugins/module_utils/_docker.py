@@ -263,10 +263,13 @@ def container_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
         inputs["base_image"] = image["Id"]
     elif params.get("rootfs") and "source" not in inputs:
         inputs["source"] = rootfs_identity(params["rootfs"])
-    inputs["options"] = digest_value(
-        {"changes": params.get("changes") or {}, "labels": params.get("labels") or {}}
-    )
+    inputs["options"] = config_options_digest(params)
     return inputs
+
+
+def config_options_digest(params: dict[str, Any]) -> str:
+    """Digest of what an import or a commit writes into the image config: its changes and labels."""
+    return digest_value({"changes": params.get("changes") or {}, "labels": params.get("labels") or {}})
 
 
 def rootfs_identity(path: str) -> str:
@@ -402,9 +405,7 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
     name, tags = params["name"], params["tags"]
     inputs = dict(params.get("inputs") or {})
     inputs["source"] = rootfs_identity(params["rootfs"])
-    inputs["options"] = digest_value(
-        {"changes": params.get("changes") or {}, "labels": params.get("labels") or {}}
-    )
+    inputs["options"] = config_options_digest(params)
     fp = fingerprint(inputs)
     result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
     if result is not None:
