@@ -35,14 +35,17 @@ ENV = dict(
     ANSIBLE_LOCALHOST_WARNING="false",
     DOCKER_BUILDKIT="0",
 )
-PLAY = """
+PLAY_HEADER = """
 - hosts: localhost
   connection: local
   gather_facts: false
   vars:
     ansible_python_interpreter: "{{ ansible_playbook_python }}"
   tasks:
-    - name: floor
+"""
+PLAY = (
+    PLAY_HEADER
+    + """    - name: floor
       ansible.builtin.ping:
     - name: build
       bakery.images.docker_image_build:
@@ -51,20 +54,17 @@ PLAY = """
         nocache: true
         force: true
 """
-IMPORT = """
-- hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    ansible_python_interpreter: "{{ ansible_playbook_python }}"
-  tasks:
-    - name: import
+)
+IMPORT = (
+    PLAY_HEADER
+    + """    - name: import
       bakery.images.docker_image_build:
         action: import
         rootfs: "%(rootfs)s"
         name: bakery/debian
         tags: [bookworm]
 """
+)
 
 
 def run(cmd: list[str], **kwargs) -> float:

@@ -309,10 +309,9 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     name, tags = params["name"], params["tags"]
     inputs = build_inputs(client, params)
     fp = fingerprint(inputs)
-    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
-    if result is not None:
-        return result
-    previous = previous_inputs(client, name, tags)
+    looked = _lookup(client, params, fp, inputs, check_mode)
+    if looked["found"] or check_mode:
+        return looked
     started = time.monotonic()
     context = params["context"]
     dockerfile = params.get("dockerfile") or "Dockerfile"
@@ -360,13 +359,18 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     image = _image(client, image_id or "%s:%s" % (name, tags[0]))
     if image is None:
         raise BakeryError("docker build ended without an image")
-    return _built(client, image["Id"], params, fp, inputs, previous, started, "built %s" % params["context"])
+    what = "built %s" % params["context"]
+    return _built(client, image["Id"], params, fp, inputs, looked["changed_inputs"], started, what)
 
 
-def _unchanged_or_plan(
+def _lookup(
     client: Any, params: dict[str, Any], fp: str, inputs: dict[str, str], check_mode: bool
-) -> dict[str, Any] | None:
-    """The result when nothing needs building (or, in check mode, what would be built); else None."""
+) -> dict[str, Any]:
+    """The image with fingerprint *fp* (``found``, its tags moved onto it), or what would be built and why.
+
+    Callers return this result when ``found`` or in check mode; otherwise they build, and keep its
+    ``changed_inputs`` (computed against the image the tags pointed at before).
+    """
     name, tags = params["name"], params["tags"]
     existing = None if params.get("force") else find_by_fingerprint(client, name, tags, fp)
     if existing is not None:
@@ -382,19 +386,17 @@ def _unchanged_or_plan(
             msg="%s:%s is up to date (fingerprint %s)%s"
             % (name, tags[0], fp[:12], "; tagged %s" % ", ".join(moved) if moved else ""),
         )
-    if check_mode:
-        changed = changed_inputs(previous_inputs(client, name, tags), inputs)
-        reason = "forced" if params.get("force") else "inputs changed: %s" % ", ".join(changed)
-        return dict(
-            changed=True,
-            built=False,
-            found=False,
-            fingerprint=fp,
-            inputs=inputs,
-            changed_inputs=changed,
-            msg="would build %s:%s (%s)" % (name, tags[0], reason),
-        )
-    return None
+    changed = changed_inputs(previous_inputs(client, name, tags), inputs)
+    reason = "forced" if params.get("force") else "inputs changed: %s" % ", ".join(changed)
+    return dict(
+        changed=True,
+        built=False,
+        found=False,
+        fingerprint=fp,
+        inputs=inputs,
+        changed_inputs=changed,
+        msg="would build %s:%s (%s)" % (name, tags[0], reason),
+    )
 
 
 # ---------------------------------------------------------------- import / start / commit
@@ -407,17 +409,17 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
     inputs["source"] = rootfs_identity(params["rootfs"])
     inputs["options"] = config_options_digest(params)
     fp = fingerprint(inputs)
-    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
-    if result is not None:
-        return result
-    previous = previous_inputs(client, name, tags)
+    looked = _lookup(client, params, fp, inputs, check_mode)
+    if looked["found"] or check_mode:
+        return looked
     started = time.monotonic()
     changes = dockerfile_changes(params.get("changes") or {}, default_cmd=["bash"])
     labels = final_labels(params, fp, inputs)
     labels[ROOTFS_LABEL] = inputs["source"]
     changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
     image_id = _import(client, params["rootfs"], name, tags[0], changes)
-    return _built(client, image_id, params, fp, inputs, previous, started, "imported %s" % params["rootfs"])
+    what = "imported %s" % params["rootfs"]
+    return _built(client, image_id, params, fp, inputs, looked["changed_inputs"], started, what)
 
 
 def _built(
@@ -426,7 +428,7 @@ def _built(
     params: dict[str, Any],
     fp: str,
     inputs: dict[str, str],
-    previous: dict[str, str],
+    changed: list[str],
     started: float,
     what: str,
 ) -> dict[str, Any]:
@@ -439,7 +441,7 @@ def _built(
         image=image_summary(client, image_id, name, tags),
         fingerprint=fp,
         inputs=inputs,
-        changed_inputs=changed_inputs(previous, inputs),
+        changed_inputs=changed,
         duration=round(time.monotonic() - started, 3),
         msg="%s as %s:%s" % (what, name, tags[0]),
     )
@@ -508,14 +510,14 @@ def container_name(bake_id: str | None, target: str | None) -> str:
 
 def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """Start a build container (unless an image with the fingerprint exists) for Ansible to provision."""
-    name, tags = params["name"], params["tags"]
+    name = params["name"]
     if not params.get("base_image") and not params.get("rootfs"):
         raise BakeryError("a container bake needs base_image or rootfs")
     inputs = container_inputs(client, params)
     fp = fingerprint(inputs)
-    result = _unchanged_or_plan(client, params, fp, inputs, check_mode)
-    if result is not None:
-        return result
+    looked = _lookup(client, params, fp, inputs, check_mode)
+    if looked["found"] or check_mode:
+        return looked
     base = params.get("base_image") or rootfs_base_image(client, params["rootfs"])
     labels = {
         BAKE_ID_LABEL: params.get("bake_id") or "",
@@ -558,7 +560,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         container={"id": cid, "name": cname, "base_image": base_image.get("Id", base)},
         fingerprint=fp,
         inputs=inputs,
-        changed_inputs=changed_inputs(previous_inputs(client, name, tags), inputs),
+        changed_inputs=looked["changed_inputs"],
         msg="started build container %s from %s" % (cname, base),
     )
 
@@ -660,7 +662,7 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         image_id = reply["Id"]
         _check_committed(client, image_id, conf)
         what = "committed %s" % container.get("Name", cid).lstrip("/")
-        return _built(client, image_id, params, fp, inputs, previous, started, what)
+        return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
 
 
 def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:
@@ -691,30 +693,10 @@ def remove(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
 
 
 def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Look for an image with the container bake's fingerprint; never changes anything."""
-    name, tags = params["name"], params["tags"]
-    if params.get("context"):
-        inputs = build_inputs(client, params)
-    else:
-        inputs = container_inputs(client, params)
-    fp = fingerprint(inputs)
-    existing = None if params.get("force") else find_by_fingerprint(client, name, tags, fp)
-    changed = [] if existing else changed_inputs(previous_inputs(client, name, tags), inputs)
-    if existing:
-        msg = "%s is up to date (fingerprint %s)" % (name, fp[:12])
-    elif params.get("force"):
-        msg = "%s will be rebuilt: forced" % name
-    else:
-        msg = "%s must be built: inputs changed: %s" % (name, ", ".join(changed))
-    return dict(
-        changed=False,
-        found=existing is not None,
-        image=image_summary(client, existing["Id"], name, tags) if existing else None,
-        fingerprint=fp,
-        inputs=inputs,
-        changed_inputs=changed,
-        msg=msg,
-    )
+    """Look for an image with the fingerprint, as build or start would; never changes anything."""
+    inputs = build_inputs(client, params) if params.get("context") else container_inputs(client, params)
+    # looking is not changing, even where a tag would have to move
+    return dict(_lookup(client, params, fingerprint(inputs), inputs, check_mode=True), changed=False)
 
 
 # ---------------------------------------------------------------- push
