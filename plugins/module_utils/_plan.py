@@ -22,6 +22,9 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 
 # every target type bakery knows; a target names its type by the one key of these it has
 TARGET_TYPES = ("docker",)
+# target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
+# box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
+SOURCE_TYPES = ("qemu",)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -159,7 +162,7 @@ def make_plan(
         where = "bake.targets[%d].%s" % (index, kind)
         options = validate_target(kind, target[kind], where)
         check_target(kind, options, where)
-        uses_builder = needs_builder(kind, options)
+        uses_builder = needs_builder(kind, options) and not options.get("source")
         inputs: dict[str, str] = {}
         target_rootfs = None
         if uses_builder:
@@ -185,8 +188,10 @@ def make_plan(
                 "rootfs": target_rootfs,
                 "needs_builder": uses_builder,
                 "provisioners": provisioners if uses_builder else [],
+                "source": None,
             }
         )
+    link_sources(planned, types, chosen)
     bake_id = bake_id or new_bake_id()
     for entry in planned:
         entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir)
@@ -198,6 +203,40 @@ def make_plan(
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
     }
+
+
+def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: list[str]) -> None:
+    """Targets made from another target's disk file (``options.source``) get that target as their source.
+
+    The source's identity (its inputs and options) becomes part of the consumer's inputs, so a new disk
+    means a new box or image. Selecting a consumer selects its source too: the source is then found
+    unchanged, or built first.
+    """
+    by_name = {entry["name"]: entry for entry in planned}
+    for entry in planned:
+        source = entry["options"].get("source")
+        if not source:
+            continue
+        where = "target %r" % entry["name"]
+        if source not in by_name:
+            raise BakeryError(
+                "%s: source %r is not a target of this bake (targets: %s)"
+                % (where, source, ", ".join(by_name))
+            )
+        if types[source] not in SOURCE_TYPES:
+            raise BakeryError(
+                "%s: source %r is a %s target; a source must be a target of type %s"
+                % (where, source, types[source], " or ".join(SOURCE_TYPES))
+            )
+        origin = by_name[source]
+        entry["source"] = {"target": source, "type": types[source], "host": origin["host"]}
+        entry["inputs"] = {
+            "source_target": digest_value(
+                {"type": types[source], "inputs": origin["inputs"], "options": origin["options"]}
+            )
+        }
+        if entry["name"] in chosen and source not in chosen:
+            origin["selected"] = True
 
 
 def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:

@@ -100,3 +100,51 @@ def test_bake_ids_are_unique_and_label_safe():
     assert len(ids) == 50
     for bake_id in ids:
         assert bake_id == bake_id.lower() and len(bake_id) <= 63
+
+
+@pytest.fixture()
+def disk_types(monkeypatch):
+    """A disk-producing type and a consumer of it, as the qemu and vagrant targets are."""
+    monkeypatch.setattr(_plan, "TARGET_TYPES", ("docker", "qemu", "vagrant"))
+    monkeypatch.setattr(_plan, "SOURCE_TYPES", ("qemu",))
+
+
+def disk_bake(**vagrant):
+    bake = copy.deepcopy(BAKE)
+    bake["targets"] = [
+        {"name": "img", "docker": {"repository": "bakery/web"}},
+        {"name": "disk", "qemu": {"format": "qcow2"}},
+        {"name": "box", "vagrant": dict({"source": "disk"}, **vagrant)},
+    ]
+    return bake
+
+
+def test_a_target_made_from_another_targets_disk(disk_types):
+    targets = {t["name"]: t for t in plan(disk_bake(), bake_id="b1")["targets"]}
+    box, disk = targets["box"], targets["disk"]
+    assert box["source"] == {"target": "disk", "type": "qemu", "host": "bakery-disk"}
+    assert not box["needs_builder"] and box["provisioners"] == []
+    assert list(box["inputs"]) == ["source_target"]
+    assert disk["source"] is None and disk["needs_builder"]
+
+
+def test_a_new_disk_means_a_new_box(disk_types):
+    before = {t["name"]: t for t in plan(disk_bake())["targets"]}["box"]["inputs"]
+    roles = dict(ROLES, **{"bakery.images.example_web": "role-digest-2"})
+    after = {t["name"]: t for t in plan(disk_bake(), roles=roles)["targets"]}["box"]["inputs"]
+    assert before != after
+
+
+def test_selecting_a_consumer_selects_its_source(disk_types):
+    result = plan(disk_bake(), only="box")
+    assert sorted(t["name"] for t in result["targets"]) == ["box", "disk"]
+    assert result["skipped_targets"] == ["img"]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("nope", "source 'nope' is not a target of this bake"), ("img", "source 'img' is a docker target")],
+)
+def test_a_source_must_be_a_disk_target_of_the_bake(disk_types, source, message):
+    with pytest.raises(BakeryError, match=message):
+        plan(disk_bake(source=source))
