@@ -13,7 +13,6 @@ fails; ``cleanup`` removes whatever of a bake id is left.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
@@ -613,7 +612,7 @@ class Images:
         name = temporary_name(self.bake_id, self.target)
         with Steps() as steps:
             key_path, public_key = self.ssh_key(name)
-            steps.add_undo("remove the SSH key", lambda: _remove(key_path))
+            steps.add_undo("remove the SSH key", lambda: _remove(key_path, key_path + ".known_hosts"))
             # registered before the insert: an insert that failed after creating the instance leaves nothing
             steps.add_undo("delete the build instance", lambda: self.delete_instance(name))
             op = self.client.compute(
@@ -661,6 +660,9 @@ class Images:
                 "user": self.params["ssh_user"],
                 "private_key": key_path,
                 "python": self.params.get("python") or "/usr/bin/python3",
+                # a new instance has a new host key: accept it once, remembered only for this bake
+                "ssh_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s.known_hosts"
+                % key_path,
             },
             "actions": self.actions,
             "msg": "build instance %s runs at %s" % (name, host),
@@ -677,7 +679,9 @@ class Images:
             return self.would_build(digest, inputs, [])
         with Steps() as steps:
             key_path = os.path.join(self.params.get("ssh_key_dir") or "/tmp", name)
-            steps.add_undo("remove the SSH key", lambda: _remove(key_path), always=True)
+            steps.add_undo(
+                "remove the SSH key", lambda: _remove(key_path, key_path + ".known_hosts"), always=True
+            )
             steps.add_undo("delete the build instance", lambda: self.delete_instance(name), always=True)
             op = self.client.compute(
                 "POST", self.zone_path("instances", name) + "/stop", what="stop instance %s" % name
@@ -948,10 +952,12 @@ class Images:
                 if not self.check_mode:
                     self.delete_object(bucket, item["name"])
                 removed.append("object gs://%s/%s" % (bucket, item["name"]))
-        pattern = os.path.join(
+        key = os.path.join(
             self.params.get("ssh_key_dir") or "/tmp", temporary_name(self.bake_id, self.target)
         )
-        for path in glob.glob(glob.escape(pattern)):
+        for path in (key, key + ".known_hosts"):
+            if not os.path.lexists(path):
+                continue
             if not self.check_mode:
                 _remove(path)
             removed.append("ssh key %s" % path)
@@ -984,9 +990,10 @@ def _committed(response: Any) -> int:
     return int(match.group(1)) + 1 if match else 0
 
 
-def _remove(path: str) -> None:
-    if os.path.lexists(path):
-        os.unlink(path)
+def _remove(*paths: str) -> None:
+    for path in paths:
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 class _ahead:
