@@ -690,7 +690,7 @@ class Images:
             self.actions.append("stopped instance %s" % name)
             image = self.insert_image(steps, digest, inputs, {"sourceDisk": self.zone_path("disks", name)})
             deprecated = self.deprecate_older(image)
-        return self.built(image, digest, inputs, deprecated)
+        return _warn_undo_errors(steps, self.built(image, digest, inputs, deprecated))
 
     def import_disk(self) -> dict[str, Any]:
         """Pack a raw disk as GCE wants it, upload it, and make the image from the object."""
@@ -725,7 +725,7 @@ class Images:
         result = self.built(image, digest, inputs, deprecated)
         result["changed_inputs"] = ["forced"] if existing else changed
         result["upload"] = dict(uploaded, kept=bool(params.get("keep_object")))
-        return result
+        return _warn_undo_errors(steps, result)
 
     def insert_image(
         self, steps: Steps, digest: str, inputs: Mapping[str, str], source: Mapping[str, Any]
@@ -982,6 +982,13 @@ class Images:
         result = self.would_build(digest, inputs, changed)
         result["changed"] = False
         return result
+
+
+def _warn_undo_errors(steps: Steps, result: dict[str, Any]) -> dict[str, Any]:
+    """Temporary resources that could not be removed after a success: warn (the cleanup play retries)."""
+    if steps.undo_errors:
+        result["warnings"] = ["could not remove a temporary resource: %s" % e for e in steps.undo_errors]
+    return result
 
 
 def _committed(response: Any) -> int:
