@@ -614,9 +614,7 @@ class FakeCompute:
             return self.not_found(a["image"])
 
         def deprecated():
-            self.images[key]["deprecated"] = (
-                dict(body) if body.get("state") != "ACTIVE" else {}
-            )
+            self.images[key]["deprecated"] = dict(body) if body.get("state") != "ACTIVE" else {}
             if not self.images[key]["deprecated"]:
                 del self.images[key]["deprecated"]
 

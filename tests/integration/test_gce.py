@@ -180,6 +180,21 @@ IMPORT_PLAY = """
 """
 
 
+CHECK_TASK = """    - name: check
+      bakery.images.gce_image_bake:
+        action: import
+        disk: "{{ disk }}"
+        name: web
+        family: web
+        labels: {team: images}
+        guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE]
+        bucket: "{{ bucket }}"
+        bake_id: "{{ bake_id }}"
+        target: disk
+      check_mode: true
+"""
+
+
 def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     disk = make_raw_disk(tmp_path / "disk.raw")
     gce_args = {
@@ -242,26 +257,21 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     assert result["image"]["name"] == "web-20261127t100000-aaaaaa"
     assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), gce.fake.calls[calls:]
 
-    # a changed disk: check mode names the input, creates nothing
+    # a changed disk: check mode names the input and creates nothing; the real run then deprecates the
+    # older image of the family
     with open(disk, "r+b") as handle:
         handle.seek(100 << 20)
         handle.write(b"changed")
+    play = IMPORT_PLAY.replace("    - name: import\n", CHECK_TASK + "    - name: import\n")
     calls = len(gce.fake.calls)
-    check = run_playbook(
-        IMPORT_PLAY,
-        tmp_path,
-        extra_vars=dict(extra, bake_id="20261127t120000-cccccc"),
-        args=LOCAL + ["--check"],
-    )
-    would = check.task_result("import")
-    assert would["changed"] and not would["built"] and would["changed_inputs"] == ["disk"]
-    assert all(c.startswith("GET ") for c in gce.fake.calls[calls:])
-
-    # a real rebuild deprecates the older image of the family
     rebuilt = run_playbook(
-        IMPORT_PLAY, tmp_path, extra_vars=dict(extra, bake_id="20261127t130000-dddddd"), args=LOCAL
+        play, tmp_path, extra_vars=dict(extra, bake_id="20261127t130000-dddddd"), args=LOCAL
     )
     assert rebuilt.rc == 0, rebuilt.stdout[-3000:]
+    would = rebuilt.task_result("check")
+    assert would["changed"] and not would["built"] and would["changed_inputs"] == ["disk"]
+    inserts = [c for c in gce.fake.calls[calls:] if c == "POST /compute/v1/projects/%s/global/images" % PROJECT]
+    assert len(inserts) == 1, "check mode must create nothing: %s" % gce.fake.calls[calls:]
     assert rebuilt.task_result("import")["deprecated"] == ["web-20261127t100000-aaaaaa"]
     assert gce.fake.images[(PROJECT, "web-20261127t100000-aaaaaa")]["deprecated"]["state"] == "DEPRECATED"
     assert gce.leftovers() == {}
