@@ -270,7 +270,9 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     assert rebuilt.rc == 0, rebuilt.stdout[-3000:]
     would = rebuilt.task_result("check")
     assert would["changed"] and not would["built"] and would["changed_inputs"] == ["disk"]
-    inserts = [c for c in gce.fake.calls[calls:] if c == "POST /compute/v1/projects/%s/global/images" % PROJECT]
+    inserts = [
+        c for c in gce.fake.calls[calls:] if c == "POST /compute/v1/projects/%s/global/images" % PROJECT
+    ]
     assert len(inserts) == 1, "check mode must create nothing: %s" % gce.fake.calls[calls:]
     assert rebuilt.task_result("import")["deprecated"] == ["web-20261127t100000-aaaaaa"]
     assert gce.fake.images[(PROJECT, "web-20261127t100000-aaaaaa")]["deprecated"]["state"] == "DEPRECATED"
