@@ -79,7 +79,7 @@ def header(name: str, real_size: int, extents: Extents, mtime: int = 0) -> bytes
     encoded = name.encode("utf-8")
     if len(encoded) > 99:
         raise ValueError("member name too long for an oldgnu header: %s" % name)
-    stored = sum(length for _, length in extents)
+    stored = sum(extent[1] for extent in extents)
     first, rest = extents[:_HEADER_SPARSE], extents[_HEADER_SPARSE:]
     block = bytearray(BLOCK)
     block[0 : len(encoded)] = encoded

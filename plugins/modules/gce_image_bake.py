@@ -166,7 +166,7 @@ options:
     type: str
     default: /usr/bin/python3
   instance:
-    description: Build instance to capture (RV(instance.name) of V(launch)).
+    description: Build instance to capture (the C(name) in RV(instance) of V(launch)).
     type: str
   disk:
     description: Raw disk file to import.

@@ -420,7 +420,7 @@ class FakeCompute:
         return (200, copy.deepcopy(instance)) if instance else self.not_found(a["instance"])
 
     def do_instances_list(self, a, q, body):
-        items = [i for (p, z, _), i in self.instances.items() if (p, z) == (a["project"], a["zone"])]
+        items = [i for key, i in self.instances.items() if key[:2] == (a["project"], a["zone"])]
         return 200, {
             "kind": "compute#instanceList",
             "id": "list",
@@ -463,7 +463,7 @@ class FakeCompute:
         return (200, copy.deepcopy(disk)) if disk else self.not_found(a["disk"])
 
     def do_disks_list(self, a, q, body):
-        items = [d for (p, z, _), d in self.disks.items() if (p, z) == (a["project"], a["zone"])]
+        items = [d for key, d in self.disks.items() if key[:2] == (a["project"], a["zone"])]
         return 200, {
             "kind": "compute#diskList",
             "id": "list",
@@ -497,8 +497,8 @@ class FakeCompute:
     def do_images_getFromFamily(self, a, q, body):
         found = [
             i
-            for (p, _), i in self.images.items()
-            if p == a["project"]
+            for key, i in self.images.items()
+            if key[0] == a["project"]
             and i.get("family") == a["family"]
             and i["status"] == "READY"
             and not i.get("deprecated")
@@ -508,7 +508,7 @@ class FakeCompute:
         return 200, copy.deepcopy(max(found, key=lambda i: i["creationTimestamp"] + i["id"]))
 
     def do_images_list(self, a, q, body):
-        items = [i for (p, _), i in self.images.items() if p == a["project"]]
+        items = [i for key, i in self.images.items() if key[0] == a["project"]]
         return 200, {
             "kind": "compute#imageList",
             "id": "list",

@@ -90,7 +90,7 @@ class Env:
     def _banner(self) -> None:
         while True:
             try:
-                conn, _ = self.banner.accept()
+                conn = self.banner.accept()[0]
             except OSError:
                 return
             with conn:
@@ -243,7 +243,7 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
                 break
             assert got.read(len(block)) == block, "disk.raw differs from the disk"
         assert got.read(1 << 20).count(0) == 1 << 20  # the padding is zeros
-    assert subprocess.run(["cmp", "-n", str(size), str(disk), str(extracted)]).returncode == 0
+    assert subprocess.run(["cmp", "-n", str(size), str(disk), str(extracted)], check=False).returncode == 0
     assert gce.leftovers() == {}, "the uploaded object must be deleted"
 
     # same inputs: found by its fingerprint label, nothing uploaded or inserted
