@@ -181,7 +181,7 @@ def uefi_firmware(code: str | None, vars_template: str | None) -> tuple[str, str
             return os.path.abspath(code or default_code), os.path.abspath(vars_template or default_vars)
     raise BakeryError(
         "qemu_vm: firmware uefi needs OVMF, which was not found (looked for %s): install the Debian "
-        "package ovmf, or give uefi_code and uefi_vars" % ", ".join(c for c, _ in OVMF_PAIRS)
+        "package ovmf, or give uefi_code and uefi_vars" % ", ".join(pair[0] for pair in OVMF_PAIRS)
     )
 
 
@@ -604,7 +604,7 @@ def spawn_supervised(
         reply = b""
         deadline = time.monotonic() + 30
         while not reply.endswith(b"\n") and time.monotonic() < deadline:
-            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            ready = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))[0]
             if not ready:
                 break
             chunk = os.read(read_fd, 256)
@@ -910,7 +910,7 @@ def _key_pair(opts: VmOptions, steps: Steps) -> tuple[str, str, bool]:
     public = steps.run(
         "generate SSH key",
         lambda: generate_key(path, opts.name),
-        undo=lambda _: [_remove(p) for p in (path, path + ".pub")],
+        undo=lambda _result: [_remove(p) for p in (path, path + ".pub")],
     )
     return path, public, True
 
@@ -984,7 +984,7 @@ def start(opts: VmOptions, check_mode: bool = False) -> dict[str, Any]:
             steps.run(
                 "make work directory",
                 lambda: os.makedirs(opts.workdir, mode=0o700),
-                undo=lambda _: shutil.rmtree(opts.workdir, ignore_errors=True),
+                undo=lambda _result: shutil.rmtree(opts.workdir, ignore_errors=True),
             )
         os.chmod(opts.workdir, 0o700)
         for stale in (SERIAL_LOG, QEMU_LOG, STATE_FILE, QMP_SOCKET):
@@ -995,14 +995,14 @@ def start(opts: VmOptions, check_mode: bool = False) -> dict[str, Any]:
                 _remove(os.path.join(opts.workdir, n)) for n in (SERIAL_LOG, QEMU_LOG, STATE_FILE, QMP_SOCKET)
             ],
         )
-        private_key, public_key, _ = _key_pair(opts, steps)
+        private_key, public_key = _key_pair(opts, steps)[:2]
         disk, fmt = opts.disk, disk_format
         if opts.overlay:
             overlay = os.path.join(opts.workdir, OVERLAY)
             steps.run(
                 "make overlay",
                 lambda: make_overlay(overlay, opts.disk, disk_format),
-                undo=lambda _: _remove(overlay),
+                undo=lambda _result: _remove(overlay),
             )
             disk, fmt = overlay, "qcow2"
         if opts.cloud_init:
@@ -1015,14 +1015,14 @@ def start(opts: VmOptions, check_mode: bool = False) -> dict[str, Any]:
                     cloud_init_user_data(opts.user, public_key),
                     cloud_init_meta_data(opts.name, hostname),
                 ),
-                undo=lambda _: _remove(seed),
+                undo=lambda _result: _remove(seed),
             )
         if code:
             uefi_vars = os.path.join(opts.workdir, UEFI_VARS)
             steps.run(
                 "copy UEFI variables",
                 lambda: shutil.copyfile(vars_template, uefi_vars),
-                undo=lambda _: _remove(uefi_vars),
+                undo=lambda _result: _remove(uefi_vars),
             )
             os.chmod(uefi_vars, 0o600)
 
@@ -1122,8 +1122,7 @@ def _shutdown_ssh(state: Mapping[str, Any]) -> bool:
     user = state.get("user") or "root"
     later = "nohup sh -c 'sleep 1; poweroff' >/dev/null 2>&1 </dev/null &"
     command = later if user == "root" else "sudo -n true && " + later.replace("sh -c", "sudo -n sh -c", 1)
-    rc, _ = ssh_run(int(state["port"]), user, key, command, 20)
-    return rc == 0
+    return ssh_run(int(state["port"]), user, key, command, 20)[0] == 0
 
 
 def _shutdown_acpi(workdir: str) -> bool:

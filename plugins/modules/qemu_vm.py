@@ -23,7 +23,7 @@ description:
     C(mkfs.vfat) and C(mcopy), no mount), or because the caller put RV(public_key) into the image's
     C(authorized_keys). No secret is returned, only the key's path.
   - The VM's work directory (by default C(<tmp>/bakery-vm-<bake_id>-<target>)) holds a state file
-    (C(state.json): bake id, target, pid, start time, port, user, key path), the serial console log
+    (C(state.json) with bake id, target, pid, start time, port, user, key path), the serial console log
     (C(serial.log)), the QMP socket (C(qmp.sock)), C(qemu.log) (qemu's own messages), the overlay, the seed and
     the per-VM copy of the UEFI variables. O(action=stop) needs nothing but this directory. qemu's C(-name)
     is C(bakery-<bake_id>-<target>), so C(ps) shows which bake started it.
@@ -114,7 +114,9 @@ options:
     type: int
     default: 2
   cpu:
-    description: qemu's C(-cpu) model.
+    description:
+      - qemu's C(-cpu) model. C(max) is the host's CPU under KVM; under TCG a plainer model such as C(qemu64)
+        can boot faster.
     type: str
     default: max
   machine:
@@ -218,7 +220,7 @@ options:
     default: []
 notes:
   - Never give O(accelerator=kvm) on a host whose C(/dev/kvm) is not usable; C(tcg) always works, slowly.
-  - Give the returned RV(ssh_common_args) to the builder host (C(ansible_ssh_common_args)): each VM has a new
+  - Give the returned RV(ssh_common_args) to the builder host as C(ansible_ssh_common_args), since each VM has a new
     host key on a recycled port, which must be neither checked nor remembered.
 seealso:
   - module: bakery.images.rootfs
