@@ -27,10 +27,14 @@ SANITY_ARGS ?=
 # arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
 # hierarchies with it where nothing else did.
 APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# Builder VMs (qemu_vm): qemu-system-x86 runs them, qemu-utils makes their overlays, ovmf is the UEFI firmware,
+# openssh-client logs in (and makes their keys), dosfstools and mtools make cloud-init seeds without a mount.
+APT_BAKE += qemu-system-x86 qemu-utils ovmf openssh-client dosfstools mtools
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
-# shellcheck: lints scripts/ and .ci/run.  qemu-utils, e2fsprogs: the GCE import tests make a raw disk
-# (qemu-img, mkfs.ext4 -d) when no qemu target made one.
-APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck qemu-utils e2fsprogs
+# shellcheck: lints scripts/ and .ci/run.
+APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+# e2fsprogs: tests make raw disks with mkfs.ext4 -d (qemu_vm boot disk, GCE imports) and read them with debugfs.
+APT_TEST += e2fsprogs
 
 SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
 
