@@ -15,13 +15,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+from ansible_collections.bakery.images.plugins.module_utils import _rootfs, _vagrant
 from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker",)
+TARGET_TYPES = ("docker", "vagrant")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -244,6 +244,16 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
     if kind == "docker":
         try:
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
+        except BakeryError as exc:
+            raise BakeryError("%s: %s" % (where, exc.msg)) from None
+    if kind == "vagrant":
+        try:
+            if options.get("box_name"):
+                _vagrant.check_box_name(options["box_name"])
+            if options.get("version") is not None:
+                _vagrant.check_version(options["version"])
+            if not 0 <= int(options.get("compression", 6)) <= 9:
+                raise BakeryError("compression must be a gzip level, 0 (plain tar) to 9")
         except BakeryError as exc:
             raise BakeryError("%s: %s" % (where, exc.msg)) from None
 

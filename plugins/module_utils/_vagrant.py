@@ -101,6 +101,8 @@ class BoxOptions:
     bake_id: str | None = None
     catalog: CatalogOptions | None = None
     qemu_img: str = "qemu-img"
+    box_name: str | None = None
+    version: str | None = None
 
 
 def check_version(version: Any) -> str:
@@ -154,6 +156,8 @@ def parse_options(params: Mapping[str, Any]) -> BoxOptions:
         raise BakeryError("vagrant_box: action=build needs source (the disk image to box)")
     if action == "find" and not source and not inputs:
         raise BakeryError("vagrant_box: action=find needs inputs (from a bake plan) or source")
+    box_name = check_box_name(params["box_name"]) if params.get("box_name") else None
+    version = check_version(str(params["version"])) if params.get("version") else None
     catalog = None
     if params.get("catalog"):
         if not params.get("box_name") or not params.get("version"):
@@ -180,6 +184,8 @@ def parse_options(params: Mapping[str, Any]) -> BoxOptions:
         bake_id=params.get("bake_id") or None,
         catalog=catalog,
         qemu_img=params.get("qemu_img") or "qemu-img",
+        box_name=box_name,
+        version=version,
     )
 
 
@@ -746,6 +752,8 @@ def make_box(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, A
     result: dict[str, Any] = {
         "path": opts.path,
         "provider": opts.provider,
+        "box_name": opts.box_name,
+        "version": opts.version,
         "fingerprint": fp,
         "inputs": inputs,
         "found": found,

@@ -186,6 +186,16 @@ provider:
   returned: always
   type: str
   sample: libvirt
+box_name:
+  description: O(box_name), when given.
+  returned: always
+  type: str
+  sample: bakery/example-web
+version:
+  description: O(version), when given.
+  returned: always
+  type: str
+  sample: 1.0.0
 found:
   description: Whether a box with the fingerprint existed (and O(force) was not set).
   returned: always
