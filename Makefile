@@ -27,9 +27,14 @@ SANITY_ARGS ?=
 # arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
 # hierarchies with it where nothing else did.
 APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# qemu-utils: vagrant_box converts disks with qemu-img (virtualbox VMDKs, qcow2 with a backing file).
+APT_BAKE += qemu-utils
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
 # shellcheck: lints scripts/ and .ci/run.
 APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+# vagrant, vagrant-libvirt: `vagrant box add` and `vagrant up` of the boxes; libvirt-daemon-system,
+# libvirt-clients, qemu-system-x86, dnsmasq-base: the libvirtd (with its DHCP network) that boots them.
+APT_TEST += vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base
 
 SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
 
