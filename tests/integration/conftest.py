@@ -161,3 +161,16 @@ def docker_leftovers():
     after = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
     leaked = after - before
     assert not leaked, "build containers left behind: %s" % leaked
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    """libvirtd, virtlogd, the network and storage pool `default`: started by scripts/libvirtd where they do not
+    run, and afterwards stopped again (only what it started)."""
+    script = str(REPO / "scripts" / "libvirtd")
+    started = subprocess.run([script, "start"], capture_output=True, text=True, timeout=180, check=False)
+    assert started.returncode == 0, "scripts/libvirtd start failed:\n" + started.stderr
+    try:
+        yield "qemu:///system"
+    finally:
+        subprocess.run([script, "stop"], capture_output=True, text=True, timeout=180, check=False)

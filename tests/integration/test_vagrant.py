@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_playbook
+from conftest import REPO, run_playbook
 
 LOCAL = ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter={{ ansible_playbook_python }}"]
 
@@ -168,3 +168,136 @@ def test_vagrant_refuses_a_catalog_entry_with_a_wrong_checksum(small_boxes: dict
     assert "Expected: " + "0" * 64 in added.stderr
     assert "Received: " + small_boxes["first"][0]["sha256"] in added.stderr
     assert not (vagrant_home / "boxes" / "bakery-VAGRANTSLASH-small").exists(), "vagrant kept the bad box"
+
+
+# --------------------------------------------------------------------------- vagrant up of the default bake
+
+BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
+DEFAULT_BAKE = REPO / "playbooks" / "vars" / "default_bake.yml"
+# The Vagrantfile of the test project: the box's defaults, with what this machine needs on top. The box is
+# fetched from the bake's catalog, as users would. `qemu` domains (TCG): KVM is not usable here.
+VAGRANTFILE = """\
+Vagrant.configure("2") do |config|
+  config.vm.box = %(box_name)s
+  config.vm.box_url = %(catalog_url)s
+  config.vm.box_version = %(version)s
+  # log in with Vagrant's insecure key, as the base box convention promises, and leave it in place
+  config.ssh.insert_key = false
+  config.vm.boot_timeout = 600
+  config.vm.provider :libvirt do |libvirt|
+    libvirt.driver = "qemu"
+    libvirt.cpus = 2
+    libvirt.graphics_type = "none"
+    libvirt.default_prefix = %(prefix)s
+    libvirt.management_network_name = "default"
+    libvirt.management_network_address = "192.168.122.0/24"
+  end
+end
+"""
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(
+        ["virsh", "-q", "-c", "qemu:///system", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+def pool_volumes() -> set[str]:
+    return {line.split()[0] for line in virsh("vol-list", "default").splitlines() if line.strip()}
+
+
+def domains() -> set[str]:
+    return {name.strip() for name in virsh("list", "--all", "--name").splitlines() if name.strip()}
+
+
+def default_bake(cache_dir: Path) -> dict:
+    import yaml
+
+    definition = yaml.safe_load(DEFAULT_BAKE.read_text())["bake"]
+    definition["cache_dir"] = str(cache_dir)
+    return definition
+
+
+def run_bake(tmp_path: Path, definition: dict, *args: str):
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": definition}))
+    return run_playbook(BAKE_PLAYBOOK, tmp_path, args=["-e", "@%s" % path, *args])
+
+
+def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
+    libvirtd: str, cache_dir: Path, tmp_path: Path, vagrant_home: Path
+) -> None:
+    definition = default_bake(cache_dir)
+    (box_target,) = [t for t in definition["targets"] if "vagrant" in t]
+    box = box_target["vagrant"]
+    assert box["provider"] == "libvirt"
+
+    first = run_bake(tmp_path, definition, "-e", "bake_only=%s" % box_target["name"])
+    assert first.rc == 0, first.stdout[-6000:]
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    entries = {a["target"]: a for a in manifest["artifacts"]}
+    assert set(entries) == {box["source"], box_target["name"]}
+    disk, made = entries[box["source"]], entries[box_target["name"]]
+    assert disk["path"].endswith(".qcow2") and made["path"].endswith("-libvirt.box")
+    assert made["sha256"] == made["id"] and made["name"] == box["box_name"]
+    catalog = Path(made["catalog"])
+    listed = json.loads(catalog.read_text())["versions"][0]["providers"][0]
+    assert listed["checksum"] == made["sha256"] and listed["url"] == Path(made["path"]).as_uri()
+
+    # the same bake again: nothing is rebuilt, the catalog is not rewritten
+    catalog_stamp = catalog.stat().st_mtime_ns
+    second = run_bake(tmp_path, definition, "-e", "bake_only=%s" % box_target["name"])
+    assert second.rc == 0, second.stdout[-6000:]
+    assert {host: s["changed"] for host, s in second.stats.items() if host.startswith("bakery-")} == {
+        "bakery-%s" % box["source"]: 0,
+        "bakery-%s" % box_target["name"]: 0,
+    }
+    assert catalog.stat().st_mtime_ns == catalog_stamp
+
+    prefix = "bakery-vtest-%d-" % os.getpid()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Vagrantfile").write_text(
+        VAGRANTFILE
+        % {
+            "box_name": json.dumps(box["box_name"]),
+            "catalog_url": json.dumps(catalog.as_uri()),
+            "version": json.dumps(str(box.get("version", "1.0.0"))),
+            "prefix": json.dumps(prefix),
+        }
+    )
+    volumes_before = pool_volumes()
+    try:
+        up = vagrant(["up", "--provider=libvirt"], vagrant_home, cwd=project, timeout=900)
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+        page = vagrant(["ssh", "-c", "curl -s localhost"], vagrant_home, cwd=project, timeout=120)
+        assert page.returncode == 0, page.stdout + page.stderr
+        assert page.stdout.strip() == "nginx on Debian"
+        destroyed = vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        assert not [d for d in domains() if d.startswith(prefix)], "vagrant destroy left a domain"
+        # vagrant-libvirt keeps the uploaded box image in the pool for later machines; it removes the machine's
+        left = pool_volumes() - volumes_before
+        assert all("_vagrant_box_image_" in name for name in left), left
+    finally:
+        vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
+        for name in domains():
+            if name.startswith(prefix):
+                subprocess.run(
+                    ["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False
+                )
+                subprocess.run(
+                    ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
+                    capture_output=True,
+                    check=False,
+                )
+        for name in pool_volumes() - volumes_before:
+            subprocess.run(
+                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name], check=False
+            )
+    assert pool_volumes() == volumes_before
+    assert not [d for d in domains() if d.startswith(prefix)]
