@@ -587,7 +587,8 @@ def add_to_catalog(
 def update_catalog(opts: BoxOptions, checksum: str, check_mode: bool) -> dict[str, Any]:
     """Add the box to the catalog file, replacing it atomically; the module's ``catalog`` result."""
     cat = opts.catalog
-    assert cat is not None
+    if cat is None:
+        raise BakeryError("vagrant_box: no catalog to update")
     url = box_url(opts)
     with file_lock(cat.path):
         current = read_catalog(cat.path)
@@ -638,7 +639,8 @@ def _remove(path: str) -> None:
 
 def _disk_member(opts: BoxOptions, info: DiskInfo, workdir: str, steps: Steps) -> tuple[str, str]:
     """(member name, file) of the box's disk, converted in *workdir* when the source is not usable as is."""
-    assert opts.source is not None
+    if opts.source is None:
+        raise BakeryError("vagrant_box: a box needs a source disk")
     if opts.provider == "libvirt":
         if info.format == "qcow2" and info.standalone:
             return "box.img", opts.source
@@ -655,7 +657,8 @@ def _disk_member(opts: BoxOptions, info: DiskInfo, workdir: str, steps: Steps) -
 
 
 def _build(opts: BoxOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
-    assert opts.source is not None
+    if opts.source is None:
+        raise BakeryError("vagrant_box: a box needs a source disk")
     info = disk_info(opts.source, opts.qemu_img)
     source_sha256 = opts.source_sha256 or inputs.get("source")
     metadata = box_metadata(opts.provider, info)

@@ -121,27 +121,27 @@ def test_a_new_catalog_lists_the_box():
 
 
 def test_same_box_again_changes_nothing_and_other_versions_are_kept():
-    first, _ = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
+    first, _change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
     again, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_A)
     assert change == "" and again == first
     v110 = dataclasses.replace(CAT, version="1.10.0")
     v19 = dataclasses.replace(CAT, version="1.9.0")
     second, change = _vagrant.add_to_catalog(first, v110, "libvirt", "u3", SUM_B)
-    third, _ = _vagrant.add_to_catalog(second, v19, "libvirt", "u2", SUM_B)
+    third, _change = _vagrant.add_to_catalog(second, v19, "libvirt", "u2", SUM_B)
     assert change == "added version 1.10.0"
     assert [v["version"] for v in third["versions"]] == ["1.0.0", "1.9.0", "1.10.0"]
     assert third["versions"][0] == first["versions"][0]
 
 
 def test_a_second_provider_joins_the_version():
-    first, _ = _vagrant.add_to_catalog(None, CAT, "virtualbox", "u-vb", SUM_B)
+    first, _change = _vagrant.add_to_catalog(None, CAT, "virtualbox", "u-vb", SUM_B)
     both, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u-lv", SUM_A)
     assert change == "added provider libvirt to version 1.0.0"
     assert [p["name"] for p in both["versions"][0]["providers"]] == ["libvirt", "virtualbox"]
 
 
 def test_same_version_with_another_checksum_is_refused_unless_forced():
-    first, _ = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
+    first, _change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
     with pytest.raises(BakeryError, match=r"already lists version 1\.0\.0 of bakery/web for libvirt"):
         _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B)
     forced, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B, force=True)
