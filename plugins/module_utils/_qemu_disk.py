@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -163,6 +164,8 @@ class DiskOptions:
     vagrant: bool = False
     vagrant_key: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
+    authorized_keys: list[str] = field(default_factory=list)
     force: bool = False
     bake_id: str | None = None
     timeout: int = COMMAND_TIMEOUT
@@ -307,6 +310,8 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         vagrant=vagrant,
         vagrant_key=vagrant_key,
         inputs={str(k): str(v) for k, v in (params.get("inputs") or {}).items()},
+        fingerprint=params.get("fingerprint") or None,
+        authorized_keys=[str(key).strip() for key in params.get("authorized_keys") or [] if str(key).strip()],
         force=bool(params.get("force")),
         bake_id=params.get("bake_id") or None,
         timeout=timeout,
@@ -366,10 +371,14 @@ def source_digest(opts: DiskOptions) -> str:
 def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, str]:
     """Named input digests of the disk: the caller's inputs (or the source's content) plus the disk options."""
     inputs = dict(opts.inputs)
+    if opts.fingerprint:
+        # a converted builder disk: the inputs and fingerprint are those its launch looked up
+        return inputs
     if not inputs and resolve_source:
         inputs["source"] = source_digest(opts)
-    if opts.image and opts.image_checksum:
-        inputs["image"] = opts.image_checksum
+    elif opts.image and resolve_source:
+        # the caller's inputs say how it was provisioned; the image's identity is its content
+        inputs["image"] = opts.image_checksum or digest_file(opts.image)
     inputs["disk"] = digest_value(describe(opts))
     return inputs
 
@@ -613,6 +622,8 @@ def early_cfg(layout: Layout) -> str:
     return "search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\n" % layout.root_uuid
 
 
+# Only ed25519 and ECDSA host keys: they take milliseconds, where an RSA key takes minutes in an emulated
+# (TCG) guest; sshd is told to use just these, so that it does not look for the missing RSA key.
 FIRSTBOOT_KEYS_UNIT = """\
 # written by bakery: every machine made from this image gets its own SSH host keys
 [Unit]
@@ -622,7 +633,8 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/bin/sh -c 'test -e /etc/ssh/ssh_host_ecdsa_key || ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key'
 
 [Install]
 WantedBy=multi-user.target ssh.service
@@ -652,6 +664,12 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
         os.unlink(key)
     if os.path.exists(os.path.join(root, "usr", "sbin", "sshd")):
         write_file(root, "etc/systemd/system/bakery-ssh-hostkeys.service", FIRSTBOOT_KEYS_UNIT)
+        write_file(
+            root,
+            "etc/ssh/sshd_config.d/bakery-host-keys.conf",
+            "# written by bakery: the host keys made at first boot\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+        )
         for wants in ("multi-user.target.wants", "ssh.service.wants"):
             link(
                 root,
@@ -663,14 +681,34 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
     dbus_id = os.path.join(root, "var", "lib", "dbus", "machine-id")
     if os.path.isfile(dbus_id) and not os.path.islink(dbus_id):
         os.unlink(dbus_id)
-    if opts.hostname:
-        write_file(root, "etc/hostname", opts.hostname + "\n")
+    name_hostname(root, opts.hostname)
     if opts.dhcp:
         write_file(root, "etc/systemd/network/50-bakery-dhcp.network", DHCP_NETWORK)
         enable_units(root, ["systemd-networkd.service", "systemd-resolved.service"])
     if opts.vagrant:
         make_vagrant_user(root, opts)
+    if opts.authorized_keys:
+        write_file(root, "root/.ssh/authorized_keys", "\n".join(opts.authorized_keys) + "\n", mode=0o600)
+        os.chmod(inside(root, "root/.ssh/authorized_keys").rsplit("/", 1)[0], 0o700)
     return {"kernel": kernel, "initrd": initrd}
+
+
+def name_hostname(root: str, hostname: str | None) -> None:
+    """/etc/hostname: *hostname*; without it, ``debian`` where the tree has none or the build host's (which
+    mmdebstrap copies); /etc/hosts resolves it, unless the tree has its own."""
+    path = os.path.join(root, "etc", "hostname")
+    current = _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
+    if not hostname:
+        hostname = current if current and current != socket.gethostname() else "debian"
+    if hostname != current:
+        write_file(root, "etc/hostname", hostname + "\n")
+    if not os.path.lexists(os.path.join(root, "etc", "hosts")):
+        write_file(
+            root,
+            "etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n" % hostname,
+        )
 
 
 def enable_units(root: str, units: list[str]) -> None:
@@ -1024,7 +1062,8 @@ def remove_workdir(workdir: str) -> bool:
 def lookup(opts: DiskOptions, resolve_source: bool = True) -> dict[str, Any]:
     """Fingerprint and whether every output with it exists."""
     inputs = compute_inputs(opts, resolve_source)
-    fp = fingerprint(inputs)
+    # a disk converted from a builder VM records the fingerprint its launch looked for
+    fp = opts.fingerprint or fingerprint(inputs)
     states = [output_state(out, fp) for out in opts.outputs]
     found = all(ok for ok, _ in states)
     previous = states[0][1] or {}
@@ -1201,10 +1240,10 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
         result["msg"] = (
             "disk %s is up to date (fingerprint %s)" % (opts.primary.path, found["fingerprint"][:12])
             if found["found"]
-            else "no disk with fingerprint %s: %s" % (found["fingerprint"][:12], _why(found))
+            else "no disk with fingerprint %s: %s" % (found["fingerprint"][:12], _why(found, opts))
         )
         return _finish(result, started)
-    why = "force=true" if found["found"] else _why(found)
+    why = "force=true" if found["found"] else _why(found, opts)
     if check_mode:
         result.update(changed=True, msg="would build disk %s: %s" % (opts.primary.path, why))
         return _finish(result, started)
@@ -1220,13 +1259,13 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
     return _finish(result, started)
 
 
-def _why(found: Mapping[str, Any]) -> str:
+def _why(found: Mapping[str, Any], opts: DiskOptions) -> str:
+    if not os.path.exists(opts.primary.path):
+        return "no output exists yet"
     names = found.get("changed_inputs") or []
-    return (
-        "inputs changed: %s" % ", ".join(names)
-        if found.get("outputs") or names != sorted(found["inputs"])
-        else ("no output exists yet" if not found.get("outputs") else "some outputs are missing")
-    )
+    if names:
+        return "inputs changed: %s" % ", ".join(names)
+    return "an output is missing or differs from its sidecar"
 
 
 def _finish(result: dict[str, Any], started: float) -> dict[str, Any]:
