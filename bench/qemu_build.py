@@ -144,7 +144,7 @@ def main() -> None:
     rootfs = kernel_rootfs()
     module, floor = [], []
     size = tree = 0
-    for _ in range(rounds):
+    for _round in range(rounds):
         for measure in ("module", "floor"):
             work = Path(tempfile.mkdtemp(prefix="bakery-bench-", dir=str(REPO / "output")))
             try:

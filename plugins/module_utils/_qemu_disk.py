@@ -359,13 +359,13 @@ def source_digest(opts: DiskOptions) -> str:
     """Identity of the source when the caller gave no inputs: the tarball's, tree's or image's content."""
     if opts.image:
         return opts.image_checksum or digest_file(opts.image)
-    assert opts.rootfs is not None
-    if os.path.isdir(opts.rootfs):
-        return digest_tree(opts.rootfs)
-    sidecar = read_sidecar(opts.rootfs)
-    if sidecar and sidecar.get("fingerprint") and sidecar.get("size") == os.path.getsize(opts.rootfs):
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        return digest_tree(rootfs)
+    sidecar = read_sidecar(rootfs)
+    if sidecar and sidecar.get("fingerprint") and sidecar.get("size") == os.path.getsize(rootfs):
         return str(sidecar["fingerprint"])
-    return digest_file(opts.rootfs)
+    return digest_file(rootfs)
 
 
 def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, str]:
@@ -753,8 +753,7 @@ def make_vagrant_user(root: str, opts: DiskOptions) -> None:
     ssh_dir = os.path.dirname(ssh_dir)
     os.chmod(ssh_dir, 0o700)
     os.chown(ssh_dir, uid, gid)
-    assert opts.vagrant_key is not None
-    key = _read(opts.vagrant_key).strip() + "\n"
+    key = _read(str(opts.vagrant_key)).strip() + "\n"
     write_file(root, home + "/.ssh/authorized_keys", key, mode=0o600, uid=uid, gid=gid)
 
 
@@ -942,24 +941,22 @@ def convert(
 
 def verify_image(opts: DiskOptions) -> tuple[str, int]:
     """Format and virtual size of the source image, after its checksum matched."""
-    assert opts.image is not None
-    if not os.path.isfile(opts.image):
-        raise BakeryError("image %s does not exist" % opts.image)
+    image = str(opts.image)
+    if not os.path.isfile(image):
+        raise BakeryError("image %s does not exist" % image)
     if opts.image_checksum:
-        actual = digest_file(opts.image)
+        actual = digest_file(image)
         if actual != opts.image_checksum:
             raise BakeryError(
                 "checksum mismatch for image %s: expected sha256 %s, got %s"
-                % (opts.image, opts.image_checksum, actual)
+                % (image, opts.image_checksum, actual)
             )
-    info = image_info(opts.image)
+    info = image_info(image)
     fmt = str(info.get("format"))
     if opts.image_format and fmt != opts.image_format:
-        raise BakeryError(
-            "image %s is %s, not %s as image_format says" % (opts.image, fmt, opts.image_format)
-        )
+        raise BakeryError("image %s is %s, not %s as image_format says" % (image, fmt, opts.image_format))
     if fmt not in SOURCE_FORMATS:
-        raise BakeryError("image %s is %s; an existing disk image must be qcow2 or raw" % (opts.image, fmt))
+        raise BakeryError("image %s is %s; an existing disk image must be qcow2 or raw" % (image, fmt))
     return fmt, int(info.get("virtual-size") or 0)
 
 
@@ -1065,7 +1062,7 @@ def lookup(opts: DiskOptions, resolve_source: bool = True) -> dict[str, Any]:
     # a disk converted from a builder VM records the fingerprint its launch looked for
     fp = opts.fingerprint or fingerprint(inputs)
     states = [output_state(out, fp) for out in opts.outputs]
-    found = all(ok for ok, _ in states)
+    found = all(state[0] for state in states)
     previous = states[0][1] or {}
     prev_inputs = previous.get("inputs") if isinstance(previous.get("inputs"), dict) else None
     result: dict[str, Any] = {
@@ -1156,8 +1153,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
 
 def _overlay(opts: DiskOptions, target: str, fmt: str | None = None) -> None:
     """A qcow2 file of disk_size whose backing file is the image (absolute path): grown, nothing copied."""
-    assert opts.image is not None
-    info_format = fmt or str(image_info(opts.image).get("format"))
+    image = str(opts.image)
+    info_format = fmt or str(image_info(image).get("format"))
     run(
         [
             which("qemu-img"),
@@ -1166,13 +1163,13 @@ def _overlay(opts: DiskOptions, target: str, fmt: str | None = None) -> None:
             "-f",
             "qcow2",
             "-b",
-            opts.image,
+            image,
             "-F",
             info_format,
             target,
             str(opts.disk_size),
         ],
-        "qemu-img create (overlay of %s)" % opts.image,
+        "qemu-img create (overlay of %s)" % image,
     )
 
 
@@ -1190,11 +1187,11 @@ def _disk_from_image(opts: DiskOptions, work: str) -> tuple[str, str]:
 
 
 def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
-    assert opts.rootfs is not None
-    if os.path.isdir(opts.rootfs):
-        root = opts.rootfs
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        root = rootfs
         details["restored_chroot"] = restore_chroot(root)
-    elif os.path.isfile(opts.rootfs):
+    elif os.path.isfile(rootfs):
         root = os.path.join(work, "root")
         os.mkdir(root, 0o755)
         run(
@@ -1204,15 +1201,15 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
                 "--xattrs",
                 "--xattrs-include=*",
                 "-xpf",
-                opts.rootfs,
+                rootfs,
                 "-C",
                 root,
             ],
-            "unpacking %s" % opts.rootfs,
+            "unpacking %s" % rootfs,
             timeout=opts.timeout,
         )
     else:
-        raise BakeryError("rootfs %s does not exist" % opts.rootfs)
+        raise BakeryError("rootfs %s does not exist" % rootfs)
     layout = make_layout(opts.disk_size, fp)
     needed = tree_size(root)
     # ext4 keeps about 5 % for inodes, journal and metadata; keep some room to boot and log

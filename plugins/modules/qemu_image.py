@@ -135,7 +135,6 @@ options:
     type: list
     elements: str
     default: []
-    no_log: false
   force:
     description: Build even when up to date.
     type: bool

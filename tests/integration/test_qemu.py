@@ -23,7 +23,7 @@ from conftest import LOCAL, REPO, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 OVMF = "/usr/share/ovmf/OVMF.fd"
-BOOT_TIMEOUT = 420
+BOOT_TIMEOUT = 900
 PAGE = "nginx on Debian"
 
 
@@ -190,14 +190,27 @@ def test_disk_boots_and_nginx_answers(guests, firmware):
     console = guest.console()
     assert "Linux version" in console  # the serial console is ttyS0
     # every machine made from the image gets its own SSH host key, made at first boot
-    keys = subprocess.run(
-        ["ssh-keyscan", "-p", str(guest.ssh), "-t", "ed25519", "127.0.0.1"],
+    keys = until(lambda: ssh_keyscan(guest.ssh), time.monotonic() + 300)
+    assert "ssh-ed25519" in keys
+
+
+def until(probe, deadline: float):
+    """*probe()*'s first truthy answer before *deadline*, else its last answer."""
+    while True:
+        answer = probe()
+        if answer or time.monotonic() > deadline:
+            return answer
+        time.sleep(5)
+
+
+def ssh_keyscan(port: int) -> str:
+    return subprocess.run(
+        ["ssh-keyscan", "-p", str(port), "-t", "ed25519", "127.0.0.1"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     ).stdout
-    assert "ssh-ed25519" in keys
 
 
 def test_vagrant_user_logs_in_with_the_insecure_key_and_sudo(guests, tmp_path):
