@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -163,6 +164,8 @@ class DiskOptions:
     vagrant: bool = False
     vagrant_key: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
+    authorized_keys: list[str] = field(default_factory=list)
     force: bool = False
     bake_id: str | None = None
     timeout: int = COMMAND_TIMEOUT
@@ -307,6 +310,8 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         vagrant=vagrant,
         vagrant_key=vagrant_key,
         inputs={str(k): str(v) for k, v in (params.get("inputs") or {}).items()},
+        fingerprint=params.get("fingerprint") or None,
+        authorized_keys=[str(key).strip() for key in params.get("authorized_keys") or [] if str(key).strip()],
         force=bool(params.get("force")),
         bake_id=params.get("bake_id") or None,
         timeout=timeout,
@@ -354,22 +359,26 @@ def source_digest(opts: DiskOptions) -> str:
     """Identity of the source when the caller gave no inputs: the tarball's, tree's or image's content."""
     if opts.image:
         return opts.image_checksum or digest_file(opts.image)
-    assert opts.rootfs is not None
-    if os.path.isdir(opts.rootfs):
-        return digest_tree(opts.rootfs)
-    sidecar = read_sidecar(opts.rootfs)
-    if sidecar and sidecar.get("fingerprint") and sidecar.get("size") == os.path.getsize(opts.rootfs):
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        return digest_tree(rootfs)
+    sidecar = read_sidecar(rootfs)
+    if sidecar and sidecar.get("fingerprint") and sidecar.get("size") == os.path.getsize(rootfs):
         return str(sidecar["fingerprint"])
-    return digest_file(opts.rootfs)
+    return digest_file(rootfs)
 
 
 def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, str]:
     """Named input digests of the disk: the caller's inputs (or the source's content) plus the disk options."""
     inputs = dict(opts.inputs)
+    if opts.fingerprint:
+        # a converted builder disk: the inputs and fingerprint are those its launch looked up
+        return inputs
     if not inputs and resolve_source:
         inputs["source"] = source_digest(opts)
-    if opts.image and opts.image_checksum:
-        inputs["image"] = opts.image_checksum
+    elif opts.image and resolve_source:
+        # the caller's inputs say how it was provisioned; the image's identity is its content
+        inputs["image"] = opts.image_checksum or digest_file(opts.image)
     inputs["disk"] = digest_value(describe(opts))
     return inputs
 
@@ -613,6 +622,8 @@ def early_cfg(layout: Layout) -> str:
     return "search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\n" % layout.root_uuid
 
 
+# Only ed25519 and ECDSA host keys: they take milliseconds, where an RSA key takes minutes in an emulated
+# (TCG) guest; sshd is told to use just these, so that it does not look for the missing RSA key.
 FIRSTBOOT_KEYS_UNIT = """\
 # written by bakery: every machine made from this image gets its own SSH host keys
 [Unit]
@@ -622,7 +633,8 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/bin/sh -c 'test -e /etc/ssh/ssh_host_ecdsa_key || ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key'
 
 [Install]
 WantedBy=multi-user.target ssh.service
@@ -652,6 +664,12 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
         os.unlink(key)
     if os.path.exists(os.path.join(root, "usr", "sbin", "sshd")):
         write_file(root, "etc/systemd/system/bakery-ssh-hostkeys.service", FIRSTBOOT_KEYS_UNIT)
+        write_file(
+            root,
+            "etc/ssh/sshd_config.d/bakery-host-keys.conf",
+            "# written by bakery: the host keys made at first boot\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+        )
         for wants in ("multi-user.target.wants", "ssh.service.wants"):
             link(
                 root,
@@ -663,14 +681,34 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
     dbus_id = os.path.join(root, "var", "lib", "dbus", "machine-id")
     if os.path.isfile(dbus_id) and not os.path.islink(dbus_id):
         os.unlink(dbus_id)
-    if opts.hostname:
-        write_file(root, "etc/hostname", opts.hostname + "\n")
+    name_hostname(root, opts.hostname)
     if opts.dhcp:
         write_file(root, "etc/systemd/network/50-bakery-dhcp.network", DHCP_NETWORK)
         enable_units(root, ["systemd-networkd.service", "systemd-resolved.service"])
     if opts.vagrant:
         make_vagrant_user(root, opts)
+    if opts.authorized_keys:
+        write_file(root, "root/.ssh/authorized_keys", "\n".join(opts.authorized_keys) + "\n", mode=0o600)
+        os.chmod(inside(root, "root/.ssh/authorized_keys").rsplit("/", 1)[0], 0o700)
     return {"kernel": kernel, "initrd": initrd}
+
+
+def name_hostname(root: str, hostname: str | None) -> None:
+    """/etc/hostname: *hostname*; without it, ``debian`` where the tree has none or the build host's (which
+    mmdebstrap copies); /etc/hosts resolves it, unless the tree has its own."""
+    path = os.path.join(root, "etc", "hostname")
+    current = _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
+    if not hostname:
+        hostname = current if current and current != socket.gethostname() else "debian"
+    if hostname != current:
+        write_file(root, "etc/hostname", hostname + "\n")
+    if not os.path.lexists(os.path.join(root, "etc", "hosts")):
+        write_file(
+            root,
+            "etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n" % hostname,
+        )
 
 
 def enable_units(root: str, units: list[str]) -> None:
@@ -715,8 +753,7 @@ def make_vagrant_user(root: str, opts: DiskOptions) -> None:
     ssh_dir = os.path.dirname(ssh_dir)
     os.chmod(ssh_dir, 0o700)
     os.chown(ssh_dir, uid, gid)
-    assert opts.vagrant_key is not None
-    key = _read(opts.vagrant_key).strip() + "\n"
+    key = _read(str(opts.vagrant_key)).strip() + "\n"
     write_file(root, home + "/.ssh/authorized_keys", key, mode=0o600, uid=uid, gid=gid)
 
 
@@ -904,24 +941,22 @@ def convert(
 
 def verify_image(opts: DiskOptions) -> tuple[str, int]:
     """Format and virtual size of the source image, after its checksum matched."""
-    assert opts.image is not None
-    if not os.path.isfile(opts.image):
-        raise BakeryError("image %s does not exist" % opts.image)
+    image = str(opts.image)
+    if not os.path.isfile(image):
+        raise BakeryError("image %s does not exist" % image)
     if opts.image_checksum:
-        actual = digest_file(opts.image)
+        actual = digest_file(image)
         if actual != opts.image_checksum:
             raise BakeryError(
                 "checksum mismatch for image %s: expected sha256 %s, got %s"
-                % (opts.image, opts.image_checksum, actual)
+                % (image, opts.image_checksum, actual)
             )
-    info = image_info(opts.image)
+    info = image_info(image)
     fmt = str(info.get("format"))
     if opts.image_format and fmt != opts.image_format:
-        raise BakeryError(
-            "image %s is %s, not %s as image_format says" % (opts.image, fmt, opts.image_format)
-        )
+        raise BakeryError("image %s is %s, not %s as image_format says" % (image, fmt, opts.image_format))
     if fmt not in SOURCE_FORMATS:
-        raise BakeryError("image %s is %s; an existing disk image must be qcow2 or raw" % (opts.image, fmt))
+        raise BakeryError("image %s is %s; an existing disk image must be qcow2 or raw" % (image, fmt))
     return fmt, int(info.get("virtual-size") or 0)
 
 
@@ -1024,9 +1059,10 @@ def remove_workdir(workdir: str) -> bool:
 def lookup(opts: DiskOptions, resolve_source: bool = True) -> dict[str, Any]:
     """Fingerprint and whether every output with it exists."""
     inputs = compute_inputs(opts, resolve_source)
-    fp = fingerprint(inputs)
+    # a disk converted from a builder VM records the fingerprint its launch looked for
+    fp = opts.fingerprint or fingerprint(inputs)
     states = [output_state(out, fp) for out in opts.outputs]
-    found = all(ok for ok, _ in states)
+    found = all(state[0] for state in states)
     previous = states[0][1] or {}
     prev_inputs = previous.get("inputs") if isinstance(previous.get("inputs"), dict) else None
     result: dict[str, Any] = {
@@ -1117,8 +1153,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
 
 def _overlay(opts: DiskOptions, target: str, fmt: str | None = None) -> None:
     """A qcow2 file of disk_size whose backing file is the image (absolute path): grown, nothing copied."""
-    assert opts.image is not None
-    info_format = fmt or str(image_info(opts.image).get("format"))
+    image = str(opts.image)
+    info_format = fmt or str(image_info(image).get("format"))
     run(
         [
             which("qemu-img"),
@@ -1127,13 +1163,13 @@ def _overlay(opts: DiskOptions, target: str, fmt: str | None = None) -> None:
             "-f",
             "qcow2",
             "-b",
-            opts.image,
+            image,
             "-F",
             info_format,
             target,
             str(opts.disk_size),
         ],
-        "qemu-img create (overlay of %s)" % opts.image,
+        "qemu-img create (overlay of %s)" % image,
     )
 
 
@@ -1151,11 +1187,11 @@ def _disk_from_image(opts: DiskOptions, work: str) -> tuple[str, str]:
 
 
 def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
-    assert opts.rootfs is not None
-    if os.path.isdir(opts.rootfs):
-        root = opts.rootfs
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        root = rootfs
         details["restored_chroot"] = restore_chroot(root)
-    elif os.path.isfile(opts.rootfs):
+    elif os.path.isfile(rootfs):
         root = os.path.join(work, "root")
         os.mkdir(root, 0o755)
         run(
@@ -1165,15 +1201,15 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
                 "--xattrs",
                 "--xattrs-include=*",
                 "-xpf",
-                opts.rootfs,
+                rootfs,
                 "-C",
                 root,
             ],
-            "unpacking %s" % opts.rootfs,
+            "unpacking %s" % rootfs,
             timeout=opts.timeout,
         )
     else:
-        raise BakeryError("rootfs %s does not exist" % opts.rootfs)
+        raise BakeryError("rootfs %s does not exist" % rootfs)
     layout = make_layout(opts.disk_size, fp)
     needed = tree_size(root)
     # ext4 keeps about 5 % for inodes, journal and metadata; keep some room to boot and log
@@ -1201,10 +1237,10 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
         result["msg"] = (
             "disk %s is up to date (fingerprint %s)" % (opts.primary.path, found["fingerprint"][:12])
             if found["found"]
-            else "no disk with fingerprint %s: %s" % (found["fingerprint"][:12], _why(found))
+            else "no disk with fingerprint %s: %s" % (found["fingerprint"][:12], _why(found, opts))
         )
         return _finish(result, started)
-    why = "force=true" if found["found"] else _why(found)
+    why = "force=true" if found["found"] else _why(found, opts)
     if check_mode:
         result.update(changed=True, msg="would build disk %s: %s" % (opts.primary.path, why))
         return _finish(result, started)
@@ -1220,13 +1256,13 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
     return _finish(result, started)
 
 
-def _why(found: Mapping[str, Any]) -> str:
+def _why(found: Mapping[str, Any], opts: DiskOptions) -> str:
+    if not os.path.exists(opts.primary.path):
+        return "no output exists yet"
     names = found.get("changed_inputs") or []
-    return (
-        "inputs changed: %s" % ", ".join(names)
-        if found.get("outputs") or names != sorted(found["inputs"])
-        else ("no output exists yet" if not found.get("outputs") else "some outputs are missing")
-    )
+    if names:
+        return "inputs changed: %s" % ", ".join(names)
+    return "an output is missing or differs from its sidecar"
 
 
 def _finish(result: dict[str, Any], started: float) -> dict[str, Any]:

@@ -123,6 +123,18 @@ options:
         bake plan computes them. Without them, the content of O(rootfs) or O(image) is digested.
     type: dict
     default: {}
+  fingerprint:
+    description:
+      - Record this fingerprint instead of computing one, for a disk converted from a builder VM (O(image))
+        that a lookup made from O(rootfs) with O(action=find) looked for.
+    type: str
+  authorized_keys:
+    description:
+      - Public keys written to C(/root/.ssh/authorized_keys) in the tree, for example a builder VM's per-bake key
+        (remove them before the image is published).
+    type: list
+    elements: str
+    default: []
   force:
     description: Build even when up to date.
     type: bool
@@ -267,6 +279,8 @@ def main() -> None:
             vagrant=dict(type="bool", default=False),
             vagrant_key=dict(type="path", no_log=False),
             inputs=dict(type="dict", default={}),
+            fingerprint=dict(type="str"),
+            authorized_keys=dict(type="list", elements="str", default=[], no_log=False),
             force=dict(type="bool", default=False),
             bake_id=dict(type="str"),
             workdir=dict(type="path"),

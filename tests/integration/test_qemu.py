@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_playbook
+from conftest import LOCAL, REPO, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 OVMF = "/usr/share/ovmf/OVMF.fd"
-BOOT_TIMEOUT = 420
+BOOT_TIMEOUT = 900
 PAGE = "nginx on Debian"
 
 
@@ -190,14 +190,27 @@ def test_disk_boots_and_nginx_answers(guests, firmware):
     console = guest.console()
     assert "Linux version" in console  # the serial console is ttyS0
     # every machine made from the image gets its own SSH host key, made at first boot
-    keys = subprocess.run(
-        ["ssh-keyscan", "-p", str(guest.ssh), "-t", "ed25519", "127.0.0.1"],
+    keys = until(lambda: ssh_keyscan(guest.ssh), time.monotonic() + 300)
+    assert "ssh-ed25519" in keys
+
+
+def until(probe, deadline: float):
+    """*probe()*'s first truthy answer before *deadline*, else its last answer."""
+    while True:
+        answer = probe()
+        if answer or time.monotonic() > deadline:
+            return answer
+        time.sleep(5)
+
+
+def ssh_keyscan(port: int) -> str:
+    return subprocess.run(
+        ["ssh-keyscan", "-p", str(port), "-t", "ed25519", "127.0.0.1"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     ).stdout
-    assert "ssh-ed25519" in keys
 
 
 def test_vagrant_user_logs_in_with_the_insecure_key_and_sudo(guests, tmp_path):
@@ -234,6 +247,89 @@ def test_vagrant_user_logs_in_with_the_insecure_key_and_sudo(guests, tmp_path):
         check=False,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr
+
+
+IMAGE_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: copy
+      bakery.images.qemu_image:
+        image: "{{ dir }}/src.qcow2"
+        image_checksum: "sha256:{{ checksum }}"
+        disk_size: 96M
+        outputs: "{{ outputs }}"
+    - name: again
+      bakery.images.qemu_image:
+        image: "{{ dir }}/src.qcow2"
+        image_checksum: "{{ checksum }}"
+        disk_size: 96M
+        outputs: "{{ outputs }}"
+    - name: overlay
+      bakery.images.qemu_image:
+        image: "{{ dir }}/src.qcow2"
+        backing: true
+        disk_size: 128M
+        outputs: [{path: "{{ dir }}/overlay.qcow2"}]
+    - name: mismatch
+      bakery.images.qemu_image:
+        image: "{{ dir }}/src.qcow2"
+        image_checksum: "{{ '0' * 64 }}"
+        outputs: [{path: "{{ dir }}/bad.qcow2"}]
+      ignore_errors: true
+"""
+
+
+def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
+    src = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 1M", str(src)], check=True, capture_output=True)
+    checksum = subprocess.run(
+        ["sha256sum", str(src)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    outputs = [{"path": str(tmp_path / ("copy." + fmt))} for fmt in ("qcow2", "raw", "vmdk", "vdi", "vhdx")]
+    run = run_playbook(
+        IMAGE_PLAY,
+        tmp_path,
+        extra_vars={"dir": str(tmp_path), "checksum": checksum, "outputs": outputs},
+        args=LOCAL,
+    )
+    assert run.rc == 0, run.stdout[-4000:]
+    copy, again = run.task_result("copy"), run.task_result("again")
+    assert copy["changed"] and not again["changed"] and again["found"]
+    for fmt in ("qcow2", "raw", "vmdk", "vdi", "vhdx"):
+        path = tmp_path / ("copy." + fmt)
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        assert info["format"] == fmt and info["virtual-size"] == 96 * 1024**2, info
+        sidecar = json.loads((tmp_path / ("copy.%s.bakery.json" % fmt)).read_text())
+        assert sidecar["format"] == fmt and sidecar["fingerprint"] == copy["fingerprint"]
+        if fmt == "vmdk":
+            assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+    # the data survived the trip through every format
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "vhdx", str(src), str(tmp_path / "copy.vhdx")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Images are identical" in compare.stdout or "size" in compare.stdout
+    overlay = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(tmp_path / "overlay.qcow2")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert overlay["backing-filename"] == str(src) and overlay["virtual-size"] == 128 * 1024**2
+    mismatch = run.task_result("mismatch")
+    assert mismatch["failed"] and "checksum mismatch" in mismatch["msg"] and checksum in mismatch["msg"]
+    assert not (tmp_path / "bad.qcow2").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_no_loop_device_or_mount_left(baked):

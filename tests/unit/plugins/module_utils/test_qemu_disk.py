@@ -297,3 +297,35 @@ def test_manifest_entry_of_a_built_disk():
     assert entry["build_seconds"] == 12.3 and entry["outputs"] == result["outputs"]
     would = _manifest.qemu_artifact({"found": False, "changed": False, "fingerprint": "f"}, target, None, 1.0)
     assert would["status"] == "would build" and would["path"] is None
+
+
+def test_checksum_mismatch_and_missing_tools_are_named(tmp_path, monkeypatch):
+    image = tmp_path / "src.raw"
+    image.write_bytes(b"\0" * 4096)
+    opts = _qemu_disk.parse_options(
+        {
+            "image": str(image),
+            "image_checksum": "sha256:" + "0" * 64,
+            "outputs": [{"path": str(tmp_path / "o.qcow2")}],
+        }
+    )
+    with pytest.raises(
+        BakeryError, match="checksum mismatch for image .*expected sha256 0{64}, got [0-9a-f]{64}"
+    ):
+        _qemu_disk.verify_image(opts)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_qemu_disk, "SYSTEM_PATH", str(tmp_path))
+    with pytest.raises(BakeryError, match="install the Debian package 'dosfstools'"):
+        _qemu_disk.which("mkfs.vfat")
+
+
+def test_hostname_of_the_build_host_is_not_kept(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    monkeypatch.setattr(_qemu_disk.socket, "gethostname", lambda: "buildhost")
+    (root / "etc" / "hostname").write_text("buildhost\n")
+    _qemu_disk.name_hostname(str(root), None)
+    assert (root / "etc" / "hostname").read_text() == "debian\n"
+    assert "127.0.1.1\tdebian" in (root / "etc" / "hosts").read_text()
+    _qemu_disk.name_hostname(str(root), "web1")
+    assert (root / "etc" / "hostname").read_text() == "web1\n"
