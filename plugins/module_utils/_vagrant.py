@@ -59,7 +59,7 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 PROVIDERS = ("libvirt", "virtualbox")
 ACTIONS = ("build", "find", "clean")
 # The layout of the boxes this module writes; part of every fingerprint, bumped when the layout changes.
-BOX_LAYOUT = 1
+BOX_LAYOUT = 2
 # Members get this time (2000-01-01 UTC), owner root and fixed modes: equal inputs give equal boxes.
 MEMBER_MTIME = 946684800
 GIB = 1024**3
@@ -310,6 +310,8 @@ def default_vagrantfile(opts: BoxOptions, fp: str) -> str:
             "    libvirt.cpus = %d" % opts.cpus,
             '    libvirt.disk_bus = "virtio"',
             '    libvirt.nic_model_type = "virtio"',
+            "    # a virtio RNG: the guest's first-boot key generation does not wait for entropy",
+            "    libvirt.random :model => \"random\"",
             "  end",
         ]
     else:

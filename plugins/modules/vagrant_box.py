@@ -93,7 +93,8 @@ options:
   vagrantfile:
     description:
       - The content of the box's Vagrantfile, instead of the generated one. The generated one disables the
-        default synced folder, and sets O(memory), O(cpus) and, for libvirt, virtio disk and network.
+        default synced folder, and sets O(memory), O(cpus) and, for libvirt, virtio disk and network and a
+        virtio RNG.
       - A project's own Vagrantfile overrides whatever the box's sets.
     type: str
   catalog:
