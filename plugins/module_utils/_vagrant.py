@@ -311,7 +311,7 @@ def default_vagrantfile(opts: BoxOptions, fp: str) -> str:
             '    libvirt.disk_bus = "virtio"',
             '    libvirt.nic_model_type = "virtio"',
             "    # a virtio RNG: the guest's first-boot key generation does not wait for entropy",
-            "    libvirt.random :model => \"random\"",
+            '    libvirt.random :model => "random"',
             "  end",
         ]
     else:
