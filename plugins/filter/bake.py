@@ -13,8 +13,13 @@ def docker_artifact(result, target, started=None):
     return _manifest.docker_artifact(result, target, started, time.time())
 
 
+def ami_artifact(result, target, started=None):
+    return _manifest.ami_artifact(result, target, started, time.time())
+
+
 class FilterModule:
     def filters(self):
         return {
             "docker_artifact": docker_artifact,
+            "ami_artifact": ami_artifact,
         }

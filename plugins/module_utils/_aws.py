@@ -91,6 +91,13 @@ def check_ami_name(name: Any) -> str:
 # ---------------------------------------------------------------- connection and calls
 
 
+# boto3 sessions are costly to make (they load the service models) and clients are thread-safe: one session
+# per set of credentials and one client per (service, region, endpoint, retry settings) serve a process
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_SESSIONS: dict[tuple[Any, ...], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
 class Aws:
     """boto3 clients for one account and endpoint, one per (service, region); every call goes via call()."""
 
@@ -100,33 +107,53 @@ class Aws:
                 "boto3 and botocore are required on the host that runs the AMI target (pip install boto3): %s"
                 % BOTO3_IMPORT_ERROR
             )
+        if bool(params.get("access_key")) != bool(params.get("secret_key")):
+            raise BakeryError("give both access_key and secret_key, or neither (to use the standard chain)")
         self.region: str = params["region"]
         self.endpoint_url: str | None = params.get("endpoint_url") or None
-        self.config = Config(
-            retries={"mode": "standard", "max_attempts": int(params.get("max_attempts") or 5)},
-            max_pool_connections=max(10, int(params.get("upload_workers") or 8) + 2),
-            user_agent_extra="bakery.images",
+        self.max_attempts = int(params.get("max_attempts") or 5)
+        self.pool = max(10, int(params.get("upload_workers") or 8) + 2)
+        self.credentials = (
+            params.get("access_key") or None,
+            params.get("secret_key") or None,
+            params.get("session_token") or None,
+            params.get("profile") or None,
         )
-        try:
-            self.session = boto3.Session(
-                aws_access_key_id=params.get("access_key") or None,
-                aws_secret_access_key=params.get("secret_key") or None,
-                aws_session_token=params.get("session_token") or None,
-                profile_name=params.get("profile") or None,
-            )
-        except BotoCoreError as exc:
-            raise BakeryError("cannot set up the AWS session: %s" % exc) from None
-        self._clients: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+
+    def _session(self) -> Any:
+        if self.credentials not in _SESSIONS:
+            access_key, secret_key, token, profile = self.credentials
+            try:
+                _SESSIONS[self.credentials] = boto3.Session(
+                    aws_access_key_id=access_key,
+                    aws_secret_access_key=secret_key,
+                    aws_session_token=token,
+                    profile_name=profile,
+                )
+            except BotoCoreError as exc:
+                raise BakeryError("cannot set up the AWS session: %s" % exc) from None
+        return _SESSIONS[self.credentials]
 
     def client(self, service: str, region: str | None = None) -> Any:
-        key = (service, region or self.region)
-        with self._lock:
-            if key not in self._clients:
-                self._clients[key] = self.session.client(
-                    service, region_name=key[1], endpoint_url=self.endpoint_url, config=self.config
+        key = (
+            self.credentials,
+            service,
+            region or self.region,
+            self.endpoint_url,
+            self.max_attempts,
+            self.pool,
+        )
+        with _CACHE_LOCK:
+            if key not in _CLIENTS:
+                config = Config(
+                    retries={"mode": "standard", "max_attempts": self.max_attempts},
+                    max_pool_connections=self.pool,
+                    user_agent_extra="bakery.images",
                 )
-            return self._clients[key]
+                _CLIENTS[key] = self._session().client(
+                    service, region_name=key[2], endpoint_url=self.endpoint_url, config=config
+                )
+            return _CLIENTS[key]
 
     def call(self, service: str, operation: str, region: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """One AWS API call; any failure becomes an AwsError naming the call, region and AWS's reason."""
@@ -192,7 +219,7 @@ def wait_until(
     a reason when the resource reached a state it will not leave (an image ``failed``).
     """
     started = time.monotonic()
-    pause = min(delay, 1.0)
+    pause = min(delay, 0.5)
     while True:
         elapsed = time.monotonic() - started
         try:

@@ -37,6 +37,28 @@ def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], starte
     return entry
 
 
+def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of an ami target from the ami_bake result that made, found or published it."""
+    image = result.get("image") or {}
+    tags = image.get("tags") or {}
+    built = bool(result.get("built"))
+    size = image.get("size_gib")
+    return {
+        "target": target["name"],
+        "type": "ami",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("image_id"),
+        "name": image.get("name") or target["options"]["name"],
+        "region": target["options"]["region"],
+        "images": result.get("images") or ({target["options"]["region"]: image["image_id"]} if image else {}),
+        "size": int(size) * 1024**3 if size else None,
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": tags.get("bakery-bake-id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def _previous_entries(previous: Any) -> dict[str, dict]:
     if isinstance(previous, str):
         try:

@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
 from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker",)
+TARGET_TYPES = ("docker", "ami")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -246,6 +247,21 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
         except BakeryError as exc:
             raise BakeryError("%s: %s" % (where, exc.msg)) from None
+    if kind == "ami":
+        try:
+            check_ami_name(options.get("name"))
+        except BakeryError as exc:
+            raise BakeryError("%s: %s" % (where, exc.msg)) from None
+        sources = [key for key in AMI_SOURCES if options.get(key)]
+        if not options.get("source") and len(sources) != 1:
+            raise BakeryError(
+                "%s: an instance bake needs exactly one of %s (it has %s); or set source to a qemu target "
+                "to upload its disk" % (where, ", ".join(AMI_SOURCES), ", ".join(sources) or "none")
+            )
+
+
+# how an ami target names the AMI its builder starts from
+AMI_SOURCES = ("source_ami", "source_ami_filter", "source_ami_ssm_parameter")
 
 
 def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
@@ -258,4 +274,6 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
 def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
     if kind == "docker":
         return bool(options.get("base_image"))
+    if kind == "ami":  # a source AMI, whose id the module adds to the fingerprint
+        return True
     return False
