@@ -112,7 +112,7 @@ options:
     description: Name of the bake target (C(bake/target)); tags resources and finds the previous image to name changed inputs.
     type: str
   source_ami:
-    description: Id of the source AMI of V(launch).
+    description: Id of the source AMI of V(launch). Give one of O(source_ami), O(source_ami_filter) and O(source_ami_ssm_parameter).
     type: str
   source_ami_filter:
     description: Find the source AMI of V(launch); no match, or several without O(source_ami_filter.most_recent), fails.
@@ -479,7 +479,6 @@ def main() -> None:
             ("action", "find", ["name"]),
             ("action", "cleanup", ["bake_id"]),
         ],
-        mutually_exclusive=[("source_ami", "source_ami_filter", "source_ami_ssm_parameter")],
         required_together=[("access_key", "secret_key")],
         supports_check_mode=True,
     )
