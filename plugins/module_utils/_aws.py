@@ -764,7 +764,7 @@ def builder_connection(instance: Mapping[str, Any], params: Mapping[str, Any]) -
         "user": params.get("ssh_user") or "ec2-user",
         "private_key": key_file,
         "known_hosts": known_hosts,
-        "ssh_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s" % known_hosts,
+        "ssh_common_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s" % known_hosts,
     }
 
 

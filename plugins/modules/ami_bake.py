@@ -365,7 +365,7 @@ instance:
   returned: launch, when a builder was started
   type: dict
 builder:
-  description: Connection of the builder for C(add_host) (connection, host, port, user, private_key, ssh_args).
+  description: Connection of the builder for C(add_host) (connection, host, port, user, private_key, ssh_common_args).
   returned: launch, when a builder was started
   type: dict
 key_pair:
