@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
-from conftest import run_playbook
+from conftest import REPO, run_playbook
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
 from ansible_collections.bakery.images.plugins.module_utils import _aws
@@ -540,3 +540,39 @@ def test_source_ami_choices_fail_clearly(moto):
     assert by_ssm["ImageId"] == newest["ImageId"]
     with pytest.raises(BakeryError, match="ssm GetParameter in us-east-1 failed: ParameterNotFound"):
         _aws.resolve_source_ami(aws, {"source_ami_ssm_parameter": "/bakery/missing"})
+
+
+def test_bake_check_mode_creates_nothing(moto, tmp_path):
+    """playbooks/bake.yml --check with an ami target: the plan validates it, launch resolves the source AMI
+    and looks for the fingerprint, the report says what would be made; nothing exists afterwards."""
+    bake = {
+        "name": "aws-check",
+        "output_dir": str(tmp_path / "output"),
+        "targets": [
+            {
+                "name": "web",
+                "ami": {
+                    "region": REGION,
+                    "endpoint_url": moto.url,
+                    "name": unique("bakery-check"),
+                    "source_ami_filter": {
+                        "owners": ["amazon"],
+                        "name": "amzn2-ami-hvm-*-x86_64-gp2",
+                        "most_recent": True,
+                    },
+                },
+            }
+        ],
+    }
+    before = counts(moto, [REGION])
+    run = run_playbook(
+        REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake}, args=["--check"], env=AWS_ENV
+    )
+    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    launch = run.task_result("Find the image by fingerprint, or launch the builder")
+    assert launch["changed"] and not launch["found"] and "instance" not in launch
+    assert launch["source_ami"]["name"] == "amzn2-ami-hvm-2.0.20260930.0-x86_64-gp2"
+    summary = "\n".join(run.task_result("Artifact summary")["msg"])
+    assert "1 would build" in summary, summary
+    assert counts(moto, [REGION]) == before
+    assert not list((tmp_path / "output").glob(".bakery-tmp/*"))
