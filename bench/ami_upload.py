@@ -147,7 +147,7 @@ def main() -> None:
             seq = sequential_upload(moto.url, mixed)
             ours, result = bakery_upload(moto.url, mixed)
             seq_dense = sequential_upload(moto.url, dense)
-            ours_dense, _ = bakery_upload(moto.url, dense)
+            ours_dense = bakery_upload(moto.url, dense)[0]
 
             sparse = work / "sparse.raw"
             with open(sparse, "wb") as handle:

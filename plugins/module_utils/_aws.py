@@ -160,30 +160,8 @@ class Aws:
         where = region or self.region
         try:
             return getattr(self.client(service, where), operation)(**kwargs)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or "")
-            message = str(error.get("Message") or exc)
-            raise AwsError(
-                "%s %s in %s failed: %s: %s" % (service, _camel(operation), where, code, message),
-                code=code,
-                operation=operation,
-            ) from None
-        except NoCredentialsError:
-            raise AwsError(
-                "no AWS credentials: give access_key/secret_key, a profile, or set them in the environment "
-                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or an instance role",
-                code="NoCredentials",
-                operation=operation,
-            ) from None
-        except NoRegionError:
-            raise AwsError("no AWS region given", code="NoRegion", operation=operation) from None
-        except BotoCoreError as exc:
-            raise AwsError(
-                "%s %s in %s failed: %s" % (service, _camel(operation), where, exc),
-                code=type(exc).__name__,
-                operation=operation,
-            ) from None
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(exc, service, operation, where) from None
 
     def ec2(self, operation: str, region: str | None = None, **kwargs: Any) -> dict[str, Any]:
         return self.call("ec2", operation, region, **kwargs)
@@ -198,6 +176,34 @@ class Aws:
             token = page.get("NextToken")
             if not token:
                 return items
+
+
+def aws_error(exc: Exception, service: str, operation: str, where: str) -> AwsError:
+    """One message for every way a botocore call fails: the call, the region, AWS's code and reason."""
+    if isinstance(exc, NoCredentialsError):
+        return AwsError(
+            "no AWS credentials: give access_key/secret_key, a profile, or set them in the environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or an instance role",
+            code="NoCredentials",
+            operation=operation,
+        )
+    if isinstance(exc, NoRegionError):
+        return AwsError("no AWS region given", code="NoRegion", operation=operation)
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        message = str(error.get("Message") or exc)
+        return AwsError(
+            "%s %s in %s failed: %s: %s" % (service, _camel(operation), where, code, message),
+            code=code,
+            operation=operation,
+        )
+    return AwsError(
+        "%s %s in %s failed: %s" % (service, _camel(operation), where, exc),
+        code=type(exc).__name__,
+        operation=operation,
+    )
 
 
 def _camel(operation: str) -> str:
@@ -1008,7 +1014,7 @@ def deprecate(aws: Aws, params: Mapping[str, Any], image: Mapping[str, Any], reg
 
 def publish(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
     """Converge the image with this fingerprint: copies in every region, launch permissions, deprecation."""
-    source, _ = source_inputs(aws, params)
+    source = source_inputs(aws, params)[0]
     inputs = compute_inputs(params, source)
     fp = fingerprint(inputs)
     image = find_image(aws, fp)
@@ -1128,7 +1134,7 @@ def upload_snapshot(
                 pending = {f for f in pending if not f.done()}
                 pending.add(pool.submit(put, index, data))
                 sent += 1
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            done = wait(pending, return_when=FIRST_EXCEPTION).done
             for future in done:
                 if future.exception() is not None:
                     for other in pending:

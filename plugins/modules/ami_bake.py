@@ -21,8 +21,8 @@ description:
     M(bakery.images.qemu_image)) through the EBS direct APIs. The disk is read and sent block by block
     (512 KiB blocks with SHA256 checksums, O(upload_workers) in flight), all-zero blocks and holes are
     skipped, and memory stays bounded however large the disk is.
-  - C(capture) and C(upload) then publish the image (C(action=publish) alone does it for an existing one):
-    copies to O(regions), launch permissions, deprecation time. Only then does the image get its final
+  - C(capture) and C(upload) then publish the image (C(action=publish) alone does it for an existing one),
+    that is copies to O(regions), launch permissions, deprecation time. Only then does the image get its final
     tags (O(tags) and C(bakery-fingerprint)); a half-made image is never tagged final.
   - Idempotent by the C(bakery-fingerprint) tag, a sha256 over the bake's O(inputs), the source (AMI id or
     disk) and the options that decide the image content. When an available image with it exists in
@@ -139,7 +139,7 @@ options:
     description: SSM parameter holding the source AMI id, for example V(/aws/service/debian/release/12/latest/amd64).
     type: str
   source_ami_id:
-    description: Resolved source AMI id, as RV(source_ami.image_id) of V(launch) returned (for V(find) and V(publish)).
+    description: Resolved source AMI id, the C(image_id) of RV(source_ami) that V(launch) returned (for V(find) and V(publish)).
     type: str
   instance_type:
     description: Instance type of the builder.
@@ -200,7 +200,7 @@ options:
     type: int
     default: 22
   ssh_interface:
-    description: Which address of the builder RV(builder.host) is.
+    description: Which address of the builder is the C(host) of RV(builder).
     type: str
     choices: [public_ip, private_ip, public_dns, private_dns]
     default: public_ip

@@ -141,7 +141,7 @@ class FaultProxy:
 
             def _error(self, op):
                 message = "injected failure of %s" % op
-                if self.headers.get("X-Amz-Target") or op in {name for _, _, name in _EBS}:
+                if self.headers.get("X-Amz-Target") or op in {entry[2] for entry in _EBS}:
                     data = json.dumps({"message": message}).encode()
                     ctype = "application/x-amz-json-1.1"
                 else:

@@ -508,7 +508,7 @@ def test_each_failing_call_leaves_nothing(moto, tmp_path):
             cases += [(kind, op, nth) for op, nth in fault_plan(list(proxy.calls), kind)]
         finally:
             proxy.stop()
-    ops = {op for _, op, _ in cases}
+    ops = {case[1] for case in cases}
     assert {"RunInstances", "CreateImage", "CopyImage", "TerminateInstances", "DeleteSecurityGroup"} <= ops
     assert {"StartSnapshot", "PutSnapshotBlock", "CompleteSnapshot", "RegisterImage"} <= ops
     with ThreadPoolExecutor(max_workers=4) as pool:
