@@ -6,9 +6,10 @@
    freshly installed OS disk roughly is. Prints the seconds of each and `ratio` = sequential / bakery (how
    many times faster bakery is; goal >= 2), and `ratio_dense` for a disk where every block holds data (what
    the parallelism alone gives; moto answers on this host's CPUs, so expect less than on AWS).
-2. Memory: the peak RSS of a process that uploads a SPARSE_GIB GiB sparse disk (data scattered over it)
-   against the peak RSS of the same process that only imports and connects; the difference is what the
-   upload holds, bounded by 2 * WORKERS blocks whatever the disk size.
+2. Memory: a fresh process uploads a SPARSE_GIB GiB sparse disk (256 MiB of data scattered over it, and
+   256 MiB of written zeros); its RSS is sampled every 5 ms. Prints the RSS before the upload, the most during it, their
+   difference (what the upload holds: at most 2 * WORKERS blocks in flight, plus thread stacks and
+   connections, whatever the disk size) and the process's lifetime peak (boto3's model loading included).
 
 Run: .venv/bin/python bench/ami_upload.py [DISK_MIB [SPARSE_GIB]]   (defaults 128 and 8)
 """
@@ -19,7 +20,6 @@ import base64
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -101,30 +101,41 @@ def sequential_upload(url: str, disk: Path) -> float:
 
 
 RSS_CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 sys.path.insert(0, %(src)r)
 from ansible_collections.bakery.images.plugins.module_utils import _aws
 from ansible_collections.bakery.images.plugins.module_utils._steps import Steps
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE // 1024
 params = json.loads(%(params)r)
 aws = _aws.Aws(params)
 aws.client("ebs"); aws.client("ec2")
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-result = None
-if %(upload)r:
-    with Steps() as steps:
-        result = _aws.upload_snapshot(aws, %(disk)r, %(gib)d, {}, "bench", params["upload_workers"], steps, params)
-print(json.dumps({"baseline_kib": baseline, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "result": result}))
+before = rss()
+samples = [before]
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        samples.append(rss())
+        time.sleep(0.005)
+sampler = threading.Thread(target=sample)
+sampler.start()
+with Steps() as steps:
+    result = _aws.upload_snapshot(aws, %(disk)r, %(gib)d, {}, "bench", params["upload_workers"], steps, params)
+stop.set(); sampler.join()
+print(json.dumps({"before_kib": before, "during_max_kib": max(samples),
+                  "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "result": result}))
 """
 
 
-def peak_rss(url: str, disk: Path, gib: int, upload: bool) -> dict:
+def upload_rss(url: str, disk: Path, gib: int) -> dict:
+    """RSS of a fresh process (KiB): before the upload, the most sampled during it, its lifetime peak."""
     code = RSS_CHILD % {
         "src": str(REPO / ".collections" / "src"),
         "params": json.dumps(params(url)),
         "disk": str(disk),
         "gib": gib,
-        "upload": upload,
     }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -152,12 +163,13 @@ def main() -> None:
             sparse = work / "sparse.raw"
             with open(sparse, "wb") as handle:
                 handle.truncate(sparse_gib * 1024**3)
-                for i in range(64):  # 64 data blocks scattered over the disk
-                    handle.seek(i * (sparse_gib * 1024**3 // 64))
+                for i in range(512):  # 512 data blocks (256 MiB) scattered over the disk
+                    handle.seek(i * (sparse_gib * 1024**3 // 512))
                     handle.write(os.urandom(BLOCK))
-            idle = peak_rss(moto.url, sparse, sparse_gib, upload=False)
+                handle.seek(sparse_gib * 1024**3 // 3 + BLOCK)  # 256 MiB of written zeros: read, skipped
+                handle.write(bytes(512 * BLOCK))
             started = time.perf_counter()
-            busy = peak_rss(moto.url, sparse, sparse_gib, upload=True)
+            busy = upload_rss(moto.url, sparse, sparse_gib)
             sparse_seconds = time.perf_counter() - started
         finally:
             moto.stop()
@@ -175,12 +187,13 @@ def main() -> None:
         "ratio_dense": round(seq_dense / ours_dense, 2),
         "sparse_gib": sparse_gib,
         "sparse_blocks_sent": busy["result"]["blocks_sent"],
+        "sparse_blocks_zero_skipped": busy["result"]["blocks_zero"],
         "sparse_upload_s": round(sparse_seconds, 2),
-        "rss_idle_mib": round(idle["peak_kib"] / 1024, 1),
-        "rss_peak_upload_mib": round(busy["peak_kib"] / 1024, 1),
-        "rss_upload_extra_mib": round((busy["peak_kib"] - idle["peak_kib"]) / 1024, 1),
-        "rss_bound_mib": 2 * WORKERS * BLOCK / 1024**2,
-        "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_upload_mib": round(busy["before_kib"] / 1024, 1),
+        "rss_max_during_upload_mib": round(busy["during_max_kib"] / 1024, 1),
+        "rss_upload_extra_mib": round((busy["during_max_kib"] - busy["before_kib"]) / 1024, 1),
+        "rss_process_peak_mib": round(busy["peak_kib"] / 1024, 1),
+        "rss_bound_blocks_mib": 2 * WORKERS * BLOCK / 1024**2,
     }
     print(json.dumps(report, indent=2))
 

@@ -98,7 +98,9 @@ options:
     type: dict
     default: {}
   inputs:
-    description: Input digests computed by the bake plan; part of the fingerprint.
+    description:
+      - Input digests computed by the bake plan; part of the fingerprint.
+      - Without them, the fingerprint of an V(upload) includes the sha256 of O(disk) (the whole disk is read once).
     type: dict
     default: {}
   force:
