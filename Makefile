@@ -26,15 +26,19 @@ SANITY_ARGS ?=
 # Debian packages.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
 # arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
 # hierarchies with it where nothing else did.
-# qemu disks: qemu-utils (qemu-img), fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), dosfstools and mtools (the ESP),
-# grub-common (grub-mkimage), grub-pc-bin and grub-efi-amd64-bin (GRUB for BIOS and UEFI), vagrant (its
-# insecure public key for disks with vagrant: true, as the default bake's).
-APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates \
-	qemu-utils fdisk e2fsprogs dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin vagrant
+APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# Builder VMs (qemu_vm): qemu-system-x86 runs them, qemu-utils makes their overlays, ovmf is the UEFI firmware,
+# openssh-client logs in (and makes their keys), dosfstools and mtools make cloud-init seeds without a mount.
+APT_BAKE += qemu-system-x86 qemu-utils ovmf openssh-client dosfstools mtools
+# qemu disks (qemu_image): fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), grub-common (grub-mkimage), grub-pc-bin and
+# grub-efi-amd64-bin (GRUB for BIOS and UEFI), vagrant (its insecure public key, for disks with vagrant: true
+# as the default bake's); qemu-utils, dosfstools and mtools (the ESP) are above.
+APT_BAKE += fdisk e2fsprogs grub-common grub-pc-bin grub-efi-amd64-bin vagrant
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
-# shellcheck: lints scripts/ and .ci/run.  qemu-system-x86 and ovmf: the qemu tests boot the disks (SeaBIOS
-# and UEFI); openssh-client: they log in as vagrant.
-APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck qemu-system-x86 ovmf openssh-client
+# shellcheck: lints scripts/ and .ci/run.
+APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+# e2fsprogs: the qemu_vm tests make their boot disk with mkfs.ext4 -d and read it back with debugfs.
+APT_TEST += e2fsprogs
 
 SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
 

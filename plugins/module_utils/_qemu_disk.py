@@ -5,8 +5,9 @@
 From a root filesystem (a tarball, or a directory such as a provisioned chroot) the disk boots both BIOS
 and UEFI firmware, and is made without a loop device or a mount:
 
-* a raw disk file is created sparse, and ``sfdisk`` writes a GPT on it: a BIOS boot partition (where
-  ``grub-bios-setup`` puts GRUB's core image), an EFI system partition and the root partition;
+* a raw disk file is created sparse, and ``sfdisk`` writes a GPT on it: a BIOS boot partition (GRUB's core
+  image goes there and its boot sector into the protective MBR, the writes ``grub-bios-setup`` makes), an
+  EFI system partition and the root partition;
 * ``mkfs.vfat --offset`` makes the ESP inside the disk file and ``mtools`` copies GRUB's EFI image into it as
   ``\\EFI\\BOOT\\BOOTX64.EFI``;
 * ``mkfs.ext4 -E offset=... -d <root>`` makes the root file system, with the tree in it, inside the disk file;

@@ -11,13 +11,15 @@ short_description: Make bootable QEMU disk images (qcow2, raw, vmdk, vdi, vhdx) 
 version_added: 0.2.0
 description:
   - With O(rootfs) (a tarball, or a directory such as a provisioned chroot), makes a GPT disk that boots with
-    BIOS (GRUB for i386-pc in a BIOS boot partition, written by C(grub-bios-setup)) and with UEFI (GRUB for
+    BIOS (GRUB for i386-pc made by C(grub-mkimage); its core image goes into a BIOS boot partition and its boot
+    sector into the protective MBR, the writes C(grub-bios-setup) makes) and with UEFI (GRUB for
     x86_64-efi as C(\EFI\BOOT\BOOTX64.EFI) on an EFI system partition). The root file system is ext4, made
     with C(mkfs.ext4 -d) at its offset inside the disk file; the partition table is written by C(sfdisk) on the
     file and the ESP by C(mkfs.vfat --offset) and C(mtools). No loop device and no mount are used.
   - The tree is made into a machine image before it goes into the disk. C(/etc/fstab) mounts the root by
     UUID; C(/boot/grub/grub.cfg) boots C(/vmlinuz) (or the newest C(/boot/vmlinuz-*)) with the console on
-    C(ttyS0); SSH host keys are removed and generated at first boot; C(/etc/machine-id) is emptied; with
+    C(ttyS0); SSH host keys are removed and new ed25519 and ECDSA keys made at first boot (sshd is set to use
+    these two; an RSA key takes minutes in an emulated guest); C(/etc/machine-id) is emptied; with
     O(dhcp), systemd-networkd does DHCP on every Ethernet NIC; with O(vagrant), the image follows Vagrant's
     base-box conventions. The tree must hold a kernel and an initramfs (for example C(linux-image-cloud-amd64)).
   - A directory O(rootfs) is changed in place by this preparation. A directory made by O(action=unpack) gets

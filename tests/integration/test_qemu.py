@@ -40,11 +40,17 @@ def bake(tmp: Path, definition: dict, *args: str):
     return run_playbook(BAKE_PLAYBOOK, tmp, args=["-e", "@%s" % path, "-e", "bake_only=disk", *args])
 
 
-def loops_and_mounts() -> tuple[str, set[str]]:
+def loops_and_mounts(*under: Path) -> tuple[set[str], set[str]]:
+    """Loop devices whose file, and mounts whose point, lie under *under* (other bakes on a shared host
+    mount and unmount their own things meanwhile, so only what could be this suite's counts)."""
+    prefixes = tuple(str(path.resolve()) for path in under)
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
     with open("/proc/mounts", encoding="utf-8") as handle:
-        mounts = {" ".join(line.split()[:2]) for line in handle}
-    return loops, mounts
+        points = {line.split()[1] for line in handle}
+    return (
+        {line for line in loops.splitlines() if any(prefix in line for prefix in prefixes)},
+        {point for point in points if point.startswith(prefixes)},
+    )
 
 
 def free_port() -> int:
@@ -55,14 +61,22 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def baked(cache_dir, tmp_path_factory):
-    before = loops_and_mounts()
     tmp = tmp_path_factory.mktemp("qemu-bake")
+    watched = (tmp_path_factory.getbasetemp(), cache_dir, REPO)
+    before = loops_and_mounts(*watched)
     definition = default_bake(cache_dir)
     started = time.monotonic()
     first = bake(tmp, definition)
     seconds = time.monotonic() - started
     assert first.rc == 0, first.stdout[-6000:] + first.stderr[-2000:]
-    return {"tmp": tmp, "definition": definition, "first": first, "seconds": seconds, "before": before}
+    return {
+        "tmp": tmp,
+        "definition": definition,
+        "first": first,
+        "seconds": seconds,
+        "before": before,
+        "watched": watched,
+    }
 
 
 class Guest:
@@ -332,5 +346,71 @@ def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+STAMP_ROLE = """\
+- name: Read what runs as PID 1 (systemd in a booted VM; a chroot has no /proc)
+  ansible.builtin.command: cat /proc/1/comm
+  register: stamp_init
+  changed_when: false
+- name: Leave a stamp
+  ansible.builtin.copy:
+    content: "{{ stamp_init.stdout }}\\n"
+    dest: /etc/bakery-stamp
+    mode: "0644"
+"""
+
+
+def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
+    """Read the root file system of a raw disk made by qemu_image, at its offset, without mounting it."""
+    return subprocess.run(
+        ["debugfs", "-R", request, "%s?offset=%d" % (disk, 66 * 1024**2)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tmp_path):
+    role = tmp_path / "roles" / "stamp" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(STAMP_ROLE)
+    definition = {
+        "name": "vmbake",
+        "cache_dir": str(cache_dir),
+        "base": default_bake(cache_dir)["base"],
+        "provisioners": [{"role": "stamp"}],
+        "targets": [
+            {
+                "name": "vmdisk",
+                "qemu": {
+                    "provision": "vm",
+                    "formats": ["raw"],
+                    "disk_size": "2G",
+                    "vm": {"accelerator": "tcg", "memory": 768, "cpus": 1, "boot_timeout": BOOT_TIMEOUT},
+                },
+            }
+        ],
+    }
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": definition}))
+    run = run_playbook(
+        BAKE_PLAYBOOK,
+        tmp_path,
+        args=["-e", "@%s" % path],
+        env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
+        timeout=2400,
+    )
+    assert run.rc == 0, run.stdout[-6000:]
+    assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
+    disk = tmp_path / "output" / "vmbake.raw"
+    assert debugfs(disk, "cat /etc/bakery-stamp").stdout == "systemd\n"
+    # the builder's key and the host keys made at its first boot are not in the image
+    assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
+    assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
+    bake_id = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"][0]["bake_id"]
+    left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
+    assert left.stdout == "", "qemu left running: %s" % left.stdout
+    assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+
+
 def test_no_loop_device_or_mount_left(baked):
-    assert loops_and_mounts() == baked["before"]
+    assert loops_and_mounts(*baked["watched"]) == baked["before"] == (set(), set())
