@@ -157,3 +157,55 @@ def test_manifest_entry_of_an_ami():
     assert (
         would["status"] == "would build" and would["id"] is None and would["changed_inputs"] == ["source_ami"]
     )
+
+
+def test_waits_tolerate_not_found_right_after_create_and_are_bounded():
+    answers = iter(["missing", "missing", "pending", "available"])
+
+    def probe():
+        state = next(answers)
+        if state == "missing":
+            raise _aws.AwsError("gone", code="InvalidAMIID.NotFound")
+        return {"State": state}
+
+    image = _aws.wait_until("image", probe, lambda i: i["State"] == "available", delay=0.01)
+    assert image == {"State": "available"}
+    with pytest.raises(BakeryError, match="timed out after 0 s waiting for image"):
+        _aws.wait_until("image", lambda: {"State": "pending"}, lambda i: False, timeout=0.05, delay=0.01)
+    with pytest.raises(BakeryError, match="image: the image is failed"):
+        _aws.wait_until(
+            "image",
+            lambda: {"State": "failed"},
+            lambda i: False,
+            failed=lambda i: "the image is %s" % i["State"],
+            delay=0.01,
+        )
+    with pytest.raises(_aws.AwsError, match="denied"):  # other errors are not waited out
+        _aws.wait_until(
+            "image", lambda: (_ for _ in ()).throw(_aws.AwsError("denied", code="AuthFailure")), bool
+        )
+
+
+def test_ssh_wait_needs_the_banner():
+    import socket
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer():
+            conn = server.accept()[0]
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        _aws.wait_ssh("127.0.0.1", port, timeout=10)
+        thread.join()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        free = closed.getsockname()[1]
+    with pytest.raises(BakeryError, match="SSH on 127.0.0.1:%d did not answer within 1 s" % free):
+        _aws.wait_ssh("127.0.0.1", free, timeout=1)
