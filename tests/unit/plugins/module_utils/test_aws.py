@@ -180,10 +180,12 @@ def test_waits_tolerate_not_found_right_after_create_and_are_bounded():
             failed=lambda i: "the image is %s" % i["State"],
             delay=0.01,
         )
+
+    def denied():
+        raise _aws.AwsError("denied", code="AuthFailure")
+
     with pytest.raises(_aws.AwsError, match="denied"):  # other errors are not waited out
-        _aws.wait_until(
-            "image", lambda: (_ for _ in ()).throw(_aws.AwsError("denied", code="AuthFailure")), bool
-        )
+        _aws.wait_until("image", denied, bool)
 
 
 def test_ssh_wait_needs_the_banner():
