@@ -17,6 +17,10 @@ def gce_artifact(result, target, started=None):
     return _manifest.gce_artifact(result, target, started, time.time())
 
 
+def ami_artifact(result, target, started=None):
+    return _manifest.ami_artifact(result, target, started, time.time())
+
+
 def qemu_artifact(result, target, started=None):
     return _manifest.qemu_artifact(result, target, started, time.time())
 
@@ -38,6 +42,7 @@ class FilterModule:
         return {
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
+            "ami_artifact": ami_artifact,
             "qemu_artifact": qemu_artifact,
             "qemu_outputs": qemu_outputs,
             "qemu_workdir": qemu_workdir,

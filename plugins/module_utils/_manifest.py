@@ -61,6 +61,28 @@ def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     }
 
 
+def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of an ami target from the ami_bake result that made, found or published it."""
+    image = result.get("image") or {}
+    tags = image.get("tags") or {}
+    built = bool(result.get("built"))
+    size = image.get("size_gib")
+    return {
+        "target": target["name"],
+        "type": "ami",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("image_id"),
+        "name": image.get("name") or target["options"]["name"],
+        "region": target["options"]["region"],
+        "images": result.get("images") or ({target["options"]["region"]: image["image_id"]} if image else {}),
+        "size": int(size) * 1024**3 if size else None,
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": tags.get("bakery-bake-id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
     """The manifest entry of a qemu target from the qemu_image result that made or found its disk."""
     built = bool(result.get("changed")) and not result.get("found")

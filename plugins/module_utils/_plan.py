@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _rootfs, _vagrant
+from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
 from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
@@ -23,7 +24,7 @@ from ansible_collections.bakery.images.plugins.module_utils._gcp import check_na
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker", "qemu", "vagrant", "gce")
+TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -281,6 +282,14 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
                 _vagrant.check_version(options["version"])
             if not 0 <= int(options.get("compression", 6)) <= 9:
                 raise BakeryError("compression must be a gzip level, 0 (plain tar) to 9")
+        elif kind == "ami":
+            check_ami_name(options.get("name"))
+            sources = [key for key in AMI_SOURCES if options.get(key)]
+            if not options.get("source") and len(sources) != 1:
+                raise BakeryError(
+                    "an instance bake needs exactly one of %s (it has %s); or set source to a qemu target "
+                    "to upload its disk" % (", ".join(AMI_SOURCES), ", ".join(sources) or "none")
+                )
     except BakeryError as exc:
         raise BakeryError("%s: %s" % (where, exc.msg)) from None
     if kind == "gce":
@@ -322,6 +331,10 @@ def check_gce(options: Mapping[str, Any], where: str) -> None:
             raise BakeryError("%s: an instance bake needs zone" % where)
 
 
+# how an ami target names the AMI its builder starts from
+AMI_SOURCES = ("source_ami", "source_ami_filter", "source_ami_ssm_parameter")
+
+
 def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
     """Whether the target is provisioned by the bake's roles on a builder (else it builds alone)."""
     if kind == "docker":
@@ -332,5 +345,5 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
 def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
     if kind in ("docker", "qemu"):
         return bool(options.get("base_image"))
-    # a GCE instance starts from its source image, whose id the module folds into the fingerprint
-    return kind == "gce"
+    # an AMI or a GCE instance starts from its source image, whose id the module folds into the fingerprint
+    return kind in ("ami", "gce")

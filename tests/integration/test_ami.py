@@ -1,0 +1,578 @@
+"""The ami target against moto_server on 127.0.0.1: uploads, instance bakes, publishing, faults, secrets.
+
+moto does not implement import_snapshot/import_image; it does the EBS direct APIs, which is what the upload
+path uses. moto's instances do not boot, so nothing can SSH into them: the instance-bake test provisions a
+stand-in builder (a local Docker container from the bake's base image) between the role's launch and
+capture phases, and says so below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
+from conftest import REPO, run_playbook
+
+from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
+from ansible_collections.bakery.images.plugins.module_utils import _aws
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+BLOCK = 512 * 1024
+ALL_REGIONS = [REGION, *COPY_REGIONS]
+ACCOUNT = "111122223333"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+    "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def unique(prefix: str) -> str:
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def make_raw_disk(path: Path, size_mib: int = 96) -> Path:
+    """A raw disk that is mostly holes: an ext4 file system made from a small tree, then more data far in."""
+    tree = path.parent / ("%s-tree" % path.name)
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("baked by bakery\n")
+    (tree / "data.bin").write_bytes(os.urandom(700 * 1024))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), "%dM" % size_mib], check=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", str(tree), str(path), "64M"],
+        check=True,
+        env=dict(os.environ, E2FSPROGS_FAKE_TIME="1700000000"),
+    )
+    with open(path, "r+b") as handle:  # data past the file system, and an explicit all-zero block
+        handle.seek(80 * 1024 * 1024 + 12345)
+        handle.write(os.urandom(4096))
+        handle.seek(90 * 1024 * 1024)
+        handle.write(bytes(BLOCK))
+    return path
+
+
+def nonzero_blocks(path: Path) -> dict[int, bytes]:
+    out = {}
+    with open(path, "rb") as handle:
+        index = 0
+        while True:
+            data = handle.read(BLOCK)
+            if not data:
+                return out
+            data = data.ljust(BLOCK, b"\0")
+            if data.count(0) != len(data):
+                out[index] = data
+            index += 1
+
+
+def ami_target(moto_url: str, name: str, bake_id: str, output_dir: Path, **options) -> dict:
+    """A bakery_target as the plan makes it, options validated against the role's argument spec."""
+    base = {"region": REGION, "endpoint_url": moto_url, "name": name}
+    base.update(options)
+    return {
+        "name": "ami",
+        "type": "ami",
+        "host": "bakery-ami",
+        "builder": "bakery-ami-builder",
+        "bake_id": bake_id,
+        "bake_name": "aws-test",
+        "output_dir": str(output_dir),
+        "force": False,
+        "inputs": {"source_target": hashlib.sha256(name.encode()).hexdigest()},
+        "rootfs": None,
+        "needs_builder": "source" not in options,
+        "provisioners": [],
+        "source": {"target": "disk", "type": "qemu", "host": "bakery-disk"} if "source" in options else None,
+        "options": validate_target("ami", base, "test"),
+    }
+
+
+# ---------------------------------------------------------------- upload through the role
+
+
+UPLOAD_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Make the raw disk with qemu_image (what the qemu target's capture does)
+      bakery.images.qemu_image:
+        image: "{{ source_image }}"
+        disk_size: 96M
+        outputs: [{path: "{{ raw_disk }}"}]
+      register: qemu_made
+    - name: Record the source target's artifact
+      ansible.builtin.set_fact:
+        bakery_source_artifact: "{{ qemu_made | bakery.images.qemu_artifact(source_target) }}"
+    - name: upload
+      block:
+        - name: Post-process with the ami role
+          ansible.builtin.include_role:
+            name: bakery.images.ami
+            tasks_from: postprocess
+      always:
+        - name: Clean up with the ami role
+          ansible.builtin.include_role:
+            name: bakery.images.ami
+            tasks_from: cleanup
+    - name: artifact
+      ansible.builtin.debug:
+        var: bakery_artifact
+"""
+
+
+def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
+    """A raw disk becomes an AMI in three regions, shared, tagged; again: nothing new; secrets never shown.
+
+    The role's post-process phase is driven as the bake's post-process play drives it: the source target's
+    artifact is the raw disk qemu_image made from a qcow2 image holding an ext4 file system.
+    """
+    made = make_raw_disk(tmp_path / "made.raw")
+    source_image = tmp_path / "source.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
+    made.unlink()
+    disk = tmp_path / "disk.raw"
+    name = unique("bakery-upload")
+    bake_id = unique("bake")
+    target = ami_target(
+        moto.url,
+        name,
+        bake_id,
+        tmp_path / "output",
+        source="disk",
+        regions=COPY_REGIONS[:1] + [{"region": COPY_REGIONS[1], "kms_key_id": "alias/bakery"}],
+        launch_permissions={"user_ids": [ACCOUNT], "group_names": ["all"]},
+        tags={"team": "images"},
+        run_tags={"ci-run": "42"},
+        boot_mode="uefi",
+        upload_workers=4,
+    )
+    extra = {
+        "bakery_target": target,
+        "source_target": {"name": "disk", "bake_id": bake_id, "options": {}},
+        "source_image": str(source_image),
+        "raw_disk": str(disk),
+    }
+    local = [
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        "ansible_python_interpreter={{ ansible_playbook_python }}",
+    ]
+
+    first = run_playbook(UPLOAD_PLAY, tmp_path, extra_vars=extra, args=local, env=AWS_ENV)
+    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert (
+        first.task_result("Record the source target's artifact")["ansible_facts"]["bakery_source_artifact"][
+            "outputs"
+        ][0]["format"]
+        == "raw"
+    )
+    uploaded = first.task_result("Upload the disk as an AMI")
+    assert uploaded["changed"] and uploaded["built"]
+    artifact = first.task_result("artifact")["bakery_artifact"]
+    assert artifact["status"] == "built" and artifact["id"] == uploaded["image"]["image_id"]
+    assert sorted(artifact["images"]) == sorted(ALL_REGIONS)
+
+    # the snapshot holds exactly the disk's non-zero blocks
+    expected = nonzero_blocks(disk)
+    snap = uploaded["snapshot"]
+    assert snap["blocks_sent"] == len(expected) < snap["blocks_total"]
+    ebs = moto.client("ebs")
+    listed = ebs.list_snapshot_blocks(SnapshotId=snap["snapshot_id"])["Blocks"]
+    assert sorted(b["BlockIndex"] for b in listed) == sorted(expected)
+    for block in listed:
+        got = ebs.get_snapshot_block(
+            SnapshotId=snap["snapshot_id"], BlockIndex=block["BlockIndex"], BlockToken=block["BlockToken"]
+        )
+        assert got["BlockData"].read() == expected[block["BlockIndex"]], block["BlockIndex"]
+
+    # every region has the image, final (fingerprint, user tags, no temporary tag), with its permissions
+    fp = uploaded["fingerprint"]
+    for region in ALL_REGIONS:
+        ec2 = moto.client("ec2", region)
+        images = ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "tag:bakery-fingerprint", "Values": [fp]}]
+        )
+        assert [i["ImageId"] for i in images["Images"]] == [artifact["images"][region]], region
+        image = images["Images"][0]
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        assert tags["team"] == "images" and tags["bakery-bake-id"] == bake_id
+        assert "bakery-temporary" not in tags and "ci-run" not in tags
+        assert image["Name"] == name and image["State"] == "available"
+        perms = ec2.describe_image_attribute(ImageId=image["ImageId"], Attribute="launchPermission")
+        assert {"UserId": ACCOUNT} in perms["LaunchPermissions"]
+        assert {"Group": "all"} in perms["LaunchPermissions"]
+    home = moto.client("ec2").describe_images(ImageIds=[artifact["id"]])["Images"][0]
+    assert home["BootMode"] == "uefi"
+    snap_tags = moto.client("ec2").describe_snapshots(SnapshotIds=[snap["snapshot_id"]])["Snapshots"][0][
+        "Tags"
+    ]
+    assert {"Key": "bakery-fingerprint", "Value": fp} in snap_tags
+    assert leftovers(moto, bake_id, ALL_REGIONS) == {}
+
+    # second run, at -vvvv with credentials given as role variables: nothing is created, nothing leaks
+    before = counts(moto, ALL_REGIONS)
+    secret, token = "SeCrEt-" + uuid.uuid4().hex, "ToKeN-" + uuid.uuid4().hex
+    keys = {"ami_access_key": "AKIABAKERYFAKE000001", "ami_secret_key": secret, "ami_session_token": token}
+    again = run_playbook(
+        UPLOAD_PLAY, tmp_path, extra_vars=dict(extra, **keys), args=local + ["-vvvv"], env=AWS_ENV
+    )
+    assert again.rc == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert again.task_result("Upload the disk as an AMI")["changed"] is False
+    assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
+    assert counts(moto, ALL_REGIONS) == before
+    output = again.stdout + again.stderr
+    assert "ami_bake" in output and len(output) > 10000  # it really was verbose
+    assert secret not in output and token not in output
+
+
+# ---------------------------------------------------------------- instance bake through the role
+
+
+INSTANCE_PLAY = """
+- name: Launch the builder instance (role bakery.images.ami, phase launch)
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: launch
+      ansible.builtin.include_role:
+        name: bakery.images.ami
+        tasks_from: launch
+    - name: Start the stand-in builder
+      bakery.images.docker_image_build:
+        action: start
+        name: bakery-test/ami-stand-in
+        base_image: "{{ stand_in_image }}"
+        bake_id: "{{ bakery_target.bake_id }}"
+        target: ami-stand-in
+      register: stand_in
+      when: ami_launch.instance is defined
+    - name: Add the stand-in builder
+      ansible.builtin.add_host:
+        name: stand-in
+        groups: builders
+        ansible_connection: community.docker.docker_api
+        ansible_host: "{{ stand_in.container.name }}"
+        ansible_python_interpreter: /usr/bin/python3
+      when: ami_launch.instance is defined
+      changed_when: false
+
+# moto's instance cannot be reached over SSH: this play provisions a local container instead
+- name: Provision the stand-in builder
+  hosts: builders
+  gather_facts: false
+  tasks:
+    - name: provision
+      ansible.builtin.copy:
+        dest: /etc/bakery-provisioned
+        content: "provisioned by the test\\n"
+
+- name: Capture the instance (role bakery.images.ami, phase capture) and clean up
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: capture and clean up
+      block:
+        - name: capture
+          ansible.builtin.include_role:
+            name: bakery.images.ami
+            tasks_from: capture
+      always:
+        - name: cleanup
+          ansible.builtin.include_role:
+            name: bakery.images.ami
+            tasks_from: cleanup
+        - name: Remove the stand-in builder
+          bakery.images.docker_image_build:
+            action: remove
+            container: "{{ stand_in.container.id }}"
+          when: stand_in.container is defined
+    - name: artifact
+      ansible.builtin.debug:
+        var: bakery_artifact
+"""
+
+
+def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp_path):
+    """launch → provision → capture → cleanup; the second run launches nothing and changes nothing."""
+    name = unique("bakery-instance")
+    bake_id = unique("bake")
+    target = ami_target(
+        moto.url,
+        name,
+        bake_id,
+        tmp_path / "output",
+        source_ami_filter={"owners": ["amazon"], "name": "amzn2-ami-hvm-*-x86_64-gp2", "most_recent": True},
+        ssh_timeout=0,  # moto's instances never answer SSH
+        ssh_cidrs=["192.0.2.0/24"],
+        regions=[COPY_REGIONS[0]],
+        launch_permissions={
+            "organization_arns": ["arn:aws:organizations::%s:organization/o-bakery" % ACCOUNT]
+        },
+        tags={"role": "web"},
+        root_volume_size=9,
+        root_volume_encrypted=True,
+        spot=False,
+    )
+    extra = {"bakery_target": target, "stand_in_image": bake_base["image"]}
+    regions = [REGION, COPY_REGIONS[0]]
+    first = run_playbook(INSTANCE_PLAY, tmp_path, extra_vars=extra, env=AWS_ENV)
+    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    launched = first.task_result("Find the image by fingerprint, or launch the builder")
+    assert launched["changed"] and launched["builder"]["connection"] == "ssh"
+    assert first.task_result("provision")["changed"]
+    captured = first.task_result("Create the image from the builder")
+    artifact = first.task_result("artifact")["bakery_artifact"]
+    assert artifact["status"] == "built" and sorted(artifact["images"]) == sorted(regions)
+    assert not os.path.exists(launched["builder"]["private_key"]), "private key left behind"
+
+    ec2 = moto.client("ec2")
+    instance = ec2.describe_instances(InstanceIds=[launched["instance"]["instance_id"]])["Reservations"][0][
+        "Instances"
+    ][0]
+    assert instance["State"]["Name"] == "terminated"
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["bakery-bake-id"] == bake_id and tags["bakery-temporary"] == "true"
+    for region in regions:
+        image = moto.client("ec2", region).describe_images(ImageIds=[artifact["images"][region]])["Images"][0]
+        image_tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+        assert image_tags["bakery-fingerprint"] == captured["fingerprint"] and image_tags["role"] == "web"
+        assert "bakery-temporary" not in image_tags
+        perms = moto.client("ec2", region).describe_image_attribute(
+            ImageId=image["ImageId"], Attribute="launchPermission"
+        )["LaunchPermissions"]
+        assert perms == [{"OrganizationArn": target["options"]["launch_permissions"]["organization_arns"][0]}]
+    assert leftovers(moto, bake_id, regions) == {}
+
+    before = counts(moto, regions)
+    again = run_playbook(
+        INSTANCE_PLAY,
+        tmp_path,
+        extra_vars=dict(extra, bakery_target=dict(target, bake_id=unique("bake"))),
+        env=AWS_ENV,
+    )
+    assert again.rc == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert again.task_result("Find the image by fingerprint, or launch the builder")["found"]
+    assert again.task_result("Publish the image found by fingerprint")["changed"] is False
+    assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
+    assert again.stats["localhost"]["changed"] == 0
+    assert counts(moto, regions) == before
+
+
+# ---------------------------------------------------------------- fault injection, in process
+
+
+def flow_params(proxy: FaultProxy, tmp_path: Path, kind: str) -> dict:
+    bake_id = unique("fault")
+    params = {
+        "region": REGION,
+        "endpoint_url": proxy.url,
+        "access_key": "testing",
+        "secret_key": "testing",
+        "max_attempts": 2,
+        "wait_timeout": 60,
+        "bake_id": bake_id,
+        "target": "faults/%s" % kind,
+        "name": unique("bakery-fault"),
+        "inputs": {"run": bake_id},
+        "tags": {"team": "faults"},
+        "run_tags": {},
+        "regions": [COPY_REGIONS[0]],
+        "launch_permissions": {"user_ids": [ACCOUNT]},
+        "key_file": str(tmp_path / ("%s.key" % bake_id)),
+        "ssh_cidrs": ["192.0.2.0/24"],
+        "ssh_timeout": 0,
+        "upload_workers": 3,
+    }
+    if kind == "instance":
+        params["source_ami_filter"] = {
+            "owners": ["amazon"],
+            "name": "amzn2-ami-hvm-*-x86_64-gp2",
+            "most_recent": True,
+        }
+    else:
+        params["disk"] = str(tmp_path / "fault.raw")
+    return params
+
+
+def run_flow(params: dict) -> dict:
+    """What the role does, in process: launch and capture (or upload); the caller cleans up."""
+    if "disk" in params:
+        return _aws.run_action(dict(params, action="upload"), False)
+    else:
+        launched = _aws.run_action(dict(params, action="launch"), False)
+        assert os.stat(launched["builder"]["private_key"]).st_mode & 0o777 == 0o600
+        _aws.run_action(
+            dict(params, action="capture", instance_id=launched["instance"]["instance_id"]), False
+        )
+
+
+def cleanup(params: dict) -> str | None:
+    try:
+        _aws.run_action(dict(params, action="cleanup"), False)
+    except BakeryError as exc:
+        return exc.msg
+    return None
+
+
+def fault_plan(calls: list[str], kind: str) -> list[tuple[str, int]]:
+    """Which requests to fail: every operation once, every mutating one each time it is made.
+
+    The upload flow shares publish and cleanup with the instance flow; its own calls are those before the
+    first copy (snapshot, blocks, completion, registration).
+    """
+    if kind == "upload":
+        calls = calls[: calls.index("CopyImage")]
+    faults, seen = [], {}
+    for op in calls:
+        seen[op] = seen.get(op, 0) + 1
+        if seen[op] == 1 or not op.startswith(("Describe", "List", "Get")):
+            faults.append((op, seen[op]))
+    return faults
+
+
+def fail_once(moto: MotoServer, tmp_path: Path, kind: str, op: str, nth: int) -> str | None:
+    """Run the flow with request *nth* of *op* failing; None when everything was cleaned up, else why not."""
+    proxy = FaultProxy(moto.url)
+    try:
+        params = flow_params(proxy, tmp_path, kind)
+        proxy.arm(op, nth)
+        errors = []
+        try:
+            run_flow(params)
+        except BakeryError as exc:
+            errors.append(exc.msg)
+        first = cleanup(params)
+        if first:  # the failure hit the cleanup itself: a later run finishes it
+            errors.append(first)
+            if "run it again" not in first:
+                return "cleanup failed without saying it can be finished: %s" % first
+            again = cleanup(params)
+            if again:
+                return "a second cleanup did not finish: %s" % again
+        if proxy.failed != [op]:
+            return "the fault was not hit (calls: %s)" % proxy.calls
+        if not any("injected failure of %s" % op in e for e in errors):
+            return "the injected error was not reported: %s" % errors
+        left = leftovers(moto, params["bake_id"], ALL_REGIONS)
+        if left:
+            return "left behind: %s (errors: %s)" % (left, errors)
+        if os.path.exists(params["key_file"]):
+            return "private key file left behind"
+        return None
+    finally:
+        proxy.stop()
+
+
+def test_each_failing_call_leaves_nothing(moto, tmp_path):
+    """Every AWS call of both flows fails in turn (instance: launch, capture, publish, cleanup; upload:
+    snapshot, blocks, completion, registration). The flow fails with the injected error, its own undo and the
+    cleanup (run again when the failure hit the cleanup, as a later run would) leave no instance running and
+    nothing tagged temporary. Cases run four at a time, each through its own fault proxy.
+    """
+    with open(tmp_path / "fault.raw", "wb") as handle:  # three data blocks, one written zero block, holes
+        handle.truncate(8 * BLOCK)
+        for index in (0, 3, 7):
+            handle.seek(index * BLOCK)
+            handle.write(os.urandom(1000))
+        handle.seek(5 * BLOCK)
+        handle.write(bytes(BLOCK))
+    cases = []
+    for kind in ("instance", "upload"):
+        proxy = FaultProxy(moto.url)
+        try:
+            params = flow_params(proxy, tmp_path, kind)
+            made = run_flow(params)
+            if kind == "upload":  # the written zero block is read and skipped, the holes are not even read
+                assert (made["snapshot"]["blocks_sent"], made["snapshot"]["blocks_zero"]) == (3, 1)
+            assert cleanup(params) is None
+            assert leftovers(moto, params["bake_id"], ALL_REGIONS) == {}
+            cases += [(kind, op, nth) for op, nth in fault_plan(list(proxy.calls), kind)]
+        finally:
+            proxy.stop()
+    ops = {case[1] for case in cases}
+    assert {"RunInstances", "CreateImage", "CopyImage", "TerminateInstances", "DeleteSecurityGroup"} <= ops
+    assert {"StartSnapshot", "PutSnapshotBlock", "CompleteSnapshot", "RegisterImage"} <= ops
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda case: (case, fail_once(moto, tmp_path, *case)), cases))
+    problems = ["%s %s #%d: %s" % (*case, why) for case, why in outcomes if why]
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- sources and names
+
+
+def test_source_ami_choices_fail_clearly(moto):
+    base = {"region": REGION, "endpoint_url": moto.url, **{"access_key": "testing", "secret_key": "testing"}}
+    aws = _aws.Aws(base)
+    ambiguous = {"source_ami_filter": {"owners": ["amazon"], "name": "amzn2-ami-hvm-*", "most_recent": False}}
+    with pytest.raises(BakeryError, match="source AMIs match the filter .* set most_recent"):
+        _aws.resolve_source_ami(aws, ambiguous)
+    with pytest.raises(BakeryError, match="no source AMI matches the filter"):
+        _aws.resolve_source_ami(aws, {"source_ami_filter": {"owners": ["self"], "name": "nothing-*"}})
+    with pytest.raises(BakeryError, match="source AMI ami-0123456789abcdef0 does not exist"):
+        _aws.resolve_source_ami(aws, {"source_ami": "ami-0123456789abcdef0"})
+    newest = _aws.resolve_source_ami(
+        aws, dict(ambiguous, source_ami_filter=dict(ambiguous["source_ami_filter"], most_recent=True))
+    )
+    moto.client("ssm").put_parameter(
+        Name="/bakery/test/ami", Value=newest["ImageId"], Type="String", Overwrite=True
+    )
+    by_ssm = _aws.resolve_source_ami(aws, {"source_ami_ssm_parameter": "/bakery/test/ami"})
+    assert by_ssm["ImageId"] == newest["ImageId"]
+    with pytest.raises(BakeryError, match="ssm GetParameter in us-east-1 failed: ParameterNotFound"):
+        _aws.resolve_source_ami(aws, {"source_ami_ssm_parameter": "/bakery/missing"})
+
+
+def test_bake_check_mode_creates_nothing(moto, tmp_path):
+    """playbooks/bake.yml --check with an ami target: the plan validates it, launch resolves the source AMI
+    and looks for the fingerprint, the report says what would be made; nothing exists afterwards."""
+    bake = {
+        "name": "aws-check",
+        "output_dir": str(tmp_path / "output"),
+        "targets": [
+            {
+                "name": "web",
+                "ami": {
+                    "region": REGION,
+                    "endpoint_url": moto.url,
+                    "name": unique("bakery-check"),
+                    "source_ami_filter": {
+                        "owners": ["amazon"],
+                        "name": "amzn2-ami-hvm-*-x86_64-gp2",
+                        "most_recent": True,
+                    },
+                },
+            }
+        ],
+    }
+    before = counts(moto, [REGION])
+    run = run_playbook(
+        REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake}, args=["--check"], env=AWS_ENV
+    )
+    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    launch = run.task_result("Find the image by fingerprint, or launch the builder")
+    assert launch["changed"] and not launch["found"] and "instance" not in launch
+    assert launch["source_ami"]["name"] == "amzn2-ami-hvm-2.0.20260930.0-x86_64-gp2"
+    summary = "\n".join(run.task_result("Artifact summary")["msg"])
+    assert "1 would build" in summary, summary
+    assert counts(moto, [REGION]) == before
+    assert not list((tmp_path / "output").glob(".bakery-tmp/*"))
