@@ -176,6 +176,19 @@ def libvirtd():
         subprocess.run([script, "stop"], capture_output=True, text=True, timeout=180, check=False)
 
 
+def loops_and_mounts(*under: Path) -> tuple[set[str], set[str]]:
+    """Loop devices whose file, and mounts whose point, lie under *under* (other bakes on a shared host
+    mount and unmount their own things meanwhile, so only what could be this suite's counts)."""
+    prefixes = tuple(str(path.resolve()) for path in under)
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    with open("/proc/mounts", encoding="utf-8") as handle:
+        points = {line.split()[1] for line in handle}
+    return (
+        {line for line in loops.splitlines() if any(prefix in line for prefix in prefixes)},
+        {point for point in points if point.startswith(prefixes)},
+    )
+
+
 @pytest.fixture(scope="session")
 def default_bake(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default bake's disk and its libvirt box (``-e bake_only=box``, which selects the disk too), baked once
@@ -188,6 +201,8 @@ def default_bake(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     definition["cache_dir"] = str(cache_dir)
     tmp = tmp_path_factory.mktemp("default-bake")
     (tmp / "bake.json").write_text(json.dumps({"bake": definition}))
+    watched = (tmp_path_factory.getbasetemp(), cache_dir, REPO)
+    before = loops_and_mounts(*watched)
     started = time.monotonic()
     first = run_playbook(
         REPO / "playbooks" / "bake.yml", tmp, args=["-e", "@%s" % (tmp / "bake.json"), "-e", "bake_only=box"]
@@ -200,4 +215,6 @@ def default_bake(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         "definition": definition,
         "first": first,
         "seconds": seconds,
+        "watched": watched,
+        "before": before,
     }

@@ -1,7 +1,7 @@
 """QEMU disk target, end to end: the default bake's disk boots under TCG (BIOS and UEFI) and serves nginx.
 
-One bake of the default definition's ``disk`` target (``-e bake_only=disk``) for the whole module, into a
-temporary output directory, with the shared test cache for the rootfs. Both firmwares boot that one image at
+The session's one bake of the default definition (``conftest.default_bake``: the ``disk`` target and the box
+made from it), into a temporary output directory, with the shared test cache for the rootfs. Both firmwares boot that one image at
 the same time (two single-CPU TCG guests on two cores), each with ``snapshot=on`` so the artifact is never
 written. Never KVM.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LOCAL, REPO, run_playbook
+from conftest import LOCAL, REPO, loops_and_mounts, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 OVMF = "/usr/share/ovmf/OVMF.fd"
@@ -40,19 +40,6 @@ def bake(tmp: Path, definition: dict, *args: str):
     return run_playbook(BAKE_PLAYBOOK, tmp, args=["-e", "@%s" % path, "-e", "bake_only=disk", *args])
 
 
-def loops_and_mounts(*under: Path) -> tuple[set[str], set[str]]:
-    """Loop devices whose file, and mounts whose point, lie under *under* (other bakes on a shared host
-    mount and unmount their own things meanwhile, so only what could be this suite's counts)."""
-    prefixes = tuple(str(path.resolve()) for path in under)
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    with open("/proc/mounts", encoding="utf-8") as handle:
-        points = {line.split()[1] for line in handle}
-    return (
-        {line for line in loops.splitlines() if any(prefix in line for prefix in prefixes)},
-        {point for point in points if point.startswith(prefixes)},
-    )
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,23 +47,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def baked(cache_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("qemu-bake")
-    watched = (tmp_path_factory.getbasetemp(), cache_dir, REPO)
-    before = loops_and_mounts(*watched)
-    definition = default_bake(cache_dir)
-    started = time.monotonic()
-    first = bake(tmp, definition)
-    seconds = time.monotonic() - started
-    assert first.rc == 0, first.stdout[-6000:] + first.stderr[-2000:]
-    return {
-        "tmp": tmp,
-        "definition": definition,
-        "first": first,
-        "seconds": seconds,
-        "before": before,
-        "watched": watched,
-    }
+def baked(default_bake):
+    """The session's one bake of the default definition (disk and box, see conftest.default_bake)."""
+    return default_bake
 
 
 class Guest:

@@ -1,10 +1,11 @@
 """bakery.images.qemu_vm on real VMs under TCG: boot, SSH provisioning through add_host, clean stop, the
 watchdog after a SIGKILLed ansible-playbook, and a boot that times out.
 
-The test disk is made here without loop devices or mounts: a rootfs from bakery.images.rootfs (kernel,
-systemd, sshd, python3), the test's public key and a DHCP network config added to the unpacked tree, a
-small initramfs, then ``mkfs.ext4 -d`` into a raw file booted with direct kernel boot.  It is cached in
-tests/output/cache/qemu-vm (keyed by the rootfs fingerprint and the preparation below).
+The test disk is made here without loop devices or mounts: the rootfs that the default bake's disk target
+built with bakery.images.rootfs (kernel, systemd, sshd, python3; shared with the other tests), the test's
+public key and a DHCP network config added to the unpacked tree, a small initramfs, then ``mkfs.ext4 -d``
+into a raw file booted with direct kernel boot.  It is cached in tests/output/cache/qemu-vm (keyed by the
+rootfs fingerprint and the preparation below).
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ PLAY_HEADER = """\
     ansible_python_interpreter: "{{ ansible_playbook_python }}"
 """
 
-ROOTFS = {
-    "suite": "bookworm",
-    "packages": ["linux-image-cloud-amd64", "systemd-sysv", "udev", "openssh-server", "python3"],
-}
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
 # units a throw-away builder does not need; fewer units, faster boots under TCG
 MASKED = (
@@ -84,25 +81,14 @@ def _prepare_tree(tree: Path, public_key: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_disk(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def test_disk(cache_dir: Path, default_bake: dict) -> dict:
     """{disk, kernel, initrd, private_key, public_key}: a raw ext4 disk that boots to sshd."""
     base = cache_dir / "qemu-vm"
-    rootfs = base / "bookworm-sshd.tar"
-    tmp = tmp_path_factory.mktemp("qemu-vm-rootfs")
-    play = (
-        PLAY_HEADER
-        + """\
-  tasks:
-    - name: rootfs
-      bakery.images.rootfs:
-        path: "{{ path }}"
-        suite: "{{ rootfs.suite }}"
-        packages: "{{ rootfs.packages }}"
-"""
-    )
-    run = run_playbook(play, tmp, extra_vars={"rootfs": ROOTFS, "path": str(rootfs)}, args=LOCAL)
-    assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    key = hashlib.sha256((run.task_result("rootfs")["fingerprint"] + PREPARATION).encode()).hexdigest()[:12]
+    # the default bake's disk target already built a rootfs with a kernel, systemd, sshd and python3
+    run = default_bake["first"]
+    rootfs = Path(run.task_result("Build the target's root filesystem (the base with a kernel)")["path"])
+    fingerprint = json.loads(Path(str(rootfs) + ".bakery.json").read_text())["fingerprint"]
+    key = hashlib.sha256((fingerprint + PREPARATION).encode()).hexdigest()[:12]
     out = base / ("disk-" + key)
     if not (out / "disk.raw").exists():
         work = base / (".disk-%s-%s" % (key, uuid.uuid4().hex[:6]))
