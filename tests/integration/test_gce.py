@@ -195,8 +195,34 @@ CHECK_TASK = """    - name: check
 """
 
 
+QEMU_IMAGE_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Make the raw disk with qemu_image (what a qemu target's capture does)
+      bakery.images.qemu_image:
+        image: "{{ source_image }}"
+        disk_size: 300M
+        outputs: [{path: "{{ raw_disk }}"}]
+"""
+
+
+def raw_disk_by_qemu_image(tmp_path: Path) -> Path:
+    """The raw output of bakery.images.qemu_image, as the import path gets it from a qemu target, made from a
+    qcow2 image that holds an ext4 file system with a small tree."""
+    made = make_raw_disk(tmp_path / "made.raw")
+    source_image = tmp_path / "source.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
+    made.unlink()
+    disk = tmp_path / "disk.raw"
+    extra = {"source_image": str(source_image), "raw_disk": str(disk)}
+    run = run_playbook(QEMU_IMAGE_PLAY, tmp_path, extra_vars=extra, args=LOCAL)
+    assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return disk
+
+
 def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
-    disk = make_raw_disk(tmp_path / "disk.raw")
+    disk = raw_disk_by_qemu_image(tmp_path)
     gce_args = {
         "project": PROJECT,
         "api_endpoint": gce.url + "/compute/v1",
