@@ -74,6 +74,11 @@ failed_targets:
   returned: always
   type: list
   elements: str
+cancelled_targets:
+  description: Names of the targets that were not captured because another failed and fail_fast is set.
+  returned: always
+  type: list
+  elements: str
 failures:
   description: One message naming each failed target, its phase, task, builder and last output lines.
   returned: always
