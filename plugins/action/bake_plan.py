@@ -93,7 +93,9 @@ class ActionModule(ActionBase):
         try:
             plan["fail_fast"] = boolean(args.get("fail_fast", bake.get("fail_fast", False)), strict=True)
         except TypeError:
-            raise AnsibleActionFail("fail_fast must be true or false, not %r" % args.get("fail_fast")) from None
+            raise AnsibleActionFail(
+                "fail_fast must be true or false, not %r" % args.get("fail_fast")
+            ) from None
         result.update(changed=False, plan=plan)
         result["msg"] = "bake %s (%s): %d target(s): %s" % (
             plan["name"],
