@@ -4,12 +4,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
-from ansible import constants as C
-from ansible.plugins.callback import CallbackBase
-
 DOCUMENTATION = r"""
 name: bake_progress
 type: aggregate
@@ -27,7 +21,7 @@ description:
   - Works beside any stdout callback. It stays quiet when the stdout callback writes machine-readable
     output (a name ending in C(json) or C(jsonl)), which must not be mixed with other lines.
   - Enable it in C(ansible.cfg) with C(callbacks_enabled = bakery.images.bake_progress) (the
-    repository's C(ansible.cfg) does), or with E(ANSIBLE_CALLBACKS_ENABLED).
+    repository's C(ansible.cfg) does), or with the C(ANSIBLE_CALLBACKS_ENABLED) environment variable.
 author:
   - bakery maintainers (@bakery-images)
 requirements:
@@ -53,6 +47,12 @@ options:
     env:
       - name: BAKERY_PROGRESS_SUMMARY
 """
+
+import threading
+import time
+
+from ansible import constants as C
+from ansible.plugins.callback import CallbackBase
 
 REPORT_ACTIONS = frozenset(("bakery.images.bake_report", "bake_report"))
 

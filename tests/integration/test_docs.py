@@ -71,7 +71,7 @@ def rendered(kind: str) -> tuple[subprocess.CompletedProcess, dict]:
 
 
 def test_the_tree_has_modules_and_roles():
-    kinds = {kind for kind, _ in plugins()}
+    kinds = {kind for kind, _name in plugins()}
     assert "module" in kinds and len(roles()) >= 3
 
 
