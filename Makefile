@@ -80,7 +80,7 @@ bake: apt-bake collection
 # ---------------------------------------------------------------- tests
 
 # All steps run, even after a failure; a summary with timings follows.  dockerd is started (and stopped
-# again) only around the integration tests, which are the only ones that need it.
+# again) only around the integration tests and the Molecule scenarios, which are the ones that need it.
 test: apt-test collection-test
 	@MAKE="$(MAKE)" scripts/steps lint sanity unit integration molecule docs
 
