@@ -28,8 +28,9 @@ SANITY_ARGS ?=
 # hierarchies with it where nothing else did.
 APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
-# shellcheck: lints scripts/ and .ci/run.
-APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+# shellcheck: lints scripts/ and .ci/run.  qemu-utils, e2fsprogs: the GCE import tests make a raw disk
+# (qemu-img, mkfs.ext4 -d) when no qemu target made one.
+APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck qemu-utils e2fsprogs
 
 SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
 

@@ -13,8 +13,13 @@ def docker_artifact(result, target, started=None):
     return _manifest.docker_artifact(result, target, started, time.time())
 
 
+def gce_artifact(result, target, started=None):
+    return _manifest.gce_artifact(result, target, started, time.time())
+
+
 class FilterModule:
     def filters(self):
         return {
             "docker_artifact": docker_artifact,
+            "gce_artifact": gce_artifact,
         }

@@ -693,10 +693,15 @@ def remove(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
 
 
 def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Look for an image with the fingerprint, as build or start would; never changes anything."""
+    """Look for an image with the fingerprint, as build or start would.
+
+    Changes nothing, except with ``restore_tags``: then tags moved away from the found image are pointed
+    back at it (``changed`` says whether any had to move).
+    """
     inputs = build_inputs(client, params) if params.get("context") else container_inputs(client, params)
-    # looking is not changing, even where a tag would have to move
-    return dict(_lookup(client, params, fingerprint(inputs), inputs, check_mode=True), changed=False)
+    restore = bool(params.get("restore_tags"))
+    result = _lookup(client, params, fingerprint(inputs), inputs, check_mode=check_mode or not restore)
+    return dict(result, changed=bool(result["found"] and restore and result["changed"]))
 
 
 # ---------------------------------------------------------------- push

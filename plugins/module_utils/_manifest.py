@@ -37,6 +37,30 @@ def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], starte
     return entry
 
 
+def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of a GCE target from the gce_image_bake result that made or found its image."""
+    image = result.get("image") or {}
+    labels = image.get("labels") or {}
+    built = bool(result.get("built"))
+    size = image.get("archive_size_bytes")
+    return {
+        "target": target["name"],
+        "type": "gce",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("id"),
+        "name": image.get("name"),
+        "family": image.get("family"),
+        "project": target["options"].get("project"),
+        "self_link": image.get("self_link"),
+        "disk_size_gb": image.get("disk_size_gb"),
+        "size": int(size) if size else None,
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": labels.get("bakery-bake-id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def _previous_entries(previous: Any) -> dict[str, dict]:
     if isinstance(previous, str):
         try:

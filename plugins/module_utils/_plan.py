@@ -18,10 +18,12 @@ from typing import Any, Callable
 from ansible_collections.bakery.images.plugins.module_utils import _rootfs
 from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
+from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
+from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker",)
+TARGET_TYPES = ("docker", "gce")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -246,6 +248,43 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
         except BakeryError as exc:
             raise BakeryError("%s: %s" % (where, exc.msg)) from None
+    if kind == "gce":
+        check_gce(options, where)
+
+
+def check_gce(options: Mapping[str, Any], where: str) -> None:
+    """Names Compute Engine would reject (RFC 1035), and the options each way of making the image needs."""
+    try:
+        name = options.get("name") or ""
+        if options.get("unique_name", True):
+            limit = 62 - BAKE_ID_LENGTH
+            if len(name) > limit:
+                raise BakeryError(
+                    "image name %r is too long: with unique_name the bake id is appended, so at most %d "
+                    "characters" % (name, limit)
+                )
+            check_gce_name("image name", name + "-20260101t000000-abcdef")
+        check_gce_name("image name", name)
+        if options.get("family"):
+            check_gce_name("image family", options["family"])
+        check_labels(options.get("labels") or {})
+    except BakeryError as exc:
+        raise BakeryError("%s: %s" % (where, exc.msg)) from None
+    if options.get("source"):
+        if not options.get("bucket"):
+            raise BakeryError("%s: an import (source: %s) needs bucket" % (where, options["source"]))
+        if options.get("source_image") or options.get("source_image_family"):
+            raise BakeryError(
+                "%s: give either source (an import) or source_image/source_image_family" % where
+            )
+    else:
+        if bool(options.get("source_image")) == bool(options.get("source_image_family")):
+            raise BakeryError(
+                "%s: an instance bake needs exactly one of source_image and source_image_family "
+                "(or source, the name of a qemu target to import)" % where
+            )
+        if not options.get("zone"):
+            raise BakeryError("%s: an instance bake needs zone" % where)
 
 
 def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
@@ -258,4 +297,5 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
 def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
     if kind == "docker":
         return bool(options.get("base_image"))
-    return False
+    # a GCE instance starts from its source image, whose id the module folds into the fingerprint
+    return kind == "gce"

@@ -15,7 +15,8 @@ description:
     M(bakery.images.rootfs) into a base image; C(action=start) starts a build container that a later play
     provisions over the C(community.docker.docker_api) connection, and C(action=commit) commits it with
     Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
-    C(action=find) only reports whether the image is up to date; C(action=remove) removes build containers.
+    C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
+    moved away back at it); C(action=remove) removes build containers.
   - Every image carries the label C(org.bakery.fingerprint), a sha256 over everything that decides it
     (context content, Dockerfile, build options, base image ids, the bake's inputs). An image with the
     same fingerprint is not rebuilt; O(force=true) rebuilds. The label C(org.bakery.inputs) keeps the
@@ -61,6 +62,13 @@ options:
     default: {}
   force:
     description: Build even when an image with the same fingerprint exists.
+    type: bool
+    default: false
+  restore_tags:
+    description:
+      - With V(action=find), point every tag back at the up-to-date image when one was moved to another
+        image (by a manual C(docker tag), say). Without it, V(find) changes nothing.
+      - V(build), V(import) and V(start) always do this for an up-to-date image.
     type: bool
     default: false
   bake_id:
@@ -309,6 +317,7 @@ def main() -> None:
             tags=dict(type="list", elements="str", default=["latest"]),
             inputs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
+            restore_tags=dict(type="bool", default=False),
             bake_id=dict(type="str"),
             target=dict(type="str"),
             context=dict(type="path"),

@@ -253,6 +253,13 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert docker_client().images.get("%s:latest" % name).id == image.id
         assert json.loads((tmp_path / "output" / "bake-manifest.json").read_text()) == manifest
 
+        # a tag moved away by hand (docker tag) is pointed back at the up-to-date image; nothing is built
+        docker_client().images.get(bake_base["image"]).tag(name, "1.0")
+        moved = bake(tmp_path, definition)
+        assert moved.rc == 0, moved.stdout[-5000:]
+        assert docker_client().images.get("%s:1.0" % name).id == image.id
+        assert host_stats(moved)["bakery-web"][0] == 1 and "bakery-web-builder" not in moved.stats
+
         definition["provisioners"][0]["vars"] = {"example_web_page": "changed\n"}
         check = bake(tmp_path, definition, "--check")
         assert check.rc == 0

@@ -1,0 +1,535 @@
+"""The GCE target against a fake Compute Engine and the gcp-storage-emulator.
+
+No Compute Engine emulator exists: tests/integration/fake_compute.py checks every request against the
+official discovery document (compute.v1.json from google-api-python-client) and fails the test on any
+field or parameter the document does not know. Cloud Storage is gcp-storage-emulator, reached through
+the fake (so one numbered call sequence covers both APIs, for fault injection). Credentials go through
+google-auth's real service-account flow: a key generated here, whose token_uri is the fake's /token.
+
+The fake runs no VM. In the instance flow the "instance" answers SSH with a banner only, and the bake's
+roles provision a stand-in builder instead: a local Docker container of the bakery base image, swapped
+in by the test playbook (an explicit play of the test, not a branch of the collection's code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import LOCAL, REPO, run_playbook
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_compute import GIB, FakeCompute, Server
+from gcp_storage_emulator.server import RequestHandler as StorageHandler
+from gcp_storage_emulator.server import create_server
+
+from ansible_collections.bakery.images.plugins.module_utils import _gcp
+
+BUCKET = "bakery-test-uploads"
+PROJECT = "bakery-test"
+ZONE = "europe-west1-b"
+STATIC_TOKEN = "ya29.static-test-token-7d1f0c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Env:
+    """The fake Compute Engine, the storage emulator, a service-account key and an SSH banner."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        storage_port = free_port()
+        # the emulator writes headers and body apart: without TCP_NODELAY each answer waits ~40 ms
+        StorageHandler.disable_nagle_algorithm = True
+        self.storage = create_server("127.0.0.1", storage_port, in_memory=True, default_bucket=BUCKET)
+        self.storage.start()
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        self.fake = FakeCompute(
+            storage_url="http://127.0.0.1:%d" % storage_port,
+            public_key=key.public_key(),
+            access_token=STATIC_TOKEN,
+            resumable_received=self.storage._storage.get_resumable_byte_count,
+        )
+        self.server = Server(self.fake).start()
+        self.url = self.server.url
+        self.key_info = {
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "f" * 40,
+            "private_key": self.private_pem,
+            "client_email": "bakery-test@%s.iam.gserviceaccount.com" % PROJECT,
+            "client_id": "1234567890",
+            "token_uri": self.url + "/token",
+        }
+        self.key_file = tmp / "sa-key.json"
+        self.key_file.write_text(json.dumps(self.key_info))
+        self.key_file.chmod(0o600)
+        # the "instance" answers SSH with a banner: enough for launch's SSH wait, not for Ansible
+        self.banner = socket.socket()
+        self.banner.bind(("127.0.0.1", 0))
+        self.banner.listen(8)
+        self.ssh_port = self.banner.getsockname()[1]
+        threading.Thread(target=self._banner, daemon=True).start()
+
+    def _banner(self) -> None:
+        while True:
+            try:
+                conn = self.banner.accept()[0]
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-FakeCompute\r\n")
+
+    def secrets(self) -> list[str]:
+        """Recognisable pieces of every credential; none may appear in any output."""
+        body = "".join(self.private_pem.splitlines()[1:-1])
+        return [body[40:100], body[-100:-40], STATIC_TOKEN, "ya29.fake-"]
+
+    def objects(self) -> list[str]:
+        url = "%s/storage/v1/b/%s/o" % (self.fake.storage_url, BUCKET)
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return [item["name"] for item in json.load(reply).get("items") or []]
+
+    def leftovers(self) -> dict[str, list[str]]:
+        left = self.fake.temporary()
+        left["objects"] = self.objects()
+        return {kind: names for kind, names in left.items() if names}
+
+    def options(self, **extra) -> dict:
+        """gce target options pointing at the fakes."""
+        options = {
+            "project": PROJECT,
+            "api_endpoint": self.url + "/compute/v1",
+            "storage_endpoint": self.url,
+            "service_account_file": str(self.key_file),
+            "retry_delay": 0.01,
+        }
+        options.update(extra)
+        return options
+
+    def stop(self) -> None:
+        self.banner.close()
+        self.server.stop()
+        self.storage.stop()
+
+
+@pytest.fixture()
+def gce(tmp_path):
+    env = Env(tmp_path)
+    try:
+        yield env
+        assert not env.fake.violations, "requests the Compute API would not accept:\n" + "\n".join(
+            env.fake.violations
+        )
+    finally:
+        env.stop()
+
+
+def make_raw_disk(path: Path, size: str = "300M", blob: int = 3 << 20) -> Path:
+    """A raw disk with an ext4 file system holding a small tree (with incompressible data: several chunks)."""
+    tree = path.parent / "tree"
+    (tree / "etc").mkdir(parents=True, exist_ok=True)
+    (tree / "etc" / "motd").write_text("baked by bakery\n")
+    (tree / "blob").write_bytes(os.urandom(blob))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), size], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(path)], check=True)
+    return path
+
+
+def assert_no_secrets(env: Env, *texts: str) -> None:
+    for secret in env.secrets():
+        for text in texts:
+            assert secret not in text, "a credential (%s...) appears in the output" % secret[:12]
+
+
+IMPORT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    bakery.images.gce_image_bake: "{{ gce }}"
+  tasks:
+    - name: import
+      bakery.images.gce_image_bake:
+        action: import
+        disk: "{{ disk }}"
+        name: web
+        family: web
+        labels: {team: images}
+        guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE]
+        bucket: "{{ bucket }}"
+        chunk_size_mb: 1
+        bake_id: "{{ bake_id }}"
+        target: disk
+        deprecate_older: true
+"""
+
+
+CHECK_TASK = """    - name: check
+      bakery.images.gce_image_bake:
+        action: import
+        disk: "{{ disk }}"
+        name: web
+        family: web
+        labels: {team: images}
+        guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE]
+        bucket: "{{ bucket }}"
+        bake_id: "{{ bake_id }}"
+        target: disk
+      check_mode: true
+"""
+
+
+def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
+    disk = make_raw_disk(tmp_path / "disk.raw")
+    gce_args = {
+        "project": PROJECT,
+        "api_endpoint": gce.url + "/compute/v1",
+        "storage_endpoint": gce.url,
+        "service_account_file": str(gce.key_file),
+        "retry_delay": 0.01,
+    }
+    extra = {"gce": gce_args, "disk": str(disk), "bucket": BUCKET, "bake_id": "20261127t100000-aaaaaa"}
+    first = run_playbook(IMPORT_PLAY, tmp_path, extra_vars=extra, args=LOCAL + ["-vvvv"], json_output=False)
+    assert first.rc == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert_no_secrets(gce, first.stdout, first.stderr)
+    image = gce.fake.images[(PROJECT, "web-20261127t100000-aaaaaa")]
+    assert image["status"] == "READY" and image["family"] == "web"
+    assert (
+        image["labels"]["team"] == "images" and image["labels"]["bakery-bake-id"] == "20261127t100000-aaaaaa"
+    )
+    assert len(image["labels"]["bakery-fingerprint"]) == 63
+    assert [f["type"] for f in image["guestOsFeatures"]] == ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE"]
+    uploads = [c for c in gce.fake.calls if c.startswith("PUT /upload/storage/")]
+    assert len(uploads) >= 3, "expected a chunked upload, got %s" % uploads
+
+    # the tarball Compute Engine read back from the storage emulator
+    tarball = tmp_path / "imported.tar.gz"
+    tarball.write_bytes(gce.fake.imported["web-20261127t100000-aaaaaa"])
+    with tarfile.open(tarball) as archive:
+        members = archive.getmembers()
+    assert [m.name for m in members] == ["disk.raw"]
+    assert members[0].type == tarfile.GNUTYPE_SPARSE  # old GNU sparse member ('S')
+    assert members[0].size == GIB and members[0].size % GIB == 0
+    raw_header = subprocess.run(["gzip", "-dc", str(tarball)], capture_output=True, check=True).stdout[:512]
+    assert raw_header[257:265] == b"ustar  \0"  # oldgnu magic
+    listing = subprocess.run(["tar", "-tvf", str(tarball)], capture_output=True, text=True, check=True).stdout
+    assert listing.split()[2] == str(GIB) and listing.strip().endswith("disk.raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-xSf", str(tarball), "-C", str(out)], check=True)
+    extracted = out / "disk.raw"
+    size = disk.stat().st_size
+    assert extracted.stat().st_size == GIB
+    with open(extracted, "rb") as got, open(disk, "rb") as want:
+        while True:
+            block = want.read(1 << 22)
+            if not block:
+                break
+            assert got.read(len(block)) == block, "disk.raw differs from the disk"
+        assert got.read(1 << 20).count(0) == 1 << 20  # the padding is zeros
+    assert subprocess.run(["cmp", "-n", str(size), str(disk), str(extracted)], check=False).returncode == 0
+    assert gce.leftovers() == {}, "the uploaded object must be deleted"
+
+    # same inputs: found by its fingerprint label, nothing uploaded or inserted
+    calls = len(gce.fake.calls)
+    again = run_playbook(
+        IMPORT_PLAY, tmp_path, extra_vars=dict(extra, bake_id="20261127t110000-bbbbbb"), args=LOCAL
+    )
+    assert again.rc == 0, again.stdout[-3000:]
+    result = again.task_result("import")
+    assert not result["changed"] and result["found"]
+    assert result["image"]["name"] == "web-20261127t100000-aaaaaa"
+    assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), gce.fake.calls[calls:]
+
+    # a changed disk: check mode names the input and creates nothing; the real run then deprecates the
+    # older image of the family
+    with open(disk, "r+b") as handle:
+        handle.seek(100 << 20)
+        handle.write(b"changed")
+    play = IMPORT_PLAY.replace("    - name: import\n", CHECK_TASK + "    - name: import\n")
+    calls = len(gce.fake.calls)
+    rebuilt = run_playbook(
+        play, tmp_path, extra_vars=dict(extra, bake_id="20261127t130000-dddddd"), args=LOCAL
+    )
+    assert rebuilt.rc == 0, rebuilt.stdout[-3000:]
+    would = rebuilt.task_result("check")
+    assert would["changed"] and not would["built"] and would["changed_inputs"] == ["disk"]
+    inserts = [
+        c for c in gce.fake.calls[calls:] if c == "POST /compute/v1/projects/%s/global/images" % PROJECT
+    ]
+    assert len(inserts) == 1, "check mode must create nothing: %s" % gce.fake.calls[calls:]
+    assert rebuilt.task_result("import")["deprecated"] == ["web-20261127t100000-aaaaaa"]
+    assert gce.fake.images[(PROJECT, "web-20261127t100000-aaaaaa")]["deprecated"]["state"] == "DEPRECATED"
+    assert gce.leftovers() == {}
+
+
+def test_credentials_never_in_output(gce, tmp_path):
+    """Key contents and an access token, passed as module arguments, at -vvvv."""
+    play = """
+    - hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: find with key contents
+          bakery.images.gce_image_bake:
+            action: find
+            project: "{{ project }}"
+            name: web
+            source_image_family: debian-12
+            source_image_project: debian-cloud
+            service_account_contents: "{{ key }}"
+            api_endpoint: "{{ api }}"
+        - name: find with a token
+          bakery.images.gce_image_bake:
+            action: find
+            project: "{{ project }}"
+            name: web
+            source_image_family: debian-12
+            source_image_project: debian-cloud
+            access_token: "{{ token }}"
+            api_endpoint: "{{ api }}"
+    """
+    extra = {"project": PROJECT, "key": gce.key_info, "token": STATIC_TOKEN, "api": gce.url + "/compute/v1"}
+    run = run_playbook(play, tmp_path, extra_vars=extra, args=LOCAL + ["-vvvv"], json_output=False)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert "would build image web" in run.stdout
+    assert any(c.startswith("GET /compute/v1/") for c in gce.fake.calls)
+    assert_no_secrets(gce, run.stdout, run.stderr)
+
+
+# ------------------------------------------------------------------------------------ instance flow
+
+STAND_IN_PLAY = {
+    "name": "Stand-in builder (test only): the fake Compute Engine runs no VM, so a local container built "
+    "from the bakery base image takes the instance's place for provisioning",
+    "hosts": "bakery_targets",
+    "gather_facts": False,
+    "tasks": [
+        {
+            "name": "Start the stand-in container",
+            "community.docker.docker_container": {
+                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "image": "{{ stand_in_image }}",
+                "command": ["sleep", "infinity"],
+                "labels": {"bakery-temporary": "true", "bakery-bake-id": "{{ bakery_target.bake_id }}"},
+                "state": "started",
+            },
+            "when": "bakery_builder is defined",
+        },
+        {
+            "name": "Point the builder at the stand-in",
+            "ansible.builtin.add_host": {
+                "name": "{{ bakery_target.builder }}",
+                "groups": "bakery_builders",
+                "bakery_builder_of": "{{ inventory_hostname }}",
+                "bakery_provisioners": "{{ bakery_target.provisioners }}",
+                "ansible_connection": "community.docker.docker_api",
+                "ansible_host": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_user": "root",
+            },
+            "when": "bakery_builder is defined",
+            "changed_when": False,
+        },
+    ],
+}
+
+REMOVE_STAND_IN = {
+    "name": "Remove the stand-in container (test only)",
+    "hosts": "bakery_targets",
+    "gather_facts": False,
+    "tasks": [
+        {
+            "name": "Remove it",
+            "community.docker.docker_container": {
+                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "state": "absent",
+            },
+        }
+    ],
+}
+
+
+def instance_playbook(tmp_path: Path) -> Path:
+    """playbooks/bake.yml with the stand-in play after launch, and its container removed after cleanup."""
+    plays = yaml.safe_load((REPO / "playbooks" / "bake.yml").read_text())
+    names = [play["name"] for play in plays]
+    plays.insert(names.index("Launch the builders") + 1, STAND_IN_PLAY)
+    plays.insert(len(plays) - 1, REMOVE_STAND_IN)
+    plays[0]["vars_files"] = []
+    path = tmp_path / "bake-with-stand-in.yml"
+    path.write_text(yaml.safe_dump(plays, sort_keys=False))
+    role = tmp_path / "roles" / "marker" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(
+        '- name: Leave a mark\n  ansible.builtin.copy:\n    dest: /etc/bakery-marker\n    content: "{{ marker }}\\n"\n'
+    )
+    return path
+
+
+def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):
+    playbook = instance_playbook(tmp_path)
+    bake = {
+        "name": "gce-instance",
+        "provisioners": [{"role": "marker", "vars": {"marker": "provisioned"}}],
+        "targets": [
+            {
+                "name": "vm",
+                "gce": gce.options(
+                    zone=ZONE,
+                    name="web",
+                    family="web",
+                    source_image_family="debian-12",
+                    source_image_project="debian-cloud",
+                    ssh_port=gce.ssh_port,
+                    disk_size_gb=20,
+                    service_account_email="builder@%s.iam.gserviceaccount.com" % PROJECT,
+                    guest_os_features=["GVNIC"],
+                    description="web image",
+                ),
+            }
+        ],
+    }
+    extra = {"bake": bake, "stand_in_image": bake_base["image"]}
+    first = run_playbook(playbook, tmp_path, extra_vars=extra, args=["-e", "bake_id=20261127t140000-eeeeee"])
+    assert first.rc == 0, first.stdout[-5000:] + first.stderr[-2000:]
+    inserted = [c for c in gce.fake.calls if c.startswith("POST") and c.endswith("/instances")]
+    assert len(inserted) == 1
+    mark = first.task_result("Leave a mark")
+    assert mark["changed"], "the stand-in builder was not provisioned"
+    image = gce.fake.images[(PROJECT, "web-20261127t140000-eeeeee")]
+    assert image["status"] == "READY" and image["description"] == "web image"
+    assert image["sourceDisk"].endswith("/zones/%s/disks/bakery-20261127t140000-eeeeee-vm" % ZONE)
+    assert gce.leftovers() == {}, "build instance or disk left behind"
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    entry = manifest["artifacts"][0]
+    assert entry["type"] == "gce" and entry["name"] == "web-20261127t140000-eeeeee"
+    assert not list((tmp_path / "output" / ".bakery-ssh").glob("*")), "SSH key left behind"
+
+    calls = len(gce.fake.calls)
+    second = run_playbook(playbook, tmp_path, extra_vars=extra)
+    assert second.rc == 0, second.stdout[-4000:]
+    assert all(host["changed"] == 0 for host in second.stats.values()), second.stats
+    assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), "the second bake launched something"
+
+
+# ------------------------------------------------------------------------------------ fault injection
+
+
+def flow_params(env: Env, tmp: Path, action: str, bake_id: str, **extra) -> dict:
+    params = {
+        "action": action,
+        "project": PROJECT,
+        "zone": ZONE,
+        "name": "fault",
+        "unique_name": True,
+        "family": "fault",
+        "labels": {},
+        "guest_os_features": [],
+        "storage_locations": [],
+        "licenses": [],
+        "deprecate_older": True,
+        "inputs": {"vars": "1"},
+        "force": True,
+        "bake_id": bake_id,
+        "target": "t",
+        "source_image_family": "debian-12",
+        "source_image_project": "debian-cloud",
+        "ssh_user": "bakery",
+        "ssh_port": env.ssh_port,
+        "ssh_key_dir": str(tmp / "keys"),
+        "access_token": STATIC_TOKEN,
+        "api_endpoint": env.url + "/compute/v1",
+        "storage_endpoint": env.url,
+        "bucket": BUCKET,
+        "chunk_size_mb": 1,
+        "timeout": 60,
+        "retries": 2,
+        "retry_delay": 0.001,
+    }
+    params.update(extra)
+    return params
+
+
+def instance_flow(env: Env, tmp: Path, bake_id: str) -> None:
+    launched = _gcp.run(flow_params(env, tmp, "launch", bake_id))
+    _gcp.run(
+        flow_params(
+            env, tmp, "capture", bake_id, instance=launched["instance"]["name"], inputs=launched["inputs"]
+        )
+    )
+
+
+def import_flow(env: Env, tmp: Path, bake_id: str, disk: Path) -> None:
+    _gcp.run(flow_params(env, tmp, "import", bake_id, disk=str(disk), disk_sha256="0" * 64))
+
+
+@pytest.mark.parametrize("flow", ["instance", "import"])
+def test_a_failure_at_any_call_leaves_nothing_behind(gce, tmp_path, flow):
+    """Each call of the flow fails in turn (HTTP 403, then 503 which is retried); after the run and the
+    cleanup the bake's cleanup play makes, no instance, disk, object, SSH key or unfinished image remains."""
+    disk = make_raw_disk(tmp_path / "disk.raw", "64M", 1200 << 10) if flow == "import" else None
+
+    def run_flow(bake_id: str) -> None:
+        if flow == "instance":
+            instance_flow(gce, tmp_path, bake_id)
+        else:
+            import_flow(gce, tmp_path, bake_id, disk)
+
+    gce.fake.reset_calls()
+    run_flow("20261127t000000-000000")
+    total = len(gce.fake.calls)
+    assert total >= 10, gce.fake.calls
+    if flow == "import":  # faults must also hit an upload between two chunks
+        assert sum(c.startswith("PUT /upload/") for c in gce.fake.calls) >= 2, gce.fake.calls
+    failed_at = []
+    for status in (403, 503):
+        for number in range(1, total + 1):
+            bake_id = "20261127t%06d-%06d" % (status, number)
+            gce.fake.reset_calls()
+            gce.fake.fail_at(number, status)
+            try:
+                run_flow(bake_id)
+                ok = True
+            except _gcp.BakeryError as exc:
+                ok = False
+                assert "injected fault" in exc.msg or "HTTP %d" % status in exc.msg, exc.msg
+            if status == 503:
+                assert ok, "a single 503 at call %d (%s) was not retried" % (
+                    number,
+                    gce.fake.calls[number - 1],
+                )
+            else:
+                failed_at.append(number)
+            _gcp.run(flow_params(gce, tmp_path, "cleanup", bake_id))
+            assert gce.leftovers() == {}, "after a fault at call %d: %s" % (number, gce.leftovers())
+            assert not list((tmp_path / "keys").glob("*")), "SSH key left after a fault at call %d" % number
+            images = [
+                i
+                for i in gce.fake.images.values()
+                if (i.get("labels") or {}).get("bakery-bake-id") == bake_id
+            ]
+            assert ok or not images, "image of a failed bake left behind (fault at call %d)" % number
+            assert all(i["status"] == "READY" for i in gce.fake.images.values())
+    assert failed_at, "no injected 403 made the flow fail"
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    for tool in ("qemu-img", "mkfs.ext4", "tar", "gzip"):
+        assert shutil.which(tool), "%s is needed (Makefile APT_TEST)" % tool
