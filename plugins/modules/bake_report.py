@@ -50,8 +50,8 @@ options:
 EXAMPLES = r"""
 - name: Write the manifest
   bakery.images.bake_report:
-    plan: "{{ bakery_plan }}"
-    results: "{{ bakery_results }}"
+    plan: "{{ bake_planned }}"
+    results: "{{ bake_results }}"
   register: report
 
 - name: Show the summary
