@@ -26,11 +26,22 @@ SANITY_ARGS ?=
 # Debian packages.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
 # arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
 # hierarchies with it where nothing else did.
-APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates
+# qemu disks: qemu-utils (qemu-img), fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), dosfstools and mtools (the ESP),
+# grub-common (grub-mkimage), grub-pc-bin and grub-efi-amd64-bin (GRUB for BIOS and UEFI), vagrant (its
+# insecure public key for disks with vagrant: true, as the default bake's); qemu-utils also for vagrant_box
+# (virtualbox VMDKs, qcow2 with a backing file).
+APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates \
+	qemu-utils fdisk e2fsprogs dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin vagrant
+# Builder VMs (qemu_vm): qemu-system-x86 runs them, ovmf is the UEFI firmware, openssh-client logs in (and makes
+# their keys), dosfstools and mtools make cloud-init seeds without a mount.
+APT_BAKE += qemu-system-x86 ovmf openssh-client
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
-# shellcheck: lints scripts/ and .ci/run.  qemu-utils, e2fsprogs: the GCE import tests make a raw disk
-# (qemu-img, mkfs.ext4 -d) when no qemu target made one.
-APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck qemu-utils e2fsprogs
+# shellcheck: lints scripts/ and .ci/run.  e2fsprogs: tests make raw disks with mkfs.ext4 -d and read them
+# with debugfs.
+APT_TEST := $(APT_BAKE) docker-registry apache2-utils shellcheck
+# vagrant-libvirt: `vagrant up` of the libvirt boxes; libvirt-daemon-system, libvirt-clients and dnsmasq-base:
+# the libvirtd (with its DHCP network) that boots them (vagrant: `vagrant box add` of boxes and catalogs).
+APT_TEST += vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
 
 SHELL_SCRIPTS := .ci/run $(filter-out %.py,$(wildcard scripts/*))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _qemu_disk
 
 
 def docker_artifact(result, target, started=None):
@@ -17,9 +17,29 @@ def gce_artifact(result, target, started=None):
     return _manifest.gce_artifact(result, target, started, time.time())
 
 
+def qemu_artifact(result, target, started=None):
+    return _manifest.qemu_artifact(result, target, started, time.time())
+
+
+def qemu_outputs(target):
+    return _qemu_disk.outputs_for(target)
+
+
+def qemu_workdir(target):
+    return _qemu_disk.workdir_for(target)
+
+
+def vagrant_artifact(result, target, started=None):
+    return _manifest.vagrant_artifact(result, target, started, time.time())
+
+
 class FilterModule:
     def filters(self):
         return {
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
+            "qemu_artifact": qemu_artifact,
+            "qemu_outputs": qemu_outputs,
+            "qemu_workdir": qemu_workdir,
+            "vagrant_artifact": vagrant_artifact,
         }

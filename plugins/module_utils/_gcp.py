@@ -661,7 +661,7 @@ class Images:
                 "private_key": key_path,
                 "python": self.params.get("python") or "/usr/bin/python3",
                 # a new instance has a new host key: accept it once, remembered only for this bake
-                "ssh_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s.known_hosts"
+                "ssh_common_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s.known_hosts"
                 % key_path,
             },
             "actions": self.actions,

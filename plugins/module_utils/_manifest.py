@@ -61,6 +61,55 @@ def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     }
 
 
+def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of a qemu target from the qemu_image result that made or found its disk."""
+    built = bool(result.get("changed")) and not result.get("found")
+    found = bool(result.get("found"))
+    outputs = [
+        {key: out.get(key) for key in ("format", "path", "size", "sha256")}
+        for out in result.get("outputs") or []
+    ]
+    return {
+        "target": target["name"],
+        "type": "qemu",
+        "status": "built" if built else ("unchanged" if found else "would build"),
+        "path": result.get("path") if outputs else None,
+        "format": result.get("format") if outputs else None,
+        "size": result.get("size") if outputs else None,
+        "virtual_size": result.get("virtual_size") if outputs else None,
+        "sha256": result.get("sha256") if outputs else None,
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": result.get("bake_id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+        "outputs": outputs,
+    }
+
+
+def vagrant_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
+    """The manifest entry of a Vagrant target from the vagrant_box result that made or found its box."""
+    built = bool(result.get("built"))
+    catalog = result.get("catalog") or {}
+    return {
+        "target": target["name"],
+        "type": "vagrant",
+        "status": "built" if built else ("unchanged" if result.get("found") else "would build"),
+        "id": result.get("sha256"),
+        "name": result.get("box_name"),
+        "version": result.get("version"),
+        "provider": result.get("provider"),
+        "path": result.get("path"),
+        "catalog": catalog.get("path"),
+        "url": catalog.get("url"),
+        "size": result.get("size"),
+        "sha256": result.get("sha256"),
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": result.get("bake_id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def _previous_entries(previous: Any) -> dict[str, dict]:
     if isinstance(previous, str):
         try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _rootfs, _vagrant
 from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
@@ -23,7 +23,7 @@ from ansible_collections.bakery.images.plugins.module_utils._gcp import check_na
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker", "gce")
+TARGET_TYPES = ("docker", "qemu", "vagrant", "gce")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -175,8 +175,8 @@ def make_plan(
                         "bake.targets[%d] (%s) needs a source: set bake.base (a rootfs to build) or "
                         "the target's own base image" % (index, tname)
                     )
-                inputs["source"] = rootfs["identity"]
-                target_rootfs = rootfs
+                target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
+                inputs["source"] = target_rootfs["identity"]
         planned.append(
             {
                 "name": tname,
@@ -241,13 +241,48 @@ def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: l
             origin["selected"] = True
 
 
+def own_rootfs(kind: str, options: Mapping[str, Any], base: Mapping[str, Any], cache_dir: str) -> dict | None:
+    """A target type whose builder needs more than the base: its own rootfs, the base plus its packages.
+
+    A qemu target boots, so its rootfs has a kernel, an init and an SSH server (its ``system_packages``) and
+    its ``packages``; the tarball is cached by fingerprint beside the base.
+    """
+    if kind != "qemu" or not base:
+        return None
+    extra = list(options.get("system_packages") or []) + list(options.get("packages") or [])
+    if options.get("cloud_init"):
+        extra.append("cloud-init")
+    if not extra:
+        return None
+    packages = list(base.get("packages") or []) + extra
+    return rootfs_plan(dict(base, packages=packages), cache_dir)
+
+
 def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
     """What the argument spec cannot say: names the engine or cloud would reject later."""
-    if kind == "docker":
-        try:
+    try:
+        if kind == "docker":
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
-        except BakeryError as exc:
-            raise BakeryError("%s: %s" % (where, exc.msg)) from None
+        elif kind == "qemu":
+            _qemu_disk.parse_size(options.get("disk_size") or "4G")
+            if options.get("base_image") and options.get("provision") == "chroot":
+                raise BakeryError(
+                    "a base_image disk cannot be provisioned in a chroot (bakery mounts nothing); "
+                    "set provision: vm"
+                )
+            if options.get("backing") and not options.get("base_image"):
+                raise BakeryError("backing is for a base_image")
+            if options.get("compress") and "qcow2" not in (options.get("formats") or []):
+                raise BakeryError("compress is for qcow2 outputs; formats has no qcow2")
+        elif kind == "vagrant":
+            if options.get("box_name"):
+                _vagrant.check_box_name(options["box_name"])
+            if options.get("version") is not None:
+                _vagrant.check_version(options["version"])
+            if not 0 <= int(options.get("compression", 6)) <= 9:
+                raise BakeryError("compression must be a gzip level, 0 (plain tar) to 9")
+    except BakeryError as exc:
+        raise BakeryError("%s: %s" % (where, exc.msg)) from None
     if kind == "gce":
         check_gce(options, where)
 
@@ -295,7 +330,7 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
 
 
 def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
-    if kind == "docker":
+    if kind in ("docker", "qemu"):
         return bool(options.get("base_image"))
     # a GCE instance starts from its source image, whose id the module folds into the fingerprint
     return kind == "gce"

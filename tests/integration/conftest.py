@@ -161,3 +161,43 @@ def docker_leftovers():
     after = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
     leaked = after - before
     assert not leaked, "build containers left behind: %s" % leaked
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    """libvirtd, virtlogd, the network and storage pool `default`: started by scripts/libvirtd where they do not
+    run, and afterwards stopped again (only what it started)."""
+    script = str(REPO / "scripts" / "libvirtd")
+    started = subprocess.run([script, "start"], capture_output=True, text=True, timeout=180, check=False)
+    assert started.returncode == 0, "scripts/libvirtd start failed:\n" + started.stderr
+    try:
+        yield "qemu:///system"
+    finally:
+        subprocess.run([script, "stop"], capture_output=True, text=True, timeout=180, check=False)
+
+
+@pytest.fixture(scope="session")
+def default_bake(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default bake's disk and its libvirt box (``-e bake_only=box``, which selects the disk too), baked once
+    per session into a temporary output directory with the shared cache; tests boot copies, never these files."""
+    import time
+
+    import yaml
+
+    definition = yaml.safe_load((REPO / "playbooks" / "vars" / "default_bake.yml").read_text())["bake"]
+    definition["cache_dir"] = str(cache_dir)
+    tmp = tmp_path_factory.mktemp("default-bake")
+    (tmp / "bake.json").write_text(json.dumps({"bake": definition}))
+    started = time.monotonic()
+    first = run_playbook(
+        REPO / "playbooks" / "bake.yml", tmp, args=["-e", "@%s" % (tmp / "bake.json"), "-e", "bake_only=box"]
+    )
+    seconds = time.monotonic() - started
+    assert first.rc == 0, first.stdout[-6000:] + first.stderr[-2000:]
+    return {
+        "tmp": tmp,
+        "output": tmp / "output",
+        "definition": definition,
+        "first": first,
+        "seconds": seconds,
+    }

@@ -1,0 +1,1337 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU disk images: a bootable GPT disk made from a root filesystem, or an existing disk image reused.
+
+From a root filesystem (a tarball, or a directory such as a provisioned chroot) the disk boots both BIOS
+and UEFI firmware, and is made without a loop device or a mount:
+
+* a raw disk file is created sparse, and ``sfdisk`` writes a GPT on it: a BIOS boot partition (where
+  ``grub-bios-setup`` puts GRUB's core image), an EFI system partition and the root partition;
+* ``mkfs.vfat --offset`` makes the ESP inside the disk file and ``mtools`` copies GRUB's EFI image into it as
+  ``\\EFI\\BOOT\\BOOTX64.EFI``;
+* ``mkfs.ext4 -E offset=... -d <root>`` makes the root file system, with the tree in it, inside the disk file;
+* GRUB is built with ``grub-mkimage`` for both platforms with an embedded configuration that finds the root
+  file system by UUID and reads ``/boot/grub/grub.cfg``, which bakery writes itself (serial console,
+  kernel and initramfs found in the tree).
+
+Before the tree goes into the disk it is made into a machine image: fstab by UUID, SSH host keys removed
+and generated at first boot, an empty machine-id, DHCP on the first NIC with systemd-networkd and,
+optionally, Vagrant's base-box conventions.
+
+The raw disk is then converted into every requested output (qcow2, raw, vmdk, vdi, vhdx), each written under
+a temporary name and renamed into place, with a ``.bakery.json`` sidecar that carries the fingerprint. Same
+inputs, same fingerprint: an output whose sidecar carries it is found and nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ansible_collections.bakery.images.plugins.module_utils._files import (
+    atomic_output,
+    file_lock,
+    read_sidecar,
+    write_sidecar,
+)
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    changed_inputs,
+    digest_file,
+    digest_tree,
+    digest_value,
+    fingerprint,
+)
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+
+# output format -> (file name ending, qemu-img convert options)
+FORMATS: dict[str, tuple[str, list[str]]] = {
+    "qcow2": (".qcow2", []),
+    "raw": (".raw", []),
+    "vmdk": (".vmdk", ["-o", "subformat=streamOptimized"]),
+    "vdi": (".vdi", ["-o", "static=off"]),
+    "vhdx": (".vhdx", ["-o", "subformat=dynamic"]),
+}
+EXTENSION_FORMATS = {
+    ".qcow2": "qcow2",
+    ".raw": "raw",
+    ".img": "raw",
+    ".vmdk": "vmdk",
+    ".vdi": "vdi",
+    ".vhdx": "vhdx",
+}
+SOURCE_FORMATS = ("qcow2", "raw")
+ACTIONS = ("find", "build", "unpack", "remove")
+
+MIB = 1024 * 1024
+SECTOR = 512
+BLOCK = 4096
+# GPT layout: BIOS boot partition, ESP, root; 1 MiB aligned, 1 MiB kept free at the end (backup GPT)
+BIOS_START = 1 * MIB
+BIOS_SIZE = 1 * MIB
+ESP_START = BIOS_START + BIOS_SIZE
+ESP_SIZE = 64 * MIB
+ROOT_START = ESP_START + ESP_SIZE
+TAIL = 1 * MIB
+MIN_ROOT = 64 * MIB
+# bump when the disk layout or what bakery writes into the tree changes: images are then rebuilt
+LAYOUT_VERSION = 1
+
+GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GPT_LINUX_ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+
+GRUB_PC_DIR = "/usr/lib/grub/i386-pc"
+GRUB_EFI_DIR = "/usr/lib/grub/x86_64-efi"
+GRUB_COMMON_MODULES = [
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "configfile",
+    "echo",
+    "test",
+    "gzio",
+    "serial",
+    "terminal",
+    "boot",
+]
+GRUB_PC_MODULES = ["biosdisk", *GRUB_COMMON_MODULES]
+GRUB_EFI_MODULES = ["fat", "efi_gop", *GRUB_COMMON_MODULES]
+
+# program -> Debian package that ships it
+TOOLS = {
+    "qemu-img": "qemu-utils",
+    "sfdisk": "fdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
+    "grub-mkimage": "grub-common",
+    "tar": "tar",
+}
+GRUB_PLATFORMS = {GRUB_PC_DIR: "grub-pc-bin", GRUB_EFI_DIR: "grub-efi-amd64-bin"}
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+VAGRANT_KEY_GLOBS = (
+    "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+    "/usr/lib/ruby/vendor_ruby/vagrant/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
+)
+TEMPORARY_MARKER = ".bakery-temporary"
+CHROOT_STATE = "chroot.json"
+COMMAND_TIMEOUT = 1800
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class Output:
+    path: str
+    format: str
+    compress: bool = False
+
+
+@dataclass
+class DiskOptions:
+    """The module's options, validated."""
+
+    outputs: list[Output]
+    disk_size: int
+    rootfs: str | None = None
+    image: str | None = None
+    image_checksum: str | None = None
+    image_format: str | None = None
+    backing: bool = False
+    kernel_cmdline: str = ""
+    dhcp: bool = True
+    hostname: str | None = None
+    vagrant: bool = False
+    vagrant_key: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
+    authorized_keys: list[str] = field(default_factory=list)
+    force: bool = False
+    bake_id: str | None = None
+    timeout: int = COMMAND_TIMEOUT
+
+    @property
+    def primary(self) -> Output:
+        return self.outputs[0]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def parse_size(value: Any, what: str = "disk_size") -> int:
+    """Bytes from ``4G``, ``4GiB``, ``512M``, ``1.5G`` or a number of bytes (binary units)."""
+    if isinstance(value, bool) or value is None:
+        raise BakeryError(
+            "%s %r is not a size: give bytes or a number with K, M, G or T (e.g. 4G)" % (what, value)
+        )
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match:
+            raise BakeryError(
+                "%s %r is not a size: give bytes or a number with K, M, G or T (e.g. 4G)" % (what, value)
+            )
+        number, unit = float(match.group(1)), match.group(2).upper()
+        size = int(number * (1024 ** "BKMGT".index(unit or "B")))
+    if size <= 0:
+        raise BakeryError("%s must be positive (got %r)" % (what, value))
+    return size
+
+
+def round_up(value: int, unit: int = MIB) -> int:
+    return -(-value // unit) * unit
+
+
+def output_format(path: str, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise BakeryError("unsupported output format %r: choose one of %s" % (fmt, ", ".join(FORMATS)))
+        return fmt
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in EXTENSION_FORMATS:
+        raise BakeryError(
+            "cannot tell the format of output %s from its name: end it in %s or give format"
+            % (path, ", ".join(sorted(EXTENSION_FORMATS)))
+        )
+    return EXTENSION_FORMATS[ext]
+
+
+def parse_outputs(raw: Sequence[Mapping[str, Any]]) -> list[Output]:
+    if not raw:
+        raise BakeryError("qemu_image: outputs must name at least one output file")
+    outputs = []
+    seen: set[str] = set()
+    for entry in raw:
+        path = str(entry.get("path") or "")
+        if not path:
+            raise BakeryError("qemu_image: every output needs a path")
+        path = os.path.abspath(os.path.expanduser(path))
+        if path in seen:
+            raise BakeryError("qemu_image: output %s is listed twice" % path)
+        seen.add(path)
+        if os.path.isdir(path):
+            raise BakeryError("qemu_image: output %s is a directory; give the disk file's name" % path)
+        fmt = output_format(path, entry.get("format"))
+        compress = bool(entry.get("compress"))
+        if compress and fmt != "qcow2":
+            raise BakeryError(
+                "qemu_image: compress is for qcow2 outputs only (output %s is %s)" % (path, fmt)
+            )
+        outputs.append(Output(path=path, format=fmt, compress=compress))
+    return outputs
+
+
+def parse_checksum(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    match = _SHA256_RE.match(str(value).strip())
+    if not match:
+        raise BakeryError(
+            "image_checksum %r is not a sha256: give 64 hex digits, optionally after 'sha256:'" % value
+        )
+    return match.group(1).lower()
+
+
+def parse_options(params: Mapping[str, Any]) -> DiskOptions:
+    outputs = parse_outputs(params.get("outputs") or [])
+    rootfs = params.get("rootfs") or None
+    image = params.get("image") or None
+    if bool(rootfs) == bool(image):
+        raise BakeryError(
+            "qemu_image: give exactly one of rootfs (a tarball or directory) and image (a disk image)"
+        )
+    if rootfs:
+        rootfs = os.path.abspath(os.path.expanduser(str(rootfs)))
+    if image:
+        image = os.path.abspath(os.path.expanduser(str(image)))
+    disk_size = round_up(parse_size(params.get("disk_size") or "4G"))
+    if rootfs and disk_size < ROOT_START + MIN_ROOT + TAIL:
+        raise BakeryError(
+            "disk_size %s is too small: a disk made from a rootfs needs at least %d MiB"
+            % (params.get("disk_size"), (ROOT_START + MIN_ROOT + TAIL) // MIB)
+        )
+    image_format = params.get("image_format") or None
+    if image_format and image_format not in SOURCE_FORMATS:
+        raise BakeryError(
+            "unsupported image_format %r: an existing disk image is qcow2 or raw" % image_format
+        )
+    backing = bool(params.get("backing"))
+    if backing and any(out.format != "qcow2" for out in outputs):
+        raise BakeryError("qemu_image: backing=true makes qcow2 overlays; every output must be qcow2")
+    if backing and rootfs:
+        raise BakeryError("qemu_image: backing is for image, not rootfs")
+    hostname = params.get("hostname") or None
+    if hostname and not _HOSTNAME_RE.match(hostname):
+        raise BakeryError(
+            "hostname %r is not valid: lowercase letters, digits and '-', at most 63" % hostname
+        )
+    cmdline = " ".join(str(params.get("kernel_cmdline") or "").split())
+    vagrant = bool(params.get("vagrant"))
+    vagrant_key = params.get("vagrant_key") or None
+    if vagrant and rootfs:
+        vagrant_key = find_vagrant_key(vagrant_key)
+    elif vagrant:
+        raise BakeryError(
+            "qemu_image: vagrant=true prepares a rootfs; an existing image must already be a base box"
+        )
+    timeout = int(params.get("timeout") or COMMAND_TIMEOUT)
+    return DiskOptions(
+        outputs=outputs,
+        disk_size=disk_size,
+        rootfs=rootfs,
+        image=image,
+        image_checksum=parse_checksum(params.get("image_checksum")),
+        image_format=image_format,
+        backing=backing,
+        kernel_cmdline=cmdline,
+        dhcp=params.get("dhcp") is not False,
+        hostname=hostname,
+        vagrant=vagrant,
+        vagrant_key=vagrant_key,
+        inputs={str(k): str(v) for k, v in (params.get("inputs") or {}).items()},
+        fingerprint=params.get("fingerprint") or None,
+        authorized_keys=[str(key).strip() for key in params.get("authorized_keys") or [] if str(key).strip()],
+        force=bool(params.get("force")),
+        bake_id=params.get("bake_id") or None,
+        timeout=timeout,
+    )
+
+
+def find_vagrant_key(given: str | None) -> str:
+    """Vagrant's insecure public key: *given*, or the one Debian's vagrant package installs."""
+    if given:
+        path = os.path.abspath(os.path.expanduser(given))
+        if not os.path.isfile(path):
+            raise BakeryError("vagrant_key %s does not exist" % given)
+        return path
+    for pattern in VAGRANT_KEY_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[-1]
+    raise BakeryError(
+        "vagrant=true needs Vagrant's insecure public key: install the Debian package 'vagrant' "
+        "(it ships keys/vagrant.pub) or give vagrant_key"
+    )
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def describe(opts: DiskOptions) -> dict[str, Any]:
+    """What decides the disk besides the given inputs (readable; kept in the sidecar)."""
+    values: dict[str, Any] = {
+        "layout": LAYOUT_VERSION,
+        "disk_size": opts.disk_size,
+        "kernel_cmdline": opts.kernel_cmdline,
+        "dhcp": opts.dhcp,
+        "hostname": opts.hostname,
+        "vagrant": opts.vagrant,
+        "vagrant_key": digest_file(opts.vagrant_key) if opts.vagrant_key else None,
+        "compress": sorted(out.path for out in opts.outputs if out.compress),
+    }
+    if opts.image:
+        values.update(backing=opts.backing, image_path=opts.image if opts.backing else None)
+    return values
+
+
+def source_digest(opts: DiskOptions) -> str:
+    """Identity of the source when the caller gave no inputs: the tarball's, tree's or image's content."""
+    if opts.image:
+        return opts.image_checksum or digest_file(opts.image)
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        return digest_tree(rootfs)
+    sidecar = read_sidecar(rootfs)
+    if sidecar and sidecar.get("fingerprint") and sidecar.get("size") == os.path.getsize(rootfs):
+        return str(sidecar["fingerprint"])
+    return digest_file(rootfs)
+
+
+def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, str]:
+    """Named input digests of the disk: the caller's inputs (or the source's content) plus the disk options."""
+    inputs = dict(opts.inputs)
+    if opts.fingerprint:
+        # a converted builder disk: the inputs and fingerprint are those its launch looked up
+        return inputs
+    if not inputs and resolve_source:
+        inputs["source"] = source_digest(opts)
+    elif opts.image and resolve_source:
+        # the caller's inputs say how it was provisioned; the image's identity is its content
+        inputs["image"] = opts.image_checksum or digest_file(opts.image)
+    inputs["disk"] = digest_value(describe(opts))
+    return inputs
+
+
+def output_state(out: Output, fp: str) -> tuple[bool, dict[str, Any] | None]:
+    sidecar = read_sidecar(out.path)
+    if not sidecar or sidecar.get("fingerprint") != fp or sidecar.get("format") != out.format:
+        return False, sidecar
+    try:
+        size = os.path.getsize(out.path)
+    except OSError:
+        return False, sidecar
+    return sidecar.get("size") == size, sidecar
+
+
+def output_result(out: Output, sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "format": out.format,
+        "path": out.path,
+        "size": sidecar.get("size"),
+        "sha256": sidecar.get("sha256"),
+    }
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def which(program: str) -> str:
+    found = shutil.which(program, path=os.pathsep.join([os.environ.get("PATH", ""), SYSTEM_PATH]))
+    if not found:
+        raise BakeryError(
+            "%s is not installed on the build host; install the Debian package %r (apt-get install %s)"
+            % (program, TOOLS.get(program, program), TOOLS.get(program, program))
+        )
+    return found
+
+
+def check_tools(from_rootfs: bool) -> None:
+    which("qemu-img")
+    if not from_rootfs:
+        return
+    for program in ("sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "grub-mkimage", "tar"):
+        which(program)
+    for directory, package in GRUB_PLATFORMS.items():
+        if not os.path.isfile(os.path.join(directory, "kernel.img")):
+            raise BakeryError(
+                "GRUB for %s is not installed on the build host (%s missing); install the Debian package %r"
+                % (os.path.basename(directory), directory, package)
+            )
+    if not os.path.isfile(os.path.join(GRUB_PC_DIR, "grub-bios-setup")) and not shutil.which(
+        "grub-bios-setup"
+    ):
+        raise BakeryError("grub-bios-setup is not installed; install the Debian package 'grub-pc-bin'")
+
+
+def run(
+    argv: list[str],
+    what: str,
+    timeout: int = COMMAND_TIMEOUT,
+    stdin: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> str:
+    """Run *argv*; its output, or BakeryError naming *what* failed with the last lines of output."""
+    env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+    env["PATH"] = os.pathsep.join([env.get("PATH", ""), SYSTEM_PATH])
+    env.update(extra_env or {})
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BakeryError("%s timed out after %d s" % (what, timeout), command=argv) from exc
+    except OSError as exc:
+        raise BakeryError("%s: cannot run %s: %s" % (what, argv[0], exc), command=argv) from exc
+    if proc.returncode != 0:
+        output = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        last = [line for line in output if line.strip()][-15:]
+        raise BakeryError(
+            "%s failed (rc=%d): %s" % (what, proc.returncode, last[-1] if last else "no output"),
+            command=argv,
+            rc=proc.returncode,
+            stderr_lines=last,
+        )
+    return proc.stdout
+
+
+def image_info(path: str) -> dict[str, Any]:
+    text = run([which("qemu-img"), "info", "--output=json", path], "qemu-img info %s" % path)
+    return json.loads(text)
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+def inside(root: str, relative: str) -> str:
+    """*relative* under *root*, refusing symlinks on the way (a tree's absolute links point at the host)."""
+    parts = [part for part in relative.strip("/").split("/") if part]
+    current = root
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise BakeryError("rootfs: %s is a symlink; bakery does not write through links" % current)
+        if not os.path.exists(current):
+            os.mkdir(current, 0o755)
+    return os.path.join(current, parts[-1])
+
+
+def write_file(root: str, relative: str, content: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+    path = inside(root, relative)
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chmod(path, mode)
+    os.chown(path, uid, gid)
+
+
+def link(root: str, relative: str, target: str) -> None:
+    path = inside(root, relative)
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.symlink(target, path)
+
+
+def tree_size(root: str) -> int:
+    """Bytes the tree occupies (allocated blocks; hard links counted once)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += max(st.st_blocks * 512, 0) + 256
+    return total
+
+
+def find_kernel(root: str) -> tuple[str, str]:
+    """Kernel and initramfs as GRUB sees them from the root file system: the /vmlinuz links, else /boot's newest."""
+    if os.path.lexists(os.path.join(root, "vmlinuz")) and os.path.lexists(os.path.join(root, "initrd.img")):
+        return "/vmlinuz", "/initrd.img"
+    kernels = glob.glob(os.path.join(root, "boot", "vmlinuz-*"))
+
+    def version_key(path: str) -> list[Any]:
+        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", os.path.basename(path))]
+
+    for kernel in sorted(kernels, key=version_key, reverse=True):
+        version = os.path.basename(kernel)[len("vmlinuz-") :]
+        if os.path.exists(os.path.join(root, "boot", "initrd.img-" + version)):
+            return "/boot/vmlinuz-" + version, "/boot/initrd.img-" + version
+    raise BakeryError(
+        "rootfs %s has no kernel and initramfs (no /vmlinuz, no /boot/vmlinuz-* with its initrd.img): install "
+        "a kernel such as linux-image-cloud-amd64 with initramfs-tools in it (the qemu target adds them)"
+        % root
+    )
+
+
+@dataclass
+class Layout:
+    disk_size: int
+    root_uuid: str
+    esp_id: str
+    disk_guid: str
+    part_guids: list[str]
+
+    @property
+    def root_size(self) -> int:
+        return (self.disk_size - ROOT_START - TAIL) // BLOCK * BLOCK
+
+    def sfdisk_script(self) -> str:
+        lines = [
+            "label: gpt",
+            "label-id: %s" % self.disk_guid,
+            "unit: sectors",
+            "first-lba: 2048",
+            'start=%d, size=%d, type=%s, uuid=%s, name="bios"'
+            % (BIOS_START // SECTOR, BIOS_SIZE // SECTOR, GPT_BIOS_BOOT, self.part_guids[0]),
+            'start=%d, size=%d, type=%s, uuid=%s, name="esp"'
+            % (ESP_START // SECTOR, ESP_SIZE // SECTOR, GPT_ESP, self.part_guids[1]),
+            'start=%d, size=%d, type=%s, uuid=%s, name="root"'
+            % (ROOT_START // SECTOR, self.root_size // SECTOR, GPT_LINUX_ROOT_X86_64, self.part_guids[2]),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def make_layout(disk_size: int, fp: str) -> Layout:
+    """Sizes and identifiers; the identifiers follow from the fingerprint, so a rebuild gives the same ones."""
+
+    def ident(name: str) -> str:
+        return str(uuid.UUID(digest_value([fp, name])[:32], version=4))
+
+    return Layout(
+        disk_size=disk_size,
+        root_uuid=ident("root-fs"),
+        esp_id=digest_value([fp, "esp"])[:8].upper(),
+        disk_guid=ident("disk").upper(),
+        part_guids=[ident("part-%d" % n).upper() for n in range(3)],
+    )
+
+
+def grub_cfg(layout: Layout, kernel: str, initrd: str, cmdline: str) -> str:
+    args = " ".join(
+        part
+        for part in ("root=UUID=%s ro console=tty0 console=ttyS0,115200n8" % layout.root_uuid, cmdline)
+        if part
+    )
+    return "\n".join(
+        [
+            "# written by bakery (bakery.images.qemu_image); the kernel links /vmlinuz and /initrd.img follow upgrades",
+            "serial --unit=0 --speed=115200",
+            "terminal_input serial console",
+            "terminal_output serial console",
+            "set timeout=1",
+            "set default=0",
+            "menuentry 'Debian GNU/Linux' {",
+            "    search --no-floppy --fs-uuid --set=root %s" % layout.root_uuid,
+            "    linux %s %s" % (kernel, args),
+            "    initrd %s" % initrd,
+            "}",
+            "",
+        ]
+    )
+
+
+def early_cfg(layout: Layout) -> str:
+    return "search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\n" % layout.root_uuid
+
+
+# Only ed25519 and ECDSA host keys: they take milliseconds, where an RSA key takes minutes in an emulated
+# (TCG) guest; sshd is told to use just these, so that it does not look for the missing RSA key.
+FIRSTBOOT_KEYS_UNIT = """\
+# written by bakery: every machine made from this image gets its own SSH host keys
+[Unit]
+Description=Generate SSH host keys on first boot
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/bin/sh -c 'test -e /etc/ssh/ssh_host_ecdsa_key || ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key'
+
+[Install]
+WantedBy=multi-user.target ssh.service
+"""
+
+DHCP_NETWORK = """\
+# written by bakery: DHCP on the first NIC (and any other Ethernet)
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
+
+def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]:
+    """Make the tree a machine image: fstab, grub.cfg, first-boot host keys, machine-id, DHCP, Vagrant."""
+    kernel, initrd = find_kernel(root)
+    write_file(
+        root,
+        "etc/fstab",
+        "# written by bakery\nUUID=%s / ext4 rw,errors=remount-ro 0 1\n" % layout.root_uuid,
+    )
+    write_file(root, "boot/grub/grub.cfg", grub_cfg(layout, kernel, initrd, opts.kernel_cmdline))
+    # no machine shares the image's identity: host keys and machine-id are made at first boot
+    for key in glob.glob(os.path.join(root, "etc", "ssh", "ssh_host_*")):
+        os.unlink(key)
+    if os.path.exists(os.path.join(root, "usr", "sbin", "sshd")):
+        write_file(root, "etc/systemd/system/bakery-ssh-hostkeys.service", FIRSTBOOT_KEYS_UNIT)
+        write_file(
+            root,
+            "etc/ssh/sshd_config.d/bakery-host-keys.conf",
+            "# written by bakery: the host keys made at first boot\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+        )
+        for wants in ("multi-user.target.wants", "ssh.service.wants"):
+            link(
+                root,
+                "etc/systemd/system/%s/bakery-ssh-hostkeys.service" % wants,
+                "../bakery-ssh-hostkeys.service",
+            )
+    if os.path.lexists(os.path.join(root, "etc", "machine-id")):
+        write_file(root, "etc/machine-id", "", mode=0o444)
+    dbus_id = os.path.join(root, "var", "lib", "dbus", "machine-id")
+    if os.path.isfile(dbus_id) and not os.path.islink(dbus_id):
+        os.unlink(dbus_id)
+    name_hostname(root, opts.hostname)
+    if opts.dhcp:
+        write_file(root, "etc/systemd/network/50-bakery-dhcp.network", DHCP_NETWORK)
+        enable_units(root, ["systemd-networkd.service", "systemd-resolved.service"])
+    if opts.vagrant:
+        make_vagrant_user(root, opts)
+    if opts.authorized_keys:
+        write_file(root, "root/.ssh/authorized_keys", "\n".join(opts.authorized_keys) + "\n", mode=0o600)
+        os.chmod(inside(root, "root/.ssh/authorized_keys").rsplit("/", 1)[0], 0o700)
+    return {"kernel": kernel, "initrd": initrd}
+
+
+def name_hostname(root: str, hostname: str | None) -> None:
+    """/etc/hostname: *hostname*; without it, ``debian`` where the tree has none or the build host's (which
+    mmdebstrap copies); /etc/hosts resolves it, unless the tree has its own."""
+    path = os.path.join(root, "etc", "hostname")
+    current = _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
+    if not hostname:
+        hostname = current if current and current != socket.gethostname() else "debian"
+    if hostname != current:
+        write_file(root, "etc/hostname", hostname + "\n")
+    if not os.path.lexists(os.path.join(root, "etc", "hosts")):
+        write_file(
+            root,
+            "etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n" % hostname,
+        )
+
+
+def enable_units(root: str, units: list[str]) -> None:
+    """``systemctl enable`` the units the tree has (offline: systemctl sees it is in a chroot)."""
+    present = [
+        unit
+        for unit in units
+        if any(
+            os.path.exists(os.path.join(root, d, unit))
+            for d in ("lib/systemd/system", "usr/lib/systemd/system")
+        )
+    ]
+    if present:
+        run(
+            ["chroot", root, "systemctl", "enable", *present],
+            "systemctl enable %s in the rootfs" % " ".join(present),
+        )
+
+
+def make_vagrant_user(root: str, opts: DiskOptions) -> None:
+    """Vagrant's base-box conventions: user vagrant (password vagrant), passwordless sudo, the insecure key."""
+    if not os.path.exists(os.path.join(root, "usr", "bin", "sudo")):
+        raise BakeryError("vagrant=true needs sudo in the rootfs; add the package 'sudo'")
+    if not os.path.exists(os.path.join(root, "usr", "sbin", "sshd")):
+        raise BakeryError("vagrant=true needs an SSH server in the rootfs; add the package 'openssh-server'")
+    passwd = _read(os.path.join(root, "etc", "passwd"))
+    if not re.search(r"^vagrant:", passwd, re.MULTILINE):
+        run(
+            ["chroot", root, "useradd", "--create-home", "--user-group", "--shell", "/bin/bash", "vagrant"],
+            "useradd vagrant in the rootfs",
+        )
+        run(["chroot", root, "chpasswd"], "chpasswd in the rootfs", stdin="vagrant:vagrant\n")
+    entry = next(
+        line
+        for line in _read(os.path.join(root, "etc", "passwd")).splitlines()
+        if line.startswith("vagrant:")
+    )
+    fields = entry.split(":")
+    uid, gid, home = int(fields[2]), int(fields[3]), fields[5].lstrip("/")
+    write_file(root, "etc/sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
+    ssh_dir = inside(root, home + "/.ssh/x")
+    ssh_dir = os.path.dirname(ssh_dir)
+    os.chmod(ssh_dir, 0o700)
+    os.chown(ssh_dir, uid, gid)
+    key = _read(str(opts.vagrant_key)).strip() + "\n"
+    write_file(root, home + "/.ssh/authorized_keys", key, mode=0o600, uid=uid, gid=gid)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+# --------------------------------------------------------------------------- the disk
+
+
+def mkfs_root_options() -> list[str]:
+    # GRUB 2.06 cannot read ext4 with metadata_csum_seed (an incompatible feature newer mke2fs enable)
+    return ["-O", "^metadata_csum_seed"]
+
+
+def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
+    """The bootable raw disk in *raw* from the prepared tree *root*; no loop device, no mount."""
+    with open(raw, "wb") as handle:
+        handle.truncate(layout.disk_size)
+    run(
+        [which("sfdisk"), "--no-reread", "--no-tell-kernel", "--quiet", raw],
+        "sfdisk",
+        stdin=layout.sfdisk_script(),
+    )
+    run(
+        [
+            which("mkfs.ext4"),
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            str(BLOCK),
+            "-L",
+            "root",
+            "-U",
+            layout.root_uuid,
+            *mkfs_root_options(),
+            "-E",
+            "offset=%d,root_owner=0:0" % ROOT_START,
+            "-d",
+            root,
+            raw,
+            str(layout.root_size // BLOCK),
+        ],
+        "mkfs.ext4 -d (the rootfs does not fit? raise disk_size)",
+        timeout=timeout,
+    )
+    run(
+        [
+            which("mkfs.vfat"),
+            "-F",
+            "32",
+            # one sector per cluster, as the size (not the disk file's) calls for; hidden sectors = offset
+            "-s",
+            "1",
+            "-S",
+            str(SECTOR),
+            "-h",
+            str(ESP_START // SECTOR),
+            "-n",
+            "EFI",
+            "-i",
+            layout.esp_id,
+            "--offset=%d" % (ESP_START // SECTOR),
+            raw,
+            str(ESP_SIZE // 1024),
+        ],
+        "mkfs.vfat (ESP)",
+    )
+    with tempfile.TemporaryDirectory(prefix="bakery-grub-") as work:
+        early = os.path.join(work, "early.cfg")
+        with open(early, "w", encoding="utf-8") as handle:
+            handle.write(early_cfg(layout))
+        efi = os.path.join(work, "BOOTX64.EFI")
+        run(
+            [
+                which("grub-mkimage"),
+                "-O",
+                "x86_64-efi",
+                "-d",
+                GRUB_EFI_DIR,
+                "-p",
+                "/boot/grub",
+                "-c",
+                early,
+                "-o",
+                efi,
+                *GRUB_EFI_MODULES,
+            ],
+            "grub-mkimage x86_64-efi",
+        )
+        esp = "%s@@%d" % (raw, ESP_START)
+        # mtools would refuse a FAT whose size is not a multiple of a track
+        mtools_env = {"MTOOLS_SKIP_CHECK": "1"}
+        run([which("mmd"), "-i", esp, "::/EFI", "::/EFI/BOOT"], "mmd (ESP)", extra_env=mtools_env)
+        run(
+            [which("mcopy"), "-i", esp, efi, "::/EFI/BOOT/BOOTX64.EFI"],
+            "mcopy BOOTX64.EFI (ESP)",
+            extra_env=mtools_env,
+        )
+        core = os.path.join(work, "core.img")
+        run(
+            [
+                which("grub-mkimage"),
+                "-O",
+                "i386-pc",
+                "-d",
+                GRUB_PC_DIR,
+                "-p",
+                "/boot/grub",
+                "-c",
+                early,
+                "-o",
+                core,
+                *GRUB_PC_MODULES,
+            ],
+            "grub-mkimage i386-pc",
+        )
+        embed_bios_boot(raw, os.path.join(GRUB_PC_DIR, "boot.img"), core)
+
+
+# offsets in GRUB's i386-pc boot.img (include/grub/i386/pc/boot.h)
+BOOT_BPB_START, BOOT_BPB_END = 0x03, 0x5A
+BOOT_KERNEL_SECTOR = 0x5C
+BOOT_DRIVE = 0x64
+BOOT_DRIVE_CHECK = 0x66
+BOOT_NT_MAGIC, BOOT_PART_END = 0x1B8, 0x1FE
+# first segment core.img's second sector is loaded at (GRUB_BOOT_I386_PC_KERNEL_SEG + 0x20)
+CORE_SEGMENT = 0x820
+
+
+def embed_bios_boot(raw: str, boot_img: str, core_img: str) -> None:
+    """Install GRUB for BIOS in the disk file, as grub-bios-setup does when it embeds core.img.
+
+    grub-bios-setup also opens the host disk that holds its ``-d`` directory, which fails on some hosts (a
+    virtio disk, a container's overlay), so bakery does the same few writes itself: boot.img's code goes into
+    the protective MBR (its partition table and disk signature kept) and points at the BIOS boot partition;
+    core.img goes into that partition with the blocklist of its remaining sectors in its first sector.
+    """
+    with open(boot_img, "rb") as handle:
+        boot = bytearray(handle.read())
+    with open(core_img, "rb") as handle:
+        core = bytearray(handle.read())
+    if len(boot) != SECTOR:
+        raise BakeryError("%s is not a 512-byte boot sector" % boot_img)
+    sectors = -(-len(core) // SECTOR)
+    if sectors * SECTOR > BIOS_SIZE:
+        raise BakeryError("GRUB's core image (%d bytes) does not fit the BIOS boot partition" % len(core))
+    core += bytes(sectors * SECTOR - len(core))
+    first = BIOS_START // SECTOR
+    with open(raw, "r+b") as disk:
+        mbr = bytearray(disk.read(SECTOR))
+        boot[BOOT_BPB_START:BOOT_BPB_END] = mbr[BOOT_BPB_START:BOOT_BPB_END]
+        boot[BOOT_NT_MAGIC:BOOT_PART_END] = mbr[BOOT_NT_MAGIC:BOOT_PART_END]
+        boot[BOOT_KERNEL_SECTOR : BOOT_KERNEL_SECTOR + 8] = first.to_bytes(8, "little")
+        boot[BOOT_PART_END : BOOT_PART_END + 2] = b"\x55\xaa"
+        boot[BOOT_DRIVE] = 0xFF  # the drive the BIOS booted from
+        boot[BOOT_DRIVE_CHECK : BOOT_DRIVE_CHECK + 2] = b"\x90\x90"  # a hard disk: no floppy probe
+        # diskboot.img's blocklist (the last 12 bytes of core.img's first sector): the other sectors
+        entry = SECTOR - 12
+        core[entry : entry + 8] = (first + 1).to_bytes(8, "little")
+        core[entry + 8 : entry + 10] = (sectors - 1).to_bytes(2, "little")
+        core[entry + 10 : entry + 12] = CORE_SEGMENT.to_bytes(2, "little")
+        core[entry - 12 : entry] = bytes(12)  # terminator
+        disk.seek(BIOS_START)
+        disk.write(core)
+        disk.seek(0)
+        disk.write(boot)
+
+
+def convert(
+    source: str, source_format: str, out: Output, target: str, timeout: int, backing: str | None = None
+) -> None:
+    argv = [which("qemu-img"), "convert", "-f", source_format, "-O", out.format]
+    if out.compress:
+        argv.append("-c")
+    argv += FORMATS[out.format][1]
+    if backing:
+        argv += ["-B", backing, "-F", source_format]
+    argv += [source, target]
+    run(argv, "qemu-img convert to %s" % out.format, timeout=timeout)
+
+
+def verify_image(opts: DiskOptions) -> tuple[str, int]:
+    """Format and virtual size of the source image, after its checksum matched."""
+    image = str(opts.image)
+    if not os.path.isfile(image):
+        raise BakeryError("image %s does not exist" % image)
+    if opts.image_checksum:
+        actual = digest_file(image)
+        if actual != opts.image_checksum:
+            raise BakeryError(
+                "checksum mismatch for image %s: expected sha256 %s, got %s"
+                % (image, opts.image_checksum, actual)
+            )
+    info = image_info(image)
+    fmt = str(info.get("format"))
+    if opts.image_format and fmt != opts.image_format:
+        raise BakeryError("image %s is %s, not %s as image_format says" % (image, fmt, opts.image_format))
+    if fmt not in SOURCE_FORMATS:
+        raise BakeryError("image %s is %s; an existing disk image must be qcow2 or raw" % (image, fmt))
+    return fmt, int(info.get("virtual-size") or 0)
+
+
+# --------------------------------------------------------------------------- chroot work directories
+
+
+def unpack(tarball: str, workdir: str, bake_id: str | None, steps: Steps) -> dict[str, Any]:
+    """Unpack a rootfs tarball into ``<workdir>/root`` for chroot provisioning.
+
+    The directory is marked temporary (``.bakery-temporary`` holds the bake id) for the cleanup and a
+    janitor. While it is provisioned it gets the host's resolv.conf and a policy-rc.d that keeps package
+    scripts from starting services; ``build`` puts back what was there before it makes the disk.
+    """
+    if not os.path.isfile(tarball):
+        raise BakeryError("rootfs tarball %s does not exist" % tarball)
+    if os.path.exists(workdir) and not os.path.exists(os.path.join(workdir, TEMPORARY_MARKER)):
+        raise BakeryError(
+            "work directory %s exists and is not bakery's; remove it or choose another" % workdir
+        )
+    if os.path.exists(workdir):
+        remove_workdir(workdir)
+    os.makedirs(workdir, 0o700)
+    steps.add_undo("remove %s" % workdir, lambda: remove_workdir(workdir))
+    with open(os.path.join(workdir, TEMPORARY_MARKER), "w", encoding="utf-8") as handle:
+        handle.write((bake_id or "") + "\n")
+    root = os.path.join(workdir, "root")
+    os.mkdir(root, 0o755)
+    run(
+        [which("tar"), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tarball, "-C", root],
+        "unpacking %s" % tarball,
+    )
+    state: dict[str, Any] = {}
+    for relative, content, mode in (
+        ("etc/resolv.conf", _read("/etc/resolv.conf") if os.path.exists("/etc/resolv.conf") else "", 0o644),
+        ("usr/sbin/policy-rc.d", "#!/bin/sh\n# bakery: no service starts in a chroot\nexit 101\n", 0o755),
+    ):
+        path = os.path.join(root, relative)
+        if os.path.islink(path):
+            state[relative] = {"link": os.readlink(path)}
+        elif os.path.isfile(path):
+            state[relative] = {"content": _read(path), "mode": stat.S_IMODE(os.lstat(path).st_mode)}
+        else:
+            state[relative] = None
+        write_file(root, relative, content, mode=mode)
+    with open(os.path.join(workdir, CHROOT_STATE), "w", encoding="utf-8") as handle:
+        json.dump(state, handle)
+    return {"workdir": workdir, "root": root}
+
+
+def restore_chroot(root: str) -> bool:
+    """Put back what ``unpack`` replaced for provisioning, when *root* is such a work directory's tree."""
+    workdir = os.path.dirname(root.rstrip("/"))
+    state_file = os.path.join(workdir, CHROOT_STATE)
+    if not (os.path.isfile(state_file) and os.path.isfile(os.path.join(workdir, TEMPORARY_MARKER))):
+        return False
+    with open(state_file, encoding="utf-8") as handle:
+        state = json.load(handle)
+    for relative, before in state.items():
+        path = inside(root, relative)
+        if os.path.lexists(path):
+            os.unlink(path)
+        if before is None:
+            continue
+        if "link" in before:
+            os.symlink(before["link"], path)
+        else:
+            write_file(root, relative, before["content"], mode=int(before["mode"]))
+    os.unlink(state_file)
+    return True
+
+
+def mounts_below(path: str) -> list[str]:
+    real = os.path.realpath(path).rstrip("/") + "/"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as handle:
+            points = [line.split()[1].replace("\\040", " ") for line in handle if len(line.split()) > 1]
+    except OSError:
+        return []
+    return [point for point in points if (point.rstrip("/") + "/").startswith(real)]
+
+
+def remove_workdir(workdir: str) -> bool:
+    """Remove a work directory bakery made (it carries ``.bakery-temporary``); never one with a mount in it."""
+    if not os.path.lexists(workdir):
+        return False
+    if not os.path.isfile(os.path.join(workdir, TEMPORARY_MARKER)):
+        raise BakeryError(
+            "%s is not a bakery work directory (no %s); not removing it" % (workdir, TEMPORARY_MARKER)
+        )
+    mounted = mounts_below(workdir)
+    if mounted:
+        raise BakeryError("%s has mounts below it (%s); unmount them first" % (workdir, ", ".join(mounted)))
+    shutil.rmtree(workdir)
+    return True
+
+
+# --------------------------------------------------------------------------- the bake
+
+
+def lookup(opts: DiskOptions, resolve_source: bool = True) -> dict[str, Any]:
+    """Fingerprint and whether every output with it exists."""
+    inputs = compute_inputs(opts, resolve_source)
+    # a disk converted from a builder VM records the fingerprint its launch looked for
+    fp = opts.fingerprint or fingerprint(inputs)
+    states = [output_state(out, fp) for out in opts.outputs]
+    found = all(state[0] for state in states)
+    previous = states[0][1] or {}
+    prev_inputs = previous.get("inputs") if isinstance(previous.get("inputs"), dict) else None
+    result: dict[str, Any] = {
+        "fingerprint": fp,
+        "inputs": inputs,
+        "found": found,
+        "changed_inputs": [] if found else changed_inputs(prev_inputs, inputs),
+        "outputs": [
+            output_result(out, sidecar) for out, (ok, sidecar) in zip(opts.outputs, states) if ok and sidecar
+        ],
+    }
+    if found:
+        primary = states[0][1] or {}
+        result.update(
+            path=opts.primary.path,
+            format=opts.primary.format,
+            size=primary.get("size"),
+            sha256=primary.get("sha256"),
+            virtual_size=primary.get("virtual_size"),
+            bake_id=primary.get("bake_id"),
+        )
+    return result
+
+
+def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
+    """Make every output from one source disk: the raw disk made from the tree, or an overlay of the image.
+
+    The source lives in a temporary directory beside the primary output (same file system: a raw output
+    is the raw disk renamed, not copied) that goes in every case.
+    """
+    check_tools(from_rootfs=bool(opts.rootfs))
+    directory = os.path.dirname(opts.primary.path)
+    os.makedirs(directory, exist_ok=True)
+    details: dict[str, Any] = {}
+    with Steps() as steps:
+        work = tempfile.mkdtemp(prefix=".bakery-qemu-", dir=directory)
+        steps.add_undo("remove %s" % work, lambda: shutil.rmtree(work, ignore_errors=True), always=True)
+        with open(os.path.join(work, TEMPORARY_MARKER), "w", encoding="utf-8") as handle:
+            handle.write((opts.bake_id or "") + "\n")
+        if opts.rootfs:
+            source, source_format = _disk_from_rootfs(opts, fp, work, details)
+        else:
+            source, source_format = _disk_from_image(opts, work)
+        # the raw disk is renamed onto a raw output, so that output comes last
+        order = sorted(opts.outputs, key=lambda out: out.format == "raw" and source_format == "raw")
+        made: dict[str, dict[str, Any]] = {}
+        for out in order:
+            with atomic_output(out.path) as tmp:
+                if out.format == "raw" and source_format == "raw" and opts.rootfs:
+                    os.replace(source, tmp)
+                elif opts.backing:
+                    _overlay(opts, tmp)
+                else:
+                    os.unlink(tmp)
+                    convert(source, source_format, out, tmp, opts.timeout)
+                sha256 = digest_file(tmp)
+                size = os.path.getsize(tmp)
+            write_sidecar(
+                out.path,
+                {
+                    "fingerprint": fp,
+                    "inputs": inputs,
+                    "options": describe(opts),
+                    "format": out.format,
+                    "sha256": sha256,
+                    "size": size,
+                    "virtual_size": opts.disk_size,
+                    "backing_file": opts.image if opts.backing else None,
+                    "bake_id": opts.bake_id,
+                    "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            )
+            made[out.path] = {"format": out.format, "path": out.path, "size": size, "sha256": sha256}
+    outputs = [made[out.path] for out in opts.outputs]
+    primary = outputs[0]
+    result = {
+        "outputs": outputs,
+        "path": primary["path"],
+        "format": primary["format"],
+        "size": primary["size"],
+        "sha256": primary["sha256"],
+        "virtual_size": opts.disk_size,
+        "bake_id": opts.bake_id,
+    }
+    result.update(details)
+    return result
+
+
+def _overlay(opts: DiskOptions, target: str, fmt: str | None = None) -> None:
+    """A qcow2 file of disk_size whose backing file is the image (absolute path): grown, nothing copied."""
+    image = str(opts.image)
+    info_format = fmt or str(image_info(image).get("format"))
+    run(
+        [
+            which("qemu-img"),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            image,
+            "-F",
+            info_format,
+            target,
+            str(opts.disk_size),
+        ],
+        "qemu-img create (overlay of %s)" % image,
+    )
+
+
+def _disk_from_image(opts: DiskOptions, work: str) -> tuple[str, str]:
+    """The image, checked and grown to disk_size as a qcow2 overlay in *work* (the outputs flatten it)."""
+    fmt, virtual_size = verify_image(opts)
+    if virtual_size > opts.disk_size:
+        raise BakeryError(
+            "disk_size %d MiB is smaller than image %s (%d MiB); disks are grown, never shrunk"
+            % (opts.disk_size // MIB, opts.image, virtual_size // MIB)
+        )
+    overlay = os.path.join(work, "grown.qcow2")
+    _overlay(opts, overlay, fmt)
+    return overlay, "qcow2"
+
+
+def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
+    rootfs = str(opts.rootfs)
+    if os.path.isdir(rootfs):
+        root = rootfs
+        details["restored_chroot"] = restore_chroot(root)
+    elif os.path.isfile(rootfs):
+        root = os.path.join(work, "root")
+        os.mkdir(root, 0o755)
+        run(
+            [
+                which("tar"),
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-xpf",
+                rootfs,
+                "-C",
+                root,
+            ],
+            "unpacking %s" % rootfs,
+            timeout=opts.timeout,
+        )
+    else:
+        raise BakeryError("rootfs %s does not exist" % rootfs)
+    layout = make_layout(opts.disk_size, fp)
+    needed = tree_size(root)
+    # ext4 keeps about 5 % for inodes, journal and metadata; keep some room to boot and log
+    if needed * 1.1 + 64 * MIB > layout.root_size:
+        raise BakeryError(
+            "the rootfs (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
+            % (needed // MIB, opts.disk_size // MIB, layout.root_size // MIB)
+        )
+    details.update(prepare_tree(root, opts, layout))
+    details.update(root_uuid=layout.root_uuid, rootfs_bytes=needed)
+    raw = os.path.join(work, "disk.raw")
+    make_raw_disk(raw, root, layout, opts.timeout)
+    return raw, "raw"
+
+
+def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, Any]:
+    """The module's result for actions find and build."""
+    started = time.monotonic()
+    action = params.get("action") or "build"
+    opts = parse_options(params)
+    # a directory tree is provisioned after the lookup in launch; its identity is the caller's inputs
+    found = lookup(opts)
+    result: dict[str, Any] = dict(found, changed=False)
+    if action == "find" or (found["found"] and not opts.force):
+        result["msg"] = (
+            "disk %s is up to date (fingerprint %s)" % (opts.primary.path, found["fingerprint"][:12])
+            if found["found"]
+            else "no disk with fingerprint %s: %s" % (found["fingerprint"][:12], _why(found, opts))
+        )
+        return _finish(result, started)
+    why = "force=true" if found["found"] else _why(found, opts)
+    if check_mode:
+        result.update(changed=True, msg="would build disk %s: %s" % (opts.primary.path, why))
+        return _finish(result, started)
+    with file_lock(opts.primary.path):
+        again = lookup(opts)
+        if again["found"] and not opts.force:
+            result.update(
+                again, changed=False, msg="disk %s is up to date (built by another task)" % opts.primary.path
+            )
+            return _finish(result, started)
+        built = build(opts, found["fingerprint"], found["inputs"])
+    result.update(built, found=False, changed=True, msg="built disk %s: %s" % (opts.primary.path, why))
+    return _finish(result, started)
+
+
+def _why(found: Mapping[str, Any], opts: DiskOptions) -> str:
+    if not os.path.exists(opts.primary.path):
+        return "no output exists yet"
+    names = found.get("changed_inputs") or []
+    if names:
+        return "inputs changed: %s" % ", ".join(names)
+    return "an output is missing or differs from its sidecar"
+
+
+def _finish(result: dict[str, Any], started: float) -> dict[str, Any]:
+    result["duration"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def module_action(module: Any) -> dict[str, Any]:
+    """Entry point for ``_module.run``."""
+    params = module.params
+    action = params.get("action") or "build"
+    if action == "unpack":
+        return unpack_action(params, module.check_mode)
+    if action == "remove":
+        return remove_action(params, module.check_mode)
+    return bake_disk(params, check_mode=module.check_mode)
+
+
+def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    workdir = params.get("workdir")
+    rootfs = params.get("rootfs")
+    if not workdir or not rootfs:
+        raise BakeryError("qemu_image: action=unpack needs rootfs (a tarball) and workdir")
+    workdir = os.path.abspath(str(workdir))
+    root = os.path.join(workdir, "root")
+    if check_mode:
+        return {"changed": True, "workdir": workdir, "root": root, "msg": "would unpack %s" % rootfs}
+    with Steps() as steps:
+        result = unpack(os.path.abspath(str(rootfs)), workdir, params.get("bake_id"), steps)
+    result.update(changed=True, msg="unpacked %s into %s" % (rootfs, root))
+    return result
+
+
+def remove_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    workdir = params.get("workdir")
+    if not workdir:
+        raise BakeryError("qemu_image: action=remove needs workdir")
+    workdir = os.path.abspath(str(workdir))
+    exists = os.path.lexists(workdir)
+    if check_mode or not exists:
+        return {"changed": exists, "workdir": workdir}
+    removed = remove_workdir(workdir)
+    return {"changed": removed, "workdir": workdir, "msg": "removed %s" % workdir}
+
+
+# --------------------------------------------------------------------------- a bake's qemu target
+
+
+def outputs_for(target: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The output files of a planned qemu target: ``<output_dir>/<name>.<ending>`` per format."""
+    options = target.get("options") or {}
+    name = options.get("name") or target.get("bake_name") or target["name"]
+    directory = target.get("output_dir") or "output"
+    formats = list(options.get("formats") or ["qcow2"])
+    return [
+        {
+            "path": os.path.join(directory, name + FORMATS[fmt][0]),
+            "format": fmt,
+            "compress": bool(options.get("compress")) and fmt == "qcow2",
+        }
+        for fmt in formats
+    ]
+
+
+def workdir_for(target: Mapping[str, Any]) -> str:
+    """The target's temporary work directory, named with the bake id, under the bake's cache directory."""
+    rootfs = target.get("rootfs") or {}
+    if rootfs.get("path"):
+        base = os.path.dirname(os.path.dirname(rootfs["path"]))
+    else:
+        base = os.path.join(target.get("output_dir") or "output", "cache")
+    return os.path.join(base, "qemu", "%s-%s" % (target["bake_id"], target["name"]))

@@ -1,0 +1,296 @@
+#!/usr/bin/python
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: qemu_image
+short_description: Make bootable QEMU disk images (qcow2, raw, vmdk, vdi, vhdx) from a rootfs or a disk image
+version_added: 0.2.0
+description:
+  - With O(rootfs) (a tarball, or a directory such as a provisioned chroot), makes a GPT disk that boots with
+    BIOS (GRUB for i386-pc in a BIOS boot partition, written by C(grub-bios-setup)) and with UEFI (GRUB for
+    x86_64-efi as C(\EFI\BOOT\BOOTX64.EFI) on an EFI system partition). The root file system is ext4, made
+    with C(mkfs.ext4 -d) at its offset inside the disk file; the partition table is written by C(sfdisk) on the
+    file and the ESP by C(mkfs.vfat --offset) and C(mtools). No loop device and no mount are used.
+  - The tree is made into a machine image before it goes into the disk. C(/etc/fstab) mounts the root by
+    UUID; C(/boot/grub/grub.cfg) boots C(/vmlinuz) (or the newest C(/boot/vmlinuz-*)) with the console on
+    C(ttyS0); SSH host keys are removed and generated at first boot; C(/etc/machine-id) is emptied; with
+    O(dhcp), systemd-networkd does DHCP on every Ethernet NIC; with O(vagrant), the image follows Vagrant's
+    base-box conventions. The tree must hold a kernel and an initramfs (for example C(linux-image-cloud-amd64)).
+  - A directory O(rootfs) is changed in place by this preparation. A directory made by O(action=unpack) gets
+    back its own C(resolv.conf) and loses the C(policy-rc.d) it had while provisioned.
+  - With O(image) (an existing qcow2 or raw disk image, checked against O(image_checksum)), the outputs are
+    copies of it grown to O(disk_size), or with O(backing=true) qcow2 overlays whose backing file is O(image).
+  - Every output is written under a temporary name beside its path and renamed into place, with a sidecar
+    C(<path>.bakery.json) holding the fingerprint, sha256, size and format. The fingerprint covers O(inputs)
+    (or, without them, the content of O(rootfs) or O(image)) and the disk options. When every output's sidecar
+    carries it, nothing is done (C(changed=false)).
+  - O(action=unpack) unpacks a rootfs tarball into O(workdir)C(/root) for chroot provisioning; O(workdir) is
+    marked temporary (C(.bakery-temporary) holds O(bake_id)). O(action=remove) removes such a work directory.
+author:
+  - bakery maintainers (@bakery-images)
+requirements:
+  - root on the build host (the tree's owners are kept)
+  - qemu-img (Debian C(qemu-utils)); from a rootfs also C(fdisk), C(e2fsprogs), C(dosfstools), C(mtools),
+    C(grub-common), C(grub-pc-bin) and C(grub-efi-amd64-bin)
+  - the rootfs and the build host are x86_64 (amd64)
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether the disk would be built and which inputs changed; creates nothing.
+  diff_mode:
+    support: none
+    description: No diff; RV(changed_inputs) names what changed.
+  idempotent:
+    support: full
+    description: Same inputs give the same fingerprint; outputs whose sidecars carry it are not rebuilt.
+options:
+  action:
+    description:
+      - V(build) makes the outputs unless they are up to date; V(find) only looks them up.
+      - V(unpack) and V(remove) make and remove a chroot work directory (O(workdir)).
+    type: str
+    default: build
+    choices: [build, find, unpack, remove]
+  outputs:
+    description: The disk files to make; the first is the primary output.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: File name; its ending (C(.qcow2), C(.raw), C(.img), C(.vmdk), C(.vdi), C(.vhdx)) gives the format.
+        type: path
+        required: true
+      format:
+        description: Output format, when the ending does not say it. C(vmdk) is streamOptimized.
+        type: str
+        choices: [qcow2, raw, vmdk, vdi, vhdx]
+      compress:
+        description: Compress the clusters of a qcow2 output.
+        type: bool
+        default: false
+  rootfs:
+    description:
+      - Root file system to make the disk from (a tarball, or a directory changed in place), or with
+        O(action=unpack) the tarball to unpack. Mutually exclusive with O(image).
+    type: path
+  image:
+    description: Existing qcow2 or raw disk image to make the outputs from.
+    type: path
+  image_checksum:
+    description: sha256 of O(image) (64 hex digits, optionally after C(sha256:)); the build fails on a mismatch.
+    type: str
+  image_format:
+    description: Expected format of O(image); detected by C(qemu-img info) when not given.
+    type: str
+    choices: [qcow2, raw]
+  backing:
+    description: With O(image), make qcow2 overlays backed by O(image) (absolute path) instead of copies.
+    type: bool
+    default: false
+  disk_size:
+    description: Virtual size of the disk, such as V(4G) or V(512M) (binary units), rounded up to MiB.
+    type: str
+    default: 4G
+  kernel_cmdline:
+    description: Kernel arguments added after C(root=UUID=... ro console=tty0 console=ttyS0,115200n8).
+    type: str
+    default: ""
+  dhcp:
+    description: Configure DHCP on every Ethernet NIC (C(en*), C(eth*)) with systemd-networkd and enable it.
+    type: bool
+    default: true
+  hostname:
+    description: Write this name to C(/etc/hostname).
+    type: str
+  vagrant:
+    description:
+      - Follow Vagrant's base-box conventions; user C(vagrant) (password C(vagrant)) with passwordless sudo
+        and Vagrant's insecure public key in C(~vagrant/.ssh/authorized_keys). The tree needs C(sudo) and
+        C(openssh-server).
+    type: bool
+    default: false
+  vagrant_key:
+    description: Public key for O(vagrant); by default the C(keys/vagrant.pub) of Debian's C(vagrant) package.
+    type: path
+  inputs:
+    description:
+      - Digests that identify the content of O(rootfs) (such as the bake's provisioning roles and base), as the
+        bake plan computes them. Without them, the content of O(rootfs) or O(image) is digested.
+    type: dict
+    default: {}
+  fingerprint:
+    description:
+      - Record this fingerprint instead of computing one, for a disk converted from a builder VM (O(image))
+        that a lookup made from O(rootfs) with O(action=find) looked for.
+    type: str
+  authorized_keys:
+    description:
+      - Public keys written to C(/root/.ssh/authorized_keys) in the tree, for example a builder VM's per-bake key
+        (remove them before the image is published).
+    type: list
+    elements: str
+    default: []
+  force:
+    description: Build even when up to date.
+    type: bool
+    default: false
+  bake_id:
+    description: Id of the bake, recorded in the sidecars and the work directories.
+    type: str
+  workdir:
+    description: The chroot work directory for O(action=unpack) and O(action=remove).
+    type: path
+  timeout:
+    description: Seconds each long command (unpacking, mkfs, conversion) may take.
+    type: int
+    default: 1800
+notes:
+  - GRUB finds the root file system by UUID; the UUIDs follow from the fingerprint, so a rebuild with the same
+    inputs gives the same identifiers.
+seealso:
+  - module: bakery.images.rootfs
+"""
+
+EXAMPLES = r"""
+- name: A bootable qcow2 and vmdk from a rootfs tarball with a kernel in it
+  bakery.images.qemu_image:
+    rootfs: /var/cache/bakery/rootfs/bookworm-kernel.tar
+    disk_size: 4G
+    outputs:
+      - path: /srv/images/web.qcow2
+        compress: true
+      - path: /srv/images/web.vmdk
+
+- name: A Vagrant base box disk
+  bakery.images.qemu_image:
+    rootfs: /var/cache/bakery/rootfs/bookworm-kernel.tar
+    vagrant: true
+    outputs:
+      - path: /srv/images/box.qcow2
+
+- name: A larger copy of a downloaded cloud image, checked first
+  bakery.images.qemu_image:
+    image: /srv/downloads/debian-12-genericcloud-amd64.qcow2
+    image_checksum: "sha256:{{ cloud_image_sha256 }}"
+    disk_size: 10G
+    outputs:
+      - path: /srv/images/debian-10g.qcow2
+
+- name: Is the disk up to date?
+  bakery.images.qemu_image:
+    action: find
+    rootfs: /var/cache/bakery/rootfs/bookworm-kernel.tar
+    outputs:
+      - path: /srv/images/web.qcow2
+  register: disk
+"""
+
+RETURN = r"""
+found:
+  description: Whether every output already existed with this fingerprint.
+  returned: actions find and build
+  type: bool
+fingerprint:
+  description: sha256 over RV(inputs).
+  returned: actions find and build
+  type: str
+inputs:
+  description: Input digests; O(inputs) (or C(source)) plus C(disk), the disk options.
+  returned: actions find and build
+  type: dict
+changed_inputs:
+  description: Inputs that differ from the primary output's sidecar; empty when up to date.
+  returned: actions find and build
+  type: list
+  elements: str
+outputs:
+  description: The outputs made or found, each with C(format), C(path), C(size) and C(sha256).
+  returned: actions find and build
+  type: list
+  elements: dict
+path:
+  description: The primary output.
+  returned: when built or found
+  type: str
+format:
+  description: Format of the primary output.
+  returned: when built or found
+  type: str
+size:
+  description: Size in bytes of the primary output file.
+  returned: when built or found
+  type: int
+sha256:
+  description: sha256 of the primary output file.
+  returned: when built or found
+  type: str
+virtual_size:
+  description: Virtual size of the disk in bytes.
+  returned: when built or found
+  type: int
+workdir:
+  description: The work directory (actions unpack and remove).
+  returned: actions unpack and remove
+  type: str
+root:
+  description: The unpacked tree, the chroot to provision (action unpack).
+  returned: action unpack
+  type: str
+msg:
+  description: What was done and why.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils._module import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", default="build", choices=list(_qemu_disk.ACTIONS)),
+            outputs=dict(
+                type="list",
+                elements="dict",
+                default=[],
+                options=dict(
+                    path=dict(type="path", required=True),
+                    format=dict(type="str", choices=list(_qemu_disk.FORMATS)),
+                    compress=dict(type="bool", default=False),
+                ),
+            ),
+            rootfs=dict(type="path"),
+            image=dict(type="path"),
+            image_checksum=dict(type="str"),
+            image_format=dict(type="str", choices=list(_qemu_disk.SOURCE_FORMATS)),
+            backing=dict(type="bool", default=False),
+            disk_size=dict(type="str", default="4G"),
+            kernel_cmdline=dict(type="str", default=""),
+            dhcp=dict(type="bool", default=True),
+            hostname=dict(type="str"),
+            vagrant=dict(type="bool", default=False),
+            vagrant_key=dict(type="path", no_log=False),
+            inputs=dict(type="dict", default={}),
+            fingerprint=dict(type="str"),
+            authorized_keys=dict(type="list", elements="str", default=[], no_log=False),
+            force=dict(type="bool", default=False),
+            bake_id=dict(type="str"),
+            workdir=dict(type="path"),
+            timeout=dict(type="int", default=1800),
+        ),
+        mutually_exclusive=[("rootfs", "image")],
+        supports_check_mode=True,
+    )
+    run(module, _qemu_disk.module_action)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Vagrant boxes, checked by Vagrant itself: Debian's `vagrant` adds the boxes and their catalog, refuses a
+catalog entry whose checksum is wrong, and (with vagrant-libvirt and a libvirtd that scripts/libvirtd starts)
+boots the box of the default bake and reaches nginx in it over `vagrant ssh`.
+
+Vagrant keeps its state in VAGRANT_HOME, a temporary directory per test; nothing goes to ~/.vagrant.d.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_playbook
+
+LOCAL = ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter={{ ansible_playbook_python }}"]
+
+BOX_PLAY = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: box
+      bakery.images.vagrant_box:
+        path: "{{ out }}/small-1.0.0-{{ item }}.box"
+        source: "{{ disk }}"
+        provider: "{{ item }}"
+        compression: 1
+        catalog: "{{ out }}/small.json"
+        box_name: bakery/small
+        version: 1.0.0
+        description: a small disk, boxed
+      loop: [libvirt, virtualbox]
+"""
+
+
+def vagrant(
+    args: list[str], home: Path, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1")
+    return subprocess.run(
+        ["vagrant", *args],
+        cwd=cwd or home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture()
+def vagrant_home(tmp_path: Path) -> Path:
+    home = tmp_path / "vagrant.d"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small qcow2 with some data in it (no system: `vagrant box add` does not boot it)."""
+    base = tmp_path_factory.mktemp("small-disk")
+    raw = base / "disk.raw"
+    with open(raw, "wb") as handle:
+        handle.truncate(1536 * 1024 * 1024)
+        handle.seek(1024 * 1024)
+        handle.write(b"bakery " * 100000)
+    disk = base / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw.unlink()
+    return disk
+
+
+@pytest.fixture(scope="module")
+def small_boxes(small_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """libvirt and virtualbox boxes of the small disk in one catalog, made twice (the second time unchanged)."""
+    tmp = tmp_path_factory.mktemp("small-boxes")
+    out = tmp / "boxes"
+    extra = {"out": str(out), "disk": str(small_disk)}
+    first = run_playbook(BOX_PLAY, tmp, extra_vars=extra, args=LOCAL)
+    assert first.rc == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    second = run_playbook(BOX_PLAY, tmp, extra_vars=extra, args=LOCAL)
+    assert second.rc == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    return {
+        "out": out,
+        "catalog": out / "small.json",
+        "first": first.task_result("box")["results"],
+        "second": second.task_result("box")["results"],
+    }
+
+
+def test_boxes_are_made_once_and_listed_in_the_catalog(small_boxes: dict) -> None:
+    first, second = small_boxes["first"], small_boxes["second"]
+    assert [r["changed"] for r in first] == [True, True]
+    assert [r["changed"] for r in second] == [False, False], (
+        "a second run rebuilt a box or rewrote the catalog"
+    )
+    assert [r["sha256"] for r in second] == [r["sha256"] for r in first]
+    catalog = json.loads(small_boxes["catalog"].read_text())
+    assert catalog["name"] == "bakery/small" and catalog["description"] == "a small disk, boxed"
+    (version,) = catalog["versions"]
+    assert version["version"] == "1.0.0"
+    listed = {p["name"]: p for p in version["providers"]}
+    for result in first:
+        entry = listed[result["provider"]]
+        assert entry["checksum_type"] == "sha256" and entry["checksum"] == result["sha256"]
+        assert entry["url"] == Path(result["path"]).as_uri()
+    assert first[0]["metadata"] == {"provider": "libvirt", "format": "qcow2", "virtual_size": 2}
+    assert not [p.name for p in small_boxes["out"].iterdir() if ".partial" in p.name]
+
+
+def test_vagrant_adds_both_boxes_from_the_catalog(small_boxes: dict, vagrant_home: Path) -> None:
+    url = small_boxes["catalog"].as_uri()
+    for provider in ("libvirt", "virtualbox"):
+        added = vagrant(["box", "add", "--provider", provider, url], vagrant_home)
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert "Successfully added box 'bakery/small' (v1.0.0) for '%s'" % provider in added.stdout
+    boxes = vagrant_home / "boxes" / "bakery-VAGRANTSLASH-small" / "1.0.0"
+    assert sorted(p.name for p in boxes.iterdir()) == ["libvirt", "virtualbox"]
+    libvirt_box = boxes / "libvirt"
+    assert json.loads((libvirt_box / "metadata.json").read_text())["format"] == "qcow2"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(libvirt_box / "box.img")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert info["format"] == "qcow2" and info["virtual-size"] == 1536 * 1024 * 1024
+    vbox = boxes / "virtualbox"
+    assert sorted(p.name for p in vbox.iterdir()) == [
+        "Vagrantfile",
+        "box-disk001.vmdk",
+        "box.ovf",
+        "metadata.json",
+    ]
+    vmdk = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(vbox / "box-disk001.vmdk")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert vmdk["format"] == "vmdk" and vmdk["format-specific"]["data"]["create-type"] == "streamOptimized"
+    assert vmdk["virtual-size"] == 1536 * 1024 * 1024
+    # the disk's data made it through the conversion
+    copy = vbox.parent / "back.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(vbox / "box-disk001.vmdk"), str(copy)], check=True
+    )
+    with open(copy, "rb") as handle:
+        handle.seek(1024 * 1024)
+        assert handle.read(7 * 3) == b"bakery " * 3
+
+
+def test_vagrant_refuses_a_catalog_entry_with_a_wrong_checksum(small_boxes: dict, vagrant_home: Path) -> None:
+    catalog = json.loads(small_boxes["catalog"].read_text())
+    entry = next(p for p in catalog["versions"][0]["providers"] if p["name"] == "libvirt")
+    entry["checksum"] = "0" * 64
+    bad = vagrant_home / "bad.json"
+    bad.write_text(json.dumps(catalog))
+    added = vagrant(["box", "add", "--provider", "libvirt", bad.as_uri()], vagrant_home)
+    assert added.returncode != 0
+    assert "The checksum of the downloaded box did not match the expected" in added.stderr
+    assert "Expected: " + "0" * 64 in added.stderr
+    assert "Received: " + small_boxes["first"][0]["sha256"] in added.stderr
+    assert not (vagrant_home / "boxes" / "bakery-VAGRANTSLASH-small").exists(), "vagrant kept the bad box"
+
+
+# --------------------------------------------------------------------------- vagrant up of the default bake
+
+BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
+# The Vagrantfile of the test project: the box's defaults, with what this machine needs on top. The box is
+# fetched from the bake's catalog, as users would. `qemu` domains (TCG): KVM is not usable here.
+VAGRANTFILE = """\
+Vagrant.configure("2") do |config|
+  config.vm.box = %(box_name)s
+  config.vm.box_url = %(catalog_url)s
+  config.vm.box_version = %(version)s
+  # log in with Vagrant's insecure key, as the base box convention promises, and leave it in place
+  config.ssh.insert_key = false
+  config.vm.boot_timeout = 600
+  config.vm.provider :libvirt do |libvirt|
+    libvirt.driver = "qemu"
+    libvirt.cpus = 2
+    libvirt.graphics_type = "none"
+    libvirt.default_prefix = %(prefix)s
+    libvirt.management_network_name = "default"
+    libvirt.management_network_address = "192.168.122.0/24"
+  end
+end
+"""
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(
+        ["virsh", "-q", "-c", "qemu:///system", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+def pool_volumes() -> set[str]:
+    return {line.split()[0] for line in virsh("vol-list", "default").splitlines() if line.strip()}
+
+
+def domains() -> set[str]:
+    return {name.strip() for name in virsh("list", "--all", "--name").splitlines() if name.strip()}
+
+
+def rebake(default_bake: dict):
+    return run_playbook(
+        BAKE_PLAYBOOK,
+        default_bake["tmp"],
+        args=["-e", "@%s" % (default_bake["tmp"] / "bake.json"), "-e", "bake_only=box"],
+    )
+
+
+def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
+    default_bake: dict, libvirtd: str, tmp_path: Path, vagrant_home: Path
+) -> None:
+    (box_target,) = [t for t in default_bake["definition"]["targets"] if "vagrant" in t]
+    box = box_target["vagrant"]
+    assert box["provider"] == "libvirt"
+    manifest_path = default_bake["output"] / "bake-manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entries = {a["target"]: a for a in manifest["artifacts"]}
+    assert set(entries) == {box["source"], box_target["name"]}
+    disk, made = entries[box["source"]], entries[box_target["name"]]
+    assert disk["path"].endswith(".qcow2") and made["path"].endswith("-libvirt.box")
+    assert made["sha256"] == made["id"] and made["name"] == box["box_name"] and made["build_seconds"] > 0
+    summary = default_bake["first"].task_result("Artifact summary")["msg"]
+    assert any(line.startswith(box_target["name"] + " ") and "built in" in line for line in summary), summary
+    catalog = Path(made["catalog"])
+    listed = json.loads(catalog.read_text())["versions"][0]["providers"][0]
+    assert listed["checksum"] == made["sha256"] and listed["url"] == Path(made["path"]).as_uri()
+
+    # the same bake again: nothing is rebuilt, the catalog and the manifest are not rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (catalog, Path(made["path"]))}
+    manifest_text = manifest_path.read_text()
+    second = rebake(default_bake)
+    assert second.rc == 0, second.stdout[-6000:]
+    changed = {host: s["changed"] for host, s in second.stats.items() if host.startswith("bakery-")}
+    assert changed == {"bakery-%s" % box["source"]: 0, "bakery-%s" % box_target["name"]: 0}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert manifest_path.read_text() == manifest_text
+
+    prefix = "bakery-vtest-%d-" % os.getpid()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Vagrantfile").write_text(
+        VAGRANTFILE
+        % {
+            "box_name": json.dumps(box["box_name"]),
+            "catalog_url": json.dumps(catalog.as_uri()),
+            "version": json.dumps(str(box.get("version", "1.0.0"))),
+            "prefix": json.dumps(prefix),
+        }
+    )
+    volumes_before = pool_volumes()
+    try:
+        up = vagrant(["up", "--provider=libvirt"], vagrant_home, cwd=project, timeout=900)
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+        page = vagrant(["ssh", "-c", "curl -s localhost"], vagrant_home, cwd=project, timeout=120)
+        assert page.returncode == 0, page.stdout + page.stderr
+        assert page.stdout.strip() == "nginx on Debian"
+        destroyed = vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        assert not [d for d in domains() if d.startswith(prefix)], "vagrant destroy left a domain"
+        # vagrant-libvirt keeps the uploaded box image in the pool for later machines; it removes the machine's
+        left = pool_volumes() - volumes_before
+        assert all("_vagrant_box_image_" in name for name in left), left
+    finally:
+        vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
+        for name in domains():
+            if name.startswith(prefix):
+                subprocess.run(
+                    ["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False
+                )
+                subprocess.run(
+                    ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
+                    capture_output=True,
+                    check=False,
+                )
+        for name in pool_volumes() - volumes_before:
+            subprocess.run(
+                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name], check=False
+            )
+    assert pool_volumes() == volumes_before
+    assert not [d for d in domains() if d.startswith(prefix)]

@@ -1,0 +1,279 @@
+"""Vagrant boxes and their catalog: box content, idempotency, catalog versions and conflicts.
+
+The disk is a hand-made qcow2 header (a standalone qcow2 goes into a libvirt box as it is, without
+qemu-img); `vagrant box add` of real boxes is in tests/integration/test_vagrant.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _vagrant
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+GIB = 1024**3
+SUM_A = "a" * 64
+SUM_B = "b" * 64
+CAT = _vagrant.CatalogOptions(
+    path="/c/web.json", box_name="bakery/web", version="1.0.0", description="web", base_url=None
+)
+
+
+def qcow2(path: Path, virtual_size: int, backing: bool = False, payload: bytes = b"") -> Path:
+    header = struct.pack(">4sIQIIQ", b"QFI\xfb", 3, 512 if backing else 0, 0, 16, virtual_size)
+    path.write_bytes(header + b"\0" * (104 - len(header)) + payload)
+    return path
+
+
+def members(box: Path) -> dict[str, bytes]:
+    with tarfile.open(box) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+
+
+def params(tmp_path: Path, **extra):
+    base = {
+        "path": str(tmp_path / "out" / "web-1.0.0-libvirt.box"),
+        "source": str(tmp_path / "disk.qcow2"),
+        "provider": "libvirt",
+        "compression": 1,
+        "catalog": str(tmp_path / "out" / "web.json"),
+        "box_name": "bakery/web",
+        "version": "1.0.0",
+    }
+    base.update(extra)
+    return base
+
+
+# --------------------------------------------------------------------------- disk and metadata
+
+
+def test_qcow2_header_gives_size_and_whether_it_stands_alone(tmp_path):
+    info = _vagrant.disk_info(str(qcow2(tmp_path / "a.qcow2", 3 * GIB)), "qemu-img")
+    assert (info.format, info.virtual_size, info.standalone) == ("qcow2", 3 * GIB, True)
+    overlay = _vagrant.disk_info(str(qcow2(tmp_path / "b.qcow2", GIB, backing=True)), "qemu-img")
+    assert not overlay.standalone
+
+
+@pytest.mark.parametrize(
+    ("size", "gib"), [(1, 1), (GIB, 1), (2 * GIB, 2), (2 * GIB + 1, 3), (int(2.5 * GIB), 3)]
+)
+def test_libvirt_virtual_size_is_whole_gib_rounded_up(size, gib):
+    info = _vagrant.DiskInfo("qcow2", size, True)
+    assert _vagrant.box_metadata("libvirt", info) == {
+        "provider": "libvirt",
+        "format": "qcow2",
+        "virtual_size": gib,
+    }
+    assert _vagrant.box_metadata("virtualbox", info) == {"provider": "virtualbox"}
+
+
+@pytest.mark.parametrize("version", ["1", "1.0.0", "2024.6.1", "1.0.0.rc1"])
+def test_versions_vagrant_accepts(version):
+    assert _vagrant.check_version(version) == version
+
+
+@pytest.mark.parametrize("version", ["", "v1.0", "1..0", "1.0 beta", "latest"])
+def test_versions_vagrant_refuses(version):
+    with pytest.raises(BakeryError, match="not a version Vagrant accepts"):
+        _vagrant.check_version(version)
+
+
+def test_ovf_references_the_disk_with_its_size_and_capacity():
+    import xml.etree.ElementTree as ET
+
+    ovf = _vagrant.ovf_descriptor("web", 1234, 3 * GIB, 2048, 2, "080027ABCDEF")
+    root = ET.fromstring(ovf)
+    ns = {"o": "http://schemas.dmtf.org/ovf/envelope/1"}
+    file_ = root.find("o:References/o:File", ns)
+    disk = root.find("o:DiskSection/o:Disk", ns)
+    attr = "{http://schemas.dmtf.org/ovf/envelope/1}"
+    assert file_.get(attr + "href") == "box-disk001.vmdk" and file_.get(attr + "size") == "1234"
+    assert disk.get(attr + "capacity") == str(3 * GIB) and disk.get(attr + "format").endswith(
+        "#streamOptimized"
+    )
+    assert "<rasd:VirtualQuantity>2048</rasd:VirtualQuantity>" in ovf and "080027ABCDEF" in ovf
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def test_a_new_catalog_lists_the_box():
+    new, change = _vagrant.add_to_catalog(None, CAT, "libvirt", "file:///b.box", SUM_A)
+    assert change == "added version 1.0.0"
+    assert new == {
+        "name": "bakery/web",
+        "description": "web",
+        "versions": [
+            {
+                "version": "1.0.0",
+                "providers": [
+                    {"name": "libvirt", "url": "file:///b.box", "checksum_type": "sha256", "checksum": SUM_A}
+                ],
+            }
+        ],
+    }
+
+
+def test_same_box_again_changes_nothing_and_other_versions_are_kept():
+    first, _change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
+    again, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_A)
+    assert change == "" and again == first
+    v110 = dataclasses.replace(CAT, version="1.10.0")
+    v19 = dataclasses.replace(CAT, version="1.9.0")
+    second, change = _vagrant.add_to_catalog(first, v110, "libvirt", "u3", SUM_B)
+    third, _change = _vagrant.add_to_catalog(second, v19, "libvirt", "u2", SUM_B)
+    assert change == "added version 1.10.0"
+    assert [v["version"] for v in third["versions"]] == ["1.0.0", "1.9.0", "1.10.0"]
+    assert third["versions"][0] == first["versions"][0]
+
+
+def test_a_second_provider_joins_the_version():
+    first, _change = _vagrant.add_to_catalog(None, CAT, "virtualbox", "u-vb", SUM_B)
+    both, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u-lv", SUM_A)
+    assert change == "added provider libvirt to version 1.0.0"
+    assert [p["name"] for p in both["versions"][0]["providers"]] == ["libvirt", "virtualbox"]
+
+
+def test_same_version_with_another_checksum_is_refused_unless_forced():
+    first, _change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
+    with pytest.raises(BakeryError, match=r"already lists version 1\.0\.0 of bakery/web for libvirt"):
+        _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B)
+    forced, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B, force=True)
+    assert change == "replaced libvirt of version 1.0.0"
+    assert forced["versions"][0]["providers"][0]["checksum"] == SUM_B
+
+
+def test_a_catalog_of_another_box_is_refused():
+    other = {"name": "someone/else", "versions": []}
+    with pytest.raises(BakeryError, match="lists box 'someone/else'"):
+        _vagrant.add_to_catalog(other, CAT, "libvirt", "u1", SUM_A)
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def test_libvirt_box_holds_the_disk_metadata_and_vagrantfile(tmp_path):
+    disk = qcow2(tmp_path / "disk.qcow2", 5 * GIB // 2, payload=b"bakery disk")
+    result = _vagrant.make_box(params(tmp_path))
+    assert result["changed"] and result["built"]
+    box = Path(result["path"])
+    content = members(box)
+    assert list(content) == ["metadata.json", "Vagrantfile", "box.img"]
+    assert json.loads(content["metadata.json"]) == {
+        "provider": "libvirt",
+        "format": "qcow2",
+        "virtual_size": 3,
+    }
+    assert content["box.img"] == disk.read_bytes()
+    assert b"config.vm.provider :libvirt" in content["Vagrantfile"]
+    catalog = json.loads(Path(tmp_path / "out" / "web.json").read_text())
+    provider = catalog["versions"][0]["providers"][0]
+    assert provider["url"] == box.as_uri() and provider["checksum"] == _vagrant.digest_file(str(box))
+    sidecar = json.loads(Path(str(box) + ".bakery.json").read_text())
+    assert sidecar["fingerprint"] == result["fingerprint"] and sidecar["sha256"] == provider["checksum"]
+
+
+def test_second_run_changes_nothing_and_check_mode_writes_nothing(tmp_path):
+    qcow2(tmp_path / "disk.qcow2", GIB)
+    would = _vagrant.make_box(params(tmp_path), check_mode=True)
+    assert would["changed"] and not (tmp_path / "out").exists()
+    first = _vagrant.make_box(params(tmp_path))
+    box = Path(first["path"])
+    stamp = box.stat().st_mtime_ns
+    second = _vagrant.make_box(params(tmp_path))
+    assert not second["changed"] and second["found"] and second["sha256"] == first["sha256"]
+    assert box.stat().st_mtime_ns == stamp
+    assert not _vagrant.make_box(params(tmp_path), check_mode=True)["changed"]
+    found = _vagrant.make_box(params(tmp_path, action="find", source=None, inputs={"source": "x"}))
+    assert not found["found"] and found["changed_inputs"] == ["source"]
+
+
+def test_boxes_are_reproducible(tmp_path):
+    qcow2(tmp_path / "disk.qcow2", GIB, payload=b"x" * 100000)
+    first = _vagrant.make_box(params(tmp_path))
+    again = _vagrant.make_box(params(tmp_path, force=True))
+    assert again["built"] and again["sha256"] == first["sha256"]
+
+
+def test_new_disk_for_a_published_version_is_refused_and_the_box_kept(tmp_path):
+    qcow2(tmp_path / "disk.qcow2", GIB, payload=b"first")
+    first = _vagrant.make_box(params(tmp_path))
+    qcow2(tmp_path / "disk.qcow2", GIB, payload=b"second")
+    with pytest.raises(BakeryError, match="give the new box a new version, or set force"):
+        _vagrant.make_box(params(tmp_path))
+    assert _vagrant.digest_file(first["path"]) == first["sha256"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")) == []
+    bumped = _vagrant.make_box(
+        params(tmp_path, version="1.0.1", path=str(tmp_path / "out" / "web-1.0.1.box"))
+    )
+    assert bumped["catalog"]["change"] == "added version 1.0.1"
+    versions = json.loads((tmp_path / "out" / "web.json").read_text())["versions"]
+    assert [v["version"] for v in versions] == ["1.0.0", "1.0.1"]
+    assert versions[0]["providers"][0]["checksum"] == first["sha256"]
+
+
+def test_plain_tar_and_vagrantfile_override(tmp_path):
+    qcow2(tmp_path / "disk.qcow2", GIB)
+    result = _vagrant.make_box(params(tmp_path, compression=0, vagrantfile="# mine\n"))
+    raw = Path(result["path"]).read_bytes()
+    assert raw[257:262] == b"ustar"  # a tar header, not gzip
+    assert members(Path(result["path"]))["Vagrantfile"] == b"# mine\n"
+
+
+def test_clean_removes_what_a_killed_build_left(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".web.box.x1y2.partial").write_bytes(b"half a box")
+    (out / ".web.box.z3.partial").mkdir()
+    (out / ".other.box.q.partial").write_bytes(b"not ours")
+    result = _vagrant.make_box({"action": "clean", "path": str(out / "web.box")})
+    assert result["changed"] and len(result["removed"]) == 2
+    assert sorted(p.name for p in out.iterdir() if "partial" in p.name) == [".other.box.q.partial"]
+    assert not _vagrant.make_box({"action": "clean", "path": str(out / "web.box")})["changed"]
+
+
+def test_missing_source_is_named(tmp_path):
+    with pytest.raises(BakeryError, match="source disk .*disk.qcow2 does not exist"):
+        _vagrant.make_box(params(tmp_path))
+
+
+# --------------------------------------------------------------------------- plan and manifest
+
+
+def test_plan_refuses_a_bad_version_before_anything_is_made():
+    with pytest.raises(BakeryError, match=r"targets\[1\]\.vagrant: box version 'latest'"):
+        _plan.check_target("vagrant", {"source": "disk", "version": "latest"}, "bake.targets[1].vagrant")
+    _plan.check_target("vagrant", {"source": "disk", "version": "1.2.3", "box_name": "a/b"}, "t")
+
+
+def test_manifest_entry_of_a_box():
+    result = {
+        "built": True,
+        "found": False,
+        "path": "/o/web-1.0.0-libvirt.box",
+        "provider": "libvirt",
+        "box_name": "bakery/web",
+        "version": "1.0.0",
+        "sha256": SUM_A,
+        "size": 10,
+        "fingerprint": "f1",
+        "catalog": {"path": "/o/web.json", "url": "file:///o/web-1.0.0-libvirt.box"},
+        "changed_inputs": ["source_target"],
+    }
+    entry = _manifest.vagrant_artifact(result, {"name": "box", "bake_id": "b1"}, 100.0, 112.5)
+    assert entry["status"] == "built" and entry["build_seconds"] == 12.5 and entry["bake_id"] == "b1"
+    assert (entry["name"], entry["version"], entry["catalog"]) == ("bakery/web", "1.0.0", "/o/web.json")
+    unchanged = _manifest.vagrant_artifact(
+        dict(result, built=False, found=True), {"name": "box", "bake_id": "b2"}, 1, 2
+    )
+    assert unchanged["status"] == "unchanged" and unchanged["bake_id"] is None
+    assert _manifest.summary(
+        {"name": "web", "bake_id": "b1", "manifest": "/o/m.json"},
+        [{"target": "box", "type": "vagrant", "artifact": entry}],
+    )[1].startswith("box  vagrant  /o/web-1.0.0-libvirt.box")
