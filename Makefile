@@ -1,8 +1,8 @@
 # bakery.images: bake images from this checkout, and test it.
 #
 #   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
-#   make test                                          lint, sanity, unit, integration (what CI runs)
-#   make lint | sanity | unit | integration            one of them
+#   make test                                          lint, sanity, unit, integration, molecule, docs (CI)
+#   make lint | sanity | unit | integration | molecule | docs   one of them
 #   make help                                          this list
 #
 # Everything needed is installed on the way: Debian packages with apt-get when root (else the missing
@@ -49,7 +49,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help bake test lint sanity unit integration \
+.PHONY: help bake test lint sanity unit integration molecule docs \
 	apt-bake apt-test collection collection-test clean distclean
 
 help:
@@ -92,15 +92,17 @@ bake: apt-bake collection
 # ---------------------------------------------------------------- tests
 
 # All steps run, even after a failure; a summary with timings follows.  dockerd is started (and stopped
-# again) only around the integration tests, which are the only ones that need it.
+# again) only around the integration tests and the Molecule scenarios, which are the ones that need it.
 test: apt-test collection-test
-	@MAKE="$(MAKE)" scripts/steps lint sanity unit integration
+	@MAKE="$(MAKE)" scripts/steps lint sanity unit integration molecule docs
 
-lint: $(VENV)/.stamp-test
+# ansible-lint reads .ansible-lint (profile production, offline) and resolves bakery.images from .collections.
+lint: collection-test
 	@rc=0; \
 	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
 	echo "+ ruff format --check ."; $(BIN)/ruff format --check . || rc=1; \
 	echo "+ antsibull-changelog lint"; $(BIN)/antsibull-changelog lint || rc=1; \
+	echo "+ ansible-lint"; PATH="$(BIN):$$PATH" $(BIN)/ansible-lint -q || rc=1; \
 	if command -v shellcheck >/dev/null; then \
 		echo "+ shellcheck $(SHELL_SCRIPTS)"; shellcheck $(SHELL_SCRIPTS) || rc=1; \
 	else \
@@ -120,6 +122,17 @@ integration: apt-test collection-test
 	@PATH="$(BIN):$$PATH" scripts/dockerd run $(BIN)/pytest tests/integration $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
+
+# Every Molecule scenario in extensions/molecule (molecule test --all), on the Docker engine; their base
+# image is made by bakery from the rootfs cache that the integration tests share.
+molecule: apt-test collection-test
+	@PATH="$(BIN):$$PATH" BAKERY_CACHE_DIR=$(CURDIR)/tests/output/cache \
+		scripts/dockerd run $(BIN)/molecule test --all
+
+# The docs site (HTML, offline) in .collections/docs/build/html: antsibull-docs writes the pages of every
+# module, plugin and role found in this collection, plus docs/docsite (guides), and Sphinx builds them.
+docs: collection-test
+	@PATH="$(BIN):$$PATH" scripts/docs
 
 # ---------------------------------------------------------------- cleaning
 

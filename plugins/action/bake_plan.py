@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
 
@@ -58,7 +59,7 @@ def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("bake", "only", "except", "force", "bake_id"))
+    _VALID_ARGS = frozenset(("bake", "only", "except", "force", "bake_id", "fail_fast"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -89,6 +90,12 @@ class ActionModule(ActionBase):
             )
         except BakeryError as exc:
             raise AnsibleActionFail(exc.msg) from None
+        try:
+            plan["fail_fast"] = boolean(args.get("fail_fast", bake.get("fail_fast", False)), strict=True)
+        except TypeError:
+            raise AnsibleActionFail(
+                "fail_fast must be true or false, not %r" % args.get("fail_fast")
+            ) from None
         result.update(changed=False, plan=plan)
         result["msg"] = "bake %s (%s): %d target(s): %s" % (
             plan["name"],

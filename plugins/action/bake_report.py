@@ -40,13 +40,15 @@ class ActionModule(ActionBase):
         if changed and not self._task.check_mode:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json_atomic(path, manifest)
-        failures = [r for r in results if r.get("failure")]
+        failures = [r for r in results if r.get("failure") and not r["failure"].get("cancelled")]
+        cancelled = [r for r in results if r.get("failure") and r["failure"].get("cancelled")]
         result.update(
             changed=changed,
             manifest=path if has_artifacts else None,
             summary=_manifest.summary(plan, results),
             failed_targets=[r["target"] for r in failures],
-            failures=_manifest.failures(plan, results) if failures else "",
+            cancelled_targets=[r["target"] for r in cancelled],
+            failures=_manifest.failures(plan, results) if failures or cancelled else "",
         )
         if self._task.diff and changed:
             result["diff"] = {

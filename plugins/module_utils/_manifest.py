@@ -176,12 +176,16 @@ def _size(value: Any) -> str:
 
 def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[str]:
     """Readable lines: one per target, with what was done and where the manifest is."""
-    counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0}
+    counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0, "cancelled": 0}
     rows = []
     for result in results:
         artifact = result.get("artifact") or {}
         failure = result.get("failure")
-        if failure:
+        if failure and failure.get("cancelled"):
+            status = "cancelled: %s" % str(failure.get("msg", "")).splitlines()[0][:160]
+            counts["cancelled"] += 1
+            ref = "-"
+        elif failure:
             status = "FAILED in %s: %s" % (
                 failure.get("phase"),
                 str(failure.get("msg", "")).splitlines()[0][:160],
@@ -220,9 +224,13 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
 def failures(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> str:
     """One message naming every failed target, its phase, task, builder and last output lines."""
     parts = []
+    cancelled = []
     for result in results:
         failure = result.get("failure")
         if not failure:
+            continue
+        if failure.get("cancelled"):
+            cancelled.append(result["target"])
             continue
         text = "target %s failed in %s" % (result["target"], failure.get("phase"))
         if failure.get("builder"):
@@ -234,8 +242,11 @@ def failures(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> str:
         if output:
             text += "\n  last output:\n    " + "\n    ".join(str(line) for line in output)
         parts.append(text)
+    failed = len(parts)
+    if cancelled:
+        parts.append("not captured because fail_fast is set: %s" % ", ".join(cancelled))
     return "bake %s: %d target(s) failed (temporary resources were cleaned up)\n%s" % (
         plan["name"],
-        len(parts),
+        failed,
         "\n".join(parts),
     )

@@ -53,6 +53,11 @@ options:
   bake_id:
     description: Id of this run; a new one by default.
     type: str
+  fail_fast:
+    description:
+      - Whether a failing target stops the others (they are not captured; cleanup still runs).
+      - The C(fail_fast) key of the bake definition by default.
+    type: bool
 """
 
 EXAMPLES = r"""
@@ -93,4 +98,7 @@ plan:
       description: Names of targets left out by O(only)/O(except).
       type: list
       elements: str
+    fail_fast:
+      description: Whether a failing target stops the others.
+      type: bool
 """

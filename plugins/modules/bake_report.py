@@ -50,8 +50,8 @@ options:
 EXAMPLES = r"""
 - name: Write the manifest
   bakery.images.bake_report:
-    plan: "{{ bakery_plan }}"
-    results: "{{ bakery_results }}"
+    plan: "{{ bake_planned }}"
+    results: "{{ bake_results }}"
   register: report
 
 - name: Show the summary
@@ -71,6 +71,11 @@ summary:
   elements: str
 failed_targets:
   description: Names of the targets that failed.
+  returned: always
+  type: list
+  elements: str
+cancelled_targets:
+  description: Names of the targets that were not captured because another failed and fail_fast is set.
   returned: always
   type: list
   elements: str

@@ -16,7 +16,7 @@ description:
     temporary SSH key in its metadata, waits until it runs and answers SSH, and returns the connection
     for C(add_host). C(action=capture) stops it, makes the image from its boot disk and deletes the
     instance and the disk, also when the capture fails.
-  - C(action=import) packs a raw disk (for example one made by M(bakery.images.qemu_image)) as Compute
+  - C(action=import) packs a raw disk (for example one made by the qemu target, C(bakery.images.qemu_image)) as Compute
     Engine wants it (GNU tar, old GNU sparse format, a single member C(disk.raw) padded to a whole GiB,
     gzip), uploads it in chunks with a resumable upload to O(bucket), makes the image from the object and
     deletes the object unless O(keep_object).

@@ -69,3 +69,21 @@ def test_summary_and_failures_are_readable():
     text = _manifest.failures(PLAN, results)
     assert "target bad failed in provision on builder b, task 'Install': E: no" in text
     assert "last output:\n    x" in text
+
+
+def test_targets_cancelled_by_fail_fast_are_named_apart_from_the_failed_one():
+    results = [
+        {"target": "bad", "type": "docker", "failure": {"phase": "provision", "msg": "E: no"}},
+        {
+            "target": "good",
+            "type": "docker",
+            "failure": {"phase": "capture", "cancelled": True, "msg": "not captured: fail_fast is set"},
+        },
+    ]
+    lines = _manifest.summary(PLAN, results)
+    assert lines[0] == "bake web (run2): 1 failed, 1 cancelled"
+    assert "cancelled: not captured: fail_fast is set" in lines[2]
+    text = _manifest.failures(PLAN, results)
+    assert text.startswith("bake web: 1 target(s) failed")
+    assert "target bad failed in provision: E: no" in text
+    assert "not captured because fail_fast is set: good" in text
