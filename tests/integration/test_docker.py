@@ -366,7 +366,7 @@ def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_
             "provisioner role 'no_such_role' not found",
         ),
         (lambda b: b["targets"].append({"name": "web", "docker": {"repository": "x"}}), "used twice"),
-        (lambda b: b["targets"][0].update(qemu={}), "bake.targets.qemu. Supported parameters include"),
+        (lambda b: b["targets"][0].update(lxd={}), "bake.targets.lxd. Supported parameters include"),
         (lambda b: b["targets"][0].update(docker=None), "exactly one of the keys"),
         (lambda b: b["base"].update(suite=None), "bake.base: rootfs: suite must not be empty"),
         (lambda b: b["base"].update(packages=["python3", "no such package"]), "invalid package name"),
