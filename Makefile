@@ -20,9 +20,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 BAKE_PLAYBOOK ?= playbooks/bake.yml
 BAKE_ARGS ?=
 PYTEST_ARGS ?=
-# Integration tests run in this many pytest-xdist workers: 2 lets the VM boots (one stream) overlap the Docker and
-# cloud tests (the other); 1 runs them one after the other.
-INTEGRATION_STREAMS ?= 2
+# Integration tests run in 2 streams (scripts/integration): the VM boots beside the Docker and cloud tests;
+# INTEGRATION_STREAMS=1 runs them one after the other.
+export INTEGRATION_STREAMS ?= 2
 # Extra ansible-test sanity options, e.g. SANITY_ARGS="--test pylint".
 SANITY_ARGS ?=
 
@@ -122,8 +122,7 @@ unit: collection-test
 		if [ $$rc = 5 ]; then echo "unit: pytest collected no tests in tests/unit" >&2; fi; exit $$rc; }
 
 integration: apt-test collection-test
-	@PATH="$(BIN):$$PATH" scripts/dockerd run $(BIN)/pytest tests/integration \
-		$(if $(filter-out 0 1,$(INTEGRATION_STREAMS)),-n $(INTEGRATION_STREAMS) --dist loadgroup) $(PYTEST_ARGS) || { rc=$$?; \
+	@PATH="$(BIN):$$PATH" scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
 

@@ -16,19 +16,6 @@ COLLECTIONS = Path(os.environ.get("BAKERY_TEST_COLLECTIONS", REPO / ".collection
 CACHE = REPO / "tests" / "output" / "cache"
 
 
-# Tests that boot VMs under TCG (CPU-bound, minutes each) run in one stream and all the others (Docker engine,
-# cloud emulators: mostly waiting on the network and on dpkg) in another, when pytest runs with
-# ``-n 2 --dist loadgroup`` as ``make integration`` does. Within a stream tests run one after the other, so
-# a test that counts the engine's build containers never sees another test's.
-VM_TESTS = ("test_qemu.py", "test_qemu_vm.py", "test_vagrant.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = "vm" if item.path.name in VM_TESTS else "engine"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @dataclass
 class PlaybookResult:
     rc: int

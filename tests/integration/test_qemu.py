@@ -208,31 +208,33 @@ def test_vagrant_user_logs_in_with_the_insecure_key_and_sudo(guests, tmp_path):
     private = tmp_path / "vagrant"
     private.write_bytes(key.read_bytes())
     private.chmod(0o600)
-    proc = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(private),
-            "-p",
-            str(guest.ssh),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "PubkeyAcceptedAlgorithms=+ssh-rsa",
-            "vagrant@127.0.0.1",
-            "sudo -n id -u",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    argv = [
+        "ssh",
+        "-i",
+        str(private),
+        "-p",
+        str(guest.ssh),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "PubkeyAcceptedAlgorithms=+ssh-rsa",
+        "vagrant@127.0.0.1",
+        "sudo -n id -u",
+    ]
+
+    def login():
+        # nginx can answer before sshd has its first-boot host keys: until then the connection is reset
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        return proc if proc.returncode != 255 or "Permission denied" in proc.stderr else None
+
+    proc = until(login, time.monotonic() + 300)
+    assert proc is not None, "sshd did not answer in 300 s"
     assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr
 
 
