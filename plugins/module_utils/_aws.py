@@ -42,6 +42,15 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    FAILED,
+    REMOVED,
+    WOULD_REMOVE,
+    Selector,
+    act,
+    failed,
+    record,
+)
 
 try:
     import boto3
@@ -57,6 +66,7 @@ except ImportError as _exc:  # pragma: no cover - reported by the module
 
 FINGERPRINT_TAG = "bakery-fingerprint"
 TARGET_TAG = "bakery-target"
+CREATED_TAG = "bakery-created"
 INPUT_TAG_PREFIX = "bakery-input:"
 BLOCK_SIZE = 512 * 1024
 GIB = 1024**3
@@ -599,7 +609,9 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
                 "create_key_pair",
                 KeyName=name,
                 KeyType="ed25519",
-                TagSpecifications=[{"ResourceType": "key-pair", "Tags": tag_list(tags)}],
+                TagSpecifications=[
+                    {"ResourceType": "key-pair", "Tags": tag_list(dict(tags, **created_tag()))}
+                ],
             ),
             undo=lambda _: aws.ec2("delete_key_pair", KeyName=name),
         )
@@ -616,7 +628,9 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
                 GroupName=name,
                 Description="bakery builder %s (temporary)" % name,
                 VpcId=vpc,
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": tag_list(tags)}],
+                TagSpecifications=[
+                    {"ResourceType": "security-group", "Tags": tag_list(dict(tags, **created_tag()))}
+                ],
             )["GroupId"],
             undo=lambda group_id: delete_group(aws, group_id, aws.region),
         )
@@ -1276,20 +1290,34 @@ def terminate(aws: Aws, instance_ids: list[str], wait: bool, region: str | None 
 
 
 CLEANUP_KINDS = ("instances", "images", "snapshots", "key_pairs", "security_groups", "files")
+# kind of a swept resource -> the key of ``removed`` in cleanup's result
+_KIND_KEYS = {
+    "instance": "instances",
+    "image": "images",
+    "snapshot": "snapshots",
+    "key pair": "key_pairs",
+    "security group": "security_groups",
+}
 
 
 def cleanup(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Remove every temporary resource of a bake, in every region it used; errors are collected."""
-    selector = {BAKE_ID_LABEL: bake_id(params), TEMPORARY_LABEL: "true"}
-    if params.get("target"):
-        selector[TARGET_TAG] = params["target"]
+    """Remove every temporary resource of a bake (and target), in every region it used; errors are collected.
+
+    The same :func:`sweep_region` serves the janitor, which selects by age as well.
+    """
+    selector = Selector(bake_id=bake_id(params))
     removed: dict[str, list[str]] = {kind: [] for kind in CLEANUP_KINDS}
     errors: list[str] = []
     for region in all_regions(params):
         try:
-            cleanup_region(aws, region, tag_filters(selector), check_mode, removed, errors)
+            entries = sweep_region(aws, region, selector, check_mode, target=params.get("target"))
         except BakeryError as exc:
             errors.append("%s: %s" % (region, exc.msg))
+            continue
+        for entry in entries:
+            removed[_KIND_KEYS[entry["kind"]]].append(entry["id"])
+            if entry["state"] == FAILED:
+                errors.append("%s %s: %s" % (_KIND_KEYS[entry["kind"]], entry["id"], entry.get("error")))
     key_file = params.get("key_file")
     for path in (key_file, key_file + ".known_hosts" if key_file else None):
         if path and os.path.lexists(path):
@@ -1312,42 +1340,100 @@ def cleanup(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, 
     )
 
 
-def cleanup_region(
-    aws: Aws,
-    region: str,
-    filters: list[dict[str, Any]],
-    check_mode: bool,
-    removed: dict[str, list[str]],
-    errors: list[str],
-) -> None:
-    """Instances first (they hold the key pair, group and volumes), then images, snapshots, keys, groups."""
+def created_tag() -> dict[str, str]:
+    """``bakery-created``: when a key pair or security group (which EC2 gives no time) was made."""
+    return {CREATED_TAG: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    def attempt(kind: str, ident: str, action: Callable[[], Any]) -> None:
-        removed[kind].append(ident)
-        if check_mode:
-            return
-        try:
-            action()
-        except BakeryError as exc:
-            errors.append("%s %s: %s" % (kind, ident, exc.msg))
 
+def sweep_region(
+    aws: Aws, region: str, selector: Selector, check_mode: bool, target: str | None = None
+) -> list[dict[str, Any]]:
+    """Temporary resources (tag ``bakery-temporary=true``) in *region* that the selector selects, removed:
+    instances first (they hold the key pair, group and volumes), then images, snapshots, key pairs, groups.
+
+    Ages: LaunchTime, CreationDate, StartTime; key pairs and groups by their ``bakery-created`` tag (or a
+    key pair's CreateTime). A removal that fails is reported in its entry; a failed listing raises.
+    """
+    wanted = {TEMPORARY_LABEL: "true"}
+    if selector.bake_id is not None:
+        wanted[BAKE_ID_LABEL] = selector.bake_id
+    if target:
+        wanted[TARGET_TAG] = target
+    filters = tag_filters(wanted)
+    location = "%s%s" % (region, " at %s" % aws.endpoint_url if aws.endpoint_url else "")
+
+    def entry(kind: str, ident: str, item: Mapping[str, Any], created: Any, name: str | None = None) -> dict:
+        tags = tag_dict(item)
+        return record(
+            "aws",
+            kind,
+            ident,
+            name=name or tags.get("Name") or ident,
+            bake_id=tags.get(BAKE_ID_LABEL),
+            target=tags.get(TARGET_TAG),
+            created=created,
+            location=location,
+        )
+
+    def chosen(item: Mapping[str, Any], created: Any) -> bool:
+        return selector.matches(tag_dict(item).get(BAKE_ID_LABEL), created)
+
+    entries: list[dict[str, Any]] = []
     instances = [
-        i["InstanceId"] for i in _all_instances(aws, region, filters) if i["State"]["Name"] != "terminated"
+        i
+        for i in _all_instances(aws, region, filters)
+        if i["State"]["Name"] != "terminated" and chosen(i, i.get("LaunchTime"))
     ]
     if instances:
-        attempt("instances", ", ".join(instances), lambda: terminate(aws, instances, True, region))
+        found = [entry("instance", i["InstanceId"], i, i.get("LaunchTime")) for i in instances]
+        ids = [i["InstanceId"] for i in instances]
+        error = None
+        if not check_mode:
+            try:
+                terminate(aws, ids, True, region)
+            except BakeryError as exc:
+                error = exc.msg
+        for item in found:
+            if error:
+                failed(item, error)
+            else:
+                item["state"] = WOULD_REMOVE if check_mode else REMOVED
+        entries += found
     for image in aws.ec2("describe_images", region, Owners=["self"], Filters=filters)["Images"]:
-        attempt("images", image["ImageId"], lambda i=image: delete_image(aws, i["ImageId"], region))
+        if chosen(image, image.get("CreationDate")):
+            item = entry("image", image["ImageId"], image, image.get("CreationDate"), image.get("Name"))
+            entries.append(act(item, check_mode, lambda i=image: delete_image(aws, i["ImageId"], region)))
     for snap in aws.paged("describe_snapshots", "Snapshots", region, OwnerIds=["self"], Filters=filters):
-        attempt("snapshots", snap["SnapshotId"], lambda s=snap: delete_snapshot(aws, s["SnapshotId"], region))
+        if chosen(snap, snap.get("StartTime")):
+            item = entry("snapshot", snap["SnapshotId"], snap, snap.get("StartTime"))
+            entries.append(
+                act(item, check_mode, lambda s=snap: delete_snapshot(aws, s["SnapshotId"], region))
+            )
     for key in aws.ec2("describe_key_pairs", region, Filters=filters)["KeyPairs"]:
-        attempt(
-            "key_pairs",
-            key["KeyName"],
-            lambda k=key: aws.ec2("delete_key_pair", region, KeyName=k["KeyName"]),
-        )
+        created = tag_dict(key).get(CREATED_TAG) or key.get("CreateTime")
+        if chosen(key, created):
+            item = entry("key pair", key["KeyName"], key, created, key["KeyName"])
+            entries.append(
+                act(item, check_mode, lambda k=key: aws.ec2("delete_key_pair", region, KeyName=k["KeyName"]))
+            )
     for group in aws.ec2("describe_security_groups", region, Filters=filters)["SecurityGroups"]:
-        attempt("security_groups", group["GroupId"], lambda g=group: delete_group(aws, g["GroupId"], region))
+        created = tag_dict(group).get(CREATED_TAG)
+        if chosen(group, created):
+            item = entry("security group", group["GroupId"], group, created, group.get("GroupName"))
+            entries.append(act(item, check_mode, lambda g=group: delete_group(aws, g["GroupId"], region)))
+    return entries
+
+
+def sweep(params: Mapping[str, Any], selector: Selector, check_mode: bool) -> list[dict[str, Any]]:
+    """The janitor's AWS sweep: every region of *params* (``region`` and ``regions``)."""
+    regions = [str(r) for r in params.get("regions") or []]
+    if not regions:
+        raise BakeryError("the aws sweep needs regions")
+    aws = Aws(dict(params, region=regions[0]))
+    entries: list[dict[str, Any]] = []
+    for region in regions:
+        entries += sweep_region(aws, region, selector, check_mode)
+    return entries
 
 
 def _all_instances(aws: Aws, region: str, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     parse_inputs,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
 
 try:
     import docker
@@ -676,20 +677,136 @@ def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:
 
 
 def remove(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Remove build containers: the one named, or every temporary one of a bake."""
+    """Remove build containers: the one named, and every temporary one of a bake (``bake_id``).
+
+    The bake's cleanup and the janitor both go through :func:`sweep_containers`.
+    """
     ids: list[str] = []
     if params.get("container"):
         try:
-            ids.append(client.api.inspect_container(params["container"])["Id"])
+            container = client.api.inspect_container(params["container"])
         except NotFound:
-            pass
-    if params.get("bake_id"):
-        filters = {"label": ["%s=%s" % (BAKE_ID_LABEL, params["bake_id"]), "%s=true" % TEMPORARY_LABEL]}
-        ids.extend(c["Id"] for c in client.api.containers(all=True, filters=filters) if c["Id"] not in ids)
-    if not check_mode:
-        for cid in ids:
-            _remove(client, cid)
-    return dict(changed=bool(ids), removed=ids, msg="removed %d build container(s)" % len(ids))
+            container = None
+        if container is not None:
+            labels = (container.get("Config") or {}).get("Labels") or {}
+            if labels.get(TEMPORARY_LABEL) != "true":
+                raise BakeryError(
+                    "container %s is not a build container (no label %s=true); not removing it"
+                    % (params["container"], TEMPORARY_LABEL)
+                )
+            ids.append(container["Id"])
+    selector = Selector(bake_id=params["bake_id"]) if params.get("bake_id") else None
+    entries = sweep_containers(client, selector, check_mode, only=ids, location=params.get("docker_host"))
+    problems = errors_of(entries)
+    if problems:
+        raise BakeryError("could not remove build container(s): %s" % "; ".join(problems), removed=entries)
+    removed = [entry["id"] for entry in entries]
+    return dict(changed=bool(removed), removed=removed, msg="removed %d build container(s)" % len(removed))
+
+
+def _temporary_containers(client: Any, bake_id: str | None) -> list[dict[str, Any]]:
+    labels = ["%s=true" % TEMPORARY_LABEL]
+    if bake_id is not None:
+        labels.append("%s=%s" % (BAKE_ID_LABEL, bake_id))
+    return client.api.containers(all=True, filters={"label": labels})
+
+
+def sweep_containers(
+    client: Any,
+    selector: Selector | None,
+    check_mode: bool,
+    only: Iterable[str] = (),
+    location: str | None = None,
+) -> list[dict[str, Any]]:
+    """Build containers (label ``bakery-temporary=true``) the selector selects, plus those of *only* (ids of
+    containers already checked to be temporary); running ones are killed and removed."""
+    found: dict[str, dict[str, Any]] = {}
+    wanted = set(only)
+    candidates = _temporary_containers(client, selector.bake_id if selector else None) if selector else []
+    if wanted:
+        candidates = candidates + [
+            c for c in _temporary_containers(client, None) if c["Id"] in wanted and c["Id"] not in found
+        ]
+    for container in candidates:
+        labels = container.get("Labels") or {}
+        cid = container["Id"]
+        if cid in found:
+            continue
+        if cid not in wanted and not (
+            selector and selector.matches(labels.get(BAKE_ID_LABEL), container.get("Created"))
+        ):
+            continue
+        names = container.get("Names") or []
+        found[cid] = record(
+            "docker",
+            "container",
+            cid,
+            name=names[0].lstrip("/") if names else cid[:12],
+            bake_id=labels.get(BAKE_ID_LABEL) or None,
+            target=labels.get(TARGET_LABEL),
+            created=container.get("Created"),
+            location=location or "local engine",
+        )
+    return [
+        act(entry, check_mode, lambda cid=cid: _remove_checked(client, cid)) for cid, entry in found.items()
+    ]
+
+
+def _remove_checked(client: Any, cid: str) -> None:
+    try:
+        _remove(client, cid)
+    except APIError as exc:
+        raise BakeryError("cannot remove container %s: %s" % (cid[:12], exc.explanation)) from exc
+
+
+def sweep_images(
+    client: Any, selector: Selector, check_mode: bool, location: str | None = None
+) -> list[dict[str, Any]]:
+    """Images labelled ``bakery-temporary=true`` (committed and built images carry ``false``, or no label)."""
+    labels = ["%s=true" % TEMPORARY_LABEL]
+    if selector.bake_id is not None:
+        labels.append("%s=%s" % (BAKE_ID_LABEL, selector.bake_id))
+    entries = []
+    for image in client.api.images(all=True, filters={"label": labels}):
+        image_labels = image.get("Labels") or {}
+        if image_labels.get(TEMPORARY_LABEL) != "true":
+            continue
+        if not selector.matches(image_labels.get(BAKE_ID_LABEL), image.get("Created")):
+            continue
+        tags = [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
+        entry = record(
+            "docker",
+            "image",
+            image["Id"],
+            name=tags[0] if tags else image["Id"][7:19],
+            bake_id=image_labels.get(BAKE_ID_LABEL) or None,
+            target=image_labels.get(TARGET_LABEL),
+            created=image.get("Created"),
+            location=location or "local engine",
+        )
+        entries.append(act(entry, check_mode, lambda ref=image["Id"]: _remove_image(client, ref)))
+    return entries
+
+
+def _remove_image(client: Any, ref: str) -> None:
+    try:
+        client.api.remove_image(ref, force=True, noprune=False)
+    except (NotFound, ImageNotFound):
+        pass
+    except APIError as exc:
+        raise BakeryError("cannot remove image %s: %s" % (ref[7:19], exc.explanation)) from exc
+
+
+def sweep(
+    docker_host: str | None, selector: Selector, check_mode: bool, timeout: int = 60
+) -> list[dict[str, Any]]:
+    """The janitor's Docker sweep: build containers first (they hold their images), then temporary images."""
+    client = connect(docker_host, timeout)
+    try:
+        entries = sweep_containers(client, selector, check_mode, location=docker_host)
+        return entries + sweep_images(client, selector, check_mode, location=docker_host)
+    finally:
+        client.close()
 
 
 def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:

@@ -8,11 +8,23 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    TEMPORARY_MARKER,
+    Selector,
+    act,
+    record,
+)
+
 SIDECAR_SUFFIX = ".bakery.json"
+# what atomic_output names its temporary file: .<name>.<random>.partial
+PARTIAL = re.compile(r"^\..+\.partial$")
+PARTIAL_QUIET_SECONDS = 10.0
 
 
 def sidecar_path(path: str) -> str:
@@ -69,3 +81,78 @@ def file_lock(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- janitor: leftover partial files
+
+
+def open_paths() -> set[str]:
+    """Every file some process has open (what /proc/*/fd points at)."""
+    found: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                found.add(os.readlink(os.path.join(fd_dir, fd)))
+            except OSError:
+                continue
+    return found
+
+
+def partial_files(paths: Sequence[str], depth: int = 4) -> list[str]:
+    """``.<name>.<random>.partial`` files in *paths*, up to *depth* levels down; marked work directories
+    (whole temporary trees of their own) and symbolic links are not entered."""
+    found: list[str] = []
+
+    def walk(directory: str, level: int) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_file() and PARTIAL.match(entry.name):
+                found.append(entry.path)
+            elif entry.is_dir() and level < depth:
+                if not os.path.exists(os.path.join(entry.path, TEMPORARY_MARKER)):
+                    walk(entry.path, level + 1)
+
+    for root in paths:
+        walk(os.path.abspath(root), 1)
+    return list(dict.fromkeys(found))
+
+
+def sweep_partials(selector: Selector, check_mode: bool, paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Temporary files of interrupted atomic writes. They record no bake id: in the directories of a bake
+    they are that bake's. One that a process has open, or that changed in the last 10 s, is being written."""
+    candidates = partial_files(paths)
+    if not candidates:
+        return []
+    busy = open_paths()
+    entries = []
+    for path in candidates:
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            continue
+        if path in busy or time.time() - mtime < PARTIAL_QUIET_SECONDS:
+            continue
+        if not selector.matches(selector.bake_id, mtime):
+            continue
+        entry = record(
+            "qemu",
+            "partial file",
+            path,
+            name=os.path.basename(path),
+            created=mtime,
+            location=os.path.dirname(path),
+        )
+        entries.append(act(entry, check_mode, lambda path=path: os.unlink(path)))
+    return entries

@@ -55,6 +55,7 @@ from ansible_collections.bakery.images.plugins.module_utils._sparsetar import (
     tar_stream,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
 
 DEFAULT_API = "https://compute.googleapis.com/compute/v1"
 DEFAULT_STORAGE = "https://storage.googleapis.com"
@@ -917,41 +918,24 @@ class Images:
 
     # -- cleanup
     def cleanup(self) -> dict[str, Any]:
-        """Remove every temporary resource of the bake id (and target): instances, disks, objects, keys."""
+        """Remove every temporary resource of the bake id (and target): instances, disks, objects, keys.
+
+        The same :func:`sweep_project` serves the janitor, which selects by age as well.
+        """
         if not self.params.get("bake_id"):
             raise BakeryError("action=cleanup needs bake_id")
-        removed: list[str] = []
-        filter_ = self.temporary_filter()
-        if self.zone:
-            for instance in self.client.list(
-                self.zone_path("instances"), filter_, what="list build instances"
-            ):
-                if not self.check_mode:
-                    self.delete_instance(instance["name"])
-                removed.append("instance %s" % instance["name"])
-            for disk in self.client.list(self.zone_path("disks"), filter_, what="list build disks"):
-                if not self.check_mode:
-                    op = self.client.compute(
-                        "DELETE", self.zone_path("disks", disk["name"]), missing_ok=True, what="delete disk"
-                    )
-                    if op is not None:
-                        self.client.wait(op, self.deadline, what="delete disk %s" % disk["name"])
-                removed.append("disk %s" % disk["name"])
-        bucket = self.params.get("bucket")
-        if bucket:
-            prefix = temporary_name(self.bake_id, self.target)
-            response = self.client.request(
-                "GET", self.object_url(bucket), params={"prefix": prefix}, what="list uploaded objects"
-            )
-            for item in response.json().get("items") or []:
-                metadata = item.get("metadata") or {}
-                if metadata.get(BAKE_ID_LABEL) != self.bake_id or metadata.get(TEMPORARY_LABEL) != "true":
-                    continue
-                if self.params.get("keep_object") and item.get("name") == self.params.get("object_name"):
-                    continue
-                if not self.check_mode:
-                    self.delete_object(bucket, item["name"])
-                removed.append("object gs://%s/%s" % (bucket, item["name"]))
+        keep = self.params.get("object_name") if self.params.get("keep_object") else None
+        entries = sweep_project(
+            self.client,
+            Selector(bake_id=self.bake_id),
+            self.check_mode,
+            zones=[self.zone] if self.zone else [],
+            bucket=self.params.get("bucket"),
+            target=self.target,
+            deadline=self.deadline,
+            keep_object=keep,
+        )
+        removed = ["%s %s" % (e["kind"], e["id"] if e["kind"] == "object" else e["name"]) for e in entries]
         key = os.path.join(
             self.params.get("ssh_key_dir") or "/tmp", temporary_name(self.bake_id, self.target)
         )
@@ -961,6 +945,13 @@ class Images:
             if not self.check_mode:
                 _remove(path)
             removed.append("ssh key %s" % path)
+        problems = errors_of(entries)
+        if problems:
+            raise BakeryError(
+                "cleanup of bake %s left resources behind (run it again to finish): %s"
+                % (self.bake_id, "; ".join(problems)),
+                removed=removed,
+            )
         return {
             "changed": bool(removed),
             "removed": removed,
@@ -982,6 +973,112 @@ class Images:
         result = self.would_build(digest, inputs, changed)
         result["changed"] = False
         return result
+
+
+def sweep_project(
+    client: Client,
+    selector: Selector,
+    check_mode: bool,
+    zones: list[str],
+    bucket: str | None = None,
+    target: str | None = None,
+    deadline: float | None = None,
+    keep_object: str | None = None,
+) -> list[dict[str, Any]]:
+    """Temporary resources (label ``bakery-temporary=true``) the selector selects, removed: build instances,
+    then disks (listed after the instances went, which may have taken their disks along), then uploaded
+    objects (metadata ``bakery-temporary=true``) in *bucket*. Ages: creationTimestamp and timeCreated."""
+    project = client.project
+    until = deadline if deadline is not None else time.monotonic() + 1800
+    labels = {TEMPORARY_LABEL: "true"}
+    if selector.bake_id is not None:
+        labels[BAKE_ID_LABEL] = selector.bake_id
+    if target:
+        labels[TARGET_LABEL] = label_safe(target)
+    filter_ = " AND ".join('(labels.%s = "%s")' % item for item in sorted(labels.items()))
+    entries: list[dict[str, Any]] = []
+
+    def delete(path: str, what: str) -> None:
+        op = client.compute("DELETE", path, missing_ok=True, what="delete %s" % what)
+        if op is not None:
+            client.wait(op, until, what="delete %s" % what)
+
+    for kind, collection in (("instance", "instances"), ("disk", "disks")):
+        for zone in zones:
+            where = "projects/%s/zones/%s/%s" % (project, zone, collection)
+            for item in client.list(where, filter_, what="list %s in %s" % (collection, zone)):
+                item_labels = item.get("labels") or {}
+                if not selector.matches(item_labels.get(BAKE_ID_LABEL), item.get("creationTimestamp")):
+                    continue
+                entry = record(
+                    "gce",
+                    kind,
+                    item.get("id") or item["name"],
+                    name=item["name"],
+                    bake_id=item_labels.get(BAKE_ID_LABEL),
+                    target=item_labels.get(TARGET_LABEL),
+                    created=item.get("creationTimestamp"),
+                    location="%s/%s" % (project, zone),
+                )
+                path = "%s/%s" % (where, item["name"])
+                entries.append(
+                    act(entry, check_mode, lambda p=path, k=kind, n=item["name"]: delete(p, "%s %s" % (k, n)))
+                )
+    if bucket:
+        base = "%s/storage/v1/b/%s/o" % (client.storage, quote(bucket, safe=""))
+        params: dict[str, Any] = {}
+        if selector.bake_id is not None and target:
+            params["prefix"] = temporary_name(selector.bake_id, target)
+        while True:
+            page = client.request(
+                "GET", base, params=dict(params), what="list objects of gs://%s" % bucket
+            ).json()
+            for item in page.get("items") or []:
+                metadata = item.get("metadata") or {}
+                if metadata.get(TEMPORARY_LABEL) != "true" or item.get("name") == keep_object:
+                    continue
+                if not selector.matches(metadata.get(BAKE_ID_LABEL), item.get("timeCreated")):
+                    continue
+                name = item["name"]
+                entry = record(
+                    "gce",
+                    "object",
+                    "gs://%s/%s" % (bucket, name),
+                    name=name,
+                    bake_id=metadata.get(BAKE_ID_LABEL),
+                    target=metadata.get(TARGET_LABEL),
+                    created=item.get("timeCreated"),
+                    location="gs://%s" % bucket,
+                )
+                url = "%s/%s" % (base, quote(name, safe=""))
+                entries.append(
+                    act(
+                        entry,
+                        check_mode,
+                        lambda u=url, n=name: client.request(
+                            "DELETE", u, missing_ok=True, what="delete gs://%s/%s" % (bucket, n)
+                        ),
+                    )
+                )
+            token = page.get("nextPageToken")
+            if not token:
+                return entries
+            params["pageToken"] = token
+    return entries
+
+
+def sweep(params: Mapping[str, Any], selector: Selector, check_mode: bool) -> list[dict[str, Any]]:
+    """The janitor's Compute Engine sweep: the zones and bucket of one project."""
+    if not params.get("project"):
+        raise BakeryError("the gce sweep needs project")
+    client = make_client(params)
+    return sweep_project(
+        client,
+        selector,
+        check_mode,
+        zones=[str(z) for z in params.get("zones") or []],
+        bucket=params.get("bucket"),
+    )
 
 
 def _warn_undo_errors(steps: Steps, result: dict[str, Any]) -> dict[str, Any]:

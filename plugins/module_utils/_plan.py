@@ -108,6 +108,15 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
     return {"path": os.path.join(directory, name), "options": options, "identity": identity}
 
 
+def bake_dirs(bake: Mapping[str, Any], cwd: str) -> tuple[str, str]:
+    """The bake's output directory and cache directory (``<output_dir>/cache`` by default), absolute."""
+    output_dir = os.path.normpath(os.path.join(cwd, bake.get("output_dir") or "output"))
+    cache_dir = os.path.normpath(
+        os.path.join(cwd, bake.get("cache_dir") or os.path.join(output_dir, "cache"))
+    )
+    return output_dir, cache_dir
+
+
 def make_plan(
     bake: Mapping[str, Any],
     validate_target: Validator,
@@ -125,10 +134,7 @@ def make_plan(
     provisioning role's content (its files and its dependencies').
     """
     name = check_name("bake", bake.get("name"))
-    output_dir = os.path.normpath(os.path.join(cwd, bake.get("output_dir") or "output"))
-    cache_dir = os.path.normpath(
-        os.path.join(cwd, bake.get("cache_dir") or os.path.join(output_dir, "cache"))
-    )
+    output_dir, cache_dir = bake_dirs(bake, cwd)
     targets_in = list(bake.get("targets") or [])
     if not targets_in:
         raise BakeryError("bake %r has no targets" % name)

@@ -56,6 +56,13 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    TEMPORARY_MARKER,
+    Selector,
+    act,
+    failed,
+    record,
+)
 
 # output format -> (file name ending, qemu-img convert options)
 FORMATS: dict[str, tuple[str, list[str]]] = {
@@ -132,7 +139,6 @@ VAGRANT_KEY_GLOBS = (
     "/usr/lib/ruby/vendor_ruby/vagrant/keys/vagrant.pub",
     "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
 )
-TEMPORARY_MARKER = ".bakery-temporary"
 CHROOT_STATE = "chroot.json"
 COMMAND_TIMEOUT = 1800
 
@@ -1052,6 +1058,80 @@ def remove_workdir(workdir: str) -> bool:
         raise BakeryError("%s has mounts below it (%s); unmount them first" % (workdir, ", ".join(mounted)))
     shutil.rmtree(workdir)
     return True
+
+
+def marked_workdirs(paths: Sequence[str], depth: int = 3) -> list[str]:
+    """Work directories bakery made (holding ``.bakery-temporary``) in *paths*, up to *depth* levels down:
+    chroot work directories (``<cache_dir>/qemu/<bake id>-<target>``) and a build's ``.bakery-qemu-*``."""
+    found: list[str] = []
+
+    def walk(directory: str, level: int) -> None:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            if os.path.isfile(os.path.join(path, TEMPORARY_MARKER)):
+                found.append(path)
+            elif level < depth:
+                walk(path, level + 1)
+
+    for root in paths:
+        root = os.path.abspath(root)
+        if os.path.isfile(os.path.join(root, TEMPORARY_MARKER)):
+            found.append(root)
+        else:
+            walk(root, 1)
+    return list(dict.fromkeys(found))
+
+
+def workdir_bake_id(workdir: str) -> str | None:
+    try:
+        return _read(os.path.join(workdir, TEMPORARY_MARKER)).strip() or None
+    except OSError:
+        return None
+
+
+def sweep_workdirs(
+    selector: Selector, check_mode: bool, paths: Sequence[str], busy: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Marked work directories the selector selects, removed with :func:`remove_workdir` (as the bake's
+    cleanup removes them); their age is the marker's. One a running builder VM still uses is left alone."""
+    entries = []
+    for workdir in marked_workdirs(paths):
+        marker = os.path.join(workdir, TEMPORARY_MARKER)
+        try:
+            created = os.stat(marker).st_mtime
+        except OSError:
+            continue
+        bake_id = workdir_bake_id(workdir)
+        if not selector.matches(bake_id, created):
+            continue
+        entry = record(
+            "qemu",
+            "workdir",
+            workdir,
+            name=os.path.basename(workdir),
+            bake_id=bake_id,
+            target=_target_of(os.path.basename(workdir), bake_id),
+            created=created,
+            location=os.path.dirname(workdir),
+        )
+        users = [d for d in busy if d == workdir or d.startswith(workdir.rstrip("/") + "/")]
+        if users and not check_mode:
+            entries.append(failed(entry, "a builder VM still runs from %s" % users[0]))
+            continue
+        entries.append(act(entry, check_mode, lambda workdir=workdir: remove_workdir(workdir)))
+    return entries
+
+
+def _target_of(name: str, bake_id: str | None) -> str | None:
+    if bake_id and name.startswith(bake_id + "-"):
+        return name[len(bake_id) + 1 :]
+    return None
 
 
 # --------------------------------------------------------------------------- the bake

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from ansible_collections.bakery.images.plugins.module_utils import _files, _qemu_disk
 from ansible_collections.bakery.images.plugins.module_utils._files import write_json_atomic
 from ansible_collections.bakery.images.plugins.module_utils._plan import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, record
 
 ACCELERATORS = ("kvm", "tcg", "xen")
 DEFAULT_ACCELERATORS = "kvm:tcg"
@@ -1252,3 +1254,166 @@ def module_action(module: Any) -> dict[str, Any]:
         target = check_name("target", params.get("target") or "vm")
         return keygen(_workdir_param(params), bake_id, target, check_mode=module.check_mode)
     raise BakeryError("qemu_vm: unknown action %r" % action)
+
+
+# --------------------------------------------------------------------------- janitor: leftover builder VMs
+
+_BAKE_ID_RE = re.compile(r"^\d{8}t\d{6}-[0-9a-f]{6}$")
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def process_started(pid: int) -> float | None:
+    """When *pid* started, in seconds since the epoch (None if it is gone)."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    return _boot_time() + ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def split_vm_name(name: str, bake_id: str | None = None) -> tuple[str | None, str | None]:
+    """(bake id, target) of a qemu ``-name`` ``bakery-<bake id>-<target>``; a generated bake id is recognised
+    by its form, any other only when *bake_id* is given and the name starts with it."""
+    if not name.startswith("bakery-"):
+        return None, None
+    rest = name[len("bakery-") :]
+    if bake_id and rest.startswith(bake_id + "-"):
+        return bake_id, rest[len(bake_id) + 1 :]
+    head = rest[:22]
+    if _BAKE_ID_RE.match(head) and rest[22:23] == "-":
+        return head, rest[23:]
+    return None, None
+
+
+def builder_processes() -> list[dict[str, Any]]:
+    """Running builder VMs: processes whose argv has ``-name bakery-...`` and that are qemu (by program
+    name) or are the pid their work directory's state file records. Their work directory is their cwd."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        argv = cmdline(pid)
+        if "-name" not in argv[:-1]:
+            continue
+        name = argv[argv.index("-name") + 1].split(",")[0]
+        if not name.startswith("bakery-"):
+            continue
+        try:
+            cwd = os.readlink("/proc/%d/cwd" % pid)
+        except OSError:
+            cwd = ""
+        state = read_state(cwd) if cwd else None
+        if state and int(state.get("pid") or 0) != pid:
+            state = None
+        if not (os.path.basename(argv[0]).startswith("qemu") or state):
+            continue
+        ticks = start_ticks(pid)
+        if ticks is None:
+            continue
+        found.append({"pid": pid, "ticks": ticks, "name": name, "workdir": cwd, "state": state})
+    return found
+
+
+def vm_workdirs(roots: Sequence[str]) -> list[str]:
+    """VM work directories (holding a state file) directly in *roots* and named ``bakery-vm-*`` in the
+    system's temporary directory, where qemu_vm makes them by default."""
+    found = []
+    tmp = tempfile.gettempdir()
+    candidates = [os.path.join(tmp, n) for n in _listdir(tmp) if n.startswith(WORKDIR_PREFIX)]
+    for root in roots:
+        candidates += [os.path.join(root, n) for n in _listdir(root)]
+    for path in candidates:
+        path = os.path.abspath(path)
+        if path not in found and not os.path.islink(path) and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append(path)
+    return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def sweep_vms(selector: Selector, check_mode: bool, roots: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Builder VMs the selector selects, killed (with ``stop``, as the bake's cleanup stops them) and their
+    work directories removed; then VM work directories no process runs from any more."""
+    entries: list[dict[str, Any]] = []
+    running_dirs = set()
+    for proc in builder_processes():
+        state = proc["state"] or {}
+        bake_id, target = split_vm_name(proc["name"], selector.bake_id)
+        bake_id = state.get("bake_id") or bake_id
+        target = state.get("target") or target
+        created = state.get("started_at") or process_started(proc["pid"])
+        if not selector.matches(bake_id, created):
+            running_dirs.add(proc["workdir"])
+            continue
+        entry = record(
+            "qemu",
+            "vm",
+            str(proc["pid"]),
+            name=proc["name"],
+            bake_id=bake_id,
+            target=target,
+            created=created,
+            location=proc["workdir"] or None,
+        )
+
+        def kill(proc: dict[str, Any] = proc) -> None:
+            if proc["state"]:
+                # the work directory goes too, unless the VM was started to keep it
+                stop(proc["workdir"], method="kill", keep_workdir=bool(proc["state"].get("keep_workdir")))
+            else:
+                kill_vm(proc["pid"], proc["ticks"])
+            if alive(proc["pid"], proc["ticks"]):
+                raise BakeryError("qemu (pid %d) is still running" % proc["pid"])
+
+        entries.append(act(entry, check_mode, kill))
+    handled = {entry["location"] for entry in entries}
+    for workdir in vm_workdirs(roots):
+        if workdir in handled or workdir in running_dirs:
+            continue
+        state = read_state(workdir) or {}
+        if alive(int(state.get("pid") or 0), state.get("pid_start")):
+            continue  # its VM runs (a process the scan above did not recognise): not ours to judge
+        created = state.get("started_at") or os.stat(os.path.join(workdir, STATE_FILE)).st_mtime
+        if not selector.matches(state.get("bake_id"), created):
+            continue
+        entry = record(
+            "qemu",
+            "vm workdir",
+            workdir,
+            name=os.path.basename(workdir),
+            bake_id=state.get("bake_id"),
+            target=state.get("target"),
+            created=created,
+            location=workdir,
+        )
+        entries.append(act(entry, check_mode, lambda workdir=workdir: shutil.rmtree(workdir)))
+    return entries
+
+
+def sweep(selector: Selector, check_mode: bool, paths: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The janitor's qemu sweep: builder VMs, VM and chroot work directories, leftover ``.partial`` files."""
+    paths = [os.path.abspath(path) for path in paths]
+    entries = sweep_vms(selector, check_mode, paths)
+    busy = {
+        proc["workdir"]
+        for proc in builder_processes()
+        if proc["workdir"] and alive(proc["pid"], proc["ticks"])
+    }
+    entries += _qemu_disk.sweep_workdirs(selector, check_mode, paths, busy=busy)
+    entries += _files.sweep_partials(selector, check_mode, paths)
+    return entries

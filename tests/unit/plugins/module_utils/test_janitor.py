@@ -1,0 +1,208 @@
+"""The janitor's selector (TTL parsing, bake id and age), its scopes from a bake definition, and its records."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import pytest
+
+from ansible_collections.bakery.images.plugins.module_utils import _janitor, _qemu_vm
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    FAILED,
+    REMOVED,
+    WOULD_REMOVE,
+    Selector,
+    act,
+    human_duration,
+    parse_ttl,
+    record,
+    to_epoch,
+)
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("0s", 0), ("90s", 90), ("30m", 1800), ("6h", 21600), ("2d", 172800), ("1w", 604800), ("1h30m", 5400)],
+)
+def test_ttl_units(text, seconds):
+    assert parse_ttl(text) == seconds
+    assert parse_ttl(" %s " % text.upper()) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "6", "6 h", "-1h", "1.5h", "h", "6hours", "6x", "1h-", None, "1d 2h"])
+def test_ttl_rejects_anything_else(text):
+    with pytest.raises(BakeryError, match="is not a duration"):
+        parse_ttl(text)
+
+
+def test_ttl_without_unit_says_so():
+    with pytest.raises(BakeryError, match="needs a unit"):
+        parse_ttl("3600")
+
+
+def test_human_duration_round_trips():
+    for text in ("90s", "30m", "6h", "2d", "1w"):
+        assert human_duration(parse_ttl(text)) == text
+    assert human_duration(5400) == "90m"
+
+
+def test_no_selector_is_refused():
+    with pytest.raises(BakeryError, match="give bake_id, older_than or both"):
+        Selector.from_params(None, None)
+    with pytest.raises(BakeryError, match="give bake_id, older_than or both"):
+        Selector.from_params("", "")
+
+
+def test_bake_id_is_exact():
+    selector = Selector.from_params("20261127t101500-a1b2c3", now=NOW)
+    assert selector.matches("20261127t101500-a1b2c3", None)
+    assert not selector.matches("20261127t101500-a1b2c", NOW - 10**6)
+    assert not selector.matches("20261127t101500-a1b2c3-x", NOW)
+    assert not selector.matches(None, NOW)
+
+
+def test_age_selects_older_only_and_never_the_unknown():
+    selector = Selector.from_params(None, "1h", now=NOW)
+    assert selector.matches("any", NOW - 3601)
+    assert selector.matches(None, NOW - 3600)
+    assert not selector.matches("any", NOW - 3599)
+    assert not selector.matches("any", None)
+    assert not selector.matches("any", "not a time")
+
+
+def test_both_criteria_must_match():
+    selector = Selector.from_params("b1", "1h", now=NOW)
+    assert selector.matches("b1", NOW - 7200)
+    assert not selector.matches("b2", NOW - 7200)
+    assert not selector.matches("b1", NOW - 60)
+
+
+def test_zero_ttl_selects_everything_of_known_age():
+    selector = Selector.from_params(None, "0s", now=NOW)
+    assert selector.matches(None, NOW)
+    assert not selector.matches(None, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        NOW,
+        int(NOW),
+        str(int(NOW)),
+        datetime.fromtimestamp(NOW, timezone.utc),
+        datetime.fromtimestamp(NOW, timezone.utc).replace(tzinfo=None),
+        "2027-01-15T08:00:00Z",
+        "2027-01-15T08:00:00.000Z",
+        "2027-01-15T08:00:00.123456789Z",
+        "2027-01-15T00:00:00.000-08:00",
+        "2027-01-15T08:00:00.000-00:00",
+        "2027-01-15T08:00:00+00:00",
+    ],
+)
+def test_creation_times_of_every_engine(value):
+    """Docker (epoch), boto3 (datetime), EC2 CreationDate, GCE creationTimestamp, GCS timeCreated."""
+    epoch = to_epoch(value)
+    if isinstance(value, str) and "2027" in value:
+        assert abs(epoch - datetime(2027, 1, 15, 8, tzinfo=timezone.utc).timestamp()) < 1
+    else:
+        assert epoch == pytest.approx(NOW, abs=1)
+
+
+def test_record_and_act():
+    entry = record("docker", "container", "abc", bake_id="b1", created=NOW)
+    assert entry["created"] == "2027-01-15T08:00:00Z"
+    assert entry["name"] == "abc" and entry["state"] == WOULD_REMOVE
+    removed = []
+    assert act(dict(entry), True, lambda: removed.append(1))["state"] == WOULD_REMOVE
+    assert removed == []
+    assert act(dict(entry), False, lambda: removed.append(1))["state"] == REMOVED
+    assert removed == [1]
+
+    def boom():
+        raise BakeryError("engine said no")
+
+    gone = act(dict(entry), False, boom)
+    assert gone["state"] == FAILED and gone["error"] == "engine said no"
+
+    def missing():
+        raise FileNotFoundError(2, "No such file or directory", "/x")
+
+    assert act(dict(entry), False, missing)["error"] == "/x: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "bake_id", "expected"),
+    [
+        ("bakery-20261127t101500-a1b2c3-disk", None, ("20261127t101500-a1b2c3", "disk")),
+        ("bakery-20261127t101500-a1b2c3-my-disk", None, ("20261127t101500-a1b2c3", "my-disk")),
+        ("bakery-custom-id-disk", "custom-id", ("custom-id", "disk")),
+        ("bakery-custom-id-disk", None, (None, None)),
+        ("other-vm", None, (None, None)),
+    ],
+)
+def test_vm_names(name, bake_id, expected):
+    assert _qemu_vm.split_vm_name(name, bake_id) == expected
+
+
+BAKE = {
+    "name": "web",
+    "output_dir": "out",
+    "targets": [
+        {"name": "docker", "docker": {"repository": "x/web"}},
+        {"name": "remote", "docker": {"repository": "x/web", "docker_host": "tcp://10.0.0.5:2376"}},
+        {"name": "disk", "qemu": {"formats": ["raw"]}},
+        {
+            "name": "ami",
+            "ami": {
+                "region": "eu-west-1",
+                "endpoint_url": "http://127.0.0.1:5000",
+                "regions": ["us-east-1", {"region": "eu-north-1", "kms_key_id": "alias/x"}],
+            },
+        },
+        {"name": "ami2", "ami": {"region": "us-west-2", "endpoint_url": "http://127.0.0.1:5000"}},
+        {
+            "name": "gce",
+            "gce": {"project": "p1", "zone": "europe-west1-b", "api_endpoint": "http://fake/compute/v1"},
+        },
+        {
+            "name": "gce-import",
+            "gce": {"project": "p1", "bucket": "uploads", "api_endpoint": "http://fake/compute/v1"},
+        },
+    ],
+}
+
+
+def test_scopes_from_a_bake(tmp_path):
+    params = {"bake": BAKE, "aws": {"access_key": "AK", "secret_key": "SK"}, "gce": {"retries": 1}}
+    where = _janitor.scopes(params, str(tmp_path))
+    assert [s["docker_host"] for s in where["docker"]] == [None, "tcp://10.0.0.5:2376"]
+    out = os.path.join(str(tmp_path), "out")
+    assert where["qemu"] == [{"paths": [out, os.path.join(out, "cache")]}]
+    assert len(where["aws"]) == 1
+    aws = where["aws"][0]
+    assert aws["regions"] == ["eu-west-1", "us-east-1", "eu-north-1", "us-west-2"]
+    assert aws["endpoint_url"] == "http://127.0.0.1:5000" and aws["access_key"] == "AK"
+    assert len(where["gce"]) == 1
+    gce = where["gce"][0]
+    assert gce["zones"] == ["europe-west1-b"] and gce["buckets"] == ["uploads"]
+    assert gce["api_endpoint"] == "http://fake/compute/v1" and gce["retries"] == 1
+
+
+def test_scopes_without_a_bake(tmp_path):
+    where = _janitor.scopes({"qemu": {"paths": ["rel", "/abs"]}}, str(tmp_path))
+    assert where["docker"] == [{"docker_host": None, "timeout": 60}]
+    assert where["qemu"] == [{"paths": [str(tmp_path / "rel"), "/abs"]}]
+    assert where["aws"] == [] and where["gce"] == []
+
+
+def test_sweep_refuses_without_selector_and_unscoped_backends(tmp_path):
+    with pytest.raises(BakeryError, match="give bake_id, older_than or both"):
+        _janitor.sweep({"cwd": str(tmp_path)}, check_mode=True)
+    with pytest.raises(BakeryError, match="backend aws has nothing to look at"):
+        _janitor.sweep({"cwd": str(tmp_path), "bake_id": "b", "backends": ["aws"]}, check_mode=True)
+    with pytest.raises(BakeryError, match="older_than 'soon' is not a duration"):
+        _janitor.sweep({"cwd": str(tmp_path), "older_than": "soon"}, check_mode=True)
