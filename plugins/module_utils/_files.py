@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import fcntl
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
 
 SIDECAR_SUFFIX = ".bakery.json"
 # what atomic_output names its temporary file: .<name>.<random>.partial
-PARTIAL = re.compile(r"^\..+\.partial$")
+PARTIAL = re.compile(r"^\..+\.partial(\.[A-Za-z0-9]+)*$")
 PARTIAL_QUIET_SECONDS = 10.0
 
 
@@ -106,8 +108,9 @@ def open_paths() -> set[str]:
 
 
 def partial_files(paths: Sequence[str], depth: int = 4) -> list[str]:
-    """``.<name>.<random>.partial`` files in *paths*, up to *depth* levels down; marked work directories
-    (whole temporary trees of their own) and symbolic links are not entered."""
+    """Leftovers of atomic writes in *paths*, up to *depth* levels down: ``.<name>.<random>.partial`` files and
+    directories, and such names with an ending added (``.partial.tar``, the rootfs's mmdebstrap output).
+    Marked work directories (whole temporary trees of their own) and symbolic links are not entered."""
     found: list[str] = []
 
     def walk(directory: str, level: int) -> None:
@@ -118,7 +121,7 @@ def partial_files(paths: Sequence[str], depth: int = 4) -> list[str]:
         for entry in entries:
             if entry.is_symlink():
                 continue
-            if entry.is_file() and PARTIAL.match(entry.name):
+            if PARTIAL.match(entry.name) and (entry.is_file() or entry.is_dir()):
                 found.append(entry.path)
             elif entry.is_dir() and level < depth:
                 if not os.path.exists(os.path.join(entry.path, TEMPORARY_MARKER)):
@@ -129,20 +132,47 @@ def partial_files(paths: Sequence[str], depth: int = 4) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def bake_started(bake_id: str | None) -> float | None:
+    """When a bake started, from the time in a generated bake id (``20261127t101500-a1b2c3``)."""
+    match = re.match(r"^(\d{8}t\d{6})-", bake_id or "")
+    if not match:
+        return None
+    return float(calendar.timegm(time.strptime(match.group(1), "%Y%m%dt%H%M%S")))
+
+
+def _last_change(path: str) -> float:
+    latest = os.lstat(path).st_mtime
+    if os.path.isdir(path):
+        for current, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    latest = max(latest, os.lstat(os.path.join(current, name)).st_mtime)
+                except OSError:
+                    continue
+    return latest
+
+
 def sweep_partials(selector: Selector, check_mode: bool, paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Temporary files of interrupted atomic writes. They record no bake id: in the directories of a bake
-    they are that bake's. One that a process has open, or that changed in the last 10 s, is being written."""
+    """Leftovers of interrupted atomic writes. They record no bake id: in the directories of a bake they are
+    that bake's, when they changed after it started (the time in its bake id; any time for an id of the
+    user's own). One that a process has open, or that changed in the last 10 s, is being written."""
     candidates = partial_files(paths)
     if not candidates:
         return []
     busy = open_paths()
+    started = bake_started(selector.bake_id)
     entries = []
     for path in candidates:
         try:
-            mtime = os.stat(path).st_mtime
+            mtime = _last_change(path)
         except OSError:
             continue
-        if path in busy or time.time() - mtime < PARTIAL_QUIET_SECONDS:
+        inside = path.rstrip("/") + "/"
+        if path in busy or any(open_path.startswith(inside) for open_path in busy):
+            continue
+        if time.time() - mtime < PARTIAL_QUIET_SECONDS:
+            continue
+        if started is not None and mtime < started:
             continue
         if not selector.matches(selector.bake_id, mtime):
             continue
@@ -154,5 +184,12 @@ def sweep_partials(selector: Selector, check_mode: bool, paths: Sequence[str]) -
             created=mtime,
             location=os.path.dirname(path),
         )
-        entries.append(act(entry, check_mode, lambda path=path: os.unlink(path)))
+        entries.append(act(entry, check_mode, lambda path=path: _remove_partial(path)))
     return entries
+
+
+def _remove_partial(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
