@@ -31,6 +31,8 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
 )
 
 BACKENDS = ("docker", "qemu", "aws", "gce")
+# how _docker.connect says that there is no engine to talk to
+DOCKER_UNAVAILABLE = ("cannot reach the Docker engine", "the Python 'docker' SDK is required")
 AWS_CREDENTIALS = ("access_key", "secret_key", "session_token")
 GCE_CREDENTIALS = ("auth_kind", "service_account_file", "service_account_contents", "access_token")
 
@@ -38,6 +40,10 @@ GCE_CREDENTIALS = ("auth_kind", "service_account_file", "service_account_content
 def _given(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Options without the unset ones."""
     return {k: v for k, v in (options or {}).items() if v not in (None, "", [], {})}
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
 
 
 def _bake_targets(bake: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -59,7 +65,7 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
     docker = _given(params.get("docker"))
     hosts = [docker.get("docker_host")] if docker else []
     hosts += [options.get("docker_host") or None for kind, options in targets if kind == "docker"]
-    for host in dict.fromkeys(hosts or [None]):
+    for host in dict.fromkeys(hosts or [os.environ.get("DOCKER_HOST") or None]):
         out["docker"].append({"docker_host": host, "timeout": int(docker.get("timeout") or 60)})
 
     paths = [os.path.join(cwd, path) for path in (_given(params.get("qemu")).get("paths") or [])]
@@ -79,7 +85,7 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
                 credentials,
                 endpoint_url=options.get("endpoint_url"),
                 profile=options.get("profile"),
-                max_attempts=int(aws.get("max_attempts") or 5),
+                max_attempts=int(_first(options.get("max_attempts"), aws.get("max_attempts"), 5)),
                 regions=[],
             ),
         )
@@ -94,6 +100,7 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
                 {
                     "endpoint_url": options.get("endpoint_url") or aws.get("endpoint_url"),
                     "profile": options.get("profile") or aws.get("profile"),
+                    "max_attempts": options.get("max_attempts"),
                 },
                 [options["region"], *copies],
             )
@@ -119,8 +126,8 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
             dict(
                 creds,
                 **connection,
-                retries=int(gce.get("retries") if gce.get("retries") is not None else 5),
-                retry_delay=float(gce.get("retry_delay") if gce.get("retry_delay") is not None else 1.0),
+                retries=int(_first(options.get("retries"), gce.get("retries"), 5)),
+                retry_delay=float(_first(options.get("retry_delay"), gce.get("retry_delay"), 1.0)),
                 zones=[],
                 buckets=[],
             ),
@@ -213,7 +220,7 @@ def sweep(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
             try:
                 resources += SWEEPERS[backend](scope, selector, check_mode)
             except BakeryError as exc:
-                if backend == "docker" and not docker_explicit and "cannot reach" in exc.msg:
+                if backend == "docker" and not docker_explicit and exc.msg.startswith(DOCKER_UNAVAILABLE):
                     skipped.append({"backend": backend, "scope": label, "reason": exc.msg})
                 else:
                     errors.append("%s: %s" % (label, exc.msg))

@@ -192,7 +192,8 @@ def test_scopes_from_a_bake(tmp_path):
     assert gce["api_endpoint"] == "http://fake/compute/v1" and gce["retries"] == 1
 
 
-def test_scopes_without_a_bake(tmp_path):
+def test_scopes_without_a_bake(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     where = _janitor.scopes({"qemu": {"paths": ["rel", "/abs"]}}, str(tmp_path))
     assert where["docker"] == [{"docker_host": None, "timeout": 60}]
     assert where["qemu"] == [{"paths": [str(tmp_path / "rel"), "/abs"]}]
@@ -206,3 +207,16 @@ def test_sweep_refuses_without_selector_and_unscoped_backends(tmp_path):
         _janitor.sweep({"cwd": str(tmp_path), "bake_id": "b", "backends": ["aws"]}, check_mode=True)
     with pytest.raises(BakeryError, match="older_than 'soon' is not a duration"):
         _janitor.sweep({"cwd": str(tmp_path), "older_than": "soon"}, check_mode=True)
+
+
+def test_an_engine_nobody_asked_for_is_skipped(tmp_path, monkeypatch):
+    """No Docker engine at the default address: skipped with the reason; asked for explicitly: a failure."""
+    monkeypatch.setenv("DOCKER_HOST", "unix://%s" % (tmp_path / "none.sock"))
+    params = {"cwd": str(tmp_path), "bake_id": "no-such-bake", "qemu": {"paths": [str(tmp_path)]}}
+    result = _janitor.sweep(params, check_mode=True)
+    assert result["backends"] == ["docker", "qemu"] and result["resources"] == [] and not result["changed"]
+    assert result["skipped"][0]["backend"] == "docker"
+    assert "cannot reach the Docker engine at unix://" in result["skipped"][0]["reason"]
+    with pytest.raises(BakeryError, match="cannot reach the Docker engine") as failure:
+        _janitor.sweep(dict(params, backends=["docker"]), check_mode=True)
+    assert failure.value.details["resources"] == []
