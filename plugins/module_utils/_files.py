@@ -193,3 +193,49 @@ def _remove_partial(path: str) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+# ---------------------------------------------------------------- janitor: builders' private keys
+
+# where the ami and gce roles keep a builder's private key, below the bake's output directory:
+# .bakery-tmp/<bake id>-<target>.key (and .key.known_hosts), .bakery-ssh/bakery-<bake id>-<target> (and
+# .known_hosts); a generated bake id is recognised by its form, another one only when it is asked for
+_GENERATED_ID = r"\d{8}t\d{6}-[0-9a-f]{6}"
+KEY_DIRS = {
+    ".bakery-tmp": ("", re.compile(r"^(%s)-.+\.key(\.known_hosts)?$" % _GENERATED_ID)),
+    ".bakery-ssh": ("bakery-", re.compile(r"^bakery-(%s)-.+$" % _GENERATED_ID)),
+}
+
+
+def key_file_bake_id(directory: str, name: str, wanted: str | None) -> str | None:
+    prefix, pattern = KEY_DIRS[directory]
+    if wanted is not None:
+        safe = re.sub(r"[^a-z0-9-]", "-", wanted.lower()) if prefix else wanted
+        return wanted if name.startswith("%s%s-" % (prefix, safe)) else None
+    match = pattern.match(name)
+    return match.group(1) if match else None
+
+
+def sweep_key_files(selector: Selector, check_mode: bool, paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Private keys (and known_hosts files) of builders whose bake was killed before its cleanup ran."""
+    entries = []
+    for root in paths:
+        for directory in KEY_DIRS:
+            where = os.path.join(os.path.abspath(root), directory)
+            try:
+                names = sorted(os.listdir(where))
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(where, name)
+                if os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                bake_id = key_file_bake_id(directory, name, selector.bake_id)
+                mtime = os.stat(path).st_mtime
+                if bake_id is None or not selector.matches(bake_id, mtime):
+                    continue
+                entry = record(
+                    "qemu", "key file", path, name=name, bake_id=bake_id, created=mtime, location=where
+                )
+                entries.append(act(entry, check_mode, lambda path=path: os.unlink(path)))
+    return entries

@@ -1406,7 +1406,8 @@ def sweep_vms(selector: Selector, check_mode: bool, roots: Sequence[str] = ()) -
 
 
 def sweep(selector: Selector, check_mode: bool, paths: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The janitor's qemu sweep: builder VMs, VM and chroot work directories, leftover ``.partial`` files."""
+    """The janitor's sweep of this host: builder VMs, VM and chroot work directories, leftover ``.partial``
+    files, and the private keys the ami and gce roles keep below the output directory."""
     paths = [os.path.abspath(path) for path in paths]
     entries = sweep_vms(selector, check_mode, paths)
     busy = {
@@ -1416,4 +1417,5 @@ def sweep(selector: Selector, check_mode: bool, paths: Sequence[str] = ()) -> li
     }
     entries += _qemu_disk.sweep_workdirs(selector, check_mode, paths, busy=busy)
     entries += _files.sweep_partials(selector, check_mode, paths)
+    entries += _files.sweep_key_files(selector, check_mode, paths)
     return entries

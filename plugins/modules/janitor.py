@@ -17,7 +17,9 @@ description:
   - "C(qemu): builder VMs (qemu processes started with C(-name bakery-<bake id>-<target>)), their work
     directories, chroot work directories marked C(.bakery-temporary) and leftover C(.*.partial) files of
     interrupted writes in O(qemu.paths). A C(.partial) file records no bake id: in the directories scanned it
-    counts as the bake's; one that a process has open or that changed in the last 10 seconds is left alone."
+    counts as the bake's when it changed after the bake started; one that a process has open or that changed in
+    the last 10 seconds is left alone. Builders' private keys that the ami and gce roles keep in
+    C(.bakery-tmp) and C(.bakery-ssh) of the output directory go as well."
   - "C(aws): EC2 instances, images, snapshots, key pairs and security groups tagged C(bakery-temporary=true)."
   - "C(gce): Compute Engine instances and disks labelled C(bakery-temporary=true), and uploaded Cloud Storage
     objects with that metadata."
@@ -211,8 +213,8 @@ resources:
       type: str
     kind:
       description: >-
-        V(container), V(image), V(vm), V(vm workdir), V(workdir), V(partial file), V(instance), V(snapshot),
-        V(key pair), V(security group), V(disk) or V(object).
+        V(container), V(image), V(vm), V(vm workdir), V(workdir), V(partial file), V(key file), V(instance),
+        V(snapshot), V(key pair), V(security group), V(disk) or V(object).
       type: str
     id:
       description: Container or image id, pid, path, EC2 or GCE id, object URL.

@@ -209,6 +209,18 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
             backdate(path, time.time() - 60)
         backdate(ancient, OLD)
         backdate(fresh, time.time() + 600)  # being written now, for as long as this test runs
+        # builders' private keys as the ami and gce roles keep them
+        (out / ".bakery-tmp").mkdir()
+        (out / ".bakery-ssh").mkdir()
+        keys_a = [
+            out / ".bakery-tmp" / ("%s-ami.key" % a),
+            out / ".bakery-tmp" / ("%s-ami.key.known_hosts" % a),
+            out / ".bakery-ssh" / ("bakery-%s-gce" % a),
+        ]
+        key_c = out / ".bakery-tmp" / ("%s-ami.key" % c)
+        for path in (*keys_a, key_c):
+            path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+        backdate(key_c, OLD)
         holder = open(held, "rb")  # noqa: SIM115 - held open across the janitor's runs
 
         bake = {
@@ -233,6 +245,7 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
             ("qemu", "vm"): {str(vm_a.pid), str(vm_a_nostate.pid)},
             ("qemu", "workdir"): {str(cache / "qemu" / ("%s-vm" % a)), str(disk_a), str(build_a)},
             ("qemu", "partial file"): {str(partial), str(rootfs_partial)},
+            ("qemu", "key file"): {str(path) for path in keys_a},
         }
         check = run.task_result("check")
         assert check["changed"] and by_kind(check) == expected, check["resources"]
@@ -256,6 +269,7 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
             ("qemu", "vm"): {str(vm_c.pid)},
             ("qemu", "workdir"): {str(cache / "qemu" / ("%s-vm" % c))},
             ("qemu", "partial file"): {str(ancient)},
+            ("qemu", "key file"): {str(key_c)},
         }, ttl["resources"]
 
         byid = run.task_result("byid")
@@ -278,7 +292,16 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
         for proc in (vm_a, vm_a_nostate, vm_c):
             assert not running(proc)
         assert running(vm_b)
-        for path in (cache / "qemu" / ("%s-vm" % a), disk_a, build_a, partial, rootfs_partial, ancient):
+        for path in (
+            cache / "qemu" / ("%s-vm" % a),
+            disk_a,
+            build_a,
+            partial,
+            rootfs_partial,
+            ancient,
+            key_c,
+            *keys_a,
+        ):
             assert not path.exists(), path
         for path in (disk_b, not_ours, final, out / "web.qcow2.bakery.json", fresh, held):
             assert path.exists(), path
