@@ -722,19 +722,16 @@ def sweep_containers(
     containers already checked to be temporary); running ones are killed and removed."""
     found: dict[str, dict[str, Any]] = {}
     wanted = set(only)
-    candidates = _temporary_containers(client, selector.bake_id if selector else None) if selector else []
-    if wanted:
-        candidates = candidates + [
-            c for c in _temporary_containers(client, None) if c["Id"] in wanted and c["Id"] not in found
-        ]
+    # one listing serves both: the bake's containers, or every temporary one when ids are wanted too
+    listed_id = selector.bake_id if selector and not wanted else None
+    candidates = _temporary_containers(client, listed_id) if selector or wanted else []
     for container in candidates:
         labels = container.get("Labels") or {}
         cid = container["Id"]
-        if cid in found:
-            continue
-        if cid not in wanted and not (
-            selector and selector.matches(labels.get(BAKE_ID_LABEL), container.get("Created"))
-        ):
+        chosen = selector is not None and selector.matches(
+            labels.get(BAKE_ID_LABEL), container.get("Created")
+        )
+        if cid in found or not (cid in wanted or chosen):
             continue
         names = container.get("Names") or []
         found[cid] = record(
