@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from ansible_collections.bakery.images.plugins.module_utils import _janitor, _qemu_vm
+from ansible_collections.bakery.images.plugins.module_utils import _files, _janitor, _qemu_vm
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     FAILED,
@@ -220,3 +220,42 @@ def test_an_engine_nobody_asked_for_is_skipped(tmp_path, monkeypatch):
     with pytest.raises(BakeryError, match="cannot reach the Docker engine") as failure:
         _janitor.sweep(dict(params, backends=["docker"]), check_mode=True)
     assert failure.value.details["resources"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "partial"),
+    [
+        (".web.qcow2.k3j_x9.partial", True),
+        (".bookworm-abc.tar.dhqrb_7w.partial.tar", True),
+        (".box.box.x1.partial.tar.zst", True),
+        ("web.qcow2", False),
+        ("web.partial", False),
+        (".web.qcow2.lock", False),
+        (".partial", False),
+    ],
+)
+def test_partial_names(name, partial):
+    """What atomic_output leaves, with the ending the rootfs module adds for mmdebstrap."""
+    assert bool(_files.PARTIAL.match(name)) is partial
+
+
+def test_bake_started_from_a_generated_id():
+    assert _files.bake_started("20270115t080000-a1b2c3") == NOW
+    assert _files.bake_started("my-own-id") is None
+    assert _files.bake_started(None) is None
+
+
+@pytest.mark.parametrize(
+    ("directory", "name", "wanted", "expected"),
+    [
+        (".bakery-tmp", "20270115t080000-a1b2c3-ami.key", None, "20270115t080000-a1b2c3"),
+        (".bakery-tmp", "20270115t080000-a1b2c3-ami.key.known_hosts", None, "20270115t080000-a1b2c3"),
+        (".bakery-tmp", "notes.txt", None, None),
+        (".bakery-tmp", "Custom_Id-ami.key", "Custom_Id", "Custom_Id"),
+        (".bakery-ssh", "bakery-20270115t080000-a1b2c3-gce", None, "20270115t080000-a1b2c3"),
+        (".bakery-ssh", "bakery-custom-id-gce", "Custom_Id", "Custom_Id"),
+        (".bakery-ssh", "bakery-20270115t080000-a1b2c3-gce", "20270115t080000-ffffff", None),
+    ],
+)
+def test_key_files_by_bake(directory, name, wanted, expected):
+    assert _files.key_file_bake_id(directory, name, wanted) == expected
