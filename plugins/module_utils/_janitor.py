@@ -237,7 +237,7 @@ def sweep(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
             "failed": counts[FAILED],
         },
         "backends": chosen,
-        "skipped": skipped,
+        "not_swept": skipped,
         "errors": errors,
         "selector": {"bake_id": selector.bake_id, "older_than": selector.older_than},
     }

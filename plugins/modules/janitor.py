@@ -41,6 +41,9 @@ attributes:
   idempotent:
     support: full
     description: A second run finds nothing left to remove and reports no change.
+  action:
+    support: full
+    description: An action plugin passes the controller's working directory on as O(cwd).
 options:
   bake_id:
     description:
@@ -72,7 +75,9 @@ options:
         its gce targets to the Compute Engine scopes.
     type: dict
   cwd:
-    description: Directory that relative paths (of O(qemu.paths) and of the bake definition) are relative to.
+    description:
+      - Directory that relative paths (of O(qemu.paths) and of the bake definition) are relative to.
+      - The directory ansible-playbook was started in by default, as for the bake itself.
     type: path
   docker:
     description: The Docker engine.
@@ -260,8 +265,8 @@ backends:
   returned: always
   type: list
   elements: str
-skipped:
-  description: Scopes not swept, with the reason (an unreachable Docker engine nobody asked for).
+not_swept:
+  description: Scopes not swept (backend, scope, reason), such as an unreachable Docker engine nobody asked for.
   returned: always
   type: list
   elements: dict

@@ -309,7 +309,8 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
 
         # --- the playbook, end to end, for bake B: --check lists, then it removes; a table is printed
         bake_file = tmp_path / "bake.yml"
-        bake_file.write_text(yaml.safe_dump({"bake": bake}))
+        # relative to where ansible-playbook starts, as the bake resolves it
+        bake_file.write_text(yaml.safe_dump({"bake": dict(bake, output_dir="out")}))
         playbook = REPO / "playbooks" / "janitor.yml"
         args = ["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % b]
         dry = run_playbook(playbook, tmp_path, args=[*args, "--check"], json_output=False)

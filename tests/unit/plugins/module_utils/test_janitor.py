@@ -215,8 +215,8 @@ def test_an_engine_nobody_asked_for_is_skipped(tmp_path, monkeypatch):
     params = {"cwd": str(tmp_path), "bake_id": "no-such-bake", "qemu": {"paths": [str(tmp_path)]}}
     result = _janitor.sweep(params, check_mode=True)
     assert result["backends"] == ["docker", "qemu"] and result["resources"] == [] and not result["changed"]
-    assert result["skipped"][0]["backend"] == "docker"
-    assert "cannot reach the Docker engine at unix://" in result["skipped"][0]["reason"]
+    assert result["not_swept"][0]["backend"] == "docker"
+    assert "cannot reach the Docker engine at unix://" in result["not_swept"][0]["reason"]
     with pytest.raises(BakeryError, match="cannot reach the Docker engine") as failure:
         _janitor.sweep(dict(params, backends=["docker"]), check_mode=True)
     assert failure.value.details["resources"] == []
