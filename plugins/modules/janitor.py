@@ -62,7 +62,7 @@ options:
     description:
       - The backends to sweep. By default every backend that has something to look at; C(docker) and C(qemu)
         always do, C(aws) and C(gce) when their options or O(bake) name regions or a project.
-      - An unreachable Docker engine is reported in RV(skipped) unless C(docker) is listed here or O(docker)
+      - An unreachable Docker engine is reported in RV(not_swept) unless C(docker) is listed here or O(docker)
         is given; an unreachable cloud endpoint always fails.
     type: list
     elements: str
