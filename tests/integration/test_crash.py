@@ -205,6 +205,9 @@ def test_on_error_abort_stops_everything_and_removes_nothing(bake_base, tmp_path
     assert "not captured because fail_fast is set: web" in failure
     assert len(of_bake(bake_id)["containers"]) == 2, "abort removed a build container"
     assert not docker_client().images.list(name=repository), "abort captured web"
-    assert "ansible-playbook bakery.images.janitor -e @%s -e janitor_bake_id=%s" % (bake_file, bake_id) in failure
+    assert (
+        "ansible-playbook bakery.images.janitor -e @%s -e janitor_bake_id=%s" % (bake_file, bake_id)
+        in failure
+    )
     janitor(tmp_path, bake_file, bake_id)
     assert of_bake(bake_id) == {"containers": [], "images": []}

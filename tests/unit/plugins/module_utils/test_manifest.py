@@ -119,9 +119,7 @@ def test_kept_builders_say_how_to_reach_them_and_how_to_remove_them():
     text = _manifest.failures(plan, results, ["/defs/my bake.yml"])
     assert "on_error=keep: the failed builders were kept" in text
     assert "reach it with:\n    DOCKER_HOST=tcp://h:2375 docker exec -it bakery-1-web /bin/sh" in text
-    assert (
-        "ansible-playbook bakery.images.janitor -e '@/defs/my bake.yml' -e janitor_bake_id=b1" in text
-    )
+    assert "ansible-playbook bakery.images.janitor -e '@/defs/my bake.yml' -e janitor_bake_id=b1" in text
 
 
 def test_abort_leaves_everything_and_names_the_janitor_while_cleanup_does_not():
