@@ -60,6 +60,7 @@ def left_behind(bake_id: str, tmp_path: Path, cache_dir: Path) -> dict[str, list
     """Work directories, partial files and processes of bake *bake_id*."""
     workdirs = sorted(str(p) for p in (cache_dir / "qemu").glob("%s-*" % bake_id))
     partial = sorted(str(p) for p in (tmp_path / "output").rglob("*.partial"))
+    partial += sorted(str(p) for p in (tmp_path / "output").glob(".bakery-qemu-*"))  # disk scratch dirs
     processes = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
