@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -61,7 +62,7 @@ def validate(spec: dict[str, Any], values: dict[str, Any], where: str) -> dict[s
     messages = _strict_strings(spec, values, where)
     result = ArgumentSpecValidator(spec).validate(values)
     for error in result.errors.errors:
-        text = str(error)
+        text = _plain(str(error))
         if type(error).__name__ == "UnsupportedError":
             text = "unsupported option %s" % text
         messages.append(text)
@@ -96,6 +97,15 @@ def _strict_strings(spec: dict[str, Any], values: Any, where: str) -> list[str]:
                 sub = "%s[%d]" % (here, index) if option.get("type") == "list" else here
                 found += _strict_strings(option["options"], item, sub)
     return found
+
+
+def _plain(text: str) -> str:
+    """The validator's messages name Ansible's internal types (``<class '..._AnsibleTaggedList'>``): plain
+    type names instead."""
+    text = re.sub(
+        r"<class '(?:[\w.]*\.)?(?:_AnsibleTagged)?(\w+)'>", lambda m: "a " + m.group(1).lower(), text
+    )
+    return re.sub(r"_AnsibleTagged(\w+)", lambda m: m.group(1).lower(), text)
 
 
 def _type_name(value: Any) -> str:

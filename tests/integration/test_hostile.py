@@ -10,6 +10,7 @@ real playbooks/bake.yml to show that the whole bake stops in its plan play with 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 import tarfile
@@ -84,7 +85,9 @@ def make_files(tmp: Path) -> None:
     with tarfile.open(tmp / "whole.tar", "w") as tar:
         tar.add(member, arcname="etc/data.bin")
     (tmp / "truncated.tar").write_bytes((tmp / "whole.tar").read_bytes()[:40000])
-    with open(tmp / "blank.raw", "wb") as handle:  # a valid (empty) raw disk, for the cases about other things
+    with open(
+        tmp / "blank.raw", "wb"
+    ) as handle:  # a valid (empty) raw disk, for the cases about other things
         handle.truncate(1 << 20)
     (tmp / "out").mkdir()
 
@@ -115,7 +118,8 @@ def test_hostile_definitions_fail_in_the_plan(tmp_path):
     make_files(tmp_path)
     cases = [dict(id="valid-control")] + DEFINITIONS
     planned = [
-        {"id": case["id"], "bake": definition(case, tmp_path), "vars": case.get("vars") or {}} for case in cases
+        {"id": case["id"], "bake": definition(case, tmp_path), "vars": case.get("vars") or {}}
+        for case in cases
     ]
     started = time.monotonic()
     run = run_playbook(FILES / "plan_all.yml", tmp_path, extra_vars={"cases": planned})
@@ -194,7 +198,9 @@ def test_hostile_module_arguments_fail_before_creating_anything(tmp_path, no_clo
         aws_after = counts(moto, ["us-east-1"])
         ec2 = moto.client("ec2")
         made_in_aws = ec2.describe_key_pairs()["KeyPairs"] + [
-            group for group in ec2.describe_security_groups()["SecurityGroups"] if group["GroupName"] != "default"
+            group
+            for group in ec2.describe_security_groups()["SecurityGroups"]
+            if group["GroupName"] != "default"
         ]
     finally:
         moto.stop()
@@ -219,7 +225,6 @@ def test_hostile_module_arguments_fail_before_creating_anything(tmp_path, no_clo
             continue
         expect = substitute(case["expect"], tmp_path, **words)
         problems += assert_clear(case["id"], result.get("msg", ""), expect, tmp_path)
-        print("MSG", case["id"], "=>", result.get("msg", "")[:400])
         took[case["id"]] = duration(task)
         if took[case["id"]] > case.get("seconds", 15):
             problems.append("%s: took %.1f s to fail" % (case["id"], took[case["id"]]))
@@ -229,7 +234,9 @@ def test_hostile_module_arguments_fail_before_creating_anything(tmp_path, no_clo
     # nothing was created: no file, no temporary file, no image, no container, nothing in moto
     assert created_files(tmp_path) == []
     client = docker_client()
-    assert [tag for image in client.images.list() for tag in image.tags if tag.startswith(words["REPO"])] == []
+    assert [
+        tag for image in client.images.list() for tag in image.tags if tag.startswith(words["REPO"])
+    ] == []
     assert client.containers.list(all=True, filters={"label": "bakery-bake-id=%s" % words["BAKEID"]}) == []
     assert aws_after == aws_before
     assert made_in_aws == []
@@ -243,3 +250,52 @@ def duration(task: dict) -> float:
     span = task["task"]["duration"]
     start, end = (datetime.fromisoformat(span[key].replace("Z", "+00:00")) for key in ("start", "end"))
     return (end - start).total_seconds()
+
+
+def bake_end_to_end(case: dict, tmp: Path) -> tuple[dict, object]:
+    make_files(tmp)
+    (tmp / "out").rmdir()
+    path = tmp / "bake.json"
+    path.write_text(json.dumps({"bake": definition(case, tmp)}))
+    extra = [arg for item in (case.get("vars") or {}).items() for arg in ("-e", "%s=%s" % item)]
+    return case, run_playbook(REPO / "playbooks" / "bake.yml", tmp, args=["-e", "@%s" % path, *extra])
+
+
+def test_hostile_definitions_stop_the_whole_bake_in_its_plan_play(tmp_path):
+    """A few of the definitions through playbooks/bake.yml itself: the run fails in the plan play, with the
+    message the plan gave above, and no later play runs on any host."""
+    cases = [case for case in DEFINITIONS if case["id"] in END_TO_END]
+    assert len(cases) == len(END_TO_END)
+    dirs = [tmp_path / case["id"] for case in cases]
+    for directory in dirs:
+        directory.mkdir()
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        outcomes = list(pool.map(bake_end_to_end, cases, dirs))
+    seconds = time.monotonic() - started
+    problems = []
+    for (case, run), directory in zip(outcomes, dirs):
+        where = case["id"]
+        if run.rc == 0 or not run.data:
+            problems.append("%s: the bake did not fail (rc %s): %s" % (where, run.rc, run.stdout[-2000:]))
+            continue
+        if "Traceback" in run.stdout + run.stderr:
+            problems.append("%s: a traceback in the output" % where)
+        plays = run.data["plays"]
+        failed = [
+            (index, result)
+            for index, play in enumerate(plays)
+            for task in play["tasks"]
+            for result in task["hosts"].values()
+            if result.get("failed")
+        ]
+        if not failed or failed[0][0] != 0 or plays[0]["play"]["name"] != "Plan the bake":
+            problems.append("%s: the first failure is not in the plan play: %s" % (where, failed[:1]))
+            continue
+        later = [task["task"]["name"] for play in plays[1:] for task in play["tasks"] if task["hosts"]]
+        if later:
+            problems.append("%s: later plays ran tasks: %s" % (where, later))
+        problems += assert_clear(where, failed[0][1].get("msg", ""), case["expect"], directory)
+        problems += ["%s: created %s" % (where, path) for path in created_files(directory)]
+    assert not problems, "\n".join(problems)
+    print("%d hostile definitions through playbooks/bake.yml in %.1f s" % (len(cases), seconds))
