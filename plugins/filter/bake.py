@@ -37,9 +37,14 @@ def vagrant_artifact(result, target, started=None):
     return _manifest.vagrant_artifact(result, target, started, time.time())
 
 
+def builder_access(builder):
+    return _manifest.builder_access(builder)
+
+
 class FilterModule:
     def filters(self):
         return {
+            "builder_access": builder_access,
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
             "ami_artifact": ami_artifact,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
+from ansible_collections.bakery.images.plugins.module_utils._files import check_tarball, read_sidecar
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     FINGERPRINT_LABEL,
@@ -88,9 +88,11 @@ def connect(docker_host: str | None, timeout: int) -> Any:
         client = docker.DockerClient(base_url=docker_host or None, timeout=timeout, version="auto")
         client.ping()
     except DockerException as exc:
+        # urllib3's chain of wrappers says little; its innermost reason ("[Errno 111] Connection refused") says it
+        reasons = re.findall(r"\[Errno -?\d+\][^'\")]*", str(exc))
         raise BakeryError(
             "cannot reach the Docker engine at %s: %s (is dockerd running and is this user allowed to use it?)"
-            % (docker_host or "the default socket", exc)
+            % (docker_host or "the default socket", reasons[-1].strip() if reasons else exc)
         ) from exc
     return client
 
@@ -132,16 +134,49 @@ def previous_inputs(client: Any, name: str, tags: list[str]) -> dict[str, str]:
 
 
 def ensure_tags(client: Any, image_id: str, name: str, tags: list[str], check_mode: bool) -> list[str]:
-    """Point every ``name:tag`` at *image_id*; returns the tags that had to move."""
-    moved = []
+    """Point every ``name:tag`` at *image_id*; returns the tags that had to move.
+
+    All or nothing: when one tag cannot move, the tags moved before it are put back where they were (or
+    removed, if they were new), so that a reader never sees some tags on the new image and some on the old.
+    """
+    moved: list[str] = []
+    previous: dict[str, str | None] = {}
     for tag in tags:
         current = _image(client, "%s:%s" % (name, tag))
         if current and current["Id"] == image_id:
             continue
         moved.append(tag)
-        if not check_mode:
+        if check_mode:
+            continue
+        try:
             client.api.tag(image_id, name, tag)
+        except APIError as exc:
+            restored = _restore_tags(client, name, previous)
+            raise BakeryError(
+                "docker tag %s:%s failed: %s; %s"
+                % (name, tag, exc.explanation or exc, restored or "no tag had moved")
+            ) from exc
+        previous[tag] = current["Id"] if current else None
     return moved
+
+
+def _restore_tags(client: Any, name: str, previous: dict[str, str | None]) -> str:
+    """Put tags back on the images they named before (or remove new ones); say what was done."""
+    done, failed = [], []
+    for tag, image_id in previous.items():
+        ref = "%s:%s" % (name, tag)
+        try:
+            if image_id:
+                client.api.tag(image_id, name, tag)
+            else:
+                client.api.remove_image(ref, noprune=True)
+            done.append(ref)
+        except (APIError, NotFound) as exc:
+            failed.append("%s (%s)" % (ref, exc))
+    text = "put back %s" % ", ".join(done) if done else ""
+    if failed:
+        text += "%scould not put back %s" % ("; " if text else "", ", ".join(failed))
+    return text
 
 
 def image_summary(client: Any, image_id: str, name: str, tags: list[str]) -> dict[str, Any]:
@@ -215,14 +250,87 @@ def dockerfile_path(context: str, dockerfile: str | None) -> str:
     return name if os.path.isabs(name) else os.path.join(context, name)
 
 
+# every instruction Docker's Dockerfile parser knows
+DOCKERFILE_INSTRUCTIONS = (
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL", "MAINTAINER",
+    "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+)  # fmt: skip
+_DIRECTIVE = re.compile(r"^#\s*([A-Za-z][A-Za-z0-9]*)\s*=\s*(\S*)\s*$")
+_HEREDOC = re.compile(r"<<-?\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?")
+
+
+def check_dockerfile(text: str, name: str = "Dockerfile") -> None:
+    """Fail, before anything is built, on what Docker's parser rejects: unknown instructions, no FROM.
+
+    Lenient where Docker is: instructions in any case, parser directives (``# escape=``), line continuations
+    (comments inside them dropped), heredoc bodies skipped.
+    """
+    lines = text.splitlines()
+    escape = "\\"
+    index = 0
+    while index < len(lines):  # parser directives come first, before any comment or instruction
+        directive = _DIRECTIVE.match(lines[index])
+        if not directive:
+            break
+        if directive.group(1).lower() == "escape" and directive.group(2) in ("\\", "`"):
+            escape = directive.group(2)
+        index += 1
+    first = None
+    while index < len(lines):
+        number, logical = index + 1, lines[index].strip()
+        index += 1
+        if not logical or logical.startswith("#"):
+            continue
+        while logical.endswith(escape) and index < len(lines):
+            following = lines[index].strip()
+            index += 1
+            if not following.startswith("#"):
+                logical = logical[: -len(escape)] + " " + following
+        word = logical.split(None, 1)[0]
+        instruction = word.upper()
+        if instruction not in DOCKERFILE_INSTRUCTIONS:
+            raise BakeryError(
+                "%s line %d: unknown instruction %s (a Dockerfile instruction is one of %s)"
+                % (name, number, word[:40], ", ".join(DOCKERFILE_INSTRUCTIONS))
+            )
+        if first is None and instruction not in ("FROM", "ARG"):
+            raise BakeryError(
+                "%s line %d: the first instruction must be FROM (or ARG before it), not %s"
+                % (name, number, word)
+            )
+        if instruction == "FROM":
+            first = number
+        if instruction in ("RUN", "COPY", "ADD"):
+            for heredoc in _HEREDOC.finditer(logical):  # skip the body, up to its terminator line
+                while index < len(lines) and lines[index].strip() != heredoc.group(1):
+                    index += 1
+                index += 1
+    if first is None:
+        raise BakeryError("%s has no FROM instruction" % name)
+
+
+def check_context(context: Any, dockerfile: str | None) -> str:
+    """The Dockerfile of a build context, checked: the context is a directory, the Dockerfile parses."""
+    if not context or not isinstance(context, str) or not os.path.isdir(context):
+        raise BakeryError("build context %r is not a directory" % (context,))
+    path = dockerfile_path(context, dockerfile)
+    if not os.path.isfile(path):
+        raise BakeryError("Dockerfile %r not found" % path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BakeryError(
+            "cannot read Dockerfile %r: %s" % (path, getattr(exc, "strerror", None) or exc)
+        ) from None
+    check_dockerfile(text, "Dockerfile %s" % path)
+    return path
+
+
 def build_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
     """Inputs of a Dockerfile build: context content, Dockerfile, options and the base images' ids."""
     context = params["context"]
-    if not context or not os.path.isdir(context):
-        raise BakeryError("build context %r is not a directory" % context)
-    path = dockerfile_path(context, params.get("dockerfile"))
-    if not os.path.isfile(path):
-        raise BakeryError("Dockerfile %r not found" % path)
+    path = check_context(context, params.get("dockerfile"))
     with open(path, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     build_args = {k: str(v) for k, v in (params.get("build_args") or {}).items()}
@@ -453,6 +561,7 @@ def _quote(value: str) -> str:
 
 
 def _import(client: Any, tarball: str, repository: str, tag: str, changes: list[str]) -> str:
+    check_tarball(tarball, "rootfs tarball")  # Docker would make an image of whatever it got
     try:
         with open(tarball, "rb") as handle:
             reply = client.api.import_image_from_data(handle, repository=repository, tag=tag, changes=changes)
@@ -661,9 +770,17 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         except APIError as exc:
             raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
         image_id = reply["Id"]
+        # until it is tagged, the image is nobody's: a failure from here on removes it
+        steps.add_undo("remove the untagged image", lambda: _remove_untagged(client, image_id))
         _check_committed(client, image_id, conf)
         what = "committed %s" % container.get("Name", cid).lstrip("/")
         return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+
+
+def _remove_untagged(client: Any, image_id: str) -> None:
+    image = _image(client, image_id)
+    if image is not None and not image.get("RepoTags"):
+        client.api.remove_image(image_id, noprune=False)
 
 
 def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:

@@ -43,7 +43,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
-    atomic_output,
+    QCOW2_MAGIC,
+    atomic_outputs,
+    check_raw_disk,
+    check_tarball,
     file_lock,
     read_sidecar,
     write_sidecar,
@@ -142,6 +145,9 @@ VAGRANT_KEY_GLOBS = (
 CHROOT_STATE = "chroot.json"
 COMMAND_TIMEOUT = 1800
 
+# the largest disk bakery makes: what EBS and Compute Engine take, and far beyond what a sparse file system
+# on the build host should be asked for
+MAX_DISK_SIZE = 64 << 40
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -203,6 +209,10 @@ def parse_size(value: Any, what: str = "disk_size") -> int:
         size = int(number * (1024 ** "BKMGT".index(unit or "B")))
     if size <= 0:
         raise BakeryError("%s must be positive (got %r)" % (what, value))
+    if size > MAX_DISK_SIZE:
+        raise BakeryError(
+            "%s %r is too large: at most 64T (the largest EBS volume and Compute Engine disk)" % (what, value)
+        )
     return size
 
 
@@ -362,8 +372,28 @@ def describe(opts: DiskOptions) -> dict[str, Any]:
     return values
 
 
+def check_source(opts: DiskOptions) -> None:
+    """The source is what it claims to be (a tree, a whole tarball, a disk image) before anything is made."""
+    if opts.rootfs:
+        if not os.path.isdir(opts.rootfs):
+            check_tarball(opts.rootfs, "rootfs")
+        return
+    image = str(opts.image)
+    if not os.path.isfile(image):
+        raise BakeryError("image %s does not exist (or is not a file)" % image)
+    with open(image, "rb") as handle:
+        is_qcow2 = handle.read(4) == QCOW2_MAGIC
+    if opts.image_format == "qcow2" and not is_qcow2:
+        raise BakeryError("image %s is not a qcow2 image (image_format is qcow2)" % image)
+    if not is_qcow2:
+        check_raw_disk(image, "image")
+
+
 def source_digest(opts: DiskOptions) -> str:
     """Identity of the source when the caller gave no inputs: the tarball's, tree's or image's content."""
+    source = str(opts.image or opts.rootfs)
+    if not os.path.exists(source):
+        raise BakeryError("%s %s does not exist" % ("image" if opts.image else "rootfs", source))
     if opts.image:
         return opts.image_checksum or digest_file(opts.image)
     rootfs = str(opts.rootfs)
@@ -385,6 +415,8 @@ def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, 
         inputs["source"] = source_digest(opts)
     elif opts.image and resolve_source:
         # the caller's inputs say how it was provisioned; the image's identity is its content
+        if not opts.image_checksum and not os.path.isfile(opts.image):
+            raise BakeryError("image %s does not exist (or is not a file)" % opts.image)
         inputs["image"] = opts.image_checksum or digest_file(opts.image)
     inputs["disk"] = digest_value(describe(opts))
     return inputs
@@ -1190,8 +1222,10 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
         # the raw disk is renamed onto a raw output, so that output comes last
         order = sorted(opts.outputs, key=lambda out: out.format == "raw" and source_format == "raw")
         made: dict[str, dict[str, Any]] = {}
-        for out in order:
-            with atomic_output(out.path) as tmp:
+        # every output is made under a temporary name first; they are renamed into place together, and only
+        # then get their sidecars (which mark them final): a failure in the last leaves the old ones alone
+        with atomic_outputs([out.path for out in order]) as tmps:
+            for out, tmp in zip(order, tmps):
                 if out.format == "raw" and source_format == "raw" and opts.rootfs:
                     os.replace(source, tmp)
                 elif opts.backing:
@@ -1199,8 +1233,13 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                 else:
                     os.unlink(tmp)
                     convert(source, source_format, out, tmp, opts.timeout)
-                sha256 = digest_file(tmp)
-                size = os.path.getsize(tmp)
+                made[out.path] = {
+                    "format": out.format,
+                    "path": out.path,
+                    "size": os.path.getsize(tmp),
+                    "sha256": digest_file(tmp),
+                }
+        for out in order:
             write_sidecar(
                 out.path,
                 {
@@ -1208,15 +1247,14 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                     "inputs": inputs,
                     "options": describe(opts),
                     "format": out.format,
-                    "sha256": sha256,
-                    "size": size,
+                    "sha256": made[out.path]["sha256"],
+                    "size": made[out.path]["size"],
                     "virtual_size": opts.disk_size,
                     "backing_file": opts.image if opts.backing else None,
                     "bake_id": opts.bake_id,
                     "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 },
             )
-            made[out.path] = {"format": out.format, "path": out.path, "size": size, "sha256": sha256}
     outputs = [made[out.path] for out in opts.outputs]
     primary = outputs[0]
     result = {
@@ -1325,6 +1363,7 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
     if check_mode:
         result.update(changed=True, msg="would build disk %s: %s" % (opts.primary.path, why))
         return _finish(result, started)
+    check_source(opts)
     with file_lock(opts.primary.path):
         again = lookup(opts)
         if again["found"] and not opts.force:
@@ -1371,6 +1410,8 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     root = os.path.join(workdir, "root")
     if check_mode:
         return {"changed": True, "workdir": workdir, "root": root, "msg": "would unpack %s" % rootfs}
+    if not os.path.isdir(str(rootfs)):
+        check_tarball(os.path.abspath(str(rootfs)), "rootfs")
     with Steps() as steps:
         result = unpack(os.path.abspath(str(rootfs)), workdir, params.get("bake_id"), steps)
     result.update(changed=True, msg="unpacked %s into %s" % (rootfs, root))

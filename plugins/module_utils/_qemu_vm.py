@@ -37,8 +37,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _files, _qemu_disk
-from ansible_collections.bakery.images.plugins.module_utils._files import write_json_atomic
-from ansible_collections.bakery.images.plugins.module_utils._plan import new_bake_id
+from ansible_collections.bakery.images.plugins.module_utils._files import check_raw_disk, write_json_atomic
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
 from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, record
 
@@ -64,6 +64,8 @@ OVERLAY = "overlay.qcow2"
 SEED = "seed.img"
 UEFI_VARS = "efivars.fd"
 KEY = "id_ed25519"
+# in the work directory: the VM runs on after the ansible-playbook that started it (a failed bake kept it)
+KEEP_MARKER = "keep"
 WORKDIR_PREFIX = "bakery-vm-"
 
 SSH_PORT_ATTEMPTS = 5
@@ -187,6 +189,19 @@ def uefi_firmware(code: str | None, vars_template: str | None) -> tuple[str, str
     )
 
 
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def check_disk(disk: str, disk_format: str) -> None:
+    """The disk to boot is a qcow2 image or whole sectors of a raw one (not a text file or a cut-off copy)."""
+    is_qcow2 = detect_format(disk) == "qcow2"
+    if disk_format == "qcow2" and not is_qcow2:
+        raise BakeryError("qemu_vm: disk %s is not a qcow2 image (disk_format is qcow2)" % disk)
+    if not is_qcow2:
+        check_raw_disk(disk, "qemu_vm: disk")
+
+
 def parse_options(params: Mapping[str, Any]) -> VmOptions:
     """Validate the module parameters of ``action=start``."""
     if not params.get("disk"):
@@ -194,15 +209,17 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
     bake_id = check_name("bake_id", params.get("bake_id") or new_bake_id())
     target = check_name("target", params.get("target") or "vm")
     disk = _existing_file("disk", params["disk"]) or ""
+    check_disk(disk, params.get("disk_format") or "auto")
     user = params.get("user") or "root"
     if not _USER_RE.match(user):
         raise BakeryError("qemu_vm: user %r is not a valid user name" % user)
-    memory, cpus = int(params.get("memory") or 1024), int(params.get("cpus") or 2)
+    # 0 is a value to refuse, not a missing one
+    memory, cpus = _int_or(params.get("memory"), 1024), _int_or(params.get("cpus"), 2)
     if memory < 128:
         raise BakeryError("qemu_vm: memory is in MiB and must be at least 128 (got %d)" % memory)
     if cpus < 1:
         raise BakeryError("qemu_vm: cpus must be at least 1 (got %d)" % cpus)
-    boot_timeout = int(params.get("boot_timeout") or 300)
+    boot_timeout = _int_or(params.get("boot_timeout"), 300)
     if boot_timeout < 1:
         raise BakeryError("qemu_vm: boot_timeout must be at least 1 second")
     kernel = _existing_file("kernel", params.get("kernel"))
@@ -581,7 +598,7 @@ def supervise(
         if stop:
             _terminate(proc)
             return
-        if not alive(*watch):
+        if not alive(*watch) and not os.path.exists(os.path.join(cwd, KEEP_MARKER)):
             _terminate(proc)
             if remove_on_abandon:
                 shutil.rmtree(remove_on_abandon, ignore_errors=True)
@@ -1199,6 +1216,28 @@ def _stop_msg(running: bool, remove: bool, would: str) -> str:
     return " and ".join(parts) if parts else "nothing to do: no VM running and no work directory"
 
 
+def keep(workdir: str, check_mode: bool = False) -> dict[str, Any]:
+    """Let the VM run on after the ansible-playbook that started it ends: its watchdog lets go of it.
+
+    For a failed bake that keeps its builder (on_error keep); ``stop`` or the janitor stops it later.
+    """
+    workdir = os.path.abspath(workdir)
+    state = read_state(workdir)
+    if not state or not alive(int(state.get("pid", 0)), state.get("pid_start")):
+        raise BakeryError("qemu_vm: no VM runs from %s, nothing to keep" % workdir)
+    marker = os.path.join(workdir, KEEP_MARKER)
+    result: dict[str, Any] = {
+        "workdir": workdir,
+        "pid": state.get("pid"),
+        "changed": not os.path.exists(marker),
+    }
+    if result["changed"] and not check_mode:
+        with open(marker, "w", encoding="utf-8") as handle:
+            handle.write("kept by a failed bake; stop it with qemu_vm action=stop or the janitor\n")
+    result["msg"] = "the VM runs on after the run" if result["changed"] else "the VM was already kept"
+    return result
+
+
 # --------------------------------------------------------------------------- keygen
 
 
@@ -1249,6 +1288,8 @@ def module_action(module: Any) -> dict[str, Any]:
             keep_workdir=bool(params.get("keep_workdir")),
             check_mode=module.check_mode,
         )
+    if action == "keep":
+        return keep(_workdir_param(params), check_mode=module.check_mode)
     if action == "keygen":
         bake_id = check_name("bake_id", params.get("bake_id") or "vm")
         target = check_name("target", params.get("target") or "vm")

@@ -19,7 +19,11 @@ description:
     and returns the plan of the bake. Creates nothing.
   - Each planned target carries the C(inputs) of its fingerprint (base rootfs identity, role content,
     role variables); the target's module adds its own (base image id, Dockerfile context, options).
-  - Used by role C(bakery.images.bake); the bake definition itself is validated by that role's argument spec.
+  - Used by role C(bakery.images.bake). The bake definition itself is validated against that role's argument
+    spec (here too, so that the module can be called on its own): unknown keys, and a list or dictionary given
+    for a string, fail.
+  - Files the targets build from are checked here (targets build on this host), for example a Dockerfile
+    build's context and its Dockerfile (unknown instructions, no C(FROM)) or a qemu target's C(base_image).
 author:
   - bakery maintainers (@bakery-images)
 attributes:
@@ -58,6 +62,15 @@ options:
       - Whether a failing target stops the others (they are not captured; cleanup still runs).
       - The C(fail_fast) key of the bake definition by default.
     type: bool
+  on_error:
+    description:
+      - What a failure does to the temporary resources. V(cleanup) removes them all. V(keep) leaves the
+        builders of the failed targets running, for debugging, and the report says how to reach each and
+        how to remove it later. V(abort) stops the bake at the first failure (as O(fail_fast)) and removes
+        nothing, for CI that cleans up with the janitor (C(playbooks/janitor.yml)).
+      - The C(on_error) key of the bake definition by default, else V(cleanup).
+    type: str
+    choices: [cleanup, keep, abort]
 """
 
 EXAMPLES = r"""
@@ -99,6 +112,9 @@ plan:
       type: list
       elements: str
     fail_fast:
-      description: Whether a failing target stops the others.
+      description: Whether a failing target stops the others (always with O(on_error=abort)).
       type: bool
+    on_error:
+      description: What a failure does to the temporary resources (V(cleanup), V(keep) or V(abort)).
+      type: str
 """

@@ -27,7 +27,7 @@ from test_gce import BUCKET, PROJECT, ZONE, Env
 
 from ansible_collections.bakery.images.plugins.module_utils import _gcp, _qemu_vm
 from ansible_collections.bakery.images.plugins.module_utils._docker import KEEPALIVE
-from ansible_collections.bakery.images.plugins.module_utils._plan import new_bake_id
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 
 HOUR = 3600
 OLD = time.time() - 5 * 86400  # five days ago: what the TTL runs (3d) select
