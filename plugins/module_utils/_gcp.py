@@ -297,7 +297,8 @@ class Client:
 
     def compute(self, method: str, path: str, what: str = "", **kwargs: Any) -> Any:
         """A Compute Engine call on *path* (relative to ``.../compute/v1/``); the JSON answer, or None."""
-        if method in ("POST", "DELETE") and not path.endswith("/wait"):
+        # setLabels takes no requestId: the label fingerprint makes a retried call harmless
+        if method in ("POST", "DELETE") and not path.endswith(("/wait", "/setLabels")):
             kwargs["params"] = dict(kwargs.get("params") or {}, requestId=str(uuid.uuid4()))
         response = self.request(
             method, "%s/%s" % (self.api, path), what=what or "%s %s" % (method, path), **kwargs
@@ -454,7 +455,7 @@ class Images:
             what="look for an image with the fingerprint",
         )
         ready = sorted(
-            (image for image in found if image.get("status") == "READY"),
+            (image for image in found if image.get("status") == "READY" and not _temporary(image)),
             key=lambda image: image.get("creationTimestamp") or "",
         )
         if ready:
@@ -478,7 +479,11 @@ class Images:
         else:
             return None
         images = self.client.list(self.global_path("images"), filter_, what="look for earlier images")
-        images = [image for image in images if (image.get("labels") or {}).get(FINGERPRINT_LABEL)]
+        images = [
+            image
+            for image in images
+            if (image.get("labels") or {}).get(FINGERPRINT_LABEL) and not _temporary(image)
+        ]
         return max(images, key=lambda image: image.get("creationTimestamp") or "") if images else None
 
     def unchanged(self, image: Mapping[str, Any], digest: str, inputs: Mapping[str, str]) -> dict[str, Any]:
@@ -725,6 +730,7 @@ class Images:
             self.client.wait(op, self.deadline, what="stop instance %s" % name)
             self.actions.append("stopped instance %s" % name)
             image = self.insert_image(steps, digest, inputs, {"sourceDisk": self.zone_path("disks", name)})
+            image = self.finalize_image(image)
             deprecated = self.deprecate_older(image)
         return _warn_undo_errors(steps, self.built(image, digest, inputs, deprecated))
 
@@ -757,6 +763,7 @@ class Images:
             image = self.insert_image(
                 steps, digest, inputs, {"rawDisk": {"source": source, "containerType": "TAR"}}
             )
+            image = self.finalize_image(image)
             deprecated = self.deprecate_older(image)
         result = self.built(image, digest, inputs, deprecated)
         result["changed_inputs"] = ["forced"] if existing else changed
@@ -774,6 +781,8 @@ class Images:
         labels[BAKE_ID_LABEL] = self.bake_id
         if self.target:
             labels[TARGET_LABEL] = label_safe(self.target)
+        # temporary until finalize_image: an image a killed bake made is not final, and the janitor removes it
+        labels[TEMPORARY_LABEL] = "true"
         body: dict[str, Any] = dict(source, name=name, labels=labels)
         if params.get("family"):
             body["family"] = params["family"]
@@ -797,6 +806,19 @@ class Images:
         image = self.wait_status(self.global_path("images", name), "READY", ("FAILED",), "image %s" % name)
         self.actions.append("created image %s" % name)
         return image
+
+    def finalize_image(self, image: Mapping[str, Any]) -> dict[str, Any]:
+        """The image is complete: drop its ``bakery-temporary`` label (only now does a lookup find it)."""
+        name = image["name"]
+        labels = {k: v for k, v in (image.get("labels") or {}).items() if k != TEMPORARY_LABEL}
+        op = self.client.compute(
+            "POST",
+            self.global_path("images", name) + "/setLabels",
+            body={"labels": labels, "labelFingerprint": image.get("labelFingerprint")},
+            what="label image %s final" % name,
+        )
+        self.client.wait(op, self.deadline, what="label image %s final" % name)
+        return self.client.compute("GET", self.global_path("images", name), what="image %s" % name)
 
     def delete_image(self, name: str) -> None:
         op = self.client.compute(
@@ -1021,8 +1043,9 @@ def sweep_project(
     keep_object: str | None = None,
 ) -> list[dict[str, Any]]:
     """Temporary resources (label ``bakery-temporary=true``) the selector selects, removed: build instances,
-    then disks (listed after the instances went, which may have taken their disks along), then uploaded
-    objects (metadata ``bakery-temporary=true``) in *bucket*. Ages: creationTimestamp and timeCreated."""
+    then disks (listed after the instances went, which may have taken their disks along), images not yet
+    labelled final, then uploaded objects (metadata ``bakery-temporary=true``) in *bucket*. Ages:
+    creationTimestamp and timeCreated."""
     project = client.project
     until = deadline if deadline is not None else time.monotonic() + 1800
     labels = {TEMPORARY_LABEL: "true"}
@@ -1059,6 +1082,24 @@ def sweep_project(
                 entries.append(
                     act(entry, check_mode, lambda p=path, k=kind, n=item["name"]: delete(p, "%s %s" % (k, n)))
                 )
+    # images a killed capture or import made before they were labelled final
+    where = "projects/%s/global/images" % project
+    for item in client.list(where, filter_, what="list unfinished images"):
+        item_labels = item.get("labels") or {}
+        if not selector.matches(item_labels.get(BAKE_ID_LABEL), item.get("creationTimestamp")):
+            continue
+        entry = record(
+            "gce",
+            "image",
+            item.get("id") or item["name"],
+            name=item["name"],
+            bake_id=item_labels.get(BAKE_ID_LABEL),
+            target=item_labels.get(TARGET_LABEL),
+            created=item.get("creationTimestamp"),
+            location="%s/global" % project,
+        )
+        path = "%s/%s" % (where, item["name"])
+        entries.append(act(entry, check_mode, lambda p=path, n=item["name"]: delete(p, "image %s" % n)))
     if bucket:
         base = "%s/storage/v1/b/%s/o" % (client.storage, quote(bucket, safe=""))
         params: dict[str, Any] = {}
@@ -1114,6 +1155,10 @@ def sweep(params: Mapping[str, Any], selector: Selector, check_mode: bool) -> li
         zones=[str(z) for z in params.get("zones") or []],
         bucket=params.get("bucket"),
     )
+
+
+def _temporary(resource: Mapping[str, Any]) -> bool:
+    return (resource.get("labels") or {}).get(TEMPORARY_LABEL) == "true"
 
 
 def _warn_undo_errors(steps: Steps, result: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ description:
     the last 10 seconds is left alone. Builders' private keys that the ami and gce roles keep in
     C(.bakery-tmp) and C(.bakery-ssh) of the output directory go as well."
   - "C(aws): EC2 instances, images, snapshots, key pairs and security groups tagged C(bakery-temporary=true)."
-  - "C(gce): Compute Engine instances and disks labelled C(bakery-temporary=true), and uploaded Cloud Storage
-    objects with that metadata."
+  - "C(gce): Compute Engine instances, disks and images labelled C(bakery-temporary=true) (an image is until
+    its bake labels it final), and uploaded Cloud Storage objects with that metadata."
   - The bake's cleanup play removes its resources with the same functions; the janitor is for what a killed
     bake left. Playbook C(playbooks/janitor.yml) runs this module with a bake definition.
 author:

@@ -501,7 +501,7 @@ class FakeCompute:
             a["zone"],
             "delete",
             "projects/%s/zones/%s/disks/%s" % key,
-            lambda: self.disks.pop(key, None),
+            lambda: self.disks.pop(key, None) and None,  # an effect's result is an error
         )
 
     # ------------------------------------------------------------------ images
@@ -620,7 +620,7 @@ class FakeCompute:
             None,
             "delete",
             "projects/%s/global/images/%s" % key,
-            lambda: self.images.pop(key, None),
+            lambda: self.images.pop(key, None) and None,  # an effect's result is an error
         )
 
     def do_images_deprecate(self, a, q, body):
@@ -635,6 +635,26 @@ class FakeCompute:
 
         return 200, self.operation(
             a["project"], None, "deprecate", "projects/%s/global/images/%s" % key, deprecated
+        )
+
+    def do_images_setLabels(self, a, q, body):
+        key = (a["project"], a["resource"])
+        if key not in self.images:
+            return self.not_found(a["resource"])
+        if body.get("labelFingerprint") != self.images[key].get("labelFingerprint"):
+            return 412, {
+                "error": {
+                    "code": 412,
+                    "message": "Labels fingerprint either invalid or resource labels have changed",
+                }
+            }
+
+        def relabelled():
+            self.images[key]["labels"] = dict(body.get("labels") or {})
+            self.images[key]["labelFingerprint"] = "%s=" % next(self.ids)
+
+        return 200, self.operation(
+            a["project"], None, "setlabels", "projects/%s/global/images/%s" % key, relabelled
         )
 
     # ------------------------------------------------------------------ token endpoint
