@@ -21,7 +21,7 @@ from ansible_collections.bakery.images.plugins.module_utils._docker import valid
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
 from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
-from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
 TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
@@ -36,7 +36,7 @@ Validator = Callable[[str, Mapping[str, Any], str], dict]
 SecretPaths = Callable[[str], "list[list[str]]"]
 
 # what the plan shows for a secret option's value (the marker Ansible shows for a no_log module parameter)
-MASK = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+MASK = NO_LOG_MASK
 
 
 def secret_paths(spec: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[list[str]]:

@@ -13,8 +13,9 @@ One ``playbooks/bake.yml`` run bakes, side by side:
   with the same kind of stand-in builder as in test_gce.py.
 
 A qemu target needs a bootable rootfs and minutes under TCG, so the qemu builder's secret, its SSH key, is
-covered by ``bakery.images.qemu_vm`` (``action=keygen`` then ``stop``) in a test play of the same run. Vagrant
-targets take no secret (a box is packed from a disk, with Vagrant's public insecure key).
+covered by ``bakery.images.qemu_vm`` (``action=keygen`` after launch, ``stop`` before the report) in the test
+plays of the same run. Vagrant targets take no secret (a box is packed from a disk, with Vagrant's public
+insecure key). A second run, ``--check --diff`` at -vvvv, shows what would be baked: no secret there either.
 
 While the run goes, a watcher reads every builder private key (the ami launch key, the gce SSH key, the qemu_vm
 key): each must be 0600 while it exists, its contents must appear nowhere, and it must be gone afterwards.
@@ -28,7 +29,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -65,9 +65,11 @@ class KeyWatcher(threading.Thread):
 
     @staticmethod
     def is_private_key(path: Path) -> bool:
-        return path.is_file() and (
-            path.suffix == ".key" or path.name == "id_ed25519" or ".bakery-ssh" in path.parts
-        ) and not path.name.endswith((".pub", ".known_hosts"))
+        return (
+            path.is_file()
+            and (path.suffix == ".key" or path.name == "id_ed25519" or ".bakery-ssh" in path.parts)
+            and not path.name.endswith((".pub", ".known_hosts"))
+        )
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -107,24 +109,6 @@ PROVISIONER = """\
   when: inventory_hostname == 'bakery-broken-builder'
 """
 
-QEMU_KEY_PLAY = {
-    "name": "The qemu builder's SSH key (test only): made, then removed with the work directory",
-    "hosts": "localhost",
-    "gather_facts": False,
-    "tasks": [
-        {
-            "name": "Make the qemu_vm key pair",
-            "bakery.images.qemu_vm": {"action": "keygen", "workdir": "{{ qemu_workdir }}", "bake_id": "{{ bake_id }}"},
-        },
-        {"name": "Let the watcher see it", "ansible.builtin.pause": {"seconds": 1}},
-        {
-            "name": "Remove the work directory with the key",
-            "bakery.images.qemu_vm": {"action": "stop", "workdir": "{{ qemu_workdir }}"},
-        },
-    ],
-}
-
-
 STAND_IN_PLAY = {
     "name": "Stand-in builders (test only): the cloud fakes run no VM, so a local container from the bake's "
     "base image takes each cloud builder's place for provisioning",
@@ -141,6 +125,15 @@ STAND_IN_PLAY = {
                 "state": "started",
             },
             "when": ["bakery_builder is defined", "bakery_target.type in ['ami', 'gce']"],
+        },
+        {
+            "name": "Make a qemu_vm key pair (the qemu builder's SSH key, removed with its work directory later)",
+            "bakery.images.qemu_vm": {
+                "action": "keygen",
+                "workdir": "{{ qemu_workdir }}",
+                "bake_id": "{{ bake_id }}",
+            },
+            "when": "bakery_target.name == 'app'",
         },
         {
             "name": "Point the builders at the stand-ins",
@@ -163,7 +156,7 @@ STAND_IN_PLAY = {
 }
 
 REMOVE_STAND_IN = {
-    "name": "Remove the stand-in containers (test only)",
+    "name": "Remove the stand-in containers and the qemu_vm work directory (test only)",
     "hosts": "bakery_targets",
     "gather_facts": False,
     "tasks": [
@@ -172,21 +165,26 @@ REMOVE_STAND_IN = {
             "community.docker.docker_container": {
                 "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
                 "state": "absent",
+                "force_kill": True,
             },
             "when": "bakery_target.type in ['ami', 'gce']",
-        }
+        },
+        {
+            "name": "Remove the qemu_vm work directory with its key",
+            "bakery.images.qemu_vm": {"action": "stop", "workdir": "{{ qemu_workdir }}"},
+            "when": "bakery_target.name == 'app'",
+        },
     ],
 }
 
 
 def playbook(tmp_path: Path) -> Path:
-    """playbooks/bake.yml with test plays: the qemu key first, stand-in builders for the cloud targets after
-    launch (their instances run nothing), and the stand-ins removed before the report."""
+    """playbooks/bake.yml with test plays: stand-in builders for the cloud targets after launch (their
+    instances run nothing) and a qemu_vm key pair, both removed before the report."""
     plays = yaml.safe_load((REPO / "playbooks" / "bake.yml").read_text())
     names = [play["name"] for play in plays]
     plays.insert(names.index("Launch the builders") + 1, STAND_IN_PLAY)
     plays.insert(len(plays) - 1, REMOVE_STAND_IN)
-    plays.insert(0, QEMU_KEY_PLAY)
     path = tmp_path / "bake-secrets.yml"
     path.write_text(yaml.safe_dump(plays, sort_keys=False))
     role = tmp_path / "roles" / "secretive" / "tasks"
@@ -278,11 +276,12 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
         "ami_secret_key": aws_secret,
         "ami_session_token": aws_token,
     }
+    book = playbook(tmp_path)
     watcher = KeyWatcher([output])
     watcher.start()
     started = time.monotonic()
     try:
-        run = run_playbook(playbook(tmp_path), tmp_path, extra_vars=extra, args=["-vvvv"], json_output=False)
+        run = run_playbook(book, tmp_path, extra_vars=extra, args=["-vvvv"], json_output=False)
         seconds = time.monotonic() - started
     finally:
         watcher.stop()
@@ -292,13 +291,13 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
 
     # the run did what it says: app, ec2 and vm baked, broken failed in provisioning, and it was verbose
     assert run.rc != 0, run.stdout[-3000:]
-    assert "provisioning went wrong" in text and "<127.0.0.1> EXEC" in text, text[-3000:]
+    assert "provisioning went wrong" in text and "<bakery-app> EXEC" in text, text[-3000:]
     manifest_text = (output / "bake-manifest.json").read_text()
     manifest = json.loads(manifest_text)
     made = {a["target"]: a for a in manifest["artifacts"]}
     assert sorted(made) == ["app", "ec2", "vm"], run.stdout[-5000:]
     # the plan still shows which option is secret, masked; the labels of its loops stay readable
-    assert MASK in run.stdout and "app (docker)" in run.stdout
+    assert "secret_options" in run.stdout and "app (docker)" in run.stdout
 
     # the builder keys: 0600 while they existed, and gone now
     seen = watcher.seen
@@ -309,8 +308,16 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
         assert mode == 0o600, "%s was %o" % (path, mode)
         assert not os.path.exists(path), "%s is left behind" % path
 
+    # again in check mode with --diff: what would be baked and why (the found targets report unchanged)
+    check = run_playbook(
+        book, tmp_path, extra_vars=extra, args=["-vvvv", "--check", "--diff"], json_output=False
+    )
+    assert "would build" in check.stdout and "3 unchanged" in check.stdout, check.stdout[-3000:]
+    print("again with --check --diff: %.1f s" % (time.monotonic() - started - seconds))
+
     # what a user, a log or a registry could show
     shown = {"stdout": run.stdout, "stderr": run.stderr, "manifest": manifest_text}
+    shown.update({"check stdout": check.stdout, "check stderr": check.stderr})
     for path in output.rglob("*"):
         if path.is_file():
             shown[str(path)] = path.read_text(errors="replace")
