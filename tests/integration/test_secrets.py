@@ -289,67 +289,73 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
     text = run.stdout + run.stderr
     print("bake at -vvvv: %.1f s, %d characters of output" % (seconds, len(text)))
 
-    # the run did what it says: app, ec2 and vm baked, broken failed in provisioning, and it was verbose
-    assert run.rc != 0, run.stdout[-3000:]
-    assert "provisioning went wrong" in text and "<bakery-app> EXEC" in text, text[-3000:]
-    manifest_text = (output / "bake-manifest.json").read_text()
-    manifest = json.loads(manifest_text)
-    made = {a["target"]: a for a in manifest["artifacts"]}
-    assert sorted(made) == ["app", "ec2", "vm"], run.stdout[-5000:]
-    # the plan still shows which option is secret, masked; the labels of its loops stay readable
-    assert "secret_options" in run.stdout and "app (docker)" in run.stdout
+    try:
+        # the run did what it says: app, ec2 and vm baked, broken failed in provisioning, and it was verbose
+        assert run.rc != 0, run.stdout[-3000:]
+        assert "provisioning went wrong" in text and "<bakery-app> EXEC" in text, text[-3000:]
+        manifest_text = (output / "bake-manifest.json").read_text()
+        manifest = json.loads(manifest_text)
+        made = {a["target"]: a for a in manifest["artifacts"]}
+        assert sorted(made) == ["app", "ec2", "vm"], run.stdout[-5000:]
+        # the plan still shows which option is secret, masked; the labels of its loops stay readable
+        assert "secret_options" in run.stdout and "app (docker)" in run.stdout
 
-    # the builder keys: 0600 while they existed, and gone now
-    seen = watcher.seen
-    assert any(path.endswith(".key") for path in seen), "the ami launch key was not seen: %s" % list(seen)
-    assert any(".bakery-ssh" in path for path in seen), "the gce SSH key was not seen: %s" % list(seen)
-    assert any(path.endswith("id_ed25519") for path in seen), "the qemu_vm key was not seen: %s" % list(seen)
-    for path, (mode, _text) in seen.items():
-        assert mode == 0o600, "%s was %o" % (path, mode)
-        assert not os.path.exists(path), "%s is left behind" % path
+        # the builder keys: 0600 while they existed, and gone now
+        seen = watcher.seen
+        assert any(path.endswith(".key") for path in seen), "the ami launch key was not seen: %s" % list(seen)
+        assert any(".bakery-ssh" in path for path in seen), "the gce SSH key was not seen: %s" % list(seen)
+        assert any(path.endswith("id_ed25519") for path in seen), "the qemu_vm key was not seen: %s" % list(
+            seen
+        )
+        for path, (mode, _text) in seen.items():
+            assert mode == 0o600, "%s was %o" % (path, mode)
+            assert not os.path.exists(path), "%s is left behind" % path
 
-    # again in check mode with --diff: what would be baked and why (the found targets report unchanged)
-    check = run_playbook(
-        book, tmp_path, extra_vars=extra, args=["-vvvv", "--check", "--diff"], json_output=False
-    )
-    assert "would build" in check.stdout and "3 unchanged" in check.stdout, check.stdout[-3000:]
-    print("again with --check --diff: %.1f s" % (time.monotonic() - started - seconds))
+        # again in check mode with --diff: what would be baked and why (the found targets report unchanged)
+        check = run_playbook(
+            book, tmp_path, extra_vars=extra, args=["-vvvv", "--check", "--diff"], json_output=False
+        )
+        assert "would build" in check.stdout and "3 unchanged" in check.stdout, check.stdout[-3000:]
+        print("again with --check --diff: %.1f s" % (time.monotonic() - started - seconds))
 
-    # what a user, a log or a registry could show
-    shown = {"stdout": run.stdout, "stderr": run.stderr, "manifest": manifest_text}
-    shown.update({"check stdout": check.stdout, "check stderr": check.stderr})
-    for path in output.rglob("*"):
-        if path.is_file():
-            shown[str(path)] = path.read_text(errors="replace")
-    image = client.images.get("%s/bakery-secrets/app:%s" % (url, tag))
-    shown["app image"] = json.dumps(image.attrs) + json.dumps(image.history())
-    ec2 = moto.client("ec2", REGION)
-    amis = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:bakery-bake-id", "Values": [bake_id]}])
-    assert [i["ImageId"] for i in amis["Images"]] == [made["ec2"]["id"]]
-    snapshots = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-    shown["ami"] = json.dumps(amis, default=str) + json.dumps(snapshots, default=str)
-    shown["gce image"] = json.dumps(list(gce.fake.images.values()), default=str)
+        # what a user, a log or a registry could show
+        shown = {"stdout": run.stdout, "stderr": run.stderr, "manifest": manifest_text}
+        shown.update({"check stdout": check.stdout, "check stderr": check.stderr})
+        for path in output.rglob("*"):
+            if path.is_file():
+                shown[str(path)] = path.read_text(errors="replace")
+        image = client.images.get("%s/bakery-secrets/app:%s" % (url, tag))
+        shown["app image"] = json.dumps(image.attrs) + json.dumps(image.history())
+        ec2 = moto.client("ec2", REGION)
+        amis = ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "tag:bakery-bake-id", "Values": [bake_id]}]
+        )
+        assert [i["ImageId"] for i in amis["Images"]] == [made["ec2"]["id"]]
+        snapshots = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        shown["ami"] = json.dumps(amis, default=str) + json.dumps(snapshots, default=str)
+        shown["gce image"] = json.dumps(list(gce.fake.images.values()), default=str)
 
-    secrets = {
-        "AWS access key id": encodings(AWS_KEY_ID),
-        "AWS secret key": encodings(aws_secret),
-        "AWS session token": encodings(aws_token),
-        "registry password": encodings(registry_password)
-        | encodings("pusher:" + registry_password)
-        | {json.dumps(registry_password)[1:-1]},
-        "GCE key id": {gce.key_info["private_key_id"]},
-        "GCE private key": set(key_pieces(gce.private_pem)),
-        "GCE access token": set(gce.secrets()[2:]),
-    }
-    for path, (_mode, pem) in seen.items():
-        secrets["builder key %s" % Path(path).name] = set(key_pieces(pem))
-    leaks = [
-        "%s in %s" % (what, where)
-        for what, forms in secrets.items()
-        for where, content in shown.items()
-        if any(form in content for form in forms)
-    ]
-    assert not leaks, "secrets leaked: %s" % leaks
-    assert gce.leftovers() == {}
-
-    client.images.remove(image.id, force=True)
+        secrets = {
+            "AWS access key id": encodings(AWS_KEY_ID),
+            "AWS secret key": encodings(aws_secret),
+            "AWS session token": encodings(aws_token),
+            "registry password": encodings(registry_password)
+            | encodings("pusher:" + registry_password)
+            | {json.dumps(registry_password)[1:-1]},
+            "GCE key id": {gce.key_info["private_key_id"]},
+            "GCE private key": set(key_pieces(gce.private_pem)),
+            "GCE access token": set(gce.secrets()[2:]),
+        }
+        for path, (_mode, pem) in seen.items():
+            secrets["builder key %s" % Path(path).name] = set(key_pieces(pem))
+        leaks = [
+            "%s in %s" % (what, where)
+            for what, forms in secrets.items()
+            for where, content in shown.items()
+            if any(form in content for form in forms)
+        ]
+        assert not leaks, "secrets leaked: %s" % leaks
+        assert gce.leftovers() == {}
+    finally:  # the pushed image is this test's own: remove it from the shared engine
+        for image in client.images.list(name="%s/bakery-secrets/app" % url):
+            client.images.remove(image.id, force=True)
