@@ -35,11 +35,11 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
-from aws import REGION
-from conftest import REPO, run_playbook
-from test_ami import moto  # noqa: F401 (fixture)
-from test_gce import ZONE, gce  # noqa: F401 (fixture)
+from aws import REGION, MotoServer
+from conftest import REPO, docker_client, run_playbook
+from test_gce import ZONE, Env
 
 AWS_KEY_ID = "AKIABAKERYSECRET0001"
 MASK = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
@@ -52,6 +52,28 @@ def encodings(secret: str) -> set[str]:
         encoded = base64.b64encode(b"x" * shift + secret.encode()).decode()
         forms.add(encoded[4 if shift else 0 : -4])
     return {form for form in forms if len(form) >= 12}
+
+
+@pytest.fixture()
+def moto(tmp_path):
+    server = MotoServer(tmp_path / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def gce(tmp_path):
+    """The fake Compute Engine and the storage emulator, as test_gce.py starts them."""
+    env = Env(tmp_path)
+    try:
+        yield env
+        assert not env.fake.violations, "requests the Compute API would not accept:\n" + "\n".join(
+            env.fake.violations
+        )
+    finally:
+        env.stop()
 
 
 class KeyWatcher(threading.Thread):
@@ -197,7 +219,7 @@ def playbook(tmp_path: Path) -> Path:
     return path
 
 
-def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_path):  # noqa: F811
+def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, tmp_path):
     from registry import start_registry
 
     tag = uuid.uuid4().hex[:8]
@@ -211,7 +233,7 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
     url, stop_registry = start_registry(tmp_path / "registry", user="pusher", password=registry_password)
     output = tmp_path / "output"
     qemu_workdir = output / "qemu-vm"
-    client = docker_leftovers
+    client = docker_client()
     registry = {"username": "pusher", "password": registry_password}
     bake = {
         "name": "secrets",
@@ -356,6 +378,8 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, docker_leftovers, tmp_
         ]
         assert not leaks, "secrets leaked: %s" % leaks
         assert gce.leftovers() == {}
+        # no build or stand-in container of this bake is left (other bakes share the engine: only ours count)
+        assert not client.containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
     finally:  # the pushed image is this test's own: remove it from the shared engine
         for image in client.images.list(name="%s/bakery-secrets/app" % url):
             client.images.remove(image.id, force=True)
