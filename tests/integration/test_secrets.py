@@ -155,7 +155,7 @@ STAND_IN_PLAY = {
                 "workdir": "{{ qemu_workdir }}",
                 "bake_id": "{{ bake_id }}",
             },
-            "when": "bakery_target.name == 'app'",
+            "when": ["not ansible_check_mode", "bakery_target.name == 'app'"],
         },
         {
             "name": "Point the builders at the stand-ins",
@@ -189,12 +189,12 @@ REMOVE_STAND_IN = {
                 "state": "absent",
                 "force_kill": True,
             },
-            "when": "bakery_target.type in ['ami', 'gce']",
+            "when": ["not ansible_check_mode", "bakery_target.type in ['ami', 'gce']"],
         },
         {
             "name": "Remove the qemu_vm work directory with its key",
             "bakery.images.qemu_vm": {"action": "stop", "workdir": "{{ qemu_workdir }}"},
-            "when": "bakery_target.name == 'app'",
+            "when": ["not ansible_check_mode", "bakery_target.name == 'app'"],
         },
     ],
 }
