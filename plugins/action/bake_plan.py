@@ -62,9 +62,14 @@ def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# what a failure does to the temporary resources: remove them all, keep the failed builders, or leave
+# everything (a janitor removes it later)
+ON_ERROR = ("cleanup", "keep", "abort")
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("bake", "only", "except", "force", "bake_id", "fail_fast"))
+    _VALID_ARGS = frozenset(("bake", "only", "except", "force", "bake_id", "fail_fast", "on_error"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -102,6 +107,14 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(
                 "fail_fast must be true or false, not %r" % args.get("fail_fast")
             ) from None
+        on_error = args.get("on_error") or bake.get("on_error") or "cleanup"
+        if on_error not in ON_ERROR:
+            raise AnsibleActionFail(
+                "on_error must be one of %s, not %r" % (", ".join(ON_ERROR), on_error)
+            ) from None
+        plan["on_error"] = on_error
+        # abort stops the whole bake at the first failure, as fail_fast does, and then cleans nothing
+        plan["fail_fast"] = plan["fail_fast"] or on_error == "abort"
         result.update(changed=False, plan=plan)
         result["msg"] = "bake %s (%s): %d target(s): %s" % (
             plan["name"],

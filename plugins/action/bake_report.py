@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from ansible import context
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
@@ -20,6 +21,16 @@ def _read(path: str):
             return json.load(handle)
     except (OSError, ValueError):
         return None
+
+
+def _var_files() -> list[str]:
+    """The run's ``-e @file`` arguments, absolute, for the janitor command the report suggests."""
+    files = []
+    for extra in context.CLIARGS.get("extra_vars") or ():
+        extra = str(extra)
+        if extra.startswith("@"):
+            files.append(os.path.abspath(os.path.expanduser(extra[1:])))
+    return files
 
 
 class ActionModule(ActionBase):
@@ -48,7 +59,7 @@ class ActionModule(ActionBase):
             summary=_manifest.summary(plan, results),
             failed_targets=[r["target"] for r in failures],
             cancelled_targets=[r["target"] for r in cancelled],
-            failures=_manifest.failures(plan, results) if failures or cancelled else "",
+            failures=_manifest.failures(plan, results, _var_files()) if failures or cancelled else "",
         )
         if self._task.diff and changed:
             result["diff"] = {

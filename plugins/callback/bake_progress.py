@@ -18,6 +18,8 @@ description:
     M(bakery.images.bake_report) returned it. Per target it gives the artifact id or path, its size, the
     build duration or that it was skipped because it was unchanged, and where the manifest is. The
     callback only shows that summary; it computes nothing.
+  - On SIGINT or SIGTERM it stops the running tasks and removes the bake's temporary resources before the
+    run exits (O(cleanup_on_signal)); Ansible alone would exit without running the cleanup play.
   - Works beside any stdout callback. It stays quiet when the stdout callback writes machine-readable
     output (a name ending in C(json) or C(jsonl)), which must not be mixed with other lines.
   - Enable it in C(ansible.cfg) with C(callbacks_enabled = bakery.images.bake_progress) (the
@@ -37,6 +39,21 @@ options:
         key: interval
     env:
       - name: BAKERY_PROGRESS_INTERVAL
+  cleanup_on_signal:
+    description:
+      - When the run gets SIGINT (Ctrl-C) or SIGTERM (a CI job cancelled) after the bake was planned, stop
+        the running tasks first, then remove every temporary resource of the bake before exiting. The
+        removal is the janitor's (C(playbooks/janitor.yml) with the bake id and the run's C(-e)
+        arguments), the same code as the bake's cleanup. A second signal during the removal stops it.
+      - Not in check mode, and not with the bake's O(on_error) V(keep) or V(abort), which leave resources
+        on purpose.
+    type: bool
+    default: true
+    ini:
+      - section: callback_bake_progress
+        key: cleanup_on_signal
+    env:
+      - name: BAKERY_CLEANUP_ON_SIGNAL
   summary:
     description: Print the bake summary after the play recap.
     type: bool
@@ -48,13 +65,41 @@ options:
       - name: BAKERY_PROGRESS_SUMMARY
 """
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 from ansible import constants as C
+from ansible import context
 from ansible.plugins.callback import CallbackBase
 
 REPORT_ACTIONS = frozenset(("bakery.images.bake_report", "bake_report"))
+PLAN_ACTIONS = frozenset(("bakery.images.bake_plan", "bake_plan"))
+JANITOR_PLAYBOOK = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "janitor.yml"
+)
+# how long the tasks that run when the signal comes get to stop, and the janitor to finish
+WORKERS_GRACE = 20.0
+JANITOR_TIMEOUT = 900
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of *pid*."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry))
+    return found
 
 
 class CallbackModule(CallbackBase):
@@ -73,6 +118,10 @@ class CallbackModule(CallbackBase):
         self._thread: threading.Thread | None = None
         self._quiet = False
         self._interval = 30.0
+        # the planned bake (id, on_error) that a signal must clean up after; None before the plan
+        self._bake: dict | None = None
+        self._previous_handlers: dict[int, object] = {}
+        self._cleaning = False
 
     # ------------------------------------------------------------------ life cycle
 
@@ -83,6 +132,10 @@ class CallbackModule(CallbackBase):
         if not self._quiet and self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="bake_progress", daemon=True)
             self._thread.start()
+        if self.get_option("cleanup_on_signal") and not self._previous_handlers:
+            # Ansible's own handlers (which pass the signal to the workers and exit) run after ours
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def v2_playbook_on_play_start(self, play):
         with self._lock:
@@ -114,6 +167,13 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_ok(self, result):
         self._done(result)
+        plan = result._result.get("plan")
+        if result._task.action in PLAN_ACTIONS and isinstance(plan, dict) and plan.get("bake_id"):
+            self._bake = {
+                "bake_id": str(plan["bake_id"]),
+                "on_error": plan.get("on_error") or "cleanup",
+                "check_mode": bool(result._task.check_mode),
+            }
         if result._task.action in REPORT_ACTIONS and isinstance(result._result.get("summary"), list):
             self._summary = [str(line) for line in result._result["summary"]]
 
@@ -125,6 +185,69 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_unreachable(self, result):
         self._done(result)
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_signal(self, signum, frame):
+        """Stop the running tasks, remove the bake's temporary resources, then let Ansible exit."""
+        previous = self._previous_handlers.get(signum)
+        bake = self._bake
+        if not self._cleaning and bake and not bake["check_mode"] and bake["on_error"] == "cleanup":
+            self._cleaning = True
+            # a second signal during the cleanup ends it at once
+            for other, handler in self._previous_handlers.items():
+                signal.signal(other, handler)
+            try:
+                self._stop_workers(signum)
+                self._run_janitor(signal.Signals(signum).name, bake["bake_id"])
+            except Exception as exc:  # never hide the signal behind an error of ours
+                self._display.warning("bakery: the cleanup after %s failed: %s" % (signum, exc))
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def _stop_workers(self, signum: int) -> None:
+        """Pass the signal to the task workers (each stops its module's process group) and wait for them."""
+        workers = _children(os.getpid())
+        for pid in workers:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+        deadline = time.monotonic() + WORKERS_GRACE
+        while time.monotonic() < deadline:
+            if not set(workers) & set(_children(os.getpid())):
+                return
+            time.sleep(0.2)
+        for pid in set(workers) & set(_children(os.getpid())):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _run_janitor(self, signame: str, bake_id: str) -> None:
+        self._display.display(
+            "bakery: %s: the running tasks were stopped; removing the temporary resources of bake %s"
+            % (signame, bake_id),
+            stderr=True,
+        )
+        argv = [sys.executable, sys.argv[0], JANITOR_PLAYBOOK]
+        for extra in context.CLIARGS.get("extra_vars") or ():
+            argv += ["-e", extra]
+        argv += ["-e", "janitor_bake_id=%s" % bake_id]
+        env = dict(os.environ, BAKERY_CLEANUP_ON_SIGNAL="false")
+        proc = subprocess.run(argv, env=env, timeout=JANITOR_TIMEOUT, check=False)
+        if proc.returncode == 0:
+            self._display.display("bakery: temporary resources of bake %s removed" % bake_id, stderr=True)
+        else:
+            self._display.warning(
+                "bakery: the janitor did not finish (exit status %d); run it again: "
+                "ansible-playbook bakery.images.janitor -e janitor_bake_id=%s" % (proc.returncode, bake_id)
+            )
 
     # ------------------------------------------------------------------ the watcher
 

@@ -51,9 +51,14 @@ def target_secrets(bake, target):
     raise AnsibleFilterError("target %r is not in the bake definition" % target.get("name"))
 
 
+def builder_access(builder):
+    return _manifest.builder_access(builder)
+
+
 class FilterModule:
     def filters(self):
         return {
+            "builder_access": builder_access,
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
             "ami_artifact": ami_artifact,

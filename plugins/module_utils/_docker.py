@@ -131,16 +131,49 @@ def previous_inputs(client: Any, name: str, tags: list[str]) -> dict[str, str]:
 
 
 def ensure_tags(client: Any, image_id: str, name: str, tags: list[str], check_mode: bool) -> list[str]:
-    """Point every ``name:tag`` at *image_id*; returns the tags that had to move."""
-    moved = []
+    """Point every ``name:tag`` at *image_id*; returns the tags that had to move.
+
+    All or nothing: when one tag cannot move, the tags moved before it are put back where they were (or
+    removed, if they were new), so that a reader never sees some tags on the new image and some on the old.
+    """
+    moved: list[str] = []
+    previous: dict[str, str | None] = {}
     for tag in tags:
         current = _image(client, "%s:%s" % (name, tag))
         if current and current["Id"] == image_id:
             continue
         moved.append(tag)
-        if not check_mode:
+        if check_mode:
+            continue
+        try:
             client.api.tag(image_id, name, tag)
+        except APIError as exc:
+            restored = _restore_tags(client, name, previous)
+            raise BakeryError(
+                "docker tag %s:%s failed: %s; %s"
+                % (name, tag, exc.explanation or exc, restored or "no tag had moved")
+            ) from exc
+        previous[tag] = current["Id"] if current else None
     return moved
+
+
+def _restore_tags(client: Any, name: str, previous: dict[str, str | None]) -> str:
+    """Put tags back on the images they named before (or remove new ones); say what was done."""
+    done, failed = [], []
+    for tag, image_id in previous.items():
+        ref = "%s:%s" % (name, tag)
+        try:
+            if image_id:
+                client.api.tag(image_id, name, tag)
+            else:
+                client.api.remove_image(ref, noprune=True)
+            done.append(ref)
+        except (APIError, NotFound) as exc:
+            failed.append("%s (%s)" % (ref, exc))
+    text = "put back %s" % ", ".join(done) if done else ""
+    if failed:
+        text += "%scould not put back %s" % ("; " if text else "", ", ".join(failed))
+    return text
 
 
 def image_summary(client: Any, image_id: str, name: str, tags: list[str]) -> dict[str, Any]:
@@ -660,9 +693,17 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         except APIError as exc:
             raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
         image_id = reply["Id"]
+        # until it is tagged, the image is nobody's: a failure from here on removes it
+        steps.add_undo("remove the untagged image", lambda: _remove_untagged(client, image_id))
         _check_committed(client, image_id, conf)
         what = "committed %s" % container.get("Name", cid).lstrip("/")
         return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+
+
+def _remove_untagged(client: Any, image_id: str) -> None:
+    image = _image(client, image_id)
+    if image is not None and not image.get("RepoTags"):
+        client.api.remove_image(image_id, noprune=False)
 
 
 def _check_committed(client: Any, image_id: str, conf: dict[str, Any]) -> None:

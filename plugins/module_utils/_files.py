@@ -33,7 +33,11 @@ def read_sidecar(path: str) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def atomic_output(path: str, mode: int = 0o644) -> Iterator[str]:
-    """Yield a temporary path beside *path*; rename it onto *path* only if the block succeeds."""
+    """Yield a temporary path beside *path*; rename it onto *path* only if the block succeeds.
+
+    An old sidecar of *path* goes just before the rename: the caller's new sidecar, written last, is what
+    marks the new file final (a run killed in between leaves a file that no bake takes as up to date).
+    """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory)
@@ -41,10 +45,42 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, mode)
+        if not path.endswith(SIDECAR_SUFFIX) and os.path.lexists(sidecar_path(path)):
+            os.unlink(sidecar_path(path))
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: list[str], mode: int = 0o644) -> Iterator[list[str]]:
+    """Temporary paths beside each of *paths*, renamed onto them only when the whole block succeeds, so
+    that a failure in the last of several outputs leaves every old output as it was.
+
+    Before a file is renamed into place its old sidecar goes: a run killed between the renames and the
+    caller's new sidecars leaves outputs without a sidecar, which no bake takes as up to date.
+    """
+    tmps: list[str] = []
+    try:
+        for path in paths:
+            directory = os.path.dirname(os.path.abspath(path)) or "."
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory
+            )
+            os.close(fd)
+            tmps.append(tmp)
+        yield tmps
+        for path, tmp in zip(paths, tmps):
+            os.chmod(tmp, mode)
+            if os.path.lexists(sidecar_path(path)):
+                os.unlink(sidecar_path(path))
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -9,6 +9,7 @@ the bake id and build time of the bake that made it, so a bake that changes noth
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -221,8 +222,50 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
     return lines
 
 
-def failures(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> str:
-    """One message naming every failed target, its phase, task, builder and last output lines."""
+JANITOR_PLAYBOOK = "bakery.images.janitor"
+
+
+def janitor_command(bake_id: str, var_files: list[str] | tuple[str, ...] = ()) -> str:
+    """The one command that removes every temporary resource of a bake later: the janitor with the bake
+    id and the bake's ``-e @file`` arguments (where its definition and credentials come from; inline
+    ``-e`` values are left out, they may hold secrets)."""
+    argv = ["ansible-playbook", JANITOR_PLAYBOOK]
+    for path in var_files:
+        argv += ["-e", "@" + path]
+    argv += ["-e", "janitor_bake_id=%s" % bake_id]
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def builder_access(builder: Mapping[str, Any]) -> dict[str, Any]:
+    """How a user reaches a builder that a failed bake kept: a shell command for its connection."""
+    connection = str(builder.get("connection") or "")
+    host = str(builder.get("host") or "")
+    if connection.endswith("docker_api"):
+        command = "docker exec -it %s /bin/sh" % shlex.quote(host)
+        if builder.get("docker_host"):
+            command = "DOCKER_HOST=%s %s" % (shlex.quote(str(builder["docker_host"])), command)
+        kind = "container"
+    elif connection.endswith("chroot"):
+        command = "chroot %s /bin/sh" % shlex.quote(host)
+        kind = "chroot directory"
+    else:
+        argv = ["ssh"]
+        if builder.get("private_key"):
+            argv += ["-i", str(builder["private_key"])]
+        if builder.get("port"):
+            argv += ["-p", str(builder["port"])]
+        argv += shlex.split(str(builder.get("ssh_common_args") or ""))
+        argv.append("%s@%s" % (builder["user"], host) if builder.get("user") else host)
+        command = " ".join(shlex.quote(arg) for arg in argv)
+        kind = "machine"
+    return {"kind": kind, "host": host, "command": command}
+
+
+def failures(
+    plan: Mapping[str, Any], results: list[Mapping[str, Any]], var_files: list[str] | tuple[str, ...] = ()
+) -> str:
+    """One message naming every failed target, its phase, task, builder and last output lines, and what
+    became of the temporary resources (on_error): removed, kept for debugging, or left for the janitor."""
     parts = []
     cancelled = []
     for result in results:
@@ -241,12 +284,25 @@ def failures(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> str:
         output = failure.get("output") or []
         if output:
             text += "\n  last output:\n    " + "\n    ".join(str(line) for line in output)
+        kept = result.get("kept")
+        if kept:
+            text += "\n  its %s %s was kept (on_error=keep); reach it with:\n    %s" % (
+                kept.get("kind", "builder"),
+                kept.get("host", ""),
+                kept.get("command", ""),
+            )
         parts.append(text)
     failed = len(parts)
     if cancelled:
         parts.append("not captured because fail_fast is set: %s" % ", ".join(cancelled))
-    return "bake %s: %d target(s) failed (temporary resources were cleaned up)\n%s" % (
-        plan["name"],
-        failed,
-        "\n".join(parts),
-    )
+    on_error = plan.get("on_error") or "cleanup"
+    janitor = janitor_command(plan["bake_id"], var_files)
+    if on_error == "abort":
+        fate = "on_error=abort: temporary resources were left"
+        parts.append("remove every temporary resource of this bake with:\n    %s" % janitor)
+    elif on_error == "keep" and any(result.get("kept") for result in results):
+        fate = "on_error=keep: the failed builders were kept, other temporary resources were cleaned up"
+        parts.append("remove the kept builders when done with:\n    %s" % janitor)
+    else:
+        fate = "temporary resources were cleaned up"
+    return "bake %s: %d target(s) failed (%s)\n%s" % (plan["name"], failed, fate, "\n".join(parts))

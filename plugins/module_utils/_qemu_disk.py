@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
-    atomic_output,
+    atomic_outputs,
     file_lock,
     read_sidecar,
     write_sidecar,
@@ -1110,8 +1110,10 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
         # the raw disk is renamed onto a raw output, so that output comes last
         order = sorted(opts.outputs, key=lambda out: out.format == "raw" and source_format == "raw")
         made: dict[str, dict[str, Any]] = {}
-        for out in order:
-            with atomic_output(out.path) as tmp:
+        # every output is made under a temporary name first; they are renamed into place together, and only
+        # then get their sidecars (which mark them final): a failure in the last leaves the old ones alone
+        with atomic_outputs([out.path for out in order]) as tmps:
+            for out, tmp in zip(order, tmps):
                 if out.format == "raw" and source_format == "raw" and opts.rootfs:
                     os.replace(source, tmp)
                 elif opts.backing:
@@ -1119,8 +1121,13 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                 else:
                     os.unlink(tmp)
                     convert(source, source_format, out, tmp, opts.timeout)
-                sha256 = digest_file(tmp)
-                size = os.path.getsize(tmp)
+                made[out.path] = {
+                    "format": out.format,
+                    "path": out.path,
+                    "size": os.path.getsize(tmp),
+                    "sha256": digest_file(tmp),
+                }
+        for out in order:
             write_sidecar(
                 out.path,
                 {
@@ -1128,15 +1135,14 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                     "inputs": inputs,
                     "options": describe(opts),
                     "format": out.format,
-                    "sha256": sha256,
-                    "size": size,
+                    "sha256": made[out.path]["sha256"],
+                    "size": made[out.path]["size"],
                     "virtual_size": opts.disk_size,
                     "backing_file": opts.image if opts.backing else None,
                     "bake_id": opts.bake_id,
                     "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 },
             )
-            made[out.path] = {"format": out.format, "path": out.path, "size": size, "sha256": sha256}
     outputs = [made[out.path] for out in opts.outputs]
     primary = outputs[0]
     result = {

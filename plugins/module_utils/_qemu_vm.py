@@ -62,6 +62,8 @@ OVERLAY = "overlay.qcow2"
 SEED = "seed.img"
 UEFI_VARS = "efivars.fd"
 KEY = "id_ed25519"
+# in the work directory: the VM runs on after the ansible-playbook that started it (a failed bake kept it)
+KEEP_MARKER = "keep"
 WORKDIR_PREFIX = "bakery-vm-"
 
 SSH_PORT_ATTEMPTS = 5
@@ -579,7 +581,7 @@ def supervise(
         if stop:
             _terminate(proc)
             return
-        if not alive(*watch):
+        if not alive(*watch) and not os.path.exists(os.path.join(cwd, KEEP_MARKER)):
             _terminate(proc)
             if remove_on_abandon:
                 shutil.rmtree(remove_on_abandon, ignore_errors=True)
@@ -1197,6 +1199,28 @@ def _stop_msg(running: bool, remove: bool, would: str) -> str:
     return " and ".join(parts) if parts else "nothing to do: no VM running and no work directory"
 
 
+def keep(workdir: str, check_mode: bool = False) -> dict[str, Any]:
+    """Let the VM run on after the ansible-playbook that started it ends: its watchdog lets go of it.
+
+    For a failed bake that keeps its builder (on_error keep); ``stop`` or the janitor stops it later.
+    """
+    workdir = os.path.abspath(workdir)
+    state = read_state(workdir)
+    if not state or not alive(int(state.get("pid", 0)), state.get("pid_start")):
+        raise BakeryError("qemu_vm: no VM runs from %s, nothing to keep" % workdir)
+    marker = os.path.join(workdir, KEEP_MARKER)
+    result: dict[str, Any] = {
+        "workdir": workdir,
+        "pid": state.get("pid"),
+        "changed": not os.path.exists(marker),
+    }
+    if result["changed"] and not check_mode:
+        with open(marker, "w", encoding="utf-8") as handle:
+            handle.write("kept by a failed bake; stop it with qemu_vm action=stop or the janitor\n")
+    result["msg"] = "the VM runs on after the run" if result["changed"] else "the VM was already kept"
+    return result
+
+
 # --------------------------------------------------------------------------- keygen
 
 
@@ -1247,6 +1271,8 @@ def module_action(module: Any) -> dict[str, Any]:
             keep_workdir=bool(params.get("keep_workdir")),
             check_mode=module.check_mode,
         )
+    if action == "keep":
+        return keep(_workdir_param(params), check_mode=module.check_mode)
     if action == "keygen":
         bake_id = check_name("bake_id", params.get("bake_id") or "vm")
         target = check_name("target", params.get("target") or "vm")

@@ -58,6 +58,15 @@ options:
       - Whether a failing target stops the others (they are not captured; cleanup still runs).
       - The C(fail_fast) key of the bake definition by default.
     type: bool
+  on_error:
+    description:
+      - What a failure does to the temporary resources. V(cleanup) removes them all. V(keep) leaves the
+        builders of the failed targets running, for debugging, and the report says how to reach each and
+        how to remove it later. V(abort) stops the bake at the first failure (as O(fail_fast)) and removes
+        nothing, for CI that cleans up with the janitor (C(playbooks/janitor.yml)).
+      - The C(on_error) key of the bake definition by default, else V(cleanup).
+    type: str
+    choices: [cleanup, keep, abort]
 """
 
 EXAMPLES = r"""
@@ -99,6 +108,9 @@ plan:
       type: list
       elements: str
     fail_fast:
-      description: Whether a failing target stops the others.
+      description: Whether a failing target stops the others (always with O(on_error=abort)).
       type: bool
+    on_error:
+      description: What a failure does to the temporary resources (V(cleanup), V(keep) or V(abort)).
+      type: str
 """

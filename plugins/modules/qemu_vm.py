@@ -62,9 +62,11 @@ options:
     description:
       - C(start) boots the VM and waits for SSH; C(stop) shuts it down and removes its work directory;
         C(keygen) makes the key pair in the work directory ahead of C(start), for a caller that puts the public
-        key into the image (C(start) with the same work directory logs in with it).
+        key into the image (C(start) with the same work directory logs in with it); C(keep) lets a running
+        VM outlive the ansible-playbook that started it (its watchdog lets go; a failed bake with
+        C(on_error=keep) does this), until C(stop) or the janitor stops it.
     type: str
-    choices: [start, stop, keygen]
+    choices: [start, stop, keygen, keep]
     default: start
   disk:
     description:
@@ -374,8 +376,8 @@ timings:
   type: dict
   sample: {qemu: 0.4, banner: 21.7, login: 22.3, total: 22.3}
 workdir:
-  description: The work directory (O(action=stop), O(action=keygen)).
-  returned: action=stop or keygen
+  description: The work directory (O(action=stop), O(action=keygen), O(action=keep)).
+  returned: action=stop, keygen or keep
   type: str
 running:
   description: Whether the VM was running when O(action=stop) began.
@@ -430,7 +432,7 @@ from ansible_collections.bakery.images.plugins.module_utils._module import run
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", default="start", choices=["start", "stop", "keygen"]),
+            action=dict(type="str", default="start", choices=["start", "stop", "keygen", "keep"]),
             disk=dict(type="path"),
             disk_format=dict(type="str", default="auto", choices=list(_qemu_vm.DISK_FORMATS)),
             overlay=dict(type="bool", default=True),

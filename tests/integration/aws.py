@@ -95,7 +95,8 @@ def operation_of(method: str, path: str, headers, body: bytes) -> str:
 
 
 class FaultProxy:
-    """Forwards to moto; records every operation; fails the ``nth`` request of operation ``fail``.
+    """Forwards to moto; records every operation; fails the ``nth`` request of operation ``fail``, and holds
+    the requests of the operations in ``delays`` for that many seconds.
 
     The failure is an HTTP 400 with an error code botocore does not retry (``InjectedFault``), in the
     protocol's own error format, so the code under test sees an ordinary AWS error.
@@ -107,6 +108,8 @@ class FaultProxy:
         self.fail: str | None = None
         self.nth = 1
         self.failed: list[str] = []
+        # seconds to hold a request of an operation before it is forwarded
+        self.delays: dict[str, float] = {}
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
         proxy = self
@@ -123,6 +126,8 @@ class FaultProxy:
                 op = operation_of(self.command, self.path, self.headers, body)
                 if proxy.should_fail(op):
                     return self._error(op)
+                if proxy.delays.get(op):  # a slow AWS: the call arrives late, whatever became of its caller
+                    time.sleep(proxy.delays[op])
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}

@@ -169,6 +169,8 @@ class FakeCompute:
         self.effects: dict[str, Any] = {}
         self.imported: dict[str, bytes] = {}  # image name -> the tarball read from storage
         self.instance_ip = "127.0.0.1"
+        # collection ("instances", "images") -> seconds that finishing one of its operations takes
+        self.slow: dict[str, float] = {}
         self.url = ""
         self.add_image("debian-cloud", "debian-12-bookworm-v20261101", family="debian-12")
 
@@ -176,6 +178,13 @@ class FakeCompute:
     def fail_at(self, number: int, status: int = 403) -> None:
         """Make call *number* (counted from 1, over Compute and Storage) fail with *status*."""
         self.faults[number] = status
+
+    def finish_all(self) -> None:
+        """Finish every pending operation, as Compute Engine does whether or not anyone waits for it."""
+        with self.lock:
+            for name in list(self.operations):
+                while self.operations[name]["status"] != "DONE":
+                    self.advance(name)
 
     def reset_calls(self) -> None:
         with self.lock:
@@ -318,6 +327,12 @@ class FakeCompute:
         return self._op(a)
 
     def _op(self, a):
+        op = self.operations.get(a["operation"])
+        if op is not None and op["status"] == "RUNNING":
+            # a slow Compute Engine: the answer that would finish the operation takes this long
+            for collection, seconds in self.slow.items():
+                if "/%s/" % collection in op["targetLink"]:
+                    time.sleep(seconds)
         try:
             return 200, self.advance(a["operation"])
         except KeyError:

@@ -9,15 +9,18 @@ capture phases, and says so below.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
-from conftest import REPO, run_playbook
+from conftest import REPO, docker_client, run_playbook
+from crash import Run
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
 from ansible_collections.bakery.images.plugins.module_utils import _aws
@@ -283,6 +286,9 @@ INSTANCE_PLAY = """
       ansible.builtin.copy:
         dest: /etc/bakery-provisioned
         content: "provisioned by the test\\n"
+    - name: hold
+      ansible.builtin.command: sleep {{ hold_seconds | default(0) }}
+      changed_when: false
 
 - name: Capture the instance (role bakery.images.ami, phase capture) and clean up
   hosts: localhost
@@ -576,3 +582,100 @@ def test_bake_check_mode_creates_nothing(moto, tmp_path):
     assert "1 would build" in summary, summary
     assert counts(moto, [REGION]) == before
     assert not list((tmp_path / "output").glob(".bakery-tmp/*"))
+
+
+# ---------------------------------------------------------------- killed at each phase
+
+
+def everything(moto: MotoServer) -> set[str]:
+    """Every live instance, own image, own snapshot, key pair and security group in REGION."""
+    ec2 = moto.client("ec2", REGION)
+    found = {
+        "instance " + i["InstanceId"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] not in ("terminated", "shutting-down")
+    }
+    found |= {"image " + i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    found |= {"snapshot " + i["SnapshotId"] for i in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    found |= {"key pair " + k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]}
+    found |= {"security group " + g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    return found
+
+
+# (phase, the banner of the task that is running at the kill, seconds after it, a slow AWS operation)
+AMI_KILL_POINTS = [
+    (
+        "launch",
+        r"TASK \[bakery\.images\.ami : Find the image by fingerprint, or launch the builder\]",
+        1.0,
+        "RunInstances",
+    ),
+    ("provision", r"TASK \[hold\]", 1.0, None),
+    ("capture", r"TASK \[bakery\.images\.ami : Create the image from the builder\]", 1.0, "CreateImage"),
+]
+
+
+@pytest.mark.parametrize("phase, banner, delay, slow", AMI_KILL_POINTS, ids=[p[0] for p in AMI_KILL_POINTS])
+def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
+    moto, bake_base, tmp_path, phase, banner, delay, slow
+):
+    """The run is killed (its whole process tree) while a call to AWS is under way; AWS still carries the
+    call out after the kill, as it would. Whatever it made must carry the bake's tags, so the janitor finds
+    it; afterwards nothing of the bake is left, and no image of it is final."""
+    proxy = FaultProxy(moto.url)
+    try:
+        if slow:
+            proxy.delays[slow] = 3.0
+        bake_id = unique("crash-%s" % phase)
+        name = unique("bakery-crash")
+        target = ami_target(
+            proxy.url,
+            name,
+            bake_id,
+            tmp_path / "output",
+            source_ami_filter={
+                "owners": ["amazon"],
+                "name": "amzn2-ami-hvm-*-x86_64-gp2",
+                "most_recent": True,
+            },
+            ssh_timeout=0,
+            ssh_cidrs=["192.0.2.0/24"],
+        )
+        extra = {
+            "bakery_target": target,
+            "stand_in_image": bake_base["image"],
+            "hold_seconds": 300 if phase == "provision" else 0,
+        }
+        (tmp_path / "vars.json").write_text(json.dumps(extra))
+        (tmp_path / "playbook.yml").write_text(INSTANCE_PLAY)
+        before = everything(moto)
+        run = Run(["playbook.yml", "-e", "@vars.json"], tmp_path, env=AWS_ENV)
+        run.wait_for(banner, timeout=300)
+        time.sleep(delay)
+        run.kill()
+        time.sleep(3.5)  # the held call reaches moto
+    finally:
+        proxy.stop()
+    if phase != "launch":
+        assert leftovers(moto, bake_id, [REGION]), "the builder should exist at the kill"
+
+    bake = {
+        "name": "crash",
+        "output_dir": str(tmp_path / "output"),
+        "targets": [{"name": "ami", "ami": {"region": REGION, "endpoint_url": moto.url, "name": name}}],
+    }
+    (tmp_path / "bake.json").write_text(json.dumps({"bake": bake}))
+    janitor = run_playbook(
+        REPO / "playbooks" / "janitor.yml",
+        tmp_path,
+        args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % bake_id],
+        env=AWS_ENV,
+    )
+    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    assert leftovers(moto, bake_id, [REGION]) == {}
+    # nothing the killed run made is left, tagged or not
+    assert everything(moto) - before == set()
+    assert not os.path.exists(target["options"].get("key_file") or str(tmp_path / "none"))
+    stand_ins = docker_client().containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
+    assert not stand_ins, "the stand-in builder is left"

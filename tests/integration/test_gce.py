@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tarfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -559,3 +560,81 @@ def test_a_failure_at_any_call_leaves_nothing_behind(gce, tmp_path, flow):
 def _tools():
     for tool in ("qemu-img", "mkfs.ext4", "tar", "gzip"):
         assert shutil.which(tool), "%s is needed (Makefile APT_TEST)" % tool
+
+
+# ------------------------------------------------------------------------------------ killed at each phase
+
+HOLD_ROLE = (
+    "- name: Hold the builder\n  ansible.builtin.command: sleep {{ hold_seconds }}\n  changed_when: false\n"
+)
+
+# (phase, the banner of the task running at the kill, seconds after it, the collection whose operations are slow)
+GCE_KILL_POINTS = [
+    (
+        "launch",
+        r"TASK \[bakery\.images\.gce : Find the image, or start the build instance\]",
+        1.0,
+        "instances",
+    ),
+    ("provision", r"TASK \[hold : Hold the builder\]", 1.0, None),
+    ("capture", r"TASK \[bakery\.images\.gce : Capture the image from the build instance\]", 1.0, "images"),
+]
+
+
+@pytest.mark.parametrize("phase, banner, delay, slow", GCE_KILL_POINTS, ids=[p[0] for p in GCE_KILL_POINTS])
+def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
+    gce, bake_base, tmp_path, phase, banner, delay, slow
+):
+    """The bake (with the stand-in builder) is killed, its whole process tree, while an operation runs;
+    Compute Engine finishes the operation anyway. The janitor then leaves no instance, disk, object, key
+    or stand-in container of the bake, and no image of it is final."""
+    from conftest import docker_client
+    from crash import Run
+
+    playbook = instance_playbook(tmp_path)
+    (tmp_path / "roles" / "hold" / "tasks").mkdir(parents=True)
+    (tmp_path / "roles" / "hold" / "tasks" / "main.yml").write_text(HOLD_ROLE)
+    bake_id = "20261128t020000-%s" % os.urandom(3).hex()
+    options = gce.options(
+        zone=ZONE,
+        name="crash",
+        family="crash",
+        source_image_family="debian-12",
+        source_image_project="debian-cloud",
+        ssh_port=gce.ssh_port,
+    )
+    bake = {
+        "name": "gce-crash",
+        "provisioners": [{"role": "hold", "vars": {"hold_seconds": 300 if phase == "provision" else 0}}],
+        "targets": [{"name": "vm", "gce": options}],
+    }
+    (tmp_path / "bake.json").write_text(json.dumps({"bake": bake, "stand_in_image": bake_base["image"]}))
+    if slow:
+        gce.fake.slow[slow] = 4.0
+    env = {"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")}
+    run = Run([str(playbook), "-e", "@bake.json", "-e", "bake_id=%s" % bake_id], tmp_path, env=env)
+    run.wait_for(banner, timeout=300)
+    time.sleep(delay)
+    run.kill()
+    gce.fake.slow.clear()
+    gce.fake.finish_all()
+    if phase != "launch":
+        assert gce.leftovers(), "the build instance should exist at the kill"
+
+    janitor = run_playbook(
+        REPO / "playbooks" / "janitor.yml",
+        tmp_path,
+        args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % bake_id],
+        env=env,
+    )
+    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    assert gce.leftovers() == {}
+    final = [
+        name
+        for (project, name), image in gce.fake.images.items()
+        if project == PROJECT and bake_id in name and "bakery-temporary" not in (image.get("labels") or {})
+    ]
+    assert not final, "a final image of the killed bake: %s" % final
+    assert not list((tmp_path / "output" / ".bakery-ssh").glob("*")), "SSH key left behind"
+    stand_ins = docker_client().containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
+    assert not stand_ins, "the stand-in builder is left"

@@ -432,3 +432,59 @@ def test_boot_timeout_fails_with_the_serial_console_and_leaves_nothing(
         assert not workdir.exists()
     finally:
         kill_leftovers(name)
+
+
+KEPT_PLAYBOOK = (
+    PLAY_HEADER
+    + """\
+  tasks:
+"""
+    + START_TASK
+    + """\
+    - name: keep
+      bakery.images.qemu_vm:
+        action: keep
+        workdir: "{{ vm.vm.workdir }}"
+    - name: keep again
+      bakery.images.qemu_vm:
+        action: keep
+        workdir: "{{ vm.vm.workdir }}"
+"""
+)
+
+
+def test_a_kept_vm_outlives_the_run_until_the_janitor_stops_it(test_disk: dict, tmp_path: Path) -> None:
+    """on_error keep's mechanism: the watchdog lets go of a kept VM; the janitor (by bake id) stops it."""
+    ident = bake_id()
+    name = "bakery-%s-web" % ident
+    extra = {
+        "bake_id": ident,
+        "disk": str(test_disk["disk"]),
+        "kernel": test_disk["kernel"],
+        "initrd": test_disk["initrd"],
+        "append": APPEND,
+        "wait_for_ssh": False,
+        "memory": 256,
+        "cpus": 1,
+    }
+    try:
+        run = run_playbook(KEPT_PLAYBOOK, tmp_path, extra_vars=extra, args=LOCAL)
+        assert run.rc == 0, run.stdout[-4000:]
+        assert run.task_result("keep")["changed"] and not run.task_result("keep again")["changed"]
+        workdir = Path(run.task_result("start")["vm"]["workdir"])
+        time.sleep(4)  # the watchdog polls: it would have stopped the VM by now
+        assert len(processes_named(name)) == 1, "the kept VM stopped with the run"
+        assert workdir.is_dir()
+
+        bake = {"name": "kept", "output_dir": str(tmp_path / "output"), "targets": []}
+        (tmp_path / "bake.json").write_text(json.dumps({"bake": bake}))
+        janitor = run_playbook(
+            Path(__file__).resolve().parents[2] / "playbooks" / "janitor.yml",
+            tmp_path,
+            args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % ident],
+        )
+        assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+        assert wait_until(lambda: not processes_named(name), 15) is not None, "the janitor left the VM"
+        assert not workdir.exists()
+    finally:
+        kill_leftovers(name)

@@ -87,3 +87,45 @@ def test_targets_cancelled_by_fail_fast_are_named_apart_from_the_failed_one():
     assert text.startswith("bake web: 1 target(s) failed")
     assert "target bad failed in provision: E: no" in text
     assert "not captured because fail_fast is set: good" in text
+
+
+def test_kept_builders_say_how_to_reach_them_and_how_to_remove_them():
+    docker = _manifest.builder_access(
+        {"connection": "community.docker.docker_api", "host": "bakery-1-web", "docker_host": "tcp://h:2375"}
+    )
+    assert docker["command"] == "DOCKER_HOST=tcp://h:2375 docker exec -it bakery-1-web /bin/sh"
+    chroot = _manifest.builder_access({"connection": "community.general.chroot", "host": "/c/q 1"})
+    assert chroot == {"kind": "chroot directory", "host": "/c/q 1", "command": "chroot '/c/q 1' /bin/sh"}
+    ssh = _manifest.builder_access(
+        {
+            "connection": "ssh",
+            "host": "127.0.0.1",
+            "port": 40022,
+            "user": "root",
+            "private_key": "/w/id_ed25519",
+            "ssh_common_args": "-o StrictHostKeyChecking=no",
+        }
+    )
+    assert ssh["command"] == "ssh -i /w/id_ed25519 -p 40022 -o StrictHostKeyChecking=no root@127.0.0.1"
+
+    plan = {"name": "web", "bake_id": "b1", "on_error": "keep"}
+    results = [
+        {
+            "target": "web",
+            "failure": {"phase": "provision", "msg": "boom", "builder": "bakery-web-builder"},
+            "kept": docker,
+        }
+    ]
+    text = _manifest.failures(plan, results, ["/defs/my bake.yml"])
+    assert "on_error=keep: the failed builders were kept" in text
+    assert "reach it with:\n    DOCKER_HOST=tcp://h:2375 docker exec -it bakery-1-web /bin/sh" in text
+    assert "ansible-playbook bakery.images.janitor -e '@/defs/my bake.yml' -e janitor_bake_id=b1" in text
+
+
+def test_abort_leaves_everything_and_names_the_janitor_while_cleanup_does_not():
+    results = [{"target": "web", "failure": {"phase": "launch", "msg": "boom"}}]
+    aborted = _manifest.failures({"name": "web", "bake_id": "b2", "on_error": "abort"}, results)
+    assert "(on_error=abort: temporary resources were left)" in aborted
+    assert aborted.endswith("ansible-playbook bakery.images.janitor -e janitor_bake_id=b2")
+    cleaned = _manifest.failures({"name": "web", "bake_id": "b2"}, results)
+    assert "(temporary resources were cleaned up)" in cleaned and "janitor" not in cleaned

@@ -1,0 +1,142 @@
+"""Kill a running ansible-playbook the hard way, at a chosen moment, as a cancelled CI job or a lost machine
+would: the whole process tree at once with SIGKILL, so that no task of it gets to finish or clean up.
+
+The moment is a line of the run's own output (a task banner), so the code under test has no test hook.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from conftest import ansible_env
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below *pid* (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> set[int]:
+    """SIGKILL *pid* and everything below it at once: freeze the tree (SIGSTOP, until no new process
+    appears), then kill every frozen process. Returns the pids killed."""
+    frozen: set[int] = set()
+    todo = {pid}
+    for _ in range(20):
+        for each in todo:
+            try:
+                os.kill(each, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= todo
+        todo = set().union(*(descendants(each) for each in frozen)) - frozen
+        if not todo:
+            break
+    for each in frozen:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return frozen
+
+
+class Run:
+    """ansible-playbook started in the background; its output is read line by line as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        run_env = ansible_env(**(env or {}))
+        run_env.pop("ANSIBLE_STDOUT_CALLBACK", None)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            ["ansible-playbook", *args],
+            cwd=cwd,
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        self._drain()
+        return "\n".join(self.lines)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """Block until a line matching *pattern* (a regex) is printed; fail if the run ends first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if regex.search(line):
+                return line
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError("the run ended before %r:\n%s" % (pattern, "\n".join(self.lines[-60:])))
+            self.lines.append(line)
+            if regex.search(line):
+                return line
+        raise AssertionError("no %r within %d s:\n%s" % (pattern, timeout, "\n".join(self.lines[-60:])))
+
+    def kill(self) -> set[int]:
+        killed = kill_tree(self.proc.pid)
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+        self._drain()
+        return killed
+
+    def signal(self, signum: int, timeout: float) -> int:
+        """Send *signum* to ansible-playbook itself (not its group) and wait for it to exit."""
+        os.kill(self.proc.pid, signum)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+        self._reader.join(timeout=10)
+        self._drain()
+        return rc

@@ -1,0 +1,109 @@
+"""A bake of a qemu disk and its Vagrant box, killed with SIGKILL (the whole process tree) at each phase:
+launch (unpacking the chroot), provision, capture (making the disk) and post-process (writing the box).
+The janitor then leaves no work directory, no process and no partial file, and no final output carries
+what the killed bake was making. Runs in the VM stream: it needs the kernel rootfs that the session's
+default bake put into the shared cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_playbook
+from crash import Run
+
+BAKE = REPO / "playbooks" / "bake.yml"
+JANITOR = REPO / "playbooks" / "janitor.yml"
+
+HOLD_ROLE = """
+- name: Hold the builder
+  ansible.builtin.command: sleep {{ hold_seconds }}
+  changed_when: false
+"""
+
+KILL_POINTS = [
+    (
+        "launch",
+        r"TASK \[bakery\.images\.qemu : Unpack the root filesystem into the chroot work directory\]",
+        1.5,
+    ),
+    ("provision", r"TASK \[hold : Hold the builder\]", 1.0),
+    (
+        "capture",
+        r"TASK \[bakery\.images\.qemu : Make the disk and its outputs from the provisioned tree\]",
+        2.0,
+    ),
+    ("postprocess", r"TASK \[bakery\.images\.vagrant : Make the box from the source's disk\]", 3.0),
+]
+
+
+def definition(tmp_path: Path, cache_dir: Path, hold: int) -> Path:
+    bake = yaml.safe_load((REPO / "playbooks" / "vars" / "default_bake.yml").read_text())["bake"]
+    role = tmp_path / "roles" / "hold" / "tasks"
+    role.mkdir(parents=True, exist_ok=True)
+    (role / "main.yml").write_text(HOLD_ROLE)
+    bake["cache_dir"] = str(cache_dir)
+    bake["provisioners"] = [{"role": "hold", "vars": {"hold_seconds": hold, "crash_run": uuid.uuid4().hex}}]
+    bake["targets"] = [t for t in bake["targets"] if t["name"] in ("disk", "box")]
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": bake}))
+    return path
+
+
+def left_behind(bake_id: str, tmp_path: Path, cache_dir: Path) -> dict[str, list[str]]:
+    """Work directories, partial files and processes of bake *bake_id*."""
+    workdirs = sorted(str(p) for p in (cache_dir / "qemu").glob("%s-*" % bake_id))
+    partial = sorted(str(p) for p in (tmp_path / "output").rglob("*.partial"))
+    partial += sorted(str(p) for p in (tmp_path / "output").glob(".bakery-qemu-*"))  # disk scratch dirs
+    processes = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    argv = handle.read().decode(errors="replace")
+            except OSError:
+                continue
+            if bake_id in argv and "pytest" not in argv:
+                processes.append("%s %s" % (entry, argv.replace("\0", " ")[:200]))
+    return {"workdirs": workdirs, "partial": partial, "processes": processes}
+
+
+@pytest.mark.parametrize("phase, banner, delay", KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
+def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
+    default_bake, cache_dir, tmp_path, phase, banner, delay
+):
+    bake_file = definition(tmp_path, cache_dir, hold=300 if phase == "provision" else 0)
+    bake_id = "crash-%s-%s" % (phase, uuid.uuid4().hex[:6])
+    env = {"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")}
+    run = Run([str(BAKE), "-e", "@%s" % bake_file, "-e", "bake_id=%s" % bake_id], tmp_path, env=env)
+    run.wait_for(banner, timeout=600)
+    time.sleep(delay)
+    run.kill()
+    before = left_behind(bake_id, tmp_path, cache_dir)
+    if phase in ("launch", "provision", "capture"):
+        assert before["workdirs"], (
+            "the chroot work directory should exist at the kill:\n%s" % run.output[-2000:]
+        )
+
+    janitor = run_playbook(
+        JANITOR, tmp_path, args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id], env=env
+    )
+    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    assert left_behind(bake_id, tmp_path, cache_dir) == {"workdirs": [], "partial": [], "processes": []}
+
+    output = tmp_path / "output"
+    disk, box = output / "example-web.qcow2", output / "bakery-example-web-1.0.0-libvirt.box"
+    catalog = output / "bakery-example-web.json"
+    if phase == "postprocess":
+        # the disk was finished before the kill and is a whole artifact; the box was not
+        assert json.loads((output / "example-web.qcow2.bakery.json").read_text())["fingerprint"]
+    else:
+        assert not disk.exists() and not (output / "example-web.qcow2.bakery.json").exists()
+    assert not box.exists(), "the killed bake left a box: %s" % sorted(os.listdir(output))
+    assert not catalog.exists() or "1.0.0" not in catalog.read_text()
