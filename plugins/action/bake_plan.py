@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -21,12 +22,20 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 ROLES_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "roles"))
 
 
+def _role_spec(role: str) -> dict[str, Any]:
+    path = os.path.join(ROLES_DIR, role, "meta", "argument_specs.yml")
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["argument_specs"]["main"]["options"]
+
+
 def target_spec(kind: str) -> dict[str, Any]:
     """The options a target of *kind* takes: ``bakery_target.options`` of the target role's spec."""
-    path = os.path.join(ROLES_DIR, kind, "meta", "argument_specs.yml")
-    with open(path, encoding="utf-8") as handle:
-        specs = yaml.safe_load(handle)["argument_specs"]
-    return specs["main"]["options"]["bakery_target"]["options"]["options"]["options"]
+    return _role_spec(kind)["bakery_target"]["options"]["options"]["options"]
+
+
+def bake_spec() -> dict[str, Any]:
+    """The keys of a bake definition: option ``bake`` of role bakery.images.bake's spec."""
+    return _role_spec("bake")["bake"]["options"]
 
 
 def secret_options(kind: str) -> list[list[str]]:
@@ -37,17 +46,79 @@ def secret_options(kind: str) -> list[list[str]]:
 def validate_target(kind: str, options: Any, where: str) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise BakeryError("%s must be a dictionary of %s target options" % (where, kind))
-    spec = _strip_docs(target_spec(kind))
-    result = ArgumentSpecValidator(spec).validate(options)
-    if result.error_messages:
-        messages = []
-        for error in result.errors.errors:
-            text = str(error)
-            if type(error).__name__ == "UnsupportedError":
-                text = "unsupported option %s" % text
-            messages.append(text)
+    return validate(target_spec(kind), options, where)
+
+
+def validate_bake(bake: Any) -> dict[str, Any]:
+    """The definition checked against the bake role's spec, with its defaults.
+
+    The role validates it too when it is included, but this module can be called on its own, and the
+    plan must work on the validated values (a list given for a string is an error here, not a string).
+    Target type options are left as given: validate_target checks them against their role's spec.
+    """
+    if not isinstance(bake, dict):
+        raise BakeryError("bake must be a dictionary (the bake definition), not %s" % _type_name(bake))
+    return validate(bake_spec(), bake, "bake")
+
+
+def validate(spec: dict[str, Any], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """*values* checked against a role argument spec; every problem in one message prefixed by *where*."""
+    spec = _strip_docs(spec)
+    messages = _strict_strings(spec, values, where)
+    result = ArgumentSpecValidator(spec).validate(values)
+    for error in result.errors.errors:
+        text = _plain(str(error))
+        if type(error).__name__ == "UnsupportedError":
+            text = "unsupported option %s" % text
+        messages.append(text)
+    if messages:
         raise BakeryError("%s: %s" % (where, "; ".join(messages)))
     return result.validated_parameters
+
+
+def _strict_strings(spec: dict[str, Any], values: Any, where: str) -> list[str]:
+    """Options of type str given a list or a dictionary (the validator would quietly make a string of them)."""
+    if not isinstance(values, dict):
+        return []
+    found = []
+    for name, option in spec.items():
+        value = values.get(name)
+        here = "%s.%s" % (where, name)
+        if option.get("type", "str") == "str" and isinstance(value, (list, dict)):
+            found.append("%s must be a string, not a %s" % (here, _type_name(value)))
+        elif (
+            option.get("type") == "list"
+            and option.get("elements", "str") == "str"
+            and isinstance(value, list)
+        ):
+            found += [
+                "%s[%d] must be a string, not a %s" % (here, index, _type_name(item))
+                for index, item in enumerate(value)
+                if isinstance(item, (list, dict))
+            ]
+        if "options" in option:
+            items = value if option.get("type") == "list" and isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                sub = "%s[%d]" % (here, index) if option.get("type") == "list" else here
+                found += _strict_strings(option["options"], item, sub)
+    return found
+
+
+def _plain(text: str) -> str:
+    """The validator's messages name Ansible's internal types (``<class '..._AnsibleTaggedList'>``): plain
+    type names instead."""
+    text = re.sub(
+        r"<class '(?:[\w.]*\.)?(?:_AnsibleTagged)?(\w+)'>", lambda m: "a " + m.group(1).lower(), text
+    )
+    return re.sub(r"_AnsibleTagged(\w+)", lambda m: m.group(1).lower(), text)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "dictionary"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
 
 
 def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +147,6 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         args = self._task.args
         bake = args.get("bake")
-        if not isinstance(bake, dict):
-            raise AnsibleActionFail("bake must be a dictionary (the bake definition)")
         playbook_dir = task_vars.get("playbook_dir") or os.getcwd()
         collections = task_vars.get("ansible_collection_name")
         cache: dict[str, str] = {}
@@ -88,6 +157,7 @@ class ActionModule(ActionBase):
             return cache[name]
 
         try:
+            bake = validate_bake(bake)
             plan = _plan.make_plan(
                 bake,
                 validate_target=validate_target,

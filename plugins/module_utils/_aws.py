@@ -1377,6 +1377,24 @@ def delete_group(aws: Aws, group_id: str, region: str) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+# numeric options and their ranges: checked before any call, so that nothing is made with a value EC2 or the
+# upload would refuse halfway
+_RANGES = {
+    "root_volume_size": (1, 65536),  # GiB, the largest EBS volume
+    "max_attempts": (1, 20),
+    "upload_workers": (1, 64),
+    "ssh_port": (1, 65535),
+    "wait_timeout": (1, 86400),
+}
+
+
+def check_numbers(params: Mapping[str, Any]) -> None:
+    for key, (low, high) in _RANGES.items():
+        value = params.get(key)
+        if value is not None and not low <= int(value) <= high:
+            raise BakeryError("%s must be %d to %d, not %r" % (key, low, high, value))
+
+
 def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """Entry point of the ami_bake module."""
     action = params["action"]
@@ -1384,6 +1402,7 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         if not params.get("name"):
             raise BakeryError("action=%s needs name (the AMI name)" % action)
         check_ami_name(params["name"])
+    check_numbers(params)
     copy_targets(params)
     aws = Aws(params)
     handlers: dict[str, Callable[[Aws, Mapping[str, Any], bool], dict[str, Any]]] = {

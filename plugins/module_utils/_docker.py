@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
+from ansible_collections.bakery.images.plugins.module_utils._files import check_tarball, read_sidecar
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     FINGERPRINT_LABEL,
@@ -87,9 +87,11 @@ def connect(docker_host: str | None, timeout: int) -> Any:
         client = docker.DockerClient(base_url=docker_host or None, timeout=timeout, version="auto")
         client.ping()
     except DockerException as exc:
+        # urllib3's chain of wrappers says little; its innermost reason ("[Errno 111] Connection refused") says it
+        reasons = re.findall(r"\[Errno -?\d+\][^'\")]*", str(exc))
         raise BakeryError(
             "cannot reach the Docker engine at %s: %s (is dockerd running and is this user allowed to use it?)"
-            % (docker_host or "the default socket", exc)
+            % (docker_host or "the default socket", reasons[-1].strip() if reasons else exc)
         ) from exc
     return client
 
@@ -247,14 +249,87 @@ def dockerfile_path(context: str, dockerfile: str | None) -> str:
     return name if os.path.isabs(name) else os.path.join(context, name)
 
 
+# every instruction Docker's Dockerfile parser knows
+DOCKERFILE_INSTRUCTIONS = (
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL", "MAINTAINER",
+    "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+)  # fmt: skip
+_DIRECTIVE = re.compile(r"^#\s*([A-Za-z][A-Za-z0-9]*)\s*=\s*(\S*)\s*$")
+_HEREDOC = re.compile(r"<<-?\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?")
+
+
+def check_dockerfile(text: str, name: str = "Dockerfile") -> None:
+    """Fail, before anything is built, on what Docker's parser rejects: unknown instructions, no FROM.
+
+    Lenient where Docker is: instructions in any case, parser directives (``# escape=``), line continuations
+    (comments inside them dropped), heredoc bodies skipped.
+    """
+    lines = text.splitlines()
+    escape = "\\"
+    index = 0
+    while index < len(lines):  # parser directives come first, before any comment or instruction
+        directive = _DIRECTIVE.match(lines[index])
+        if not directive:
+            break
+        if directive.group(1).lower() == "escape" and directive.group(2) in ("\\", "`"):
+            escape = directive.group(2)
+        index += 1
+    first = None
+    while index < len(lines):
+        number, logical = index + 1, lines[index].strip()
+        index += 1
+        if not logical or logical.startswith("#"):
+            continue
+        while logical.endswith(escape) and index < len(lines):
+            following = lines[index].strip()
+            index += 1
+            if not following.startswith("#"):
+                logical = logical[: -len(escape)] + " " + following
+        word = logical.split(None, 1)[0]
+        instruction = word.upper()
+        if instruction not in DOCKERFILE_INSTRUCTIONS:
+            raise BakeryError(
+                "%s line %d: unknown instruction %s (a Dockerfile instruction is one of %s)"
+                % (name, number, word[:40], ", ".join(DOCKERFILE_INSTRUCTIONS))
+            )
+        if first is None and instruction not in ("FROM", "ARG"):
+            raise BakeryError(
+                "%s line %d: the first instruction must be FROM (or ARG before it), not %s"
+                % (name, number, word)
+            )
+        if instruction == "FROM":
+            first = number
+        if instruction in ("RUN", "COPY", "ADD"):
+            for heredoc in _HEREDOC.finditer(logical):  # skip the body, up to its terminator line
+                while index < len(lines) and lines[index].strip() != heredoc.group(1):
+                    index += 1
+                index += 1
+    if first is None:
+        raise BakeryError("%s has no FROM instruction" % name)
+
+
+def check_context(context: Any, dockerfile: str | None) -> str:
+    """The Dockerfile of a build context, checked: the context is a directory, the Dockerfile parses."""
+    if not context or not isinstance(context, str) or not os.path.isdir(context):
+        raise BakeryError("build context %r is not a directory" % (context,))
+    path = dockerfile_path(context, dockerfile)
+    if not os.path.isfile(path):
+        raise BakeryError("Dockerfile %r not found" % path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BakeryError(
+            "cannot read Dockerfile %r: %s" % (path, getattr(exc, "strerror", None) or exc)
+        ) from None
+    check_dockerfile(text, "Dockerfile %s" % path)
+    return path
+
+
 def build_inputs(client: Any, params: dict[str, Any]) -> dict[str, str]:
     """Inputs of a Dockerfile build: context content, Dockerfile, options and the base images' ids."""
     context = params["context"]
-    if not context or not os.path.isdir(context):
-        raise BakeryError("build context %r is not a directory" % context)
-    path = dockerfile_path(context, params.get("dockerfile"))
-    if not os.path.isfile(path):
-        raise BakeryError("Dockerfile %r not found" % path)
+    path = check_context(context, params.get("dockerfile"))
     with open(path, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     build_args = {k: str(v) for k, v in (params.get("build_args") or {}).items()}
@@ -485,6 +560,7 @@ def _quote(value: str) -> str:
 
 
 def _import(client: Any, tarball: str, repository: str, tag: str, changes: list[str]) -> str:
+    check_tarball(tarball, "rootfs tarball")  # Docker would make an image of whatever it got
     try:
         with open(tarball, "rb") as handle:
             reply = client.api.import_image_from_data(handle, repository=repository, tag=tag, changes=changes)

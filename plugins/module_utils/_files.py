@@ -8,11 +8,18 @@ import contextlib
 import fcntl
 import json
 import os
+import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
 SIDECAR_SUFFIX = ".bakery.json"
+SECTOR = 512
+QCOW2_MAGIC = b"QFI\xfb"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def sidecar_path(path: str) -> str:
@@ -96,12 +103,82 @@ def write_sidecar(path: str, data: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """Exclusive lock on ``path + '.lock'``: parallel targets that need one output build it once."""
+    """Exclusive lock on ``path + '.lock'``: parallel targets that need one output build it once.
+
+    The lock file goes when the lock is released (a failed build leaves nothing beside its output). A
+    waiter that wakes up holding the lock of a file removed meanwhile opens the new one and waits again.
+    """
     lock_path = path + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)) or ".", exist_ok=True)
-    with open(lock_path, "a", encoding="utf-8") as handle:
+    while True:
+        handle = open(lock_path, "a", encoding="utf-8")
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        handle.close()
+
+
+def check_tarball(path: str, what: str = "rootfs") -> None:
+    """Fail on what is no tar archive, or a damaged or truncated one, before anything is made from it.
+
+    Every member is read (a plain tar by its headers and size, a compressed one by decompressing it); a
+    zstd tarball, which Python cannot read, is only checked for its magic number.
+    """
+    if not os.path.isfile(path):
+        raise BakeryError("%s %s does not exist (or is not a file)" % (what, path))
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == _ZSTD_MAGIC:
+        return
+    size = os.path.getsize(path)
+    compressed = magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zX"
+    members = 0
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                members += 1
+                if not member.isfile():
+                    continue
+                if compressed:
+                    extracted = tar.extractfile(member)
+                    while extracted is not None and extracted.read(1 << 20):
+                        pass
+                elif member.offset_data + member.size > size:
+                    raise EOFError("member %s is cut off" % member.name)
+    except tarfile.ReadError as exc:
+        if members:
+            raise BakeryError("%s %s is a damaged tar archive: %s" % (what, path, _first_line(exc))) from None
+        raise BakeryError(
+            "%s %s is not a tar archive (plain, or compressed with gzip, bzip2, xz or zstd)" % (what, path)
+        ) from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise BakeryError(
+            "%s %s is a damaged or truncated tar archive: %s" % (what, path, _first_line(exc))
+        ) from None
+    if not members:
+        raise BakeryError("%s %s is an empty tar archive" % (what, path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(":") if text else "unexpected end of data"
+
+
+def check_raw_disk(path: str, what: str = "disk image") -> None:
+    """A raw disk image is whole sectors; a text file or a cut-off download is not."""
+    size = os.path.getsize(path)
+    if size == 0 or size % SECTOR:
+        raise BakeryError(
+            "%s %s is not a disk image: it is neither qcow2 nor a raw disk (%d bytes is not a whole number of "
+            "512-byte sectors)" % (what, path, size)
+        )

@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import stat
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
@@ -178,3 +180,9 @@ class IgnoreRules:
             if regex.match(path):
                 excluded = not negate
         return excluded
+
+
+def new_bake_id(now: float | None = None) -> str:
+    """``<UTC time>-<random>``, lowercase, usable as a Docker label, an EC2 tag and a GCE label."""
+    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return "%s-%s" % (stamp, secrets.token_hex(3))

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 try:
     import google.auth
@@ -136,7 +136,14 @@ def temporary_name(bake_id: str, target: str) -> str:
 def image_name(params: Mapping[str, Any]) -> str:
     name = params["name"]
     if params.get("unique_name", True):
-        name = "%s-%s" % (name, params["bake_id"])
+        unique = "%s-%s" % (name, params["bake_id"])
+        if not isinstance(name, str) or not NAME.match(unique):
+            raise BakeryError(
+                "image name %r is not a valid Compute Engine name: use lowercase letters, digits or '-', "
+                "starting with a letter; with unique_name the bake id is appended (%s), and the whole is at most 63"
+                % (name, unique)
+            )
+        return unique
     return check_name("image name", name)
 
 
@@ -219,6 +226,8 @@ class Client:
         self.request_timeout = request_timeout
         self.sleep = sleep
         self.calls = 0
+        # whether any endpoint has answered yet: until one has, a connection failure is not retried for long
+        self.answered = False
 
     def backoff(self, attempt: int, retry_after: str | None = None) -> None:
         delay = self.retry_delay * (2**attempt) * (0.5 + random.random() / 2)
@@ -254,13 +263,23 @@ class Client:
             except google.auth.exceptions.RefreshError as exc:
                 raise GcpError("%s: could not get an access token: %s" % (what or url, exc)) from None
             except (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError) as exc:
-                if attempt >= self.retries:
+                # an endpoint that never answered is most likely wrong or down: one quick retry, not minutes
+                limit = self.retries if self.answered else min(self.retries, 1)
+                if attempt >= limit:
                     raise GcpError(
-                        "%s: no answer after %d attempts: %s" % (what or url, attempt + 1, exc)
+                        "%s: no answer from %s after %d attempt(s)%s: %s"
+                        % (
+                            what or url,
+                            _endpoint(url),
+                            attempt + 1,
+                            "" if self.answered else " (check api_endpoint/storage_endpoint and the network)",
+                            _connection_reason(exc),
+                        )
                     ) from None
-                self.backoff(attempt)
+                self.backoff(attempt if self.answered else 0)
                 attempt += 1
                 continue
+            self.answered = True
             if response.status_code in RETRY_STATUS and attempt < self.retries:
                 self.backoff(attempt, response.headers.get("Retry-After"))
                 attempt += 1
@@ -319,6 +338,22 @@ class Client:
                 "%s failed: %s" % (what or op.get("operationType", "operation"), messages or error)
             )
         return op
+
+
+def _endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    return "%s://%s" % (parts.scheme, parts.netloc)
+
+
+def _connection_reason(exc: Exception) -> str:
+    """The innermost reason of a failed connection ("[Errno 111] Connection refused"), not urllib3's chain."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\][^'\")]*", text)
+    if found:
+        return found[-1].strip()
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return text[:300]
 
 
 def _reason(response: Any) -> str:
@@ -1049,9 +1084,24 @@ class _ahead:
         self.thread.join(timeout=10)
 
 
+def check_params(params: Mapping[str, Any]) -> None:
+    """Names, labels and numbers Compute Engine would refuse, checked before any call (a find would otherwise
+    look up the source image first, and a launch create things before the image name is refused)."""
+    if params.get("name") and params["action"] != "cleanup":
+        image_name(dict(params, bake_id=params.get("bake_id") or new_bake_id()))
+    if params.get("family"):
+        check_name("image family", params["family"])
+    check_labels(params.get("labels") or {})
+    for key, low in (("disk_size_gb", 1), ("retries", 0), ("chunk_size_mb", 1), ("timeout", 1)):
+        value = params.get(key)
+        if value is not None and int(value) < low:
+            raise BakeryError("%s must be at least %d, not %r" % (key, low, value))
+
+
 def run(params: Mapping[str, Any], check_mode: bool = False, client: Client | None = None) -> dict[str, Any]:
     """The module's entry point: one action of an image bake."""
     action = params["action"]
+    check_params(params)
     images = Images(client or make_client(params), params, check_mode)
     if action == "find":
         return images.find_only()

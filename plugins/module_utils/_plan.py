@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _rootfs, _vagrant
 from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
-from ansible_collections.bakery.images.plugins.module_utils._docker import validate_name
-from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value, fingerprint
+from ansible_collections.bakery.images.plugins.module_utils._docker import check_context, validate_name
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    digest_value,
+    fingerprint,
+    new_bake_id,
+)
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
 from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
@@ -30,6 +32,10 @@ TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
 SOURCE_TYPES = ("qemu",)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# an output file name without its ending: no directory part, not hidden
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
+# the largest EBS volume and Compute Engine disk, in GiB
+MAX_VOLUME_GB = 65536
 
 Validator = Callable[[str, Mapping[str, Any], str], dict]
 # where a target type's secret options are: option paths whose argument spec says no_log
@@ -110,12 +116,6 @@ def pick_secrets(options: Mapping[str, Any], paths: list[list[str]]) -> dict[str
             into = into.setdefault(key, {})
         into[path[-1]] = node
     return picked
-
-
-def new_bake_id(now: float | None = None) -> str:
-    """``<UTC time>-<random>``, lowercase, usable as a Docker label, an EC2 tag and a GCE label."""
-    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return "%s-%s" % (stamp, secrets.token_hex(3))
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -245,7 +245,7 @@ def make_plan(
         tname, kind = target["name"], types[target["name"]]
         where = "bake.targets[%d].%s" % (index, kind)
         options = validate_target(kind, target[kind], where)
-        check_target(kind, options, where)
+        check_target(kind, options, where, cwd)
         paths = secrets_of(kind) if secrets_of else []
         secret_options = present_secrets(options, paths)
         options = mask_secrets(options, paths)
@@ -344,13 +344,50 @@ def own_rootfs(kind: str, options: Mapping[str, Any], base: Mapping[str, Any], c
     return rootfs_plan(dict(base, packages=packages), cache_dir)
 
 
-def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
-    """What the argument spec cannot say: names the engine or cloud would reject later."""
+def check_file_name(what: str, name: Any) -> str:
+    """A name that becomes a file name in the output directory: never a path."""
+    if not isinstance(name, str) or not _FILE_NAME.match(name):
+        raise BakeryError(
+            "%s %r is not a file name: use letters, digits, '_', '.', '+' or '-' (up to 200, no '/', not "
+            "starting with '.')" % (what, name)
+        )
+    return name
+
+
+def check_relative_path(what: str, path: Any) -> None:
+    """An output path relative to the output directory stays in it ('..' is refused; absolute is explicit)."""
+    if isinstance(path, str) and not os.path.isabs(path) and ".." in path.replace("\\", "/").split("/"):
+        raise BakeryError(
+            "%s %r leaves the output directory: give a path inside it, or an absolute path" % (what, path)
+        )
+
+
+def check_size_gb(what: str, value: Any) -> None:
+    if value is not None and not 1 <= int(value) <= MAX_VOLUME_GB:
+        raise BakeryError("%s must be 1 to %d (GiB), not %r" % (what, MAX_VOLUME_GB, value))
+
+
+def local_path(cwd: str, path: str) -> str:
+    return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+
+def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = ".") -> None:
+    """What the argument spec cannot say: names the engine or cloud would reject later, files that are
+    missing or malformed (targets build on this host), sizes out of range, options that conflict."""
     try:
         if kind == "docker":
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
+            if options.get("context"):
+                if options.get("base_image"):
+                    raise BakeryError(
+                        "base_image is for a container bake; a Dockerfile build (context) starts FROM its "
+                        "Dockerfile"
+                    )
+                check_context(local_path(cwd, options["context"]), options.get("dockerfile"))
         elif kind == "qemu":
             _qemu_disk.parse_size(options.get("disk_size") or "4G")
+            if options.get("name") is not None:
+                check_file_name("output name", options["name"])
             if options.get("base_image") and options.get("provision") == "chroot":
                 raise BakeryError(
                     "a base_image disk cannot be provisioned in a chroot (bakery mounts nothing); "
@@ -360,6 +397,8 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
                 raise BakeryError("backing is for a base_image")
             if options.get("compress") and "qcow2" not in (options.get("formats") or []):
                 raise BakeryError("compress is for qcow2 outputs; formats has no qcow2")
+            if options.get("base_image") and not os.path.isfile(local_path(cwd, options["base_image"])):
+                raise BakeryError("base_image %r is not a file" % options["base_image"])
         elif kind == "vagrant":
             if options.get("box_name"):
                 _vagrant.check_box_name(options["box_name"])
@@ -367,8 +406,11 @@ def check_target(kind: str, options: Mapping[str, Any], where: str) -> None:
                 _vagrant.check_version(options["version"])
             if not 0 <= int(options.get("compression", 6)) <= 9:
                 raise BakeryError("compression must be a gzip level, 0 (plain tar) to 9")
+            check_relative_path("output", options.get("output"))
+            check_relative_path("catalog", options.get("catalog"))
         elif kind == "ami":
             check_ami_name(options.get("name"))
+            check_size_gb("root_volume_size", options.get("root_volume_size"))
             sources = [key for key in AMI_SOURCES if options.get(key)]
             if not options.get("source") and len(sources) != 1:
                 raise BakeryError(
@@ -392,11 +434,12 @@ def check_gce(options: Mapping[str, Any], where: str) -> None:
                     "image name %r is too long: with unique_name the bake id is appended, so at most %d "
                     "characters" % (name, limit)
                 )
-            check_gce_name("image name", name + "-20260101t000000-abcdef")
+        # a valid name stays valid with "-<bake id>" appended
         check_gce_name("image name", name)
         if options.get("family"):
             check_gce_name("image family", options["family"])
         check_labels(options.get("labels") or {})
+        check_size_gb("disk_size_gb", options.get("disk_size_gb"))
     except BakeryError as exc:
         raise BakeryError("%s: %s" % (where, exc.msg)) from None
     if options.get("source"):

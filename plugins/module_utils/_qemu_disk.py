@@ -43,7 +43,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
+    QCOW2_MAGIC,
     atomic_outputs,
+    check_raw_disk,
+    check_tarball,
     file_lock,
     read_sidecar,
     write_sidecar,
@@ -136,6 +139,9 @@ TEMPORARY_MARKER = ".bakery-temporary"
 CHROOT_STATE = "chroot.json"
 COMMAND_TIMEOUT = 1800
 
+# the largest disk bakery makes: what EBS and Compute Engine take, and far beyond what a sparse file system
+# on the build host should be asked for
+MAX_DISK_SIZE = 64 << 40
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -197,6 +203,10 @@ def parse_size(value: Any, what: str = "disk_size") -> int:
         size = int(number * (1024 ** "BKMGT".index(unit or "B")))
     if size <= 0:
         raise BakeryError("%s must be positive (got %r)" % (what, value))
+    if size > MAX_DISK_SIZE:
+        raise BakeryError(
+            "%s %r is too large: at most 64T (the largest EBS volume and Compute Engine disk)" % (what, value)
+        )
     return size
 
 
@@ -356,8 +366,28 @@ def describe(opts: DiskOptions) -> dict[str, Any]:
     return values
 
 
+def check_source(opts: DiskOptions) -> None:
+    """The source is what it claims to be (a tree, a whole tarball, a disk image) before anything is made."""
+    if opts.rootfs:
+        if not os.path.isdir(opts.rootfs):
+            check_tarball(opts.rootfs, "rootfs")
+        return
+    image = str(opts.image)
+    if not os.path.isfile(image):
+        raise BakeryError("image %s does not exist (or is not a file)" % image)
+    with open(image, "rb") as handle:
+        is_qcow2 = handle.read(4) == QCOW2_MAGIC
+    if opts.image_format == "qcow2" and not is_qcow2:
+        raise BakeryError("image %s is not a qcow2 image (image_format is qcow2)" % image)
+    if not is_qcow2:
+        check_raw_disk(image, "image")
+
+
 def source_digest(opts: DiskOptions) -> str:
     """Identity of the source when the caller gave no inputs: the tarball's, tree's or image's content."""
+    source = str(opts.image or opts.rootfs)
+    if not os.path.exists(source):
+        raise BakeryError("%s %s does not exist" % ("image" if opts.image else "rootfs", source))
     if opts.image:
         return opts.image_checksum or digest_file(opts.image)
     rootfs = str(opts.rootfs)
@@ -379,6 +409,8 @@ def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, 
         inputs["source"] = source_digest(opts)
     elif opts.image and resolve_source:
         # the caller's inputs say how it was provisioned; the image's identity is its content
+        if not opts.image_checksum and not os.path.isfile(opts.image):
+            raise BakeryError("image %s does not exist (or is not a file)" % opts.image)
         inputs["image"] = opts.image_checksum or digest_file(opts.image)
     inputs["disk"] = digest_value(describe(opts))
     return inputs
@@ -1251,6 +1283,7 @@ def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, 
     if check_mode:
         result.update(changed=True, msg="would build disk %s: %s" % (opts.primary.path, why))
         return _finish(result, started)
+    check_source(opts)
     with file_lock(opts.primary.path):
         again = lookup(opts)
         if again["found"] and not opts.force:
@@ -1297,6 +1330,8 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     root = os.path.join(workdir, "root")
     if check_mode:
         return {"changed": True, "workdir": workdir, "root": root, "msg": "would unpack %s" % rootfs}
+    if not os.path.isdir(str(rootfs)):
+        check_tarball(os.path.abspath(str(rootfs)), "rootfs")
     with Steps() as steps:
         result = unpack(os.path.abspath(str(rootfs)), workdir, params.get("bake_id"), steps)
     result.update(changed=True, msg="unpacked %s into %s" % (rootfs, root))

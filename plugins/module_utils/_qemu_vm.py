@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils._files import write_json_atomic
-from ansible_collections.bakery.images.plugins.module_utils._plan import new_bake_id
+from ansible_collections.bakery.images.plugins.module_utils._files import check_raw_disk, write_json_atomic
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
 
 ACCELERATORS = ("kvm", "tcg", "xen")
@@ -187,6 +187,19 @@ def uefi_firmware(code: str | None, vars_template: str | None) -> tuple[str, str
     )
 
 
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def check_disk(disk: str, disk_format: str) -> None:
+    """The disk to boot is a qcow2 image or whole sectors of a raw one (not a text file or a cut-off copy)."""
+    is_qcow2 = detect_format(disk) == "qcow2"
+    if disk_format == "qcow2" and not is_qcow2:
+        raise BakeryError("qemu_vm: disk %s is not a qcow2 image (disk_format is qcow2)" % disk)
+    if not is_qcow2:
+        check_raw_disk(disk, "qemu_vm: disk")
+
+
 def parse_options(params: Mapping[str, Any]) -> VmOptions:
     """Validate the module parameters of ``action=start``."""
     if not params.get("disk"):
@@ -194,15 +207,17 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
     bake_id = check_name("bake_id", params.get("bake_id") or new_bake_id())
     target = check_name("target", params.get("target") or "vm")
     disk = _existing_file("disk", params["disk"]) or ""
+    check_disk(disk, params.get("disk_format") or "auto")
     user = params.get("user") or "root"
     if not _USER_RE.match(user):
         raise BakeryError("qemu_vm: user %r is not a valid user name" % user)
-    memory, cpus = int(params.get("memory") or 1024), int(params.get("cpus") or 2)
+    # 0 is a value to refuse, not a missing one
+    memory, cpus = _int_or(params.get("memory"), 1024), _int_or(params.get("cpus"), 2)
     if memory < 128:
         raise BakeryError("qemu_vm: memory is in MiB and must be at least 128 (got %d)" % memory)
     if cpus < 1:
         raise BakeryError("qemu_vm: cpus must be at least 1 (got %d)" % cpus)
-    boot_timeout = int(params.get("boot_timeout") or 300)
+    boot_timeout = _int_or(params.get("boot_timeout"), 300)
     if boot_timeout < 1:
         raise BakeryError("qemu_vm: boot_timeout must be at least 1 second")
     kernel = _existing_file("kernel", params.get("kernel"))

@@ -43,6 +43,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
+    check_raw_disk,
     file_lock,
     read_sidecar,
     write_json_atomic,
@@ -273,6 +274,8 @@ def disk_info(source: str, qemu_img: str) -> DiskInfo:
     tool = find_tool(qemu_img, "qemu-utils")
     out = _run([tool, "info", "--output=json", source], "qemu-img info of %s" % source)
     data = json.loads(out)
+    if data.get("format") == "raw":  # qemu-img calls anything it does not recognise raw
+        check_raw_disk(source, "vagrant_box: source disk")
     return DiskInfo(str(data.get("format")), int(data["virtual-size"]), False)
 
 

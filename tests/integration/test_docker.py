@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
@@ -347,45 +346,6 @@ def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_
     assert "last words" in failure and "on stderr" in failure
     assert not docker_client().images.list(name=name)
     # docker_leftovers asserts that no build container is left
-
-
-@pytest.mark.parametrize(
-    "mutate, message",
-    [
-        (
-            lambda b: b["targets"][0]["docker"].update(colour="blue"),
-            "bake.targets[0].docker: unsupported option colour",
-        ),
-        (lambda b: b["targets"][0]["docker"].update(tags="not-a-list-of-tags!"), "invalid image tag"),
-        (lambda b: b["targets"][0]["docker"].update(repository="Upper/Case"), "invalid image name"),
-        (lambda b: b.update(colour="blue"), "colour"),
-        (lambda b: b.update(name="has space"), "bake name 'has space' is not valid"),
-        (lambda b: b["provisioners"].append({"role": "../../etc"}), "is not a role name"),
-        (
-            lambda b: b["provisioners"].append({"role": "no_such_role"}),
-            "provisioner role 'no_such_role' not found",
-        ),
-        (lambda b: b["targets"].append({"name": "web", "docker": {"repository": "x"}}), "used twice"),
-        (lambda b: b["targets"][0].update(lxd={}), "bake.targets.lxd. Supported parameters include"),
-        (lambda b: b["targets"][0].update(docker=None), "exactly one of the keys"),
-        (lambda b: b["base"].update(suite=None), "bake.base: rootfs: suite must not be empty"),
-        (lambda b: b["base"].update(packages=["python3", "no such package"]), "invalid package name"),
-    ],
-)
-def test_bad_definitions_fail_in_the_plan_and_create_nothing(tmp_path, mutate, message):
-    definition = container_bake(unique("never"), str(tmp_path / "cache"))
-    mutate(definition)
-    client = docker_client()
-    containers = len(client.containers.list(all=True))
-    images = len(client.images.list(all=True))
-    run = bake(tmp_path, definition)
-    assert run.rc != 0
-    assert message in run.stdout, run.stdout[-3000:]
-    assert "Traceback" not in run.stdout
-    assert "bakery-web" not in run.stats  # failed in the plan: no target host was even added
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "output").exists()
-    assert len(client.containers.list(all=True)) == containers
-    assert len(client.images.list(all=True)) == images
 
 
 REGISTRY_PASSWORD = "s3cret-Registry-Passw0rd-7f3a"

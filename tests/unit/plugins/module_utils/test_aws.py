@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +12,9 @@ from ansible_collections.bakery.images.plugins.module_utils import _aws, _manife
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 BLOCK = _aws.BLOCK_SIZE
+# the plan checks that a qemu target's base_image exists (targets build on this host)
+BASE_IMAGE = tempfile.mkstemp(prefix="bakery-base-", suffix=".qcow2")[1]
+atexit.register(os.unlink, BASE_IMAGE)
 
 
 @pytest.mark.parametrize("name", ["web", "web-2026.11.27 (x86_64) [prod]", "a/b@c_d'e", "x" * 128])
@@ -30,7 +35,7 @@ def plan_ami(options):
             {"name": "ami", "ami": options},
             {
                 "name": "disk",
-                "qemu": {"formats": ["raw"], "base_image": "/img/base.qcow2", "provision": "vm"},
+                "qemu": {"formats": ["raw"], "base_image": BASE_IMAGE, "provision": "vm"},
             },
         ],
     }

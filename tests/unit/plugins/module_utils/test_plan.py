@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import os
+import shutil
+import tempfile
 
 import pytest
 
 from ansible_collections.bakery.images.plugins.module_utils import _plan
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+# the plan checks a Dockerfile build's context (targets build on this host): a real one
+CONTEXT = tempfile.mkdtemp(prefix="bakery-plan-context-")
+atexit.register(shutil.rmtree, CONTEXT, True)
+with open(os.path.join(CONTEXT, "Dockerfile"), "w", encoding="utf-8") as _handle:
+    _handle.write("FROM debian:bookworm\nRUN true\n")
 
 BAKE = {
     "name": "web",
@@ -16,7 +26,7 @@ BAKE = {
     "provisioners": [{"role": "bakery.images.example_web", "vars": {"page": "hi"}}],
     "targets": [
         {"name": "img", "docker": {"repository": "bakery/web"}},
-        {"name": "df", "docker": {"repository": "bakery/df", "context": "/ctx"}},
+        {"name": "df", "docker": {"repository": "bakery/df", "context": CONTEXT}},
     ],
 }
 ROLES = {"bakery.images.example_web": "role-digest-1"}
