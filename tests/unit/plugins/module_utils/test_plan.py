@@ -172,7 +172,7 @@ def secret_bake():
         BAKE,
         targets=[
             {"name": "img", "docker": {"repository": "bakery/web", "push": True, "registry": registry}},
-            {"name": "df", "docker": {"repository": "bakery/df", "context": "/ctx"}},
+            {"name": "df", "docker": {"repository": "bakery/df", "context": CONTEXT}},
         ],
     )
 
