@@ -38,6 +38,11 @@ def bake_spec() -> dict[str, Any]:
     return _role_spec("bake")["bake"]["options"]
 
 
+def secret_options(kind: str) -> list[list[str]]:
+    """Paths of a target type's secret options: those its role's argument spec marks ``no_log``."""
+    return _plan.secret_paths(target_spec(kind))
+
+
 def validate_target(kind: str, options: Any, where: str) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise BakeryError("%s must be a dictionary of %s target options" % (where, kind))
@@ -162,6 +167,7 @@ class ActionModule(ActionBase):
                 except_=args.get("except"),
                 force=args.get("force", False),
                 bake_id=args.get("bake_id"),
+                secrets_of=secret_options,
             )
         except BakeryError as exc:
             raise AnsibleActionFail(exc.msg) from None

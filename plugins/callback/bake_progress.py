@@ -45,7 +45,7 @@ options:
         the running tasks first, then remove every temporary resource of the bake before exiting. The
         removal is the janitor's (C(playbooks/janitor.yml) with the bake id and the run's C(-e)
         arguments), the same code as the bake's cleanup. A second signal during the removal stops it.
-      - Not in check mode, and not with the bake's O(on_error) V(keep) or V(abort), which leave resources
+      - Not in check mode, and not with the bake's C(on_error) V(keep) or V(abort), which leave resources
         on purpose.
     type: bool
     default: true

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest, _qemu_disk
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _qemu_disk
 
 
 def docker_artifact(result, target, started=None):
@@ -37,6 +39,18 @@ def vagrant_artifact(result, target, started=None):
     return _manifest.vagrant_artifact(result, target, started, time.time())
 
 
+def target_secrets(bake, target):
+    """The real values of *target*'s secret options, from the bake definition (the plan masks them)."""
+    paths = target.get("secret_options") or []
+    if not paths:
+        return {}
+    for entry in (bake or {}).get("targets") or []:
+        if isinstance(entry, dict) and entry.get("name") == target.get("name"):
+            options = entry.get(target.get("type"))
+            return _plan.pick_secrets(options if isinstance(options, dict) else {}, paths)
+    raise AnsibleFilterError("target %r is not in the bake definition" % target.get("name"))
+
+
 def builder_access(builder):
     return _manifest.builder_access(builder)
 
@@ -52,4 +66,5 @@ class FilterModule:
             "qemu_outputs": qemu_outputs,
             "qemu_workdir": qemu_workdir,
             "vagrant_artifact": vagrant_artifact,
+            "target_secrets": target_secrets,
         }

@@ -34,7 +34,7 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
     parse_inputs,
 )
-from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError, Steps
 from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
 
 try:
@@ -940,6 +940,11 @@ def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any
 
 def _auth(params: dict[str, Any]) -> dict[str, str] | None:
     registry = params.get("registry") or {}
+    if registry.get("password") == NO_LOG_MASK:
+        raise BakeryError(
+            "registry.password is the masked copy the bake plan shows, not the password: role bakery.images.docker "
+            "takes the real value from bakery_target_secrets, which role bakery.images.bake sets"
+        )
     if registry.get("username"):
         return {"username": registry["username"], "password": registry.get("password") or ""}
     return None

@@ -23,7 +23,7 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
 )
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
 from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
-from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
 TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
@@ -38,6 +38,84 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
 MAX_VOLUME_GB = 65536
 
 Validator = Callable[[str, Mapping[str, Any], str], dict]
+# where a target type's secret options are: option paths whose argument spec says no_log
+SecretPaths = Callable[[str], "list[list[str]]"]
+
+# what the plan shows for a secret option's value (the marker Ansible shows for a no_log module parameter)
+MASK = NO_LOG_MASK
+
+
+def secret_paths(spec: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """The paths of the options an argument spec marks ``no_log: true`` (suboptions included)."""
+    found: list[list[str]] = []
+    for name, option in (spec or {}).items():
+        if not isinstance(option, Mapping):
+            continue
+        if option.get("no_log"):
+            found.append([*prefix, name])
+        elif isinstance(option.get("options"), Mapping):
+            found.extend(secret_paths(option["options"], (*prefix, name)))
+    return found
+
+
+def _at_path(value: Any, path: list[str], change: Callable[[Any], Any] | None) -> list[Any]:
+    """The non-empty values at *path* (a list is looked into item by item); *change* replaces each."""
+    if not path:
+        return []
+    if isinstance(value, list):
+        return [found for item in value for found in _at_path(item, path, change)]
+    if not isinstance(value, dict) or value.get(path[0]) in (None, ""):
+        return []
+    if len(path) > 1:
+        return _at_path(value[path[0]], path[1:], change)
+    found = value[path[0]]
+    if change is not None:
+        value[path[0]] = change(found)
+    return [found]
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def mask_secrets(options: Mapping[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """A copy of *options* with every value at a secret path replaced by :data:`MASK`.
+
+    The plan, the manifest, the summary and every task result that shows a target show this copy; the
+    real values go only to the module parameters that need them (which are ``no_log``).
+    """
+    masked = _copy(dict(options))
+    for path in paths:
+        _at_path(masked, path, lambda _value: MASK)
+    return masked
+
+
+def present_secrets(options: Mapping[str, Any], paths: list[list[str]]) -> list[list[str]]:
+    """The secret paths that hold a value in *options*."""
+    return [path for path in paths if _at_path(dict(options), path, None)]
+
+
+def pick_secrets(options: Mapping[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """Only the secret values of *options*, nested as in *options* (dictionaries only).
+
+    ``combine(..., recursive=true)`` of the masked options and this gives the real options back.
+    """
+    picked: dict[str, Any] = {}
+    for path in paths:
+        node: Any = options
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if node in (None, ""):
+            continue
+        into = picked
+        for key in path[:-1]:
+            into = into.setdefault(key, {})
+        into[path[-1]] = node
+    return picked
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -126,12 +204,15 @@ def make_plan(
     except_: Any = None,
     force: Any = False,
     bake_id: str | None = None,
+    secrets_of: SecretPaths | None = None,
 ) -> dict[str, Any]:
     """Expand a bake definition (already validated against the bake role's spec) into targets.
 
     *validate_target(type, options, where)* validates a target's type-specific options against the
     target role's argument spec and returns them with defaults; *role_digest(name)* digests a
-    provisioning role's content (its files and its dependencies').
+    provisioning role's content (its files and its dependencies'); *secrets_of(type)* lists the
+    paths of a target type's secret (``no_log``) options: the plan holds them masked (see
+    :func:`mask_secrets`) and names them in ``secret_options``.
     """
     name = check_name("bake", bake.get("name"))
     output_dir, cache_dir = bake_dirs(bake, cwd)
@@ -171,6 +252,9 @@ def make_plan(
         where = "bake.targets[%d].%s" % (index, kind)
         options = validate_target(kind, target[kind], where)
         check_target(kind, options, where, cwd)
+        paths = secrets_of(kind) if secrets_of else []
+        secret_options = present_secrets(options, paths)
+        options = mask_secrets(options, paths)
         uses_builder = needs_builder(kind, options) and not options.get("source")
         inputs: dict[str, str] = {}
         target_rootfs = None
@@ -193,6 +277,7 @@ def make_plan(
                 "selected": tname in chosen,
                 "force": bool(target.get("force")) or bool(forced) or tname in forced_names,
                 "options": options,
+                "secret_options": secret_options,
                 "inputs": inputs,
                 "rootfs": target_rootfs,
                 "needs_builder": uses_builder,

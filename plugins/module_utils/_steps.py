@@ -13,6 +13,10 @@ from __future__ import annotations
 import signal
 from typing import Any, Callable
 
+# what bakery shows in place of a secret (the marker Ansible shows for a no_log module parameter); a module
+# that gets it as a value was handed a masked copy instead of the secret
+NO_LOG_MASK = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
 
 class BakeryError(Exception):
     """An error the user can act on; its message is shown as the task's failure message."""

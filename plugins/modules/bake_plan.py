@@ -20,7 +20,7 @@ description:
   - Each planned target carries the C(inputs) of its fingerprint (base rootfs identity, role content,
     role variables); the target's module adds its own (base image id, Dockerfile context, options).
   - Used by role C(bakery.images.bake). The bake definition itself is validated against that role's argument
-    spec (here too, so that the module can be called on its own): unknown keys, and a list or dictionary given
+    spec (here too, so that the module can be called on its own); unknown keys, and a list or dictionary given
     for a string, fail.
   - Files the targets build from are checked here (targets build on this host), for example a Dockerfile
     build's context and its Dockerfile (unknown instructions, no C(FROM)) or a qemu target's C(base_image).

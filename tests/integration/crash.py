@@ -45,7 +45,7 @@ def kill_tree(pid: int) -> set[int]:
     appears), then kill every frozen process. Returns the pids killed."""
     frozen: set[int] = set()
     todo = {pid}
-    for _ in range(20):
+    for _round in range(20):
         for each in todo:
             try:
                 os.kill(each, signal.SIGSTOP)

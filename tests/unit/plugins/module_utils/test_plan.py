@@ -158,3 +158,92 @@ def test_selecting_a_consumer_selects_its_source(disk_types):
 def test_a_source_must_be_a_disk_target_of_the_bake(disk_types, source, message):
     with pytest.raises(BakeryError, match=message):
         plan(disk_bake(source=source))
+
+
+# ---------------------------------------------------------------- secret options
+
+
+SECRET = "bakery-secret-registry-0f3c"
+
+
+def secret_bake():
+    registry = {"username": "pusher", "password": SECRET}
+    return dict(
+        BAKE,
+        targets=[
+            {"name": "img", "docker": {"repository": "bakery/web", "push": True, "registry": registry}},
+            {"name": "df", "docker": {"repository": "bakery/df", "context": CONTEXT}},
+        ],
+    )
+
+
+def test_secret_paths_are_the_no_log_options_of_the_role_specs():
+    from ansible_collections.bakery.images.plugins.action.bake_plan import secret_options
+
+    assert secret_options("docker") == [["registry", "password"]]
+    for kind in ("qemu", "vagrant", "ami", "gce"):
+        assert secret_options(kind) == [], kind  # their credentials are role variables or the environment
+    spec = {
+        "a": {"type": "str", "no_log": True},
+        "b": {"type": "dict", "options": {"c": {"type": "str"}, "d": {"type": "str", "no_log": True}}},
+        "e": {"type": "list", "elements": "dict", "options": {"f": {"no_log": True}}},
+        "g": {"type": "str", "no_log": False},
+    }
+    assert _plan.secret_paths(spec) == [["a"], ["b", "d"], ["e", "f"]]
+
+
+def test_mask_secrets_masks_a_copy_and_leaves_empty_values():
+    options = {"registry": {"username": "u", "password": SECRET}, "token": None, "items": [{"f": "x"}, {}]}
+    before = copy.deepcopy(options)
+    masked = _plan.mask_secrets(options, [["registry", "password"], ["token"], ["items", "f"], ["nope", "x"]])
+    assert masked == {
+        "registry": {"username": "u", "password": _plan.MASK},
+        "token": None,
+        "items": [{"f": _plan.MASK}, {}],
+    }
+    assert options == before, "the input must not change"
+    assert SECRET not in repr(masked)
+
+
+def test_pick_secrets_and_combine_give_the_real_options_back():
+    options = {"registry": {"username": "u", "password": SECRET}, "push": True}
+    paths = [["registry", "password"], ["other"]]
+    picked = _plan.pick_secrets(options, paths)
+    assert picked == {"registry": {"password": SECRET}}
+    masked = _plan.mask_secrets(options, paths)
+    masked["registry"].update(picked["registry"])  # what combine(recursive=true) does in role docker
+    assert masked == options
+    assert _plan.present_secrets(options, paths) == [["registry", "password"]]
+    assert _plan.pick_secrets({"registry": None}, paths) == {}
+
+
+def test_the_plan_shows_secret_options_masked_and_names_them():
+    result = plan(bake=secret_bake(), bake_id="b1", secrets_of=lambda kind: [["registry", "password"]])
+    img, df = result["targets"]
+    assert img["options"]["registry"] == {"username": "pusher", "password": _plan.MASK}
+    assert img["secret_options"] == [["registry", "password"]] and df["secret_options"] == []
+    assert SECRET not in repr(result)
+
+
+def test_target_secrets_filter_takes_the_real_values_from_the_bake():
+    from ansible.errors import AnsibleFilterError
+
+    from ansible_collections.bakery.images.plugins.filter.bake import target_secrets
+
+    bake = secret_bake()
+    img, df = plan(bake=bake, bake_id="b1", secrets_of=lambda kind: [["registry", "password"]])["targets"]
+    assert target_secrets(bake, img) == {"registry": {"password": SECRET}}
+    assert target_secrets(bake, df) == {}
+    with pytest.raises(AnsibleFilterError, match="not in the bake definition"):
+        target_secrets(dict(bake, targets=[]), img)
+
+
+def test_a_module_refuses_the_masked_copy_of_a_password():
+    from ansible_collections.bakery.images.plugins.module_utils import _docker
+
+    with pytest.raises(BakeryError, match="masked copy"):
+        _docker._auth({"registry": {"username": "u", "password": _plan.MASK}})
+    assert _docker._auth({"registry": {"username": "u", "password": SECRET}}) == {
+        "username": "u",
+        "password": SECRET,
+    }
