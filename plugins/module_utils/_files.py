@@ -267,24 +267,46 @@ def _last_change(path: str) -> float:
 def sweep_partials(selector: Selector, check_mode: bool, paths: Sequence[str]) -> list[dict[str, Any]]:
     """Leftovers of interrupted atomic writes. They record no bake id: in the directories of a bake they are
     that bake's, when they changed after it started (the time in its bake id; any time for an id of the
-    user's own). One that a process has open, or that changed in the last 10 s, is being written."""
+    user's own). One that a process has open, or that changed in the last 10 s, is being written: a run by
+    bake id (just after killing that bake, say) waits until such a file has been quiet for 10 s and looks
+    again; a run by age leaves it."""
     candidates = partial_files(paths)
     if not candidates:
         return []
-    busy = open_paths()
     started = bake_started(selector.bake_id)
-    entries = []
-    for path in candidates:
+
+    def eligible(path: str, busy: set[str]) -> float | None:
         try:
             mtime = _last_change(path)
         except OSError:
-            continue
+            return None
         inside = path.rstrip("/") + "/"
         if path in busy or any(open_path.startswith(inside) for open_path in busy):
-            continue
-        if time.time() - mtime < PARTIAL_QUIET_SECONDS:
-            continue
+            return None
         if started is not None and mtime < started:
+            return None
+        if mtime > time.time() + 1:
+            return None  # a time in the future: someone is setting it, leave it
+        return mtime
+
+    busy = open_paths()
+    chosen: dict[str, float] = {}
+    for path in candidates:
+        mtime = eligible(path, busy)
+        if mtime is not None:
+            chosen[path] = mtime
+    young = [p for p, m in chosen.items() if time.time() - m < PARTIAL_QUIET_SECONDS]
+    if young and selector.bake_id is not None and not check_mode:
+        newest = max(chosen[p] for p in young)
+        time.sleep(min(PARTIAL_QUIET_SECONDS, max(0.0, PARTIAL_QUIET_SECONDS - (time.time() - newest))) + 0.1)
+        busy = open_paths()
+        for path in young:
+            mtime = eligible(path, busy)
+            if mtime is None or mtime != chosen[path]:
+                del chosen[path]
+    entries = []
+    for path, mtime in chosen.items():
+        if time.time() - mtime < PARTIAL_QUIET_SECONDS and not (check_mode and selector.bake_id is not None):
             continue
         if not selector.matches(selector.bake_id, mtime):
             continue

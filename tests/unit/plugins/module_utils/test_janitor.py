@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -259,3 +260,21 @@ def test_bake_started_from_a_generated_id():
 )
 def test_key_files_by_bake(directory, name, wanted, expected):
     assert _files.key_file_bake_id(directory, name, wanted) == expected
+
+
+def test_partial_files_being_written_are_left_or_waited_for(tmp_path, monkeypatch):
+    """Just written and not open: a run by age leaves it, a run by bake id waits until it is quiet and removes
+    it (the janitor right after a kill); one that is open stays in any case."""
+    monkeypatch.setattr(_files, "PARTIAL_QUIET_SECONDS", 1.0)
+    quiet = tmp_path / ".disk.raw.a1.partial"
+    held = tmp_path / ".disk.qcow2.b2.partial"
+    for path in (quiet, held):
+        path.write_bytes(b"half")
+    with open(held, "rb"):
+        by_age = _files.sweep_partials(Selector.from_params(None, "0s"), False, [str(tmp_path)])
+        assert by_age == [] and quiet.exists()
+        started = time.monotonic()
+        by_id = _files.sweep_partials(Selector.from_params("my-own-id"), False, [str(tmp_path)])
+        assert [e["id"] for e in by_id] == [str(quiet)] and by_id[0]["state"] == REMOVED
+        assert 0.5 < time.monotonic() - started < 5
+        assert not quiet.exists() and held.exists()
