@@ -876,30 +876,45 @@ def _remove_checked(client: Any, cid: str) -> None:
 def sweep_images(
     client: Any, selector: Selector, check_mode: bool, location: str | None = None
 ) -> list[dict[str, Any]]:
-    """Images labelled ``bakery-temporary=true`` (committed and built images carry ``false``, or no label)."""
+    """Images labelled ``bakery-temporary=true`` (committed and built images carry ``false``, or no label);
+    and, by bake id only, that bake's images without any tag: what a commit killed before its tagging made
+    (a finished bake's image always has its tags)."""
+    found: dict[str, dict[str, Any]] = {}
     labels = ["%s=true" % TEMPORARY_LABEL]
     if selector.bake_id is not None:
         labels.append("%s=%s" % (BAKE_ID_LABEL, selector.bake_id))
-    entries = []
-    for image in client.api.images(all=True, filters={"label": labels}):
+    images = [(image, BAKE_ID_LABEL) for image in client.api.images(all=True, filters={"label": labels})]
+    if selector.bake_id is not None:
+        untagged = client.api.images(
+            all=True, filters={"label": "%s=%s" % (BUILD_BAKE_ID_LABEL, selector.bake_id)}
+        )
+        images += [
+            (image, BUILD_BAKE_ID_LABEL)
+            for image in untagged
+            if not [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
+        ]
+    for image, id_label in images:
         image_labels = image.get("Labels") or {}
-        if image_labels.get(TEMPORARY_LABEL) != "true":
+        if image["Id"] in found:
             continue
-        if not selector.matches(image_labels.get(BAKE_ID_LABEL), image.get("Created")):
+        if id_label == BAKE_ID_LABEL and image_labels.get(TEMPORARY_LABEL) != "true":
+            continue
+        if not selector.matches(image_labels.get(id_label), image.get("Created")):
             continue
         tags = [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
-        entry = record(
+        found[image["Id"]] = record(
             "docker",
             "image",
             image["Id"],
             name=tags[0] if tags else image["Id"][7:19],
-            bake_id=image_labels.get(BAKE_ID_LABEL) or None,
+            bake_id=image_labels.get(id_label) or None,
             target=image_labels.get(TARGET_LABEL),
             created=image.get("Created"),
             location=location or "local engine",
         )
-        entries.append(act(entry, check_mode, lambda ref=image["Id"]: _remove_image(client, ref)))
-    return entries
+    return [
+        act(entry, check_mode, lambda ref=ref: _remove_image(client, ref)) for ref, entry in found.items()
+    ]
 
 
 def _remove_image(client: Any, ref: str) -> None:

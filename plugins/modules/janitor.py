@@ -13,7 +13,8 @@ description:
   - Finds every temporary resource bakery made (tag or label C(bakery-temporary=true), or a work directory
     with the C(.bakery-temporary) marker) that belongs to the bake O(bake_id) and/or is older than
     O(older_than), and removes it. Final artifacts never carry C(bakery-temporary=true) and are never touched.
-  - "C(docker): build containers (running ones are killed) and images labelled C(bakery-temporary=true)."
+  - "C(docker): build containers (running ones are killed) and images labelled C(bakery-temporary=true); by
+    O(bake_id) also that bake's images without any tag, which a commit killed before tagging leaves."
   - "C(qemu): builder VMs (qemu processes started with C(-name bakery-<bake id>-<target>)), their work
     directories, chroot work directories marked C(.bakery-temporary) and leftover C(.*.partial) files of
     interrupted writes in O(qemu.paths). A C(.partial) file records no bake id: in the directories scanned it
