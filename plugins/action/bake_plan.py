@@ -46,7 +46,28 @@ def secret_options(kind: str) -> list[list[str]]:
 def validate_target(kind: str, options: Any, where: str) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise BakeryError("%s must be a dictionary of %s target options" % (where, kind))
-    return validate(target_spec(kind), options, where)
+    spec = target_spec(kind)
+    validated = validate(spec, options, where)
+    # sub-options left unset stay out (the validator fills them with None, which the role's own validation
+    # at include time would then check against their choices)
+    return {
+        name: _without_unset(value, spec[name]["options"])
+        if isinstance(value, dict) and isinstance(spec.get(name), dict) and spec[name].get("options")
+        else value
+        for name, value in validated.items()
+    }
+
+
+def _without_unset(values: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        sub = spec.get(key) or {}
+        out[key] = (
+            _without_unset(value, sub["options"]) if isinstance(value, dict) and sub.get("options") else value
+        )
+    return out
 
 
 def validate_bake(bake: Any) -> dict[str, Any]:

@@ -156,9 +156,11 @@ def bake_base(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def docker_leftovers():
     """Fails the test if it leaves bakery build containers behind."""
     client = docker_client()
-    before = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
+    # the low-level listing: containers.list inspects each one, and fails if one goes meanwhile
+    temporary = {"label": "bakery-temporary=true"}
+    before = {c["Id"] for c in client.api.containers(all=True, filters=temporary)}
     yield client
-    after = {c.id for c in client.containers.list(all=True, filters={"label": "bakery-temporary=true"})}
+    after = {c["Id"] for c in client.api.containers(all=True, filters=temporary)}
     leaked = after - before
     assert not leaked, "build containers left behind: %s" % leaked
 

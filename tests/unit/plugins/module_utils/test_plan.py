@@ -247,3 +247,12 @@ def test_a_module_refuses_the_masked_copy_of_a_password():
         "username": "u",
         "password": SECRET,
     }
+
+
+def test_unset_sub_options_stay_out_of_the_planned_options():
+    """The qemu role validates bakery_target again at include time: a None there fails its choices."""
+    from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
+
+    options = validate_target("qemu", {"formats": ["qcow2"], "vm": {"memory": 2048}}, "bake.targets[0].qemu")
+    assert options["vm"] == {"memory": 2048}
+    assert "firmware" not in validate_target("qemu", {}, "t")["vm"]
