@@ -240,7 +240,19 @@ class CallbackModule(CallbackBase):
             argv += ["-e", extra]
         argv += ["-e", "janitor_bake_id=%s" % bake_id]
         env = dict(os.environ, BAKERY_CLEANUP_ON_SIGNAL="false")
-        proc = subprocess.run(argv, env=env, timeout=JANITOR_TIMEOUT, check=False)
+        # its output comes through our display (a child writing to our stdout directly failed to start)
+        proc = subprocess.run(
+            argv,
+            env=env,
+            timeout=JANITOR_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        for text in (proc.stdout, proc.stderr if proc.returncode else ""):
+            if text.strip():
+                self._display.display(text.rstrip(), stderr=True)
         if proc.returncode == 0:
             self._display.display("bakery: temporary resources of bake %s removed" % bake_id, stderr=True)
         else:
