@@ -20,9 +20,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 BAKE_PLAYBOOK ?= playbooks/bake.yml
 BAKE_ARGS ?=
 PYTEST_ARGS ?=
-# Integration tests run in 2 streams (scripts/integration): the VM boots beside the Docker and cloud tests;
+# Integration tests run in 3 streams (scripts/integration): the VM boots, the cloud tests and the others at once;
 # INTEGRATION_STREAMS=1 runs them one after the other.
-export INTEGRATION_STREAMS ?= 2
+export INTEGRATION_STREAMS ?= 3
 # Extra ansible-test sanity options, e.g. SANITY_ARGS="--test pylint".
 SANITY_ARGS ?=
 
@@ -94,10 +94,11 @@ bake: apt-bake collection
 
 # ---------------------------------------------------------------- tests
 
-# All steps run, even after a failure; a summary with timings follows.  dockerd is started (and stopped
-# again) only around the integration tests and the Molecule scenarios, which are the ones that need it.
+# All steps run, even after a failure; a summary with timings follows.  Steps joined by '+' run at the same
+# time (scripts/steps).  dockerd is started (and stopped again) only around the integration tests and the
+# Molecule scenarios, which are the ones that need it.
 test: apt-test collection-test
-	@MAKE="$(MAKE)" scripts/steps lint sanity unit integration molecule docs
+	@MAKE="$(MAKE)" scripts/steps lint+sanity+unit integration molecule+docs
 
 # ansible-lint reads .ansible-lint (profile production, offline) and resolves bakery.images from .collections.
 lint: collection-test

@@ -1,8 +1,8 @@
 """A bake of a qemu disk and its Vagrant box, killed with SIGKILL (the whole process tree) at each phase:
 launch (unpacking the chroot), provision, capture (making the disk) and post-process (writing the box).
 The janitor then leaves no work directory, no process and no partial file, and no final output carries
-what the killed bake was making. Runs in the VM stream: it needs the kernel rootfs that the session's
-default bake put into the shared cache.
+what the killed bake was making. It needs the default bake's kernel rootfs in the shared cache
+(fixture kernel_rootfs).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def left_behind(bake_id: str, tmp_path: Path, cache_dir: Path) -> dict[str, list
 
 @pytest.mark.parametrize("phase, banner, delay", KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
-    default_bake, cache_dir, tmp_path, phase, banner, delay
+    kernel_rootfs, cache_dir, tmp_path, phase, banner, delay
 ):
     bake_file = definition(tmp_path, cache_dir, hold=300 if phase == "provision" else 0)
     bake_id = "crash-%s-%s" % (phase, uuid.uuid4().hex[:6])

@@ -1,5 +1,7 @@
-"""bakery.images.qemu_vm on real VMs under TCG: boot, SSH provisioning through add_host, clean stop, the
-watchdog after a SIGKILLed ansible-playbook, and a boot that times out.
+"""bakery.images.qemu_vm on real VMs under TCG: the watchdog after a SIGKILLed ansible-playbook, a VM kept
+after the run (on_error keep) until the janitor stops it, and a boot that times out. Booting to an SSH login,
+provisioning over SSH and the clean stop are tested by the qemu target's ``provision: vm`` bake
+(test_qemu.py), which does all three with this module.
 
 The test disk is made here without loop devices or mounts: the rootfs that the default bake's disk target
 built with bakery.images.rootfs (kernel, systemd, sshd, python3; shared with the other tests), the test's
@@ -81,12 +83,11 @@ def _prepare_tree(tree: Path, public_key: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_disk(cache_dir: Path, default_bake: dict) -> dict:
+def test_disk(cache_dir: Path, kernel_rootfs: Path) -> dict:
     """{disk, kernel, initrd, private_key, public_key}: a raw ext4 disk that boots to sshd."""
     base = cache_dir / "qemu-vm"
-    # the default bake's disk target already built a rootfs with a kernel, systemd, sshd and python3
-    run = default_bake["first"]
-    rootfs = Path(run.task_result("Build the target's root filesystem (the base with a kernel)")["path"])
+    # the default bake's disk target's rootfs: a kernel, systemd, sshd and python3
+    rootfs = kernel_rootfs
     fingerprint = json.loads(Path(str(rootfs) + ".bakery.json").read_text())["fingerprint"]
     key = hashlib.sha256((fingerprint + PREPARATION).encode()).hexdigest()[:12]
     out = base / ("disk-" + key)
@@ -186,127 +187,6 @@ START_TASK = """\
         boot_timeout: "{{ boot_timeout | default(600) }}"
       register: vm
 """
-
-PROVISION_PLAYBOOK = (
-    PLAY_HEADER
-    + """\
-  tasks:
-    - name: start in check mode
-      bakery.images.qemu_vm:
-        disk: "{{ disk }}"
-        bake_id: "{{ bake_id }}"
-        target: web
-        accelerator: tcg
-      check_mode: true
-      register: start_check
-"""
-    + START_TASK
-    + """\
-    - name: builder
-      ansible.builtin.add_host:
-        name: builder-web
-        ansible_connection: "{{ vm.builder.connection }}"
-        ansible_host: "{{ vm.builder.host }}"
-        ansible_port: "{{ vm.builder.port }}"
-        ansible_user: "{{ vm.builder.user }}"
-        ansible_ssh_private_key_file: "{{ vm.builder.private_key }}"
-        ansible_ssh_common_args: "{{ vm.ssh_common_args }}"
-        ansible_python_interpreter: "{{ vm.builder.python }}"
-
-- hosts: builder-web
-  gather_facts: false
-  tasks:
-    - name: os-release
-      ansible.builtin.command: cat /etc/os-release
-      changed_when: false
-      register: os_release
-    - name: marker
-      ansible.builtin.raw: echo {{ hostvars.localhost.bake_id }} > /root/baked-by-bakery
-
-"""
-    + PLAY_HEADER
-    + """\
-  tasks:
-    - name: stop in check mode
-      bakery.images.qemu_vm:
-        action: stop
-        workdir: "{{ vm.vm.workdir }}"
-      check_mode: true
-      register: stop_check
-    - name: stop
-      bakery.images.qemu_vm:
-        action: stop
-        workdir: "{{ vm.vm.workdir }}"
-      register: stopped
-    - name: stop again
-      bakery.images.qemu_vm:
-        action: stop
-        bake_id: "{{ bake_id }}"
-        target: web
-      register: stopped_again
-"""
-)
-
-
-def test_start_provision_over_ssh_and_stop(test_disk: dict, tmp_path: Path) -> None:
-    """One boot: the disk is written in place (overlay=false), so what the play wrote must be on it."""
-    disk = tmp_path / "disk.raw"
-    _sh("cp", "--sparse=always", str(test_disk["disk"]), str(disk))
-    ident = bake_id()
-    name = "bakery-%s-web" % ident
-    extra = {
-        "bake_id": ident,
-        "disk": str(disk),
-        "kernel": test_disk["kernel"],
-        "initrd": test_disk["initrd"],
-        "append": APPEND,
-        "private_key": test_disk["private_key"],
-        "overlay": False,
-    }
-    try:
-        started = time.monotonic()
-        run = run_playbook(PROVISION_PLAYBOOK, tmp_path, extra_vars=extra, args=LOCAL, timeout=900)
-        seconds = time.monotonic() - started
-        assert run.rc == 0, run.stdout[-6000:] + run.stderr[-2000:]
-        vm = run.task_result("start")
-        stopped = run.task_result("stop")
-        print(
-            "\nSSH login after %.1f s, stop took %.1f s, playbook %.1f s"
-            % (vm["timings"]["login"], stopped["seconds"], seconds)
-        )
-
-        check = run.task_result("start in check mode")
-        assert check["changed"] is True and check["msg"].startswith("would start VM " + name)
-        assert vm["changed"] is True
-        assert vm["accelerator"] == "tcg"
-        assert vm["vm"]["name"] == name and vm["vm"]["host"] == "127.0.0.1"
-        assert vm["vm"]["private_key"] == test_disk["private_key"]
-        assert vm["vm"]["disk"] == str(disk)  # written in place
-        assert os.path.basename(vm["vm"]["workdir"]) == "bakery-vm-%s-web" % ident
-        assert vm["builder"]["port"] == vm["vm"]["port"] and vm["builder"]["connection"] == "ssh"
-        assert vm["public_key"].split()[:2] == test_disk["public_key"].split()[:2]
-        assert 0 < vm["timings"]["qemu"] < vm["timings"]["banner"] <= vm["timings"]["login"]
-        assert "PRIVATE KEY" not in run.stdout
-
-        os_release = run.task_result("os-release")["stdout"]
-        assert "VERSION_CODENAME=bookworm" in os_release
-
-        stop_check = run.task_result("stop in check mode")
-        assert stop_check["changed"] is True and stop_check["running"] is True
-        assert stopped["changed"] is True and stopped["running"] is True
-        assert stopped["stopped_by"] == "ssh" and stopped["clean"] is True, stopped
-        assert stopped["workdir_removed"] is True
-        again = run.task_result("stop again")
-        assert again["changed"] is False and again["running"] is False
-
-        assert processes_named(name) == [], "qemu still runs after stop"
-        assert not Path(vm["vm"]["workdir"]).exists()
-        # the guest powered off cleanly, so the file the play wrote is on the disk
-        marker = _sh("debugfs", "-R", "cat /root/baked-by-bakery", str(disk))
-        assert marker.strip() == ident
-    finally:
-        kill_leftovers(name)
-
 
 KILLED_PLAYBOOK = (
     PLAY_HEADER
