@@ -122,6 +122,19 @@ class Run:
                 return line
         raise AssertionError("no %r within %d s:\n%s" % (pattern, timeout, "\n".join(self.lines[-60:])))
 
+    def wait_until(self, condition, what: str, timeout: float) -> None:
+        """Block until *condition()* is true (checked every 0.2 s); fail if the run ends first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self._drain()
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                self._drain()
+                raise AssertionError("the run ended before %s:\n%s" % (what, "\n".join(self.lines[-60:])))
+            if time.monotonic() > deadline:
+                raise AssertionError("no %s within %d s:\n%s" % (what, timeout, "\n".join(self.lines[-60:])))
+            time.sleep(0.2)
+
     def kill(self) -> set[int]:
         killed = kill_tree(self.proc.pid)
         self.proc.wait(timeout=30)
