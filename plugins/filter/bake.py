@@ -55,10 +55,15 @@ def builder_access(builder):
     return _manifest.builder_access(builder)
 
 
+def failed_targets(hosts):
+    return _manifest.failed_targets(hosts)
+
+
 class FilterModule:
     def filters(self):
         return {
             "builder_access": builder_access,
+            "failed_targets": failed_targets,
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
             "ami_artifact": ami_artifact,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MANIFEST_VERSION = 1
@@ -234,6 +234,17 @@ def janitor_command(bake_id: str, var_files: list[str] | tuple[str, ...] = ()) -
         argv += ["-e", "@" + path]
     argv += ["-e", "janitor_bake_id=%s" % bake_id]
     return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def failed_targets(hosts: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Names of the targets among *hosts* (each target host's variables) that failed on their own: a
+    ``bake_failure`` that fail_fast's cancellation did not set."""
+    names = []
+    for host in hosts:
+        failure = host.get("bake_failure")
+        if isinstance(failure, Mapping) and not failure.get("cancelled"):
+            names.append(host["bakery_target"]["name"])
+    return names
 
 
 def builder_access(builder: Mapping[str, Any]) -> dict[str, Any]:

@@ -129,3 +129,14 @@ def test_abort_leaves_everything_and_names_the_janitor_while_cleanup_does_not():
     assert aborted.endswith("ansible-playbook bakery.images.janitor -e janitor_bake_id=b2")
     cleaned = _manifest.failures({"name": "web", "bake_id": "b2"}, results)
     assert "(temporary resources were cleaned up)" in cleaned and "janitor" not in cleaned
+
+
+def test_failed_targets_leaves_out_the_ones_fail_fast_cancelled_and_the_ones_without_failure():
+    hosts = [
+        {"bakery_target": {"name": "image"}, "bake_failure": {"phase": "provision", "msg": "boom"}},
+        {"bakery_target": {"name": "disk"}, "bake_failure": {"phase": "capture", "cancelled": True}},
+        {"bakery_target": {"name": "box"}},
+        {"bakery_target": {"name": "ami"}, "bake_failure": {"phase": "launch", "cancelled": False}},
+    ]
+    assert _manifest.failed_targets(hosts) == ["image", "ami"]
+    assert _manifest.failed_targets([]) == []
