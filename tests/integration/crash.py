@@ -15,7 +15,35 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import ansible_env
+from conftest import REPO, ansible_env, run_playbook
+
+JANITOR = REPO / "playbooks" / "janitor.yml"
+
+# a provisioning role that holds the bake in its provisioning phase for hold_seconds (0: not at all)
+HOLD_ROLE = """
+- name: Hold the builder
+  ansible.builtin.command: sleep {{ hold_seconds }}
+  changed_when: false
+"""
+
+
+def write_role(tmp_path: Path, tasks: str = HOLD_ROLE, name: str = "hold") -> Path:
+    """Role *name* with *tasks* under *tmp_path*/roles (the ANSIBLE_ROLES_PATH to give the run)."""
+    role = tmp_path / "roles" / name / "tasks"
+    role.mkdir(parents=True, exist_ok=True)
+    (role / "main.yml").write_text(tasks)
+    return tmp_path / "roles"
+
+
+def run_janitor(
+    cwd: Path, bake_file: Path | str, bake_id: str, *args: str, env: dict[str, str] | None = None
+):
+    """playbooks/janitor.yml for bake *bake_id*, with the bake definition's file; it must succeed."""
+    run = run_playbook(
+        JANITOR, cwd, args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id, *args], env=env
+    )
+    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    return run
 
 
 def descendants(pid: int) -> set[int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
 from conftest import REPO, docker_client, run_playbook
-from crash import Run
+from crash import Run, run_janitor
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
 from ansible_collections.bakery.images.plugins.module_utils import _aws
@@ -666,13 +666,7 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
         "targets": [{"name": "ami", "ami": {"region": REGION, "endpoint_url": moto.url, "name": name}}],
     }
     (tmp_path / "bake.json").write_text(json.dumps({"bake": bake}))
-    janitor = run_playbook(
-        REPO / "playbooks" / "janitor.yml",
-        tmp_path,
-        args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % bake_id],
-        env=AWS_ENV,
-    )
-    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    run_janitor(tmp_path, "bake.json", bake_id, env=AWS_ENV)
     assert leftovers(moto, bake_id, [REGION]) == {}
     # nothing the killed run made is left, tagged or not
     assert everything(moto) - before == set()

@@ -15,32 +15,28 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BAKE_BASE, REPO, docker_client, run_playbook
-from crash import Run
+from crash import HOLD_ROLE, Run, run_janitor, write_role
 
 BAKE = REPO / "playbooks" / "bake.yml"
-JANITOR = REPO / "playbooks" / "janitor.yml"
 BAKE_ID_LABEL = "bakery-bake-id"
 IMAGE_BAKE_ID_LABEL = "org.bakery.bake-id"
 
 # the provisioning role: a layer big enough that the commit takes a moment, then a wait that a test can
 # stretch to hold the bake in its provisioning phase
-HOLD_ROLE = """
+BALLAST_AND_HOLD = (
+    """
 - name: Write a layer worth committing
   ansible.builtin.command: dd if=/dev/urandom of=/var/tmp/ballast bs=1M count={{ ballast_mb }} status=none
   changed_when: true
-
-- name: Hold the builder
-  ansible.builtin.command: sleep {{ hold_seconds }}
-  changed_when: false
 """
+    + HOLD_ROLE
+)
 
 
 def definition(tmp_path: Path, cache_dir: str, hold: int = 0, ballast: int = 16, **top) -> Path:
     run = uuid.uuid4().hex[:8]
     repository = "bakery-test/crash-%s" % run
-    role = tmp_path / "roles" / "hold" / "tasks"
-    role.mkdir(parents=True, exist_ok=True)
-    (role / "main.yml").write_text(HOLD_ROLE)
+    write_role(tmp_path, BALLAST_AND_HOLD)
     bake = {
         "name": "crash",
         "cache_dir": cache_dir,
@@ -77,14 +73,7 @@ def of_bake(bake_id: str) -> dict[str, list[str]]:
 
 
 def janitor(tmp_path: Path, bake_file: Path, bake_id: str, *args: str):
-    run = run_playbook(
-        JANITOR,
-        tmp_path,
-        args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id, *args],
-        env=env_for(tmp_path),
-    )
-    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    return run
+    return run_janitor(tmp_path, bake_file, bake_id, *args, env=env_for(tmp_path))
 
 
 def start(tmp_path: Path, bake_file: Path, bake_id: str, *args: str) -> Run:

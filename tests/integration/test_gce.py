@@ -564,10 +564,6 @@ def _tools():
 
 # ------------------------------------------------------------------------------------ killed at each phase
 
-HOLD_ROLE = (
-    "- name: Hold the builder\n  ansible.builtin.command: sleep {{ hold_seconds }}\n  changed_when: false\n"
-)
-
 # (phase, the banner of the task running at the kill, seconds after it, the collection whose operations are slow)
 GCE_KILL_POINTS = [
     (
@@ -589,11 +585,10 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
     Compute Engine finishes the operation anyway. The janitor then leaves no instance, disk, object, key
     or stand-in container of the bake, and no image of it is final."""
     from conftest import docker_client
-    from crash import Run
+    from crash import Run, run_janitor, write_role
 
     playbook = instance_playbook(tmp_path)
-    (tmp_path / "roles" / "hold" / "tasks").mkdir(parents=True)
-    (tmp_path / "roles" / "hold" / "tasks" / "main.yml").write_text(HOLD_ROLE)
+    write_role(tmp_path)
     bake_id = "20261128t020000-%s" % os.urandom(3).hex()
     options = gce.options(
         zone=ZONE,
@@ -621,13 +616,7 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
     if phase != "launch":
         assert gce.leftovers(), "the build instance should exist at the kill"
 
-    janitor = run_playbook(
-        REPO / "playbooks" / "janitor.yml",
-        tmp_path,
-        args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % bake_id],
-        env=env,
-    )
-    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    run_janitor(tmp_path, "bake.json", bake_id, env=env)
     assert gce.leftovers() == {}
     final = [
         name

@@ -15,17 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_playbook
-from crash import Run
+from conftest import REPO
+from crash import Run, run_janitor, write_role
 
 BAKE = REPO / "playbooks" / "bake.yml"
-JANITOR = REPO / "playbooks" / "janitor.yml"
-
-HOLD_ROLE = """
-- name: Hold the builder
-  ansible.builtin.command: sleep {{ hold_seconds }}
-  changed_when: false
-"""
 
 KILL_POINTS = [
     (
@@ -45,9 +38,7 @@ KILL_POINTS = [
 
 def definition(tmp_path: Path, cache_dir: Path, hold: int) -> Path:
     bake = yaml.safe_load((REPO / "playbooks" / "vars" / "default_bake.yml").read_text())["bake"]
-    role = tmp_path / "roles" / "hold" / "tasks"
-    role.mkdir(parents=True, exist_ok=True)
-    (role / "main.yml").write_text(HOLD_ROLE)
+    write_role(tmp_path)
     bake["cache_dir"] = str(cache_dir)
     bake["provisioners"] = [{"role": "hold", "vars": {"hold_seconds": hold, "crash_run": uuid.uuid4().hex}}]
     bake["targets"] = [t for t in bake["targets"] if t["name"] in ("disk", "box")]
@@ -96,10 +87,7 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
             "the chroot work directory should exist at the kill:\n%s" % run.output[-2000:]
         )
 
-    janitor = run_playbook(
-        JANITOR, tmp_path, args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id], env=env
-    )
-    assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+    run_janitor(tmp_path, bake_file, bake_id, env=env)
     assert left_behind(bake_id, tmp_path, cache_dir) == {"workdirs": [], "partial": [], "processes": []}
 
     output = tmp_path / "output"
