@@ -399,6 +399,8 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
                     "a base_image disk cannot be provisioned in a chroot (bakery mounts nothing); "
                     "set provision: vm"
                 )
+            if options.get("provision") == "none" and not options.get("base_image"):
+                raise BakeryError("provision: none copies base_image into the outputs; set base_image")
             if options.get("backing") and not options.get("base_image"):
                 raise BakeryError("backing is for a base_image")
             if options.get("compress") and "qcow2" not in (options.get("formats") or []):
@@ -473,6 +475,8 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
     """Whether the target is provisioned by the bake's roles on a builder (else it builds alone)."""
     if kind == "docker":
         return not options.get("context")
+    if kind == "qemu":
+        return options.get("provision") != "none"
     return True
 
 

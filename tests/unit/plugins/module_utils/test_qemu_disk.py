@@ -278,6 +278,28 @@ def test_plan_gives_a_qemu_target_its_own_rootfs_and_outputs():
         _plan.make_plan(bad, validate_target=lambda k, o, w: dict(o), role_digest=lambda n: "d", cwd="/w")
 
 
+def test_plan_copies_a_base_image_without_a_builder_when_provision_is_none(tmp_path):
+    disk = tmp_path / "made-elsewhere.raw"
+    disk.write_bytes(b"")
+    copy = dict(QEMU_TARGET, provision="none", base_image=str(disk), formats=["raw"])
+    bake = {
+        "name": "web",
+        "base": {"suite": "bookworm"},
+        "provisioners": [{"role": "r", "vars": {}}],
+        "targets": [{"name": "disk", "qemu": copy}],
+    }
+    result = _plan.make_plan(
+        bake, validate_target=lambda k, o, w: dict(o), role_digest=lambda n: "d", cwd=str(tmp_path)
+    )
+    (target,) = result["targets"]
+    # no builder: the bake's roles do not apply, no rootfs is built, nothing of theirs is in the fingerprint
+    assert not target["needs_builder"] and target["provisioners"] == [] and target["rootfs"] is None
+    assert target["inputs"] == {}
+    without = dict(bake, targets=[{"name": "disk", "qemu": dict(copy, base_image=None)}])
+    with pytest.raises(BakeryError, match="provision: none copies base_image"):
+        _plan.make_plan(without, validate_target=lambda k, o, w: dict(o), role_digest=lambda n: "d", cwd="/w")
+
+
 def test_manifest_entry_of_a_built_disk():
     target = {"name": "disk", "bake_id": "b1"}
     result = {
