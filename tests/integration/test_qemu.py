@@ -121,10 +121,11 @@ class Guest:
         assert self.proc.poll() is not None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def uefi_guest(baked):
-    """The disk booted with UEFI (OVMF). Its BIOS boot is test_vagrant's: vagrant-libvirt boots the box made
-    from this disk with SeaBIOS, logs in as vagrant with the insecure key and checks nginx and sudo."""
+    """The disk booted with UEFI (OVMF), for one test: it stops before the next test boots its own VM. Its
+    BIOS boot is test_vagrant's: vagrant-libvirt boots the box made from this disk with SeaBIOS, logs in as
+    vagrant with the insecure key and checks nginx and sudo."""
     guest = Guest(baked["tmp"] / "output" / "example-web.qcow2", "uefi", baked["tmp"] / "console-uefi.log")
     try:
         yield guest
