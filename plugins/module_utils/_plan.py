@@ -252,6 +252,7 @@ def make_plan(
         where = "bake.targets[%d].%s" % (index, kind)
         options = validate_target(kind, target[kind], where)
         check_target(kind, options, where, cwd)
+        options = with_local_paths(kind, options, cwd)
         paths = secrets_of(kind) if secrets_of else []
         secret_options = present_secrets(options, paths)
         options = mask_secrets(options, paths)
@@ -375,6 +376,24 @@ def check_size_gb(what: str, value: Any) -> None:
 
 def local_path(cwd: str, path: str) -> str:
     return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+
+# Target options that name a file or directory on the controller, by target type
+LOCAL_PATHS = {
+    "docker": ("context",),
+    "qemu": ("base_image", "vagrant_key"),
+    "gce": ("service_account_file",),
+}
+
+
+def with_local_paths(kind: str, options: Mapping[str, Any], cwd: str) -> dict[str, Any]:
+    """*options* with the controller paths among them made absolute against *cwd*, the directory
+    ansible-playbook runs in: the plan checks them there, and the modules that read them run elsewhere."""
+    out = dict(options)
+    for key in LOCAL_PATHS.get(kind, ()):
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = local_path(cwd, out[key])
+    return out
 
 
 def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = ".") -> None:

@@ -256,3 +256,38 @@ def test_unset_sub_options_stay_out_of_the_planned_options():
     options = validate_target("qemu", {"formats": ["qcow2"], "vm": {"memory": 2048}}, "bake.targets[0].qemu")
     assert options["vm"] == {"memory": 2048}
     assert "firmware" not in validate_target("qemu", {}, "t")["vm"]
+
+
+def test_relative_controller_paths_become_absolute_against_the_playbook_directory():
+    """The modules that read a build context, a base image or a key file do not run in the directory
+    ansible-playbook was started in: the plan hands them absolute paths."""
+    parent, name = os.path.split(CONTEXT)
+    bake = copy.deepcopy(BAKE)
+    bake["targets"] = [
+        {"name": "df", "docker": {"repository": "bakery/df", "context": name}},
+        {
+            "name": "cloud",
+            "gce": {
+                "project": "p",
+                "name": "img",
+                "source_image": "debian-12",
+                "zone": "europe-west1-b",
+                "service_account_file": "keys/sa.json",
+            },
+        },
+    ]
+    df, cloud = _plan.make_plan(
+        bake,
+        validate_target=lambda kind, options, where: dict(options),
+        role_digest=lambda role: ROLES[role],
+        cwd=parent,
+    )["targets"]
+    assert df["options"]["context"] == CONTEXT
+    assert cloud["options"]["service_account_file"] == os.path.join(parent, "keys", "sa.json")
+    assert _plan.with_local_paths("qemu", {"base_image": "/abs/disk.qcow2", "vagrant_key": None}, "/w") == {
+        "base_image": "/abs/disk.qcow2",
+        "vagrant_key": None,
+    }
+    assert _plan.with_local_paths("qemu", {"base_image": "d/disk.raw"}, "/w") == {
+        "base_image": "/w/d/disk.raw"
+    }
