@@ -3,6 +3,7 @@
 #   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
 #   make test                                          lint, sanity, unit, integration, molecule, docs (CI)
 #   make lint | sanity | unit | integration | molecule | docs   one of them
+#   make ee [EE_ARGS=...]                              build the execution environment, bake in it
 #   make help                                          this list
 #
 # Everything needed is installed on the way: Debian packages with apt-get when root (else the missing
@@ -52,11 +53,11 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help bake test lint sanity unit integration molecule docs \
+.PHONY: help bake test lint sanity unit integration molecule docs ee \
 	apt-bake apt-test collection collection-test clean distclean
 
 help:
-	@sed -n '3,7s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,8s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 # ---------------------------------------------------------------- installs
 
@@ -134,6 +135,13 @@ integration: apt-test collection-test
 molecule: apt-test collection-test
 	@PATH="$(BIN):$$PATH" BAKERY_CACHE_DIR=$(CURDIR)/tests/output/cache \
 		scripts/dockerd run $(BIN)/molecule test --all
+
+# The execution environment of execution-environment.yml, built with ansible-builder, and a bake run in it as
+# AWX runs a job (scripts/ee-check.py). Not part of `make test`: the build downloads packages from PyPI and
+# Debian into the image (minutes). Offline from registries: EE_ARGS="--base bakery/debian:bookworm" (the base
+# image the tests and Molecule make); behind a TLS-inspecting proxy add --ca-bundle FILE.
+ee: apt-test collection-test
+	@PATH="$(BIN):$$PATH" scripts/dockerd run $(BIN)/python scripts/ee-check.py $(EE_ARGS)
 
 # The docs site (HTML, offline) in .collections/docs/build/html: antsibull-docs writes the pages of every
 # module, plugin and role found in this collection, plus docs/docsite (guides), and Sphinx builds them.
