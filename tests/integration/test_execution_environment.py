@@ -42,7 +42,7 @@ def test_ansible_builder_creates_the_build_context(tmp_path):
     # a Debian base: apt-get drives ansible-builder's package installs, after an update of the lists
     assert 'ARG PKGMGR="/usr/bin/apt-get"' in containerfile
     assert containerfile.index("apt-get update") < containerfile.index("RUN $PKGMGR install $PYPKG -y")
-    assert "APT::Install-Recommends \"false\"" in containerfile
+    assert 'APT::Install-Recommends "false"' in containerfile
     # the collection requirements, the Python requirements and bindep.txt go into the context unchanged
     for source, copied in (
         ("requirements.yml", "requirements.yml"),
