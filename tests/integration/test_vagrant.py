@@ -272,7 +272,7 @@ def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
         )
         assert page.returncode == 0, page.stdout + page.stderr
         assert page.stdout.split() == ["nginx", "on", "Debian", "0"], page.stdout
-        # the disk's BIOS boot (test_qemu boots it with UEFI): libvirt's default firmware, no loader
+        # the disks' BIOS boot (their UEFI boot is test_qemu's provision: vm bake): libvirt's default firmware
         (domain,) = [d for d in domains() if d.startswith(prefix)]
         assert "<loader" not in virsh("dumpxml", domain)
         destroyed = vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
