@@ -13,13 +13,20 @@ Four ways to an image, each idempotent by the ``org.bakery.fingerprint`` label:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils._files import check_tarball, read_sidecar
+from ansible_collections.bakery.images.plugins.module_utils._files import (
+    check_tarball,
+    file_lock,
+    read_sidecar,
+)
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     FINGERPRINT_LABEL,
@@ -108,6 +115,21 @@ def _labels(image: dict[str, Any] | None) -> dict[str, str]:
     if not image:
         return {}
     return (image.get("Config") or {}).get("Labels") or {}
+
+
+@contextlib.contextmanager
+def engine_lock(client: Any, ref: str) -> Iterator[None]:
+    """Serialise the look-up and making of ``ref`` (``name:tag``) on one engine between processes of this host.
+
+    Without it two bakes that import the same rootfs at once both find no image and both import; the later
+    tag wins and the earlier caller holds an untagged image id, which the engine deletes (an untagged parent
+    goes with its last child) while that bake still uses it. The lock is a file lock in the host's temporary
+    directory, keyed by the engine's address and the reference: processes on other hosts that share a remote
+    engine are not serialised (their imports still work; only the untagged duplicate remains possible).
+    """
+    key = hashlib.sha256(("%s\0%s" % (client.api.base_url, ref)).encode()).hexdigest()[:32]
+    with file_lock(os.path.join(tempfile.gettempdir(), "bakery-docker-locks", key)):
+        yield
 
 
 def find_by_fingerprint(client: Any, name: str, tags: list[str], fp: str) -> dict[str, Any] | None:
@@ -518,17 +540,20 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
     inputs["source"] = rootfs_identity(params["rootfs"])
     inputs["options"] = config_options_digest(params)
     fp = fingerprint(inputs)
-    looked = _lookup(client, params, fp, inputs, check_mode)
-    if looked["found"] or check_mode:
-        return looked
-    started = time.monotonic()
-    changes = dockerfile_changes(params.get("changes") or {}, default_cmd=["bash"])
-    labels = final_labels(params, fp, inputs)
-    labels[ROOTFS_LABEL] = inputs["source"]
-    changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
-    image_id = _import(client, params["rootfs"], name, tags[0], changes)
-    what = "imported %s" % params["rootfs"]
-    return _built(client, image_id, params, fp, inputs, looked["changed_inputs"], started, what)
+    if check_mode:
+        return _lookup(client, params, fp, inputs, check_mode)
+    with engine_lock(client, "%s:%s" % (name, tags[0])):
+        looked = _lookup(client, params, fp, inputs, check_mode)
+        if looked["found"]:
+            return looked
+        started = time.monotonic()
+        changes = dockerfile_changes(params.get("changes") or {}, default_cmd=["bash"])
+        labels = final_labels(params, fp, inputs)
+        labels[ROOTFS_LABEL] = inputs["source"]
+        changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
+        image_id = _import(client, params["rootfs"], name, tags[0], changes)
+        what = "imported %s" % params["rootfs"]
+        return _built(client, image_id, params, fp, inputs, looked["changed_inputs"], started, what)
 
 
 def _built(
@@ -600,17 +625,18 @@ def dockerfile_changes(changes: dict[str, Any], default_cmd: list[str] | None = 
 def rootfs_base_image(client: Any, rootfs: str) -> str:
     """The image made from a rootfs tarball, imported once and reused (label org.bakery.rootfs)."""
     identity = rootfs_identity(rootfs)
-    # only the plain import made here: an image imported with changes may carry the same rootfs label
-    cached = _image(client, "bakery-rootfs:%s" % identity[:12])
-    if cached and _labels(cached).get(ROOTFS_LABEL) == identity:
-        return cached["Id"]
-    return _import(
-        client,
-        rootfs,
-        "bakery-rootfs",
-        identity[:12],
-        ['CMD ["bash"]', "LABEL %s=%s" % (ROOTFS_LABEL, identity)],
-    )
+    with engine_lock(client, "bakery-rootfs:%s" % identity[:12]):
+        # only the plain import made here: an image imported with changes may carry the same rootfs label
+        cached = _image(client, "bakery-rootfs:%s" % identity[:12])
+        if cached and _labels(cached).get(ROOTFS_LABEL) == identity:
+            return cached["Id"]
+        return _import(
+            client,
+            rootfs,
+            "bakery-rootfs",
+            identity[:12],
+            ['CMD ["bash"]', "LABEL %s=%s" % (ROOTFS_LABEL, identity)],
+        )
 
 
 def container_name(bake_id: str | None, target: str | None) -> str:

@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from conftest import BAKE_BASE, LOCAL, REPO, docker_client, run_playbook
+from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
@@ -50,13 +50,6 @@ def serves(image: str, expected: str = "nginx on Debian") -> str:
 
 def unique(prefix: str) -> str:
     return "bakery-test/%s-%s" % (prefix, uuid.uuid4().hex[:8])
-
-
-def remove_images(*names: str) -> None:
-    client = docker_client()
-    for name in names:
-        for image in client.images.list(name=name):
-            client.images.remove(image.id, force=True)
 
 
 BUILD_PLAY = """
@@ -126,7 +119,7 @@ def test_dockerfile_nginx_builds_on_bakery_base_and_is_idempotent(bake_base, tmp
         assert would["changed"] and would["changed_inputs"] == ["context"]
         assert "would build" in would["msg"]
     finally:
-        remove_images(name)
+        remove_repositories(name)
 
 
 def test_every_dockerfile_instruction_and_build_args(bake_base, tmp_path):
@@ -160,7 +153,7 @@ def test_every_dockerfile_instruction_and_build_args(bake_base, tmp_path):
         out = docker_client().containers.run("%s:latest" % name, remove=True)
         assert out.decode().strip() == "bonjour"
     finally:
-        remove_images(name)
+        remove_repositories(name)
 
 
 def test_failing_instruction_and_its_output_are_in_the_error(bake_base, tmp_path):
@@ -266,7 +259,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert any("would build: vars" in line for line in summary), summary
         assert docker_client().images.get("%s:latest" % name).id == image.id
     finally:
-        remove_images(name)
+        remove_repositories(name)
 
 
 def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_leftovers):
@@ -326,7 +319,7 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
         )
         assert check.decode().strip() == "/provisioned"
     finally:
-        remove_images(name, base)
+        remove_repositories(name, base)
 
 
 def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_path, docker_leftovers):
@@ -371,7 +364,7 @@ def test_push_to_a_local_registry_and_pull_back(bake_base, tmp_path):
 
         client = docker_client()
         image_id = client.images.get("%s:v1" % name).id
-        remove_images(name)
+        remove_repositories(name)
         pulled = client.images.pull(name, tag="v1", auth_config=auth)
         assert pulled.id == image_id
         assert (
@@ -391,4 +384,54 @@ def test_push_to_a_local_registry_and_pull_back(bake_base, tmp_path):
         assert "push of %s:v2 failed" % name in wrong.task_result("build")["msg"]
     finally:
         stop()
-        remove_images(name)
+        remove_repositories(name)
+
+
+IMPORT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: import
+      bakery.images.docker_image_build:
+        action: import
+        rootfs: "{{ rootfs }}"
+        name: "{{ name }}"
+        tags: [one]
+        changes:  # a fingerprint no other image has
+          env: {RACE: "{{ name }}"}
+"""
+
+
+def test_imports_of_one_rootfs_at_once_make_one_image_that_stays_tagged(bake_base, tmp_path):
+    """Two bakes (or a test stream and a Molecule scenario) that import the same rootfs as the same name at
+    the same time: one imports, the other finds its image; neither holds an id that lost its tag (the engine
+    deletes an untagged parent with its last child, under a bake that still uses it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = unique("import-race")
+    runs = [tmp_path / str(n) for n in range(3)]
+    for path in runs:
+        path.mkdir()
+    try:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            results = list(
+                pool.map(
+                    lambda path: run_playbook(
+                        IMPORT_PLAY,
+                        path,
+                        extra_vars={"rootfs": bake_base["rootfs"], "name": name},
+                        args=LOCAL,
+                    ),
+                    runs,
+                )
+            )
+        for run in results:
+            assert run.rc == 0, run.stdout[-3000:]
+        imports = [run.task_result("import") for run in results]
+        assert sorted(result["built"] for result in imports) == [False, False, True], imports
+        ids = {result["image"]["id"] for result in imports}
+        assert len(ids) == 1, ids
+        assert docker_client().images.get("%s:one" % name).id == ids.pop()
+        assert len(docker_client().images.list(name=name)) == 1
+    finally:
+        remove_repositories(name)
