@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import textwrap
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = Path(os.environ.get("BAKERY_TEST_COLLECTIONS", REPO / ".collections"))
 CACHE = REPO / "tests" / "output" / "cache"
+# this session's own tag on the base image (bake_base)
+HOLD_REPOSITORY, HOLD_TAG = "bakery-test-hold/%d" % os.getpid(), "base"
 
 
 @dataclass
@@ -85,6 +87,7 @@ def run_playbook(
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=timeout, check=False
     )
+    note_output(proc.stdout, proc.stderr)
     data = None
     if json_output:
         try:
@@ -119,9 +122,28 @@ def docker_client():
     return docker.from_env()
 
 
+def remove_repositories(*names: str) -> None:
+    """Remove a test's images by their tags in *names*, never by image id: an image found by its fingerprint
+    is shared (bakery tags the image that already has the fingerprint, the session's base image say), and
+    removing it by id would take it from every other test, stream and scenario that uses it.  An image
+    loses only these tags; the engine deletes it when it had no other."""
+    client = docker_client()
+    for name in names:
+        for image in client.api.images(name=name):
+            for ref in image.get("RepoTags") or []:
+                if ref.rsplit(":", 1)[0] == name:
+                    client.api.remove_image(ref, force=True)
+
+
 @pytest.fixture(scope="session")
-def bake_base(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The bake's base rootfs tarball (path as the plan computes it) and the base image made from it."""
+def bake_base(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The bake's base rootfs tarball (path as the plan computes it) and the base image made from it.
+
+    Every stream (scripts/integration) and Molecule's scenarios import the same rootfs as the same name, and
+    the tests hand the image on by id.  While this session runs, the image also carries a tag of this
+    session's own (``bakery-test-hold/<pid>:base``): an image with a tag is never deleted as an untagged
+    parent when a child of it is removed, and no test or scenario removes another's tags.
+    """
     from ansible_collections.bakery.images.plugins.module_utils._plan import rootfs_plan
 
     rootfs = rootfs_plan(BAKE_BASE, str(cache_dir))
@@ -146,29 +168,48 @@ def bake_base(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """
     run = run_playbook(play, tmp, extra_vars={"base": BAKE_BASE, "path": rootfs["path"]}, args=LOCAL)
     assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    return {
-        "rootfs": rootfs["path"],
-        "image": run.task_result("import")["image"]["id"],
-        "cache_dir": str(cache_dir),
-    }
+    image = run.task_result("import")["image"]["id"]
+    client = docker_client()
+    client.api.tag(image, HOLD_REPOSITORY, HOLD_TAG)
+    try:
+        yield {"rootfs": rootfs["path"], "image": image, "cache_dir": str(cache_dir)}
+    finally:
+        client.api.remove_image("%s:%s" % (HOLD_REPOSITORY, HOLD_TAG), noprune=True)
+
+
+# what the playbooks of the test in progress printed, while docker_leftovers collects it
+_TEST_OUTPUT: list[str] | None = None
+
+
+def note_output(*outputs: str) -> None:
+    """Keep a playbook run's output for docker_leftovers, which finds the test's bake ids in it."""
+    if _TEST_OUTPUT is not None:
+        _TEST_OUTPUT.extend(outputs)
 
 
 @pytest.fixture()
 def docker_leftovers():
-    """Fails the test if it leaves bakery build containers behind."""
+    """Fails the test if it leaves build containers behind: those made while it ran that carry a bake id its
+    playbook runs printed (plans, summaries, errors name it), or none.  The other streams (scripts/integration)
+    and Molecule's scenarios bake on the same engine meanwhile, under bake ids of their own: theirs never count,
+    and nothing needs to wait for them."""
+    global _TEST_OUTPUT  # noqa: PLW0603 - one test at a time in a pytest process
     client = docker_client()
     # the low-level listing: containers.list inspects each one, and fails if one goes meanwhile
     temporary = {"label": "bakery-temporary=true"}
     before = {c["Id"] for c in client.api.containers(all=True, filters=temporary)}
-    yield client
-    after = {c["Id"] for c in client.api.containers(all=True, filters=temporary)}
-    leaked = after - before
-    # the other streams' tests (scripts/integration) bake on the same engine: their build containers come
-    # and go within seconds; one of this test's stays
-    deadline = time.monotonic() + 90
-    while leaked and time.monotonic() < deadline:
-        time.sleep(3)
-        leaked &= {c["Id"] for c in client.api.containers(all=True, filters=temporary)}
+    _TEST_OUTPUT = output = []
+    try:
+        yield client
+    finally:
+        _TEST_OUTPUT = None
+    text = "\n".join(output)
+    leaked = sorted(
+        "%s (bake %s)" % (c["Names"][0].lstrip("/"), bake_id or "none")
+        for c in client.api.containers(all=True, filters=temporary)
+        for bake_id in [(c.get("Labels") or {}).get("bakery-bake-id")]
+        if c["Id"] not in before and (not bake_id or bake_id in text)
+    )
     assert not leaked, "build containers left behind: %s" % leaked
 
 

@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from conftest import LOCAL, docker_client, run_playbook
+from conftest import LOCAL, docker_client, remove_repositories, run_playbook
 from docker_proxy import DockerFaultProxy
 
 COMMIT_PLAY = """
@@ -81,8 +81,7 @@ def test_docker_tags_move_all_or_none_and_a_failed_tag_leaves_no_image(bake_base
             left = client.containers.list(all=True, filters={"label": "bakery-bake-id=atomic-" + run})
             assert not left, "build container left: %s" % left
     finally:
-        for image in client.images.list(name=name):
-            client.images.remove(image.id, force=True)
+        remove_repositories(name)
 
 
 IMAGE_PLAY = """

@@ -10,7 +10,7 @@ import json
 import uuid
 from pathlib import Path
 
-from conftest import BAKE_BASE, REPO, docker_client, run_playbook
+from conftest import BAKE_BASE, REPO, docker_client, remove_repositories, run_playbook
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 
@@ -63,11 +63,6 @@ def images(repo: str) -> set[str]:
     return {tag for image in docker_client().images.list(name=repo) for tag in image.tags}
 
 
-def remove(repo: str) -> None:
-    for image in docker_client().images.list(name=repo):
-        docker_client().images.remove(image.id, force=True)
-
-
 def test_a_failing_target_does_not_stop_the_other(bake_base, tmp_path, docker_leftovers):
     definition, repo = two_targets(tmp_path, bake_base["cache_dir"])
     try:
@@ -93,7 +88,7 @@ def test_a_failing_target_does_not_stop_the_other(bake_base, tmp_path, docker_le
         assert "not selected: bad" in summary
         assert any(line.startswith("good") and "unchanged" in line for line in summary), summary
     finally:
-        remove(repo)
+        remove_repositories(repo)
 
 
 def test_fail_fast_stops_the_other_target_and_still_cleans_up(bake_base, tmp_path, docker_leftovers):
@@ -110,4 +105,4 @@ def test_fail_fast_stops_the_other_target_and_still_cleans_up(bake_base, tmp_pat
         assert summary[0].endswith("1 failed, 1 cancelled"), summary
         # docker_leftovers: the cleanup play removed both build containers
     finally:
-        remove(repo)
+        remove_repositories(repo)

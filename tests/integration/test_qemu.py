@@ -60,8 +60,9 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
         {"format": "qcow2", "path": str(disk), "size": disk.stat().st_size, "sha256": sidecar["sha256"]}
     ]
     assert entry["bake_id"] and entry["build_seconds"] > 0
-    # the chroot work directory is gone, and nothing temporary is left beside the output
-    assert not list((Path(baked["definition"]["cache_dir"]) / "qemu").glob("*-disk"))
+    # this bake's chroot work directory is gone (other bakes of the shared cache have theirs meanwhile), and
+    # nothing temporary is left beside the output
+    assert not list((Path(baked["definition"]["cache_dir"]) / "qemu").glob("%s-*" % entry["bake_id"]))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 

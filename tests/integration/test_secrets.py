@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aws import REGION, MotoServer
-from conftest import REPO, docker_client, run_playbook
+from conftest import REPO, docker_client, remove_repositories, run_playbook
 from test_gce import ZONE, Env
 
 AWS_KEY_ID = "AKIABAKERYSECRET0001"
@@ -380,6 +380,5 @@ def test_no_secret_anywhere_at_vvvv(moto, gce, bake_base, tmp_path):
         assert gce.leftovers() == {}
         # no build or stand-in container of this bake is left (other bakes share the engine: only ours count)
         assert not client.containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
-    finally:  # the pushed image is this test's own: remove it from the shared engine
-        for image in client.images.list(name="%s/bakery-secrets/app" % url):
-            client.images.remove(image.id, force=True)
+    finally:  # the pushed image's tags are this test's own: remove them from the shared engine
+        remove_repositories("%s/bakery-secrets/app" % url)
