@@ -60,8 +60,9 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[str]:
     """
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
+    # the descriptor stays open until the end: a janitor (open_paths) sees the file as being written, however
+    # long the writer takes before its first byte (another bake's janitor may sweep the same directory)
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory)
-    os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, mode)
@@ -69,6 +70,7 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[str]:
             os.unlink(sidecar_path(path))
         os.replace(tmp, path)
     finally:
+        os.close(fd)
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
@@ -82,6 +84,7 @@ def atomic_outputs(paths: list[str], mode: int = 0o644) -> Iterator[list[str]]:
     caller's new sidecars leaves outputs without a sidecar, which no bake takes as up to date.
     """
     tmps: list[str] = []
+    fds: list[int] = []  # open until the end, as in atomic_output
     try:
         for path in paths:
             directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -89,7 +92,7 @@ def atomic_outputs(paths: list[str], mode: int = 0o644) -> Iterator[list[str]]:
             fd, tmp = tempfile.mkstemp(
                 prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory
             )
-            os.close(fd)
+            fds.append(fd)
             tmps.append(tmp)
         yield tmps
         for path, tmp in zip(paths, tmps):
@@ -98,6 +101,8 @@ def atomic_outputs(paths: list[str], mode: int = 0o644) -> Iterator[list[str]]:
                 os.unlink(sidecar_path(path))
             os.replace(tmp, path)
     finally:
+        for fd in fds:
+            os.close(fd)
         for tmp in tmps:
             if os.path.lexists(tmp):
                 os.unlink(tmp)

@@ -278,3 +278,16 @@ def test_partial_files_being_written_are_left_or_waited_for(tmp_path, monkeypatc
         assert [e["id"] for e in by_id] == [str(quiet)] and by_id[0]["state"] == REMOVED
         assert 0.5 < time.monotonic() - started < 5
         assert not quiet.exists() and held.exists()
+
+
+def test_an_atomic_output_in_progress_is_never_swept(tmp_path):
+    """Another bake's janitor sweeps the shared directory while a writer is still before its first byte (a
+    rootfs's mmdebstrap, minutes): the writer holds its partial open, so it is left, however old it looks."""
+    with _files.atomic_output(str(tmp_path / "bookworm.tar")) as tmp:
+        os.utime(tmp, (time.time() - 3 * 86400, time.time() - 3 * 86400))
+        for selector in (Selector.from_params(None, "1h"), Selector.from_params("my-own-id")):
+            assert _files.sweep_partials(selector, False, [str(tmp_path)]) == []
+        assert os.path.exists(tmp)
+        open(tmp, "w").write("tarball")
+    assert (tmp_path / "bookworm.tar").read_text() == "tarball"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bookworm.tar"]
