@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
+from ports import free_port, wait_listening
 
 REGION = "us-east-1"
 COPY_REGIONS = ["eu-west-1", "us-west-2"]
@@ -35,36 +35,29 @@ _EBS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class MotoServer:
     """``moto_server`` on 127.0.0.1 and a free port; ``stop()`` ends it."""
 
     def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
         binary = shutil.which("moto_server") or str(Path(os.sys.executable).parent / "moto_server")
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, MOTO_AMIS_PATH=str(AMIS)),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("moto_server did not start; see %s" % log) from None
-                time.sleep(0.2)
+        # a port another process took between free_port() and moto's bind: moto exits, and the next try
+        # has another port (the port's answer alone could come from another stream's moto_server)
+        for _attempt in range(3):
+            self.port = free_port()
+            self.url = "http://127.0.0.1:%d" % self.port
+            self.proc = subprocess.Popen(
+                [binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, MOTO_AMIS_PATH=str(AMIS)),
+            )
+            if wait_listening(self.proc, self.port, 30):
+                return
+            if self.proc.poll() is None:  # no bind in 30 s: no other port will help
+                break
+        self.stop()
+        raise RuntimeError("moto_server did not start; see %s" % log)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from ports import free_port, listens
 
 REGISTRY_BINARY = os.environ.get("BAKERY_REGISTRY_BINARY", "/usr/bin/docker-registry")
 START_TIMEOUT = 30.0
@@ -67,12 +68,6 @@ auth:
 
 class RegistryError(RuntimeError):
     """The registry could not be started."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _htpasswd_line(user: str, password: str) -> str:
@@ -151,7 +146,8 @@ def start_registry(
 
     last_error = ""
     for _attempt in range(3):
-        url = "127.0.0.1:%d" % _free_port()
+        port = free_port()
+        url = "127.0.0.1:%d" % port
         config = CONFIG_TEMPLATE.format(storage=storage, addr=url)
         if user is not None and password is not None:
             htpasswd = base / "htpasswd"
@@ -172,7 +168,8 @@ def start_registry(
         (base / "registry.url").write_text(url + "\n")
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:
-            if _answers(url):
+            # our registry, not another that took the port first (another stream's, say)
+            if listens(process.pid, port) and _answers(url):
 
                 def stop(process: subprocess.Popen = process) -> None:
                     _stop_pid(process.pid, process)

@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
+from ports import free_port
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
 DOCKERFILE = Path(__file__).parent / "files" / "Dockerfile.nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serves(image: str, expected: str = "nginx on Debian") -> str:

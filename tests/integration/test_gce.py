@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_compute import GIB, FakeCompute, Server
 from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
+from ports import free_port
 
 from ansible_collections.bakery.images.plugins.module_utils import _gcp
 
@@ -39,12 +40,6 @@ BUCKET = "bakery-test-uploads"
 PROJECT = "bakery-test"
 ZONE = "europe-west1-b"
 STATIC_TOKEN = "ya29.static-test-token-7d1f0c"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Env:
