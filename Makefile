@@ -130,10 +130,14 @@ integration: apt-test collection-test
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
 
-# Every Molecule scenario in extensions/molecule (molecule test --all), on the Docker engine; their base
-# image is made by bakery from the rootfs cache that the integration tests share.
+# Every Molecule scenario in extensions/molecule (molecule test --all), on the Docker engine.  Their cache
+# directory is their own (make test runs them beside the integration tests); only its rootfs directory, the base
+# root filesystem tarballs, is the one the integration tests share (tests/integration/conftest.py).
+MOLECULE_CACHE := tests/output/cache/molecule
 molecule: apt-test collection-test
-	@PATH="$(BIN):$$PATH" BAKERY_CACHE_DIR=$(CURDIR)/tests/output/cache \
+	@mkdir -p tests/output/cache/rootfs $(MOLECULE_CACHE)
+	@[ -L $(MOLECULE_CACHE)/rootfs ] || ln -s ../rootfs $(MOLECULE_CACHE)/rootfs
+	@PATH="$(BIN):$$PATH" BAKERY_CACHE_DIR=$(CURDIR)/$(MOLECULE_CACHE) \
 		scripts/dockerd run $(BIN)/molecule test --all
 
 # The execution environment of execution-environment.yml, built with ansible-builder, and a bake run in it as

@@ -14,7 +14,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = Path(os.environ.get("BAKERY_TEST_COLLECTIONS", REPO / ".collections"))
-CACHE = REPO / "tests" / "output" / "cache"
+# make test runs its steps and integration streams side by side (scripts/steps, scripts/integration): each has
+# a cache directory of its own (chroot and VM work directories, the qemu_vm test disk), named by the stream
+# scripts/integration sets.  Only the base root filesystem tarballs are shared, through the symbolic link
+# <cache>/rootfs: they are made under a lock, written atomically and never removed by a test.
+CACHES = REPO / "tests" / "output" / "cache"
+CACHE = CACHES / os.environ.get("BAKERY_TEST_STREAM", "all")
 # this session's own tag on the base image (bake_base)
 HOLD_REPOSITORY, HOLD_TAG = "bakery-test-hold/%d" % os.getpid(), "base"
 
@@ -99,8 +104,12 @@ def run_playbook(
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    """Artifacts worth keeping between tests of one session (a base rootfs, say)."""
+    """Artifacts worth keeping between tests of one session (a base rootfs, say): this stream's own."""
+    (CACHES / "rootfs").mkdir(parents=True, exist_ok=True)
     CACHE.mkdir(parents=True, exist_ok=True)
+    link = CACHE / "rootfs"
+    if not link.is_symlink():
+        link.symlink_to(Path("..") / "rootfs")
     return CACHE
 
 

@@ -6,8 +6,8 @@ provisioning over SSH and the clean stop are tested by the qemu target's ``provi
 The test disk is made here without loop devices or mounts: the rootfs that the default bake's disk target
 built with bakery.images.rootfs (kernel, systemd, sshd, python3; shared with the other tests), the test's
 public key and a DHCP network config added to the unpacked tree, a small initramfs, then ``mkfs.ext4 -d``
-into a raw file booted with direct kernel boot.  It is cached in tests/output/cache/qemu-vm (keyed by the
-rootfs fingerprint and the preparation below).
+into a raw file booted with direct kernel boot.  It is cached in qemu-vm/ of the stream's cache directory (keyed
+by the rootfs fingerprint and the preparation below).
 """
 
 from __future__ import annotations
