@@ -199,9 +199,10 @@ def note_output(*outputs: str) -> None:
 @pytest.fixture()
 def docker_leftovers():
     """Fails the test if it leaves build containers behind: those made while it ran that carry a bake id its
-    playbook runs printed (plans, summaries, errors name it), or none.  The other streams (scripts/integration)
-    and Molecule's scenarios bake on the same engine meanwhile, under bake ids of their own: theirs never count,
-    and nothing needs to wait for them."""
+    playbook runs printed (plans, summaries, errors and module arguments name it).  The other streams
+    (scripts/integration) and Molecule's scenarios make build containers on the same engine meanwhile, with bake
+    ids of their own or none: theirs never count, and nothing needs to wait for them.  A test that starts
+    build containers itself gives them a bake id (``docker_image_build`` ``bake_id``)."""
     global _TEST_OUTPUT  # noqa: PLW0603 - one test at a time in a pytest process
     client = docker_client()
     # the low-level listing: containers.list inspects each one, and fails if one goes meanwhile
@@ -214,10 +215,10 @@ def docker_leftovers():
         _TEST_OUTPUT = None
     text = "\n".join(output)
     leaked = sorted(
-        "%s (bake %s)" % (c["Names"][0].lstrip("/"), bake_id or "none")
+        "%s (bake %s)" % (c["Names"][0].lstrip("/"), bake_id)
         for c in client.api.containers(all=True, filters=temporary)
         for bake_id in [(c.get("Labels") or {}).get("bakery-bake-id")]
-        if c["Id"] not in before and (not bake_id or bake_id in text)
+        if c["Id"] not in before and bake_id and bake_id in text
     )
     assert not leaked, "build containers left behind: %s" % leaked
 

@@ -275,6 +275,7 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
             action: start
             name: "{{ name }}"
             base_image: "{{ base }}:latest"
+            bake_id: "{{ bake_id }}"  # labels the build container: docker_leftovers knows it as this test's
           register: started
         - name: provision
           ansible.builtin.command: touch /provisioned
@@ -293,7 +294,12 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
         run = run_playbook(
             play,
             tmp_path,
-            extra_vars={"rootfs": bake_base["rootfs"], "base": base, "name": name},
+            extra_vars={
+                "rootfs": bake_base["rootfs"],
+                "base": base,
+                "name": name,
+                "bake_id": "entry-" + uuid.uuid4().hex[:8],
+            },
             args=[
                 "-i",
                 "localhost,",
