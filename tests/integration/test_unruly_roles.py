@@ -108,7 +108,10 @@ def unruly_bake(tmp_path: Path, cache_dir: str, mode: str) -> tuple[dict, str]:
             "handler",
             ["handler 'Restart nginx'", "restarting nginx on bakery-one-builder", "no service manager"],
         ),
-        ("fatal", ["Check the kernel, fatal for every host", "kernel check failed on bakery-one-builder"]),
+        (
+            "fatal",
+            ["task 'Check the kernel, fatal for every host'", "kernel check failed on bakery-one-builder"],
+        ),
         ("unreachable", ["did not finish provisioning (it stopped in role unruly)", "became unreachable"]),
         ("end_play", ["did not finish provisioning (it stopped in role unruly)", "meta end_play"]),
     ],
