@@ -175,6 +175,11 @@ def _size(value: Any) -> str:
     return "-"
 
 
+def _first_line(text: Any, width: int = 160) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:width] if lines else "(no message)"
+
+
 def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[str]:
     """Readable lines: one per target, with what was done and where the manifest is."""
     counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0, "cancelled": 0}
@@ -183,13 +188,13 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
         artifact = result.get("artifact") or {}
         failure = result.get("failure")
         if failure and failure.get("cancelled"):
-            status = "cancelled: %s" % str(failure.get("msg", "")).splitlines()[0][:160]
+            status = "cancelled: %s" % _first_line(failure.get("msg"))
             counts["cancelled"] += 1
             ref = "-"
         elif failure:
             status = "FAILED in %s: %s" % (
                 failure.get("phase"),
-                str(failure.get("msg", "")).splitlines()[0][:160],
+                _first_line(failure.get("msg")),
             )
             counts["failed"] += 1
             ref = "-"
@@ -290,7 +295,7 @@ def failures(
         if failure.get("builder"):
             text += " on builder %s" % failure["builder"]
         if failure.get("task"):
-            text += ", task '%s'" % failure["task"]
+            text += ", %s '%s'" % ("handler" if failure.get("handler") else "task", failure["task"])
         text += ": %s" % failure.get("msg")
         output = failure.get("output") or []
         if output:

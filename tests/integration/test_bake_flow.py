@@ -16,9 +16,9 @@ BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 
 # Fails on one builder only; on the others it writes a file the test finds in the image.
 ROLE = """
-- name: Note that this builder was provisioned
+- name: Note that this builder was provisioned, and where (the variables a bake gives its builders)
   ansible.builtin.copy:
-    content: "provisioned\\n"
+    content: "provisioned in a {{ bakery_builder_type }} for {{ bakery_target_name }}\\n"
     dest: /provisioned
     mode: "0644"
 
@@ -75,7 +75,7 @@ def test_a_failing_target_does_not_stop_the_other(bake_base, tmp_path, docker_le
         assert "good" not in failure.split("\n", 1)[1]
         assert images(repo) == {"%s:good" % repo}
         out = docker_client().containers.run("%s:good" % repo, ["cat", "/provisioned"], remove=True)
-        assert out.decode() == "provisioned\n"
+        assert out.decode() == "provisioned in a container for good\n"
         summary = run.task_result("Artifact summary")["msg"]
         assert summary[0].endswith("1 built, 1 failed"), summary
 

@@ -69,6 +69,11 @@ def test_summary_and_failures_are_readable():
     text = _manifest.failures(PLAN, results)
     assert "target bad failed in provision on builder b, task 'Install': E: no" in text
     assert "last output:\n    x" in text
+    results[1]["failure"].update(task="Restart nginx", handler=True)
+    text = _manifest.failures(PLAN, results)
+    assert "target bad failed in provision on builder b, handler 'Restart nginx': E: no" in text
+    results[1]["failure"]["msg"] = ""
+    assert "FAILED in provision: (no message)" in _manifest.summary(PLAN, results)[2]
 
 
 def test_targets_cancelled_by_fail_fast_are_named_apart_from_the_failed_one():
