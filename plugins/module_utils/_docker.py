@@ -124,8 +124,9 @@ def engine_lock(client: Any, ref: str) -> Iterator[None]:
     Without it two bakes that import the same rootfs at once both find no image and both import; the later
     tag wins and the earlier caller holds an untagged image id, which the engine deletes (an untagged parent
     goes with its last child) while that bake still uses it. The lock is a file lock in the host's temporary
-    directory, keyed by the engine's address and the reference: processes on other hosts that share a remote
-    engine are not serialised (their imports still work; only the untagged duplicate remains possible).
+    directory, keyed by the engine's URL and the reference (the SDK names every local socket alike, so imports
+    into two local engines may wait for each other, no more). Processes on other hosts that share a remote
+    engine are not serialised: their imports still work, only the untagged duplicate remains possible.
     """
     key = hashlib.sha256(("%s\0%s" % (client.api.base_url, ref)).encode()).hexdigest()[:32]
     with file_lock(os.path.join(tempfile.gettempdir(), "bakery-docker-locks", key)):
