@@ -22,6 +22,10 @@ ROLE = """
     dest: /provisioned
     mode: "0644"
 
+- name: Find a package without updating the package lists first (the builder has them, as a cloud image)
+  ansible.builtin.command: apt-cache show --no-all-versions hello
+  changed_when: false
+
 - name: Break on the builder of target bad
   ansible.builtin.shell: echo breaking {{ inventory_hostname }}; exit 4
   when: inventory_hostname == 'bakery-bad-builder'
@@ -76,6 +80,14 @@ def test_a_failing_target_does_not_stop_the_other(bake_base, tmp_path, docker_le
         assert images(repo) == {"%s:good" % repo}
         out = docker_client().containers.run("%s:good" % repo, ["cat", "/provisioned"], remove=True)
         assert out.decode() == "provisioned in a container for good\n"
+        # the package lists the builder had are not in the image
+        lists = docker_client().containers.run(
+            "%s:good" % repo, ["find", "/var/lib/apt/lists", "/var/cache/apt", "-type", "f"], remove=True
+        )
+        assert sorted(lists.decode().split()) == [
+            "/var/cache/apt/archives/lock",
+            "/var/lib/apt/lists/lock",
+        ], lists.decode()
         summary = run.task_result("Artifact summary")["msg"]
         assert summary[0].endswith("1 built, 1 failed"), summary
 

@@ -93,6 +93,8 @@ def unruly_bake(tmp_path: Path, cache_dir: str, mode: str) -> tuple[dict, str]:
         "cache_dir": cache_dir,
         "base": dict(BAKE_BASE),
         "provisioners": [{"role": "unruly"}],
+        # one bake leaves the package lists alone (no apt-get update in the builders); the others refresh them
+        "package_lists": "keep" if mode == "end_play" else "refresh",
         "targets": [
             {"name": "one", "docker": {"repository": repo, "tags": ["one"]}},
             {"name": "two", "docker": {"repository": repo, "tags": ["two"]}},
@@ -141,5 +143,8 @@ def test_cleanup_and_report_run_whatever_the_role_does(bake_base, tmp_path, dock
             assert text in failure, failure
         assert not (tmp_path / "output" / "bake-manifest.json").exists(), "a manifest lists what failed"
         assert not docker_client().images.list(name=repo), "a failed target was captured"
+        refreshed = run.task_results("Refresh the package lists before the first provisioner")
+        ran = [r for r in refreshed if not r.get("skipped")]
+        assert len(ran) == (0 if mode == "end_play" else 2), refreshed
     finally:
         remove_repositories(repo)
