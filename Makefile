@@ -27,14 +27,15 @@ export INTEGRATION_STREAMS ?= 3
 # Extra ansible-test sanity options, e.g. SANITY_ARGS="--test pylint".
 SANITY_ARGS ?=
 
-# Debian packages.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
+# Debian packages.  bubblewrap isolates the chroot builder (qemu targets with provision: chroot) from the
+# host.  mmdebstrap runs in root mode as root; uidmap is for its unshare mode as non-root,
 # arch-test lets it check foreign architectures.  cgroupfs-mount: scripts/dockerd mounts the cgroup
 # hierarchies with it where nothing else did.
 # qemu disks: qemu-utils (qemu-img), fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), dosfstools and mtools (the ESP),
 # grub-common (grub-mkimage), grub-pc-bin and grub-efi-amd64-bin (GRUB for BIOS and UEFI), vagrant (its
 # insecure public key for disks with vagrant: true, as the default bake's); qemu-utils also for vagrant_box
 # (virtualbox VMDKs, qcow2 with a backing file).
-APT_BAKE := docker.io iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates \
+APT_BAKE := docker.io bubblewrap iptables cgroupfs-mount mmdebstrap uidmap arch-test debian-archive-keyring ca-certificates \
 	qemu-utils fdisk e2fsprogs dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin vagrant
 # Builder VMs (qemu_vm): qemu-system-x86 runs them, ovmf is the UEFI firmware, openssh-client logs in (and makes
 # their keys), dosfstools and mtools make cloud-init seeds without a mount.

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils import _isolation
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -732,13 +733,24 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
     return {"kernel": kernel, "initrd": initrd}
 
 
-def name_hostname(root: str, hostname: str | None) -> None:
-    """/etc/hostname: *hostname*; without it, ``debian`` where the tree has none or the build host's (which
-    mmdebstrap copies); /etc/hosts resolves it, unless the tree has its own."""
+def _tree_hostname(root: str) -> str:
     path = os.path.join(root, "etc", "hostname")
-    current = _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
-    if not hostname:
-        hostname = current if current and current != socket.gethostname() else "debian"
+    return _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
+
+
+def image_hostname(root: str, hostname: str | None) -> str:
+    """The image's hostname: *hostname*; without it, the tree's, unless it has none or the build host's
+    (which mmdebstrap copies), then ``debian``."""
+    if hostname:
+        return hostname
+    current = _tree_hostname(root)
+    return current if current and current != socket.gethostname() else "debian"
+
+
+def name_hostname(root: str, hostname: str | None) -> None:
+    """/etc/hostname: :func:`image_hostname`; /etc/hosts resolves it, unless the tree has its own."""
+    current = _tree_hostname(root)
+    hostname = image_hostname(root, hostname)
     if hostname != current:
         write_file(root, "etc/hostname", hostname + "\n")
     if not os.path.lexists(os.path.join(root, "etc", "hosts")):
@@ -1002,12 +1014,16 @@ def verify_image(opts: DiskOptions) -> tuple[str, int]:
 # --------------------------------------------------------------------------- chroot work directories
 
 
-def unpack(tarball: str, workdir: str, bake_id: str | None, steps: Steps) -> dict[str, Any]:
+def unpack(
+    tarball: str, workdir: str, bake_id: str | None, steps: Steps, hostname: str | None = None
+) -> dict[str, Any]:
     """Unpack a rootfs tarball into ``<workdir>/root`` for chroot provisioning.
 
     The directory is marked temporary (``.bakery-temporary`` holds the bake id) for the cleanup and a
     janitor. While it is provisioned it gets the host's resolv.conf and a policy-rc.d that keeps package
     scripts from starting services; ``build`` puts back what was there before it makes the disk.
+    ``<workdir>/enter`` runs a command in the tree isolated from the host (``_isolation``): the builder's
+    ``chroot_exe``.
     """
     if not os.path.isfile(tarball):
         raise BakeryError("rootfs tarball %s does not exist" % tarball)
@@ -1042,7 +1058,8 @@ def unpack(tarball: str, workdir: str, bake_id: str | None, steps: Steps) -> dic
         write_file(root, relative, content, mode=mode)
     with open(os.path.join(workdir, CHROOT_STATE), "w", encoding="utf-8") as handle:
         json.dump(state, handle)
-    return {"workdir": workdir, "root": root}
+    enter = _isolation.write_enter_script(workdir, root, image_hostname(root, hostname))
+    return {"workdir": workdir, "root": root, "enter": enter}
 
 
 def restore_chroot(root: str) -> bool:
@@ -1413,7 +1430,13 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     if not os.path.isdir(str(rootfs)):
         check_tarball(os.path.abspath(str(rootfs)), "rootfs")
     with Steps() as steps:
-        result = unpack(os.path.abspath(str(rootfs)), workdir, params.get("bake_id"), steps)
+        result = unpack(
+            os.path.abspath(str(rootfs)),
+            workdir,
+            params.get("bake_id"),
+            steps,
+            params.get("hostname") or None,
+        )
     result.update(changed=True, msg="unpacked %s into %s" % (rootfs, root))
     return result
 

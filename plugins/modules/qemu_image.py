@@ -32,10 +32,16 @@ description:
     carries it, nothing is done (C(changed=false)).
   - O(action=unpack) unpacks a rootfs tarball into O(workdir)C(/root) for chroot provisioning; O(workdir) is
     marked temporary (C(.bakery-temporary) holds O(bake_id)). O(action=remove) removes such a work directory.
+  - O(action=unpack) also writes O(workdir)C(/enter), the C(chroot_exe) for community.general.chroot, which runs
+    each command in the tree under bubblewrap, in mount, PID, UTS and IPC namespaces of its own, with a fresh
+    C(/proc), read-only C(/proc/sys) and C(/sys), a small C(/dev), Docker's default capabilities and the
+    hostname O(hostname) (else the tree's), so that no role reaches the build host's kernel parameters,
+    mounts, processes, network configuration, hostname, clock or modules.
 author:
   - bakery maintainers (@bakery-images)
 requirements:
   - root on the build host (the tree's owners are kept)
+  - bubblewrap (Debian C(bubblewrap)) for O(action=unpack)
   - qemu-img (Debian C(qemu-utils)); from a rootfs also C(fdisk), C(e2fsprogs), C(dosfstools), C(mtools),
     C(grub-common), C(grub-pc-bin) and C(grub-efi-amd64-bin)
   - the rootfs and the build host are x86_64 (amd64)
@@ -241,6 +247,10 @@ workdir:
   type: str
 root:
   description: The unpacked tree, the chroot to provision (action unpack).
+  returned: action unpack
+  type: str
+enter:
+  description: The script that runs a command isolated in the tree, for the chroot connection's C(chroot_exe).
   returned: action unpack
   type: str
 msg:
