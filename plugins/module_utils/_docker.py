@@ -41,6 +41,7 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
     parse_inputs,
 )
+from ansible_collections.bakery.images.plugins.module_utils._standin import install_command, remove_command
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError, Steps
 from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
 
@@ -689,6 +690,10 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         except APIError as exc:
             raise BakeryError("cannot start build container %s: %s" % (cname, exc.explanation)) from exc
         _wait_running(client, cid)
+        steps.run(
+            "install stand-in commands",
+            lambda: _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands"),
+        )
     base_image = _image(client, base) or {}
     return dict(
         changed=True,
@@ -712,6 +717,23 @@ def _wait_running(client: Any, cid: str, timeout: float = 30.0) -> None:
             logs = client.api.logs(cid, tail=20).decode("utf-8", "replace")
             raise BakeryError("build container %s did not stay running (%s): %s" % (cid[:12], state, logs))
         time.sleep(0.2)
+
+
+def _exec_checked(client: Any, cid: str, cname: str, argv: list[str], what: str) -> str:
+    """Run *argv* in the build container as root; its output, or an error naming the container and the output."""
+    try:
+        created = client.api.exec_create(cid, argv, user="0", stdout=True, stderr=True)
+        output = client.api.exec_start(created["Id"]).decode("utf-8", "replace")
+        code = client.api.exec_inspect(created["Id"]).get("ExitCode")
+    except APIError as exc:
+        raise BakeryError(
+            "%s in build container %s failed: %s" % (what, cname, exc.explanation or exc)
+        ) from exc
+    if code != 0:
+        raise BakeryError(
+            "%s in build container %s failed (exit code %s): %s" % (what, cname, code, output.strip()[-2000:])
+        )
+    return output
 
 
 def _remove(client: Any, cid: str) -> None:
@@ -787,6 +809,11 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
     with Steps() as steps:
         steps.add_undo("remove build container", lambda: _remove(client, cid), always=True)
         conf = commit_config(base, params.get("changes") or {}, final_labels(params, fp, inputs))
+        cname = container.get("Name", cid).lstrip("/")
+        steps.run(
+            "remove stand-in commands",
+            lambda: _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands"),
+        )
         try:
             reply = steps.run(
                 "commit",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _isolation
+from ansible_collections.bakery.images.plugins.module_utils import _isolation, _standin
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -1023,7 +1023,7 @@ def unpack(
     janitor. While it is provisioned it gets the host's resolv.conf and a policy-rc.d that keeps package
     scripts from starting services; ``build`` puts back what was there before it makes the disk.
     ``<workdir>/enter`` runs a command in the tree isolated from the host (``_isolation``): the builder's
-    ``chroot_exe``.
+    ``chroot_exe``; the stand-in commands (``_standin``) are in the tree until ``build``.
     """
     if not os.path.isfile(tarball):
         raise BakeryError("rootfs tarball %s does not exist" % tarball)
@@ -1058,6 +1058,7 @@ def unpack(
         write_file(root, relative, content, mode=mode)
     with open(os.path.join(workdir, CHROOT_STATE), "w", encoding="utf-8") as handle:
         json.dump(state, handle)
+    _standin.install_into_tree(root)
     enter = _isolation.write_enter_script(workdir, root, image_hostname(root, hostname))
     return {"workdir": workdir, "root": root, "enter": enter}
 
@@ -1070,6 +1071,7 @@ def restore_chroot(root: str) -> bool:
         return False
     with open(state_file, encoding="utf-8") as handle:
         state = json.load(handle)
+    _standin.remove_from_tree(root)
     for relative, before in state.items():
         path = inside(root, relative)
         if os.path.lexists(path):

@@ -82,3 +82,40 @@ def test_valid_names(name):
 def test_unknown_change_keys_are_refused_before_connecting():
     with pytest.raises(BakeryError, match="unknown key\\(s\\) in changes: onbuild"):
         _docker.run_action({"action": "start", "name": "x", "changes": {"onbuild": "x"}}, False)
+
+
+def test_the_build_containers_environment_is_not_the_images():
+    """commit_config builds Env from the base image only: nothing of the build container's (SYSTEMD_OFFLINE)."""
+    conf = _docker.commit_config({"Config": {"Env": ["PATH=/usr/bin:/bin"]}}, {}, {})
+    assert conf["Env"] == ["PATH=/usr/bin:/bin"]
+    assert not any(item.startswith("SYSTEMD_OFFLINE") for item in conf["Env"])
+
+
+class _ExecClient:
+    def __init__(self, code: int, output: bytes) -> None:
+        self.code, self.output = code, output
+        self.api = self
+
+    def exec_create(self, cid, argv, **kwargs):
+        return {"Id": "exec1"}
+
+    def exec_start(self, exec_id):
+        return self.output
+
+    def exec_inspect(self, exec_id):
+        return {"ExitCode": self.code}
+
+
+def test_stand_in_install_failure_names_the_container_and_the_output():
+    import pytest
+
+    from ansible_collections.bakery.images.plugins.module_utils._docker import _exec_checked
+    from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+    assert (
+        _exec_checked(_ExecClient(0, b"sysctl\n"), "c1", "bakery-x-web", ["true"], "installing") == "sysctl\n"
+    )
+    with pytest.raises(
+        BakeryError, match=r"installing in build container bakery-x-web failed \(exit code 1\): no space"
+    ):
+        _docker._exec_checked(_ExecClient(1, b"no space\n"), "c1", "bakery-x-web", ["true"], "installing")
