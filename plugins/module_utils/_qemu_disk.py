@@ -690,14 +690,32 @@ DHCP=yes
 """
 
 
+FSTAB_HEADER = "# written by bakery: the root file system; the entries after it are the tree's own"
+
+
+def image_fstab(existing: str, root_uuid: str) -> str:
+    """The disk's fstab: its root file system by UUID, then the entries the tree (its roles) had, but for
+    another root and Debian's placeholder comment."""
+    kept = []
+    for line in existing.splitlines():
+        fields = line.split()
+        if line.startswith(("# UNCONFIGURED FSTAB", FSTAB_HEADER, "# written by bakery")):
+            continue
+        if fields and not fields[0].startswith("#") and len(fields) >= 2 and fields[1] == "/":
+            continue
+        kept.append(line)
+    while kept and not kept[0].strip():
+        kept.pop(0)
+    lines = [FSTAB_HEADER, "UUID=%s / ext4 rw,errors=remount-ro 0 1" % root_uuid, *kept]
+    return "\n".join(lines) + "\n"
+
+
 def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]:
     """Make the tree a machine image: fstab, grub.cfg, first-boot host keys, machine-id, DHCP, Vagrant."""
     kernel, initrd = find_kernel(root)
-    write_file(
-        root,
-        "etc/fstab",
-        "# written by bakery\nUUID=%s / ext4 rw,errors=remount-ro 0 1\n" % layout.root_uuid,
-    )
+    fstab = os.path.join(root, "etc", "fstab")
+    existing = _read(fstab) if os.path.isfile(fstab) and not os.path.islink(fstab) else ""
+    write_file(root, "etc/fstab", image_fstab(existing, layout.root_uuid))
     write_file(root, "boot/grub/grub.cfg", grub_cfg(layout, kernel, initrd, opts.kernel_cmdline))
     # no machine shares the image's identity: host keys and machine-id are made at first boot
     for key in glob.glob(os.path.join(root, "etc", "ssh", "ssh_host_*")):

@@ -351,3 +351,24 @@ def test_hostname_of_the_build_host_is_not_kept(tmp_path, monkeypatch):
     assert "127.0.1.1\tdebian" in (root / "etc" / "hosts").read_text()
     _qemu_disk.name_hostname(str(root), "web1")
     assert (root / "etc" / "hostname").read_text() == "web1\n"
+
+
+def test_the_disks_fstab_keeps_the_entries_roles_wrote_and_replaces_the_root():
+    tree = (
+        "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
+        "proc /proc proc hidepid=2 0 0\n"
+        "/dev/sda1 / ext4 defaults 0 1\n"
+        "# data disk\n"
+        "LABEL=data /srv ext4 defaults,nofail 0 2\n"
+    )
+    fstab = _qemu_disk.image_fstab(tree, "1234-uuid")
+    assert fstab.splitlines() == [
+        _qemu_disk.FSTAB_HEADER,
+        "UUID=1234-uuid / ext4 rw,errors=remount-ro 0 1",
+        "proc /proc proc hidepid=2 0 0",
+        "# data disk",
+        "LABEL=data /srv ext4 defaults,nofail 0 2",
+    ]
+    # made again from its own output (a rebuild), nothing is doubled
+    assert _qemu_disk.image_fstab(fstab, "5678-uuid") == fstab.replace("1234-uuid", "5678-uuid")
+    assert _qemu_disk.image_fstab("", "u").splitlines()[1:] == ["UUID=u / ext4 rw,errors=remount-ro 0 1"]
