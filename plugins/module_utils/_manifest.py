@@ -262,7 +262,9 @@ def builder_access(builder: Mapping[str, Any]) -> dict[str, Any]:
             command = "DOCKER_HOST=%s %s" % (shlex.quote(str(builder["docker_host"])), command)
         kind = "container"
     elif connection.endswith("chroot"):
-        command = "chroot %s /bin/sh" % shlex.quote(host)
+        # the isolated builder's own way in (the same sandbox the roles ran in), else a plain chroot
+        enter = str(builder.get("chroot_exe") or "chroot")
+        command = "%s %s /bin/sh" % (shlex.quote(enter), shlex.quote(host))
         kind = "chroot directory"
     else:
         argv = ["ssh"]

@@ -101,6 +101,10 @@ def test_kept_builders_say_how_to_reach_them_and_how_to_remove_them():
     assert docker["command"] == "DOCKER_HOST=tcp://h:2375 docker exec -it bakery-1-web /bin/sh"
     chroot = _manifest.builder_access({"connection": "community.general.chroot", "host": "/c/q 1"})
     assert chroot == {"kind": "chroot directory", "host": "/c/q 1", "command": "chroot '/c/q 1' /bin/sh"}
+    isolated = _manifest.builder_access(
+        {"connection": "community.general.chroot", "host": "/c/q/root", "chroot_exe": "/c/q/enter"}
+    )
+    assert isolated["command"] == "/c/q/enter /c/q/root /bin/sh"
     ssh = _manifest.builder_access(
         {
             "connection": "ssh",
