@@ -113,7 +113,8 @@ def unescape(text: str) -> str:
 def read_mounts(engine_root: str) -> set[tuple[str, str, str, str]]:
     """(mount point, fstype, source, options) of every mount of the host's mount namespace, but the Docker
     engine's own per-container mounts: other tests start and stop containers meanwhile, and each has an overlay
-    root (and its /dev/shm) under the engine's data root and a network namespace file in /run/docker/netns."""
+    root (and its /dev/shm) under the engine's data root and a network namespace file in /run/docker/netns;
+    and the transient mounts of other rootfs builds (mmdebstrap)."""
     engine = engine_root.rstrip("/") + "/"
     found = set()
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
@@ -127,6 +128,10 @@ def read_mounts(engine_root: str) -> set[tuple[str, str, str, str]]:
             ):
                 continue
             if point.startswith("/run/docker/netns/"):
+                continue
+            # mmdebstrap's root mode mounts /proc, /sys and /dev into its temporary tree while it builds a
+            # rootfs; seen: another checkout's test run building its base beside this test's bake
+            if re.match(r"/tmp/mmdebstrap\.[A-Za-z0-9]{10}/(proc|sys|dev)(/|$)", point):
                 continue
             found.add((point, fstype, source, "%s %s" % (options, super_options)))
     return found
