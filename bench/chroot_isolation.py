@@ -70,7 +70,7 @@ def main() -> None:
     isolated: list[tuple[float, float]] = []
     plain: list[tuple[float, float]] = []
     bake(False)  # warm-up: the rootfs cache and the page cache, not measured
-    for _ in range(rounds):
+    for _round in range(rounds):
         isolated.append(bake(False))
         plain.append(bake(True))
     med = {

@@ -719,21 +719,40 @@ def _wait_running(client: Any, cid: str, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def _exec_checked(client: Any, cid: str, cname: str, argv: list[str], what: str) -> str:
-    """Run *argv* in the build container as root; its output, or an error naming the container and the output."""
+def _exec_checked(
+    client: Any, cid: str, cname: str, argv: list[str], what: str, timeout: float = 120.0
+) -> None:
+    """Run *argv* in the build container as root and wait for it, at most *timeout* seconds; an error names
+    the container and the command's last output.
+
+    The exec is detached, and its output goes to the container's log (PID 1's stdout), read back on failure:
+    an attached exec needs a hijacked HTTP connection, which not every path to an engine carries (an API
+    proxy), and a plain request with a bounded wait cannot hang the bake.
+    """
+    wrapped = ["/bin/sh", "-c", 'exec "$@" >/proc/1/fd/1 2>&1', "bakery", *argv]
+    since = int(time.time()) - 1
     try:
-        created = client.api.exec_create(cid, argv, user="0", stdout=True, stderr=True)
-        output = client.api.exec_start(created["Id"]).decode("utf-8", "replace")
-        code = client.api.exec_inspect(created["Id"]).get("ExitCode")
+        created = client.api.exec_create(cid, wrapped, user="0")
+        client.api.exec_start(created["Id"], detach=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = client.api.exec_inspect(created["Id"])
+            if not state.get("Running") and state.get("ExitCode") is not None:
+                break
+            if time.monotonic() > deadline:
+                raise BakeryError("%s in build container %s did not end in %d s" % (what, cname, timeout))
+            time.sleep(0.1)
+        if state["ExitCode"] == 0:
+            return
+        output = client.api.logs(cid, stdout=True, stderr=True, since=since).decode("utf-8", "replace")
     except APIError as exc:
         raise BakeryError(
             "%s in build container %s failed: %s" % (what, cname, exc.explanation or exc)
         ) from exc
-    if code != 0:
-        raise BakeryError(
-            "%s in build container %s failed (exit code %s): %s" % (what, cname, code, output.strip()[-2000:])
-        )
-    return output
+    raise BakeryError(
+        "%s in build container %s failed (exit code %s): %s"
+        % (what, cname, state["ExitCode"], output.strip()[-2000:])
+    )
 
 
 def _remove(client: Any, cid: str) -> None:

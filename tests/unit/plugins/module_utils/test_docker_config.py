@@ -95,15 +95,25 @@ class _ExecClient:
     def __init__(self, code: int, output: bytes) -> None:
         self.code, self.output = code, output
         self.api = self
+        self.polls = 0
 
     def exec_create(self, cid, argv, **kwargs):
         return {"Id": "exec1"}
 
-    def exec_start(self, exec_id):
-        return self.output
+    def exec_start(self, exec_id, detach=False):
+        assert detach, "an attached exec needs a hijacked connection"
 
     def exec_inspect(self, exec_id):
-        return {"ExitCode": self.code}
+        # running at the first look, done at the second
+        self.polls += 1
+        return (
+            {"Running": True, "ExitCode": None}
+            if self.polls == 1
+            else {"Running": False, "ExitCode": self.code}
+        )
+
+    def logs(self, cid, **kwargs):
+        return self.output
 
 
 def test_stand_in_install_failure_names_the_container_and_the_output():
@@ -112,9 +122,9 @@ def test_stand_in_install_failure_names_the_container_and_the_output():
     from ansible_collections.bakery.images.plugins.module_utils._docker import _exec_checked
     from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
-    assert (
-        _exec_checked(_ExecClient(0, b"sysctl\n"), "c1", "bakery-x-web", ["true"], "installing") == "sysctl\n"
-    )
+    done = _ExecClient(0, b"sysctl\n")
+    assert _exec_checked(done, "c1", "bakery-x-web", ["true"], "installing") is None
+    assert done.polls == 2
     with pytest.raises(
         BakeryError, match=r"installing in build container bakery-x-web failed \(exit code 1\): no space"
     ):

@@ -343,4 +343,4 @@ def test_install_and_remove_commands_round_trip_and_match_the_tree_variant(tmp_p
 def test_files_describe_the_script_and_links():
     described = _standin.files()
     assert described[0] == ("/usr/local/lib/bakery/standin", _standin.SCRIPT, 0o755, None)
-    assert {path for path, *_ in described[1:]} == {"/usr/local/sbin/" + name for name in _standin.COMMANDS}
+    assert {entry[0] for entry in described[1:]} == {"/usr/local/sbin/" + name for name in _standin.COMMANDS}
