@@ -59,8 +59,8 @@ def bake(plain: bool) -> tuple[float, float]:
     provision = 0.0
     for play in report["plays"]:
         for task in play["tasks"]:
-            # the builder host is named by its chroot path
-            if any(host.startswith("/") for host in task["hosts"]) and "duration" in task["task"]:
+            # the builder's inventory name (the target's with -builder)
+            if any(host.endswith("-builder") for host in task["hosts"]) and "duration" in task["task"]:
                 provision += seconds(task["task"]["duration"])
     return whole, provision
 
@@ -73,6 +73,8 @@ def main() -> None:
     for _round in range(rounds):
         isolated.append(bake(False))
         plain.append(bake(True))
+        print("isolated %.1f s (provision %.1f s), plain chroot %.1f s (provision %.1f s)"
+              % (*isolated[-1], *plain[-1]), file=sys.stderr)  # fmt: skip
     med = {
         "isolated_s": statistics.median(run[0] for run in isolated),
         "plain_chroot_s": statistics.median(run[0] for run in plain),
