@@ -846,7 +846,7 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         # until it is tagged, the image is nobody's: a failure from here on removes it
         steps.add_undo("remove the untagged image", lambda: _remove_untagged(client, image_id))
         _check_committed(client, image_id, conf)
-        what = "committed %s" % container.get("Name", cid).lstrip("/")
+        what = "committed %s" % cname
         return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
 
 

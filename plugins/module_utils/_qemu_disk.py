@@ -699,7 +699,8 @@ def image_fstab(existing: str, root_uuid: str) -> str:
     kept = []
     for line in existing.splitlines():
         fields = line.split()
-        if line.startswith(("# UNCONFIGURED FSTAB", FSTAB_HEADER, "# written by bakery")):
+        # FSTAB_HEADER and the older header both start so
+        if line.startswith(("# UNCONFIGURED FSTAB", "# written by bakery")):
             continue
         if fields and not fields[0].startswith("#") and len(fields) >= 2 and fields[1] == "/":
             continue
@@ -713,9 +714,7 @@ def image_fstab(existing: str, root_uuid: str) -> str:
 def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]:
     """Make the tree a machine image: fstab, grub.cfg, first-boot host keys, machine-id, DHCP, Vagrant."""
     kernel, initrd = find_kernel(root)
-    fstab = os.path.join(root, "etc", "fstab")
-    existing = _read(fstab) if os.path.isfile(fstab) and not os.path.islink(fstab) else ""
-    write_file(root, "etc/fstab", image_fstab(existing, layout.root_uuid))
+    write_file(root, "etc/fstab", image_fstab(_tree_text(root, "etc/fstab"), layout.root_uuid))
     write_file(root, "boot/grub/grub.cfg", grub_cfg(layout, kernel, initrd, opts.kernel_cmdline))
     # no machine shares the image's identity: host keys and machine-id are made at first boot
     for key in glob.glob(os.path.join(root, "etc", "ssh", "ssh_host_*")):
@@ -751,9 +750,10 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
     return {"kernel": kernel, "initrd": initrd}
 
 
-def _tree_hostname(root: str) -> str:
-    path = os.path.join(root, "etc", "hostname")
-    return _read(path).strip() if os.path.isfile(path) and not os.path.islink(path) else ""
+def _tree_text(root: str, relative: str) -> str:
+    """The text of the tree's regular file *relative*; empty when it is missing or a link."""
+    path = os.path.join(root, relative)
+    return _read(path) if os.path.isfile(path) and not os.path.islink(path) else ""
 
 
 def image_hostname(root: str, hostname: str | None) -> str:
@@ -761,13 +761,13 @@ def image_hostname(root: str, hostname: str | None) -> str:
     (which mmdebstrap copies), then ``debian``."""
     if hostname:
         return hostname
-    current = _tree_hostname(root)
+    current = _tree_text(root, "etc/hostname").strip()
     return current if current and current != socket.gethostname() else "debian"
 
 
 def name_hostname(root: str, hostname: str | None) -> None:
     """/etc/hostname: :func:`image_hostname`; /etc/hosts resolves it, unless the tree has its own."""
-    current = _tree_hostname(root)
+    current = _tree_text(root, "etc/hostname").strip()
     hostname = image_hostname(root, hostname)
     if hostname != current:
         write_file(root, "etc/hostname", hostname + "\n")
