@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -15,8 +16,12 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
 
-from ansible_collections.bakery.images.plugins.module_utils import _plan
-from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_tree, digest_value
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _provisioners
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    digest_file,
+    digest_tree,
+    digest_value,
+)
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 ROLES_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "roles"))
@@ -79,19 +84,164 @@ def validate_bake(bake: Any) -> dict[str, Any]:
     """
     if not isinstance(bake, dict):
         raise BakeryError("bake must be a dictionary (the bake definition), not %s" % _type_name(bake))
+    # the kinds of provisioners first: the spec's own message for an unknown one would not list the kinds
+    _provisioners.check_kinds(bake.get("provisioners"), "bake.provisioners")
+    _provisioners.check_kinds(bake.get("error_provisioners"), "bake.error_provisioners")
+    _provisioners.check_kinds(bake.get("verify"), "bake.verify")
+    targets = bake.get("targets")
+    # the spec check below names a targets that is not a list
+    for index, target in enumerate(targets if isinstance(targets, list) else []):
+        if isinstance(target, dict):
+            _provisioners.check_kinds(target.get("provisioners"), "bake.targets[%d].provisioners" % index)
+            _provisioners.check_kinds(target.get("verify"), "bake.targets[%d].verify" % index)
     return validate(bake_spec(), bake, "bake")
+
+
+def definition_dir(bake: Any) -> str | None:
+    """The directory of the file the bake definition came from (``-e @file``, a vars file), when Ansible
+    knows it: the definition's controller paths (scripts, uploads) are relative to it."""
+    try:
+        from ansible._internal._datatag._tags import Origin
+    except ImportError:  # an ansible-core without data tags: the working directory
+        return None
+    origin = Origin.get_tag(bake)
+    path = getattr(origin, "path", None)
+    return os.path.dirname(os.path.abspath(path)) if path and os.path.isfile(path) else None
+
+
+# what a playbook can use beside it, besides its roles: each is part of a playbook entry's fingerprint
+PLAYBOOK_DIRS = (
+    "group_vars",
+    "host_vars",
+    "vars",
+    "files",
+    "templates",
+    "tasks",
+    "handlers",
+    "library",
+    "module_utils",
+    "filter_plugins",
+    "lookup_plugins",
+    "action_plugins",
+)
+TASK_LISTS = ("pre_tasks", "tasks", "post_tasks", "handlers")
+ROLE_ACTIONS = {
+    prefix + action
+    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+    for action in ("include_role", "import_role")
+}
+
+
+def read_playbook(path: str, seen: set[str] | None = None) -> dict[str, Any]:
+    """What a playbook entry needs to know of a user's playbook: its plays' ``hosts:`` patterns, its files
+    (with those it imports) and the roles its plays name (``roles:``, ``include_role``/``import_role`` with
+    a fixed name). A playbook that does not parse, or is no list of plays, is refused here, before anything
+    is created."""
+    seen = set() if seen is None else seen
+    found: dict[str, Any] = {"hosts": [], "files": [path], "roles": []}
+    if path in seen:
+        return found
+    seen.add(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            plays = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as exc:
+        raise BakeryError("playbook %s cannot be read: %s" % (path, exc)) from None
+    if not isinstance(plays, list):
+        raise BakeryError("playbook %s is not a list of plays" % path)
+    for play in plays:
+        if not isinstance(play, dict):
+            raise BakeryError("playbook %s: a play is a dictionary, not %r" % (path, play))
+        imported = play.get("import_playbook") or play.get("ansible.builtin.import_playbook")
+        if isinstance(imported, str):
+            if "{{" in imported:
+                # a templated import cannot be followed before the run: it may match the builder
+                found["hosts"].append("all")
+                continue
+            inner = read_playbook(os.path.join(os.path.dirname(path), imported), seen)
+            for key in ("hosts", "files", "roles"):
+                found[key] += [item for item in inner[key] if item not in found[key]]
+            continue
+        hosts = play.get("hosts")
+        found["hosts"].append(hosts if isinstance(hosts, (str, list)) else "")
+        for role in play.get("roles") or []:
+            name = role.get("role") or role.get("name") if isinstance(role, dict) else role
+            if isinstance(name, str) and "{{" not in name and name not in found["roles"]:
+                found["roles"].append(name)
+        for key in TASK_LISTS:
+            for name in _task_roles(play.get(key) or []):
+                if name not in found["roles"]:
+                    found["roles"].append(name)
+    return found
+
+
+def _task_roles(tasks: Any) -> list[str]:
+    """The roles that tasks (and their blocks) include or import by a fixed name."""
+    names = []
+    for task in tasks if isinstance(tasks, list) else []:
+        if not isinstance(task, dict):
+            continue
+        for key in ("block", "rescue", "always"):
+            names += _task_roles(task.get(key))
+        for action in ROLE_ACTIONS & set(task):
+            args = task[action]
+            name = args.get("name") if isinstance(args, dict) else args
+            if isinstance(name, str) and "{{" not in name:
+                names.append(name)
+    return names
+
+
+def hosts_match(patterns: list[Any], host: str, groups: list[str]) -> bool:
+    """Whether a play with one of *patterns* as its ``hosts:`` would run on *host*, in *groups* (and ``all``),
+    as Ansible's own inventory matches patterns (``a:b``, ``a:&b``, ``!a``, ``*``, ``~regex``). A templated
+    pattern cannot be known before the run: it counts as matching."""
+    from ansible import constants as C
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    inventory = InventoryManager(DataLoader(), sources=[])
+    for group in groups:
+        inventory.add_group(group)
+        inventory.add_host(host, group=group)
+    inventory.reconcile_inventory()
+    mismatch = C.HOST_PATTERN_MISMATCH
+    # a pattern naming no builder is what this function answers, not a warning to print
+    C.HOST_PATTERN_MISMATCH = "ignore"
+    try:
+        for pattern in patterns:
+            text = ",".join(str(item) for item in pattern) if isinstance(pattern, list) else str(pattern)
+            if "{{" in text:
+                return True
+            if text and host in [found.name for found in inventory.get_hosts(pattern)]:
+                return True
+    finally:
+        C.HOST_PATTERN_MISMATCH = mismatch
+    return False
 
 
 def validate(spec: dict[str, Any], values: dict[str, Any], where: str) -> dict[str, Any]:
     """*values* checked against a role argument spec; every problem in one message prefixed by *where*."""
     spec = _strip_docs(spec)
     messages = _strict_strings(spec, values, where)
+    # the last names of the options those messages name (bake.targets[0] -> targets)
+    named = {re.sub(r"\[\d+\]$", "", m.split(" ", 1)[0]).rsplit(".", 1)[-1] for m in messages}
     result = ArgumentSpecValidator(spec).validate(values)
-    for error in result.errors.errors:
+    errors = result.errors.errors
+    for error in errors:
+        kind = type(error).__name__
         text = _plain(str(error))
-        if type(error).__name__ == "UnsupportedError":
+        if kind == "UnsupportedError":
             text = "unsupported option %s" % text
+        # left out: the validator's words for an option a message above already names, and what its parsing of
+        # a value that is no dictionary adds ("dictionary requested, could not parse JSON or key=value", once
+        # per value, without naming the option)
+        if set(re.findall(r"(?:option|argument|value of) '([^']+)'", text)) & named:
+            continue
+        if kind in ("NoLogError", "ElementError") and (messages or len(errors) > 1):
+            continue
         messages.append(text)
+    # the messages above name their options from the top (bake.targets[0]): from below *where* instead
+    messages = [m[len(where) + 1 :] if m.startswith(where + ".") else m for m in messages]
     if messages:
         raise BakeryError("%s: %s" % (where, "; ".join(messages)))
     return result.validated_parameters
@@ -107,6 +257,21 @@ def _strict_strings(spec: dict[str, Any], values: Any, where: str) -> list[str]:
         here = "%s.%s" % (where, name)
         if option.get("type", "str") == "str" and isinstance(value, (list, dict)):
             found.append("%s must be a string, not a %s" % (here, _type_name(value)))
+        elif value is not None and option.get("type") == "dict" and not isinstance(value, dict):
+            found.append("%s must be a dictionary, not a %s" % (here, _type_name(value)))
+        elif (
+            value is not None
+            and option.get("type") == "list"
+            and option.get("elements") == "dict"
+            and not isinstance(value, list)
+        ):
+            found.append("%s must be a list of dictionaries, not a %s" % (here, _type_name(value)))
+        elif option.get("type") == "list" and option.get("elements") == "dict" and isinstance(value, list):
+            found += [
+                "%s[%d] must be a dictionary, not a %s" % (here, index, _type_name(item))
+                for index, item in enumerate(value)
+                if not isinstance(item, dict)
+            ]
         elif (
             option.get("type") == "list"
             and option.get("elements", "str") == "str"
@@ -135,11 +300,13 @@ def _plain(text: str) -> str:
 
 
 def _type_name(value: Any) -> str:
-    if isinstance(value, dict):
-        return "dictionary"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
+    """A value's type as a user writes it: Ansible hands the plan tagged subclasses (``_AnsibleTaggedInt``)."""
+    for kind, name in ((dict, "dictionary"), (list, "list"), (str, "string"), (bool, "boolean")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else re.sub(r"^_AnsibleTagged", "", type(value).__name__).lower()
 
 
 def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +324,14 @@ def _strip_docs(spec: dict[str, Any]) -> dict[str, Any]:
 # what a failure does to the temporary resources: remove them all, keep the failed builders, or leave
 # everything (a janitor removes it later)
 ON_ERROR = ("cleanup", "keep", "abort")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 class ActionModule(ActionBase):
@@ -177,6 +352,41 @@ class ActionModule(ActionBase):
                 cache[name] = self._role_digest(name, playbook_dir, collections, set())
             return cache[name]
 
+        playbooks: dict[str, dict[str, Any]] = {}
+
+        def playbook(path: str) -> dict[str, Any]:
+            if path not in playbooks:
+                playbooks[path] = read_playbook(path)
+            return playbooks[path]
+
+        def playbook_digest(path: str) -> str:
+            # once per playbook, however many targets run it
+            if "digest" not in playbook(path):
+                playbook(path)["digest"] = digest_playbook(path)
+            return playbook(path)["digest"]
+
+        def digest_playbook(path: str) -> str:
+            found = playbook(path)
+            parts: dict[str, str] = {}
+            for file in found["files"]:
+                parts["file:" + file] = digest_file(file)
+            for base in sorted({os.path.dirname(file) for file in found["files"]}):
+                for name in PLAYBOOK_DIRS:
+                    if os.path.isdir(os.path.join(base, name)):
+                        parts["dir:%s/%s" % (base, name)] = digest_tree(os.path.join(base, name))
+            for role in found["roles"]:
+                try:
+                    parts["role:" + role] = self._role_digest(role, os.path.dirname(path), collections, set())
+                except BakeryError as exc:
+                    raise BakeryError(
+                        "playbook %s uses a role that is not found: %s" % (path, exc.msg)
+                    ) from None
+            return digest_value(parts)
+
+        def playbook_hosts(path: str, host: str, groups: list[str]) -> bool:
+            return hosts_match(playbook(path)["hosts"], host, groups)
+
+        directory = definition_dir(bake)
         try:
             bake = validate_bake(bake)
             plan = _plan.make_plan(
@@ -189,6 +399,9 @@ class ActionModule(ActionBase):
                 force=args.get("force", False),
                 bake_id=args.get("bake_id"),
                 secrets_of=secret_options,
+                definition_dir=directory,
+                playbook_digest=playbook_digest,
+                playbook_hosts=playbook_hosts,
             )
         except BakeryError as exc:
             raise AnsibleActionFail(exc.msg) from None
@@ -204,6 +417,10 @@ class ActionModule(ActionBase):
                 "on_error must be one of %s, not %r" % (", ".join(ON_ERROR), on_error)
             ) from None
         plan["on_error"] = on_error
+        # what an earlier run checked already: found again unchanged, it is published without new checks
+        previous = _read_json(plan["manifest"])
+        for target in plan["targets"]:
+            target["verified"] = _manifest.verified_before(previous, target)
         # abort stops the whole bake at the first failure, as fail_fast does, and then cleans nothing
         plan["fail_fast"] = plan["fail_fast"] or on_error == "abort"
         result.update(changed=False, plan=plan)

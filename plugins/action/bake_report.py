@@ -46,7 +46,8 @@ class ActionModule(ActionBase):
         path = plan["manifest"]
         previous = _read(path)
         manifest = _manifest.manifest(plan, results, previous)
-        has_artifacts = bool(manifest["artifacts"])
+        # a bake whose only news is a disk that failed its hygiene checks records that too
+        has_artifacts = bool(manifest["artifacts"] or manifest.get("hygiene_failures"))
         changed = has_artifacts and manifest != previous
         if changed and not self._task.check_mode:
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -8,7 +8,8 @@ import time
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _provisioners, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 
 def docker_artifact(result, target, started=None):
@@ -41,14 +42,27 @@ def vagrant_artifact(result, target, started=None):
 
 def target_secrets(bake, target):
     """The real values of *target*'s secret options, from the bake definition (the plan masks them)."""
-    paths = target.get("secret_options") or []
-    if not paths:
-        return {}
-    for entry in (bake or {}).get("targets") or []:
-        if isinstance(entry, dict) and entry.get("name") == target.get("name"):
-            options = entry.get(target.get("type"))
-            return _plan.pick_secrets(options if isinstance(options, dict) else {}, paths)
-    raise AnsibleFilterError("target %r is not in the bake definition" % target.get("name"))
+    try:
+        return _plan.target_secrets(bake, target)
+    except BakeryError as exc:
+        raise AnsibleFilterError(exc.msg) from None
+
+
+def provisioner_secrets(bake, target):
+    """The real environments (or, for role and playbook entries, variables) of *target*'s secret (no_log)
+    provisioners, error provisioners and checks (verify), by their place in the definition (``source``)."""
+    return {
+        entry["source"]: _provisioners.real_secrets(bake, entry, target["name"])
+        for entry in (target.get("provisioners") or [])
+        + (target.get("error_provisioners") or [])
+        + (target.get("verify") or [])
+        if entry.get("no_log")
+    }
+
+
+def failure_output(result, lines=20):
+    """The message and last output lines of a failed task's result; of its failed item for a loop."""
+    return _manifest.failure_output(result, lines)
 
 
 def builder_access(builder):
@@ -72,4 +86,6 @@ class FilterModule:
             "qemu_workdir": qemu_workdir,
             "vagrant_artifact": vagrant_artifact,
             "target_secrets": target_secrets,
+            "provisioner_secrets": provisioner_secrets,
+            "failure_output": failure_output,
         }

@@ -48,6 +48,8 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     WOULD_REMOVE,
     Selector,
     act,
+    cleanup_problems,
+    created_nothing,
     failed,
     record,
 )
@@ -108,6 +110,20 @@ _SESSIONS: dict[tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+# the calls that make a resource a cleanup or the janitor would have to remove
+CREATING_OPERATIONS = frozenset(
+    (
+        "run_instances",
+        "create_key_pair",
+        "create_security_group",
+        "create_image",
+        "register_image",
+        "copy_image",
+        "start_snapshot",
+    )
+)
+
+
 class Aws:
     """boto3 clients for one account and endpoint, one per (service, region); every call goes via call()."""
 
@@ -123,6 +139,14 @@ class Aws:
         self.endpoint_url: str | None = params.get("endpoint_url") or None
         self.max_attempts = int(params.get("max_attempts") or 5)
         self.pool = max(10, int(params.get("upload_workers") or 8) + 2)
+        # whether a call that may create a resource was made (cleanup: a bake that never got that far made nothing)
+        self.created = False
+        # seconds to connect and to wait for an answer (botocore's default, 60, when unset); the preflight sets
+        # them short
+        self.timeouts: tuple[float | None, float | None] = (
+            float(params["connect_timeout"]) if params.get("connect_timeout") else None,
+            float(params["read_timeout"]) if params.get("read_timeout") else None,
+        )
         self.credentials = (
             params.get("access_key") or None,
             params.get("secret_key") or None,
@@ -152,13 +176,17 @@ class Aws:
             self.endpoint_url,
             self.max_attempts,
             self.pool,
+            self.timeouts,
         )
         with _CACHE_LOCK:
             if key not in _CLIENTS:
+                connect, read = self.timeouts
                 config = Config(
                     retries={"mode": "standard", "max_attempts": self.max_attempts},
                     max_pool_connections=self.pool,
                     user_agent_extra="bakery.images",
+                    **({"connect_timeout": connect} if connect else {}),
+                    **({"read_timeout": read} if read else {}),
                 )
                 _CLIENTS[key] = self._session().client(
                     service, region_name=key[2], endpoint_url=self.endpoint_url, config=config
@@ -168,6 +196,8 @@ class Aws:
     def call(self, service: str, operation: str, region: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """One AWS API call; any failure becomes an AwsError naming the call, region and AWS's reason."""
         where = region or self.region
+        if operation in CREATING_OPERATIONS:
+            self.created = True  # before the call: one that fails may still have made the resource
         try:
             return getattr(self.client(service, where), operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
@@ -432,6 +462,40 @@ def copy_targets(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# ---------------------------------------------------------------- a bake target's parameters
+
+# The options of an ami target that role bakery.images.ami hands to ami_bake under the same name (vars/main.yml,
+# tasks/launch.yml), with their defaults: what reaching AWS and resolving the source AMI take. tests/unit checks the
+# role against this table.
+TARGET_OPTIONS: dict[str, Any] = {
+    "region": None,
+    "profile": None,
+    "endpoint_url": None,
+    "max_attempts": 5,
+    "regions": [],
+    "source_ami": None,
+    "source_ami_filter": None,
+    "source_ami_ssm_parameter": None,
+}
+# the role's (no_log) credential variables -> ami_bake's parameters
+CREDENTIAL_VARIABLES = {
+    "ami_access_key": "access_key",
+    "ami_secret_key": "secret_key",
+    "ami_session_token": "session_token",
+}
+
+
+def target_params(options: Mapping[str, Any], variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters of ami_bake for an ami target's *options* and the role's credential *variables*
+    (``ami_access_key``, ...), as role bakery.images.ami passes them: connection, copy regions, source AMI."""
+    params = {
+        key: default if options.get(key) is None else options[key] for key, default in TARGET_OPTIONS.items()
+    }
+    for variable, key in CREDENTIAL_VARIABLES.items():
+        params[key] = (variables or {}).get(variable) or None
+    return params
+
+
 # ---------------------------------------------------------------- source AMI
 
 
@@ -446,7 +510,12 @@ def resolve_source_ami(aws: Aws, params: Mapping[str, Any]) -> dict[str, Any]:
     if params.get("source_ami_ssm_parameter"):
         name = params["source_ami_ssm_parameter"]
         value = aws.call("ssm", "get_parameter", Name=name)["Parameter"]["Value"]
-        images = aws.ec2("describe_images", ImageIds=[value])["Images"]
+        try:
+            images = aws.ec2("describe_images", ImageIds=[value])["Images"]
+        except AwsError as exc:
+            if not exc.not_found:
+                raise
+            images = []
         if not images:
             raise BakeryError(
                 "SSM parameter %s names %s, which does not exist in %s" % (name, value, aws.region)
@@ -843,7 +912,7 @@ def capture(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, 
         )
         image = wait_image(aws, image_id, None, params)
         tag_snapshots(aws, image, tags, None)
-        result = publish_image(aws, params, image, fp, inputs, steps)
+        result = finish(aws, params, image, fp, inputs, steps)
     return dict(
         result,
         changed=True,
@@ -1026,11 +1095,68 @@ def deprecate(aws: Aws, params: Mapping[str, Any], image: Mapping[str, Any], reg
     return True
 
 
+def finish(
+    aws: Aws,
+    params: Mapping[str, Any],
+    image: dict[str, Any],
+    fp: str,
+    inputs: Mapping[str, str],
+    steps: Steps | None,
+    extra_snapshots: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Publish the new image (copies, sharing, final tags), unless ``publish`` is false: then it stays temporary
+    in the home region (found by no lookup, removed by the bake's cleanup) until action ``publish``."""
+    if params.get("publish", True):
+        return publish_image(aws, params, image, fp, inputs, steps, extra_snapshots)
+    return dict(
+        changed=True,
+        fingerprint=fp,
+        inputs=dict(inputs),
+        image=image_summary(image, aws.region),
+        images={aws.region: image["ImageId"]},
+        published=False,
+    )
+
+
+def publish_temporary(
+    aws: Aws, params: Mapping[str, Any], fp: str, inputs: Mapping[str, str], check_mode: bool
+) -> dict[str, Any] | None:
+    """Action ``publish`` with ``image_id``: the image this bake left temporary (``publish=false``), published
+    once its checks passed. None when it is final already (then it is converged as any found image)."""
+    images = aws.ec2("describe_images", ImageIds=[params["image_id"]])["Images"]
+    if not images:
+        raise BakeryError(
+            "image %s does not exist in %s: nothing to publish" % (params["image_id"], aws.region)
+        )
+    image = images[0]
+    if is_final(image):
+        return None
+    made_by = tag_dict(image).get(BAKE_ID_LABEL)
+    if made_by != bake_id(params):
+        raise BakeryError(
+            "image %s is a temporary image of bake %s, not of this bake (%s): not publishing it"
+            % (image["ImageId"], made_by, bake_id(params))
+        )
+    if check_mode:
+        return dict(
+            changed=True, found=True, built=False, fingerprint=fp, image=image_summary(image, aws.region),
+            msg="would publish %s" % image["ImageId"],
+        )  # fmt: skip
+    extra = tuple(str(snap) for snap in params.get("snapshot_ids") or [])
+    result = publish_image(aws, params, image, fp, inputs, None, extra)
+    return dict(result, changed=True, found=True, built=False, msg="published %s" % image["ImageId"])
+
+
 def publish(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Converge the image with this fingerprint: copies in every region, launch permissions, deprecation."""
+    """Converge the image with this fingerprint: copies in every region, launch permissions, deprecation.
+    With ``image_id``, a temporary image of this bake is published first (it then carries the fingerprint)."""
     source = source_inputs(aws, params)[0]
     inputs = compute_inputs(params, source)
     fp = fingerprint(inputs)
+    if params.get("image_id"):
+        published = publish_temporary(aws, params, fp, inputs, check_mode)
+        if published is not None:
+            return published
     image = find_image(aws, fp)
     if image is None:
         raise BakeryError("no image with fingerprint %s in %s to publish" % (fp[:12], aws.region))
@@ -1257,7 +1383,7 @@ def upload(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         )
         aws.ec2("create_tags", Resources=[image_id], Tags=tag_list(tags))
         image = wait_image(aws, image_id, None, params)
-        result = publish_image(aws, params, image, fp, inputs, steps, (snapshot["snapshot_id"],))
+        result = finish(aws, params, image, fp, inputs, steps, (snapshot["snapshot_id"],))
     return dict(
         result,
         changed=True,
@@ -1308,11 +1434,12 @@ def cleanup(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, 
     selector = Selector(bake_id=bake_id(params))
     removed: dict[str, list[str]] = {kind: [] for kind in CLEANUP_KINDS}
     errors: list[str] = []
+    unlooked: list[str] = []
     for region in all_regions(params):
         try:
             entries = sweep_region(aws, region, selector, check_mode, target=params.get("target"))
         except BakeryError as exc:
-            errors.append("%s: %s" % (region, exc.msg))
+            unlooked.append("%s: %s" % (region, exc.msg))
             continue
         for entry in entries:
             removed[_KIND_KEYS[entry["kind"]]].append(entry["id"])
@@ -1325,19 +1452,16 @@ def cleanup(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, 
                 remove_file(path)
             removed["files"].append(path)
     count = sum(len(items) for items in removed.values())
-    if errors:
-        raise BakeryError(
-            "cleanup of bake %s left resources behind (run it again to finish): %s"
-            % (bake_id(params), "; ".join(errors)),
-            removed=removed,
-        )
-    return dict(
-        changed=count > 0,
-        removed=removed,
-        msg="removed %d temporary resource(s) of bake %s" % (count, bake_id(params))
-        if count
-        else "nothing to clean up",
-    )
+    message = cleanup_problems(bake_id(params), errors, unlooked, params.get("created", True))
+    if message:
+        raise BakeryError(message, removed=removed)
+    if unlooked:
+        msg = created_nothing(bake_id(params), params.get("target"), unlooked)
+    elif count:
+        msg = "removed %d temporary resource(s) of bake %s" % (count, bake_id(params))
+    else:
+        msg = "nothing to clean up"
+    return dict(changed=count > 0, removed=removed, msg=msg)
 
 
 def created_tag() -> dict[str, str]:
@@ -1490,7 +1614,22 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         check_ami_name(params["name"])
     check_numbers(params)
     copy_targets(params)
-    aws = Aws(params)
+    try:
+        aws = Aws(params)
+    except BakeryError as exc:
+        exc.details.setdefault("created", False)
+        raise
+    try:
+        result = _handle(aws, params, check_mode)
+    except BakeryError as exc:
+        exc.details.setdefault("created", aws.created)
+        raise
+    result.setdefault("created", aws.created)
+    return result
+
+
+def _handle(aws: Aws, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    action = params["action"]
     handlers: dict[str, Callable[[Aws, Mapping[str, Any], bool], dict[str, Any]]] = {
         "find": find,
         "launch": launch,

@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
@@ -453,7 +453,8 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     kwargs: dict[str, Any] = dict(
         path=context,
         dockerfile=dockerfile,
-        tag="%s:%s" % (name, tags[0]),
+        # an image to verify first gets no tag (the build's aux ID names it)
+        tag="%s:%s" % (name, tags[0]) if publishes(params) else None,
         buildargs={k: str(v) for k, v in (params.get("build_args") or {}).items()},
         labels=final_labels(params, fp, inputs),
         pull=bool(params.get("pull")),
@@ -489,7 +490,7 @@ def build(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
                 image_id = aux["ID"]
     except APIError as exc:
         raise BakeryError("docker build failed: %s" % exc.explanation) from exc
-    image = _image(client, image_id or "%s:%s" % (name, tags[0]))
+    image = _image(client, image_id or "%s:%s" % (name, tags[0])) if image_id or publishes(params) else None
     if image is None:
         raise BakeryError("docker build ended without an image")
     what = "built %s" % params["context"]
@@ -507,12 +508,14 @@ def _lookup(
     name, tags = params["name"], params["tags"]
     existing = None if params.get("force") else find_by_fingerprint(client, name, tags, fp)
     if existing is not None:
-        moved = ensure_tags(client, existing["Id"], name, tags, check_mode)
+        # an image still to be verified keeps its tags where they are (publish moves them)
+        moved = ensure_tags(client, existing["Id"], name, tags, check_mode) if publishes(params) else []
         return dict(
             changed=bool(moved),
             built=False,
             found=True,
-            image=image_summary(client, existing["Id"], name, tags),
+            published=publishes(params),
+            image=image_summary(client, existing["Id"], name, tags if publishes(params) else []),
             fingerprint=fp,
             inputs=inputs,
             changed_inputs=[],
@@ -553,7 +556,7 @@ def import_rootfs(client: Any, params: dict[str, Any], check_mode: bool) -> dict
         labels = final_labels(params, fp, inputs)
         labels[ROOTFS_LABEL] = inputs["source"]
         changes += ["LABEL %s=%s" % (key, _quote(value)) for key, value in sorted(labels.items())]
-        image_id = _import(client, params["rootfs"], name, tags[0], changes)
+        image_id = _import(client, params["rootfs"], name if publishes(params) else None, tags[0], changes)
         what = "imported %s" % params["rootfs"]
         return _built(client, image_id, params, fp, inputs, looked["changed_inputs"], started, what)
 
@@ -568,13 +571,16 @@ def _built(
     started: float,
     what: str,
 ) -> dict[str, Any]:
-    """Tag a freshly made image and describe it: the result of build, import and commit."""
+    """Tag a freshly made image (unless it is to be verified first) and describe it: the result of build, import
+    and commit."""
     name, tags = params["name"], params["tags"]
-    ensure_tags(client, image_id, name, tags, False)
+    if publishes(params):
+        ensure_tags(client, image_id, name, tags, False)
     return dict(
         changed=True,
         built=True,
-        image=image_summary(client, image_id, name, tags),
+        published=publishes(params),
+        image=image_summary(client, image_id, name, tags if publishes(params) else []),
         fingerprint=fp,
         inputs=inputs,
         changed_inputs=changed,
@@ -587,15 +593,23 @@ def _quote(value: str) -> str:
     return canonical_json(str(value))
 
 
-def _import(client: Any, tarball: str, repository: str, tag: str, changes: list[str]) -> str:
+def _import(client: Any, tarball: str, repository: str | None, tag: str, changes: list[str]) -> str:
+    """Import *tarball* as ``repository:tag``, or untagged without a *repository* (an image to verify first)."""
     check_tarball(tarball, "rootfs tarball")  # Docker would make an image of whatever it got
     try:
         with open(tarball, "rb") as handle:
-            reply = client.api.import_image_from_data(handle, repository=repository, tag=tag, changes=changes)
+            reply = client.api.import_image_from_data(
+                handle, repository=repository, tag=tag if repository else None, changes=changes
+            )
     except APIError as exc:
         raise BakeryError("docker import of %s failed: %s" % (tarball, exc.explanation)) from exc
     text = reply if isinstance(reply, str) else str(reply)
-    image = _image(client, "%s:%s" % (repository, tag))
+    if repository:
+        image = _image(client, "%s:%s" % (repository, tag))
+    else:
+        # the engine's reply names the new image: {"status":"sha256:..."}
+        found = re.findall(r"sha256:[0-9a-f]{64}", text)
+        image = _image(client, found[-1]) if found else None
     if image is None:
         raise BakeryError("docker import of %s produced no image: %s" % (tarball, text[-500:]))
     return image["Id"]
@@ -704,6 +718,74 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         inputs=inputs,
         changed_inputs=looked["changed_inputs"],
         msg="started build container %s from %s" % (cname, base),
+    )
+
+
+# how long a verification container must keep running on the image's own command to count as a service
+SETTLE_SECONDS = 2.0
+
+
+def verifier(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Run a container from the finished image (``image``) for the bake's checks: as the image runs, with its own
+    entrypoint and command (a service serves, its ports answer inside), no stand-in commands. An image whose
+    command ends at once (a shell, a one-shot tool) is run again kept alive (``KEEPALIVE``) instead, and the
+    result says so (``kept_alive``). The container is temporary (bake id, target), like a build container."""
+    ref = params.get("image")
+    if not ref:
+        raise BakeryError("action=verifier needs image (the id of the image to check)")
+    image = _image(client, ref)
+    if image is None:
+        raise BakeryError("cannot verify %s: no such image" % ref)
+    cname = container_name(params.get("bake_id"), "%s-verify" % (params.get("target") or "image"))
+    if check_mode:
+        return dict(changed=True, container={"name": cname}, msg="would run %s for its checks" % cname)
+    labels = {
+        BAKE_ID_LABEL: params.get("bake_id") or "",
+        TEMPORARY_LABEL: "true",
+        TARGET_LABEL: params.get("target") or params.get("name") or "",
+    }
+
+    def run(entrypoint: list[str] | None) -> str:
+        try:
+            created = client.api.create_container(
+                image["Id"],
+                entrypoint=entrypoint,
+                labels=labels,
+                name=cname,
+                detach=True,
+                host_config=client.api.create_host_config(init=False),
+            )
+            client.api.start(created["Id"])
+        except APIError as exc:
+            raise BakeryError("cannot run %s from %s: %s" % (cname, ref, exc.explanation)) from exc
+        return created["Id"]
+
+    cid = run(None)
+    time.sleep(SETTLE_SECONDS)
+    state = client.api.inspect_container(cid)["State"]
+    kept_alive = not state.get("Running")
+    if kept_alive:
+        logs = client.api.logs(cid, tail=5).decode("utf-8", "replace").strip()
+        _remove(client, cid)
+        cid = run(KEEPALIVE)
+    try:
+        _wait_running(client, cid)
+    except BakeryError:
+        _remove(client, cid)
+        raise
+    return dict(
+        changed=True,
+        container={"id": cid, "name": cname, "image": image["Id"]},
+        kept_alive=kept_alive,
+        msg="running %s from %s%s"
+        % (
+            cname,
+            image["Id"][7:19],
+            " kept alive: its own command ended (exit code %s%s)"
+            % (state.get("ExitCode"), ": " + logs[-300:] if logs else "")
+            if kept_alive
+            else "",
+        ),
     )
 
 
@@ -1023,6 +1105,44 @@ def find(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any
     return dict(result, changed=bool(result["found"] and restore and result["changed"]))
 
 
+# ---------------------------------------------------------------- publish
+
+
+def publishes(params: Mapping[str, Any]) -> bool:
+    """Whether build, import, commit and find publish the image (tag and push it). ``publish: false`` leaves a new
+    image untagged, carrying only its fingerprint label, until it passed its checks: ``action=publish`` then tags
+    it (and pushes it with ``push``)."""
+    return params.get("publish", True) is not False
+
+
+def publish(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Point the tags at the image (``image``: an id or reference) and push them when asked."""
+    name, tags = params["name"], params["tags"]
+    ref = params.get("image")
+    if not ref:
+        raise BakeryError("action=publish needs image (the id of the image to tag)")
+    image = _image(client, ref)
+    if image is None:
+        raise BakeryError("cannot publish %s as %s: no such image" % (ref, name))
+    moved = ensure_tags(client, image["Id"], name, tags, check_mode)
+    result: dict[str, Any] = dict(
+        changed=bool(moved),
+        published=True,
+        tagged=["%s:%s" % (name, tag) for tag in moved],
+        msg="tagged %s as %s" % (image["Id"][7:19], ", ".join(moved))
+        if moved
+        else "tags already on the image",
+    )
+    if params.get("push"):
+        if check_mode and moved:
+            result["push"] = dict(changed=True, pushed=["%s:%s" % (name, tag) for tag in tags], up_to_date=[])
+        else:
+            result["push"] = push(client, params, check_mode)
+        result["changed"] = result["changed"] or result["push"]["changed"]
+    result["image"] = image_summary(client, image["Id"], name, tags)
+    return result
+
+
 # ---------------------------------------------------------------- push
 
 
@@ -1101,6 +1221,8 @@ ACTIONS = {
     "commit": commit,
     "remove": remove,
     "push": push,
+    "publish": publish,
+    "verifier": verifier,
 }
 
 
@@ -1124,7 +1246,12 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     client = connect(params.get("docker_host"), params.get("timeout") or 600)
     try:
         result = ACTIONS[action](client, params, check_mode)
-        if params.get("push") and action in ("build", "import", "commit") and result.get("image"):
+        if (
+            params.get("push")
+            and publishes(params)
+            and action in ("build", "import", "commit")
+            and result.get("image")
+        ):
             pushed = push(client, params, check_mode)
             result["push"] = pushed
             result["changed"] = result["changed"] or pushed["changed"]

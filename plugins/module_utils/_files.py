@@ -1,6 +1,6 @@
 # Copyright: bakery contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""File outputs: atomic writes, ``.bakery.json`` sidecars and a lock for shared outputs."""
+"""File outputs: atomic writes, ``.bakery.json`` sidecars, a lock for shared outputs, and sizes as users write them."""
 
 from __future__ import annotations
 
@@ -27,6 +27,26 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
 )
 
 SIDECAR_SUFFIX = ".bakery.json"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any, what: str, example: str = "4G") -> int:
+    """Bytes from ``4G``, ``4GiB``, ``512M``, ``1.5G`` or a number of bytes (binary units), positive."""
+    wrong = "%s %r is not a size: give bytes or a number with K, M, G or T (e.g. %s)" % (what, value, example)
+    if isinstance(value, bool) or value is None:
+        raise BakeryError(wrong)
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match:
+            raise BakeryError(wrong)
+        size = int(float(match.group(1)) * (1024 ** "BKMGT".index(match.group(2).upper() or "B")))
+    if size <= 0:
+        raise BakeryError("%s must be positive (got %r)" % (what, value))
+    return size
+
+
 # what atomic_output names its temporary file: .<name>.<random>.partial
 PARTIAL = re.compile(r"^\..+\.partial(\.[A-Za-z0-9]+)*$")
 PARTIAL_QUIET_SECONDS = 10.0

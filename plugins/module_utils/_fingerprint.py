@@ -55,8 +55,11 @@ def _walk(root: str) -> Iterable[str]:
             yield os.path.normpath(os.path.join(rel_dir, name))
 
 
-def digest_tree(root: str, ignore: Callable[[str], bool] | None = None) -> str:
+def digest_tree(root: str, ignore: Callable[[str], bool] | None = None, modes: bool = False) -> str:
     """sha256 over a directory tree: relative paths, file types, executable bits and contents.
+
+    With *modes*, every file's and directory's permission bits instead of the executable bit (a tree that is
+    uploaded as it is: its modes are part of what the builder gets).
 
     *ignore* receives each relative path (with ``/`` separators) and returns True to leave it out.
     Directories that are ignored are still walked into (ignore files inside them individually).
@@ -78,9 +81,11 @@ def digest_tree(root: str, ignore: Callable[[str], bool] | None = None) -> str:
             entry = "L %s -> %s" % (posix, os.readlink(full))
         elif stat.S_ISDIR(info.st_mode):
             entry = "D %s" % posix
+            if modes:
+                entry += " %o" % stat.S_IMODE(info.st_mode)
         elif stat.S_ISREG(info.st_mode):
-            executable = "x" if info.st_mode & 0o111 else "-"
-            entry = "F %s %s %s" % (posix, executable, digest_file(full))
+            bits = "%o" % stat.S_IMODE(info.st_mode) if modes else "x" if info.st_mode & 0o111 else "-"
+            entry = "F %s %s %s" % (posix, bits, digest_file(full))
         else:
             continue
         sha.update(entry.encode("utf-8", "surrogateescape"))

@@ -13,6 +13,7 @@ fails; ``cleanup`` removes whatever of a bake id is left.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -30,6 +31,7 @@ from urllib.parse import quote, urlsplit
 try:
     import google.auth
     import google.auth.exceptions
+    import google.auth.transport.requests
     import google.oauth2.credentials
     import google.oauth2.service_account
     import requests
@@ -55,7 +57,14 @@ from ansible_collections.bakery.images.plugins.module_utils._sparsetar import (
     tar_stream,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
-from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    Selector,
+    act,
+    cleanup_problems,
+    created_nothing,
+    errors_of,
+    record,
+)
 
 DEFAULT_API = "https://compute.googleapis.com/compute/v1"
 DEFAULT_STORAGE = "https://storage.googleapis.com"
@@ -148,6 +157,46 @@ def image_name(params: Mapping[str, Any]) -> str:
     return check_name("image name", name)
 
 
+# ---------------------------------------------------------------------------------------------- a bake target
+
+# The options of a gce target that role bakery.images.gce hands to gce_image_bake under the same name (vars/main.yml,
+# tasks/launch.yml), with their defaults: what reaching the APIs, the zone, the source image and the bucket take.
+# tests/unit checks the role against this table.
+TARGET_OPTIONS: dict[str, Any] = {
+    "project": None,
+    "zone": None,
+    "auth_kind": None,
+    "service_account_file": None,
+    "api_endpoint": DEFAULT_API,
+    "storage_endpoint": DEFAULT_STORAGE,
+    "retries": 5,
+    "retry_delay": 1.0,
+    "bucket": None,
+    "source_image": None,
+    "source_image_family": None,
+    "source_image_project": None,
+}
+# gce_image_bake's parameters that fall back to an environment variable (its argument_spec uses this table)
+ENV_FALLBACKS = {
+    "service_account_file": "GCP_SERVICE_ACCOUNT_FILE",
+    "service_account_contents": "GCP_SERVICE_ACCOUNT_CONTENTS",
+    "access_token": "GCP_ACCESS_TOKEN",
+}
+
+
+def target_params(options: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The parameters of gce_image_bake for a gce target's *options*, as role bakery.images.gce passes them (unset
+    and empty options left out), with the module's environment fallbacks read from *env*."""
+    params = {
+        key: default if options.get(key) in (None, "") else options[key]
+        for key, default in TARGET_OPTIONS.items()
+    }
+    for key, variable in ENV_FALLBACKS.items():
+        if params.get(key) in (None, "") and env.get(variable):
+            params[key] = env[variable]
+    return params
+
+
 # ---------------------------------------------------------------------------------------------- auth
 
 
@@ -201,6 +250,22 @@ def credentials(params: Mapping[str, Any]) -> Any:
     return creds
 
 
+def fetch_token(creds: Any, timeout: float) -> None:
+    """Get an access token for *creds* now, every request bounded by *timeout* seconds: credentials that yield
+    none fail here, with the token endpoint's reason (never the key), not in the first API call."""
+    request = google.auth.transport.requests.Request()
+    try:
+        creds.refresh(functools.partial(request, timeout=timeout))
+    except google.auth.exceptions.RefreshError as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise BakeryError("the token endpoint gave no access token: %s" % str(reason)[:300]) from None
+    except google.auth.exceptions.TransportError as exc:
+        where = getattr(creds, "_token_uri", None) or "the token endpoint"
+        raise BakeryError("no answer from %s: %s" % (where, _connection_reason(exc))) from None
+    finally:
+        request.session.close()
+
+
 # ---------------------------------------------------------------------------------------------- client
 
 
@@ -227,6 +292,9 @@ class Client:
         self.request_timeout = request_timeout
         self.sleep = sleep
         self.calls = 0
+        # whether a call that may make a resource was sent (POST, PUT, PATCH): a bake whose calls never got that
+        # far made nothing for its cleanup to remove
+        self.created = False
         # whether any endpoint has answered yet: until one has, a connection failure is not retried for long
         self.answered = False
 
@@ -249,6 +317,8 @@ class Client:
     ) -> Any:
         """One call; 429/5xx and broken connections are retried. A 404 gives None when *missing_ok*."""
         attempt = 0
+        if method.upper() in ("POST", "PUT", "PATCH"):
+            self.created = True  # before the call: one that fails may still have made the resource
         while True:
             self.calls += 1
             try:
@@ -366,8 +436,9 @@ def _reason(response: Any) -> str:
         return response.text[:300]
 
 
-def make_client(params: Mapping[str, Any]) -> Client:
-    session = AuthorizedSession(credentials(params))
+def make_client(params: Mapping[str, Any], creds: Any = None) -> Client:
+    """A client for *params* (its credentials, unless *creds* are given; ``request_timeout`` bounds each request)."""
+    session = AuthorizedSession(creds if creds is not None else credentials(params))
     return Client(
         session,
         params["project"],
@@ -375,7 +446,37 @@ def make_client(params: Mapping[str, Any]) -> Client:
         storage_endpoint=params.get("storage_endpoint"),
         retries=params.get("retries", 5),
         retry_delay=params.get("retry_delay", 1.0),
+        request_timeout=float(params.get("request_timeout") or 120.0),
     )
+
+
+def get_zone(client: Client, zone: str) -> dict[str, Any] | None:
+    """The zone *zone* of the client's project (``zones.get``), None when Compute Engine knows none."""
+    return client.compute(
+        "GET", "projects/%s/zones/%s" % (client.project, zone), missing_ok=True, what="look up zone %s" % zone
+    )
+
+
+# what a disk import does in its bucket: upload the packed disk, delete it after the import; cleanup lists objects
+BUCKET_PERMISSIONS = ("storage.objects.create", "storage.objects.delete", "storage.objects.list")
+
+
+def missing_bucket_permissions(
+    client: Client, bucket: str, permissions: tuple[str, ...] = BUCKET_PERMISSIONS
+) -> list[str] | None:
+    """Which of *permissions* the credentials lack on *bucket* (Cloud Storage's ``testIamPermissions``, which
+    answers without writing anything); None when the bucket does not exist."""
+    response = client.request(
+        "GET",
+        "%s/storage/v1/b/%s/iam/testPermissions" % (client.storage, quote(bucket, safe="")),
+        params={"permissions": list(permissions)},
+        missing_ok=True,
+        what="test the permissions on gs://%s" % bucket,
+    )
+    if response is None:
+        return None
+    granted = set((response.json() if response.content else {}).get("permissions") or [])
+    return [permission for permission in permissions if permission not in granted]
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -730,8 +831,7 @@ class Images:
             self.client.wait(op, self.deadline, what="stop instance %s" % name)
             self.actions.append("stopped instance %s" % name)
             image = self.insert_image(steps, digest, inputs, {"sourceDisk": self.zone_path("disks", name)})
-            image = self.finalize_image(image)
-            deprecated = self.deprecate_older(image)
+            image, deprecated = self.finish(image)
         return _warn_undo_errors(steps, self.built(image, digest, inputs, deprecated))
 
     def import_disk(self) -> dict[str, Any]:
@@ -763,8 +863,7 @@ class Images:
             image = self.insert_image(
                 steps, digest, inputs, {"rawDisk": {"source": source, "containerType": "TAR"}}
             )
-            image = self.finalize_image(image)
-            deprecated = self.deprecate_older(image)
+            image, deprecated = self.finish(image)
         result = self.built(image, digest, inputs, deprecated)
         result["changed_inputs"] = ["forced"] if existing else changed
         result["upload"] = dict(uploaded, kept=bool(params.get("keep_object")))
@@ -806,6 +905,51 @@ class Images:
         image = self.wait_status(self.global_path("images", name), "READY", ("FAILED",), "image %s" % name)
         self.actions.append("created image %s" % name)
         return image
+
+    def finish(self, image: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Label the new image final and deprecate older ones, unless ``publish`` is false: then the image stays
+        temporary (found by no lookup, removed by the bake's cleanup) until action ``publish``."""
+        if not self.params.get("publish", True):
+            return dict(image), []
+        image = self.finalize_image(image)
+        return image, self.deprecate_older(image)
+
+    def publish(self) -> dict[str, Any]:
+        """Label final the image of this bake that action ``capture`` or ``import`` left temporary
+        (``publish=false``), once its checks passed; an image that is final already is left as it is."""
+        name = self.params.get("image")
+        if not name:
+            raise BakeryError("action=publish needs image (the name capture or import returned)")
+        image = self.client.compute(
+            "GET", self.global_path("images", name), missing_ok=True, what="image %s" % name
+        )
+        if image is None:
+            raise BakeryError(
+                "image %s does not exist in project %s: nothing to publish" % (name, self.client.project)
+            )
+        labels = image.get("labels") or {}
+        temporary = labels.get(TEMPORARY_LABEL) == "true"
+        if temporary and labels.get(BAKE_ID_LABEL) != self.bake_id:
+            raise BakeryError(
+                "image %s is a temporary image of bake %s, not of this bake (%s): not publishing it"
+                % (name, labels.get(BAKE_ID_LABEL), self.bake_id)
+            )
+        result = {
+            "found": True,
+            "built": False,
+            "image": image_summary(image),
+            "bake_id": self.bake_id,
+            "deprecated": [],
+            "changed": temporary,
+            "msg": ("would publish image %s" if self.check_mode else "published image %s") % name
+            if temporary
+            else "image %s is published already" % name,
+        }
+        if temporary and not self.check_mode:
+            # (publish=false is for capture and import, whatever this call's module defaults say)
+            image = self.finalize_image(image)
+            result.update(image=image_summary(image), deprecated=self.deprecate_older(image))
+        return result
 
     def finalize_image(self, image: Mapping[str, Any]) -> dict[str, Any]:
         """The image is complete: drop its ``bakery-temporary`` label (only now does a lookup find it)."""
@@ -982,16 +1126,21 @@ class Images:
         if not self.params.get("bake_id"):
             raise BakeryError("action=cleanup needs bake_id")
         keep = self.params.get("object_name") if self.params.get("keep_object") else None
-        entries = sweep_project(
-            self.client,
-            Selector(bake_id=self.bake_id),
-            self.check_mode,
-            zones=[self.zone] if self.zone else [],
-            bucket=self.params.get("bucket"),
-            target=self.target,
-            deadline=self.deadline,
-            keep_object=keep,
-        )
+        unlooked: list[str] = []
+        try:
+            entries = sweep_project(
+                self.client,
+                Selector(bake_id=self.bake_id),
+                self.check_mode,
+                zones=[self.zone] if self.zone else [],
+                bucket=self.params.get("bucket"),
+                target=self.target,
+                deadline=self.deadline,
+                keep_object=keep,
+            )
+        except BakeryError as exc:
+            entries = []
+            unlooked.append("project %s: %s" % (self.client.project, exc.msg))
         removed = ["%s %s" % (e["kind"], e["id"] if e["kind"] == "object" else e["name"]) for e in entries]
         key = os.path.join(
             self.params.get("ssh_key_dir") or "/tmp", temporary_name(self.bake_id, self.target)
@@ -1002,20 +1151,18 @@ class Images:
             if not self.check_mode:
                 _remove(path)
             removed.append("ssh key %s" % path)
-        problems = errors_of(entries)
-        if problems:
-            raise BakeryError(
-                "cleanup of bake %s left resources behind (run it again to finish): %s"
-                % (self.bake_id, "; ".join(problems)),
-                removed=removed,
+        message = cleanup_problems(
+            self.bake_id, errors_of(entries), unlooked, self.params.get("created", True)
+        )
+        if message:
+            raise BakeryError(message, removed=removed)
+        if unlooked:
+            msg = created_nothing(self.bake_id, self.target, unlooked)
+        else:
+            msg = "removed %s" % (
+                ", ".join(removed) if removed else "nothing: no temporary resource was left"
             )
-        return {
-            "changed": bool(removed),
-            "removed": removed,
-            "bake_id": self.bake_id,
-            "msg": "removed %s"
-            % (", ".join(removed) if removed else "nothing: no temporary resource was left"),
-        }
+        return {"changed": bool(removed), "removed": removed, "bake_id": self.bake_id, "msg": msg}
 
     def find_only(self) -> dict[str, Any]:
         if self.params.get("disk"):
@@ -1242,9 +1389,34 @@ def check_params(params: Mapping[str, Any]) -> None:
 
 def run(params: Mapping[str, Any], check_mode: bool = False, client: Client | None = None) -> dict[str, Any]:
     """The module's entry point: one action of an image bake."""
-    action = params["action"]
     check_params(params)
-    images = Images(client or make_client(params), params, check_mode)
+    if client is None:
+        try:
+            client = make_client(params)
+        except BakeryError as exc:
+            # without credentials nothing could be made: a cleanup of a bake that never got further says so
+            if params["action"] == "cleanup" and params.get("created", True) is False:
+                unlooked = ["project %s: %s" % (params.get("project"), exc.msg)]
+                return {
+                    "changed": False,
+                    "removed": [],
+                    "bake_id": params.get("bake_id"),
+                    "created": False,
+                    "msg": created_nothing(params.get("bake_id") or "?", params.get("target"), unlooked),
+                }
+            exc.details.setdefault("created", False)
+            raise
+    images = Images(client, params, check_mode)
+    try:
+        result = _run(images, params["action"])
+    except BakeryError as exc:
+        exc.details.setdefault("created", images.client.created)
+        raise
+    result.setdefault("created", images.client.created)
+    return result
+
+
+def _run(images: Images, action: str) -> dict[str, Any]:
     if action == "find":
         return images.find_only()
     if action == "launch":
@@ -1255,4 +1427,6 @@ def run(params: Mapping[str, Any], check_mode: bool = False, client: Client | No
         return images.import_disk()
     if action == "cleanup":
         return images.cleanup()
+    if action == "publish":
+        return images.publish()
     raise BakeryError("unknown action %r" % action)

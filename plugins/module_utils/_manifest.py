@@ -4,6 +4,8 @@
 
 The manifest holds one entry per target. It is deterministic: an artifact that was not rebuilt keeps
 the bake id and build time of the bake that made it, so a bake that changes nothing rewrites nothing.
+A disk's entry holds the results of its image hygiene checks (``hygiene``); a target of this run that failed
+for a hygiene check is listed under ``hygiene_failures`` with every check's result, and has no artifact.
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started:
         {key: out.get(key) for key in ("format", "path", "size", "sha256")}
         for out in result.get("outputs") or []
     ]
-    return {
+    entry = {
         "target": target["name"],
         "type": "qemu",
         "status": "built" if built else ("unchanged" if found else "would build"),
+        # the disk's identity, as a box's is its sha256 (the summary shows it; verify compares it)
+        "id": result.get("sha256") if outputs else None,
         "path": result.get("path") if outputs else None,
         "format": result.get("format") if outputs else None,
         "size": result.get("size") if outputs else None,
@@ -107,6 +111,10 @@ def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started:
         "changed_inputs": result.get("changed_inputs") or [],
         "outputs": outputs,
     }
+    # the image hygiene results its build recorded (a found disk's, from its sidecar)
+    if result.get("hygiene") is not None and outputs:
+        entry["hygiene"] = result["hygiene"]
+    return entry
 
 
 def vagrant_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
@@ -144,6 +152,19 @@ def _previous_entries(previous: Any) -> dict[str, dict]:
     return {a.get("target"): a for a in previous.get("artifacts") or [] if isinstance(a, dict)}
 
 
+def verified_before(previous: Any, target: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The artifact (``id``, ``fingerprint``) whose checks, the same as the target's now (``verify_digest``),
+    passed in an earlier run, as the manifest recorded it; None when there is none. Such an artifact, found
+    again unchanged, is published without checking it again."""
+    if not target.get("verify_digest"):
+        return None
+    old = _previous_entries(previous).get(target["name"]) or {}
+    verify = old.get("verify") or {}
+    if verify.get("status") != "passed" or verify.get("digest") != target["verify_digest"]:
+        return None
+    return {"id": old.get("id"), "fingerprint": old.get("fingerprint")}
+
+
 def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous: Any = None) -> dict:
     """The new manifest: this run's artifacts, plus earlier entries of targets this run did not bake."""
     entries = _previous_entries(previous)
@@ -152,16 +173,42 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
         if not artifact or artifact.get("status") == "would build":
             continue
         entry = {key: value for key, value in artifact.items() if key not in ("status", "changed_inputs")}
+        if result.get("downloads"):
+            entry["downloads"] = list(result["downloads"])
         old = entries.get(entry["target"])
         if artifact.get("status") == "unchanged" and old and old.get("fingerprint") == entry["fingerprint"]:
             entry["build_seconds"] = old.get("build_seconds")
             entry["bake_id"] = entry.get("bake_id") or old.get("bake_id")
+            # what the build that made it downloaded is still there
+            if old.get("downloads"):
+                entry["downloads"] = old["downloads"]
         entries[entry["target"]] = entry
-    return {
+    made = {
         "version": MANIFEST_VERSION,
         "bake": plan["name"],
         "artifacts": [entries[name] for name in sorted(entries)],
     }
+    rejected = hygiene_failures(results)
+    if rejected:
+        made["hygiene_failures"] = rejected
+    return made
+
+
+def hygiene_failures(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The targets of this run that failed an image hygiene check, each with every check's result."""
+    rejected = []
+    for result in results:
+        failure = result.get("failure") or {}
+        if isinstance(failure.get("hygiene"), list):
+            rejected.append(
+                {
+                    "target": result["target"],
+                    "type": result["type"],
+                    "failed": [check["name"] for check in failure["hygiene"] if not check.get("ok", True)],
+                    "hygiene": failure["hygiene"],
+                }
+            )
+    return sorted(rejected, key=lambda entry: entry["target"])
 
 
 def _size(value: Any) -> str:
@@ -180,8 +227,28 @@ def _first_line(text: Any, width: int = 160) -> str:
     return lines[0][:width] if lines else "(no message)"
 
 
+def verify_note(target: Mapping[str, Any], artifact: Mapping[str, Any]) -> str:
+    """What became of the target's checks (verify), for its summary line: passed (now or in an earlier run),
+    or, in check mode, whether they would run."""
+    checks = target.get("verify") or []
+    if not checks:
+        return ""
+    verify = artifact.get("verify")
+    if verify:
+        return ", checks passed" + (" before" if verify.get("checked") == "before" else "")
+    verified = target.get("verified") or {}
+    if (
+        artifact.get("status") == "unchanged"
+        and verified.get("fingerprint") == artifact.get("fingerprint")
+        and verified.get("id") == artifact.get("id")
+    ):
+        return ", checks passed before"
+    return ", would run %d check%s" % (len(checks), "" if len(checks) == 1 else "s")
+
+
 def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[str]:
     """Readable lines: one per target, with what was done and where the manifest is."""
+    planned = {target["name"]: target for target in plan.get("targets") or []}
     counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0, "cancelled": 0}
     rows = []
     for result in results:
@@ -208,6 +275,7 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
                 status = "unchanged (fingerprint %s)" % str(artifact.get("fingerprint"))[:12]
             else:
                 status = "would build: %s" % (", ".join(artifact.get("changed_inputs") or []) or "forced")
+            status += verify_note(planned.get(result["target"]) or {}, artifact)
         ident = str(artifact.get("id") or "-").replace("sha256:", "")[:12]
         rows.append((result["target"], result["type"], ref, ident, _size(artifact.get("size")), status))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)] if rows else []
@@ -279,6 +347,23 @@ def builder_access(builder: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "host": host, "command": command}
 
 
+def failure_output(result: Any, lines: int = 20) -> dict[str, Any]:
+    """``msg`` and the last *lines* of output (stdout, then stderr) of a failed task's result; a loop's
+    result holds its items' results, and the last failed item's are taken."""
+    if not isinstance(result, Mapping):
+        return {"msg": str(result), "output": []}
+    items = [item for item in result.get("results") or [] if isinstance(item, Mapping)]
+    failed = [item for item in items if item.get("failed")]
+    # a loop without a failed item (an error provisioner's scripts that went well): all their output
+    found = failed[-1:] or items or [result]
+    output = [
+        line
+        for item in found
+        for line in list(item.get("stdout_lines") or []) + list(item.get("stderr_lines") or [])
+    ]
+    return {"msg": found[-1].get("msg") or result.get("msg"), "output": output[-lines:] if lines else []}
+
+
 def failures(
     plan: Mapping[str, Any], results: list[Mapping[str, Any]], var_files: list[str] | tuple[str, ...] = ()
 ) -> str:
@@ -296,12 +381,23 @@ def failures(
         text = "target %s failed in %s" % (result["target"], failure.get("phase"))
         if failure.get("builder"):
             text += " on builder %s" % failure["builder"]
+        if failure.get("provisioner"):
+            text += ", provisioner %s" % failure["provisioner"]
         if failure.get("task"):
             text += ", %s '%s'" % ("handler" if failure.get("handler") else "task", failure["task"])
         text += ": %s" % failure.get("msg")
         output = failure.get("output") or []
         if output:
             text += "\n  last output:\n    " + "\n    ".join(str(line) for line in output)
+        for ran in failure.get("error_provisioners") or []:
+            text += "\n  error provisioner %s %s" % (
+                ran.get("provisioner"),
+                "failed: %s" % ran.get("msg") if ran.get("failed") else "ran",
+            )
+            if ran.get("output"):
+                text += ", last output:\n    " + "\n    ".join(str(line) for line in ran["output"])
+        for download in result.get("downloads") or []:
+            text += "\n  downloaded %s to %s" % (download.get("source"), download.get("path"))
         kept = result.get("kept")
         if kept:
             text += "\n  its %s %s was kept (on_error=keep); reach it with:\n    %s" % (

@@ -13,7 +13,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _rootfs, _vagrant
+from ansible_collections.bakery.images.plugins.module_utils import (
+    _hygiene,
+    _provisioners,
+    _qemu_disk,
+    _rootfs,
+    _vagrant,
+)
 from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
 from ansible_collections.bakery.images.plugins.module_utils._docker import check_context, validate_name
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
@@ -40,6 +46,8 @@ MAX_VOLUME_GB = 65536
 Validator = Callable[[str, Mapping[str, Any], str], dict]
 # where a target type's secret options are: option paths whose argument spec says no_log
 SecretPaths = Callable[[str], "list[list[str]]"]
+# (playbook path, builder's inventory name, its groups) -> whether a play of the playbook runs on it
+PlaybookHosts = Callable[[str, str, "list[str]"], bool]
 
 # what the plan shows for a secret option's value (the marker Ansible shows for a no_log module parameter)
 MASK = NO_LOG_MASK
@@ -116,6 +124,31 @@ def pick_secrets(options: Mapping[str, Any], paths: list[list[str]]) -> dict[str
             into = into.setdefault(key, {})
         into[path[-1]] = node
     return picked
+
+
+def target_secrets(bake: Mapping[str, Any] | None, target: Mapping[str, Any]) -> dict[str, Any]:
+    """The real values of *target*'s secret options (the plan masks them), taken from the bake definition
+    *bake*, nested as in the target's options (filter ``bakery.images.target_secrets``, the preflight)."""
+    paths = target.get("secret_options") or []
+    if not paths:
+        return {}
+    for entry in (bake or {}).get("targets") or []:
+        if isinstance(entry, Mapping) and entry.get("name") == target.get("name"):
+            options = entry.get(target.get("type"))
+            return pick_secrets(options if isinstance(options, Mapping) else {}, paths)
+    raise BakeryError("target %r is not in the bake definition" % target.get("name"))
+
+
+def with_secrets(options: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
+    """*options* (masked, as the plan shows them) with the real values of *secrets* put back (what
+    ``options | combine(secrets, recursive=true)`` gives in a role)."""
+    merged = _copy(dict(options))
+    for key, value in secrets.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = with_secrets(merged[key], value)
+        else:
+            merged[key] = _copy(value)
+    return merged
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -205,6 +238,9 @@ def make_plan(
     force: Any = False,
     bake_id: str | None = None,
     secrets_of: SecretPaths | None = None,
+    definition_dir: str | None = None,
+    playbook_digest: Callable[[str], str] | None = None,
+    playbook_hosts: PlaybookHosts | None = None,
 ) -> dict[str, Any]:
     """Expand a bake definition (already validated against the bake role's spec) into targets.
 
@@ -212,10 +248,15 @@ def make_plan(
     target role's argument spec and returns them with defaults; *role_digest(name)* digests a
     provisioning role's content (its files and its dependencies'); *secrets_of(type)* lists the
     paths of a target type's secret (``no_log``) options: the plan holds them masked (see
-    :func:`mask_secrets`) and names them in ``secret_options``.
+    :func:`mask_secrets`) and names them in ``secret_options``. *definition_dir* is the directory the
+    provisioners' controller paths (scripts, uploads) are relative to: the bake definition's (*cwd* by
+    default). *playbook_digest(path)* digests a playbook entry's content (its file, the files beside it,
+    its roles); *playbook_hosts(path, host, groups)* says whether a play of the playbook would run on a
+    builder named *host* in *groups* (``all``, ``bakery_builders``, the target's name and type, ``default``).
     """
     name = check_name("bake", bake.get("name"))
     output_dir, cache_dir = bake_dirs(bake, cwd)
+    bake_hygiene = check_hygiene(bake.get("hygiene"), "bake.hygiene")
     targets_in = list(bake.get("targets") or [])
     if not targets_in:
         raise BakeryError("bake %r has no targets" % name)
@@ -230,15 +271,44 @@ def make_plan(
         seen.add(tname)
         types[tname] = target_type(target)
 
-    provisioners = []
-    for entry in bake.get("provisioners") or []:
-        role = check_role_name(entry.get("role"))
-        variables = dict(entry.get("vars") or {})
-        provisioners.append({"role": role, "vars": variables})
-    provision_inputs = {"role:%s" % p["role"]: role_digest(p["role"]) for p in provisioners}
-    if provisioners:
-        provision_inputs["vars"] = digest_value([[p["role"], p["vars"]] for p in provisioners])
-
+    directory = definition_dir or cwd
+    shared = [
+        _provisioners.parse_entry(entry, ["provisioners", index], directory, check_role_name)
+        for index, entry in enumerate(bake.get("provisioners") or [])
+    ]
+    own: dict[str, list[dict]] = {}
+    for index, target in enumerate(targets_in):
+        own[target["name"]] = [
+            _provisioners.parse_entry(
+                entry, ["targets", index, "provisioners", position], directory, check_role_name
+            )
+            for position, entry in enumerate(target.get("provisioners") or [])
+        ]
+        if target.get("vars") is not None and not isinstance(target["vars"], Mapping):
+            raise BakeryError("bake.targets[%d].vars must be a dictionary" % index)
+    on_error = [
+        _provisioners.parse_entry(entry, ["error_provisioners", index], directory, check_role_name)
+        for index, entry in enumerate(bake.get("error_provisioners") or [])
+    ]
+    checks = [
+        _provisioners.parse_entry(entry, ["verify", index], directory, check_role_name)
+        for index, entry in enumerate(bake.get("verify") or [])
+    ]
+    own_checks: dict[str, list[dict]] = {
+        target["name"]: [
+            _provisioners.parse_entry(
+                entry, ["targets", index, "verify", position], directory, check_role_name
+            )
+            for position, entry in enumerate(target.get("verify") or [])
+        ]
+        for index, target in enumerate(targets_in)
+    }
+    every_check = checks + [entry for entries in own_checks.values() for entry in entries]
+    _provisioners.check_verify(every_check)
+    every_entry = shared + [entry for entries in own.values() for entry in entries] + on_error + every_check
+    for entry in every_entry:
+        _provisioners.check_selection(entry, types)
+    digests: dict[str, str] = {}
     base = bake.get("base") or {}
     rootfs = rootfs_plan(base, cache_dir) if base else None
 
@@ -251,6 +321,8 @@ def make_plan(
         tname, kind = target["name"], types[target["name"]]
         where = "bake.targets[%d].%s" % (index, kind)
         options = validate_target(kind, target[kind], where)
+        if kind == "qemu":
+            options = with_hygiene(options, bake_hygiene, where)
         check_target(kind, options, where, cwd)
         options = with_local_paths(kind, options, cwd)
         paths = secrets_of(kind) if secrets_of else []
@@ -259,8 +331,27 @@ def make_plan(
         uses_builder = needs_builder(kind, options) and not options.get("source")
         inputs: dict[str, str] = {}
         target_rootfs = None
+        provisioners: list[dict] = []
+        error_provisioners: list[dict] = []
+        if not uses_builder and (own[tname] or target.get("vars")):
+            raise BakeryError(
+                "bake.targets[%d] (%s) is not provisioned (%s): it takes no provisioners or vars"
+                % (
+                    index,
+                    tname,
+                    "made from target %s" % options["source"] if options.get("source") else "it builds alone",
+                )
+            )
         if uses_builder:
-            inputs.update(provision_inputs)
+            target_vars = target.get("vars") or {}
+            where_out = os.path.join(output_dir, "downloads")
+            provisioners = _provisioners.for_target(shared, own[tname], tname, kind, target_vars, where_out)
+            error_provisioners = _provisioners.for_target(on_error, [], tname, kind, target_vars, where_out)
+            builder = builder_kind(kind, options)
+            _provisioners.check_builder(provisioners + error_provisioners, tname, builder)
+            if playbook_hosts:
+                check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts)
+            inputs.update(_provisioners.inputs(provisioners, role_digest, digests, playbook_digest))
             if not uses_own_source(kind, options):
                 if rootfs is None:
                     raise BakeryError(
@@ -269,6 +360,33 @@ def make_plan(
                     )
                 target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
                 inputs["source"] = target_rootfs["identity"]
+        # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified
+        verify = _provisioners.for_target(checks, own_checks[tname], tname, kind, target.get("vars") or {})
+        if verify and kind not in VERIFY_TYPES:
+            raise BakeryError(
+                "%s selects target %s: verify is not supported for %s targets yet (only %s; restrict the entry "
+                "with only or except)" % (verify[0]["source"], tname, kind, ", ".join(VERIFY_TYPES))
+            )
+        if verify and kind == "qemu" and not {"qcow2", "raw"} & set(options.get("formats") or []):
+            raise BakeryError(
+                "%s selects target %s: verify boots the disk from its qcow2 or raw output, and formats (%s) has "
+                "neither: add qcow2 to formats, or restrict the entry with only or except"
+                % (verify[0]["source"], tname, ", ".join(options.get("formats") or []))
+            )
+        booted = [entry for entry in verify if entry["kind"] != "local"]
+        if booted and kind in LOCAL_CHECKS:
+            raise BakeryError(
+                "%s selects target %s: %s; a %s check needs a running system: check the qemu target the %s is made "
+                "from instead, or restrict the entry with only or except"
+                % (
+                    booted[0]["source"],
+                    tname,
+                    LOCAL_CHECKS[kind],
+                    booted[0]["kind"],
+                    "box" if kind == "vagrant" else "image",
+                )
+            )
+        verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
         planned.append(
             {
                 "name": tname,
@@ -282,14 +400,18 @@ def make_plan(
                 "inputs": inputs,
                 "rootfs": target_rootfs,
                 "needs_builder": uses_builder,
-                "provisioners": provisioners if uses_builder else [],
+                "provisioners": [_provisioners.masked(entry) for entry in provisioners],
+                "error_provisioners": [_provisioners.masked(entry) for entry in error_provisioners],
+                "verify": [_provisioners.masked(entry) for entry in verify],
+                "verify_digest": fingerprint(verify_inputs) if verify else None,
                 "source": None,
             }
         )
+    check_selected(every_entry, planned)
     link_sources(planned, types, chosen)
     bake_id = bake_id or new_bake_id()
     for entry in planned:
-        entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir)
+        entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir, cache_dir=cache_dir)
     return {
         "name": name,
         "bake_id": bake_id,
@@ -298,6 +420,69 @@ def make_plan(
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
     }
+
+
+def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
+    """A ``hygiene`` setting (``skip``, ``var_log_max``), checked: unknown check names and bad sizes refused."""
+    if hygiene is None:
+        return {}
+    if not isinstance(hygiene, Mapping):
+        raise BakeryError("%s must be a dictionary (skip, var_log_max)" % where)
+    try:
+        if hygiene.get("skip") is not None:
+            _hygiene.check_names(as_list(hygiene["skip"]), "skip")
+        if hygiene.get("var_log_max") is not None:
+            _hygiene.parse_size(hygiene["var_log_max"])
+    except BakeryError as exc:
+        raise BakeryError("%s: %s" % (where, exc.msg)) from None
+    return dict(hygiene)
+
+
+def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A qemu target's options with its ``hygiene`` complete: each setting the target leaves out is the bake's
+    (``bake.hygiene``), else the default."""
+    own = check_hygiene(options.get("hygiene") or {}, where + ".hygiene")
+    merged = {}
+    for key, default in (("skip", []), ("var_log_max", "64M")):
+        value = own.get(key) if own.get(key) is not None else bake_hygiene.get(key)
+        merged[key] = default if value is None else value
+    merged["skip"] = sorted(set(as_list(merged["skip"])))
+    return dict(options, hygiene=merged)
+
+
+# the target types whose checks are local commands on the controller, and what they are told
+LOCAL_CHECKS = {
+    "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them)",
+    "ami": "an AMI's checks are local commands (BAKERY_IMAGE_ID and BAKERY_AWS_REGION name the image; bakery "
+    "launches no instance)",
+    "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image; "
+    "bakery starts no instance)",
+}
+
+# the target types whose artifacts the bake can check (verify) before it publishes them
+VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
+
+
+def check_selected(entries: list[dict], planned: list[dict[str, Any]]) -> None:
+    """Every entry with ``only``/``except`` runs on some target's builder (else it is a mistake: an ``only``
+    naming a target that is not provisioned, an ``except`` that leaves out every target). An entry without
+    them may find no builder, in a bake whose targets are all made without one."""
+    used = {
+        entry["source"]
+        for target in planned
+        for entry in target["provisioners"] + target["error_provisioners"] + target["verify"]
+    }
+    for entry in entries:
+        if entry["source"] not in used and (entry["only"] or entry["except"]):
+            every = (
+                "target"
+                if ".verify[" in entry["source"]
+                else "target that is provisioned (one with a builder)"
+            )
+            raise BakeryError(
+                "%s is selected by no target: its only/except leave out every %s"
+                % (_provisioners.entry_where(entry["source"], entry), every)
+            )
 
 
 def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: list[str]) -> None:
@@ -488,6 +673,34 @@ def check_gce(options: Mapping[str, Any], where: str) -> None:
 
 # how an ami target names the AMI its builder starts from
 AMI_SOURCES = ("source_ami", "source_ami_filter", "source_ami_ssm_parameter")
+
+
+def builder_kind(kind: str, options: Mapping[str, Any]) -> str:
+    """What provisions a target: a ``container``, a ``rootfs`` (chroot), a ``vm`` or a ``cloud`` machine."""
+    if kind == "docker":
+        return "container"
+    if kind == "qemu":
+        return "vm" if options.get("provision") == "vm" else "rootfs"
+    return "vm" if kind == "vagrant" else "cloud"
+
+
+def playbook_groups(target: str, kind: str) -> list[str]:
+    """The groups a builder is in for a playbook entry's plays (its ``hosts:`` patterns)."""
+    return ["bakery_builders", target, kind, "default"]
+
+
+def check_playbook_hosts(entries: list[dict], target: str, kind: str, playbook_hosts: PlaybookHosts) -> None:
+    """A playbook entry whose plays would all leave this target's builder out is a mistake: refused."""
+    for entry in entries:
+        if entry["kind"] != "playbook":
+            continue
+        path = entry["playbook"]["file"]
+        if not playbook_hosts(path, "bakery-%s-builder" % target, playbook_groups(target, kind)):
+            raise BakeryError(
+                "%s: no play of playbook %s would run on the builder of target %s: its hosts: patterns match "
+                "none of all, bakery_builders, default, %s (the target's name), %s (its type)"
+                % (_provisioners.entry_where(entry["source"], entry), path, target, target, kind)
+            )
 
 
 def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:

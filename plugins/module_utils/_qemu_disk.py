@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _isolation, _standin
+from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _isolation, _standin
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -51,6 +51,9 @@ from ansible_collections.bakery.images.plugins.module_utils._files import (
     file_lock,
     read_sidecar,
     write_sidecar,
+)
+from ansible_collections.bakery.images.plugins.module_utils._files import (
+    parse_size as parse_any_size,
 )
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     changed_inputs,
@@ -149,7 +152,6 @@ COMMAND_TIMEOUT = 1800
 # the largest disk bakery makes: what EBS and Compute Engine take, and far beyond what a sparse file system
 # on the build host should be asked for
 MAX_DISK_SIZE = 64 << 40
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -183,6 +185,10 @@ class DiskOptions:
     force: bool = False
     bake_id: str | None = None
     timeout: int = COMMAND_TIMEOUT
+    # the hygiene checks the prepared tree must pass (None: not checked), or the results of checks made
+    # elsewhere (in a builder VM) that the sidecars record
+    hygiene: _hygiene.Options | None = None
+    hygiene_results: list[dict[str, Any]] | None = None
 
     @property
     def primary(self) -> Output:
@@ -193,23 +199,8 @@ class DiskOptions:
 
 
 def parse_size(value: Any, what: str = "disk_size") -> int:
-    """Bytes from ``4G``, ``4GiB``, ``512M``, ``1.5G`` or a number of bytes (binary units)."""
-    if isinstance(value, bool) or value is None:
-        raise BakeryError(
-            "%s %r is not a size: give bytes or a number with K, M, G or T (e.g. 4G)" % (what, value)
-        )
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE_RE.match(str(value))
-        if not match:
-            raise BakeryError(
-                "%s %r is not a size: give bytes or a number with K, M, G or T (e.g. 4G)" % (what, value)
-            )
-        number, unit = float(match.group(1)), match.group(2).upper()
-        size = int(number * (1024 ** "BKMGT".index(unit or "B")))
-    if size <= 0:
-        raise BakeryError("%s must be positive (got %r)" % (what, value))
+    """Bytes from ``4G``, ``4GiB``, ``512M``, ``1.5G`` or a number of bytes (binary units), at most 64T."""
+    size = parse_any_size(value, what, "4G")
     if size > MAX_DISK_SIZE:
         raise BakeryError(
             "%s %r is too large: at most 64T (the largest EBS volume and Compute Engine disk)" % (what, value)
@@ -314,6 +305,7 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
             "qemu_image: vagrant=true prepares a rootfs; an existing image must already be a base box"
         )
     timeout = int(params.get("timeout") or COMMAND_TIMEOUT)
+    hygiene, hygiene_results = parse_hygiene(params.get("hygiene"))
     return DiskOptions(
         outputs=outputs,
         disk_size=disk_size,
@@ -333,7 +325,22 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         force=bool(params.get("force")),
         bake_id=params.get("bake_id") or None,
         timeout=timeout,
+        hygiene=hygiene,
+        hygiene_results=hygiene_results,
     )
+
+
+def parse_hygiene(params: Any) -> tuple[_hygiene.Options | None, list[dict[str, Any]] | None]:
+    """The ``hygiene`` option: its checks, and the results of checks made elsewhere when it has them."""
+    if not params:
+        return None, None
+    results = params.get("results")
+    if results is not None:
+        names = [str(result.get("name")) for result in results if isinstance(result, Mapping)]
+        if len(names) != len(results) or not set(names) <= set(_hygiene.CHECKS):
+            raise BakeryError("hygiene.results must be the hygiene results of bakery.images.image_hygiene")
+    recorded = [dict(result) for result in results] if results is not None else None
+    return _hygiene.parse_options(params), recorded
 
 
 def find_vagrant_key(given: str | None) -> str:
@@ -420,6 +427,9 @@ def compute_inputs(opts: DiskOptions, resolve_source: bool = True) -> dict[str, 
             raise BakeryError("image %s does not exist (or is not a file)" % opts.image)
         inputs["image"] = opts.image_checksum or digest_file(opts.image)
     inputs["disk"] = digest_value(describe(opts))
+    if opts.hygiene:
+        # the checks a disk passed are part of what it is: tighter ones check it again
+        inputs["hygiene"] = digest_value(opts.hygiene.describe())
     return inputs
 
 
@@ -1063,8 +1073,14 @@ def unpack(
     )
     state: dict[str, Any] = {}
     for relative, content, mode in (
-        ("etc/resolv.conf", _read("/etc/resolv.conf") if os.path.exists("/etc/resolv.conf") else "", 0o644),
-        ("usr/sbin/policy-rc.d", "#!/bin/sh\n# bakery: no service starts in a chroot\nexit 101\n", 0o755),
+        (
+            "etc/resolv.conf",
+            _hygiene.RESOLV_CONF_MARKER
+            + "; build puts back the tree's own\n"
+            + (_read("/etc/resolv.conf") if os.path.exists("/etc/resolv.conf") else ""),
+            0o644,
+        ),
+        ("usr/sbin/policy-rc.d", "#!/bin/sh\n%s\nexit 101\n" % _hygiene.POLICY_RC_MARKER, 0o755),
     ):
         path = os.path.join(root, relative)
         if os.path.islink(path):
@@ -1234,6 +1250,8 @@ def lookup(opts: DiskOptions, resolve_source: bool = True) -> dict[str, Any]:
             virtual_size=primary.get("virtual_size"),
             bake_id=primary.get("bake_id"),
         )
+        if primary.get("hygiene") is not None:
+            result["hygiene"] = primary["hygiene"]
     return result
 
 
@@ -1256,6 +1274,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
             source, source_format = _disk_from_rootfs(opts, fp, work, details)
         else:
             source, source_format = _disk_from_image(opts, work)
+        if opts.hygiene_results is not None:
+            check_hygiene(opts, opts.hygiene_results, details)
         # the raw disk is renamed onto a raw output, so that output comes last
         order = sorted(opts.outputs, key=lambda out: out.format == "raw" and source_format == "raw")
         made: dict[str, dict[str, Any]] = {}
@@ -1290,6 +1310,7 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                     "backing_file": opts.image if opts.backing else None,
                     "bake_id": opts.bake_id,
                     "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "hygiene": details.get("hygiene"),
                 },
             )
     outputs = [made[out.path] for out in opts.outputs]
@@ -1376,9 +1397,21 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
         )
     details.update(prepare_tree(root, opts, layout))
     details.update(root_uuid=layout.root_uuid, rootfs_bytes=needed)
+    if opts.hygiene and opts.hygiene_results is None:
+        check_hygiene(opts, _hygiene.check(root, opts.hygiene), details)
     raw = os.path.join(work, "disk.raw")
     make_raw_disk(raw, root, layout, opts.timeout)
     return raw, "raw"
+
+
+def check_hygiene(opts: DiskOptions, results: list[dict[str, Any]], details: dict[str, Any]) -> None:
+    """Record the hygiene results; fail, before any output is made, with every finding when a check failed."""
+    details["hygiene"] = results
+    if not _hygiene.passed(results):
+        raise BakeryError(
+            _hygiene.failure_message(results, "disk %s" % opts.primary.path),
+            hygiene=results,
+        )
 
 
 def bake_disk(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, Any]:
@@ -1495,7 +1528,9 @@ def outputs_for(target: Mapping[str, Any]) -> list[dict[str, Any]]:
 def workdir_for(target: Mapping[str, Any]) -> str:
     """The target's temporary work directory, named with the bake id, under the bake's cache directory."""
     rootfs = target.get("rootfs") or {}
-    if rootfs.get("path"):
+    if target.get("cache_dir"):
+        base = target["cache_dir"]
+    elif rootfs.get("path"):
         base = os.path.dirname(os.path.dirname(rootfs["path"]))
     else:
         base = os.path.join(target.get("output_dir") or "output", "cache")

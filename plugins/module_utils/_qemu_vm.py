@@ -19,6 +19,7 @@ SIGTERM should the supervisor die (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import os
@@ -112,6 +113,7 @@ class VmOptions:
     user: str = "root"
     python: str = "/usr/bin/python3"
     cloud_init: bool = True
+    credential: bool = False
     hostname: str | None = None
     public_key: str | None = None
     private_key: str | None = None
@@ -257,6 +259,7 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
         user=user,
         python=params.get("python") or "/usr/bin/python3",
         cloud_init=bool(params.get("cloud_init", True)),
+        credential=bool(params.get("credential", False)),
         hostname=params.get("hostname"),
         public_key=public_key,
         private_key=private_key,
@@ -290,6 +293,7 @@ def qemu_command(
     disk_format: str,
     seed: bool = False,
     uefi_code: str | None = None,
+    credential: str | None = None,
 ) -> list[str]:
     """The qemu argv.  It runs in the work directory: the files there are named relatively."""
     argv = [opts.qemu_binary, "-name", qemu_opt(opts.name), "-machine", opts.machine]
@@ -317,6 +321,8 @@ def qemu_command(
     ]  # fmt: skip
     if seed:
         argv += ["-drive", "file=%s,format=raw,if=virtio,readonly=on" % SEED]
+    if credential:
+        argv += ["-smbios", "type=11,value=%s" % qemu_opt(credential)]
     if opts.kernel:
         argv += ["-kernel", opts.kernel]
         if opts.initrd:
@@ -343,6 +349,25 @@ def cloud_init_user_data(user: str, public_key: str) -> str:
         }
     config["ssh_pwauth"] = False
     return "#cloud-config\n" + json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def key_credential(user: str, public_key: str) -> str:
+    """An SMBIOS type 11 string that gives *user* the key at boot, for guests without cloud-init.
+
+    systemd (252 and later, Debian 12's) imports ``io.systemd.credential.binary:NAME=BASE64`` strings as system
+    credentials, and systemd-tmpfiles-setup.service applies the lines of credential ``tmpfiles.extra``. The key goes
+    to ``authorized_keys2`` (sshd reads it beside ``authorized_keys`` by default), so a file the image has is
+    neither needed nor changed; ``f+`` writes it on every boot. ssh.authorized_keys.root is not used: it is root's
+    only and does nothing when ``authorized_keys`` exists.
+    """
+    home = "/root" if user == "root" else "/home/%s" % user
+    lines = [
+        # the group stays root ("-"): a user's own group may be named otherwise, and sshd accepts it
+        "d %s/.ssh 0700 %s - -" % (home, user),
+        "f+ %s/.ssh/authorized_keys2 0600 %s - - %s" % (home, user, public_key.strip()),
+    ]
+    data = base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
+    return "io.systemd.credential.binary:tmpfiles.extra=%s" % data
 
 
 def cloud_init_meta_data(instance_id: str, hostname: str) -> str:
@@ -1048,7 +1073,15 @@ def start(opts: VmOptions, check_mode: bool = False) -> dict[str, Any]:
         remove_on_abandon = None if opts.keep_workdir else opts.workdir
         for attempt in range(1, SSH_PORT_ATTEMPTS + 1):
             port = free_port()
-            argv = qemu_command(opts, port, disk, fmt, seed=opts.cloud_init, uefi_code=code or None)
+            argv = qemu_command(
+                opts,
+                port,
+                disk,
+                fmt,
+                seed=opts.cloud_init,
+                uefi_code=code or None,
+                credential=key_credential(opts.user, public_key) if opts.credential else None,
+            )
             supervisor, pid = steps.run(
                 "start qemu",
                 lambda argv=argv: spawn_supervised(argv, opts.workdir, watch, remove_on_abandon),

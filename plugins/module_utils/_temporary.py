@@ -178,3 +178,37 @@ def errors_of(entries: list[dict[str, Any]]) -> list[str]:
         for e in entries
         if e["state"] == FAILED
     ]
+
+
+def cleanup_problems(
+    bake_id: str, failed_removals: list[str], unlooked: list[str], created: Any
+) -> str | None:
+    """The failure message of a bake's cleanup, or None when it did all it had to.
+
+    *failed_removals*: resources found and not removed; *unlooked*: places (a region, a zone) where the
+    resources could not even be listed (credentials refused, a region that does not exist); *created*: whether
+    the bake's earlier calls for the target may have made anything (the modules say so in their results). A
+    target that made nothing has nothing to leave behind, wherever its cleanup cannot look.
+    """
+    if failed_removals:
+        message = "cleanup of bake %s left resources behind (run it again to finish): %s" % (
+            bake_id,
+            "; ".join(failed_removals),
+        )
+        if unlooked:
+            message += "; and could not look in %s" % "; ".join(unlooked)
+        return message
+    if unlooked and created is not False:
+        return (
+            "cleanup of bake %s could not look for its temporary resources (nothing was removed there; run it again "
+            "once this works, or playbooks/janitor.yml): %s" % (bake_id, "; ".join(unlooked))
+        )
+    return None
+
+
+def created_nothing(bake_id: str, target: Any, unlooked: list[str]) -> str:
+    """What a cleanup says for a target whose calls never got as far as making anything."""
+    return (
+        "nothing to clean up: target %s of bake %s created nothing (its calls failed before any could make a "
+        "resource); the cleanup could not look either: %s" % (target or "?", bake_id, "; ".join(unlooked))
+    )

@@ -515,10 +515,11 @@ def check_catalog_conflict(
     where: str,
     cat: CatalogOptions,
     provider: str,
-    checksum: str,
+    checksum: str | None,
     force: bool,
 ) -> None:
-    """Refuse to give a published version of the box new content, unless forced."""
+    """Refuse to give a published version of the box new content, unless forced. *checksum* None: a box still to
+    be built (the preflight), whose checksum cannot be known and will not be the listed one."""
     if catalog and catalog.get("name") not in (None, cat.box_name):
         raise BakeryError(
             "catalog %s lists box %r, not %r: give each box its own catalog"
@@ -527,11 +528,14 @@ def check_catalog_conflict(
     entry = catalog_entry(catalog, cat.version, provider)
     if entry is None or force:
         return
-    if str(entry.get("checksum", "")).lower() != checksum or entry.get("checksum_type") != "sha256":
+    if (
+        checksum is None
+        or str(entry.get("checksum", "")).lower() != checksum
+        or entry.get("checksum_type") != "sha256"
+    ):
         raise BakeryError(
-            "catalog %s already lists version %s of %s for %s with another checksum (%s %s, the new box has "
-            "sha256 %s): Vagrant caches boxes by version, so give the new box a new version, or set force "
-            "to replace it"
+            "catalog %s already lists version %s of %s for %s with another checksum (%s %s, %s): Vagrant caches "
+            "boxes by version, so give the new box a new version, or set force to replace it"
             % (
                 where,
                 cat.version,
@@ -539,7 +543,9 @@ def check_catalog_conflict(
                 provider,
                 entry.get("checksum_type"),
                 entry.get("checksum"),
-                checksum,
+                "the new box has sha256 %s" % checksum
+                if checksum
+                else "the box this bake would build is another: no box with these inputs exists",
             ),
             catalog=where,
             version=cat.version,

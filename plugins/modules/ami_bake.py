@@ -23,7 +23,9 @@ description:
     skipped, and memory stays bounded however large the disk is.
   - C(capture) and C(upload) then publish the image (C(action=publish) alone does it for an existing one),
     that is copies to O(regions), launch permissions, deprecation time. Only then does the image get its final
-    tags (O(tags) and C(bakery-fingerprint)); a half-made image is never tagged final.
+    tags (O(tags) and C(bakery-fingerprint)); a half-made image is never tagged final. With O(publish=false)
+    they leave the new image temporary in O(region) until C(action=publish) with O(image_id) publishes it (the
+    bake does this for a target with checks, C(verify), once they passed).
   - Idempotent by the C(bakery-fingerprint) tag, a sha256 over the bake's O(inputs), the source (AMI id or
     disk) and the options that decide the image content. When an available image with it exists in
     O(region), nothing is launched or uploaded and the result is C(changed=false); O(force=true) bakes again.
@@ -34,6 +36,8 @@ author:
   - bakery maintainers (@bakery-images)
 requirements:
   - boto3 and botocore on the host that runs the module
+extends_documentation_fragment:
+  - bakery.images.cleanup
 attributes:
   check_mode:
     support: full
@@ -107,6 +111,26 @@ options:
     description: Bake even when an image with the same fingerprint exists.
     type: bool
     default: false
+  publish:
+    description:
+      - With V(false), V(capture) and V(upload) leave the new image temporary (tagged C(bakery-temporary=true),
+        not copied, not shared; no lookup finds it, and C(action=cleanup) of the bake removes it) until
+        C(action=publish) with O(image_id).
+    type: bool
+    default: true
+  image_id:
+    description:
+      - For V(publish), the temporary image of this bake (the C(image_id) of RV(image) of V(capture) or V(upload) with
+        O(publish=false)) to publish; the fingerprint is computed from O(disk) or O(source_ami_id) as the
+        action that made it computed it. An image that is final already is converged as a found one.
+    type: str
+  snapshot_ids:
+    description:
+      - For V(publish) with O(image_id), snapshots of the image that describe_images may not list (the
+        uploaded snapshot, the C(snapshot_id) of RV(snapshot) of V(upload)); they are tagged final with it.
+    type: list
+    elements: str
+    default: []
   bake_id:
     description: Id of the bake; tags every temporary resource. Required for V(launch), V(capture), V(upload), V(cleanup).
     type: str
@@ -329,6 +353,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+created:
+  description:
+    - Whether this call sent a request that may make a resource (also in a failure's result); a cleanup given
+      V(false) for every call of a target has nothing to remove.
+  type: bool
+  returned: always
 found:
   description: Whether an image with the fingerprint existed.
   returned: find, launch, capture, upload, publish
@@ -417,6 +447,10 @@ def main() -> None:
             run_tags=dict(type="dict", default={}),
             inputs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
+            publish=dict(type="bool", default=True),
+            image_id=dict(type="str"),
+            snapshot_ids=dict(type="list", elements="str", default=[]),
+            created=dict(type="bool", default=True),
             bake_id=dict(type="str"),
             target=dict(type="str"),
             source_ami=dict(type="str"),

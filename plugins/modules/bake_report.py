@@ -41,7 +41,9 @@ options:
     type: dict
     required: true
   results:
-    description: One entry per planned target, with its C(target), C(type), C(artifact) and C(failure).
+    description:
+      - One entry per planned target, with its C(target), C(type), C(artifact) and C(failure), and the C(downloads)
+        of its file provisioners (recorded in the manifest entry of its artifact).
     type: list
     elements: dict
     required: true

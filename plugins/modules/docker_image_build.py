@@ -42,7 +42,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [build, import, find, start, commit, remove, push]
+    choices: [build, import, find, start, commit, remove, push, publish, verifier]
     default: build
   name:
     description:
@@ -64,6 +64,20 @@ options:
     description: Build even when an image with the same fingerprint exists.
     type: bool
     default: false
+  publish:
+    description:
+      - With V(false), V(build), V(import) and V(commit) leave a new image untagged (it carries its fingerprint
+        label, by which V(find) finds it) and push nothing, and V(find) moves no tag; the image is checked first
+        (the bake's C(verify)), then V(action=publish) tags it and, with O(push=true), pushes it.
+    type: bool
+    default: true
+  image:
+    description:
+      - With V(action=publish), the image to tag and push (its id or a reference).
+      - With V(action=verifier), the image to run a container of, for the bake's checks (C(verify)) - with its own
+        entrypoint and command, or kept alive when that command ends at once. The container is temporary (labelled
+        with O(bake_id) and O(target)); V(action=remove) with O(bake_id) removes it.
+    type: str
   restore_tags:
     description:
       - With V(action=find), point every tag back at the up-to-date image when one was moved to another
@@ -223,6 +237,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+published:
+  description: Whether the image carries its tags (V(false) for an image left untagged by O(publish=false)).
+  returned: build, import, commit, find of an image, publish
+  type: bool
+tagged:
+  description: The references V(action=publish) moved onto the image.
+  returned: publish
+  type: list
+  elements: str
 image:
   description: The image, when there is one.
   returned: when an image was built, found or committed
@@ -233,7 +256,7 @@ image:
       type: str
       sample: sha256:4c1f...
     tags:
-      description: C(name:tag) references.
+      description: C(name:tag) references (none for an image that is not published yet).
       type: list
       elements: str
     repo_digests:
@@ -258,9 +281,13 @@ built:
   returned: for build, import, start and commit
   type: bool
 container:
-  description: The build container started by V(start) (id, name, base_image).
-  returned: when a build container was started
+  description: The build container started by V(start) (id, name, base_image), or the container V(verifier) runs (id, name, image).
+  returned: when a container was started
   type: dict
+kept_alive:
+  description: Whether V(verifier) runs the image kept alive because its own command ended at once.
+  returned: verifier
+  type: bool
 fingerprint:
   description: The image's fingerprint.
   returned: except for remove and push
@@ -318,6 +345,8 @@ def main() -> None:
             inputs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
             restore_tags=dict(type="bool", default=False),
+            publish=dict(type="bool", default=True),
+            image=dict(type="str"),
             bake_id=dict(type="str"),
             target=dict(type="str"),
             context=dict(type="path"),

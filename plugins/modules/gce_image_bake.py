@@ -32,6 +32,8 @@ author:
   - bakery maintainers (@bakery-images)
 requirements:
   - google-auth >= 2.0 and requests on the host that runs the module
+extends_documentation_fragment:
+  - bakery.images.cleanup
 attributes:
   check_mode:
     support: full
@@ -44,9 +46,11 @@ attributes:
     description: An image with the same fingerprint is found and reused; nothing is launched or uploaded.
 options:
   action:
-    description: What to do.
+    description:
+      - What to do. V(publish) labels final an image that V(capture) or V(import) made with O(publish=false)
+        (after its checks passed), and deprecates older ones of its family with O(deprecate_older).
     type: str
-    choices: [find, launch, capture, import, cleanup]
+    choices: [find, launch, capture, import, cleanup, publish]
     required: true
   project:
     description: Project of the image and the build instance.
@@ -100,6 +104,16 @@ options:
     description: Build even when an image with the fingerprint exists.
     type: bool
     default: false
+  publish:
+    description:
+      - With V(false), V(capture) and V(import) leave the new image temporary (labelled C(bakery-temporary=true);
+        no lookup finds it, and the bake's cleanup removes it) until V(publish) labels it final. The bake does
+        this for a target with checks (C(verify)).
+    type: bool
+    default: true
+  image:
+    description: The name of the image to publish (the C(name) of RV(image) of V(capture) or V(import)). Required for V(publish).
+    type: str
   bake_id:
     description: Id of the bake; labels temporary resources and the image. A new one by default.
     type: str
@@ -271,6 +285,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+created:
+  description:
+    - Whether this call sent a request that may make a resource (also in a failure's result); a cleanup given
+      V(false) for every call of a target has nothing to remove.
+  type: bool
+  returned: always
 changed:
   description: Whether something was created (or, in check mode, would be).
   type: bool
@@ -339,7 +359,9 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             action=dict(
-                type="str", required=True, choices=["find", "launch", "capture", "import", "cleanup"]
+                type="str",
+                required=True,
+                choices=["find", "launch", "capture", "import", "cleanup", "publish"],
             ),
             project=dict(type="str", required=True),
             zone=dict(type="str"),
@@ -354,6 +376,9 @@ def main() -> None:
             deprecate_older=dict(type="bool", default=False),
             inputs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
+            publish=dict(type="bool", default=True),
+            image=dict(type="str"),
+            created=dict(type="bool", default=True),
             bake_id=dict(type="str"),
             target=dict(type="str"),
             source_image=dict(type="str"),
@@ -380,11 +405,17 @@ def main() -> None:
             keep_object=dict(type="bool", default=False),
             chunk_size_mb=dict(type="int", default=8),
             auth_kind=dict(type="str", choices=["application", "serviceaccount", "accesstoken"]),
-            service_account_file=dict(type="path", fallback=(env_fallback, ["GCP_SERVICE_ACCOUNT_FILE"])),
-            service_account_contents=dict(
-                type="jsonarg", no_log=True, fallback=(env_fallback, ["GCP_SERVICE_ACCOUNT_CONTENTS"])
+            service_account_file=dict(
+                type="path", fallback=(env_fallback, [_gcp.ENV_FALLBACKS["service_account_file"]])
             ),
-            access_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GCP_ACCESS_TOKEN"])),
+            service_account_contents=dict(
+                type="jsonarg",
+                no_log=True,
+                fallback=(env_fallback, [_gcp.ENV_FALLBACKS["service_account_contents"]]),
+            ),
+            access_token=dict(
+                type="str", no_log=True, fallback=(env_fallback, [_gcp.ENV_FALLBACKS["access_token"]])
+            ),
             auth_scopes=dict(type="list", elements="str", default=[SCOPE]),
             api_endpoint=dict(type="str", default=_gcp.DEFAULT_API),
             storage_endpoint=dict(type="str", default=_gcp.DEFAULT_STORAGE),

@@ -157,6 +157,37 @@ options:
     description: Seconds each long command (unpacking, mkfs, conversion) may take.
     type: int
     default: 1800
+  hygiene:
+    description:
+      - Check the prepared tree of a O(rootfs) disk with the image hygiene checks (see M(bakery.images.image_hygiene))
+        before the disk is made. A failing check fails the build with every finding of every check, before any
+        output or sidecar is written; the results are returned as RV(hygiene) and recorded in the sidecars, so
+        a disk found later reports the results of its build.
+      - O(hygiene.skip) and O(hygiene.var_log_max) are inputs of the fingerprint (tighter checks check the disk again).
+      - With O(image), O(hygiene.results) records the results of checks made elsewhere (in a builder VM).
+      - Not given, nothing is checked (a builder VM's own disk).
+    type: dict
+    suboptions:
+      skip:
+        description: Names of checks not to run.
+        type: list
+        elements: str
+        choices: [ssh_host_keys, machine_id, builder_key, shell_history, apt_lists, provisioning_leftovers,
+                  core_dumps, var_log_size, world_writable]
+        default: []
+      var_log_max:
+        description: The most C(/var/log) may hold (allocated bytes), such as V(64M) (binary units).
+        type: str
+        default: 64M
+      package_lists:
+        description: V(keep) when the bake keeps the package lists; C(apt_lists) is then not applicable.
+        type: str
+        choices: [refresh, keep]
+        default: refresh
+      results:
+        description: The RV(bakery.images.image_hygiene#module:hygiene) results of checks made elsewhere, to record.
+        type: list
+        elements: dict
 notes:
   - GRUB finds the root file system by UUID; the UUIDs follow from the fingerprint, so a rebuild with the same
     inputs gives the same identifiers.
@@ -253,6 +284,15 @@ enter:
   description: The script that runs a command isolated in the tree, for the chroot connection's C(chroot_exe).
   returned: action unpack
   type: str
+hygiene:
+  description:
+    - One result per hygiene check, in the order of M(bakery.images.image_hygiene)'s RV(bakery.images.image_hygiene#module:hygiene),
+      each with C(name), C(status) (V(passed), V(failed) or V(skipped)), C(ok), C(count), C(findings),
+      C(detail) and C(fix); of a found disk, those its sidecar recorded when it was built.
+    - Also returned when the build failed for a check.
+  returned: when O(hygiene) was given and the disk was built, or found with recorded results
+  type: list
+  elements: dict
 msg:
   description: What was done and why.
   returned: always
@@ -261,7 +301,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _qemu_disk
 from ansible_collections.bakery.images.plugins.module_utils._module import run
 
 
@@ -297,6 +337,15 @@ def main() -> None:
             bake_id=dict(type="str"),
             workdir=dict(type="path"),
             timeout=dict(type="int", default=1800),
+            hygiene=dict(
+                type="dict",
+                options=dict(
+                    skip=dict(type="list", elements="str", default=[], choices=list(_hygiene.CHECKS)),
+                    var_log_max=dict(type="str", default="64M"),
+                    package_lists=dict(type="str", default="refresh", choices=list(_hygiene.PACKAGE_LISTS)),
+                    results=dict(type="list", elements="dict"),
+                ),
+            ),
         ),
         mutually_exclusive=[("rootfs", "image")],
         supports_check_mode=True,

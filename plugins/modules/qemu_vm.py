@@ -20,8 +20,8 @@ description:
   - The key pair is made by the module (C(id_ed25519), mode 0600, in the work directory), or by
     O(action=keygen) ahead of O(action=start), or given as O(private_key). It gets into the guest by a
     cloud-init NoCloud seed (O(cloud_init=true), a small vfat image labelled C(CIDATA) made with
-    C(mkfs.vfat) and C(mcopy), no mount), or because the caller put RV(public_key) into the image's
-    C(authorized_keys). No secret is returned, only the key's path.
+    C(mkfs.vfat) and C(mcopy), no mount), by a systemd credential (O(credential=true), for images without
+    cloud-init), or because the caller put RV(public_key) into the image's C(authorized_keys). No secret is returned, only the key's path.
   - The VM's work directory (by default C(<tmp>/bakery-vm-<bake_id>-<target>)) holds a state file
     (C(state.json) with bake id, target, pid, start time, port, user, key path), the serial console log
     (C(serial.log)), the QMP socket (C(qmp.sock)), C(qemu.log) (qemu's own messages), the overlay, the seed and
@@ -164,6 +164,17 @@ options:
         RV(public_key) into its C(authorized_keys) (see O(action=keygen) and O(private_key)).
     type: bool
     default: true
+  credential:
+    description:
+      - Give O(user) the public key through a systemd credential, for images without cloud-init (systemd 252
+        or later in the guest, as in Debian 12). qemu passes it as an SMBIOS type 11 string
+        (C(io.systemd.credential.binary:tmpfiles.extra=...)); at boot systemd-tmpfiles writes the key to
+        C(~/.ssh/authorized_keys2), which sshd reads by default. The image's own C(authorized_keys) is neither
+        needed nor changed.
+      - The file is written into the disk the VM boots; use it with O(overlay=true) to leave the image as it was
+        (the bake's verify does).
+    type: bool
+    default: false
   hostname:
     description: The guest's host name in the cloud-init seed; defaults to O(target).
     type: str
@@ -453,6 +464,7 @@ def main() -> None:
             user=dict(type="str", default="root"),
             python=dict(type="str", default="/usr/bin/python3"),
             cloud_init=dict(type="bool", default=True),
+            credential=dict(type="bool", default=False),
             hostname=dict(type="str"),
             private_key=dict(type="path", no_log=False),
             public_key=dict(type="str", no_log=False),

@@ -50,6 +50,32 @@ class PlaybookResult:
     def stats(self) -> dict:
         return (self.data or {}).get("stats", {})
 
+    def explain(self, tail: int = 3000) -> str:
+        """Why a run failed, for an assertion message: every failed or unreachable task result (host, task,
+        message: an unreachable builder's connection error is otherwise cut off in the output's tail), then
+        the tail of the output and of stderr."""
+        lines = []
+        for play in (self.data or {}).get("plays", []):
+            for task in play.get("tasks", []):
+                for host, result in task.get("hosts", {}).items():
+                    if result.get("unreachable") or (
+                        result.get("failed") and not result.get("ignore_errors")
+                    ):
+                        what = "UNREACHABLE" if result.get("unreachable") else "FAILED"
+                        lines.append(
+                            "%s %s in %r: %s"
+                            % (what, host, task["task"]["name"], str(result.get("msg", ""))[:1500])
+                        )
+        return "\n".join(
+            [
+                "failed and unreachable results:",
+                *lines,
+                "output tail:",
+                self.stdout[-tail:],
+                self.stderr[-1500:],
+            ]
+        )
+
 
 def ansible_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
@@ -313,3 +339,56 @@ def default_bake(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         "watched": watched,
         "before": before,
     }
+
+
+# ------------------------------------------------------------------------------------------------ clouds
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto_server (EC2, S3, SSM, STS, EBS direct) on the loopback, one per test module, stopped after it."""
+    from aws import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def gce(tmp_path):
+    """The fake Compute Engine and the storage emulator (test_gce.Env), stopped after the test; a request the
+    Compute API would not accept fails it."""
+    from test_gce import Env
+
+    env = Env(tmp_path)
+    try:
+        yield env
+        assert not env.fake.violations, "requests the Compute API would not accept:\n" + "\n".join(
+            env.fake.violations
+        )
+    finally:
+        env.stop()
+
+
+def shadow_path(tmp_path: Path, hidden: set[str]) -> str:
+    """A PATH with every command of this one but *hidden* (links in a directory of their own, first the venv's)."""
+    shadow = tmp_path / "path"
+    shadow.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep) + SYSTEM_DIRS:
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = shadow / entry.name
+            if entry.name not in hidden and not link.exists() and not link.is_symlink():
+                link.symlink_to(entry.path)
+    return str(shadow)
+
+
+SYSTEM_DIRS = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+
+# the plan play's preflight task (roles/bake/tasks/main.yml)
+PREFLIGHT_TASK = (
+    "Check the build host for every selected target (preflight; -e bake_preflight=false skips it)"
+)

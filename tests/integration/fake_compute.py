@@ -173,6 +173,15 @@ class FakeCompute:
         self.slow: dict[str, float] = {}
         self.url = ""
         self.add_image("debian-cloud", "debian-12-bookworm-v20261101", family="debian-12")
+        # the zones every project has (a few of Compute Engine's); zone name -> status
+        self.zones: dict[str, str] = {
+            "europe-west1-b": "UP",
+            "europe-west1-c": "UP",
+            "europe-west1-d": "UP",
+            "us-central1-a": "UP",
+            "us-central1-b": "UP",
+            "us-east1-b": "UP",
+        }
 
     # ------------------------------------------------------------------ control (for tests)
     def fail_at(self, number: int, status: int = 403) -> None:
@@ -503,6 +512,24 @@ class FakeCompute:
             "projects/%s/zones/%s/disks/%s" % key,
             lambda: self.disks.pop(key, None) and None,  # an effect's result is an error
         )
+
+    # ------------------------------------------------------------------ zones
+    def do_zones_get(self, a, q, body):
+        status = self.zones.get(a["zone"])
+        if status is None:
+            return self.not_found("projects/%s/zones/%s" % (a["project"], a["zone"]))
+        region = a["zone"].rsplit("-", 1)[0]
+        return 200, {
+            "kind": "compute#zone",
+            "id": str(2000 + sorted(self.zones).index(a["zone"])),
+            "creationTimestamp": "2014-05-30T18:35:16.575-07:00",
+            "name": a["zone"],
+            "description": a["zone"],
+            "status": status,
+            "region": self.link("projects/%s/regions/%s" % (a["project"], region)),
+            "selfLink": self.link("projects/%s/zones/%s" % (a["project"], a["zone"])),
+            "supportsPzs": False,
+        }
 
     # ------------------------------------------------------------------ images
     def do_images_get(self, a, q, body):

@@ -36,15 +36,6 @@ AWS_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def unique(prefix: str) -> str:
     return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
 
@@ -180,7 +171,7 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
     ]
 
     first = run_playbook(UPLOAD_PLAY, tmp_path, extra_vars=extra, args=local, env=AWS_ENV)
-    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert first.rc == 0, first.explain()
     assert (
         first.task_result("Record the source target's artifact")["ansible_facts"]["bakery_source_artifact"][
             "outputs"
@@ -237,7 +228,7 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
     again = run_playbook(
         UPLOAD_PLAY, tmp_path, extra_vars=dict(extra, **keys), args=local + ["-vvvv"], env=AWS_ENV
     )
-    assert again.rc == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert again.rc == 0, again.explain()
     assert again.task_result("Upload the disk as an AMI")["changed"] is False
     assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
     assert counts(moto, ALL_REGIONS) == before
@@ -340,7 +331,7 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
     extra = {"bakery_target": target, "stand_in_image": bake_base["image"]}
     regions = [REGION, COPY_REGIONS[0]]
     first = run_playbook(INSTANCE_PLAY, tmp_path, extra_vars=extra, env=AWS_ENV)
-    assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert first.rc == 0, first.explain()
     launched = first.task_result("Find the image by fingerprint, or launch the builder")
     assert launched["changed"] and launched["builder"]["connection"] == "ssh"
     assert first.task_result("provision")["changed"]
@@ -375,7 +366,7 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
         extra_vars=dict(extra, bakery_target=dict(target, bake_id=unique("bake"))),
         env=AWS_ENV,
     )
-    assert again.rc == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert again.rc == 0, again.explain()
     assert again.task_result("Find the image by fingerprint, or launch the builder")["found"]
     assert again.task_result("Publish the image found by fingerprint")["changed"] is False
     assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
@@ -574,7 +565,7 @@ def test_bake_check_mode_creates_nothing(moto, tmp_path):
     run = run_playbook(
         REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake}, args=["--check"], env=AWS_ENV
     )
-    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert run.rc == 0, run.explain()
     launch = run.task_result("Find the image by fingerprint, or launch the builder")
     assert launch["changed"] and not launch["found"] and "instance" not in launch
     assert launch["source_ami"]["name"] == "amzn2-ami-hvm-2.0.20260930.0-x86_64-gp2"
@@ -673,3 +664,96 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
     assert not os.path.exists(target["options"].get("key_file") or str(tmp_path / "none"))
     stand_ins = docker_client().containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
     assert not stand_ins, "the stand-in builder is left"
+
+
+# ---------------------------------------------------------------- verify: published only when the checks pass
+
+
+def test_an_ami_that_fails_its_checks_is_never_final_and_is_removed(moto, tmp_path):
+    """verify on an ami target (playbooks/bake.yml): the disk of a qemu target (a copy of a small image) is uploaded,
+    and the AMI stays temporary (not copied, not tagged final) while its checks run: local commands told the image
+    id. A failing check fails the target in verify and the cleanup removes the image; with the fixed check the disk
+    is found (not made again), uploaded again, and the image is published: copied and tagged final."""
+    made = make_raw_disk(tmp_path / "made.raw")
+    source_image = tmp_path / "source.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
+    made.unlink()
+    name = unique("bakery-verified")
+    seen = tmp_path / "seen"
+    bake = {
+        "name": "aws-verify",
+        "output_dir": str(tmp_path / "output"),
+        "verify": [
+            {
+                "name": "told",
+                "local": {"inline": ['echo "$BAKERY_IMAGE_ID $BAKERY_AWS_REGION" >> %s' % seen]},
+                "only": ["ami"],
+            },
+            {"name": "approved", "local": {"inline": ["echo not approved; false"]}, "only": ["ami"]},
+        ],
+        "targets": [
+            {
+                "name": "disk",
+                "qemu": {
+                    "provision": "none",
+                    "base_image": str(source_image),
+                    "formats": ["raw"],
+                    "disk_size": "96M",
+                },
+            },
+            {
+                "name": "web",
+                "ami": {
+                    "source": "disk",
+                    "region": REGION,
+                    "endpoint_url": moto.url,
+                    "name": name,
+                    "regions": COPY_REGIONS[:1],
+                },
+            },
+        ],
+    }
+    before = counts(moto, ALL_REGIONS)
+    ids = [unique("verify"), unique("verify")]
+    first = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        extra_vars={"bake": bake, "bake_id": ids[0]},
+        env=AWS_ENV,
+    )
+    assert first.rc != 0, first.stdout[-3000:]
+    report = first.task_result("Write the bake manifest")
+    assert report["failed_targets"] == ["web"], report["failures"]
+    assert "check approved (local bake.verify[1]) failed" in report["failures"]
+    assert "not approved" in report["failures"]
+    image_id, region = seen.read_text().split()
+    assert region == REGION and image_id.startswith("ami-")
+    # never final, never copied, and gone with the cleanup: nothing of the bake is left in any region
+    assert counts(moto, ALL_REGIONS) == before
+    assert leftovers(moto, ids[0], ALL_REGIONS) == {}
+    for each in ALL_REGIONS:
+        tagged = moto.client("ec2", each).describe_images(
+            Owners=["self"], Filters=[{"Name": "tag:bakery-target", "Values": ["aws-verify/web"]}]
+        )["Images"]
+        assert tagged == [], each
+
+    bake["verify"][1]["local"]["inline"] = ["echo approved"]
+    second = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        extra_vars={"bake": bake, "bake_id": ids[1]},
+        env=AWS_ENV,
+    )
+    assert second.rc == 0, second.explain()
+    assert second.stats["bakery-disk"]["changed"] == 0  # the disk is found
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["target"] == "web")
+    assert entry["verify"]["status"] == "passed" and sorted(entry["images"]) == sorted(
+        [REGION, *COPY_REGIONS[:1]]
+    )
+    for each, image in entry["images"].items():
+        (found,) = moto.client("ec2", each).describe_images(ImageIds=[image])["Images"]
+        tags = {t["Key"]: t["Value"] for t in found.get("Tags", [])}
+        assert tags["bakery-fingerprint"] == entry["fingerprint"] and "bakery-temporary" not in tags, each
+    assert seen.read_text().split()[2] == entry["id"]
+    assert leftovers(moto, ids[1], ALL_REGIONS) == {}

@@ -13,6 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import docker
+import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
 from ports import free_port
 
@@ -84,7 +86,7 @@ def test_dockerfile_nginx_builds_on_bakery_base_and_is_idempotent(bake_base, tmp
     name = unique("nginx-df")
     try:
         first = build(tmp_path, context, name)
-        assert first.rc == 0, first.stdout[-3000:]
+        assert first.rc == 0, first.explain()
         result = first.task_result("build")
         assert result["changed"] and result["built"]
         assert result["image"]["config"]["Cmd"] == ["/usr/sbin/nginx"]
@@ -92,17 +94,14 @@ def test_dockerfile_nginx_builds_on_bakery_base_and_is_idempotent(bake_base, tmp
         assert serves("%s:latest" % name).strip() == "nginx on Debian"
 
         (context / "debug.log").write_text("ignored by .dockerignore")
-        started = time.monotonic()
         second = build(tmp_path, context, name)
-        seconds = time.monotonic() - started
         assert second.rc == 0
         again = second.task_result("build")
         assert not again["changed"] and not again["built"]
         assert again["image"]["id"] == result["image"]["id"]
-        assert seconds < 15
 
         forced = build(tmp_path, context, name, force=True)
-        assert forced.rc == 0, forced.stdout[-3000:]
+        assert forced.rc == 0, forced.explain()
         rebuilt = forced.task_result("build")
         assert rebuilt["changed"] and rebuilt["built"]
         assert rebuilt["fingerprint"] == result["fingerprint"]
@@ -137,7 +136,7 @@ def test_every_dockerfile_instruction_and_build_args(bake_base, tmp_path):
     name = unique("instructions")
     try:
         run = build(tmp_path, context, name, build_args={"GREETING": "bonjour"})
-        assert run.rc == 0, run.stdout[-3000:]
+        assert run.rc == 0, run.explain()
         config = run.task_result("build")["image"]["config"]
         assert config["User"] == "appuser" and config["WorkingDir"] == "/srv/app"
         assert config["Entrypoint"] == ["/bin/cat"] and config["Cmd"] == ["/srv/app/greeting"]
@@ -213,7 +212,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
     )
     try:
         first = bake(tmp_path, definition)
-        assert first.rc == 0, first.stdout[-5000:]
+        assert first.rc == 0, first.explain()
         image = docker_client().images.get("%s:latest" % name)
         assert image.tags and "%s:1.0" % name in image.tags
         config = image.attrs["Config"]
@@ -242,7 +241,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         # a tag moved away by hand (docker tag) is pointed back at the up-to-date image; nothing is built
         docker_client().images.get(bake_base["image"]).tag(name, "1.0")
         moved = bake(tmp_path, definition)
-        assert moved.rc == 0, moved.stdout[-5000:]
+        assert moved.rc == 0, moved.explain()
         assert docker_client().images.get("%s:1.0" % name).id == image.id
         assert host_stats(moved)["bakery-web"][0] == 1 and "bakery-web-builder" not in moved.stats
 
@@ -307,7 +306,7 @@ def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_le
                 "local",
             ],  # the interpreter is a play var: delegation overrides it
         )
-        assert run.rc == 0, run.stdout[-4000:]
+        assert run.rc == 0, run.explain()
         config = docker_client().images.get("%s:latest" % name).attrs["Config"]
         assert config["Entrypoint"] == ["/bin/echo", "from-base"]
         assert config["Cmd"] == ["bash"]
@@ -335,7 +334,10 @@ def test_provisioning_failure_leaves_no_container_and_says_where(bake_base, tmp_
     run = bake(tmp_path, definition, env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")})
     assert run.rc != 0
     failure = run.task_result("Fail for the targets that failed")["msg"]
-    assert "target web failed in provision on builder bakery-web-builder, task 'Step that breaks'" in failure
+    assert (
+        "target web failed in provision on builder bakery-web-builder, provisioner role broken, task 'Step that breaks'"
+        in failure
+    )
     assert "last words" in failure and "on stderr" in failure
     assert not docker_client().images.list(name=name)
     # docker_leftovers asserts that no build container is left
@@ -357,7 +359,7 @@ def test_push_to_a_local_registry_and_pull_back(bake_base, tmp_path):
         first = build(
             tmp_path, context, name, args=["-vvvv"], tags=["latest", "v1"], push=True, registry=auth
         )
-        assert first.rc == 0, first.stdout[-3000:]
+        assert first.rc == 0, first.explain()
         pushed = first.task_result("build")["push"]
         assert sorted(pushed["pushed"]) == ["%s:latest" % name, "%s:v1" % name]
         assert REGISTRY_PASSWORD not in first.stdout + first.stderr
@@ -374,7 +376,7 @@ def test_push_to_a_local_registry_and_pull_back(bake_base, tmp_path):
 
         client.api.tag(image_id, name, "latest")
         again = build(tmp_path, context, name, tags=["latest", "v1"], push=True, registry=auth)
-        assert again.rc == 0, again.stdout[-3000:]
+        assert again.rc == 0, again.explain()
         result = again.task_result("build")
         assert not result["changed"], result
         assert sorted(result["push"]["up_to_date"]) == ["%s:latest" % name, "%s:v1" % name]
@@ -426,7 +428,7 @@ def test_imports_of_one_rootfs_at_once_make_one_image_that_stays_tagged(bake_bas
                 )
             )
         for run in results:
-            assert run.rc == 0, run.stdout[-3000:]
+            assert run.rc == 0, run.explain()
         imports = [run.task_result("import") for run in results]
         assert sorted(result["built"] for result in imports) == [False, False, True], imports
         ids = {result["image"]["id"] for result in imports}
@@ -434,4 +436,73 @@ def test_imports_of_one_rootfs_at_once_make_one_image_that_stays_tagged(bake_bas
         assert docker_client().images.get("%s:one" % name).id == ids.pop()
         assert len(docker_client().images.list(name=name)) == 1
     finally:
+        remove_repositories(name)
+
+
+PUBLISH_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: import
+      bakery.images.docker_image_build:
+        action: import
+        rootfs: "{{ rootfs }}"
+        name: "{{ name }}"
+        tags: [latest, v1]
+        changes: {env: {UNIQUE: "{{ name }}"}}
+        publish: false
+        push: true
+        registry: "{{ registry }}"
+"""
+
+
+def test_an_image_to_verify_stays_untagged_and_unpushed_until_it_is_published(bake_base, tmp_path):
+    from registry import start_registry
+
+    url, stop = start_registry(tmp_path / "registry", user="pusher", password=REGISTRY_PASSWORD)
+    name = "%s/bakery/verified" % url
+    auth = {"username": "pusher", "password": REGISTRY_PASSWORD}
+    params = {"rootfs": bake_base["rootfs"], "name": name, "registry": auth}
+    try:
+        made = run_playbook(PUBLISH_PLAY, tmp_path, extra_vars=params)
+        assert made.rc == 0, made.explain()
+        result = made.task_result("import")
+        assert result["built"] and result["published"] is False and "push" not in result
+        image_id = result["image"]["id"]
+        client = docker_client()
+        # untagged, carrying its fingerprint: nothing under the repository's tags, nothing in the registry
+        assert client.api.images(name=name) == []
+        assert client.api.inspect_image(image_id)["RepoTags"] == []
+        with pytest.raises(docker.errors.APIError):
+            client.api.inspect_distribution("%s:v1" % name, auth_config=auth)
+        # the same import again finds it by its fingerprint and still moves no tag
+        again = run_playbook(PUBLISH_PLAY, tmp_path, extra_vars=params)
+        assert again.task_result("import")["found"] and not again.task_result("import")["changed"]
+        assert client.api.images(name=name) == []
+
+        publish = """
+        - hosts: localhost
+          gather_facts: false
+          tasks:
+            - name: publish
+              bakery.images.docker_image_build:
+                action: publish
+                name: "{{ name }}"
+                tags: [latest, v1]
+                image: "{{ image }}"
+                push: true
+                registry: "{{ registry }}"
+        """
+        published = run_playbook(publish, tmp_path, extra_vars=dict(params, image=image_id))
+        assert published.rc == 0, published.explain()
+        result = published.task_result("publish")
+        assert result["changed"] and sorted(result["tagged"]) == ["%s:latest" % name, "%s:v1" % name]
+        assert sorted(result["push"]["pushed"]) == ["%s:latest" % name, "%s:v1" % name]
+        assert client.api.inspect_image("%s:v1" % name)["Id"] == image_id
+        # published twice: nothing moves, the registry has it
+        twice = run_playbook(publish, tmp_path, extra_vars=dict(params, image=image_id))
+        assert not twice.task_result("publish")["changed"]
+        assert REGISTRY_PASSWORD not in made.stdout + published.stdout + twice.stdout
+    finally:
+        stop()
         remove_repositories(name)

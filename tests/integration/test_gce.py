@@ -125,18 +125,6 @@ class Env:
         self.storage.stop()
 
 
-@pytest.fixture()
-def gce(tmp_path):
-    env = Env(tmp_path)
-    try:
-        yield env
-        assert not env.fake.violations, "requests the Compute API would not accept:\n" + "\n".join(
-            env.fake.violations
-        )
-    finally:
-        env.stop()
-
-
 def make_raw_disk(path: Path, size: str = "300M", blob: int = 3 << 20) -> Path:
     """A raw disk with an ext4 file system holding a small tree (with incompressible data: several chunks)."""
     tree = path.parent / "tree"
@@ -213,7 +201,7 @@ def raw_disk_by_qemu_image(tmp_path: Path) -> Path:
     disk = tmp_path / "disk.raw"
     extra = {"source_image": str(source_image), "raw_disk": str(disk)}
     run = run_playbook(QEMU_IMAGE_PLAY, tmp_path, extra_vars=extra, args=LOCAL)
-    assert run.rc == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.rc == 0, run.explain()
     return disk
 
 
@@ -228,7 +216,7 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     }
     extra = {"gce": gce_args, "disk": str(disk), "bucket": BUCKET, "bake_id": "20261127t100000-aaaaaa"}
     first = run_playbook(IMPORT_PLAY, tmp_path, extra_vars=extra, args=LOCAL + ["-vvvv"], json_output=False)
-    assert first.rc == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert first.rc == 0, first.explain()
     assert_no_secrets(gce, first.stdout, first.stderr)
     image = gce.fake.images[(PROJECT, "web-20261127t100000-aaaaaa")]
     assert image["status"] == "READY" and image["family"] == "web"
@@ -273,7 +261,7 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     again = run_playbook(
         IMPORT_PLAY, tmp_path, extra_vars=dict(extra, bake_id="20261127t110000-bbbbbb"), args=LOCAL
     )
-    assert again.rc == 0, again.stdout[-3000:]
+    assert again.rc == 0, again.explain()
     result = again.task_result("import")
     assert not result["changed"] and result["found"]
     assert result["image"]["name"] == "web-20261127t100000-aaaaaa"
@@ -289,7 +277,7 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     rebuilt = run_playbook(
         play, tmp_path, extra_vars=dict(extra, bake_id="20261127t130000-dddddd"), args=LOCAL
     )
-    assert rebuilt.rc == 0, rebuilt.stdout[-3000:]
+    assert rebuilt.rc == 0, rebuilt.explain()
     would = rebuilt.task_result("check")
     assert would["changed"] and not would["built"] and would["changed_inputs"] == ["disk"]
     inserts = [
@@ -328,7 +316,7 @@ def test_credentials_never_in_output(gce, tmp_path):
     """
     extra = {"project": PROJECT, "key": gce.key_info, "token": STATIC_TOKEN, "api": gce.url + "/compute/v1"}
     run = run_playbook(play, tmp_path, extra_vars=extra, args=LOCAL + ["-vvvv"], json_output=False)
-    assert run.rc == 0, run.stdout[-3000:]
+    assert run.rc == 0, run.explain()
     assert "would build image web" in run.stdout
     assert any(c.startswith("GET /compute/v1/") for c in gce.fake.calls)
     assert_no_secrets(gce, run.stdout, run.stderr)
@@ -429,7 +417,7 @@ def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):
     }
     extra = {"bake": bake, "stand_in_image": bake_base["image"]}
     first = run_playbook(playbook, tmp_path, extra_vars=extra, args=["-e", "bake_id=20261127t140000-eeeeee"])
-    assert first.rc == 0, first.stdout[-5000:] + first.stderr[-2000:]
+    assert first.rc == 0, first.explain()
     inserted = [c for c in gce.fake.calls if c.startswith("POST") and c.endswith("/instances")]
     assert len(inserted) == 1
     mark = first.task_result("Leave a mark")
@@ -445,7 +433,7 @@ def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):
 
     calls = len(gce.fake.calls)
     second = run_playbook(playbook, tmp_path, extra_vars=extra)
-    assert second.rc == 0, second.stdout[-4000:]
+    assert second.rc == 0, second.explain()
     assert all(host["changed"] == 0 for host in second.stats.values()), second.stats
     assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), "the second bake launched something"
 
@@ -622,3 +610,72 @@ def test_sigkill_at_each_phase_then_the_janitor_leaves_nothing(
     assert not list((tmp_path / "output" / ".bakery-ssh").glob("*")), "SSH key left behind"
     stand_ins = docker_client().containers.list(all=True, filters={"label": "bakery-bake-id=%s" % bake_id})
     assert not stand_ins, "the stand-in builder is left"
+
+
+def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_path):
+    """verify on a gce target (playbooks/bake.yml): the raw disk of a qemu target (a copy of a small image) is
+    imported, and the image stays labelled temporary while its checks run, local commands told its name. A failing
+    check fails the target in verify and the cleanup deletes the image; with the fixed check the disk is found (not
+    made again), imported again, and the image is labelled final."""
+    made = make_raw_disk(tmp_path / "made.raw", size="64M", blob=1 << 20)
+    source_image = tmp_path / "source.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
+    made.unlink()
+    seen = tmp_path / "seen"
+    bake = {
+        "name": "gce-verify",
+        "output_dir": str(tmp_path / "output"),
+        "verify": [
+            {
+                "name": "told",
+                "local": {"inline": ['echo "$BAKERY_IMAGE_NAME $BAKERY_GCE_PROJECT" >> %s' % seen]},
+                "only": ["gce"],
+            },
+            {"name": "approved", "local": {"inline": ["echo not approved; false"]}, "only": ["gce"]},
+        ],
+        "targets": [
+            {
+                "name": "disk",
+                "qemu": {
+                    "provision": "none",
+                    "base_image": str(source_image),
+                    "formats": ["raw"],
+                    "disk_size": "64M",
+                },
+            },
+            {"name": "web", "gce": gce.options(source="disk", name="web", bucket=BUCKET, chunk_size_mb=1)},
+        ],
+    }
+    first = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        extra_vars={"bake": bake, "bake_id": "20261203t170000-aaaaaa"},
+    )
+    assert first.rc != 0, first.stdout[-3000:]
+    report = first.task_result("Write the bake manifest")
+    assert report["failed_targets"] == ["web"], report["failures"]
+    assert "check approved (local bake.verify[1]) failed" in report["failures"]
+    assert "not approved" in report["failures"]
+    image_name, project = seen.read_text().split()
+    assert image_name == "web-20261203t170000-aaaaaa" and project == PROJECT
+    # never labelled final, and deleted by the cleanup with the uploaded object
+    assert (PROJECT, image_name) not in gce.fake.images
+    assert gce.leftovers() == {}
+
+    bake["verify"][1]["local"]["inline"] = ["echo approved"]
+    second = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        extra_vars={"bake": bake, "bake_id": "20261203t170100-bbbbbb"},
+    )
+    assert second.rc == 0, second.explain()
+    assert second.stats["bakery-disk"]["changed"] == 0  # the disk is found
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["target"] == "web")
+    assert entry["verify"]["status"] == "passed" and entry["name"] == "web-20261203t170100-bbbbbb", (
+        entry,
+        sorted(gce.fake.images),
+    )
+    image = gce.fake.images[(PROJECT, entry["name"])]
+    assert image["status"] == "READY" and "bakery-temporary" not in (image.get("labels") or {})
+    assert gce.leftovers() == {}

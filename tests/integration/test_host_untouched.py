@@ -266,7 +266,7 @@ def test_sigkill_while_a_role_mounts_in_the_isolated_builder_leaves_no_mount(bak
         janitor = run_playbook(
             JANITOR, tmp_path, args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id], env=env
         )
-        assert janitor.rc == 0, janitor.stdout[-3000:]
+        assert janitor.rc == 0, janitor.explain()
         removed = janitor.task_result("Find and remove the temporary resources")
         assert removed["changed"], removed["resources"]
         assert ("qemu", "workdir", str(workdir)) in {
@@ -276,7 +276,7 @@ def test_sigkill_while_a_role_mounts_in_the_isolated_builder_leaves_no_mount(bak
         again = run_playbook(
             JANITOR, tmp_path, args=["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % bake_id], env=env
         )
-        assert again.rc == 0, again.stdout[-3000:]
+        assert again.rc == 0, again.explain()
         second = again.task_result("Find and remove the temporary resources")
         assert not second["changed"] and second["resources"] == [], second["resources"]
     finally:

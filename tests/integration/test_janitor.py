@@ -19,7 +19,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 import yaml
 from aws import CREDENTIALS, REGION, MotoServer, free_port
 from conftest import LOCAL, REPO, docker_client, run_playbook
@@ -237,7 +236,7 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
         )
         seconds = time.monotonic() - started
         holder.close()
-        assert run.rc == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        assert run.rc == 0, run.explain()
 
         expected = {
             ("docker", "container"): {running_a, stopped_a},
@@ -314,12 +313,12 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
         playbook = REPO / "playbooks" / "janitor.yml"
         args = ["-e", "@%s" % bake_file, "-e", "janitor_bake_id=%s" % b]
         dry = run_playbook(playbook, tmp_path, args=[*args, "--check"], json_output=False)
-        assert dry.rc == 0, dry.stdout[-4000:]
+        assert dry.rc == 0, dry.explain()
         # B's container, VM and chroot work directory, and the .partial file the test held open before
         assert "would remove 4 temporary resource(s) of bake %s" % b in dry.stdout, dry.stdout
         assert running(vm_b) and disk_b.exists() and held.exists()
         real = run_playbook(playbook, tmp_path, args=args, json_output=False)
-        assert real.rc == 0, real.stdout[-4000:]
+        assert real.rc == 0, real.explain()
         assert "removed 4 temporary resource(s) of bake %s" % b in real.stdout, real.stdout
         for line in ("STATE", "removed      docker container", "removed      qemu   vm", "bakery-%s-vm" % b):
             assert line in real.stdout, real.stdout
@@ -345,15 +344,6 @@ def test_local_leftovers_of_a_killed_bake(bake_base, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ clouds
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto-janitor") / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def aws_leftovers(moto: MotoServer, bake_id: str) -> dict[str, list[str]]:
@@ -517,7 +507,7 @@ def test_cloud_leftovers_of_a_killed_bake(moto, tmp_path):
             env=AWS_ENV,
         )
         seconds = time.monotonic() - started
-        assert run.rc == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        assert run.rc == 0, run.explain()
 
         check = run.task_result("check")
         got = by_kind(check)

@@ -24,7 +24,7 @@ def test_long_task_prints_progress_lines(tmp_path):
     run = run_playbook(
         LONG_PLAY, tmp_path, args=LOCAL, json_output=False, env={"BAKERY_PROGRESS_INTERVAL": "3"}
     )
-    assert run.rc == 0, run.stdout[-3000:]
+    assert run.rc == 0, run.explain()
     seconds = [
         int(s) for s in re.findall(r"^still waiting: Something long on localhost, (\d+) s$", run.stdout, re.M)
     ]
@@ -84,7 +84,7 @@ def test_bake_summary_follows_the_recap(tmp_path):
     run = run_playbook(
         REPORT_PLAY, tmp_path, extra_vars={"manifest": str(manifest)}, args=LOCAL, json_output=False
     )
-    assert run.rc == 0, run.stdout[-3000:]
+    assert run.rc == 0, run.explain()
     tail = run.stdout[run.stdout.index("PLAY RECAP") :]
     summary = tail[tail.index("BAKE SUMMARY") :]
     assert "bake demo (20261127t120000-abcdef): 1 built, 1 unchanged" in summary

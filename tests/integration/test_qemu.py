@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LOCAL, REPO, loops_and_mounts, run_playbook
+from conftest import LOCAL, PREFLIGHT_TASK, REPO, loops_and_mounts, run_playbook, shadow_path
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
+HYGIENE_CHECKS = (
+    "ssh_host_keys",
+    "machine_id",
+    "builder_key",
+    "shell_history",
+    "apt_lists",
+    "provisioning_leftovers",
+    "core_dumps",
+    "var_log_size",
+    "world_writable",
+)
 BOOT_TIMEOUT = 900
 
 
@@ -60,6 +72,14 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
         {"format": "qcow2", "path": str(disk), "size": disk.stat().st_size, "sha256": sidecar["sha256"]}
     ]
     assert entry["bake_id"] and entry["build_seconds"] > 0
+    # the default bake's disk passes every image hygiene check, recorded in the manifest and the sidecar
+    assert {check["name"]: check["status"] for check in entry["hygiene"]} == {
+        name: "passed" for name in HYGIENE_CHECKS
+    }, entry["hygiene"]
+    assert sidecar["hygiene"] == entry["hygiene"]
+    # the box made from the disk inherits its results
+    (box,) = [a for a in manifest["artifacts"] if a["target"] == "box"]
+    assert box["hygiene"] == entry["hygiene"]
     # this bake's chroot work directory is gone (other bakes of the shared cache have theirs meanwhile), and
     # nothing temporary is left beside the output
     assert not list((Path(baked["definition"]["cache_dir"]) / "qemu").glob("%s-*" % entry["bake_id"]))
@@ -71,11 +91,29 @@ def test_second_bake_changes_nothing(baked):
     manifest = (out / "bake-manifest.json").read_text()
     mtime = (out / "example-web.qcow2").stat().st_mtime_ns
     second = bake(baked["tmp"], baked["definition"])
-    assert second.rc == 0, second.stdout[-4000:]
+    assert second.rc == 0, second.explain()
     assert second.stats["bakery-disk"]["changed"] == 0, second.stats
     assert "bakery-disk-builder" not in second.stats
     assert (out / "example-web.qcow2").stat().st_mtime_ns == mtime
     assert (out / "bake-manifest.json").read_text() == manifest
+
+
+def test_a_found_disk_needs_no_build_tool(baked, tmp_path):
+    """The preflight looks a disk up as its launch does: found, a missing build tool is no problem."""
+    env = {"PATH": shadow_path(tmp_path, {"bwrap"})}
+    path = baked["tmp"] / "bake.json"
+    path.write_text(json.dumps({"bake": baked["definition"]}))
+    checked = run_playbook(
+        BAKE_PLAYBOOK, baked["tmp"], args=["-e", "@%s" % path, "-e", "bake_only=disk", "--check"], env=env
+    )
+    assert checked.rc == 0, checked.explain()
+    preflight = checked.task_result(PREFLIGHT_TASK)
+    disk = next(t for t in preflight["targets"] if t["name"] == "disk")
+    assert disk["artifact_found"] is True
+    assert any(
+        c["ok"] and c["msg"].startswith("not needed, the artifact is found (else: bwrap")
+        for c in disk["preflight"]
+    )
 
 
 IMAGE_PLAY = """
@@ -123,7 +161,7 @@ def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
         extra_vars={"dir": str(tmp_path), "checksum": checksum, "outputs": outputs},
         args=LOCAL,
     )
-    assert run.rc == 0, run.stdout[-4000:]
+    assert run.rc == 0, run.explain()
     copy, again = run.task_result("copy"), run.task_result("again")
     assert copy["changed"] and not again["changed"] and again["found"]
     for fmt in ("qcow2", "raw", "vmdk", "vdi", "vhdx"):
@@ -225,7 +263,7 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
         timeout=2400,
     )
-    assert run.rc == 0, run.stdout[-6000:]
+    assert run.rc == 0, run.explain()
     assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
     disk = tmp_path / "output" / "vmbake.raw"
     # provisioned in the booted VM (systemd is PID 1), which booted with UEFI, its console on the serial port
@@ -235,10 +273,87 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
     # the builder's key and the host keys made at its first boot are not in the image
     assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
     assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
-    bake_id = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"][0]["bake_id"]
+    (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+    bake_id = entry["bake_id"]
+    # checked in the guest before it powered off, the builder's key among the checks
+    checks = {check["name"]: check for check in entry["hygiene"]}
+    assert {name: check["status"] for name, check in checks.items()} == {
+        name: "passed" for name in HYGIENE_CHECKS
+    }
+    assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
     left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
     assert left.stdout == "", "qemu left running: %s" % left.stdout
     assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+
+
+def test_verify_boots_the_disk_and_a_failed_check_publishes_nothing(baked, tmp_path):
+    """verify: the session's default disk, found by fingerprint (the checks are no input of it), booted under TCG
+    through an overlay and checked over SSH. A failing check fails the disk in verify and the box made from it is
+    not made; the fixed check passes on the same disk, not made again. Two boots."""
+    out = tmp_path / "output"
+    out.mkdir()
+    for name in ("example-web.qcow2", "example-web.qcow2.bakery.json", "bakery-example-web.json"):
+        subprocess.run(["cp", "--reflink=auto", str(baked["output"] / name), str(out / name)], check=True)
+    catalog = (out / "bakery-example-web.json").read_text()
+    disk_sha256 = json.loads((out / "example-web.qcow2.bakery.json").read_text())["sha256"]
+    definition = json.loads(json.dumps(baked["definition"]))
+    disk_target = next(t for t in definition["targets"] if t["name"] == "disk")
+    disk_target["qemu"]["vm"] = {"accelerator": "tcg", "memory": 768, "cpus": 1, "boot_timeout": BOOT_TIMEOUT}
+    box_target = next(t for t in definition["targets"] if t["name"] == "box")
+    box_target["vagrant"]["version"] = "1.0.1"
+    definition["verify"] = [
+        {
+            "name": "serves",
+            "shell": {"inline": ["curl -sf http://127.0.0.1/ | grep -qi nginx"]},
+            "only": ["disk"],
+        },
+        {"name": "marker", "shell": {"inline": ["echo looking; test -e /srv/marker"]}, "only": ["disk"]},
+    ]
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": definition}))
+    args = ["-e", "@%s" % path]
+
+    ids = ["verify-%s-%s" % (uuid.uuid4().hex[:8], n) for n in (1, 2)]
+    first = run_playbook(
+        BAKE_PLAYBOOK, tmp_path, args=[*args, "-e", "bake_only=box", "-e", "bake_id=" + ids[0]], timeout=2400
+    )
+    assert first.rc != 0, first.stdout[-4000:]
+    report = first.task_result("Write the bake manifest")
+    assert sorted(report["failed_targets"]) == ["box", "disk"], report["failures"]
+    assert "target disk failed in verify" in report["failures"]
+    assert "check marker (shell bake.verify[1]) failed" in report["failures"]
+    assert "looking" in report["failures"]
+    assert "source target disk of box failed" in report["failures"]
+    assert "bakery-disk-builder" not in first.stats  # found, not made again
+    # nothing published: no box 1.0.1, the catalog as it was; the disk is kept for the next run
+    assert not list(out.glob("*1.0.1*")) and (out / "bakery-example-web.json").read_text() == catalog
+    manifest = json.loads((out / "bake-manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["target"] == "disk")
+    assert entry["id"] == disk_sha256 and entry["verify"]["status"] == "failed"
+    assert entry["verify"]["checks"] == ["serves (shell bake.verify[0])", "marker (shell bake.verify[1])"]
+
+    # the fixed check: the same disk, checked again (the digest changed), passes; the disk was not changed
+    definition["verify"][1]["shell"]["inline"] = ["echo looking; test -e /etc/nginx/nginx.conf"]
+    path.write_text(json.dumps({"bake": definition}))
+    second = run_playbook(
+        BAKE_PLAYBOOK, tmp_path, args=[*args, "-e", "bake_only=disk", "-e", "bake_id=" + ids[1]], timeout=2400
+    )
+    assert second.rc == 0, second.explain()
+    assert "bakery-disk-builder" not in second.stats
+    assert second.stats["bakery-disk-verify"]["failures"] == 0
+    entry = next(
+        a for a in json.loads((out / "bake-manifest.json").read_text())["artifacts"] if a["target"] == "disk"
+    )
+    assert entry["verify"]["status"] == "passed" and entry["verify"]["checked"] == "now"
+    assert entry["id"] == disk_sha256
+    assert json.loads((out / "example-web.qcow2.bakery.json").read_text())["sha256"] == disk_sha256
+    # the verify VM is gone, and so is its work directory
+    for bake_id in ids:
+        left = subprocess.run(
+            ["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False
+        )
+        assert left.stdout == "", "qemu left running: %s" % left.stdout
+        assert not list((Path(definition["cache_dir"]) / "qemu").glob("%s-*" % bake_id))
 
 
 def test_no_loop_device_or_mount_left(baked):

@@ -298,7 +298,7 @@ def test_boot_timeout_fails_with_the_serial_console_and_leaves_nothing(
     }
     try:
         run = run_playbook(TIMEOUT_PLAYBOOK, tmp_path, extra_vars=extra, args=LOCAL, timeout=300)
-        assert run.rc == 0, run.stdout[-4000:]
+        assert run.rc == 0, run.explain()
         result = run.task_result("start")
         assert result["failed"] is True
         msg = result["msg"]
@@ -349,7 +349,7 @@ def test_a_kept_vm_outlives_the_run_until_the_janitor_stops_it(test_disk: dict, 
     }
     try:
         run = run_playbook(KEPT_PLAYBOOK, tmp_path, extra_vars=extra, args=LOCAL)
-        assert run.rc == 0, run.stdout[-4000:]
+        assert run.rc == 0, run.explain()
         assert run.task_result("keep")["changed"] and not run.task_result("keep again")["changed"]
         workdir = Path(run.task_result("start")["vm"]["workdir"])
         time.sleep(4)  # the watchdog polls: it would have stopped the VM by now
@@ -363,7 +363,7 @@ def test_a_kept_vm_outlives_the_run_until_the_janitor_stops_it(test_disk: dict, 
             tmp_path,
             args=["-e", "@bake.json", "-e", "janitor_bake_id=%s" % ident],
         )
-        assert janitor.rc == 0, janitor.stdout[-3000:] + janitor.stderr[-2000:]
+        assert janitor.rc == 0, janitor.explain()
         assert wait_until(lambda: not processes_named(name), 15) is not None, "the janitor left the VM"
         assert not workdir.exists()
     finally:

@@ -39,7 +39,7 @@ import pytest
 import yaml
 from aws import REGION, MotoServer
 from conftest import REPO, docker_client, remove_repositories, run_playbook
-from test_gce import ZONE, Env
+from test_gce import ZONE
 
 AWS_KEY_ID = "AKIABAKERYSECRET0001"
 MASK = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
@@ -61,19 +61,6 @@ def moto(tmp_path):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture()
-def gce(tmp_path):
-    """The fake Compute Engine and the storage emulator, as test_gce.py starts them."""
-    env = Env(tmp_path)
-    try:
-        yield env
-        assert not env.fake.violations, "requests the Compute API would not accept:\n" + "\n".join(
-            env.fake.violations
-        )
-    finally:
-        env.stop()
 
 
 class KeyWatcher(threading.Thread):

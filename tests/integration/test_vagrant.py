@@ -79,9 +79,9 @@ def small_boxes(small_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     out = tmp / "boxes"
     extra = {"out": str(out), "disk": str(small_disk)}
     first = run_playbook(BOX_PLAY, tmp, extra_vars=extra, args=LOCAL)
-    assert first.rc == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert first.rc == 0, first.explain()
     second = run_playbook(BOX_PLAY, tmp, extra_vars=extra, args=LOCAL)
-    assert second.rc == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert second.rc == 0, second.explain()
     return {
         "out": out,
         "catalog": out / "small.json",
@@ -244,7 +244,7 @@ def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
     stamps = {p: p.stat().st_mtime_ns for p in (catalog, Path(made["path"]))}
     manifest_text = manifest_path.read_text()
     second = rebake(default_bake)
-    assert second.rc == 0, second.stdout[-6000:]
+    assert second.rc == 0, second.explain()
     changed = {host: s["changed"] for host, s in second.stats.items() if host.startswith("bakery-")}
     assert changed == {"bakery-%s" % box["source"]: 0, "bakery-%s" % box_target["name"]: 0}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -299,3 +299,74 @@ def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
             )
     assert pool_volumes() == volumes_before
     assert not [d for d in domains() if d.startswith(prefix)]
+
+
+def test_a_box_that_fails_its_checks_stays_out_of_the_catalog(default_bake, tmp_path: Path) -> None:
+    """verify on a box: post-processing makes the box, its checks (local commands, VAGRANT_HOME holding the box)
+    run, and only a box that passed goes into the catalog. The default bake's disk is found, not made again; the
+    box is version 1.0.1 beside the catalog's 1.0.0."""
+    out = tmp_path / "output"
+    out.mkdir()
+    for name in ("example-web.qcow2", "example-web.qcow2.bakery.json", "bakery-example-web.json"):
+        subprocess.run(
+            ["cp", "--reflink=auto", str(default_bake["output"] / name), str(out / name)], check=True
+        )
+    catalog = (out / "bakery-example-web.json").read_text()
+    definition = json.loads(json.dumps(default_bake["definition"]))
+    box_target = next(t for t in definition["targets"] if t["name"] == "box")
+    box_target["vagrant"]["version"] = "1.0.1"
+    definition["verify"] = [
+        {
+            "name": "listed",
+            "local": {
+                "inline": ['vagrant box list | tee /dev/stderr | grep -q "^$BAKERY_VAGRANT_BOX (libvirt"']
+            },
+            "only": ["box"],
+        },
+        {
+            "name": "signed",
+            "local": {"inline": ['echo no signature; test -e "$VAGRANT_HOME/signed"']},
+            "only": ["box"],
+        },
+    ]
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": definition}))
+    ids = ["verify-box-%s" % n for n in (1, 2)]
+
+    first = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        args=["-e", "@%s" % path, "-e", "bake_only=box", "-e", "bake_id=" + ids[0]],
+    )
+    assert first.rc != 0, first.stdout[-4000:]
+    report = first.task_result("Write the bake manifest")
+    assert report["failed_targets"] == ["box"], report["failures"]
+    assert "target box failed in verify" in report["failures"]
+    assert "check signed (local bake.verify[1]) failed" in report["failures"]
+    assert "no signature" in report["failures"]
+    assert "bakery-disk-builder" not in first.stats  # the disk is found
+    # the box is made, and kept for the next run, but the catalog does not list it
+    box = out / "bakery-example-web-1.0.1-libvirt.box"
+    assert box.is_file() and (out / "bakery-example-web.json").read_text() == catalog
+    mtime = box.stat().st_mtime_ns
+
+    # the fixed check: the same box (not made again) passes and goes into the catalog
+    definition["verify"][1]["local"]["inline"] = ['echo checking; test -d "$VAGRANT_HOME/boxes"']
+    path.write_text(json.dumps({"bake": definition}))
+    second = run_playbook(
+        REPO / "playbooks" / "bake.yml",
+        tmp_path,
+        args=["-e", "@%s" % path, "-e", "bake_only=box", "-e", "bake_id=" + ids[1]],
+    )
+    assert second.rc == 0, second.explain()
+    assert box.stat().st_mtime_ns == mtime
+    versions = json.loads((out / "bakery-example-web.json").read_text())["versions"]
+    assert [v["version"] for v in versions] == ["1.0.0", "1.0.1"]
+    manifest = json.loads((out / "bake-manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["target"] == "box")
+    assert entry["verify"]["status"] == "passed" and entry["catalog"] == str(out / "bakery-example-web.json")
+    assert versions[1]["providers"][0]["checksum"] == entry["sha256"]
+    # each run's temporary VAGRANT_HOME is gone
+    cache = Path(definition["cache_dir"])
+    for bake_id in ids:
+        assert not list(cache.glob("qemu/%s-*" % bake_id)), bake_id

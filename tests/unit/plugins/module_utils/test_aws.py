@@ -216,3 +216,70 @@ def test_ssh_wait_needs_the_banner():
         free = closed.getsockname()[1]
     with pytest.raises(BakeryError, match="SSH on 127.0.0.1:%d did not answer within 1 s" % free):
         _aws.wait_ssh("127.0.0.1", free, timeout=1)
+
+
+def no_credentials(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _aws._SESSIONS.clear()
+    _aws._CLIENTS.clear()
+
+
+def test_a_target_whose_calls_never_worked_created_nothing_and_its_cleanup_says_so(monkeypatch, tmp_path):
+    no_credentials(monkeypatch, tmp_path)
+    params = {
+        "region": "mars-north-9",
+        "endpoint_url": "http://127.0.0.1:9",
+        "bake_id": "b1",
+        "target": "web/ami",
+        "name": "web",
+        "source_ami": "ami-12345678",
+        "key_file": str(tmp_path / "b1-ami.key"),
+    }
+    with pytest.raises(BakeryError) as failed:
+        _aws.run_action(dict(params, action="launch"), False)
+    assert failed.value.details["created"] is False
+    assert "credentials" in failed.value.msg.lower()
+    # told that nothing was created, a cleanup that cannot look says so and succeeds
+    result = _aws.run_action(dict(params, action="cleanup", created=False), False)
+    assert result["changed"] is False and result["created"] is False
+    assert result["msg"].startswith(
+        "nothing to clean up: target web/ami of bake b1 created nothing (its calls failed before any could make "
+        "a resource); the cleanup could not look either: mars-north-9: "
+    )
+    # not told (or told something was made), it fails: it could not look, and never says it left anything behind
+    with pytest.raises(BakeryError) as failed:
+        _aws.run_action(dict(params, action="cleanup"), False)
+    assert failed.value.msg.startswith(
+        "cleanup of bake b1 could not look for its temporary resources (nothing was removed there; run it again "
+        "once this works, or playbooks/janitor.yml): mars-north-9: "
+    )
+    assert "left resources behind" not in failed.value.msg
+
+
+def test_calls_that_make_resources_are_noted_before_they_are_sent(monkeypatch, tmp_path):
+    no_credentials(monkeypatch, tmp_path)
+    aws = _aws.Aws({"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:9", "max_attempts": 1})
+    with pytest.raises(BakeryError):
+        aws.ec2("describe_images", Owners=["self"])
+    assert aws.created is False
+    with pytest.raises(BakeryError):
+        aws.ec2("create_key_pair", KeyName="k")
+    assert aws.created is True
+
+
+def test_cleanup_messages_keep_failed_removals_and_places_not_looked_at_apart():
+    from ansible_collections.bakery.images.plugins.module_utils import _temporary
+
+    assert _temporary.cleanup_problems("b1", [], [], True) is None
+    assert _temporary.cleanup_problems("b1", [], ["eu-west-1: denied"], False) is None
+    assert _temporary.cleanup_problems("b1", ["instance i-1: busy"], ["us-east-1: denied"], False) == (
+        "cleanup of bake b1 left resources behind (run it again to finish): instance i-1: busy; and could not "
+        "look in us-east-1: denied"
+    )
+    assert _temporary.cleanup_problems("b1", [], ["eu-west-1: denied"], True).startswith(
+        "cleanup of bake b1 could not look for its temporary resources"
+    )

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
-from ansible_collections.bakery.images.plugins.module_utils import _plan, _sparsetar
+from ansible_collections.bakery.images.plugins.module_utils import _gcp, _plan, _sparsetar
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 REPO = Path(__file__).resolve().parents[4]
@@ -91,3 +91,26 @@ def test_base256_sizes_beyond_8_gib():
     info = tarfile.TarInfo.frombuf(header[:512], "utf-8", "surrogateescape")
     assert info.type == tarfile.GNUTYPE_SPARSE
     assert int.from_bytes(header[484:495], "big") == 10 << 30 and header[483] == 0x80
+
+
+def test_a_target_without_usable_credentials_created_nothing_and_its_cleanup_says_so(tmp_path):
+    params = {
+        "action": "cleanup",
+        "project": "p",
+        "zone": "europe-west1-b",
+        "bake_id": "b1",
+        "target": "web/gce",
+        "service_account_file": str(tmp_path / "missing.json"),
+    }
+    with pytest.raises(BakeryError) as failed:
+        _gcp.run(dict(params, action="launch", source_image="debian-12"))
+    assert failed.value.details["created"] is False
+    result = _gcp.run(dict(params, created=False))
+    assert result["changed"] is False and result["created"] is False
+    assert result["msg"] == (
+        "nothing to clean up: target web/gce of bake b1 created nothing (its calls failed before any could make a "
+        "resource); the cleanup could not look either: project p: cannot read service_account_file %s: No such "
+        "file or directory" % (tmp_path / "missing.json")
+    )
+    with pytest.raises(BakeryError, match="cannot read service_account_file"):
+        _gcp.run(params)

@@ -229,14 +229,28 @@ def test_gce_endpoint_that_never_answered_fails_fast():
 
 
 def test_bake_definition_types_are_strict():
-    with pytest.raises(BakeryError, match=r"bake.output_dir must be a string, not a list"):
+    with pytest.raises(BakeryError, match=r"^bake: output_dir must be a string, not a list"):
         validate_bake({"name": "b", "targets": [{"name": "t", "docker": {}}], "output_dir": ["a"]})
-    with pytest.raises(BakeryError, match=r"bake.targets\[0\].name must be a string, not a dictionary"):
+    with pytest.raises(BakeryError, match=r"^bake: targets\[0\].name must be a string, not a dictionary"):
         validate_bake({"name": "b", "targets": [{"name": {"a": 1}, "docker": {}}]})
     with pytest.raises(BakeryError, match="unsupported option colour"):
         validate_bake({"name": "b", "targets": [], "colour": "red"})
     with pytest.raises(BakeryError, match="bake must be a dictionary"):
         validate_bake(["name"])
+    # the failing options alone, once each: not the validator's parse errors or the spec
+    for bake, message in (
+        ({"name": "b", "targets": "web"}, "bake: targets must be a list of dictionaries, not a string"),
+        ({"name": "b", "targets": ["web"]}, "bake: targets[0] must be a dictionary, not a string"),
+        (
+            {"name": "b", "base": "bookworm", "targets": [{"name": "t", "docker": {}}]},
+            "bake: base must be a dictionary, not a string",
+        ),
+        ({"name": "b", "targets": 3}, "bake: targets must be a list of dictionaries, not a number"),
+        ({"name": "b", "targets": [True]}, "bake: targets[0] must be a dictionary, not a boolean"),
+    ):
+        with pytest.raises(BakeryError) as failed:
+            validate_bake(bake)
+        assert failed.value.msg == message
     message = ""
     try:
         validate_target("docker", {"repository": "r", "tags": {"a": 1}}, "t")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.bakery.images.plugins.module_utils import _manifest
 
 PLAN = {"name": "web", "bake_id": "run2", "manifest": "/o/bake-manifest.json", "skipped_targets": []}
@@ -149,3 +151,122 @@ def test_failed_targets_leaves_out_the_ones_fail_fast_cancelled_and_the_ones_wit
     ]
     assert _manifest.failed_targets(hosts) == ["image", "ami"]
     assert _manifest.failed_targets([]) == []
+
+
+def test_failure_output_takes_the_failed_item_of_a_loop_and_the_summary_names_the_provisioner():
+    loop = {
+        "msg": "One or more items failed",
+        "results": [
+            {"failed": False, "stdout_lines": ["fine"]},
+            {
+                "failed": True,
+                "msg": "non-zero return code",
+                "stdout_lines": ["a", "b"],
+                "stderr_lines": ["boom"],
+            },
+        ],
+    }
+    assert _manifest.failure_output(loop) == {"msg": "non-zero return code", "output": ["a", "b", "boom"]}
+    plain = {"msg": "failed", "stdout_lines": [str(n) for n in range(30)]}
+    assert _manifest.failure_output(plain)["output"] == [str(n) for n in range(10, 30)]
+    assert _manifest.failure_output({}) == {"msg": None, "output": []}
+    plan = {"name": "web", "bake_id": "b1"}
+    failure = {"phase": "provision", "provisioner": "setup (shell setup.sh)", "task": "Run", "msg": "rc 3"}
+    text = _manifest.failures(plan, [{"target": "a", "failure": failure}])
+    assert "target a failed in provision, provisioner setup (shell setup.sh), task 'Run': rc 3" in text
+
+
+HYGIENE = [
+    {
+        "name": "ssh_host_keys",
+        "status": "passed",
+        "ok": True,
+        "count": 0,
+        "findings": [],
+        "detail": "",
+        "fix": "",
+    },
+    {
+        "name": "core_dumps",
+        "status": "failed",
+        "ok": False,
+        "count": 1,
+        "findings": ["/core"],
+        "detail": "",
+        "fix": "x",
+    },
+]
+
+
+def test_a_disk_records_its_hygiene_results_and_a_target_that_failed_them_is_listed():
+    target = {"name": "disk", "bake_id": "run2", "options": {}}
+    made = {
+        "changed": True,
+        "found": False,
+        "outputs": [{"format": "raw", "path": "/o/d.raw"}],
+        "fingerprint": "f",
+    }
+    entry = _manifest.qemu_artifact(dict(made, hygiene=HYGIENE[:1]), target, 100.0, 160.0)
+    assert entry["hygiene"] == HYGIENE[:1]
+    assert "hygiene" not in _manifest.qemu_artifact(made, target, 100.0, 160.0)
+    results = [
+        {"target": "disk", "type": "qemu", "artifact": entry},
+        {
+            "target": "bad",
+            "type": "qemu",
+            "failure": {"phase": "capture", "msg": "hygiene: ...", "hygiene": HYGIENE},
+        },
+        {"target": "other", "type": "qemu", "failure": {"phase": "capture", "msg": "no", "hygiene": None}},
+    ]
+    manifest = _manifest.manifest(PLAN, results)
+    assert manifest["artifacts"][0]["hygiene"] == HYGIENE[:1]
+    assert manifest["hygiene_failures"] == [
+        {"target": "bad", "type": "qemu", "failed": ["core_dumps"], "hygiene": HYGIENE}
+    ]
+    assert "hygiene_failures" not in _manifest.manifest(PLAN, results[:1] + results[2:])
+
+
+def test_an_artifact_whose_same_checks_passed_before_is_known_by_its_id_and_fingerprint():
+    target = {"name": "web", "verify_digest": "d1"}
+    passed = {
+        "artifacts": [
+            {
+                "target": "web",
+                "id": "sha256:1",
+                "fingerprint": "f1",
+                "verify": {"status": "passed", "digest": "d1"},
+            }
+        ]
+    }
+    assert _manifest.verified_before(passed, target) == {"id": "sha256:1", "fingerprint": "f1"}
+    assert _manifest.verified_before(json.dumps(passed), target) == {"id": "sha256:1", "fingerprint": "f1"}
+    # other checks, a failed check, no checks now, no manifest: not verified before
+    assert _manifest.verified_before(passed, dict(target, verify_digest="d2")) is None
+    assert _manifest.verified_before(passed, dict(target, verify_digest=None)) is None
+    failed = json.loads(json.dumps(passed))
+    failed["artifacts"][0]["verify"]["status"] = "failed"
+    assert _manifest.verified_before(failed, target) is None
+    assert _manifest.verified_before(None, target) is None and _manifest.verified_before("{", target) is None
+
+
+def test_the_summary_says_what_became_of_the_checks():
+    checks = [{"label": "serves (shell bake.verify[0])"}, {"label": "marker (shell bake.verify[1])"}]
+    plan = dict(PLAN, targets=[{"name": "img", "verify": checks, "verified": None}])
+    found = artifact(False)
+    line = _manifest.summary(plan, [{"target": "img", "type": "docker", "artifact": found}])[1]
+    assert line.endswith("unchanged (fingerprint f1), would run 2 checks")  # check mode: nothing ran
+    checked = dict(found, verify={"status": "passed", "checked": "now"})
+    assert _manifest.summary(plan, [{"target": "img", "type": "docker", "artifact": checked}])[1].endswith(
+        ", checks passed"
+    )
+    plan["targets"][0]["verified"] = {"id": "sha256:abc", "fingerprint": "f1"}
+    assert _manifest.summary(plan, [{"target": "img", "type": "docker", "artifact": found}])[1].endswith(
+        ", checks passed before"
+    )
+    # another image (same fingerprint, another id) would be checked
+    plan["targets"][0]["verified"] = {"id": "sha256:def", "fingerprint": "f1"}
+    assert (
+        "would run 2 checks"
+        in _manifest.summary(plan, [{"target": "img", "type": "docker", "artifact": found}])[1]
+    )
+    assert _manifest.verify_note({"verify": checks[:1]}, {"status": "would build"}) == ", would run 1 check"

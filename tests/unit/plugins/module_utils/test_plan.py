@@ -291,3 +291,28 @@ def test_relative_controller_paths_become_absolute_against_the_playbook_director
     assert _plan.with_local_paths("qemu", {"base_image": "d/disk.raw"}, "/w") == {
         "base_image": "/w/d/disk.raw"
     }
+
+
+def test_hygiene_settings_of_a_qemu_target_take_the_bakes_where_it_has_none():
+    bake = copy.deepcopy(BAKE)
+    bake["hygiene"] = {"skip": ["world_writable"], "var_log_max": "32M"}
+    bake["targets"] = [
+        {"name": "own", "qemu": {"hygiene": {"skip": ["core_dumps", "apt_lists"], "var_log_max": None}}},
+        {"name": "plain", "qemu": {}},
+    ]
+    own, plain = plan(bake)["targets"]
+    assert own["options"]["hygiene"] == {"skip": ["apt_lists", "core_dumps"], "var_log_max": "32M"}
+    assert plain["options"]["hygiene"] == {"skip": ["world_writable"], "var_log_max": "32M"}
+    del bake["hygiene"]
+    assert plan(bake)["targets"][1]["options"]["hygiene"] == {"skip": [], "var_log_max": "64M"}
+
+
+def test_unknown_hygiene_checks_and_bad_sizes_are_refused_when_planned():
+    bake = copy.deepcopy(BAKE)
+    bake["targets"] = [{"name": "disk", "qemu": {"hygiene": {"skip": ["history"]}}}]
+    with pytest.raises(BakeryError, match=r"^bake.targets\[0\].qemu.hygiene: skip: unknown check history; "):
+        plan(bake)
+    bake["targets"] = [{"name": "disk", "qemu": {}}]
+    bake["hygiene"] = {"var_log_max": "a lot"}
+    with pytest.raises(BakeryError, match=r"^bake.hygiene: var_log_max 'a lot' is not a size"):
+        plan(bake)

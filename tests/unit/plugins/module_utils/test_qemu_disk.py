@@ -317,6 +317,7 @@ def test_manifest_entry_of_a_built_disk():
     entry = _manifest.qemu_artifact(result, target, 100.0, 112.34)
     assert entry["status"] == "built" and entry["type"] == "qemu" and entry["bake_id"] == "b1"
     assert entry["build_seconds"] == 12.3 and entry["outputs"] == result["outputs"]
+    assert entry["id"] == "s"  # the disk's sha256, as a box's
     would = _manifest.qemu_artifact({"found": False, "changed": False, "fingerprint": "f"}, target, None, 1.0)
     assert would["status"] == "would build" and would["path"] is None
 

@@ -3,6 +3,7 @@ the supervisor that ties qemu's life to ansible-playbook's (tested with real pro
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -164,6 +165,27 @@ def test_uefi_firmware_missing_is_named(tmp_path: Path) -> None:
 def test_uefi_firmware_defaults_to_debians_ovmf() -> None:
     code, template = qv.uefi_firmware(None, None)
     assert code.endswith("OVMF_CODE_4M.fd") and template.endswith("OVMF_VARS_4M.fd")
+
+
+def test_the_key_credential_is_a_tmpfiles_line_for_authorized_keys2(tmp_path: Path) -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample bakery-verify"
+    credential = qv.key_credential("root", key)
+    prefix = "io.systemd.credential.binary:tmpfiles.extra="
+    assert credential.startswith(prefix)
+    lines = base64.b64decode(credential[len(prefix) :]).decode().splitlines()
+    assert lines == [
+        "d /root/.ssh 0700 root - -",
+        "f+ /root/.ssh/authorized_keys2 0600 root - - " + key,
+    ]
+    assert (
+        "/home/admin/.ssh/authorized_keys2 0600 admin"
+        in base64.b64decode(qv.key_credential("admin", key)[len(prefix) :]).decode()
+    )
+    opts = qv.parse_options(_params(tmp_path, credential=True))
+    assert opts.credential
+    argv = qv.qemu_command(opts, 2222, "overlay.qcow2", "qcow2", credential=credential)
+    assert _pairs(argv, "-smbios") == ["type=11,value=" + credential]
+    assert "-smbios" not in qv.qemu_command(opts, 2222, "overlay.qcow2", "qcow2")
 
 
 # --------------------------------------------------------------------------- cloud-init seed
