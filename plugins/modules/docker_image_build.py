@@ -13,8 +13,8 @@ description:
   - Makes Docker images on the build host's Docker engine through the Docker SDK for Python.
   - C(action=build) builds a Dockerfile context; C(action=import) turns a root filesystem tarball made by
     M(bakery.images.rootfs) into a base image; C(action=start) starts a build container that a later play
-    provisions over the C(community.docker.docker_api) connection, and C(action=commit) commits it with
-    Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
+    provisions over the C(bakery.images.docker_api) connection (community.docker.docker_api with a sturdier
+    file upload), and C(action=commit) commits it with Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
     C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
     moved away back at it); C(action=remove) removes build containers.
   - Every image carries the label C(org.bakery.fingerprint), a sha256 over everything that decides it

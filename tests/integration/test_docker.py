@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -506,3 +507,66 @@ def test_an_image_to_verify_stays_untagged_and_unpushed_until_it_is_published(ba
     finally:
         stop()
         remove_repositories(name)
+
+
+# `id` that answers nothing, successfully, to its first two calls: what an engine busy with other bakes once made
+# community.docker.docker_api's `id -u && id -g` before a file upload return, failing the builder as unreachable
+SILENT_ID = """#!/bin/sh
+calls=$(cat /tmp/id-calls 2>/dev/null || echo 0)
+echo $((calls + 1)) > /tmp/id-calls
+[ "$calls" -lt 2 ] && exit 0
+exec /usr/bin/id "$@"
+"""
+
+
+@pytest.mark.parametrize(
+    ("connection", "uploads"),
+    [("bakery.images.docker_api", True), ("community.docker.docker_api", False)],
+)
+def test_the_builder_connection_uploads_files_when_id_first_answers_nothing(
+    bake_base, tmp_path, connection, uploads
+):
+    """bakery's builders use bakery.images.docker_api: it asks again; the upstream connection gives up."""
+    client = docker_client()
+    container = client.containers.run(
+        bake_base["image"],
+        ["sleep", "infinity"],
+        name=unique("silent-id").replace("/", "-"),
+        detach=True,
+        init=True,
+    )
+    try:
+        script = tmp_path / "id"
+        script.write_text(SILENT_ID)
+        script.chmod(0o755)
+        subprocess.run(["docker", "cp", str(script), "%s:/usr/local/bin/id" % container.name], check=True)
+        play = """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: Upload a file
+              ansible.builtin.copy:
+                content: "uploaded\\n"
+                dest: /uploaded
+                mode: "0644"
+        """
+        run = run_playbook(
+            play,
+            tmp_path,
+            args=[
+                "-i",
+                "%s," % container.name,
+                "-e",
+                "ansible_connection=%s ansible_python_interpreter=/usr/bin/python3" % connection,
+            ],
+        )
+        calls = container.exec_run(["cat", "/tmp/id-calls"]).output.decode().strip()
+        if uploads:
+            assert run.rc == 0, run.explain()
+            assert container.exec_run(["cat", "/uploaded"]).output == b"uploaded\n"
+            assert int(calls) >= 4  # two silent answers, then the real ids
+        else:
+            assert run.rc != 0
+            assert "Error while determining user and group ID" in run.stdout + run.stderr
+    finally:
+        container.remove(force=True)
