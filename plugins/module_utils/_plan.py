@@ -443,18 +443,6 @@ def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
     return dict(hygiene)
 
 
-def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A qemu target's options with its ``hygiene`` complete: each setting the target leaves out is the bake's
-    (``bake.hygiene``), else the default."""
-    own = check_hygiene(options.get("hygiene") or {}, where + ".hygiene")
-    merged = {}
-    for key, default in (("skip", []), ("var_log_max", "64M")):
-        value = own.get(key) if own.get(key) is not None else bake_hygiene.get(key)
-        merged[key] = default if value is None else value
-    merged["skip"] = sorted(set(as_list(merged["skip"])))
-    return dict(options, hygiene=merged)
-
-
 # the target types whose instance bakes run the hygiene checks on their builder before capture (an upload of a
 # qemu target's disk has that disk's results)
 INSTANCE_HYGIENE_TYPES = ("ami", "gce")
@@ -479,6 +467,18 @@ def instance_hygiene(
 def hygiene_input(hygiene: Mapping[str, Any]) -> str:
     """The fingerprint input of a target's complete ``hygiene`` settings (sizes in bytes: 64M and 64MiB agree)."""
     return digest_value(_hygiene.parse_options(hygiene).describe())
+
+
+def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A qemu target's options with its ``hygiene`` complete: each setting the target leaves out is the bake's
+    (``bake.hygiene``), else the default."""
+    own = check_hygiene(options.get("hygiene") or {}, where + ".hygiene")
+    merged = {}
+    for key, default in (("skip", []), ("var_log_max", "64M")):
+        value = own.get(key) if own.get(key) is not None else bake_hygiene.get(key)
+        merged[key] = default if value is None else value
+    merged["skip"] = sorted(set(as_list(merged["skip"])))
+    return dict(options, hygiene=merged)
 
 
 # the target types whose checks are local commands on the controller, and what they are told
