@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output
+from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, openssh_public_key
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     TEMPORARY_LABEL,
@@ -743,6 +743,8 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         key_pair=name,
         security_group=group,
         builder=connection,
+        # the image hygiene checks look for it in the builder's authorized_keys before capture
+        public_key=openssh_public_key(key["KeyMaterial"], name),
         msg="launched %s from %s (%s)"
         % (instance["InstanceId"], source_image["ImageId"], source_image.get("Name")),
     )

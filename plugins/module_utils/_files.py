@@ -59,6 +59,27 @@ def sidecar_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
+def openssh_public_key(private_key: str | bytes, comment: str = "") -> str:
+    """The OpenSSH public key line (``type body [comment]``) of a private key: PEM (EC2 hands out RSA keys as
+    PKCS#1 PEM) or OpenSSH (``-----BEGIN OPENSSH PRIVATE KEY-----``, EC2's ed25519 keys), unencrypted."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    data = private_key.encode("ascii") if isinstance(private_key, str) else private_key
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise BakeryError("not an unencrypted PEM or OpenSSH private key: %s" % exc) from None
+    line = public.decode("ascii")
+    return "%s %s" % (line, comment) if comment else line
+
+
 def read_sidecar(path: str) -> dict[str, Any] | None:
     """The sidecar of *path*, or None when the artifact or its sidecar is missing or unreadable."""
     if not os.path.exists(path):

@@ -795,6 +795,8 @@ class Images:
                 "self_link": source.get("selfLink"),
             },
             "instance": {"name": name, "zone": self.zone, "id": instance.get("id"), "host": host},
+            # the image hygiene checks look for it in the builder's authorized_keys before capture
+            "public_key": public_key,
             "builder": {
                 "connection": "ssh",
                 "host": host,

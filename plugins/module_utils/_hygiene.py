@@ -14,6 +14,9 @@ no link at all. Each check has a name (:data:`CHECKS`), can be skipped by it, an
 ``status`` is ``passed``, ``failed`` or ``skipped`` (by name, or not applicable, ``detail`` says why); ``ok``
 is false only for ``failed``; ``findings`` holds at most :data:`FINDINGS_SHOWN` paths, ``count`` all of them.
 
+:func:`generalize` removes, before the checks, what makes a builder this one machine and lets the builder in: its
+key in ``authorized_keys``, the SSH host keys, the machine id, and (on the live system) cloud-init's state.
+
 The markers of the files bakery puts into a tree only while it is provisioned (:data:`POLICY_RC_MARKER`,
 :data:`RESOLV_CONF_MARKER`) live here, where they are recognised; ``_qemu_disk.unpack`` writes them.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -391,8 +395,12 @@ _FILE_CHECKS: dict[str, Callable[[str, Options], tuple[list[str], str]]] = {
 }
 
 
-def check(root: str, options: Options | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every check of :data:`CHECKS` on the tree at *root*, in that order."""
+def check(
+    root: str, options: Options | Mapping[str, Any] | None = None, fixed: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Every check of :data:`CHECKS` on the tree at *root*, in that order. Findings among *fixed* do not count
+    (what :func:`generalize` would remove, in check mode)."""
+    fixed = frozenset(fixed)
     if not isinstance(options, Options):
         options = parse_options(options)
     if not os.path.isdir(root):
@@ -415,9 +423,116 @@ def check(root: str, options: Options | Mapping[str, Any] | None = None) -> list
             findings, detail = sorted(walk.world_writable), ""
         else:
             findings, detail = _FILE_CHECKS[name](root, options)
-            findings = sorted(findings)
+            findings = sorted(finding for finding in findings if finding not in fixed)
         results.append(_result(name, "failed" if findings else "passed", findings, detail))
     return results
+
+
+# ---------------------------------------------------------------- generalize
+
+# where generalize looks for cloud-init in the image (run only on the live system)
+CLOUD_INIT = ("/usr/bin/cloud-init", "/usr/local/bin/cloud-init", "/bin/cloud-init")
+
+
+def _without_key(path: str, body: str, check_mode: bool) -> bool:
+    """Remove the lines holding the key *body* from the regular file *path*, in place (its owner, mode and
+    inode stay); the file goes when nothing is left. Whether it held the key."""
+    if not _is_file(path):
+        return False
+    with open(path, "rb") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    wanted = body.encode("ascii", errors="replace")
+    kept = [line for line in lines if wanted not in line.split()]
+    if len(kept) == len(lines):
+        return False
+    if check_mode:
+        return True
+    rest = b"".join(kept)
+    if rest.strip():
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(rest)
+    else:
+        os.unlink(path)
+    return True
+
+
+def _empty_machine_id(path: str) -> None:
+    """``/etc/machine-id`` emptied in place; a link or other non-directory in its place becomes an empty file."""
+    info = _lstat(path)
+    if info is not None and stat.S_ISREG(info.st_mode):
+        os.close(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW))
+        return
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return  # not bakery's to fix: the check names it
+    if info is not None:
+        os.unlink(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444))
+
+
+def _cloud_init(root: str) -> str | None:
+    """The host path of the image's cloud-init command, or None."""
+    for image_path in CLOUD_INIT:
+        path = _path(root, image_path)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def generalize(root: str, builder_key: str | None, live: bool, check_mode: bool = False) -> dict[str, Any]:
+    """Make the tree at *root* any machine's, before the checks: the builder's key *builder_key* leaves every
+    ``authorized_keys`` and ``authorized_keys2`` of ``/root`` and ``/home/*`` (other keys stay; a file left
+    without any line goes), the SSH host keys go, ``/etc/machine-id`` is emptied, ``/var/lib/dbus/machine-id``
+    goes (a link to ``/etc/machine-id`` stays), and ``cloud-init clean --logs`` runs when the image has
+    cloud-init and *live* says *root* is the running system (never a tree's command otherwise). Check mode
+    changes nothing and tells what would go.
+
+    Returns the image paths found, by check name (``builder_key``, ``ssh_host_keys``, ``machine_id``: the
+    findings of those checks that were fixed), and ``cloud_init`` (whether it was cleaned)."""
+    if not os.path.isdir(root):
+        raise BakeryError("hygiene: %s is not a directory" % root)
+    options = Options(builder_key=str(builder_key or "").strip() or None)
+    removed: dict[str, Any] = {}
+    keys = _builder_key(root, options)[0] if options.builder_key else []
+    body = key_body(options.builder_key or "")
+    removed["builder_key"] = sorted(
+        image_path for image_path in keys if _without_key(_path(root, image_path), body, check_mode)
+    )
+    host_keys = sorted(_ssh_host_keys(root, options)[0])
+    if not check_mode:
+        for image_path in host_keys:
+            path = _path(root, image_path)
+            if not os.path.isdir(path) or os.path.islink(path):
+                os.unlink(path)
+    removed["ssh_host_keys"] = host_keys
+    identity = sorted(_machine_id(root, options)[0])
+    if not check_mode:
+        for finding in identity:
+            if finding.startswith("/etc/machine-id"):
+                _empty_machine_id(_path(root, "/etc/machine-id"))
+            else:
+                os.unlink(_path(root, "/var/lib/dbus/machine-id"))
+    removed["machine_id"] = identity
+    command = _cloud_init(root) if live else None
+    removed["cloud_init"] = command is not None
+    if command is not None and not check_mode:
+        done = subprocess.run([command, "clean", "--logs"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BakeryError(
+                "hygiene: cloud-init clean --logs failed (exit %d): %s"
+                % (done.returncode, (done.stderr or done.stdout).strip()[-2000:]),
+                generalized=removed,
+            )
+    if live and not check_mode and any(removed.values()):
+        os.sync()
+    return removed
+
+
+def generalized_paths(removed: Mapping[str, Any]) -> list[str]:
+    """The findings :func:`generalize` fixed (or would fix), as one list."""
+    return [
+        path for name in ("builder_key", "ssh_host_keys", "machine_id") for path in removed.get(name) or []
+    ]
 
 
 def passed(results: Iterable[Mapping[str, Any]]) -> bool:

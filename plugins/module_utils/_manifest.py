@@ -4,8 +4,9 @@
 
 The manifest holds one entry per target. It is deterministic: an artifact that was not rebuilt keeps
 the bake id and build time of the bake that made it, so a bake that changes nothing rewrites nothing.
-A disk's entry holds the results of its image hygiene checks (``hygiene``); a target of this run that failed
-for a hygiene check is listed under ``hygiene_failures`` with every check's result, and has no artifact.
+A disk's entry, and an instance-baked AMI's or GCE image's, holds the results of its image hygiene checks
+(``hygiene``; an unchanged artifact keeps those of the bake that made it); a target of this run that failed for
+a hygiene check is listed under ``hygiene_failures`` with every check's result, and has no artifact.
 """
 
 from __future__ import annotations
@@ -40,13 +41,20 @@ def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], starte
     return entry
 
 
+def _with_hygiene(entry: dict, result: Mapping[str, Any]) -> dict:
+    """*entry* with the image hygiene results of its build (given to the result by the role), if any."""
+    if result.get("hygiene") is not None:
+        entry["hygiene"] = result["hygiene"]
+    return entry
+
+
 def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
     """The manifest entry of a GCE target from the gce_image_bake result that made or found its image."""
     image = result.get("image") or {}
     labels = image.get("labels") or {}
     built = bool(result.get("built"))
     size = image.get("archive_size_bytes")
-    return {
+    entry = {
         "target": target["name"],
         "type": "gce",
         "status": "built" if built else ("unchanged" if image else "would build"),
@@ -62,6 +70,7 @@ def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
         "build_seconds": round(now - float(started), 1) if built and started else None,
         "changed_inputs": result.get("changed_inputs") or [],
     }
+    return _with_hygiene(entry, result)
 
 
 def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
@@ -70,7 +79,7 @@ def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     tags = image.get("tags") or {}
     built = bool(result.get("built"))
     size = image.get("size_gib")
-    return {
+    entry = {
         "target": target["name"],
         "type": "ami",
         "status": "built" if built else ("unchanged" if image else "would build"),
@@ -84,6 +93,7 @@ def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
         "build_seconds": round(now - float(started), 1) if built and started else None,
         "changed_inputs": result.get("changed_inputs") or [],
     }
+    return _with_hygiene(entry, result)
 
 
 def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
@@ -182,6 +192,9 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
             # what the build that made it downloaded is still there
             if old.get("downloads"):
                 entry["downloads"] = old["downloads"]
+            # the hygiene checks of the build that made it (a found cloud image has no sidecar to keep them)
+            if entry.get("hygiene") is None and old.get("hygiene") is not None:
+                entry["hygiene"] = old["hygiene"]
         entries[entry["target"]] = entry
     made = {
         "version": MANIFEST_VERSION,

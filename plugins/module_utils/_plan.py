@@ -323,6 +323,8 @@ def make_plan(
         options = validate_target(kind, target[kind], where)
         if kind == "qemu":
             options = with_hygiene(options, bake_hygiene, where)
+        elif kind in INSTANCE_HYGIENE_TYPES:
+            options = instance_hygiene(options, bake_hygiene, where)
         check_target(kind, options, where, cwd)
         options = with_local_paths(kind, options, cwd)
         paths = secrets_of(kind) if secrets_of else []
@@ -352,6 +354,9 @@ def make_plan(
             if playbook_hosts:
                 check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts)
             inputs.update(_provisioners.inputs(provisioners, role_digest, digests, playbook_digest))
+            if kind in INSTANCE_HYGIENE_TYPES:
+                # tighter checks check the instance again: a new image
+                inputs["hygiene"] = hygiene_input(options["hygiene"])
             if not uses_own_source(kind, options):
                 if rootfs is None:
                     raise BakeryError(
@@ -436,6 +441,32 @@ def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
     except BakeryError as exc:
         raise BakeryError("%s: %s" % (where, exc.msg)) from None
     return dict(hygiene)
+
+
+# the target types whose instance bakes run the hygiene checks on their builder before capture (an upload of a
+# qemu target's disk has that disk's results)
+INSTANCE_HYGIENE_TYPES = ("ami", "gce")
+
+
+def instance_hygiene(
+    options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """An ami or gce target's options with its ``hygiene`` complete (as :func:`with_hygiene`) for an instance
+    bake; an upload (``source``) has none, and refuses its own: the checks of the disk it uploads apply."""
+    if options.get("source"):
+        if options.get("hygiene") is not None:
+            raise BakeryError(
+                "%s.hygiene: this target uploads the disk of qemu target %s, whose hygiene checks apply (set "
+                "hygiene on that target, or bake.hygiene); only an instance bake has hygiene settings of its own"
+                % (where, options["source"])
+            )
+        return dict(options)
+    return with_hygiene(options, bake_hygiene, where)
+
+
+def hygiene_input(hygiene: Mapping[str, Any]) -> str:
+    """The fingerprint input of a target's complete ``hygiene`` settings (sizes in bytes: 64M and 64MiB agree)."""
+    return digest_value(_hygiene.parse_options(hygiene).describe())
 
 
 def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str) -> dict[str, Any]:

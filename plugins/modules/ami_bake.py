@@ -400,6 +400,13 @@ builder:
   description: Connection of the builder for C(add_host) (connection, host, port, user, private_key, ssh_common_args).
   returned: launch, when a builder was started
   type: dict
+public_key:
+  description:
+    - The OpenSSH public key line of the builder's temporary key pair (derived from the private key EC2 handed
+      out), for the image hygiene checks (M(bakery.images.image_hygiene) O(bakery.images.image_hygiene#module:builder_key)).
+  returned: launch, when a builder was started
+  type: str
+  sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB... bakery-20261127t101500-a1b2c3-web-ami
 key_pair:
   description: Name of the temporary key pair.
   returned: launch, when a builder was started

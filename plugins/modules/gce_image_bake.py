@@ -324,6 +324,13 @@ instance:
   description: The build instance (name, zone, id, host), after V(launch).
   type: dict
   returned: when a build instance was started
+public_key:
+  description:
+    - The OpenSSH public key line of the build instance's temporary key (in its C(ssh-keys) metadata), for the
+      image hygiene checks (M(bakery.images.image_hygiene) O(bakery.images.image_hygiene#module:builder_key)).
+  type: str
+  returned: when a build instance was started
+  sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB... bakery-20261127t140000-eeeeee-vm
 builder:
   description: Connection of the build instance for C(add_host) (connection, host, port, user, private_key, python).
   type: dict

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: image_hygiene
-short_description: Check that a machine image leaves without secrets, identity or residue of its build
+short_description: Check (and generalize) a machine image for secrets, identity and residue of its build
 version_added: 0.2.0
 description:
   - Checks the root directory O(root) of an image (C(/) on a builder VM about to be captured, or an unpacked tree)
@@ -30,19 +30,26 @@ description:
   - V(var_log_size) - C(/var/log) holds at most O(var_log_max) (allocated bytes, hard links once).
   - V(world_writable) - no regular file writable by others outside C(/tmp) and C(/var/tmp).
   - Symbolic links are never followed out of O(root); C(/proc), C(/sys), C(/dev) and C(/run) are not looked at.
-    Nothing is changed.
+    Nothing is changed, unless O(generalize=true).
+  - With O(generalize=true), the image is first made any machine's, then checked - the builder's key
+    O(builder_key) leaves every C(authorized_keys) and C(authorized_keys2) of C(/root) and C(/home/*) (rewritten
+    in place, other keys kept; a file left empty goes), C(/etc/ssh/ssh_host_*) go, C(/etc/machine-id) is emptied,
+    C(/var/lib/dbus/machine-id) goes (unless it is a link to C(/etc/machine-id)), and when O(root) is the running
+    system (V(/)) and it has cloud-init, C(cloud-init clean --logs) runs.
 author:
   - bakery maintainers (@bakery-images)
 attributes:
   check_mode:
     support: full
-    description: The checks only read; they run in check mode too.
+    description:
+      - The checks only read; they run in check mode too. O(generalize) then changes nothing and reports in
+        RV(generalized) what it would remove; the checks do not count those findings.
   diff_mode:
     support: none
-    description: Nothing is changed.
+    description: Nothing is shown as a diff; RV(generalized) names what O(generalize) removed.
   idempotent:
     support: full
-    description: Nothing is changed; C(changed) is always false.
+    description: The checks change nothing; O(generalize) changes something (C(changed)) only when it finds something to remove.
 options:
   root:
     description: The root directory of the image.
@@ -67,16 +74,24 @@ options:
     type: str
     choices: [refresh, keep]
     default: refresh
+  generalize:
+    description:
+      - Before the checks, remove the builder's key O(builder_key) from the C(authorized_keys) files, the SSH host
+        keys and the machine id, and clean cloud-init's state on the running system (see above).
+    type: bool
+    default: false
 notes:
-  - Role C(bakery.images.qemu) runs it on a builder VM (O(root=/)) after the VM is generalized and before it powers
-    off; a disk provisioned in a chroot gets the same checks from M(bakery.images.qemu_image).
+  - Roles C(bakery.images.qemu) (O(root=/) in a builder VM before it powers off), C(bakery.images.ami) and
+    C(bakery.images.gce) (on the builder instance before it is captured) run it with O(generalize=true); a disk
+    provisioned in a chroot gets the same checks from M(bakery.images.qemu_image).
 seealso:
   - module: bakery.images.qemu_image
 """
 
 EXAMPLES = r"""
-- name: Check the builder before it is captured
+- name: Remove the builder's key and the machine's identity, then check the builder before it is captured
   bakery.images.image_hygiene:
+    generalize: true
     builder_key: "{{ lookup('file', 'builder.pub') }}"
     var_log_max: 32M
   become: true
@@ -107,11 +122,25 @@ passed:
   description: Whether every check passed or was skipped.
   returned: always
   type: bool
+generalized:
+  description:
+    - What O(generalize) removed (in check mode, would remove), as image paths by check name - C(builder_key) (the
+      files the key left), C(ssh_host_keys), C(machine_id) (emptied or removed) - and C(cloud_init) (whether
+      C(cloud-init clean --logs) ran).
+  returned: with O(generalize=true), also when a check failed
+  type: dict
+  sample:
+    builder_key: [/home/admin/.ssh/authorized_keys]
+    ssh_host_keys: [/etc/ssh/ssh_host_ed25519_key, /etc/ssh/ssh_host_ed25519_key.pub]
+    machine_id: [/etc/machine-id]
+    cloud_init: false
 msg:
   description: A summary; when a check failed, every finding of every failed check.
   returned: always
   type: str
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -122,16 +151,26 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 
 def check(module: AnsibleModule) -> dict:
     params = module.params
-    results = _hygiene.check(params["root"], params)
+    extra: dict = {}
+    fixed: list[str] = []
+    if params["generalize"]:
+        live = os.path.realpath(params["root"]) == "/"
+        removed = _hygiene.generalize(params["root"], params["builder_key"], live, module.check_mode)
+        extra = {"generalized": removed, "changed": any(removed.values())}
+        fixed = _hygiene.generalized_paths(removed) if module.check_mode else []
+    results = _hygiene.check(params["root"], params, fixed)
     if not _hygiene.passed(results):
-        raise BakeryError(_hygiene.failure_message(results, params["root"]), hygiene=results, passed=False)
+        raise BakeryError(
+            _hygiene.failure_message(results, params["root"]), hygiene=results, passed=False, **extra
+        )
     checked = [r["name"] for r in results if r["status"] == "passed"]
-    return {
-        "changed": False,
-        "hygiene": results,
-        "passed": True,
-        "msg": "hygiene: %d checks passed, %d skipped" % (len(checked), len(results) - len(checked)),
-    }
+    return dict(
+        {"changed": False},
+        hygiene=results,
+        passed=True,
+        msg="hygiene: %d checks passed, %d skipped" % (len(checked), len(results) - len(checked)),
+        **extra,
+    )
 
 
 def main() -> None:
@@ -142,6 +181,7 @@ def main() -> None:
             var_log_max=dict(type="str", default="64M"),
             builder_key=dict(type="str", no_log=False),
             package_lists=dict(type="str", default="refresh", choices=list(_hygiene.PACKAGE_LISTS)),
+            generalize=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

@@ -23,7 +23,7 @@ from conftest import REPO, docker_client, run_playbook
 from crash import Run, run_janitor
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
-from ansible_collections.bakery.images.plugins.module_utils import _aws
+from ansible_collections.bakery.images.plugins.module_utils import _aws, _hygiene, _manifest
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 BLOCK = 512 * 1024
@@ -240,6 +240,8 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
 # ---------------------------------------------------------------- instance bake through the role
 
 
+# a key of the image's own (an operator's) that generalizing the builder keeps
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAnOperatorsKeyThatStaysInTheImage operator@example"
 INSTANCE_PLAY = """
 - name: Launch the builder instance (role bakery.images.ami, phase launch)
   hosts: localhost
@@ -250,21 +252,23 @@ INSTANCE_PLAY = """
         name: bakery.images.ami
         tasks_from: launch
     - name: Start the stand-in builder
-      bakery.images.docker_image_build:
-        action: start
-        name: bakery-test/ami-stand-in
-        base_image: "{{ stand_in_image }}"
-        bake_id: "{{ bakery_target.bake_id }}"
-        target: ami-stand-in
+      community.docker.docker_container:
+        name: "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}"
+        image: "{{ stand_in_image }}"
+        command: [sleep, infinity]
+        labels: {bakery-temporary: "true", bakery-bake-id: "{{ bakery_target.bake_id }}"}
+        state: started
       register: stand_in
       when: ami_launch.instance is defined
-    - name: Add the stand-in builder
+    - name: Add the stand-in builder under the builder's name (as role bake adds the instance)
       ansible.builtin.add_host:
-        name: stand-in
+        name: "{{ bakery_target.builder }}"
         groups: builders
         ansible_connection: community.docker.docker_api
-        ansible_host: "{{ stand_in.container.name }}"
+        ansible_host: "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}"
+        ansible_user: root
         ansible_python_interpreter: /usr/bin/python3
+        builder_key: "{{ ami_launch.public_key }}"
       when: ami_launch.instance is defined
       changed_when: false
 
@@ -272,11 +276,30 @@ INSTANCE_PLAY = """
 - name: Provision the stand-in builder
   hosts: builders
   gather_facts: false
+  vars:
+    other_key: "@OTHER_KEY@"
   tasks:
     - name: provision
       ansible.builtin.copy:
         dest: /etc/bakery-provisioned
         content: "provisioned by the test\\n"
+    # what a booted cloud instance has: its identity, host keys, and the builder's key (cloud-init put it there)
+    - name: Give the builder an identity, a host key and the builder's key
+      ansible.builtin.shell: |
+        set -e
+        echo 0123456789abcdef0123456789abcdef > /etc/machine-id
+        mkdir -p /etc/ssh /root/.ssh
+        echo 'not a real key' > /etc/ssh/ssh_host_ed25519_key
+        printf '%s\\n%s\\n' "$BUILDER_KEY" "$OTHER_KEY" > /root/.ssh/authorized_keys
+      environment:
+        BUILDER_KEY: "{{ builder_key }}"
+        OTHER_KEY: "{{ other_key }}"
+      changed_when: true
+    - name: Leave a shell history
+      ansible.builtin.copy:
+        dest: /root/.bash_history
+        content: "export TOKEN=secret\\n"
+      when: leave_history | default(false)
     - name: hold
       ansible.builtin.command: sleep {{ hold_seconds | default(0) }}
       changed_when: false
@@ -296,15 +319,23 @@ INSTANCE_PLAY = """
           ansible.builtin.include_role:
             name: bakery.images.ami
             tasks_from: cleanup
+        - name: Look at the stand-in builder after capture
+          ansible.builtin.shell: |
+            echo "host keys: $(ls -A /etc/ssh)"
+            echo "machine-id: $(cat /etc/machine-id)"
+            echo "keys: $(cat /root/.ssh/authorized_keys)"
+          delegate_to: "{{ bakery_target.builder }}"
+          changed_when: false
+          when: stand_in is not skipped
         - name: Remove the stand-in builder
-          bakery.images.docker_image_build:
-            action: remove
-            container: "{{ stand_in.container.id }}"
-          when: stand_in.container is defined
+          community.docker.docker_container:
+            name: "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}"
+            state: absent
+          when: stand_in is not skipped
     - name: artifact
       ansible.builtin.debug:
         var: bakery_artifact
-"""
+""".replace("@OTHER_KEY@", OTHER_KEY)
 
 
 def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp_path):
@@ -340,6 +371,26 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
     assert artifact["status"] == "built" and sorted(artifact["images"]) == sorted(regions)
     assert not os.path.exists(launched["builder"]["private_key"]), "private key left behind"
 
+    # before capture, the builder was generalized: the builder's key (the public half of the key pair EC2 made),
+    # the host key and the machine id went, the operator's key stayed; then every hygiene check passed
+    assert launched["public_key"].startswith("ssh-ed25519 AAAA")
+    assert launched["public_key"].endswith(" " + launched["key_pair"])
+    generalized = first.task_result(HYGIENE_TASK)
+    assert generalized["changed"] and generalized["generalized"] == {
+        "builder_key": ["/root/.ssh/authorized_keys"],
+        "ssh_host_keys": ["/etc/ssh/ssh_host_ed25519_key"],
+        "machine_id": ["/etc/machine-id"],
+        "cloud_init": False,
+    }
+    after = first.task_result("Look at the stand-in builder after capture")["stdout_lines"]
+    assert after == ["host keys: ", "machine-id: ", "keys: " + OTHER_KEY]
+    assert [check["status"] for check in artifact["hygiene"]] == ["passed"] * 9
+    assert [check["name"] for check in artifact["hygiene"]] == list(_hygiene.CHECKS)
+    # the manifest entry holds the results
+    plan = {"name": "aws-test", "bake_id": bake_id}
+    manifest = _manifest.manifest(plan, [{"target": "ami", "type": "ami", "artifact": artifact}])
+    assert manifest["artifacts"][0]["hygiene"] == artifact["hygiene"]
+
     ec2 = moto.client("ec2")
     instance = ec2.describe_instances(InstanceIds=[launched["instance"]["instance_id"]])["Reservations"][0][
         "Instances"
@@ -369,9 +420,66 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
     assert again.rc == 0, again.explain()
     assert again.task_result("Find the image by fingerprint, or launch the builder")["found"]
     assert again.task_result("Publish the image found by fingerprint")["changed"] is False
-    assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
+    found = again.task_result("artifact")["bakery_artifact"]
+    assert found["status"] == "unchanged"
     assert again.stats["localhost"]["changed"] == 0
     assert counts(moto, regions) == before
+    # nothing was checked this time: the manifest keeps the results of the bake that made the image
+    assert "hygiene" not in found
+    kept = _manifest.manifest(plan, [{"target": "ami", "type": "ami", "artifact": found}], manifest)
+    assert kept["artifacts"][0]["hygiene"] == artifact["hygiene"]
+
+
+HYGIENE_TASK = (
+    "Remove the builder's key and the machine's identity from the builder, then check the image's hygiene"
+)
+
+
+def test_an_instance_that_fails_a_hygiene_check_makes_no_image(moto, bake_base, docker_leftovers, tmp_path):
+    """A provisioner leaves a shell history on the builder: the target fails naming the file before an image or
+    snapshot exists, and the cleanup terminates the instance."""
+    name = unique("bakery-unclean")
+    bake_id = unique("bake")
+    target = ami_target(
+        moto.url,
+        name,
+        bake_id,
+        tmp_path / "output",
+        source_ami_filter={"owners": ["amazon"], "name": "amzn2-ami-hvm-*-x86_64-gp2", "most_recent": True},
+        ssh_timeout=0,  # moto's instances never answer SSH
+    )
+    extra = {
+        "bakery_target": target,
+        "stand_in_image": bake_base["image"],
+        "leave_history": True,
+    }
+    images_before = {i["ImageId"] for i in moto.client("ec2").describe_images(Owners=["self"])["Images"]}
+    snapshots_before = {
+        s["SnapshotId"] for s in moto.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    }
+    run = run_playbook(INSTANCE_PLAY, tmp_path, extra_vars=extra, env=AWS_ENV)
+    assert run.rc != 0, run.explain()
+    failed = run.task_result(HYGIENE_TASK)
+    assert failed["failed"] and not failed["passed"]
+    assert failed["msg"].startswith("hygiene: 1 check failed for / (shell_history)"), failed["msg"]
+    assert "shell_history: /root/.bash_history" in failed["msg"]
+    # it was generalized before the checks ran; only the history is left to the user
+    assert failed["generalized"]["builder_key"] == ["/root/.ssh/authorized_keys"]
+    statuses = {check["name"]: check["status"] for check in failed["hygiene"]}
+    assert statuses == dict({n: "passed" for n in _hygiene.CHECKS}, shell_history="failed")
+    assert run.task_results("Create the image from the builder") == [], "the capture ran"
+
+    ec2 = moto.client("ec2")
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
+    assert {
+        s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    } == snapshots_before
+    launched = run.task_result("Find the image by fingerprint, or launch the builder")
+    instance = ec2.describe_instances(InstanceIds=[launched["instance"]["instance_id"]])["Reservations"][0][
+        "Instances"
+    ][0]
+    assert instance["State"]["Name"] == "terminated"
+    assert leftovers(moto, bake_id, [REGION]) == {}
 
 
 # ---------------------------------------------------------------- fault injection, in process

@@ -34,7 +34,7 @@ from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
 from ports import free_port
 
-from ansible_collections.bakery.images.plugins.module_utils import _gcp
+from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene
 
 BUCKET = "bakery-test-uploads"
 PROJECT = "bakery-test"
@@ -430,12 +430,72 @@ def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):
     entry = manifest["artifacts"][0]
     assert entry["type"] == "gce" and entry["name"] == "web-20261127t140000-eeeeee"
     assert not list((tmp_path / "output" / ".bakery-ssh").glob("*")), "SSH key left behind"
+    # the builder was generalized and passed every hygiene check before it was captured
+    launched = first.task_result("Find the image, or start the build instance")
+    assert launched["public_key"].startswith("ssh-ed25519 AAAA")
+    checked = first.task_result(HYGIENE_TASK)
+    assert checked["passed"] and checked["generalized"]["cloud_init"] is False
+    assert [(c["name"], c["status"]) for c in entry["hygiene"]] == [(n, "passed") for n in _hygiene.CHECKS]
 
     calls = len(gce.fake.calls)
     second = run_playbook(playbook, tmp_path, extra_vars=extra)
     assert second.rc == 0, second.explain()
     assert all(host["changed"] == 0 for host in second.stats.values()), second.stats
     assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), "the second bake launched something"
+    # found unchanged: the manifest keeps the results of the bake that made the image
+    again = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    assert again["artifacts"][0]["hygiene"] == entry["hygiene"]
+
+
+HYGIENE_TASK = "Remove the builder's key and the machine's identity from the build instance, then check the image's hygiene"
+
+
+def test_an_instance_that_fails_a_hygiene_check_makes_no_image(gce, bake_base, tmp_path):
+    """A role leaves a shell history on the build instance: the target fails naming the file, before any image
+    exists; the instance and its disk are deleted, and the manifest lists the failure with every check."""
+    playbook = instance_playbook(tmp_path)
+    role = tmp_path / "roles" / "history" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(
+        "- name: Leave a shell history\n  ansible.builtin.copy:\n    dest: /root/.bash_history\n"
+        '    content: "export TOKEN=secret\\n"\n'
+    )
+    bake = {
+        "name": "gce-unclean",
+        "provisioners": [{"role": "marker", "vars": {"marker": "provisioned"}}, {"role": "history"}],
+        "targets": [
+            {
+                "name": "vm",
+                "gce": gce.options(
+                    zone=ZONE,
+                    name="unclean",
+                    source_image_family="debian-12",
+                    source_image_project="debian-cloud",
+                    ssh_port=gce.ssh_port,
+                    hygiene={"skip": ["core_dumps"]},
+                ),
+            }
+        ],
+    }
+    images = set(gce.fake.images)
+    run = run_playbook(playbook, tmp_path, extra_vars={"bake": bake, "stand_in_image": bake_base["image"]})
+    assert run.rc != 0, run.explain()
+    failed = run.task_result(HYGIENE_TASK)
+    assert failed["failed"] and "shell_history: /root/.bash_history" in failed["msg"], failed["msg"]
+    assert run.task_results("Capture the image from the build instance") == [], "the capture ran"
+    assert set(gce.fake.images) == images, "an image was made"
+    assert not any(c.endswith("/images") and c.startswith("POST") for c in gce.fake.calls)
+    assert gce.leftovers() == {}, "build instance or disk left behind"
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    assert manifest["artifacts"] == []
+    (rejected,) = manifest["hygiene_failures"]
+    assert (
+        rejected["target"] == "vm" and rejected["type"] == "gce" and rejected["failed"] == ["shell_history"]
+    )
+    statuses = {c["name"]: c["status"] for c in rejected["hygiene"]}
+    assert statuses == dict(
+        {n: "passed" for n in _hygiene.CHECKS}, shell_history="failed", core_dumps="skipped"
+    )
 
 
 # ------------------------------------------------------------------------------------ fault injection

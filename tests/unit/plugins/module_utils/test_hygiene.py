@@ -290,3 +290,128 @@ def test_key_body_is_what_is_looked_for():
         _hygiene.key_body('from="10.0.0.1" ' + OTHER_KEY)
         == "AAAAC3NzaC1lZDI1NTE5AAAAIAnotherUsersKeyBodyForTests"
     )
+
+
+# ---------------------------------------------------------------- generalize
+
+
+def test_generalize_removes_the_builder_key_host_keys_and_identity_and_keeps_the_rest(clean: Path):
+    keys = ssh_host_keys(clean)
+    identity = machine_id(clean)
+    builder_key(clean)
+    write(clean, "root/.ssh/authorized_keys2", "# the builder's, twice\n" + BUILDER_KEY + "\n", 0o600)
+    write(clean, "etc/ssh/ssh_host_rsa_key", "-----BEGIN OPENSSH PRIVATE KEY-----\n", 0o600)
+    alice = clean / "home/alice/.ssh/authorized_keys"
+    os.chmod(alice, 0o640)
+    inode = alice.stat().st_ino
+    (clean / "home/bob").mkdir()
+    write(clean, "home/bob/.ssh/authorized_keys", OTHER_KEY + "\n", 0o600)  # no builder key: untouched
+    bob_before = (clean / "home/bob/.ssh/authorized_keys").stat()
+    assert not _hygiene.passed(_hygiene.check(str(clean), {"builder_key": BUILDER_KEY}))
+
+    removed = _hygiene.generalize(str(clean), BUILDER_KEY, live=False)
+
+    assert removed == {
+        "builder_key": [
+            "/home/alice/.ssh/authorized_keys",
+            "/root/.ssh/authorized_keys",
+            "/root/.ssh/authorized_keys2",
+        ],
+        "ssh_host_keys": sorted([*keys, "/etc/ssh/ssh_host_rsa_key"]),
+        "machine_id": identity,
+        "cloud_init": False,
+    }
+    # alice's own key stays, in the same file (inode and mode); a file with only the builder's key goes, and
+    # so does one left with a comment only
+    assert alice.read_text() == OTHER_KEY + "\n"
+    assert alice.stat().st_ino == inode and alice.stat().st_mode & 0o777 == 0o640
+    assert not (clean / "root/.ssh/authorized_keys").exists()
+    assert (clean / "root/.ssh/authorized_keys2").read_text() == "# the builder's, twice\n"
+    assert (clean / "home/bob/.ssh/authorized_keys").stat().st_mtime_ns == bob_before.st_mtime_ns
+    assert sorted(os.listdir(clean / "etc/ssh")) == ["sshd_config"]
+    assert (clean / "etc/machine-id").read_text() == ""
+    assert not os.path.lexists(clean / "var/lib/dbus/machine-id")
+    # then every check passes, and a second run has nothing to remove
+    assert _hygiene.passed(_hygiene.check(str(clean), {"builder_key": BUILDER_KEY}))
+    again = _hygiene.generalize(str(clean), BUILDER_KEY, live=False)
+    assert not any(again.values())
+
+
+def test_generalize_keeps_a_dbus_link_and_an_empty_machine_id(clean: Path):
+    before = sorted(str(p) for p in clean.rglob("*"))
+    removed = _hygiene.generalize(str(clean), BUILDER_KEY, live=False)
+    assert not any(removed.values())
+    assert sorted(str(p) for p in clean.rglob("*")) == before
+    assert os.readlink(clean / "var/lib/dbus/machine-id") == "/etc/machine-id"
+
+
+def test_generalize_in_check_mode_changes_nothing_and_the_checks_do_not_count_what_it_would_remove(
+    clean: Path,
+):
+    ssh_host_keys(clean)
+    machine_id(clean)
+    builder_key(clean)
+    shell_history(clean)
+    snapshot = {str(p): p.read_bytes() for p in clean.rglob("*") if p.is_file() and not p.is_symlink()}
+    removed = _hygiene.generalize(str(clean), BUILDER_KEY, live=False, check_mode=True)
+    assert removed["builder_key"] == ["/home/alice/.ssh/authorized_keys", "/root/.ssh/authorized_keys"]
+    assert removed["ssh_host_keys"] and removed["machine_id"]
+    assert {
+        str(p): p.read_bytes() for p in clean.rglob("*") if p.is_file() and not p.is_symlink()
+    } == snapshot
+    results = _hygiene.check(str(clean), {"builder_key": BUILDER_KEY}, _hygiene.generalized_paths(removed))
+    # only what generalize does not fix still fails
+    assert list(failed(results)) == ["shell_history"]
+
+
+def test_generalize_never_follows_links_out_of_the_tree(clean: Path, tmp_path: Path):
+    outside = tmp_path / "host"
+    write(outside, "authorized_keys", BUILDER_KEY + "\n", 0o600)
+    write(outside, "machine-id", "0123456789abcdef0123456789abcdef\n")
+    write(outside, "ssh/ssh_host_ed25519_key", "host's key", 0o600)
+    (clean / "root/.ssh").mkdir()
+    (clean / "root/.ssh/authorized_keys").symlink_to(str(outside / "authorized_keys"))
+    (clean / "etc/machine-id").unlink()
+    (clean / "etc/machine-id").symlink_to(str(outside / "machine-id"))
+    for child in (clean / "etc/ssh").iterdir():
+        child.unlink()
+    (clean / "etc/ssh").rmdir()
+    (clean / "etc/ssh").symlink_to(str(outside / "ssh"))
+    removed = _hygiene.generalize(str(clean), BUILDER_KEY, live=False)
+    # the link in /etc/machine-id's place became an empty file of the tree; nothing outside changed
+    assert removed["machine_id"] == ["/etc/machine-id (not a regular file)"]
+    assert (clean / "etc/machine-id").is_file() and not (clean / "etc/machine-id").is_symlink()
+    assert (clean / "etc/machine-id").read_text() == ""
+    assert (outside / "authorized_keys").read_text() == BUILDER_KEY + "\n"
+    assert (outside / "machine-id").read_text().strip() == "0123456789abcdef0123456789abcdef"
+    assert (outside / "ssh/ssh_host_ed25519_key").exists()
+
+
+def fake_cloud_init(root: Path) -> Path:
+    """A cloud-init command in the tree that records how it was called (beside the tree, never the host's)."""
+    record = root.parent / "cloud-init-calls"
+    write(root, "usr/bin/cloud-init", '#!/bin/sh\necho "$@" >> %s\n' % record, 0o755)
+    return record
+
+
+def test_cloud_init_is_cleaned_only_on_the_live_system(clean: Path):
+    record = fake_cloud_init(clean)
+    removed = _hygiene.generalize(str(clean), BUILDER_KEY, live=False)
+    assert removed["cloud_init"] is False and not record.exists()
+    assert _hygiene.generalize(str(clean), BUILDER_KEY, live=True, check_mode=True)["cloud_init"] is True
+    assert not record.exists()
+    # live: the tree is the running system (the module passes live only for root /); here the tree's own
+    # command stands in for it
+    assert _hygiene.generalize(str(clean), BUILDER_KEY, live=True)["cloud_init"] is True
+    assert record.read_text() == "clean --logs\n"
+    # a system without cloud-init: nothing to clean
+    (clean / "usr/bin/cloud-init").unlink()
+    assert _hygiene.generalize(str(clean), BUILDER_KEY, live=True)["cloud_init"] is False
+
+
+def test_a_failing_cloud_init_clean_fails_with_its_message(clean: Path):
+    write(clean, "usr/bin/cloud-init", "#!/bin/sh\necho 'cannot remove /var/lib/cloud' >&2\nexit 3\n", 0o755)
+    with pytest.raises(
+        BakeryError, match=r"cloud-init clean --logs failed \(exit 3\): cannot remove /var/lib/cloud"
+    ):
+        _hygiene.generalize(str(clean), BUILDER_KEY, live=True)

@@ -270,3 +270,28 @@ def test_the_summary_says_what_became_of_the_checks():
         in _manifest.summary(plan, [{"target": "img", "type": "docker", "artifact": found}])[1]
     )
     assert _manifest.verify_note({"verify": checks[:1]}, {"status": "would build"}) == ", would run 1 check"
+
+
+def test_an_instance_baked_image_records_its_hygiene_results_and_keeps_them_while_unchanged():
+    target = {"name": "ami", "bake_id": "run1", "options": {"name": "web", "region": "eu-west-1"}}
+    image = {"image_id": "ami-1", "name": "web", "size_gib": 8, "tags": {"bakery-bake-id": "run1"}}
+    made = {"built": True, "image": image, "images": {"eu-west-1": "ami-1"}, "fingerprint": "f1"}
+    built = _manifest.ami_artifact(dict(made, hygiene=HYGIENE[:1]), target, 100.0, 160.0)
+    assert built["hygiene"] == HYGIENE[:1]
+    first = _manifest.manifest(PLAN, [{"target": "ami", "type": "ami", "artifact": built}])
+    assert first["artifacts"][0]["hygiene"] == HYGIENE[:1]
+
+    # found by fingerprint in a later run: no checks ran, the results of the bake that made it stay
+    found = _manifest.ami_artifact(dict(made, built=False), dict(target, bake_id="run2"), 200.0, 210.0)
+    assert found["status"] == "unchanged" and "hygiene" not in found
+    second = _manifest.manifest(PLAN, [{"target": "ami", "type": "ami", "artifact": found}], first)
+    assert second == first
+    # a new image (another fingerprint) has only its own
+    other = dict(found, fingerprint="f2", status="built")
+    third = _manifest.manifest(PLAN, [{"target": "ami", "type": "ami", "artifact": other}], first)
+    assert "hygiene" not in third["artifacts"][0]
+
+    gce_target = {"name": "gce", "bake_id": "run1", "options": {"project": "p"}}
+    gce_made = {"built": True, "image": {"name": "web-run1", "id": "1"}, "fingerprint": "g1"}
+    assert _manifest.gce_artifact(dict(gce_made, hygiene=HYGIENE), gce_target, 1.0, 2.0)["hygiene"] == HYGIENE
+    assert "hygiene" not in _manifest.gce_artifact(gce_made, gce_target, 1.0, 2.0)

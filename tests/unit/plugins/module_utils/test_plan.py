@@ -316,3 +316,67 @@ def test_unknown_hygiene_checks_and_bad_sizes_are_refused_when_planned():
     bake["hygiene"] = {"var_log_max": "a lot"}
     with pytest.raises(BakeryError, match=r"^bake.hygiene: var_log_max 'a lot' is not a size"):
         plan(bake)
+
+
+def cloud_bake(**own_hygiene) -> dict:
+    """A bake with an ami and a gce instance bake and an upload of each from a qemu target."""
+    bake = copy.deepcopy(BAKE)
+    gce = {"project": "p", "name": "web", "source_image": "debian-12", "zone": "europe-west1-b"}
+    bake["targets"] = [
+        {"name": "disk", "qemu": {"formats": ["raw"]}},
+        {
+            "name": "ami",
+            "ami": dict({"region": "eu-west-1", "name": "web", "source_ami": "ami-1"}, **own_hygiene),
+        },
+        {"name": "gce", "gce": dict(gce, **own_hygiene)},
+        {"name": "ami-up", "ami": {"region": "eu-west-1", "name": "web-disk", "source": "disk"}},
+        {"name": "gce-up", "gce": {"project": "p", "name": "disk", "source": "disk", "bucket": "b"}},
+    ]
+    return bake
+
+
+def test_instance_bakes_take_hygiene_settings_as_qemu_targets_do_and_they_are_fingerprint_inputs():
+    bake = cloud_bake()
+    bake["hygiene"] = {"skip": ["world_writable"], "var_log_max": "32M"}
+    planned = {target["name"]: target for target in plan(bake)["targets"]}
+    for name in ("ami", "gce"):
+        assert planned[name]["options"]["hygiene"] == {"skip": ["world_writable"], "var_log_max": "32M"}, name
+        assert "hygiene" in planned[name]["inputs"], name
+    # an upload has the checks of the disk it uploads: no settings, no input of its own
+    for name in ("ami-up", "gce-up"):
+        assert planned[name]["options"].get("hygiene") is None, name
+        assert set(planned[name]["inputs"]) == {"source_target"}, name
+
+    # the bake's default applies where the target sets nothing; the target's own setting wins
+    own = plan(cloud_bake(hygiene={"skip": ["core_dumps"]}))["targets"]
+    assert [t["options"]["hygiene"] for t in own if t["name"] in ("ami", "gce")] == [
+        {"skip": ["core_dumps"], "var_log_max": "64M"}
+    ] * 2
+    default = {t["name"]: t for t in plan(cloud_bake())["targets"]}
+    assert default["ami"]["options"]["hygiene"] == {"skip": [], "var_log_max": "64M"}
+
+    # a change of the settings is a change of the fingerprint inputs (a rebuild); the same limit written
+    # otherwise is not
+    inputs = default["ami"]["inputs"]
+    tighter = {t["name"]: t for t in plan(cloud_bake(hygiene={"var_log_max": "16M"}))["targets"]}
+    assert tighter["ami"]["inputs"]["hygiene"] != inputs["hygiene"]
+    assert {k: v for k, v in tighter["ami"]["inputs"].items() if k != "hygiene"} == {
+        k: v for k, v in inputs.items() if k != "hygiene"
+    }
+    same = {t["name"]: t for t in plan(cloud_bake(hygiene={"var_log_max": "64MiB"}))["targets"]}
+    assert same["ami"]["inputs"] == inputs and same["gce"]["inputs"] == default["gce"]["inputs"]
+
+
+def test_an_upload_refuses_hygiene_settings_of_its_own():
+    for index, kind in ((3, "ami"), (4, "gce")):
+        bake = cloud_bake()
+        bake["targets"][index][kind]["hygiene"] = {"skip": ["core_dumps"]}
+        with pytest.raises(
+            BakeryError,
+            match=r"^bake.targets\[%d\].%s.hygiene: this target uploads the disk of qemu target disk, whose "
+            r"hygiene checks apply" % (index, kind),
+        ):
+            plan(bake)
+    bake = cloud_bake(hygiene={"skip": ["tmp"]})
+    with pytest.raises(BakeryError, match=r"^bake.targets\[1\].ami.hygiene: skip: unknown check tmp; "):
+        plan(bake)
