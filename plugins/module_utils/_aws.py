@@ -72,7 +72,7 @@ CREATED_TAG = "bakery-created"
 INPUT_TAG_PREFIX = "bakery-input:"
 BLOCK_SIZE = 512 * 1024
 GIB = 1024**3
-ACTIONS = ("find", "launch", "capture", "upload", "publish", "cleanup")
+ACTIONS = ("find", "launch", "capture", "upload", "publish", "verifier", "cleanup")
 # AMI names as EC2 accepts them
 _AMI_NAME = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 _NOT_FOUND = re.compile(r"(NotFound|\.Malformed$|^InvalidAMIID\.Unavailable$)")
@@ -669,8 +669,30 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         return looked
     if not params.get("key_file"):
         raise BakeryError("action=launch needs key_file (where the temporary private key is written)")
+    started = start_instance(aws, params, source_image, resource_name(params), params["key_file"], "builder")
+    return dict(
+        looked,
+        changed=True,
+        instance=started["instance"],
+        key_pair=started["key_pair"],
+        security_group=started["security_group"],
+        builder=started["connection"],
+        public_key=started["public_key"],
+        msg="launched %s from %s (%s)"
+        % (started["instance"]["instance_id"], source_image["ImageId"], source_image.get("Name")),
+    )
+
+
+def start_instance(
+    aws: Aws, params: Mapping[str, Any], image: Mapping[str, Any], name: str, key_file: str, purpose: str
+) -> dict[str, Any]:
+    """An instance of *image* with its own temporary ed25519 key pair (private key written to *key_file*) and
+    security group (SSH from ``ssh_cidrs``), all named *name* and tagged with the bake id; waits until it runs
+    (and SSH answers, unless ``ssh_timeout`` is 0). What it made is removed when a step fails.
+
+    The builder of ``launch`` and the instance that ``verifier`` starts from a new image share it; *purpose*
+    names it in the security group's description."""
     tags = temporary_tags(params)
-    name = resource_name(params)
     with Steps() as steps:
         key = steps.run(
             "create key pair",
@@ -686,8 +708,8 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         )
         steps.run(
             "write private key",
-            lambda: write_private_key(params["key_file"], key["KeyMaterial"]),
-            undo=lambda _: remove_file(params["key_file"]),
+            lambda: write_private_key(key_file, key["KeyMaterial"]),
+            undo=lambda _: remove_file(key_file),
         )
         vpc = default_vpc(aws, params)
         group = steps.run(
@@ -695,7 +717,7 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
             lambda: aws.ec2(
                 "create_security_group",
                 GroupName=name,
-                Description="bakery builder %s (temporary)" % name,
+                Description="bakery %s %s (temporary)" % (purpose, name),
                 VpcId=vpc,
                 TagSpecifications=[
                     {"ResourceType": "security-group", "Tags": tag_list(dict(tags, **created_tag()))}
@@ -718,21 +740,20 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
                 }
             ],
         )
-        request = run_request(params, source_image, name, group, tags)
+        request = run_request(params, image, name, group, tags)
         instance = steps.run(
             "run instance",
             lambda: aws.ec2("run_instances", **request)["Instances"][0],
             undo=lambda inst: terminate(aws, [inst["InstanceId"]], wait=True),
         )
         instance = wait_instance(aws, instance["InstanceId"], "running", params)
-        connection = builder_connection(instance, params)
+        connection = builder_connection(instance, params, key_file)
         if params.get("ssh_timeout"):
             wait_ssh(connection["host"], port, float(params["ssh_timeout"]))
-    return dict(
-        looked,
-        changed=True,
-        instance={
+    return {
+        "instance": {
             "instance_id": instance["InstanceId"],
+            "image_id": instance.get("ImageId"),
             "state": instance["State"]["Name"],
             "public_ip": instance.get("PublicIpAddress"),
             "private_ip": instance.get("PrivateIpAddress"),
@@ -740,14 +761,54 @@ def launch(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, A
             "private_dns": instance.get("PrivateDnsName"),
             "spot": instance.get("InstanceLifecycle") == "spot",
         },
-        key_pair=name,
-        security_group=group,
-        builder=connection,
+        "key_pair": name,
+        "security_group": group,
+        "connection": connection,
         # the image hygiene checks look for it in the builder's authorized_keys before capture
-        public_key=openssh_public_key(key["KeyMaterial"], name),
-        msg="launched %s from %s (%s)"
-        % (instance["InstanceId"], source_image["ImageId"], source_image.get("Name")),
+        "public_key": openssh_public_key(key["KeyMaterial"], name),
+    }
+
+
+def verifier(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    """An instance of the new, still temporary image (``image_id``) for the bake's checks (``verify_instance``),
+    started as the builder is (``start_instance``, the same instance options) with its own key pair and security
+    group, named ``bakery-<bake id>-<target>-verify``, and its own key file, ``key_file`` + ``.verify``.
+    The cleanup of the bake removes it all."""
+    image_id = params.get("image_id")
+    if not image_id:
+        raise BakeryError("action=verifier needs image_id (the new image to check)")
+    if not params.get("key_file"):
+        raise BakeryError("action=verifier needs key_file (its private key is written to key_file.verify)")
+    images = aws.ec2("describe_images", ImageIds=[image_id])["Images"]
+    if not images:
+        raise BakeryError("image %s does not exist in %s: nothing to check" % (image_id, aws.region))
+    image = wait_image(aws, image_id, None, params)
+    if check_mode:
+        return dict(
+            changed=True,
+            image=image_summary(image, aws.region),
+            msg="would start an instance of %s" % image_id,
+        )
+    name = verifier_name(params)
+    started = start_instance(aws, params, image, name, verifier_key_file(params["key_file"]), "verifier")
+    return dict(
+        changed=True,
+        image=image_summary(image, aws.region),
+        instance=started["instance"],
+        key_pair=started["key_pair"],
+        security_group=started["security_group"],
+        verifier=started["connection"],
+        msg="started %s from %s for its checks" % (started["instance"]["instance_id"], image_id),
     )
+
+
+def verifier_name(params: Mapping[str, Any]) -> str:
+    """The verifier's key pair, security group and instance: the builder's name with ``-verify``."""
+    return resource_name(params)[: 255 - len("-verify")] + "-verify"
+
+
+def verifier_key_file(key_file: str) -> str:
+    return key_file + ".verify"
 
 
 def run_request(
@@ -832,7 +893,9 @@ def wait_instance(aws: Aws, instance_id: str, state: str, params: Mapping[str, A
     )
 
 
-def builder_connection(instance: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def builder_connection(
+    instance: Mapping[str, Any], params: Mapping[str, Any], key_file: str
+) -> dict[str, Any]:
     interface = params.get("ssh_interface") or "public_ip"
     field = {
         "public_ip": "PublicIpAddress",
@@ -846,7 +909,6 @@ def builder_connection(instance: Mapping[str, Any], params: Mapping[str, Any]) -
             "instance %s has no %s: choose another ssh_interface, or a subnet that gives one"
             % (instance["InstanceId"], interface)
         )
-    key_file = params["key_file"]
     known_hosts = key_file + ".known_hosts"
     return {
         "connection": "ssh",
@@ -1448,8 +1510,9 @@ def cleanup(aws: Aws, params: Mapping[str, Any], check_mode: bool) -> dict[str, 
             if entry["state"] == FAILED:
                 errors.append("%s %s: %s" % (_KIND_KEYS[entry["kind"]], entry["id"], entry.get("error")))
     key_file = params.get("key_file")
-    for path in (key_file, key_file + ".known_hosts" if key_file else None):
-        if path and os.path.lexists(path):
+    keys = [key_file, verifier_key_file(key_file)] if key_file else []
+    for path in [each for key in keys for each in (key, key + ".known_hosts")]:
+        if os.path.lexists(path):
             if not check_mode:
                 remove_file(path)
             removed["files"].append(path)
@@ -1638,6 +1701,7 @@ def _handle(aws: Aws, params: dict[str, Any], check_mode: bool) -> dict[str, Any
         "capture": capture,
         "upload": upload,
         "publish": publish,
+        "verifier": verifier,
         "cleanup": cleanup,
     }
     return handlers[action](aws, params, check_mode)

@@ -143,6 +143,15 @@ def temporary_name(bake_id: str, target: str) -> str:
     return name.rstrip("-")
 
 
+# the verify instance's name and key file: the build instance's with this suffix
+VERIFY_SUFFIX = ".verify"
+
+
+def verifier_name(bake_id: str, target: str) -> str:
+    """``bakery-<bake id>-<target>-verify``: the build instance's name, shortened to leave room for the suffix."""
+    return temporary_name(bake_id, target)[: 63 - len("-verify")].rstrip("-") + "-verify"
+
+
 def image_name(params: Mapping[str, Any]) -> str:
     name = params["name"]
     if params.get("unique_name", True):
@@ -751,19 +760,46 @@ class Images:
             return self.unchanged(existing, digest, inputs)
         if self.check_mode:
             return self.would_build(digest, inputs, changed)
-        name = temporary_name(self.bake_id, self.target)
+        started = self.start_instance(temporary_name(self.bake_id, self.target), source, "build instance")
+        return {
+            "changed": True,
+            "found": False,
+            "built": False,
+            "fingerprint": digest,
+            "inputs": inputs,
+            "changed_inputs": ["forced"] if existing else changed,
+            "bake_id": self.bake_id,
+            "source_image": {
+                "name": source.get("name"),
+                "id": source.get("id"),
+                "self_link": source.get("selfLink"),
+            },
+            "instance": started["instance"],
+            "builder": started["connection"],
+            "public_key": started["public_key"],
+            "actions": self.actions,
+            "msg": "build instance %s runs at %s"
+            % (started["instance"]["name"], started["instance"]["host"]),
+        }
+
+    def start_instance(
+        self, name: str, source: Mapping[str, Any], what: str, key_name: str | None = None
+    ) -> dict[str, Any]:
+        """An instance *name* of the image *source* with a new temporary SSH key (file *key_name*, else *name*, in
+        ``ssh_key_dir``) in its metadata; waits until it runs and answers SSH. What it made goes when a step
+        fails. The build instance of ``launch`` and the instance ``verifier`` starts from a new image share it."""
         with Steps() as steps:
-            key_path, public_key = self.ssh_key(name)
+            key_path, public_key = self.ssh_key(key_name or name)
             steps.add_undo("remove the SSH key", lambda: _remove(key_path, key_path + ".known_hosts"))
             # registered before the insert: an insert that failed after creating the instance leaves nothing
-            steps.add_undo("delete the build instance", lambda: self.delete_instance(name))
+            steps.add_undo("delete the %s" % what, lambda: self.delete_instance(name))
             op = self.client.compute(
                 "POST",
                 self.zone_path("instances"),
                 body=self.instance_body(name, source, public_key),
-                what="create build instance %s" % name,
+                what="create %s %s" % (what, name),
             )
-            self.client.wait(op, self.deadline, what="create build instance %s" % name)
+            self.client.wait(op, self.deadline, what="create %s %s" % (what, name))
             self.actions.append("created instance %s" % name)
             instance = self.wait_status(
                 self.zone_path("instances", name),
@@ -782,22 +818,16 @@ class Images:
             port = int(self.params.get("ssh_port") or 22)
             self.wait_ssh(host, port)
         return {
-            "changed": True,
-            "found": False,
-            "built": False,
-            "fingerprint": digest,
-            "inputs": inputs,
-            "changed_inputs": ["forced"] if existing else changed,
-            "bake_id": self.bake_id,
-            "source_image": {
-                "name": source.get("name"),
-                "id": source.get("id"),
-                "self_link": source.get("selfLink"),
+            "instance": {
+                "name": name,
+                "zone": self.zone,
+                "id": instance.get("id"),
+                "host": host,
+                "source_image": source.get("selfLink"),
             },
-            "instance": {"name": name, "zone": self.zone, "id": instance.get("id"), "host": host},
             # the image hygiene checks look for it in the builder's authorized_keys before capture
             "public_key": public_key,
-            "builder": {
+            "connection": {
                 "connection": "ssh",
                 "host": host,
                 "port": port,
@@ -808,8 +838,45 @@ class Images:
                 "ssh_common_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s.known_hosts"
                 % key_path,
             },
+        }
+
+    def verifier(self) -> dict[str, Any]:
+        """An instance of the new, still temporary image (``image``) for the bake's checks (``verify_instance``),
+        started as the build instance is (the same instance options) with its own SSH key: instance and disk
+        ``bakery-<bake id>-<target>-verify``, key file the build instance's with ``.verify`` appended. The cleanup
+        of the bake removes them."""
+        wanted = self.params.get("image")
+        if not wanted:
+            raise BakeryError("action=verifier needs image (the name of the new image to check)")
+        image = self.client.compute(
+            "GET",
+            self.global_path("images", wanted),
+            missing_ok=True,
+            what="look up image %s" % wanted,
+        )
+        if image is None:
+            raise BakeryError(
+                "image %s does not exist in project %s: nothing to check" % (wanted, self.project)
+            )
+        if self.check_mode:
+            return {
+                "changed": True,
+                "image": image_summary(image),
+                "bake_id": self.bake_id,
+                "msg": "would start an instance of image %s for its checks" % wanted,
+            }
+        name = verifier_name(self.bake_id, self.target)
+        started = self.start_instance(
+            name, image, "verify instance", temporary_name(self.bake_id, self.target) + VERIFY_SUFFIX
+        )
+        return {
+            "changed": True,
+            "image": image_summary(image),
+            "instance": started["instance"],
+            "verifier": started["connection"],
+            "bake_id": self.bake_id,
             "actions": self.actions,
-            "msg": "build instance %s runs at %s" % (name, host),
+            "msg": "verify instance %s of image %s runs at %s" % (name, wanted, started["instance"]["host"]),
         }
 
     def capture(self) -> dict[str, Any]:
@@ -1147,7 +1214,7 @@ class Images:
         key = os.path.join(
             self.params.get("ssh_key_dir") or "/tmp", temporary_name(self.bake_id, self.target)
         )
-        for path in (key, key + ".known_hosts"):
+        for path in (key, key + ".known_hosts", key + VERIFY_SUFFIX, key + VERIFY_SUFFIX + ".known_hosts"):
             if not os.path.lexists(path):
                 continue
             if not self.check_mode:
@@ -1431,4 +1498,6 @@ def _run(images: Images, action: str) -> dict[str, Any]:
         return images.cleanup()
     if action == "publish":
         return images.publish()
+    if action == "verifier":
+        return images.verifier()
     raise BakeryError("unknown action %r" % action)

@@ -378,20 +378,25 @@ def make_plan(
                 "neither: add qcow2 to formats, or restrict the entry with only or except"
                 % (verify[0]["source"], tname, ", ".join(options.get("formats") or []))
             )
+        check_verify_instance(kind, options, verify, tname)
         booted = [entry for entry in verify if entry["kind"] != "local"]
-        if booted and kind in LOCAL_CHECKS:
+        if booted and kind in LOCAL_CHECKS and not options.get("verify_instance"):
             raise BakeryError(
-                "%s selects target %s: %s; a %s check needs a running system: check the qemu target the %s is made "
-                "from instead, or restrict the entry with only or except"
+                "%s selects target %s: %s; a %s check needs a running system: %scheck the qemu target the %s is "
+                "made from instead, or restrict the entry with only or except"
                 % (
                     booted[0]["source"],
                     tname,
                     LOCAL_CHECKS[kind],
                     booted[0]["kind"],
+                    "set verify_instance: true on the target, " if kind in INSTANCE_CHECKS else "",
                     "box" if kind == "vagrant" else "image",
                 )
             )
         verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
+        if options.get("verify_instance"):
+            # where the checks run decides whether they passed: a change re-verifies the artifact (not rebuilt)
+            verify_inputs["verify_instance"] = "true"
         planned.append(
             {
                 "name": tname,
@@ -484,11 +489,31 @@ def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], wh
 # the target types whose checks are local commands on the controller, and what they are told
 LOCAL_CHECKS = {
     "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them)",
-    "ami": "an AMI's checks are local commands (BAKERY_IMAGE_ID and BAKERY_AWS_REGION name the image; bakery "
-    "launches no instance)",
-    "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image; "
-    "bakery starts no instance)",
+    "ami": "an AMI's checks are local commands (BAKERY_IMAGE_ID and BAKERY_AWS_REGION name the image) unless the "
+    "target sets verify_instance: true (then the others run on an instance launched from the new image)",
+    "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image) "
+    "unless the target sets verify_instance: true (then the others run on an instance started from the new image)",
 }
+# the target types whose checks may run on an instance of the new image (option verify_instance)
+INSTANCE_CHECKS = ("ami", "gce")
+
+
+def check_verify_instance(kind: str, options: Mapping[str, Any], verify: list[dict], target: str) -> None:
+    """``verify_instance`` starts an instance for the checks: refused without a check to run on it, and for a gce
+    target without the zone to start it in."""
+    if kind not in INSTANCE_CHECKS or not options.get("verify_instance"):
+        return
+    if not verify:
+        raise BakeryError(
+            "target %s sets verify_instance, but no verify entry selects it: add a check (bake.verify or the "
+            "target's verify), or leave verify_instance out" % target
+        )
+    if kind == "gce" and not options.get("zone"):
+        raise BakeryError(
+            "target %s sets verify_instance: the instance of the new image starts in zone, which it does not set"
+            % target
+        )
+
 
 # the target types whose artifacts the bake can check (verify) before it publishes them
 VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")

@@ -17,6 +17,11 @@ description:
     O(source_ami_ssm_parameter)) with a temporary ed25519 key pair and security group, IMDSv2 required,
     waits until it runs and SSH answers, and returns the connection for C(add_host) in RV(builder).
     C(action=capture) stops the provisioned builder and creates the image from it.
+  - C(action=verifier) starts an instance of the new, still temporary image O(image_id) for the bake's checks
+    (a target's C(verify_instance)), as V(launch) starts the builder (the same instance options) with its own
+    key pair and security group (named C(bakery-<bake id>-<target>-verify), tagged as the builder's) and its
+    own private key file, O(key_file) with C(.verify) appended; it returns the connection in RV(verifier).
+    V(cleanup) removes it with the rest of the bake.
   - C(action=upload) registers an AMI from a local raw disk (for example one made by
     M(bakery.images.qemu_image)) through the EBS direct APIs. The disk is read and sent block by block
     (512 KiB blocks with SHA256 checksums, O(upload_workers) in flight), all-zero blocks and holes are
@@ -52,7 +57,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [find, launch, capture, upload, publish, cleanup]
+    choices: [find, launch, capture, upload, publish, verifier, cleanup]
     required: true
   region:
     description: AWS region of the build and of the main image.
@@ -120,6 +125,7 @@ options:
     default: true
   image_id:
     description:
+      - For V(verifier), the image to start the instance from.
       - For V(publish), the temporary image of this bake (the C(image_id) of RV(image) of V(capture) or V(upload) with
         O(publish=false)) to publish; the fingerprint is computed from O(disk) or O(source_ami_id) as the
         action that made it computed it. An image that is final already is converged as a found one.
@@ -237,7 +243,9 @@ options:
     type: int
     default: 600
   key_file:
-    description: Where V(launch) writes the temporary private key (mode 0600); V(cleanup) removes it.
+    description:
+      - Where V(launch) writes the temporary private key (mode 0600); V(verifier) writes its own to this path with
+        C(.verify) appended. V(cleanup) removes both.
     type: path
   instance_id:
     description: The builder instance to capture.
@@ -344,6 +352,18 @@ EXAMPLES = r"""
     disk: output/web.raw
     boot_mode: uefi
 
+- name: Start an instance of the new image for its checks
+  bakery.images.ami_bake:
+    action: verifier
+    region: eu-west-1
+    bake_id: "{{ bake_id }}"
+    target: web/ami
+    image_id: "{{ ami_captured.image.image_id }}"
+    ssh_user: admin
+    ssh_cidrs: [203.0.113.0/24]
+    key_file: /tmp/bakery-web.key
+  register: ami_verifier
+
 - name: Remove whatever a bake left behind
   bakery.images.ami_bake:
     action: cleanup
@@ -393,9 +413,25 @@ source_ami:
   returned: launch, and find of an instance bake
   type: dict
 instance:
-  description: The builder (instance_id, state, public_ip, private_ip, public_dns, private_dns, spot).
-  returned: launch, when a builder was started
+  description:
+    - The builder (V(launch)) or the instance of the image (V(verifier)) (instance_id, image_id, state, public_ip,
+      private_ip, public_dns, private_dns, spot).
+  returned: launch, when a builder was started; verifier
   type: dict
+verifier:
+  description:
+    - Connection of the instance V(verifier) started, for the bake's checks (connection, host, port, user,
+      private_key, known_hosts, ssh_common_args).
+  returned: verifier, not in check mode
+  type: dict
+  sample:
+    connection: ssh
+    host: 203.0.113.7
+    port: 22
+    user: admin
+    private_key: /srv/out/.bakery-tmp/20261127t101500-a1b2c3-web.key.verify
+    known_hosts: /srv/out/.bakery-tmp/20261127t101500-a1b2c3-web.key.verify.known_hosts
+    ssh_common_args: -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/srv/out/.bakery-tmp/20261127t101500-a1b2c3-web.key.verify.known_hosts
 builder:
   description: Connection of the builder for C(add_host) (connection, host, port, user, private_key, ssh_common_args).
   returned: launch, when a builder was started
@@ -409,11 +445,11 @@ public_key:
   sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB... bakery-20261127t101500-a1b2c3-web-ami
 key_pair:
   description: Name of the temporary key pair.
-  returned: launch, when a builder was started
+  returned: launch, when a builder was started; verifier
   type: str
 security_group:
   description: Id of the temporary security group.
-  returned: launch, when a builder was started
+  returned: launch, when a builder was started; verifier
   type: str
 snapshot:
   description: The uploaded snapshot (snapshot_id, volume_size_gib, blocks_total, blocks_sent, blocks_zero).
@@ -519,6 +555,7 @@ def main() -> None:
             ("action", "capture", ["name", "bake_id", "instance_id"]),
             ("action", "upload", ["name", "bake_id", "disk"]),
             ("action", "publish", ["name"]),
+            ("action", "verifier", ["bake_id", "image_id", "key_file"]),
             ("action", "find", ["name"]),
             ("action", "cleanup", ["bake_id"]),
         ],

@@ -20,6 +20,11 @@ description:
     Engine wants it (GNU tar, old GNU sparse format, a single member C(disk.raw) padded to a whole GiB,
     gzip), uploads it in chunks with a resumable upload to O(bucket), makes the image from the object and
     deletes the object unless O(keep_object).
+  - C(action=verifier) starts an instance of the new, still temporary image O(image) for the bake's checks (a
+    target's C(verify_instance)), as V(launch) starts the build instance (the same instance options), with its own
+    temporary SSH key (the build instance's key file in O(ssh_key_dir) with C(.verify) appended); instance and disk
+    are named C(bakery-<bake id>-<target>-verify) and labelled as the build instance is. It returns the connection
+    in RV(verifier); V(cleanup) removes it with the rest of the bake.
   - C(action=find) only reports whether an image with the fingerprint exists. C(action=cleanup) removes
     every temporary resource of a bake id (instances, disks, objects, SSH key files).
   - Images carry the label C(bakery-fingerprint) (the first 63 hex digits of a sha256 over the bake's
@@ -50,7 +55,7 @@ options:
       - What to do. V(publish) labels final an image that V(capture) or V(import) made with O(publish=false)
         (after its checks passed), and deprecates older ones of its family with O(deprecate_older).
     type: str
-    choices: [find, launch, capture, import, cleanup, publish]
+    choices: [find, launch, capture, import, cleanup, publish, verifier]
     required: true
   project:
     description: Project of the image and the build instance.
@@ -112,7 +117,9 @@ options:
     type: bool
     default: true
   image:
-    description: The name of the image to publish (the C(name) of RV(image) of V(capture) or V(import)). Required for V(publish).
+    description:
+      - The name of the image to publish (the C(name) of RV(image) of V(capture) or V(import)). Required for V(publish).
+      - For V(verifier), the image to start the instance from. Required for V(verifier).
     type: str
   bake_id:
     description: Id of the bake; labels temporary resources and the image. A new one by default.
@@ -274,6 +281,16 @@ EXAMPLES = r"""
     deprecate_older: true
   when: launched.instance is defined
 
+- name: Start an instance of the new image for its checks
+  bakery.images.gce_image_bake:
+    action: verifier
+    project: my-project
+    zone: europe-west1-b
+    image: "{{ captured.image.name }}"
+    bake_id: "{{ launched.bake_id }}"
+    target: web
+  register: verify_instance
+
 - name: Import a raw disk
   bakery.images.gce_image_bake:
     action: import
@@ -321,9 +338,9 @@ image:
   type: dict
   returned: success
 instance:
-  description: The build instance (name, zone, id, host), after V(launch).
+  description: The build instance (V(launch)) or the verify instance (V(verifier)) (name, zone, id, host, source_image).
   type: dict
-  returned: when a build instance was started
+  returned: when a build instance or a verify instance was started
 public_key:
   description:
     - The OpenSSH public key line of the build instance's temporary key (in its C(ssh-keys) metadata), for the
@@ -331,6 +348,20 @@ public_key:
   type: str
   returned: when a build instance was started
   sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB... bakery-20261127t140000-eeeeee-vm
+verifier:
+  description:
+    - Connection of the instance V(verifier) started, for the bake's checks (connection, host, port, user,
+      private_key, python, ssh_common_args).
+  type: dict
+  returned: verifier, not in check mode
+  sample:
+    connection: ssh
+    host: 203.0.113.8
+    port: 22
+    user: bakery
+    private_key: /srv/out/.bakery-ssh/bakery-20261127t101500-a1b2c3-web.verify
+    python: /usr/bin/python3
+    ssh_common_args: -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/srv/out/.bakery-ssh/bakery-20261127t101500-a1b2c3-web.verify.known_hosts
 builder:
   description: Connection of the build instance for C(add_host) (connection, host, port, user, private_key, python).
   type: dict
@@ -368,7 +399,7 @@ def main() -> None:
             action=dict(
                 type="str",
                 required=True,
-                choices=["find", "launch", "capture", "import", "cleanup", "publish"],
+                choices=["find", "launch", "capture", "import", "cleanup", "publish", "verifier"],
             ),
             project=dict(type="str", required=True),
             zone=dict(type="str"),
@@ -440,6 +471,7 @@ def main() -> None:
             ("action", "capture", ("name", "zone", "instance")),
             ("action", "import", ("name", "disk", "bucket")),
             ("action", "cleanup", ("bake_id",)),
+            ("action", "verifier", ("zone", "image", "bake_id")),
         ],
         supports_check_mode=True,
     )

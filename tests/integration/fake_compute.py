@@ -163,6 +163,8 @@ class FakeCompute:
         self.faults: dict[int, int] = {}
         self.ids = itertools.count(1000)
         self.instances: dict[tuple[str, str, str], dict] = {}
+        # every instance inserted, in order: name, project, zone, source image (project/name), labels
+        self.launched: list[dict[str, Any]] = []
         self.disks: dict[tuple[str, str, str], dict] = {}
         self.images: dict[tuple[str, str], dict] = {}
         self.operations: dict[str, dict] = {}
@@ -377,6 +379,15 @@ class FakeCompute:
         if not src or (src.group(1), src.group(2)) not in self.images:
             return 400, {"error": {"code": 400, "message": "source image %r not found" % source}}
         disk_name = init.get("diskName") or name
+        self.launched.append(
+            {
+                "name": name,
+                "project": project,
+                "zone": zone,
+                "source_image": "%s/%s" % (src.group(1), src.group(2)),
+                "labels": dict(body.get("labels") or {}),
+            }
+        )
         path = "projects/%s/zones/%s/instances/%s" % (project, zone, name)
         interfaces = []
         for index, nic in enumerate(body.get("networkInterfaces") or []):

@@ -21,6 +21,7 @@ import pytest
 from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
 from conftest import REPO, docker_client, run_playbook
 from crash import Run, run_janitor
+from stand_ins import Cloud, checks_on_an_instance, qcow2_copy
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
 from ansible_collections.bakery.images.plugins.module_utils import _aws, _hygiene, _manifest
@@ -865,3 +866,49 @@ def test_an_ami_that_fails_its_checks_is_never_final_and_is_removed(moto, tmp_pa
         assert tags["bakery-fingerprint"] == entry["fingerprint"] and "bakery-temporary" not in tags, each
     assert seen.read_text().split()[2] == entry["id"]
     assert leftovers(moto, ids[1], ALL_REGIONS) == {}
+
+
+def test_verify_instance_runs_the_checks_on_an_instance_of_the_new_ami(moto, bake_base, tmp_path):
+    """verify_instance on an ami target: an instance is launched from the new, still temporary AMI (its own key
+    pair and security group) and the shell check runs over its connection; a failing check fails the target in
+    verify and the cleanup removes the AMI, its snapshot, the instance, its key pair, security group and key file;
+    fixed, the AMI is published without the disk being made again (stand_ins.checks_on_an_instance).
+
+    moto's instance boots nothing: the stand-in plays of stand_ins.py run the check in a local container of the
+    bake's base image instead. A real instance booting from the AMI on AWS is not tested here."""
+    ec2 = moto.client("ec2")
+
+    def launched() -> list[tuple[str, str]]:
+        reservations = ec2.describe_instances(
+            Filters=[{"Name": "tag:bakery-target", "Values": ["ami-verify-instance/web"]}]
+        )["Reservations"]
+        instances = sorted((i for r in reservations for i in r["Instances"]), key=lambda i: i["LaunchTime"])
+        return [(i["InstanceId"], i["ImageId"]) for i in instances]
+
+    def image(image_id: str) -> dict | None:
+        images = ec2.describe_images(Owners=["self"])["Images"]
+        return next((i for i in images if i["ImageId"] == image_id), None)
+
+    def final(image_id: str) -> bool:
+        tags = {t["Key"]: t["Value"] for t in (image(image_id) or {}).get("Tags", [])}
+        return "bakery-fingerprint" in tags and "bakery-temporary" not in tags
+
+    cloud = Cloud(
+        kind="ami",
+        options={
+            "region": REGION,
+            "endpoint_url": moto.url,
+            "name": unique("bakery-verify-instance"),
+            "ssh_user": "admin",
+            "ssh_timeout": 0,
+        },  # moto's instances never answer SSH
+        image_variable="BAKERY_IMAGE_ID",
+        launched=launched,
+        image_exists=lambda image_id: image(image_id) is not None,
+        image_final=final,
+        leftovers=lambda bake_id: leftovers(moto, bake_id, [REGION]),
+        key_files=".bakery-tmp/*.key*",
+        env=AWS_ENV,
+    )
+    source = qcow2_copy(make_raw_disk(tmp_path / "made.raw"), tmp_path / "source.qcow2")
+    checks_on_an_instance(cloud, source, "96M", bake_base["image"], tmp_path)

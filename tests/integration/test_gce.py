@@ -33,6 +33,7 @@ from fake_compute import GIB, FakeCompute, Server
 from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
 from ports import free_port
+from stand_ins import Cloud, checks_on_an_instance, qcow2_copy
 
 from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene
 
@@ -739,3 +740,38 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     image = gce.fake.images[(PROJECT, entry["name"])]
     assert image["status"] == "READY" and "bakery-temporary" not in (image.get("labels") or {})
     assert gce.leftovers() == {}
+
+
+def test_verify_instance_runs_the_checks_on_an_instance_of_the_new_image(gce, bake_base, tmp_path):
+    """verify_instance on a gce target: an instance is started from the new, still temporary image (its own SSH key)
+    and the shell check runs over its connection; a failing check fails the target in verify and the cleanup deletes
+    the image, the instance, its disk and its key file; fixed, the image is labelled final without the disk being
+    made again (stand_ins.checks_on_an_instance).
+
+    The fake starts no VM (its instance answers SSH with a banner only): the stand-in plays of stand_ins.py run the
+    check in a local container of the bake's base image instead. A real instance booting from the image on Compute
+    Engine is not tested here."""
+
+    def image(name: str) -> dict | None:
+        return gce.fake.images.get((PROJECT, name))
+
+    def final(name: str) -> bool:
+        found = image(name) or {}
+        return found.get("status") == "READY" and "bakery-temporary" not in (found.get("labels") or {})
+
+    cloud = Cloud(
+        kind="gce",
+        options=gce.options(zone=ZONE, name="web", bucket=BUCKET, chunk_size_mb=1, ssh_port=gce.ssh_port),
+        image_variable="BAKERY_IMAGE_NAME",
+        launched=lambda: [
+            (item["name"], item["source_image"].split("/", 1)[1]) for item in gce.fake.launched
+        ],
+        image_exists=lambda name: image(name) is not None,
+        image_final=final,
+        leftovers=lambda bake_id: gce.leftovers(),
+        key_files=".bakery-ssh/*",
+    )
+    source = qcow2_copy(
+        make_raw_disk(tmp_path / "made.raw", size="64M", blob=1 << 20), tmp_path / "source.qcow2"
+    )
+    checks_on_an_instance(cloud, source, "64M", bake_base["image"], tmp_path)

@@ -568,3 +568,52 @@ def test_cloud_leftovers_of_a_killed_bake(moto, tmp_path):
         assert seconds < 90, "the janitor's cloud runs took %.1f s" % seconds
     finally:
         env.stop()
+
+
+def test_the_janitor_finds_the_instances_of_verify_instance_by_bake_id(moto, tmp_path):
+    """The instance that action=verifier starts for an image's checks, with its key pair and security group (ami)
+    or its disk (gce), carries the bake id as the builder does: the janitor's sweeps of a killed bake select and
+    remove them by it alone."""
+    from ansible_collections.bakery.images.plugins.module_utils import _aws
+    from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector
+
+    bake_id = new_bake_id()
+    ec2 = moto.client("ec2")
+    ami = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-hvm-*"]}])[
+        "Images"
+    ][0]["ImageId"]
+    aws = dict(
+        access_key="testing", secret_key="testing", region=REGION, endpoint_url=moto.url, wait_timeout=60
+    )
+    aws.update(bake_id=bake_id, target="b/web", ssh_cidrs=["192.0.2.0/24"])
+    started = _aws.run_action(
+        dict(aws, action="verifier", image_id=ami, key_file=str(tmp_path / "web.key"), ssh_timeout=0),
+        False,
+    )
+    assert started["instance"]["image_id"] == ami and started["key_pair"].endswith("-verify")
+    assert os.stat(tmp_path / "web.key.verify").st_mode & 0o777 == 0o600
+    swept = _aws.sweep(dict(aws, regions=[REGION]), Selector(bake_id=bake_id), False)
+    assert sorted((e["kind"], e["state"]) for e in swept) == [
+        ("instance", "removed"),
+        ("key pair", "removed"),
+        ("security group", "removed"),
+    ], swept
+    assert {e["id"] for e in swept} >= {started["instance"]["instance_id"], started["security_group"]}
+
+    env = Env(tmp_path)
+    try:
+        env.fake.add_image(PROJECT, "web-%s" % bake_id)
+        gce = dict(env.options(), zone=ZONE, bake_id=bake_id, target="web", ssh_port=env.ssh_port)
+        gce.update(ssh_user="bakery", ssh_key_dir=str(tmp_path / "keys"), timeout=60, access_token=None)
+        started = _gcp.run(dict(gce, action="verifier", image="web-%s" % bake_id))
+        name = started["instance"]["name"]
+        assert name == _gcp.verifier_name(bake_id, "web") and env.fake.launched[-1]["source_image"].endswith(
+            "/web-%s" % bake_id
+        )
+        assert env.fake.temporary() == {"instances": [name], "disks": [name]}
+        swept = _gcp.sweep(dict(gce, zones=[ZONE]), Selector(bake_id=bake_id), False)
+        # the disk goes with its instance (auto-delete), before the sweep lists disks
+        assert [(e["kind"], e["name"], e["state"]) for e in swept] == [("instance", name, "removed")], swept
+        assert env.fake.temporary() == {"instances": [], "disks": []}
+    finally:
+        env.stop()

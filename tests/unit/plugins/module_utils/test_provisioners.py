@@ -600,3 +600,51 @@ def test_bad_verify_entries_fail_the_plan(definition, entry, message):
     bake["verify"] = [entry]
     with pytest.raises(BakeryError, match=message):
         make(bake, directory)
+
+
+def test_verify_instance_lets_cloud_images_run_checks_on_an_instance_and_reverifies_without_a_rebuild(
+    definition,
+):
+    bake, directory = definition
+    ami = {"source": "disk", "region": "eu-west-1", "name": "web"}
+    gce = {"source": "disk", "name": "web", "bucket": "b", "zone": "europe-west1-b"}
+    bake["targets"] += [{"name": "ec2", "ami": ami}, {"name": "gcp", "gce": gce}]
+    bake["verify"] = [
+        {"name": "told", "local": {"inline": ["true"]}, "only": ["ami", "gce"]},
+        {"name": "served", "shell": {"inline": ["systemctl is-active nginx"]}, "only": ["ami", "gce"]},
+    ]
+    for name, options in (("ec2", ami), ("gcp", gce)):  # without the option, the refusal names it
+        with pytest.raises(
+            BakeryError, match=r"selects target %s: .*set verify_instance: true on the target" % name
+        ):
+            make(bake, directory)
+        options["verify_instance"] = True
+    planned = targets(make(bake, directory))
+    assert [e["kind"] for e in planned["ec2"]["verify"]] == ["local", "shell"]
+    assert [e["kind"] for e in planned["gcp"]["verify"]] == ["local", "shell"]
+    # the option counts in the digest of the checks, never in the fingerprint of the image
+    bake["verify"].pop()
+    with_instance = targets(make(bake, directory))
+    ami["verify_instance"] = gce["verify_instance"] = False
+    without = targets(make(bake, directory))
+    for name in ("ec2", "gcp"):
+        assert with_instance[name]["verify_digest"] != without[name]["verify_digest"]
+        assert with_instance[name]["inputs"] == without[name]["inputs"]
+
+
+def test_verify_instance_without_a_check_or_a_gce_zone_is_refused(definition):
+    bake, directory = definition
+    gce = {"source": "disk", "name": "web", "bucket": "b", "verify_instance": True}
+    bake["targets"].append({"name": "gcp", "gce": gce})
+    with pytest.raises(BakeryError, match="target gcp sets verify_instance, but no verify entry selects it"):
+        make(bake, directory)
+    bake["verify"] = [{"shell": {"inline": ["true"]}, "only": ["gcp"]}]
+    with pytest.raises(
+        BakeryError, match="target gcp sets verify_instance: .* starts in zone, which it does not set"
+    ):
+        make(bake, directory)
+    gce["zone"] = "europe-west1-b"
+    assert targets(make(bake, directory))["gcp"]["verify_digest"]
+    bake["targets"].append({"name": "ec2", "ami": {"source": "disk", "name": "web", "verify_instance": True}})
+    with pytest.raises(BakeryError, match="target ec2 sets verify_instance, but no verify entry selects it"):
+        make(bake, directory)
