@@ -374,7 +374,7 @@ def make_plan(
                 % (verify[0]["source"], tname, ", ".join(options.get("formats") or []))
             )
         booted = [entry for entry in verify if entry["kind"] != "local"]
-        if booted and kind in LOCAL_CHECKS:
+        if booted and kind in LOCAL_CHECKS and not boots_for_checks(kind, options):
             raise BakeryError(
                 "%s selects target %s: %s; a %s check needs a running system: check the qemu target the %s is made "
                 "from instead, or restrict the entry with only or except"
@@ -387,6 +387,7 @@ def make_plan(
                 )
             )
         verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
+        verify_inputs.update(verify_options(kind, options))
         planned.append(
             {
                 "name": tname,
@@ -452,12 +453,34 @@ def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], wh
 
 # the target types whose checks are local commands on the controller, and what they are told
 LOCAL_CHECKS = {
-    "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them)",
+    "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them) "
+    "unless the target sets verify_up: true, which boots the box with vagrant up for them",
     "ami": "an AMI's checks are local commands (BAKERY_IMAGE_ID and BAKERY_AWS_REGION name the image; bakery "
     "launches no instance)",
     "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image; "
     "bakery starts no instance)",
 }
+
+
+def boots_for_checks(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether a target of a LOCAL_CHECKS type boots its artifact for its checks (a box with verify_up)."""
+    return kind == "vagrant" and bool(options.get("verify_up"))
+
+
+def verify_options(kind: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The target options that decide how its checks run (inputs of its verify digest, not of its fingerprint):
+    a changed one verifies the artifact again without rebuilding it."""
+    if kind != "vagrant" or not (options.get("verify_up") or options.get("verify_vagrantfile")):
+        return {}  # the digest of a box whose checks are local commands stays what it was before verify_up
+    return {
+        "vagrant_verify": digest_value(
+            {
+                "verify_up": bool(options.get("verify_up")),
+                "vagrantfile": list(options.get("verify_vagrantfile") or []),
+            }
+        )
+    }
+
 
 # the target types whose artifacts the bake can check (verify) before it publishes them
 VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
