@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import tarfile
@@ -932,7 +933,7 @@ def parse_ssh_config(text: str) -> dict[str, Any]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition(" ")
+        key, value = (line.split(None, 1) + [""])[:2]
         value = value.strip()
         if value[:1] == '"' and value[-1:] == '"' and len(value) > 1:
             value = value[1:-1]
@@ -1011,10 +1012,10 @@ def _vagrant(opts: MachineOptions, args: list[str], timeout: int) -> tuple[int, 
         start_new_session=True,
     )
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
         return -1, (out or "") + "\n(vagrant %s did not finish within %d s)" % (args[0], timeout)
     return proc.returncode, out or ""
 

@@ -285,55 +285,85 @@ def test_default_bake_box_boots_with_vagrant_up_for_its_checks_and_leaves_nothin
             },
         },
     ]
+    # first a check that fails (the cleanup must remove the machine all the same), then the checks that pass
+    target["verify"].append(
+        {"name": "signed", "shell": {"inline": ["echo no signature; test -e /etc/signed"]}}
+    )
     path = tmp_path / "bake.json"
-    path.write_text(json.dumps({"bake": definition}))
-    bake_id = "%s-%06x" % (time.strftime("%Y%m%dt%H%M%S", time.gmtime()), os.getpid() & 0xFFFFFF)
+    cache = Path(definition["cache_dir"])
     networks = virsh("net-list", "--all")
     volumes_before = pool_volumes()
-    try:
-        run = run_playbook(
-            BAKE_PLAYBOOK,
-            tmp_path,
-            args=["-e", "@%s" % path, "-e", "bake_only=box", "-e", "bake_id=" + bake_id],
-            timeout=2400,
-        )
-        assert run.rc == 0, run.explain()
-        # the disk and the box are found, not made again
+    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    bake_ids = ["%s-%06x" % (stamp, (os.getpid() * 2 + n) & 0xFFFFFF) for n in (0, 1)]
+    runs = []
+    for bake_id in bake_ids:
+        path.write_text(json.dumps({"bake": definition}))
+        try:
+            runs.append(
+                run_playbook(
+                    BAKE_PLAYBOOK,
+                    tmp_path,
+                    args=["-e", "@%s" % path, "-e", "bake_only=box", "-e", "bake_id=" + bake_id],
+                    timeout=2400,
+                )
+            )
+        finally:
+            left = leftovers(bake_id, volumes_before)
+        assert left == {"domains": [], "volumes": []}, "the bake left these in libvirt: %s" % left
+        assert virsh("net-list", "--all") == networks, "the networks changed"
+        assert not list(cache.glob("qemu/%s-*" % bake_id)), "the bake left its work directory"
+        target["verify"].pop()
+
+    failed, passed = runs
+    assert failed.rc != 0, failed.stdout[-4000:]
+    report = failed.task_result("Write the bake manifest")
+    assert report["failed_targets"] == [box_target["name"]], report["failures"]
+    assert "check signed (shell bake.targets[2].verify[2]) failed" in report["failures"]
+    assert "no signature" in report["failures"]
+
+    assert passed.rc == 0, passed.explain()
+    # the disk and the box are found, not made again
+    for run in runs:
         assert "bakery-%s-builder" % box["source"] not in run.stats
-        assert (out / box_file).stat().st_mtime_ns == box_mtime
-        result = json.loads((out / "bake-manifest.json").read_text())
-        entry = next(a for a in result["artifacts"] if a["target"] == box_target["name"])
-        assert entry["status"] == "unchanged" and entry["sha256"] == made["sha256"]
-        assert entry["verify"]["status"] == "passed" and entry["verify"]["checked"] == "now"
-        # the machine was the bake's: its domain carries the bake id, and it booted by BIOS (libvirt's default
-        # firmware; the disks' UEFI boot is test_qemu's provision: vm bake)
-        assert (seen / "domain").read_text().strip() == "bakery-%s-%s-default" % (bake_id, box_target["name"])
-        xml = (seen / "domain.xml").read_text()
-        assert "<name>bakery-%s-" % bake_id in xml and "<loader" not in xml
-        assert (seen / "page").read_text().split() == ["nginx", "on", "Debian", "0"]
-    finally:
-        left_domains = [d for d in domains() if d.startswith("bakery-%s-" % bake_id)]
-        left_volumes = pool_volumes() - volumes_before
-        for name in left_domains:  # not to leave the host dirty when the bake did
-            subprocess.run(
-                ["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False
-            )
-            subprocess.run(
-                ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
-                capture_output=True,
-                check=False,
-            )
-        for name in pool_volumes() - volumes_before:
-            subprocess.run(
-                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
-                capture_output=True,
-                check=False,
-            )
-    assert not left_domains, "the bake left libvirt domains: %s" % left_domains
-    assert not left_volumes, "the bake left volumes in the pool: %s" % left_volumes
-    assert virsh("net-list", "--all") == networks, "the networks changed"
-    cache = Path(definition["cache_dir"])
-    assert not list(cache.glob("qemu/%s-*" % bake_id)), "the bake left its work directory"
+    assert (out / box_file).stat().st_mtime_ns == box_mtime
+    result = json.loads((out / "bake-manifest.json").read_text())
+    entry = next(a for a in result["artifacts"] if a["target"] == box_target["name"])
+    assert entry["sha256"] == made["sha256"] and entry["bake_id"] == made["bake_id"]
+    assert entry["verify"]["status"] == "passed" and entry["verify"]["checked"] == "now"
+    assert entry["verify"]["checks"] == [
+        "serves (shell bake.targets[2].verify[0])",
+        "bios (local bake.targets[2].verify[1])",
+    ]
+    # the machine was the bake's: its domain carries the bake id, and it booted by BIOS (libvirt's default
+    # firmware; the disks' UEFI boot is test_qemu's provision: vm bake)
+    assert (seen / "domain").read_text().strip() == "bakery-%s-%s-default" % (bake_ids[1], box_target["name"])
+    xml = (seen / "domain.xml").read_text()
+    assert "<name>bakery-%s-" % bake_ids[1] in xml and "<loader" not in xml
+    # vagrant ssh from a local check, as the vagrant user: nginx serves, sudo needs no password
+    assert (seen / "page").read_text().split() == ["nginx", "on", "Debian", "0"]
+
+
+def leftovers(bake_id: str, volumes_before: set[str]) -> dict[str, list[str]]:
+    """What libvirt still holds of the bake (its domains, volumes that were not there before), removed so that a
+    failed test leaves the host clean."""
+    left = {
+        "domains": sorted(d for d in domains() if d.startswith("bakery-%s-" % bake_id)),
+        "volumes": sorted(pool_volumes() - volumes_before),
+    }
+    for name in left["domains"]:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False)
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
+            capture_output=True,
+            check=False,
+        )
+    for name in pool_volumes() - volumes_before:
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
+            capture_output=True,
+            check=False,
+        )
+    return left
 
 
 def test_a_box_that_fails_its_checks_stays_out_of_the_catalog(default_bake, tmp_path: Path) -> None:
