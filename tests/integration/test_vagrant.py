@@ -348,7 +348,8 @@ def leftovers(bake_id: str, volumes_before: set[str]) -> dict[str, list[str]]:
     failed test leaves the host clean."""
     left = {
         "domains": sorted(d for d in domains() if d.startswith("bakery-%s-" % bake_id)),
-        "volumes": sorted(pool_volumes() - volumes_before),
+        # another test may make volumes meanwhile: those of this bake carry its id
+        "volumes": sorted(v for v in pool_volumes() - volumes_before if bake_id in v),
     }
     for name in left["domains"]:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False)
@@ -357,7 +358,7 @@ def leftovers(bake_id: str, volumes_before: set[str]) -> dict[str, list[str]]:
             capture_output=True,
             check=False,
         )
-    for name in pool_volumes() - volumes_before:
+    for name in left["volumes"]:
         subprocess.run(
             ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
             capture_output=True,
@@ -435,3 +436,84 @@ def test_a_box_that_fails_its_checks_stays_out_of_the_catalog(default_bake, tmp_
     cache = Path(definition["cache_dir"])
     for bake_id in ids:
         assert not list(cache.glob("qemu/%s-*" % bake_id)), bake_id
+
+
+JANITOR_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: check
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+      check_mode: true
+    - name: sweep
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+    - name: again
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+"""
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>%(name)s</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%(disk)s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+
+def test_the_janitor_removes_what_libvirt_holds_of_a_killed_bakes_box(libvirtd: str, tmp_path: Path) -> None:
+    """A bake killed while its box was booted for its checks leaves a domain (shut off, say), its disk and the box
+    image vagrant-libvirt uploaded: the janitor removes the three by bake id, and nothing else."""
+    bake_id = "%s-%06x" % (time.strftime("%Y%m%dt%H%M%S", time.gmtime()), (os.getpid() * 2 + 7) & 0xFFFFFF)
+    other_id = "%s-%06x" % (time.strftime("%Y%m%dt%H%M%S", time.gmtime()), (os.getpid() * 2 + 9) & 0xFFFFFF)
+    networks = virsh("net-list", "--all")
+    domain = "bakery-%s-box-default" % bake_id
+    made = [domain + ".img", "bakery-%s-box_vagrant_box_image_0_1796357804_box.img" % bake_id]
+    made.append("bakery-%s-box_vagrant_box_image_0_1796357804_box.img" % other_id)
+    try:
+        for name in made:
+            virsh("vol-create-as", "default", name, "1M", "--format", "qcow2")
+        disk = virsh("vol-path", "--pool", "default", made[0]).strip()
+        (tmp_path / "domain.xml").write_text(DOMAIN_XML % {"name": domain, "disk": disk})
+        virsh("define", str(tmp_path / "domain.xml"))
+        run = run_playbook(JANITOR_PLAY, tmp_path, extra_vars={"bake_id": bake_id}, args=LOCAL)
+        assert run.rc == 0, run.explain()
+        check = run.task_result("check")
+        libvirt = sorted(
+            (r["kind"], r["name"], r["state"]) for r in check["resources"] if r["backend"] == "libvirt"
+        )
+        assert libvirt == [
+            ("box image", made[1], "would remove"),
+            ("domain", domain, "would remove"),
+        ]
+        swept = run.task_result("sweep")
+        assert swept["changed"] and sorted(
+            (r["kind"], r["name"], r["state"]) for r in swept["resources"] if r["backend"] == "libvirt"
+        ) == [("box image", made[1], "removed"), ("domain", domain, "removed")]
+        again = run.task_result("again")
+        assert not again["changed"] and not [r for r in again["resources"] if r["backend"] == "libvirt"]
+        assert domain not in domains()
+        # the domain's disk went with it; the other bake's box image stays
+        assert {v for v in pool_volumes() if bake_id in v or other_id in v} == {made[2]}
+        assert virsh("net-list", "--all") == networks
+    finally:
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "undefine", domain], capture_output=True, check=False
+        )
+        for name in set(made) & pool_volumes():
+            subprocess.run(
+                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
+                capture_output=True,
+                check=False,
+            )
