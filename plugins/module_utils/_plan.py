@@ -380,7 +380,7 @@ def make_plan(
             )
         check_verify_instance(kind, options, verify, tname)
         booted = [entry for entry in verify if entry["kind"] != "local"]
-        if booted and kind in LOCAL_CHECKS and not options.get("verify_instance"):
+        if booted and kind in LOCAL_CHECKS and not boots_for_checks(kind, options):
             raise BakeryError(
                 "%s selects target %s: %s; a %s check needs a running system: %scheck the qemu target the %s is "
                 "made from instead, or restrict the entry with only or except"
@@ -389,14 +389,12 @@ def make_plan(
                     tname,
                     LOCAL_CHECKS[kind],
                     booted[0]["kind"],
-                    "set verify_instance: true on the target, " if kind in INSTANCE_CHECKS else "",
+                    "set %s: true on the target, " % ("verify_up" if kind == "vagrant" else "verify_instance"),
                     "box" if kind == "vagrant" else "image",
                 )
             )
         verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
-        if options.get("verify_instance"):
-            # where the checks run decides whether they passed: a change re-verifies the artifact (not rebuilt)
-            verify_inputs["verify_instance"] = "true"
+        verify_inputs.update(verify_options(kind, options))
         planned.append(
             {
                 "name": tname,
@@ -488,7 +486,8 @@ def with_hygiene(options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], wh
 
 # the target types whose checks are local commands on the controller, and what they are told
 LOCAL_CHECKS = {
-    "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them)",
+    "vagrant": "a box's checks are local commands (the box is added to a temporary VAGRANT_HOME, exported to them) "
+    "unless the target sets verify_up: true, which boots the box with vagrant up for them",
     "ami": "an AMI's checks are local commands (BAKERY_IMAGE_ID and BAKERY_AWS_REGION name the image) unless the "
     "target sets verify_instance: true (then the others run on an instance launched from the new image)",
     "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image) "
@@ -513,6 +512,32 @@ def check_verify_instance(kind: str, options: Mapping[str, Any], verify: list[di
             "target %s sets verify_instance: the instance of the new image starts in zone, which it does not set"
             % target
         )
+
+
+
+def boots_for_checks(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether a target of a LOCAL_CHECKS type boots its artifact for its checks (a box with verify_up, an ami
+    or gce image with verify_instance)."""
+    if kind == "vagrant":
+        return bool(options.get("verify_up"))
+    return kind in INSTANCE_CHECKS and bool(options.get("verify_instance"))
+
+
+def verify_options(kind: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The target options that decide how its checks run (inputs of its verify digest, not of its fingerprint):
+    a changed one verifies the artifact again without rebuilding it."""
+    if kind in INSTANCE_CHECKS and options.get("verify_instance"):
+        return {"verify_instance": "true"}
+    if kind != "vagrant" or not (options.get("verify_up") or options.get("verify_vagrantfile")):
+        return {}  # the digest of a box whose checks are local commands stays what it was before verify_up
+    return {
+        "vagrant_verify": digest_value(
+            {
+                "verify_up": bool(options.get("verify_up")),
+                "vagrantfile": list(options.get("verify_vagrantfile") or []),
+            }
+        )
+    }
 
 
 # the target types whose artifacts the bake can check (verify) before it publishes them

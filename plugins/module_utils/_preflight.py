@@ -482,14 +482,36 @@ def check_catalog(target: Mapping[str, Any], ctx: Context) -> list[Finding]:
 
 def vagrant_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
     source = _source(target, ctx)
+    needs = []
+    if _options(target).get("verify_up") and target.get("verify"):
+        # also for a box found unchanged: its checks still boot it (vagrant_machine searches PATH alone)
+        why = "to boot the box for its checks"
+        needs += [
+            Need(
+                "vagrant",
+                "vagrant.verify_up=true",
+                why,
+                command="vagrant",
+                build_only=False,
+                package="vagrant",
+            ),
+            Need(
+                "virsh",
+                "vagrant.verify_up=true",
+                why,
+                command="virsh",
+                build_only=False,
+                package="libvirt-clients",
+            ),
+        ]
     if not _box_converts(target, source):
-        return []
+        return needs
     provider = _options(target).get("provider") or "libvirt"
     option = (
         "vagrant.provider=virtualbox" if provider != "libvirt" else "vagrant.source=%s" % source.get("name")
     )
     # vagrant_box's find_tool searches PATH alone
-    return [_command("qemu-img", option, "to convert the source disk for the box")]
+    return [_command("qemu-img", option, "to convert the source disk for the box"), *needs]
 
 
 NEEDS: dict[str, Callable[[Mapping[str, Any], Context], list[Need]]] = {

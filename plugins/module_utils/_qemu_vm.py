@@ -37,11 +37,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils import _files, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _files, _libvirt, _qemu_disk
 from ansible_collections.bakery.images.plugins.module_utils._files import check_raw_disk, write_json_atomic
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
-from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, record
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    Selector,
+    act,
+    record,
+    split_name,
+)
 
 ACCELERATORS = ("kvm", "tcg", "xen")
 DEFAULT_ACCELERATORS = "kvm:tcg"
@@ -1332,8 +1337,6 @@ def module_action(module: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- janitor: leftover builder VMs
 
-_BAKE_ID_RE = re.compile(r"^\d{8}t\d{6}-[0-9a-f]{6}$")
-
 
 def _boot_time() -> float:
     try:
@@ -1355,17 +1358,8 @@ def process_started(pid: int) -> float | None:
 
 
 def split_vm_name(name: str, bake_id: str | None = None) -> tuple[str | None, str | None]:
-    """(bake id, target) of a qemu ``-name`` ``bakery-<bake id>-<target>``; a generated bake id is recognised
-    by its form, any other only when *bake_id* is given and the name starts with it."""
-    if not name.startswith("bakery-"):
-        return None, None
-    rest = name[len("bakery-") :]
-    if bake_id and rest.startswith(bake_id + "-"):
-        return bake_id, rest[len(bake_id) + 1 :]
-    head = rest[:22]
-    if _BAKE_ID_RE.match(head) and rest[22:23] == "-":
-        return head, rest[23:]
-    return None, None
+    """(bake id, target) of a qemu ``-name`` ``bakery-<bake id>-<target>`` (see _temporary.split_name)."""
+    return split_name(name, bake_id)
 
 
 def builder_processes() -> list[dict[str, Any]]:
@@ -1481,7 +1475,8 @@ def sweep_vms(selector: Selector, check_mode: bool, roots: Sequence[str] = ()) -
 
 def sweep(selector: Selector, check_mode: bool, paths: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The janitor's sweep of this host: builder VMs, VM and chroot work directories, leftover ``.partial``
-    files, and the private keys the ami and gce roles keep below the output directory."""
+    files, the private keys the ami and gce roles keep below the output directory, and (where libvirtd runs)
+    the libvirt domains and volumes of boxes booted for their checks (vagrant verify_up)."""
     paths = [os.path.abspath(path) for path in paths]
     entries = sweep_vms(selector, check_mode, paths)
     busy = {
@@ -1492,4 +1487,5 @@ def sweep(selector: Selector, check_mode: bool, paths: Sequence[str] = ()) -> li
     entries += _qemu_disk.sweep_workdirs(selector, check_mode, paths, busy=busy)
     entries += _files.sweep_partials(selector, check_mode, paths)
     entries += _files.sweep_key_files(selector, check_mode, paths)
+    entries += _libvirt.sweep(selector, check_mode)
     return entries

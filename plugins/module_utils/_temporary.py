@@ -26,6 +26,8 @@ WOULD_REMOVE = "would remove"
 FAILED = "failed"
 STATES = (REMOVED, WOULD_REMOVE, FAILED)
 
+# a generated bake id (_fingerprint.new_bake_id): its UTC start time and a random part
+BAKE_ID_RE = re.compile(r"^\d{8}t\d{6}-[0-9a-f]{6}$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TTL = re.compile(r"^(?:\d+[smhdw])+$")
 _TTL_PART = re.compile(r"(\d+)([smhdw])")
@@ -82,6 +84,21 @@ def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def split_name(name: str, bake_id: str | None = None) -> tuple[str | None, str | None]:
+    """(bake id, rest) of a temporary resource's name ``bakery-<bake id>-<rest>`` (a builder VM's qemu ``-name``,
+    a libvirt domain or volume); a generated bake id is recognised by its form, any other only when *bake_id* is
+    given and the name starts with it."""
+    if not name.startswith("bakery-"):
+        return None, None
+    rest = name[len("bakery-") :]
+    if bake_id and rest.startswith(bake_id + "-"):
+        return bake_id, rest[len(bake_id) + 1 :]
+    head = rest[:22]
+    if BAKE_ID_RE.match(head) and rest[22:23] == "-":
+        return head, rest[23:]
+    return None, None
 
 
 @dataclass

@@ -28,7 +28,9 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import tarfile
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from xml.sax.saxutils import escape, quoteattr
 
+from ansible_collections.bakery.images.plugins.module_utils import _libvirt
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_raw_disk,
@@ -56,6 +59,12 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
 )
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
+from ansible_collections.bakery.images.plugins.module_utils._temporary import (
+    FAILED,
+    REMOVED,
+    errors_of,
+    record,
+)
 
 PROVIDERS = ("libvirt", "virtualbox")
 ACTIONS = ("build", "find", "clean")
@@ -829,3 +838,293 @@ def _finish(result: dict[str, Any], started: float) -> dict[str, Any]:
 def module_action(module: Any) -> dict[str, Any]:
     """Entry point for ``_module.run``."""
     return make_box(module.params, check_mode=module.check_mode)
+
+
+# --------------------------------------------------------------------------- a box booted for its checks
+
+MACHINE_ACTIONS = ("up", "destroy")
+# vagrant-libvirt keeps only these characters of a domain name (set_name_of_domain.rb)
+_DOMAIN_NAME = re.compile(r"^[-A-Za-z0-9_.]+$")
+# the ssh-config keys that become the connection itself, not ssh options
+_SSH_CONNECTION_KEYS = ("host", "hostname", "port", "user", "identityfile")
+# for ansible_ssh_common_args, whatever vagrant says: the guest's host key is new on every boot
+_SSH_ALWAYS = (
+    ("UserKnownHostsFile", "/dev/null"),
+    ("StrictHostKeyChecking", "no"),
+    ("IdentitiesOnly", "yes"),
+)
+_OUTPUT_TAIL = 30
+
+
+@dataclass(frozen=True)
+class MachineOptions:
+    action: str
+    project: str
+    box: str
+    vagrant_home: str
+    domain_name: str
+    vagrantfile_lines: list[str] = field(default_factory=list)
+    uri: str = _libvirt.URI
+    up_timeout: int = 900
+    destroy_timeout: int = 300
+    vagrant: str = "vagrant"
+
+
+def ruby_string(text: str) -> str:
+    """A single-quoted Ruby string literal of *text*: no interpolation (``#{}``), only ``\\\\`` and ``\\'``
+    are escapes."""
+    return "'%s'" % text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def check_domain_name(name: Any) -> str:
+    """A domain name for the machine: vagrant-libvirt's default_prefix plus the machine name ``default``."""
+    if not isinstance(name, str) or not _DOMAIN_NAME.match(name) or not name.endswith(_libvirt.MACHINE):
+        raise BakeryError(
+            "vagrant_machine: domain_name %r must end with %r (vagrant's machine) and hold only letters, digits, "
+            "'-', '_' and '.'" % (name, _libvirt.MACHINE)
+        )
+    if len(name) == len(_libvirt.MACHINE):
+        raise BakeryError("vagrant_machine: domain_name needs a prefix before %r" % _libvirt.MACHINE)
+    return name
+
+
+def verify_vagrantfile(box: str, domain_name: str, lines: list[str], uri: str = _libvirt.URI) -> str:
+    """The Vagrantfile that boots *box* for its checks: the box's defaults, what a host without KVM needs, the
+    libvirt domain named *domain_name*, and the user's *lines* last (they override the rest)."""
+    prefix = domain_name[: -len(_libvirt.MACHINE)]
+    text = [
+        "# Made by bakery.images.vagrant_machine: the box booted for its checks (verify_up).",
+        'Vagrant.configure("2") do |config|',
+        "  config.vm.box = %s" % ruby_string(box),
+        "  config.vm.box_check_update = false",
+        "  config.vm.synced_folder '.', '/vagrant', disabled: true",
+        "  # the base box convention: Vagrant's insecure key logs in, and stays (nothing is written into the guest)",
+        "  config.ssh.insert_key = false",
+        "  config.vm.boot_timeout = 600",
+        "  config.vm.provider :libvirt do |libvirt|",
+        "    libvirt.uri = %s" % ruby_string(uri),
+        "    # TCG: no KVM needed (a host with KVM may set libvirt.driver = 'kvm' in verify_vagrantfile)",
+        "    libvirt.driver = 'qemu'",
+        "    libvirt.cpus = 1",
+        "    libvirt.graphics_type = 'none'",
+        "    # the domain is %s" % domain_name,
+        "    libvirt.default_prefix = %s" % ruby_string(prefix),
+        "    libvirt.management_network_name = 'default'",
+        "    libvirt.management_network_address = '192.168.122.0/24'",
+        "    # vagrant destroy would otherwise undefine the network (also one that was there before)",
+        "    libvirt.management_network_keep = true",
+        "  end",
+    ]
+    if lines:
+        text.append("  # verify_vagrantfile")
+        text += ["  %s" % line for line in lines]
+    text.append("end")
+    return "\n".join(text) + "\n"
+
+
+def parse_ssh_config(text: str) -> dict[str, Any]:
+    """The connection in ``vagrant ssh-config``'s output: host, port, user, private key and the other options as
+    ssh arguments (``-o Key=value``), with host key checking off."""
+    values: dict[str, str] = {}
+    keys: list[str] = []
+    args: list[str] = []
+    seen = set()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = (line.split(None, 1) + [""])[:2]
+        value = value.strip()
+        if value[:1] == '"' and value[-1:] == '"' and len(value) > 1:
+            value = value[1:-1]
+        lower = key.lower()
+        if lower == "host":
+            if values:
+                break  # the first machine only
+            continue
+        if lower == "identityfile":
+            keys.append(value)
+        elif lower in _SSH_CONNECTION_KEYS:
+            values[lower] = value
+        else:
+            seen.add(lower)
+            args.append("-o")
+            args.append("%s=%s" % (key, value))
+    if not values.get("hostname") or not keys:
+        raise BakeryError("vagrant ssh-config named no host or no key: %s" % text.strip()[-500:])
+    for key, value in _SSH_ALWAYS:
+        if key.lower() not in seen:
+            args += ["-o", "%s=%s" % (key, value)]
+    for extra in keys[1:]:
+        args += ["-o", "IdentityFile=%s" % extra]
+    return {
+        "host": values["hostname"],
+        "port": int(values.get("port") or 22),
+        "user": values.get("user") or "vagrant",
+        "private_key": keys[0],
+        "ssh_args": args,
+    }
+
+
+def parse_machine_options(params: Mapping[str, Any]) -> MachineOptions:
+    action = params.get("action") or "up"
+    if action not in MACHINE_ACTIONS:
+        raise BakeryError("vagrant_machine: unknown action %r" % action)
+    for key in ("project", "box", "vagrant_home", "domain_name"):
+        if not params.get(key):
+            raise BakeryError("vagrant_machine: %s is required" % key)
+    return MachineOptions(
+        action=action,
+        project=os.path.abspath(str(params["project"])),
+        box=str(params["box"]),
+        vagrant_home=os.path.abspath(str(params["vagrant_home"])),
+        domain_name=check_domain_name(params["domain_name"]),
+        vagrantfile_lines=[str(line) for line in params.get("vagrantfile_lines") or []],
+        uri=str(params.get("uri") or _libvirt.URI),
+        up_timeout=int(params.get("up_timeout") or 900),
+        destroy_timeout=int(params.get("destroy_timeout") or 300),
+        vagrant=str(params.get("vagrant") or "vagrant"),
+    )
+
+
+def vagrant_environment(opts: MachineOptions) -> dict[str, str]:
+    return dict(
+        os.environ,
+        VAGRANT_HOME=opts.vagrant_home,
+        VAGRANT_CWD=opts.project,
+        VAGRANT_DEFAULT_PROVIDER="libvirt",
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_NO_COLOR="1",
+        LIBVIRT_DEFAULT_URI=opts.uri,
+    )
+
+
+def _vagrant(opts: MachineOptions, args: list[str], timeout: int) -> tuple[int, str]:
+    """Run vagrant in the project (its own process group, killed whole on timeout): (rc, output)."""
+    tool = find_tool(opts.vagrant, "vagrant")
+    proc = subprocess.Popen(  # noqa: S603 - argv, no shell
+        [tool, *args],
+        cwd=opts.project,
+        env=vagrant_environment(opts),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        return -1, (out or "") + "\n(vagrant %s did not finish within %d s)" % (args[0], timeout)
+    return proc.returncode, out or ""
+
+
+def _tail(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()][-_OUTPUT_TAIL:]
+
+
+def machine_up(opts: MachineOptions, check_mode: bool) -> dict[str, Any]:
+    """Write the project's Vagrantfile and ``vagrant up`` the box; the connection for the checks. A machine that
+    does not come up is destroyed (and libvirt swept) before the error is raised."""
+    vagrantfile = os.path.join(opts.project, "Vagrantfile")
+    result: dict[str, Any] = {
+        "project": opts.project,
+        "vagrantfile": vagrantfile,
+        "domain": opts.domain_name,
+        "box": opts.box,
+    }
+    if check_mode:
+        find_tool(opts.vagrant, "vagrant")
+        return dict(result, changed=True, msg="would boot box %s as domain %s" % (opts.box, opts.domain_name))
+    os.makedirs(opts.project, mode=0o700, exist_ok=True)
+    with atomic_output(vagrantfile) as partial:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(verify_vagrantfile(opts.box, opts.domain_name, opts.vagrantfile_lines, opts.uri))
+    rc, out = _vagrant(opts, ["up", "--provider=libvirt"], opts.up_timeout)
+    if rc != 0:
+        undone = _destroy(opts, False)
+        raise BakeryError(
+            "vagrant up of box %s failed: %s" % (opts.box, (_tail(out) or ["exit status %d" % rc])[-1]),
+            output_lines=_tail(out),
+            removed=undone["removed"],
+        )
+    rc, config = _vagrant(opts, ["ssh-config"], 120)
+    if rc != 0:
+        undone = _destroy(opts, False)
+        raise BakeryError(
+            "vagrant ssh-config failed: %s" % ((_tail(config) or ["exit status %d" % rc])[-1]),
+            output_lines=_tail(config),
+            removed=undone["removed"],
+        )
+    ssh = parse_ssh_config(config)
+    result.update(
+        changed=True,
+        ssh=ssh,
+        builder={
+            "connection": "ssh",
+            "host": ssh["host"],
+            "port": ssh["port"],
+            "user": ssh["user"],
+            "private_key": ssh["private_key"],
+            "ssh_common_args": " ".join(shlex.quote(arg) for arg in ssh["ssh_args"]),
+        },
+        output_lines=_tail(out),
+        msg="box %s runs as domain %s (%s@%s:%d)"
+        % (opts.box, opts.domain_name, ssh["user"], ssh["host"], ssh["port"]),
+    )
+    return result
+
+
+def _destroy(opts: MachineOptions, check_mode: bool) -> dict[str, Any]:
+    """``vagrant destroy -f`` in the project (when it has a Vagrantfile), then libvirt swept of the domain, its
+    disk and the box's uploaded image: what was (or would be) removed, and what failed."""
+    removed: list[dict[str, Any]] = []
+    problems: list[str] = []
+    running = _libvirt.available() and opts.domain_name in _libvirt.domains(opts.uri)
+    vagrantfile = os.path.join(opts.project, "Vagrantfile")
+    if running and os.path.isfile(vagrantfile) and not check_mode:
+        rc, out = _vagrant(opts, ["destroy", "-f"], opts.destroy_timeout)
+        if rc != 0:
+            problems.append("vagrant destroy: %s" % ((_tail(out) or ["exit status %d" % rc])[-1]))
+        elif opts.domain_name not in _libvirt.domains(opts.uri):
+            entry = record("libvirt", "domain", opts.domain_name, location=opts.uri)
+            entry.update(state=REMOVED, by="vagrant destroy")
+            removed.append(entry)
+    swept = _libvirt.sweep(
+        None, check_mode, domain_names=[opts.domain_name], box_names=[opts.box], uri=opts.uri
+    )
+    removed += swept
+    problems += errors_of(swept)
+    return {"removed": removed, "problems": problems}
+
+
+def machine_destroy(opts: MachineOptions, check_mode: bool) -> dict[str, Any]:
+    done = _destroy(opts, check_mode)
+    names = [
+        "%s %s" % (entry["kind"], entry["name"]) for entry in done["removed"] if entry["state"] != FAILED
+    ]
+    result = {
+        "changed": bool(names),
+        "removed": done["removed"],
+        "project": opts.project,
+        "domain": opts.domain_name,
+        "box": opts.box,
+    }
+    if done["problems"]:
+        raise BakeryError(
+            "vagrant_machine could not remove everything of box %s: %s"
+            % (opts.box, "; ".join(done["problems"])),
+            **result,
+        )
+    verb = "would remove" if check_mode else "removed"
+    result["msg"] = "%s %s" % (verb, ", ".join(names)) if names else "nothing left of box %s" % opts.box
+    return result
+
+
+def machine_action(module: Any) -> dict[str, Any]:
+    """Entry point of the vagrant_machine module for ``_module.run``."""
+    opts = parse_machine_options(module.params)
+    if opts.action == "up":
+        return machine_up(opts, module.check_mode)
+    return machine_destroy(opts, module.check_mode)

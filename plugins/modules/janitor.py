@@ -20,7 +20,11 @@ description:
     interrupted writes in O(qemu.paths). A C(.partial) file records no bake id: in the directories scanned it
     counts as the bake's when it changed after the bake started; one that a process has open or that changed in
     the last 10 seconds is left alone. Builders' private keys that the ami and gce roles keep in
-    C(.bakery-tmp) and C(.bakery-ssh) of the output directory go as well."
+    C(.bakery-tmp) and C(.bakery-ssh) of the output directory go as well. Where libvirtd runs
+    (C(/run/libvirt/libvirt-sock)), the libvirt domains C(bakery-<bake id>-<target>-default) of boxes booted for
+    their checks (a vagrant target's C(verify_up)), also shut-off ones, go with their storage, and so do the box
+    images vagrant-libvirt uploaded for them (volumes C(bakery-<bake id>-<target>_vagrant_box_image_*)); their age
+    is the time in the bake id."
   - "C(aws): EC2 instances, images, snapshots, key pairs and security groups tagged C(bakery-temporary=true)."
   - "C(gce): Compute Engine instances, disks and images labelled C(bakery-temporary=true) (an image is until
     its bake labels it final), and uploaded Cloud Storage objects with that metadata."
@@ -32,6 +36,7 @@ requirements:
   - docker (Python SDK) for the C(docker) backend
   - boto3 for the C(aws) backend
   - google-auth for the C(gce) backend
+  - virsh (C(libvirt-clients)) for the libvirt part of the C(qemu) backend, where libvirtd runs
 attributes:
   check_mode:
     support: full

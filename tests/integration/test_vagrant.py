@@ -1,6 +1,6 @@
 """Vagrant boxes, checked by Vagrant itself: Debian's `vagrant` adds the boxes and their catalog, refuses a
 catalog entry whose checksum is wrong, and (with vagrant-libvirt and a libvirtd that scripts/libvirtd starts)
-boots the box of the default bake and reaches nginx in it over `vagrant ssh`.
+boots the box of the default bake for its checks (verify_up) and reaches nginx in it over SSH.
 
 Vagrant keeps its state in VAGRANT_HOME, a temporary directory per test; nothing goes to ~/.vagrant.d.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -173,26 +174,6 @@ def test_vagrant_refuses_a_catalog_entry_with_a_wrong_checksum(small_boxes: dict
 # --------------------------------------------------------------------------- vagrant up of the default bake
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
-# The Vagrantfile of the test project: the box's defaults, with what this machine needs on top. The box is
-# fetched from the bake's catalog, as users would. `qemu` domains (TCG): KVM is not usable here.
-VAGRANTFILE = """\
-Vagrant.configure("2") do |config|
-  config.vm.box = %(box_name)s
-  config.vm.box_url = %(catalog_url)s
-  config.vm.box_version = %(version)s
-  # log in with Vagrant's insecure key, as the base box convention promises, and leave it in place
-  config.ssh.insert_key = false
-  config.vm.boot_timeout = 600
-  config.vm.provider :libvirt do |libvirt|
-    libvirt.driver = "qemu"
-    libvirt.cpus = 1
-    libvirt.graphics_type = "none"
-    libvirt.default_prefix = %(prefix)s
-    libvirt.management_network_name = "default"
-    libvirt.management_network_address = "192.168.122.0/24"
-  end
-end
-"""
 
 
 def virsh(*args: str) -> str:
@@ -221,9 +202,12 @@ def rebake(default_bake: dict):
     )
 
 
-def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
-    default_bake: dict, libvirtd: str, tmp_path: Path, vagrant_home: Path
+def test_default_bake_box_boots_with_vagrant_up_for_its_checks_and_leaves_nothing(
+    default_bake: dict, libvirtd: str, tmp_path: Path
 ) -> None:
+    """verify_up: the default bake's box (found, not made again) is booted by `vagrant up` under TCG for its
+    checks; a shell check runs in the machine over SSH, local checks on the controller with the machine's
+    project and domain; afterwards libvirt holds nothing of the bake and the work directory is gone."""
     (box_target,) = [t for t in default_bake["definition"]["targets"] if "vagrant" in t]
     box = box_target["vagrant"]
     assert box["provider"] == "libvirt"
@@ -250,55 +234,137 @@ def test_default_bake_box_boots_with_vagrant_libvirt_and_serves_nginx(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert manifest_path.read_text() == manifest_text
 
-    prefix = "bakery-vtest-%d-" % os.getpid()
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Vagrantfile").write_text(
-        VAGRANTFILE
-        % {
-            "box_name": json.dumps(box["box_name"]),
-            "catalog_url": json.dumps(catalog.as_uri()),
-            "version": json.dumps(str(box.get("version", "1.0.0"))),
-            "prefix": json.dumps(prefix),
-        }
-    )
-    volumes_before = pool_volumes()
-    try:
-        up = vagrant(["up", "--provider=libvirt"], vagrant_home, cwd=project, timeout=900)
-        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
-        # vagrant up logged in as vagrant with the insecure key (insert_key false); sudo needs no password
-        page = vagrant(
-            ["ssh", "-c", "curl -s localhost; sudo -n id -u"], vagrant_home, cwd=project, timeout=120
+    # the bake with verify_up, in an output directory of its own holding copies of the disk and the box
+    out = tmp_path / "output"
+    out.mkdir()
+    box_file = Path(made["path"]).name
+    for name in (
+        Path(disk["path"]).name,
+        Path(disk["path"]).name + ".bakery.json",
+        box_file,
+        box_file + ".bakery.json",
+        catalog.name,
+    ):
+        subprocess.run(
+            [
+                "cp",
+                "--reflink=auto",
+                "--preserve=timestamps",
+                str(default_bake["output"] / name),
+                str(out / name),
+            ],
+            check=True,
         )
-        assert page.returncode == 0, page.stdout + page.stderr
-        assert page.stdout.split() == ["nginx", "on", "Debian", "0"], page.stdout
-        # the disks' BIOS boot (their UEFI boot is test_qemu's provision: vm bake): libvirt's default firmware
-        (domain,) = [d for d in domains() if d.startswith(prefix)]
-        assert "<loader" not in virsh("dumpxml", domain)
-        destroyed = vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
-        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
-        assert not [d for d in domains() if d.startswith(prefix)], "vagrant destroy left a domain"
-        # vagrant-libvirt keeps the uploaded box image in the pool for later machines; it removes the machine's
-        left = pool_volumes() - volumes_before
-        assert all("_vagrant_box_image_" in name for name in left), left
-    finally:
-        vagrant(["destroy", "-f"], vagrant_home, cwd=project, timeout=300)
-        for name in domains():
-            if name.startswith(prefix):
-                subprocess.run(
-                    ["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False
+    box_mtime = (out / box_file).stat().st_mtime_ns
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    definition = json.loads(json.dumps(default_bake["definition"]))
+    target = next(t for t in definition["targets"] if t["name"] == box_target["name"])
+    target["vagrant"]["verify_up"] = True
+    target["verify"] = [
+        {
+            "name": "serves",
+            "shell": {
+                "inline": [
+                    "curl -s localhost | tee /dev/stderr | grep -q 'nginx on Debian'",
+                    # the base box convention: vagrant's sudo needs no password
+                    'test "$(sudo -n id -u)" = 0',
+                    'test "$(id -un)" = vagrant',
+                ]
+            },
+        },
+        {
+            "name": "bios",
+            "local": {
+                "inline": [
+                    'virsh -c qemu:///system dumpxml "$BAKERY_VAGRANT_DOMAIN" > %s/domain.xml' % seen,
+                    'echo "$BAKERY_VAGRANT_DOMAIN" > %s/domain' % seen,
+                    # the project of the machine: vagrant ssh works from a local check
+                    "vagrant ssh -c 'curl -s localhost; sudo -n id -u' > %s/page" % seen,
+                ]
+            },
+        },
+    ]
+    # first a check that fails (the cleanup must remove the machine all the same), then the checks that pass
+    target["verify"].append(
+        {"name": "signed", "shell": {"inline": ["echo no signature; test -e /etc/signed"]}}
+    )
+    path = tmp_path / "bake.json"
+    cache = Path(definition["cache_dir"])
+    networks = virsh("net-list", "--all")
+    volumes_before = pool_volumes()
+    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    bake_ids = ["%s-%06x" % (stamp, (os.getpid() * 2 + n) & 0xFFFFFF) for n in (0, 1)]
+    runs = []
+    for bake_id in bake_ids:
+        path.write_text(json.dumps({"bake": definition}))
+        try:
+            runs.append(
+                run_playbook(
+                    BAKE_PLAYBOOK,
+                    tmp_path,
+                    args=["-e", "@%s" % path, "-e", "bake_only=box", "-e", "bake_id=" + bake_id],
+                    timeout=2400,
                 )
-                subprocess.run(
-                    ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
-                    capture_output=True,
-                    check=False,
-                )
-        for name in pool_volumes() - volumes_before:
-            subprocess.run(
-                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name], check=False
             )
-    assert pool_volumes() == volumes_before
-    assert not [d for d in domains() if d.startswith(prefix)]
+        finally:
+            left = leftovers(bake_id, volumes_before)
+        assert left == {"domains": [], "volumes": []}, "the bake left these in libvirt: %s" % left
+        assert virsh("net-list", "--all") == networks, "the networks changed"
+        assert not list(cache.glob("qemu/%s-*" % bake_id)), "the bake left its work directory"
+        target["verify"].pop()
+
+    failed, passed = runs
+    assert failed.rc != 0, failed.stdout[-4000:]
+    report = failed.task_result("Write the bake manifest")
+    assert report["failed_targets"] == [box_target["name"]], report["failures"]
+    assert "check signed (shell bake.targets[2].verify[2]) failed" in report["failures"]
+    assert "no signature" in report["failures"]
+
+    assert passed.rc == 0, passed.explain()
+    # the disk and the box are found, not made again
+    for run in runs:
+        assert "bakery-%s-builder" % box["source"] not in run.stats
+    assert (out / box_file).stat().st_mtime_ns == box_mtime
+    result = json.loads((out / "bake-manifest.json").read_text())
+    entry = next(a for a in result["artifacts"] if a["target"] == box_target["name"])
+    assert entry["sha256"] == made["sha256"] and entry["bake_id"] == made["bake_id"]
+    assert entry["verify"]["status"] == "passed" and entry["verify"]["checked"] == "now"
+    assert entry["verify"]["checks"] == [
+        "serves (shell bake.targets[2].verify[0])",
+        "bios (local bake.targets[2].verify[1])",
+    ]
+    # the machine was the bake's: its domain carries the bake id, and it booted by BIOS (libvirt's default
+    # firmware; the disks' UEFI boot is test_qemu's provision: vm bake)
+    assert (seen / "domain").read_text().strip() == "bakery-%s-%s-default" % (bake_ids[1], box_target["name"])
+    xml = (seen / "domain.xml").read_text()
+    assert "<name>bakery-%s-" % bake_ids[1] in xml and "<loader" not in xml
+    # vagrant ssh from a local check, as the vagrant user: nginx serves, sudo needs no password
+    assert (seen / "page").read_text().split() == ["nginx", "on", "Debian", "0"]
+
+
+def leftovers(bake_id: str, volumes_before: set[str]) -> dict[str, list[str]]:
+    """What libvirt still holds of the bake (its domains, volumes that were not there before), removed so that a
+    failed test leaves the host clean."""
+    left = {
+        "domains": sorted(d for d in domains() if d.startswith("bakery-%s-" % bake_id)),
+        # another test may make volumes meanwhile: those of this bake carry its id
+        "volumes": sorted(v for v in pool_volumes() - volumes_before if bake_id in v),
+    }
+    for name in left["domains"]:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False)
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage", "--nvram"],
+            capture_output=True,
+            check=False,
+        )
+    for name in left["volumes"]:
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
+            capture_output=True,
+            check=False,
+        )
+    return left
 
 
 def test_a_box_that_fails_its_checks_stays_out_of_the_catalog(default_bake, tmp_path: Path) -> None:
@@ -370,3 +436,84 @@ def test_a_box_that_fails_its_checks_stays_out_of_the_catalog(default_bake, tmp_
     cache = Path(definition["cache_dir"])
     for bake_id in ids:
         assert not list(cache.glob("qemu/%s-*" % bake_id)), bake_id
+
+
+JANITOR_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: check
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+      check_mode: true
+    - name: sweep
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+    - name: again
+      bakery.images.janitor:
+        bake_id: "{{ bake_id }}"
+        backends: [qemu]
+"""
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>%(name)s</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%(disk)s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+
+def test_the_janitor_removes_what_libvirt_holds_of_a_killed_bakes_box(libvirtd: str, tmp_path: Path) -> None:
+    """A bake killed while its box was booted for its checks leaves a domain (shut off, say), its disk and the box
+    image vagrant-libvirt uploaded: the janitor removes the three by bake id, and nothing else."""
+    bake_id = "%s-%06x" % (time.strftime("%Y%m%dt%H%M%S", time.gmtime()), (os.getpid() * 2 + 7) & 0xFFFFFF)
+    other_id = "%s-%06x" % (time.strftime("%Y%m%dt%H%M%S", time.gmtime()), (os.getpid() * 2 + 9) & 0xFFFFFF)
+    networks = virsh("net-list", "--all")
+    domain = "bakery-%s-box-default" % bake_id
+    made = [domain + ".img", "bakery-%s-box_vagrant_box_image_0_1796357804_box.img" % bake_id]
+    made.append("bakery-%s-box_vagrant_box_image_0_1796357804_box.img" % other_id)
+    try:
+        for name in made:
+            virsh("vol-create-as", "default", name, "1M", "--format", "qcow2")
+        disk = virsh("vol-path", "--pool", "default", made[0]).strip()
+        (tmp_path / "domain.xml").write_text(DOMAIN_XML % {"name": domain, "disk": disk})
+        virsh("define", str(tmp_path / "domain.xml"))
+        run = run_playbook(JANITOR_PLAY, tmp_path, extra_vars={"bake_id": bake_id}, args=LOCAL)
+        assert run.rc == 0, run.explain()
+        check = run.task_result("check")
+        libvirt = sorted(
+            (r["kind"], r["name"], r["state"]) for r in check["resources"] if r["backend"] == "libvirt"
+        )
+        assert libvirt == [
+            ("box image", made[1], "would remove"),
+            ("domain", domain, "would remove"),
+        ]
+        swept = run.task_result("sweep")
+        assert swept["changed"] and sorted(
+            (r["kind"], r["name"], r["state"]) for r in swept["resources"] if r["backend"] == "libvirt"
+        ) == [("box image", made[1], "removed"), ("domain", domain, "removed")]
+        again = run.task_result("again")
+        assert not again["changed"] and not [r for r in again["resources"] if r["backend"] == "libvirt"]
+        assert domain not in domains()
+        # the domain's disk went with it; the other bake's box image stays
+        assert {v for v in pool_volumes() if bake_id in v or other_id in v} == {made[2]}
+        assert virsh("net-list", "--all") == networks
+    finally:
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "undefine", domain], capture_output=True, check=False
+        )
+        for name in set(made) & pool_volumes():
+            subprocess.run(
+                ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", name],
+                capture_output=True,
+                check=False,
+            )

@@ -240,6 +240,26 @@ def test_mmdebstrap_only_when_the_base_rootfs_is_not_in_the_cache():
     assert "install the Debian package mmdebstrap" in result["problems"][0]
 
 
+def test_a_box_booted_for_its_checks_needs_vagrant_and_virsh_also_when_found():
+    bake = with_options("box", verify_up=True)
+    bake["verify"] = [{"shell": {"inline": ["curl -s localhost"]}, "only": ["box"]}]
+    fake = FakeHost(missing={"vagrant", "virsh"}, found={"disk": True, "box": True})
+    result = run(plan_targets(bake), fake)
+    assert [p.split(":")[0] for p in result["problems"]] == [
+        "target box (vagrant), vagrant.verify_up=true"
+    ] * 2
+    assert "vagrant is not installed" in result["problems"][0]
+    assert "to boot the box for its checks" in result["problems"][0]
+    assert "install the Debian package vagrant" in result["problems"][0]
+    assert "virsh is not installed" in result["problems"][1]
+    assert "install the Debian package libvirt-clients" in result["problems"][1]
+    # without verify_up (its checks are local commands), or without checks, neither is needed
+    bake["targets"][2]["vagrant"]["verify_up"] = False
+    bake["verify"] = [{"local": {"inline": ["true"]}, "only": ["box"]}]
+    assert run(plan_targets(bake), fake)["problems"] == []
+    assert run(plan_targets(with_options("box", verify_up=True)), fake)["problems"] == []
+
+
 def test_vagrant_key_is_needed_even_when_the_disk_is_found():
     fake = FakeHost(
         missing_files=tuple(p.split("*", maxsplit=1)[0] for p in _qemu_disk.VAGRANT_KEY_GLOBS),

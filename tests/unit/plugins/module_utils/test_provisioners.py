@@ -565,6 +565,43 @@ def test_local_checks_of_boxes_and_cloud_images_are_planned_others_refused(defin
         make(bake, directory)
 
 
+def test_checks_of_a_booted_box_are_allowed_with_verify_up_only(definition):
+    bake, directory = definition
+    bake["targets"].append({"name": "box", "vagrant": {"source": "disk"}})
+    bake["verify"] = [
+        {"name": "serves", "shell": {"inline": ["curl -s localhost"]}, "only": ["box"]},
+        {"name": "bios", "local": {"inline": ["virsh dumpxml $BAKERY_VAGRANT_DOMAIN"]}, "only": ["box"]},
+    ]
+    # without verify_up the refusal names the option that would allow it
+    with pytest.raises(
+        BakeryError, match=r"selects target box: .*unless the target sets verify_up: true"
+    ) as exc:
+        make(bake, directory)
+    assert "a shell check needs a running system" in exc.value.msg
+    bake["targets"][-1]["vagrant"]["verify_up"] = True
+    box = targets(make(bake, directory))["box"]
+    assert [entry["kind"] for entry in box["verify"]] == ["shell", "local"]
+    # how the box is booted decides whether it is verified again, never whether it is rebuilt
+    before = (box["verify_digest"], fingerprint(box["inputs"]))
+    bake["targets"][-1]["vagrant"]["verify_vagrantfile"] = ["config.vm.boot_timeout = 900"]
+    longer = targets(make(bake, directory))["box"]
+    assert longer["verify_digest"] != before[0] and fingerprint(longer["inputs"]) == before[1]
+    bake["targets"][-1]["vagrant"]["verify_vagrantfile"] = []
+    assert targets(make(bake, directory))["box"]["verify_digest"] == before[0]
+    # local checks alone: turning verify_up on checks the box again
+    bake["verify"] = bake["verify"][1:]
+    up = targets(make(bake, directory))["box"]["verify_digest"]
+    bake["targets"][-1]["vagrant"]["verify_up"] = False
+    assert targets(make(bake, directory))["box"]["verify_digest"] != up
+    # verify_up is a vagrant option: other local-check types still refuse booted checks
+    bake["targets"].append(
+        {"name": "cloud", "gce": {"source": "disk", "name": "web", "bucket": "b", "verify_up": True}}
+    )
+    bake["verify"].append({"shell": {"inline": ["true"]}, "only": ["cloud"]})
+    with pytest.raises(BakeryError, match="selects target cloud: a GCE image's checks are local"):
+        make(bake, directory)
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [

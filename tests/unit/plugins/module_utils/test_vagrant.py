@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -277,3 +278,149 @@ def test_manifest_entry_of_a_box():
         {"name": "web", "bake_id": "b1", "manifest": "/o/m.json"},
         [{"target": "box", "type": "vagrant", "artifact": entry}],
     )[1].startswith("box  vagrant  /o/web-1.0.0-libvirt.box")
+
+
+# --------------------------------------------------------------------------- the box booted for its checks
+
+# Vagrant.configure as a recorder: Ruby itself reads the Vagrantfile, and prints what it set as JSON
+RUBY_VAGRANT = r"""
+require "json"
+class Recorder
+  def initialize(path = []); @path = path; $seen ||= {}; end
+  def method_missing(name, *args, &block)
+    key = name.to_s
+    if key.end_with?("=")
+      $seen[(@path + [key.chomp("=")]).join(".")] = args[0]
+      return
+    end
+    if key == "provider" || key == "synced_folder"
+      $seen[(@path + [key]).join(".")] = args.map(&:to_s)
+      block.call(Recorder.new([args[0].to_s])) if block
+      return
+    end
+    Recorder.new(@path + [key])
+  end
+  def respond_to_missing?(*) = true
+end
+module Vagrant
+  def self.configure(version)
+    yield Recorder.new
+  end
+end
+load ARGV[0]
+puts JSON.generate($seen)
+"""
+
+
+def ruby_reads(vagrantfile: str, tmp_path) -> dict:
+    (tmp_path / "Vagrantfile").write_text(vagrantfile)
+    (tmp_path / "recorder.rb").write_text(RUBY_VAGRANT)
+    out = subprocess.run(
+        ["ruby", str(tmp_path / "recorder.rb"), str(tmp_path / "Vagrantfile")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_the_vagrantfile_names_the_box_and_domain_and_keeps_the_network(tmp_path):
+    text = _vagrant.verify_vagrantfile(
+        "bakery-20261204t040000-a1b2c3-box",
+        "bakery-20261204t040000-a1b2c3-box-default",
+        ["config.vm.provider :libvirt do |libvirt| libvirt.memory = 2048 end"],
+    )
+    seen = ruby_reads(text, tmp_path)
+    assert seen["vm.box"] == "bakery-20261204t040000-a1b2c3-box"
+    assert seen["libvirt.default_prefix"] == "bakery-20261204t040000-a1b2c3-box-"
+    assert seen["libvirt.management_network_keep"] is True
+    assert seen["libvirt.driver"] == "qemu" and seen["libvirt.uri"] == "qemu:///system"
+    assert seen["ssh.insert_key"] is False
+    assert seen["vm.synced_folder"] == [".", "/vagrant", "{:disabled=>true}"]
+    # the user's lines come last, so they win
+    assert seen["libvirt.memory"] == 2048
+    assert text.index("libvirt.memory = 2048") > text.index("management_network_keep")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["it's", 'say "#{`touch /tmp/pwned`}"', "back\\slash\\", "#{1+1}", "end'; system('id'); '"],
+)
+def test_names_reach_vagrant_as_written_never_interpolated(tmp_path, name):
+    seen = ruby_reads(_vagrant.verify_vagrantfile(name, name + "-default", []), tmp_path)
+    assert seen["vm.box"] == name
+    assert seen["libvirt.default_prefix"] == name + "-"
+    assert _vagrant.ruby_string(name).startswith("'")
+
+
+@pytest.mark.parametrize("name", ["box", "default", "a b-default", "x'-default", "", None])
+def test_a_domain_name_must_be_vagrant_libvirts_own(name):
+    with pytest.raises(BakeryError, match="domain_name"):
+        _vagrant.check_domain_name(name)
+    assert _vagrant.check_domain_name("bakery-b1-box-default") == "bakery-b1-box-default"
+
+
+SSH_CONFIG = """\
+Host default
+  HostName 192.168.122.14
+  User vagrant
+  Port 22
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile "/var/cache/bakery/qemu/b1-box/vagrant.d/insecure private key"
+  IdentityFile /var/cache/bakery/qemu/b1-box/vagrant.d/insecure_private_keys/vagrant.key.ed25519
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+"""
+
+
+def test_ssh_config_becomes_the_verifiers_connection():
+    ssh = _vagrant.parse_ssh_config(SSH_CONFIG)
+    assert ssh["host"] == "192.168.122.14" and ssh["port"] == 22 and ssh["user"] == "vagrant"
+    assert ssh["private_key"] == "/var/cache/bakery/qemu/b1-box/vagrant.d/insecure private key"
+    pairs = dict(zip(ssh["ssh_args"][1::2], ssh["ssh_args"][::2]))
+    assert set(pairs.values()) == {"-o"}
+    options = list(pairs)
+    assert "PubkeyAcceptedKeyTypes=+ssh-rsa" in options and "LogLevel=FATAL" in options
+    assert (
+        "IdentityFile=/var/cache/bakery/qemu/b1-box/vagrant.d/insecure_private_keys/vagrant.key.ed25519"
+        in options
+    )
+    # host key checking stays off once, as vagrant said it
+    assert (
+        options.count("StrictHostKeyChecking=no") == 1 and options.count("UserKnownHostsFile=/dev/null") == 1
+    )
+    assert not [o for o in options if o.split("=")[0] in ("HostName", "User", "Port")]
+    # a minimal config: the port defaults, host key checking is turned off by bakery
+    bare = _vagrant.parse_ssh_config("Host default\n  HostName 10.0.0.2\n  IdentityFile /k\n")
+    assert bare["port"] == 22 and bare["user"] == "vagrant" and bare["private_key"] == "/k"
+    assert (
+        "StrictHostKeyChecking=no" in bare["ssh_args"] and "UserKnownHostsFile=/dev/null" in bare["ssh_args"]
+    )
+    # the first machine only
+    two = SSH_CONFIG + "Host other\n  HostName 10.9.9.9\n  IdentityFile /other\n"
+    assert _vagrant.parse_ssh_config(two)["host"] == "192.168.122.14"
+    with pytest.raises(BakeryError, match="named no host or no key"):
+        _vagrant.parse_ssh_config("Host default\n  User vagrant\n")
+
+
+def test_machine_up_in_check_mode_makes_nothing(tmp_path):
+    opts = _vagrant.parse_machine_options(
+        {
+            "action": "up",
+            "project": str(tmp_path / "machine"),
+            "box": "bakery-b1-box",
+            "vagrant_home": str(tmp_path / "vagrant.d"),
+            "domain_name": "bakery-b1-box-default",
+            "vagrant": "/bin/true",
+        }
+    )
+    result = _vagrant.machine_up(opts, check_mode=True)
+    assert (
+        result["changed"] and "would boot box bakery-b1-box as domain bakery-b1-box-default" in result["msg"]
+    )
+    assert not (tmp_path / "machine").exists()
