@@ -368,7 +368,7 @@ def load_hcl(
     for entry in template.data:
         block = entry.pop("block")
         entry["where"] = _where(block)
-        entry["config"] = evaluate_body(block, scope, lambda at: scope.context(at), {})
+        entry["config"] = evaluate_body(block, scope, scope.context, {})
     for block in blocks:
         if block.kind == "source":
             if len(block.labels) != 2:
@@ -459,7 +459,7 @@ def _hcl_build(template: Template, scope: _Scope, block: Block, index: int) -> d
     for ref in refs:
         add(str(ref), {}, where + ", sources")
     bound: dict = {}
-    for kind, labels, child, names in _expand(block, scope, lambda at: scope.context(at), bound):
+    for kind, labels, child, names in _expand(block, scope, scope.context, bound):
         if kind == "source":
             at = _where(child)
             overrides = {

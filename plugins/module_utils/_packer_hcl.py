@@ -664,7 +664,7 @@ def _operate(operator: str, left: Any, right: Any) -> Any:
 
 
 def _for(tree: tuple, context: Context, scope: Scope) -> Any:
-    _, close, (key_name, value_name), collection_tree, key_tree, value_tree, condition = tree
+    close, (key_name, value_name), collection_tree, key_tree, value_tree, condition = tree[1:]
     collection = evaluate(collection_tree, context, scope)
     if isinstance(collection, (Unknown, DataRef)):
         return collection
@@ -686,7 +686,7 @@ def _for(tree: tuple, context: Context, scope: Scope) -> Any:
 
 
 def _call(tree: tuple, context: Context, scope: Scope) -> Any:
-    _, name, arg_trees, expand = tree
+    name, arg_trees, expand = tree[1:]
     if name == "try":
         for arg in arg_trees:
             try:
@@ -869,7 +869,7 @@ def functions(now: datetime.datetime, new_uuid: Callable[[], str], cwd: str, env
         "title": lambda text: _text(text).title(),
         "replace": lambda text, search, repl: _replace(_text(text), _text(search), _text(repl)),
         "regex_replace": lambda text, pattern, repl: re.sub(pattern, go_replacement(repl), _text(text)),
-        "regex": lambda pattern, text: _regex(pattern, text),
+        "regex": _regex,
         "split": lambda separator, text: _text(text).split(_text(separator)),
         "join": lambda separator, items: _text(separator).join(_text(item) for item in items),
         "format": go_format,
@@ -893,7 +893,7 @@ def functions(now: datetime.datetime, new_uuid: Callable[[], str], cwd: str, env
         "length": len,
         "element": lambda items, index: items[int(index) % len(items)],
         "contains": lambda items, value: value in items,
-        "keys": lambda mapping: sorted(mapping),
+        "keys": sorted,
         "values": lambda mapping: [mapping[key] for key in sorted(mapping)],
         "merge": _merge,
         "flatten": _flatten,

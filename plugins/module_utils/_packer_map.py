@@ -500,7 +500,7 @@ class Mapper:
         labels: dict[str, str] = {}
         for change in changes:
             text = str(change).strip()
-            instruction, _, rest = text.partition(" ")
+            instruction, _space, rest = text.partition(" ")
             instruction, rest = instruction.upper(), rest.strip()
             if instruction in ("CMD", "ENTRYPOINT"):
                 if rest.startswith("["):
@@ -516,10 +516,10 @@ class Mapper:
                 env = out.setdefault("env", {})
                 if "=" in rest.split(" ", 1)[0]:
                     for pair in shlex.split(rest):
-                        key, _, value = pair.partition("=")
+                        key, _equals, value = pair.partition("=")
                         env[key] = value
                 else:
-                    key, _, value = rest.partition(" ")
+                    key, _space, value = rest.partition(" ")
                     env[key] = value.strip()
             elif instruction == "EXPOSE":
                 out.setdefault("expose", []).extend(rest.split())
@@ -530,7 +530,7 @@ class Mapper:
                 out.setdefault("volumes", []).extend(str(v) for v in volumes)
             elif instruction == "LABEL":
                 for pair in shlex.split(rest):
-                    key, _, value = pair.partition("=")
+                    key, _equals, value = pair.partition("=")
                     labels[key] = value
             else:
                 item.drop(
@@ -556,13 +556,13 @@ class Mapper:
                         "bakery starts from a local disk image: download %s and set base_image to its path"
                         % url,
                     )
-                    options["base_image"] = os.path.basename(str(url).split("?")[0])
+                    options["base_image"] = os.path.basename(str(url).split("?", maxsplit=1)[0])
                 else:
                     options["base_image"] = self.full(
                         str(url)[len("file://") :] if str(url).startswith("file://") else str(url)
                     )
             if checksum and str(checksum).lower() != "none":
-                kind, _, digest = str(checksum).partition(":")
+                kind, _colon, digest = str(checksum).partition(":")
                 if digest and kind.lower() == "sha256":
                     options["base_image_checksum"] = digest
                 elif not digest and re.match(r"^[0-9a-fA-F]{64}$", kind):
@@ -1383,7 +1383,7 @@ class Mapper:
                         extra += [arg, value]
                 else:
                     for pair in shlex.split(value):
-                        key, _, val = pair.partition("=")
+                        key, _equals, val = pair.partition("=")
                         variables[key] = val
                 index += 2
             elif arg in ("-t", "--tags") and value is not None:
@@ -1719,7 +1719,9 @@ class Mapper:
                 "importer writes no secret"
             )
         server = config.pop("login_server", None)
-        if server and not str(options["repository"]).startswith(str(server).split("://")[-1].rstrip("/")):
+        if server and not str(options["repository"]).startswith(
+            str(server).rsplit("://", maxsplit=1)[-1].rstrip("/")
+        ):
             item.drop(
                 "login_server",
                 "bakery pushes to the registry the repository names (%s)" % options["repository"],
@@ -2262,6 +2264,14 @@ def import_template(
     files["%s.report.md" % bake_name] = _packer_yaml.report_markdown(report)
     files["%s.report.json" % bake_name] = json.dumps(report, indent=2, sort_keys=False, default=repr) + "\n"
     changed = _packer_yaml.plan_writes(directory, files)
+    definition_path = os.path.join(directory, "%s.yml" % bake_name)
+    before = _packer_yaml.read_text(definition_path)
+    diff = {
+        "before": before or "",
+        "after": files["%s.yml" % bake_name],
+        "before_header": definition_path if before is not None else "(absent)",
+        "after_header": definition_path,
+    }
     if changed and not check_mode:
         _packer_yaml.write_files(directory, files, changed)
     return {
@@ -2274,4 +2284,5 @@ def import_template(
         "report_lines": _packer_yaml.report_lines(report),
         "fully_mapped": report["fully_mapped"],
         "bake": mapped["definition"]["bake"],
+        "diff": diff,
     }

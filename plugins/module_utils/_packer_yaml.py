@@ -12,7 +12,10 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
+try:
+    import yaml
+except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
+    yaml = None
 
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
@@ -199,7 +202,7 @@ def report_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -209,7 +212,7 @@ def _read(path: str) -> str | None:
 
 def plan_writes(directory: str, files: Mapping[str, str]) -> list[str]:
     """The files (relative paths) whose content differs from what is in *directory*."""
-    return [name for name, content in files.items() if _read(os.path.join(directory, name)) != content]
+    return [name for name, content in files.items() if read_text(os.path.join(directory, name)) != content]
 
 
 def write_files(directory: str, files: Mapping[str, str], changed: list[str]) -> None:

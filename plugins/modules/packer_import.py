@@ -20,7 +20,7 @@ description:
     mapped, partly mapped (what was dropped and why) or not mapped (why, and what to do instead).
   - Scripts, uploads, playbooks and manifests are referenced by path, resolved as Packer resolves them (from
     O(working_dir)) and written relative to the definition. Values only a build knows (C(build.ID),
-    C({{ .HTTPIP }})) are reported, not guessed. The value of a sensitive variable is never written: the
+    C({{ .HTTPIP }})) are reported, not guessed. The value of a sensitive variable is never written; the
     definition reads it from C(PKR_VAR_<name>) when the bake runs.
   - Nothing is written when the template cannot be read or evaluated (a syntax error names the file, line and
     column; an undefined variable names itself and where it is used).
@@ -33,7 +33,8 @@ attributes:
     support: full
     description: Reads and maps the template and returns the report; writes nothing.
   diff_mode:
-    support: none
+    support: full
+    description: Shows the bake definition before and after.
   idempotent:
     support: full
     description: Writes only the files whose content changes; importing the same template again changes nothing.
@@ -163,7 +164,14 @@ def main() -> None:
             check_mode=module.check_mode,
         )
 
-    _module.run(module, action)
+    def with_diff(module: AnsibleModule) -> dict:
+        result = action(module)
+        diff = result.pop("diff")
+        if module._diff and result["changed"]:
+            result["diff"] = diff
+        return result
+
+    _module.run(module, with_diff)
 
 
 if __name__ == "__main__":

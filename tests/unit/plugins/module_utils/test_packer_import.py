@@ -273,3 +273,23 @@ def test_jinja_in_values_stays_literal_for_ansible(templates):
     line = bake["provisioners"][0]["shell"]["inline"][0]
     assert Templar(loader=DataLoader()).template(trust_as_template(line)) == "docker inspect -f '{{ .Id }}' x"
     assert result["report"]["unknown"][0]["value"] == "{{ .Id }}"
+
+
+def test_packer_functions_and_go_templates_evaluate_as_packer_documents_them():
+    from ansible_collections.bakery.images.plugins.module_utils import _packer, _packer_hcl
+
+    assert _packer_hcl.formatdate("DD MMM YYYY hh:mm ZZZ", "2018-01-02T23:12:01Z") == "02 Jan 2018 23:12 UTC"
+    assert _packer_hcl.formatdate("EEEE, h:mm'h'", "2018-01-02T23:12:01Z") == "Tuesday, 23:12h"
+    assert (
+        _packer_hcl.go_format("Hello, %s! %03d %q %5.1f%%", "Ander", 7, "x", 9.25)
+        == 'Hello, Ander! 007 "x"   9.2%'
+    )
+    assert _packer_hcl.go_replacement("${1}-$2") == "\\g<1>-\\g<2>"
+    assert _packer.go_time(NOW, "2006-01-02T15:04:05Z07:00") == "2026-12-04T05:06:07Z"
+    assert _packer.go_time(NOW, "Jan _2 03:04PM") == "Dec  4 05:06AM"
+    assert _packer.clean_resource_name("mybuild-2017-10-18T02:06:30Z") == "mybuild-2017-10-18t02-06-30z"
+    assert _packer_map.seconds("1h2m3s") == 3723
+    assert _packer_map.seconds("500ms") == 1
+    assert _packer_map.seconds(30) == 30
+    with pytest.raises(BakeryError):
+        _packer_map.seconds("ten minutes")

@@ -1,2 +1,3 @@
-#!/bin/sh -e
+#!/bin/sh
+set -e
 echo "$EXTRA" >> /srv/greeting
