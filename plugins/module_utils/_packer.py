@@ -45,6 +45,9 @@ class Template:
         self.data: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.unused: list[str] = []
+        self.frozen: set[str] = (
+            set()
+        )  # timestamp(), uuidv4(), {{timestamp}} ...: evaluated now, not per build
 
     def sensitive_values(self) -> dict[str, str]:
         """Sensitive variables' values (texts only) by name: the importer never writes them."""
@@ -709,6 +712,8 @@ class _GoTemplates:
             if not allow_env:
                 raise BakeryError("%s: {{env}} is allowed only in variable defaults (as Packer says)" % where)
             return self.env.get(str(args[0]), "")
+        if name in ("timestamp", "isotime", "uuid"):
+            self.template.frozen.add("{{%s}}" % name)
         if name == "timestamp":
             return str(int(self.now.timestamp()))
         if name == "isotime":
@@ -975,5 +980,22 @@ def load(
     if kind == "json":
         load_json(template, var_files, values or {}, env, now, new_uuid)
     else:
-        load_hcl(template, var_files, values or {}, env, hcl.functions(now, new_uuid, template.cwd, env))
+        functions = hcl.functions(now, new_uuid, template.cwd, env)
+        for name in ("timestamp", "uuidv4"):
+            functions[name] = _noted(template, name + "()", functions[name])
+        load_hcl(template, var_files, values or {}, env, functions)
+    if template.frozen:
+        template.warnings.append(
+            "%s evaluated when the template was imported: the values made from them are fixed in the definition "
+            "(Packer makes new ones on every build); import again for new ones, or write them as Jinja "
+            "(\"{{ now(utc=true).strftime('%%Y%%m%%d%%H%%M') }}\")" % " and ".join(sorted(template.frozen))
+        )
     return template
+
+
+def _noted(template: Template, name: str, function: Callable) -> Callable:
+    def call(*args: Any) -> Any:
+        template.frozen.add(name)
+        return function(*args)
+
+    return call
