@@ -2249,7 +2249,8 @@ def import_template(
     mapped = map_template(template, bake_name, only, except_, directory)
     report = mapped["report"]
     header = [
-        "Bake definition imported from the Packer template %s" % template.path,
+        "Bake definition imported from the Packer template",
+        template.path,
         "by bakery.images.packer_import: %d mapped, %d partly mapped, %d not mapped (see %s.report.md)."
         % (
             report["counts"]["mapped"],

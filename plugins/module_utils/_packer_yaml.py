@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +50,8 @@ def _comment(lines: list[str], comments: Mapping[tuple, str], path: tuple, inden
     text = comments.get(path)
     if text:
         for line in str(text).split("\n"):
-            lines.append("%s# %s" % (indent, line))
+            for part in textwrap.wrap(line, width=max(40, 108 - len(indent)), break_on_hyphens=False) or [""]:
+                lines.append("%s# %s" % (indent, part))
 
 
 def _emit(value: Any, comments: Mapping[tuple, str], path: tuple, level: int, lines: list[str]) -> None:
