@@ -149,6 +149,24 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
     return out
 
 
+def bake_secrets(bake: Mapping[str, Any] | None) -> set[str]:
+    """The values of the bake's secret target options that are dictionaries (an openstack target's ``auth`` and
+    ``headers``): the janitor module masks them in its output, as the plan masks them in the bake's."""
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    found: set[str] = set()
+    for kind, options in _bake_targets(bake) if bake else []:
+        if kind != "openstack":
+            continue
+        for key in _openstack.SECRET_OPTIONS:
+            values = options.get(key)
+            if isinstance(values, Mapping):
+                found.update(
+                    str(value) for value in values.values() if value not in (None, "") and len(str(value)) > 3
+                )
+    return found
+
+
 def openstack_scopes(
     own: Mapping[str, Any], targets: list[tuple[str, dict[str, Any]]]
 ) -> list[dict[str, Any]]:

@@ -397,6 +397,8 @@ def main() -> None:
         required_one_of=[("bake_id", "older_than")],
         supports_check_mode=True,
     )
+    # the secret options of the bake's targets (an openstack target's auth and headers) are never shown
+    module.no_log_values.update(_janitor.bake_secrets(module.params.get("bake")))
     _module.run(module, lambda mod: _janitor.sweep(mod.params, mod.check_mode))
 
 

@@ -122,8 +122,11 @@ class Glance:
                 [
                     str(bin_dir / "gunicorn"),
                     "--no-control-socket",
+                    # threads: the tests look at images while an upload streams
                     "--workers",
                     "1",
+                    "--threads",
+                    "8",
                     "--timeout",
                     "600",
                     "-b",
