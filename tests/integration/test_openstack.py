@@ -319,3 +319,31 @@ def test_plan_refuses_what_glance_would(glance, tmp_path):
         assert run.rc != 0
         assert message in run.stdout, (change, run.stdout[-2000:])
     assert glance.images(name="refused") == []
+
+
+def test_preflight_names_an_unreachable_image_service_before_anything_is_made(glance, tmp_path):
+    """The plan play's preflight connects as the upload would: an image endpoint where nothing listens stops the
+    bake before the qemu disk is made, naming the target and the option; with the real endpoint the check passes."""
+    from conftest import PREFLIGHT_TASK
+    from ports import free_port
+
+    source = make_qcow2(tmp_path)
+    bake = bake_definition(glance, tmp_path, source, unique("bakery-preflight"))
+    bake["targets"][1]["openstack"]["image_endpoint"] = "http://127.0.0.1:%d" % free_port()
+    run = run_playbook(REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake})
+    assert run.rc != 0
+    (web,) = [t for t in run.task_result(PREFLIGHT_TASK)["targets"] if t["name"] == "web"]
+    (problem,) = [c for c in web["preflight"] if not c["ok"]]
+    assert problem["option"].startswith("openstack.image_endpoint=http://127.0.0.1:"), problem
+    assert problem["msg"].startswith("cannot reach the image service"), problem
+    assert not (tmp_path / "output").exists() or not list((tmp_path / "output").glob("*.qcow2"))
+    assert SECRET_TOKEN not in run.stdout + run.stderr
+
+    bake["targets"][1]["openstack"]["image_endpoint"] = glance.url
+    check = run_playbook(
+        REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake}, args=["--check"]
+    )
+    assert check.rc == 0, check.explain()
+    (web,) = [t for t in check.task_result(PREFLIGHT_TASK)["targets"] if t["name"] == "web"]
+    assert [c["ok"] for c in web["preflight"]] == [True], web
+    assert glance.images(name=bake["targets"][1]["openstack"]["name"]) == []
