@@ -347,3 +347,50 @@ def test_preflight_names_an_unreachable_image_service_before_anything_is_made(gl
     (web,) = [t for t in check.task_result(PREFLIGHT_TASK)["targets"] if t["name"] == "web"]
     assert [c["ok"] for c in web["preflight"]] == [True], web
     assert glance.images(name=bake["targets"][1]["openstack"]["name"]) == []
+
+
+def find_play(params: dict, clouds: Path) -> str:
+    task = {
+        "name": "find",
+        "bakery.images.openstack_image_bake": params,
+        "environment": {"OS_CLIENT_CONFIG_FILE": str(clouds)},
+    }
+    return yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]) + "\n"
+
+
+def test_a_cloud_of_clouds_yaml_is_used_as_openstack_cloud_uses_it(glance, baked, tmp_path):
+    """cloud: names an entry of clouds.yaml (found through OS_CLIENT_CONFIG_FILE, as openstacksdk finds it): its
+    auth_type and image endpoint override connect the module; the image of the bake is found by fingerprint there
+    (nothing uploaded), and a cloud that clouds.yaml does not have fails with its name."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(
+        yaml.safe_dump(
+            {"clouds": {"bakery-test": {"auth_type": "none", "image_endpoint_override": glance.url}}}
+        )
+    )
+    disk = next(
+        a
+        for a in json.loads((baked["tmp"] / "output" / "bake-manifest.json").read_text())["artifacts"]
+        if a["target"] == "disk"
+    )
+    options = dict(baked["bake"]["targets"][1]["openstack"])
+    headers = options.pop("headers")
+    for key in ("auth_type", "image_endpoint", "source"):
+        options.pop(key)
+    params = dict(
+        options, action="find", cloud="bakery-test", headers=headers, disk=disk["path"], target="web"
+    )
+    # the plan's inputs of the first bake (the module adds the options' digest and the disk's)
+    made = baked["run"].task_result("Upload the source target's disk to Glance")["inputs"]
+    params["inputs"] = {key: value for key, value in made.items() if key not in ("options", "disk")}
+    run = run_playbook(find_play(params, clouds), tmp_path)
+    assert run.rc == 0, run.explain()
+    found = run.task_result("find")
+    (image,) = glance.images(name=options["name"])
+    assert found["found"] and found["image"]["id"] == image["id"] and not found["changed"]
+
+    params["cloud"] = "no-such-cloud"
+    run = run_playbook(find_play(params, clouds), tmp_path)
+    assert run.rc != 0
+    assert "cloud no-such-cloud" in run.task_result("find")["msg"]
+    assert SECRET_TOKEN not in run.stdout + run.stderr
