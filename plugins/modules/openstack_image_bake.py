@@ -260,6 +260,12 @@ bake_id:
   description: The bake id used.
   type: str
   returned: success
+created:
+  description:
+    - Whether this call sent a request that may make an image (also in a failure's result); a cleanup given
+      V(false) has nothing to remove.
+  type: bool
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

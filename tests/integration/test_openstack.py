@@ -190,6 +190,17 @@ def leftovers(glance, bake_id: str) -> list[str]:
     return ["%s %s" % (i["id"], i["status"]) for i in glance.images() if i.get("bakery_bake_id") == bake_id]
 
 
+def fault_at(index: int, seen: list[int]):
+    """A hook that counts the calls in *seen* and makes call *index* (from 0) fail as if nothing answered."""
+
+    def before(verb: str, path: str) -> None:
+        seen[0] += 1
+        if seen[0] == index + 1:
+            raise _openstack.ks_exceptions.ConnectFailure("injected fault at %s %s" % (verb, path))
+
+    return before
+
+
 @pytest.mark.parametrize("method", ["glance-direct", "put"])
 def test_a_failure_at_any_call_leaves_nothing_behind(glance, baked, tmp_path, method):
     """Each Glance call of an upload fails in turn (the connection is refused there): the task fails, and no image
@@ -221,13 +232,7 @@ def test_a_failure_at_any_call_leaves_nothing_behind(glance, baked, tmp_path, me
         bake_id = unique("fault%d" % index)
         client = _openstack.make_glance(module_params(glance, disk, bake_id))
         seen = [0]
-
-        def fail_at(verb: str, path: str, at: int = index, seen: list[int] = seen) -> None:
-            seen[0] += 1
-            if seen[0] == at + 1:
-                raise _openstack.ks_exceptions.ConnectFailure("injected fault at %s %s" % (verb, path))
-
-        client.before = fail_at
+        client.before = fault_at(index, seen)
         try:
             _openstack.run(module_params(glance, disk, bake_id, import_method=method), glance=client)
         except BakeryError as failure:
