@@ -10,6 +10,9 @@ preallocation=metadata from a raw disk holding --data-mib of data, spread over i
 Prints one JSON line: the times, the ratio PUT/curl (goal <= 1.2) and the peak RSS of the upload (goal: bounded,
 independent of the disk size).
 Run from the repository: .venv/bin/python bench/openstack_upload.py [--size-gib 4] [--data-mib 256]
+Measured on the 2-core development machine (2026-12-04, 4 GiB file, 256 MiB data): curl -T 61.3 s, bakery PUT
+45.5 s (ratio 0.74; curl runs first and reads the file from disk, bakery then partly from the page cache), peak RSS
+70 MiB; glance-direct 85.5 s (Glance copies the staged data into the store).
 """
 
 from __future__ import annotations
