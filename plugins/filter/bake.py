@@ -20,6 +20,10 @@ def gce_artifact(result, target, started=None):
     return _manifest.gce_artifact(result, target, started, time.time())
 
 
+def openstack_artifact(result, target, started=None):
+    return _manifest.openstack_artifact(result, target, started, time.time())
+
+
 def ami_artifact(result, target, started=None):
     return _manifest.ami_artifact(result, target, started, time.time())
 
@@ -80,6 +84,7 @@ class FilterModule:
             "failed_targets": failed_targets,
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
+            "openstack_artifact": openstack_artifact,
             "ami_artifact": ami_artifact,
             "qemu_artifact": qemu_artifact,
             "qemu_outputs": qemu_outputs,

@@ -30,7 +30,7 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     Selector,
 )
 
-BACKENDS = ("docker", "qemu", "aws", "gce")
+BACKENDS = ("docker", "qemu", "aws", "gce", "openstack")
 # how _docker.connect says that there is no engine to talk to
 DOCKER_UNAVAILABLE = ("cannot reach the Docker engine", "the Python 'docker' SDK is required")
 AWS_CREDENTIALS = ("access_key", "secret_key", "session_token")
@@ -145,7 +145,47 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
         if kind == "gce" and options.get("project"):
             add_gce(options)
     out["gce"] = list(projects.values())
+    out["openstack"] = openstack_scopes(_given(params.get("openstack")), targets)
     return out
+
+
+def bake_secrets(bake: Mapping[str, Any] | None) -> set[str]:
+    """The values of the bake's secret target options that are dictionaries (an openstack target's ``auth`` and
+    ``headers``): the janitor module masks them in its output, as the plan masks them in the bake's."""
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    found: set[str] = set()
+    for kind, options in _bake_targets(bake) if bake else []:
+        if kind != "openstack":
+            continue
+        for key in _openstack.SECRET_OPTIONS:
+            values = options.get(key)
+            if isinstance(values, Mapping):
+                found.update(
+                    str(value) for value in values.values() if value not in (None, "") and len(str(value)) > 3
+                )
+    return found
+
+
+def openstack_scopes(
+    own: Mapping[str, Any], targets: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The clouds to sweep for temporary Glance images: the janitor's ``openstack`` option and the connection
+    options of the bake's openstack targets (one scope per distinct connection)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    found: dict[str, dict[str, Any]] = {}
+    candidates = [own] if own else []
+    candidates += [options for kind, options in targets if kind == "openstack"]
+    for options in candidates:
+        scope = {key: options[key] for key in _openstack.CONNECTION_OPTIONS if options.get(key) is not None}
+        if not any(scope.get(key) for key in ("cloud", "auth", "auth_type", "image_endpoint")):
+            continue
+        key = repr(
+            sorted((k, repr(v)) for k, v in scope.items() if k not in ("timeout", "retries", "retry_delay"))
+        )
+        found.setdefault(key, scope)
+    return list(found.values())
 
 
 def describe_scope(backend: str, scope: Mapping[str, Any]) -> str:
@@ -158,6 +198,10 @@ def describe_scope(backend: str, scope: Mapping[str, Any]) -> str:
             ", ".join(scope["regions"]),
             " at %s" % scope["endpoint_url"] if scope.get("endpoint_url") else "",
         )
+    if backend == "openstack":
+        from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+        return "OpenStack %s" % _openstack.describe(scope)
     return "GCE project %s at %s" % (scope["project"], scope["api_endpoint"])
 
 
@@ -182,11 +226,18 @@ def _sweep_gce(scope: Mapping[str, Any], selector: Selector, check_mode: bool) -
     return entries
 
 
+def _sweep_openstack(scope: Mapping[str, Any], selector: Selector, check_mode: bool) -> list[dict[str, Any]]:
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    return _openstack.sweep(scope, selector, check_mode)
+
+
 SWEEPERS: dict[str, Callable[[Mapping[str, Any], Selector, bool], list[dict[str, Any]]]] = {
     "docker": _sweep_docker,
     "qemu": _sweep_qemu,
     "aws": _sweep_aws,
     "gce": _sweep_gce,
+    "openstack": _sweep_openstack,
 }
 
 
@@ -206,7 +257,12 @@ def sweep(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
         if not where[name]:
             raise BakeryError(
                 "backend %s has nothing to look at: give the %s option (%s) or a bake with %s targets"
-                % (name, name, "regions" if name == "aws" else "project", "ami" if name == "aws" else "gce")
+                % (
+                    name,
+                    name,
+                    {"aws": "regions", "openstack": "cloud, auth or image_endpoint"}.get(name, "project"),
+                    {"aws": "ami"}.get(name, name),
+                )
             )
     chosen = requested or [name for name in BACKENDS if where[name]]
     docker_explicit = "docker" in requested or bool(_given(params.get("docker")))

@@ -73,6 +73,32 @@ def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     return _with_hygiene(entry, result)
 
 
+def openstack_artifact(
+    result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float
+) -> dict:
+    """The manifest entry of an openstack target from the openstack_image_bake result that made or found its image."""
+    image = result.get("image") or {}
+    properties = image.get("properties") or {}
+    built = bool(result.get("built"))
+    return {
+        "target": target["name"],
+        "type": "openstack",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("id"),
+        "name": image.get("name") or target["options"].get("name"),
+        "disk_format": image.get("disk_format"),
+        "visibility": image.get("visibility"),
+        "size": image.get("size"),
+        "virtual_size": image.get("virtual_size"),
+        "os_hash_algo": image.get("os_hash_algo"),
+        "os_hash_value": image.get("os_hash_value"),
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": properties.get("bakery_bake_id") or (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
     """The manifest entry of an ami target from the ami_bake result that made, found or published it."""
     image = result.get("image") or {}

@@ -32,7 +32,7 @@ from ansible_collections.bakery.images.plugins.module_utils._gcp import check_na
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
+TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -389,7 +389,11 @@ def make_plan(
                     tname,
                     LOCAL_CHECKS[kind],
                     booted[0]["kind"],
-                    "set %s: true on the target, " % ("verify_up" if kind == "vagrant" else "verify_instance"),
+                    "set verify_up: true on the target, "
+                    if kind == "vagrant"
+                    else "set verify_instance: true on the target, "
+                    if kind in INSTANCE_CHECKS
+                    else "",
                     "box" if kind == "vagrant" else "image",
                 )
             )
@@ -492,6 +496,8 @@ LOCAL_CHECKS = {
     "target sets verify_instance: true (then the others run on an instance launched from the new image)",
     "gce": "a GCE image's checks are local commands (BAKERY_IMAGE_NAME and BAKERY_GCE_PROJECT name the image) "
     "unless the target sets verify_instance: true (then the others run on an instance started from the new image)",
+    "openstack": "a Glance image's checks are local commands (BAKERY_IMAGE_ID and BAKERY_OPENSTACK_CLOUD name the "
+    "image; bakery starts no server)",
 }
 # the target types whose checks may run on an instance of the new image (option verify_instance)
 INSTANCE_CHECKS = ("ami", "gce")
@@ -541,7 +547,7 @@ def verify_options(kind: str, options: Mapping[str, Any]) -> dict[str, str]:
 
 
 # the target types whose artifacts the bake can check (verify) before it publishes them
-VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce")
+VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack")
 
 
 def check_selected(entries: list[dict], planned: list[dict[str, Any]]) -> None:
@@ -649,6 +655,7 @@ LOCAL_PATHS = {
     "docker": ("context",),
     "qemu": ("base_image", "vagrant_key"),
     "gce": ("service_account_file",),
+    "openstack": ("ca_cert",),
 }
 
 
@@ -714,6 +721,31 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
         raise BakeryError("%s: %s" % (where, exc.msg)) from None
     if kind == "gce":
         check_gce(options, where)
+    if kind == "openstack":
+        check_openstack(options, where)
+
+
+def check_openstack(options: Mapping[str, Any], where: str) -> None:
+    """An openstack target uploads a qemu target's disk (no instance bakes); what Glance would refuse later."""
+    if not options.get("source"):
+        raise BakeryError(
+            "%s: an openstack target publishes the disk of a qemu target of this bake: set source to its name "
+            "(instance bakes on Nova are not supported)" % where
+        )
+    # imported here: openstacksdk (which _openstack imports) is slow to import, and only openstack targets need it
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    for key in _openstack.SECRET_OPTIONS:
+        if options.get(key) is not None and not isinstance(options[key], Mapping):
+            raise BakeryError("%s: %s must be a dictionary" % (where, key))
+    if options.get("interface") not in (None, "public", "internal", "admin"):
+        raise BakeryError(
+            "%s: interface must be public, internal or admin, not %r" % (where, options["interface"])
+        )
+    try:
+        _openstack.check_params(options)
+    except BakeryError as exc:
+        raise BakeryError("%s: %s" % (where, exc.msg)) from None
 
 
 def check_gce(options: Mapping[str, Any], where: str) -> None:

@@ -732,6 +732,7 @@ CHECKS: dict[str, list[Callable[[Mapping[str, Any], Context], list[Finding]]]] =
     "vagrant": [check_tools, check_catalog],
     "ami": [check_cloud],
     "gce": [check_cloud],
+    "openstack": [check_cloud],
 }
 
 

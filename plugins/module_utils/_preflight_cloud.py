@@ -33,7 +33,7 @@ from typing import Any, Callable
 from ansible_collections.bakery.images.plugins.module_utils import _aws, _gcp
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
-TYPES = ("ami", "gce")
+TYPES = ("ami", "gce", "openstack")
 # secret texts shorter than this are not scrubbed from the messages (see secret_values)
 MIN_SECRET = 4
 # botocore's retries max_attempts for the preflight's AWS calls: it counts the retries (total_max_attempts is one
@@ -539,11 +539,39 @@ def check_gce(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -> None
         out.append(problem.check)
 
 
+# --------------------------------------------------------------------------- OpenStack
+
+
+def check_openstack(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -> None:
+    """The cloud checks of an openstack target: a connection is made (clouds.yaml, auth, OS_* variables), and the
+    image service answers a list of one image (credentials accepted, endpoint reachable)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+
+    options = dict(target.get("options") or {})
+    params = {key: options.get(key) for key in _openstack.CONNECTION_OPTIONS}
+    params["timeout"] = max(1, int(cloud.read_timeout()))
+    option = (
+        "openstack.cloud=%s" % options["cloud"]
+        if options.get("cloud")
+        else "openstack.image_endpoint=%s" % options["image_endpoint"]
+        if options.get("image_endpoint")
+        else "openstack.auth"
+    )
+    ok, msg = _openstack.preflight(params)
+    if not ok:
+        msg += (
+            "; check the cloud's entry in clouds.yaml (cloud), the auth dictionary or the OS_* variables, and the "
+            "image endpoint"
+        )
+    out.append(Check("credentials", option, ok, msg))
+
+
 # --------------------------------------------------------------------------- all targets
 
 CHECKERS: dict[str, Callable[[Mapping[str, Any], Cloud, list[Check]], None]] = {
     "ami": check_ami,
     "gce": check_gce,
+    "openstack": check_openstack,
 }
 
 
@@ -553,6 +581,8 @@ def _endpoint_option(target: Mapping[str, Any]) -> str:
         if options.get("endpoint_url"):
             return "ami.endpoint_url=%s" % options["endpoint_url"]
         return "ami.region=%s" % options.get("region")
+    if target["type"] == "openstack":
+        return "openstack.image_endpoint=%s" % (options.get("image_endpoint") or "(service catalog)")
     return "gce.api_endpoint=%s" % (options.get("api_endpoint") or _gcp.DEFAULT_API)
 
 

@@ -28,6 +28,8 @@ description:
   - "C(aws): EC2 instances, images, snapshots, key pairs and security groups tagged C(bakery-temporary=true)."
   - "C(gce): Compute Engine instances, disks and images labelled C(bakery-temporary=true) (an image is until
     its bake labels it final), and uploaded Cloud Storage objects with that metadata."
+  - "C(openstack): Glance images with the property C(bakery_temporary=true) (an upload a killed bake left queued,
+    saving or importing, or an image that was never made final)."
   - The bake's cleanup play removes its resources with the same functions; the janitor is for what a killed
     bake left. Playbook C(playbooks/janitor.yml) runs this module with a bake definition.
 author:
@@ -37,6 +39,7 @@ requirements:
   - boto3 for the C(aws) backend
   - google-auth for the C(gce) backend
   - virsh (C(libvirt-clients)) for the libvirt part of the C(qemu) backend, where libvirtd runs
+  - openstacksdk for the C(openstack) backend
 attributes:
   check_mode:
     support: full
@@ -67,12 +70,13 @@ options:
   backends:
     description:
       - The backends to sweep. By default every backend that has something to look at; C(docker) and C(qemu)
-        always do, C(aws) and C(gce) when their options or O(bake) name regions or a project.
+        always do, C(aws) and C(gce) when their options or O(bake) name regions or a project, C(openstack) when
+        O(openstack) or O(bake) name a cloud.
       - An unreachable Docker engine is reported in RV(not_swept) unless C(docker) is listed here or O(docker)
         is given; an unreachable cloud endpoint always fails.
     type: list
     elements: str
-    choices: [docker, qemu, aws, gce]
+    choices: [docker, qemu, aws, gce, openstack]
   bake:
     description:
       - A bake definition (the value of C(bake) in a bake file). Its output and cache directories are added to
@@ -132,6 +136,47 @@ options:
         type: str
       max_attempts:
         description: Attempts per AWS call (botocore standard retry mode).
+        type: int
+        default: 5
+  openstack:
+    description:
+      - An OpenStack cloud whose Glance images marked C(bakery_temporary=true) are deleted (an upload of a killed bake,
+        queued or saving); connection options as M(bakery.images.openstack_image_bake) takes them.
+    type: dict
+    suboptions:
+      cloud:
+        description: Name of a cloud in C(clouds.yaml).
+        type: str
+      auth:
+        description: Authentication options.
+        type: dict
+      auth_type:
+        description: Keystoneauth plugin.
+        type: str
+      region_name:
+        description: Region.
+        type: str
+      interface:
+        description: Endpoint interface.
+        type: str
+      image_endpoint:
+        description: The image service's URL.
+        type: str
+      validate_certs:
+        description: Check TLS certificates.
+        type: bool
+      ca_cert:
+        description: CA bundle.
+        type: path
+      headers:
+        description: HTTP headers sent with every request.
+        type: dict
+      timeout:
+        description: Seconds per call.
+        type: int
+        default: 300
+      retries:
+        description: Retries of a call answered with 429 or 5xx.
         type: int
         default: 5
   gce:
@@ -321,6 +366,22 @@ def main() -> None:
                     max_attempts=dict(type="int", default=5),
                 ),
             ),
+            openstack=dict(
+                type="dict",
+                options=dict(
+                    cloud=dict(type="str"),
+                    auth=dict(type="dict", no_log=True),
+                    auth_type=dict(type="str"),
+                    region_name=dict(type="str"),
+                    interface=dict(type="str"),
+                    image_endpoint=dict(type="str"),
+                    validate_certs=dict(type="bool"),
+                    ca_cert=dict(type="path"),
+                    headers=dict(type="dict", no_log=True),
+                    timeout=dict(type="int", default=300),
+                    retries=dict(type="int", default=5),
+                ),
+            ),
             gce=dict(
                 type="dict",
                 options=dict(
@@ -341,6 +402,8 @@ def main() -> None:
         required_one_of=[("bake_id", "older_than")],
         supports_check_mode=True,
     )
+    # the secret options of the bake's targets (an openstack target's auth and headers) are never shown
+    module.no_log_values.update(_janitor.bake_secrets(module.params.get("bake")))
     _module.run(module, lambda mod: _janitor.sweep(mod.params, mod.check_mode))
 
 

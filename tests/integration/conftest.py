@@ -356,6 +356,19 @@ def moto(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def glance(tmp_path_factory):
+    """A real Glance (glance-api under gunicorn, sqlite, filesystem store; tests/integration/glance.py), one per
+    test module, stopped after it."""
+    from glance import Glance
+
+    server = Glance(tmp_path_factory.mktemp("glance"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def gce(tmp_path):
     """The fake Compute Engine and the storage emulator (test_gce.Env), stopped after the test; a request the
