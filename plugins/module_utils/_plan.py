@@ -520,7 +520,6 @@ def check_verify_instance(kind: str, options: Mapping[str, Any], verify: list[di
         )
 
 
-
 def boots_for_checks(kind: str, options: Mapping[str, Any]) -> bool:
     """Whether a target of a LOCAL_CHECKS type boots its artifact for its checks (a box with verify_up, an ami
     or gce image with verify_instance)."""
