@@ -126,7 +126,7 @@ def main() -> None:
         env = dict(os.environ, PATH="%s:%s" % (BIN, os.environ["PATH"]), CHECKPOINT_DISABLE="1")
 
         packer, forced, unchanged = [], [], []
-        for _ in range(rounds):
+        for _round in range(rounds):
             packer.append(run(["packer", "build", "-color=false", "template.json"], work, env))
             forced.append(run(bake + ["-e", "bake_force=true"], REPO))
             unchanged.append(run(bake, REPO))
