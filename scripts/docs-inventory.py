@@ -1,7 +1,8 @@
 """Write a Sphinx inventory (objects.inv) of the Ansible docsite labels that generated collection docs link to.
 
 antsibull-docs pages refer to a few labels of the Ansible documentation (action plugins, common return
-values, configuration settings). Sphinx resolves them through intersphinx, which would fetch the Ansible
+values, configuration settings, the environment variables of ansible-core's settings, and the pages of the
+collections our plugins extend). Sphinx resolves them through intersphinx, which would fetch the Ansible
 docsite's inventory; this writes that part of it instead, so the docs build offline and the links still
 point at docs.ansible.com.
 
@@ -35,12 +36,22 @@ LABELS = {
         "Validating tasks: check mode and diff mode",
     ),
     "module_defaults": ("playbook_guide/playbooks_module_defaults.html#module-defaults", "Module defaults"),
+    # bakery.images.docker_api extends this connection and links to it
+    "ansible_collections.community.docker.docker_api_connection": (
+        "collections/community/docker/docker_api_connection.html",
+        "community.docker.docker_api connection",
+    ),
 }
+
+# ansible-core settings whose environment variables options of our plugins share (option docs link them)
+ENVVARS = ("ANSIBLE_REMOTE_USER", "ANSIBLE_TIMEOUT")
 
 
 def main(path: str) -> None:
     body = "".join(
         "%s std:label -1 %s %s\n" % (label, uri, title) for label, (uri, title) in sorted(LABELS.items())
+    ) + "".join(
+        "%s std:envvar 1 reference_appendices/config.html#envvar-%s -\n" % (name, name) for name in ENVVARS
     )
     header = (
         "# Sphinx inventory version 2\n# Project: Ansible\n# Version: devel\n"
