@@ -19,18 +19,9 @@ import pytest
 import yaml
 from conftest import LOCAL, PREFLIGHT_TASK, REPO, loops_and_mounts, run_playbook, shadow_path
 
+from ansible_collections.bakery.images.plugins.module_utils._hygiene import CHECKS as HYGIENE_CHECKS
+
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
-HYGIENE_CHECKS = (
-    "ssh_host_keys",
-    "machine_id",
-    "builder_key",
-    "shell_history",
-    "apt_lists",
-    "provisioning_leftovers",
-    "core_dumps",
-    "var_log_size",
-    "world_writable",
-)
 BOOT_TIMEOUT = 900
 
 
