@@ -40,6 +40,10 @@ APT_BAKE := docker.io bubblewrap iptables cgroupfs-mount mmdebstrap uidmap arch-
 # Builder VMs (qemu_vm): qemu-system-x86 runs them, ovmf is the UEFI firmware, openssh-client logs in (and makes
 # their keys), dosfstools and mtools make cloud-init seeds without a mount.
 APT_BAKE += qemu-system-x86 ovmf openssh-client
+# Foreign architectures (base.architecture: arm64): qemu-user-static runs their binaries through binfmt_misc,
+# which scripts/binfmt mounts and registers where nothing did (BINFMT_ARCHES).
+APT_BAKE += qemu-user-static
+BINFMT_ARCHES ?= arm64
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
 # shellcheck: lints scripts/ and .ci/run.  e2fsprogs: tests make raw disks with mkfs.ext4 -d and read them
 # with debugfs.
@@ -88,6 +92,7 @@ collection-test: $(VENV)/.stamp-test
 # ---------------------------------------------------------------- bake
 
 bake: apt-bake collection
+	@scripts/binfmt $(BINFMT_ARCHES) || echo "note: bakes for $(BINFMT_ARCHES) cannot run here until that is done" >&2
 	@scripts/dockerd start
 	@if scripts/dockerd status | grep -q 'started by scripts/dockerd'; then \
 		echo "note: the Docker engine started for this bake is left running; 'scripts/dockerd stop' stops it"; \

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import os
 import re
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -593,18 +596,43 @@ def _quote(value: str) -> str:
     return canonical_json(str(value))
 
 
+# Debian architecture of a root filesystem -> the platform of the image imported from it
+DEBIAN_PLATFORMS = {
+    "amd64": "linux/amd64",
+    "i386": "linux/386",
+    "arm64": "linux/arm64",
+    "armhf": "linux/arm/v7",
+    "armel": "linux/arm/v5",
+    "ppc64el": "linux/ppc64le",
+    "s390x": "linux/s390x",
+    "riscv64": "linux/riscv64",
+}
+
+
+def rootfs_platform(path: str) -> str | None:
+    """The image platform of a rootfs tarball, from the architecture its sidecar records (None: not recorded)."""
+    architecture = (read_sidecar(path) or {}).get("architecture")
+    return DEBIAN_PLATFORMS.get(str(architecture)) if architecture else None
+
+
 def _import(client: Any, tarball: str, repository: str | None, tag: str, changes: list[str]) -> str:
-    """Import *tarball* as ``repository:tag``, or untagged without a *repository* (an image to verify first)."""
+    """Import *tarball* as ``repository:tag``, or untagged without a *repository* (an image to verify first).
+
+    The image's platform is the rootfs's architecture (:func:`with_platform`)."""
     check_tarball(tarball, "rootfs tarball")  # Docker would make an image of whatever it got
+    platform = rootfs_platform(tarball)
     try:
         with open(tarball, "rb") as handle:
             reply = client.api.import_image_from_data(
-                handle, repository=repository, tag=tag if repository else None, changes=changes
+                handle,
+                repository=None if platform else repository,
+                tag=tag if repository and not platform else None,
+                changes=changes,
             )
     except APIError as exc:
         raise BakeryError("docker import of %s failed: %s" % (tarball, exc.explanation)) from exc
     text = reply if isinstance(reply, str) else str(reply)
-    if repository:
+    if repository and not platform:
         image = _image(client, "%s:%s" % (repository, tag))
     else:
         # the engine's reply names the new image: {"status":"sha256:..."}
@@ -612,7 +640,100 @@ def _import(client: Any, tarball: str, repository: str | None, tag: str, changes
         image = _image(client, found[-1]) if found else None
     if image is None:
         raise BakeryError("docker import of %s produced no image: %s" % (tarball, text[-500:]))
+    if platform:
+        return with_platform(
+            client, image, platform, repository, tag, os.path.dirname(os.path.abspath(tarball))
+        )
     return image["Id"]
+
+
+def with_platform(
+    client: Any, image: dict[str, Any], platform: str, repository: str | None, tag: str, workdir: str
+) -> str:
+    """*image* recorded as an image of *platform* (``os/arch[/variant]``), tagged ``repository:tag`` if given.
+
+    ``docker import`` records the engine's own architecture, whatever the tree holds (Docker 20.10 reads only
+    the OS of its ``platform`` query; later engines read it all). So the imported image is saved, its config
+    says the platform instead, and it is loaded back: the layer is the same, only the config (and so the image
+    id) changes; the first image goes. An image that already says the platform is kept as it is."""
+    os_name, _sep, rest = platform.partition("/")
+    arch, _sep, variant = rest.partition("/")
+    if (image.get("Os"), image.get("Architecture"), image.get("Variant") or "") == (os_name, arch, variant):
+        if repository:
+            client.api.tag(image["Id"], repository, tag)
+        return image["Id"]
+    fd, path = tempfile.mkstemp(prefix=".bakery-platform-", suffix=".tar", dir=workdir)
+    os.close(fd)
+    try:
+        with open(path, "wb") as out, tarfile.open(fileobj=out, mode="w|") as rewritten:
+            saved = _ChunkReader(client.api.get_image(image["Id"]))
+            with tarfile.open(fileobj=saved, mode="r|") as original:
+                for member in original:
+                    data = original.extractfile(member) if member.isfile() else None
+                    if member.name == "manifest.json" and data is not None:
+                        manifest = json.loads(data.read())
+                        for entry in manifest:
+                            entry["RepoTags"] = ["%s:%s" % (repository, tag)] if repository else None
+                        _add_bytes(rewritten, member, canonical_json(manifest).encode())
+                    elif member.name.endswith(".json") and "/" not in member.name and data is not None:
+                        config = json.loads(data.read())
+                        config.update(os=os_name, architecture=arch)
+                        if variant:
+                            config["variant"] = variant
+                        else:
+                            config.pop("variant", None)
+                        _add_bytes(rewritten, member, json.dumps(config, sort_keys=True).encode())
+                    else:
+                        rewritten.addfile(member, data)
+        with open(path, "rb") as handle:
+            reply = "".join(str(line) for line in client.api.load_image(handle))
+    except (APIError, OSError, tarfile.TarError, ValueError) as exc:
+        raise BakeryError(
+            "docker: recording the image of %s as %s failed: %s" % (image["Id"], platform, exc)
+        ) from exc
+    finally:
+        os.unlink(path)
+    # the reply names the loaded image: "Loaded image: repo:tag", or "Loaded image ID: sha256:..." (it may also
+    # name an image that lost the tag, "renaming the old one with ID ...")
+    if repository:
+        loaded = _image(client, "%s:%s" % (repository, tag))
+    else:
+        found = re.findall(r"Loaded image ID: (sha256:[0-9a-f]{64})", reply)
+        loaded = _image(client, found[-1]) if found else None
+    if loaded is None or loaded.get("Architecture") != arch:
+        raise BakeryError(
+            "docker load of the %s image of %s did not make one: %s" % (platform, image["Id"], reply[-500:])
+        )
+    with contextlib.suppress(APIError, NotFound):
+        client.api.remove_image(image["Id"], noprune=False)
+    return loaded["Id"]
+
+
+class _ChunkReader(io.RawIOBase):
+    """The chunks of a streamed response as a file, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _add_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo, data: bytes) -> None:
+    member.size = len(data)
+    archive.addfile(member, io.BytesIO(data))
 
 
 def dockerfile_changes(changes: dict[str, Any], default_cmd: list[str] | None = None) -> list[str]:
@@ -644,15 +765,27 @@ def rootfs_base_image(client: Any, rootfs: str) -> str:
     with engine_lock(client, "bakery-rootfs:%s" % identity[:12]):
         # only the plain import made here: an image imported with changes may carry the same rootfs label
         cached = _image(client, "bakery-rootfs:%s" % identity[:12])
-        if cached and _labels(cached).get(ROOTFS_LABEL) == identity:
+        platform = rootfs_platform(rootfs)
+        # an image imported before it recorded a foreign tree's architecture is made again
+        if (
+            cached
+            and _labels(cached).get(ROOTFS_LABEL) == identity
+            and (not platform or platform.split("/")[1] == cached.get("Architecture"))
+        ):
             return cached["Id"]
-        return _import(
+        image_id = _import(
             client,
             rootfs,
             "bakery-rootfs",
             identity[:12],
             ['CMD ["bash"]', "LABEL %s=%s" % (ROOTFS_LABEL, identity)],
         )
+        if (
+            cached and cached["Id"] != image_id
+        ):  # the stale one lost its tag to the new one; images on it keep it
+            with contextlib.suppress(APIError, NotFound):
+                client.api.remove_image(cached["Id"], noprune=False)
+        return image_id
 
 
 def container_name(bake_id: str | None, target: str | None) -> str:

@@ -100,6 +100,8 @@ BINFMT = {
     "mips64el": "qemu-mips64el",
 }
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+# where Debian's qemu-user-static keeps the entries it registers (systemd-binfmt's format)
+BINFMT_CONF_DIR = "/usr/lib/binfmt.d"
 # Docker platform (os/arch[/variant]) -> Debian architecture
 PLATFORMS = {
     "amd64": "amd64",
@@ -706,14 +708,32 @@ def check_architecture(target: Mapping[str, Any], ctx: Context) -> list[Finding]
         if runs is False:
             msg = (
                 "this host cannot run %s binaries (%s): not natively, and no binfmt_misc handler is registered "
-                "for it; %s (it registers handlers), or bake on a %s host"
-                % (arch, what, _install("qemu-user-static"), arch)
+                "for it; %s, or bake on a %s host" % (arch, what, binfmt_remedy(arch), arch)
             )
             findings.append(Finding(target["name"], target["type"], "architecture", option, False, msg))
         else:
             msg = "%s binaries run here" % arch if runs else "cannot tell whether %s binaries run here" % arch
             findings.append(Finding(target["name"], target["type"], "architecture", option, True, msg))
     return findings
+
+
+def binfmt_remedy(arch: str) -> str:
+    """What makes this host run *arch* binaries through qemu-user: the package that has the emulator, mounting
+    binfmt_misc (containers and minimal hosts leave it unmounted, and then nothing registers handlers), or the
+    registration of the handler."""
+    entry = BINFMT.get(arch)
+    if entry is None or not os.path.isfile(os.path.join(BINFMT_CONF_DIR, entry + ".conf")):
+        return "%s (it ships the emulators and their binfmt_misc entries)" % _install("qemu-user-static")
+    if not os.path.exists(os.path.join(BINFMT_DIR, "register")):
+        return (
+            "binfmt_misc is not mounted: as root, scripts/binfmt %s of a bakery checkout (make bake runs it) "
+            "mounts it and registers the handler, or mount -t binfmt_misc binfmt_misc %s and systemctl restart "
+            "systemd-binfmt" % (arch, BINFMT_DIR)
+        )
+    return (
+        "register the handler of %s.conf: as root, scripts/binfmt %s of a bakery checkout (make bake runs it), "
+        "or systemctl restart systemd-binfmt" % (os.path.join(BINFMT_CONF_DIR, entry), arch)
+    )
 
 
 def check_cloud(target: Mapping[str, Any], ctx: Context) -> list[Finding]:

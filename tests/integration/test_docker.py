@@ -440,6 +440,39 @@ def test_imports_of_one_rootfs_at_once_make_one_image_that_stays_tagged(bake_bas
         remove_repositories(name)
 
 
+def test_an_imported_rootfs_is_an_image_of_its_own_architecture(bake_base, tmp_path):
+    """Docker records the engine's architecture for what it imports unless told: the image of an arm64 root
+    filesystem would claim amd64, and engines and registries would run and list it as one. The import takes
+    the architecture the rootfs's sidecar records. (The arm64 tree here is a single file: what it holds does
+    not matter to the record, and the tests that run arm64 programs bake a real one.)"""
+    import tarfile
+
+    from ansible_collections.bakery.images.plugins.module_utils._files import write_sidecar
+
+    foreign = tmp_path / "arm64.tar"
+    marker = tmp_path / "marker"
+    marker.write_text("arm64 tree\n")
+    with tarfile.open(foreign, "w") as tar:
+        tar.add(marker, arcname="marker")
+    identity = uuid.uuid4().hex
+    write_sidecar(str(foreign), {"architecture": "arm64", "fingerprint": identity})
+    native, other = unique("import-native"), unique("import-arm64")
+    try:
+        for rootfs, name in ((bake_base["rootfs"], native), (str(foreign), other)):
+            run = run_playbook(IMPORT_PLAY, tmp_path, extra_vars={"rootfs": rootfs, "name": name}, args=LOCAL)
+            assert run.rc == 0, run.explain()
+        host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True)
+        assert docker_client().images.get("%s:one" % native).attrs["Architecture"] == host.stdout.strip()
+        image = docker_client().images.get("%s:one" % other).attrs
+        assert (image["Os"], image["Architecture"]) == ("linux", "arm64")
+        assert "RACE=%s" % other in image["Config"]["Env"]  # the import's changes and labels are kept
+        # and the image the engine first made of it (recorded as its own architecture) is gone
+        made = docker_client().images.list(all=True, filters={"label": "org.bakery.rootfs=%s" % identity})
+        assert [each.id for each in made] == [image["Id"]]
+    finally:
+        remove_repositories(native, other)
+
+
 PUBLISH_PLAY = """
 - hosts: localhost
   gather_facts: false

@@ -396,7 +396,8 @@ def test_an_artifact_that_is_not_found_keeps_its_problems():
     assert fake.looked_up == ["disk"]
 
 
-def test_a_foreign_architecture_without_binfmt():
+def test_a_foreign_architecture_without_binfmt(tmp_path, monkeypatch):
+    monkeypatch.setattr(_preflight, "BINFMT_CONF_DIR", str(tmp_path / "binfmt.d"))  # no qemu-user-static
     bake = copy.deepcopy(BAKE)
     bake["base"]["architecture"] = "arm64"
     fake = FakeHost(runs={"arm64": False})
@@ -521,6 +522,24 @@ def test_arch_runs_without_arch_test(tmp_path, monkeypatch):
     (tmp_path / "qemu-aarch64").write_text("disabled\n")
     assert _preflight.arch_runs("arm64", 1, host) is False
     assert _preflight.arch_runs("sparc64", 1, host) is None
+
+
+def test_the_remedy_for_a_foreign_architecture_names_what_is_missing(tmp_path, monkeypatch):
+    conf, mounted = tmp_path / "binfmt.d", tmp_path / "binfmt_misc"
+    monkeypatch.setattr(_preflight, "BINFMT_CONF_DIR", str(conf))
+    monkeypatch.setattr(_preflight, "BINFMT_DIR", str(mounted))
+    assert "apt-get install qemu-user-static" in _preflight.binfmt_remedy("arm64")
+    assert "apt-get install qemu-user-static" in _preflight.binfmt_remedy("sparc64")
+    conf.mkdir()
+    (conf / "qemu-aarch64.conf").write_text(
+        ":qemu-aarch64:M::...:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OCF\n"
+    )
+    unmounted = _preflight.binfmt_remedy("arm64")
+    assert "binfmt_misc is not mounted" in unmounted and "scripts/binfmt arm64" in unmounted
+    mounted.mkdir()
+    (mounted / "register").write_text("")
+    unregistered = _preflight.binfmt_remedy("arm64")
+    assert unregistered.startswith("register the handler of %s" % (conf / "qemu-aarch64.conf"))
 
 
 def test_the_package_table_agrees_with_the_modules():
