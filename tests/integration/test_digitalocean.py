@@ -350,3 +350,24 @@ def test_plan_refuses_what_digitalocean_would(standin, spaces, tmp_path):
         in (run.stdout)
     ), run.stdout[-2000:]
     assert standin.calls[calls:] == [] and not (tmp_path / "output").exists()
+
+
+def test_preflight_names_a_refused_token_before_anything_is_made(standin, spaces, tmp_path):
+    """The plan play's preflight calls the API as the import would: a token DigitalOcean refuses (401) stops the
+    bake before the qemu disk is made, naming the target and the option, without showing the token; nothing is
+    imported or uploaded."""
+    from conftest import PREFLIGHT_TASK
+
+    source = make_qcow2(tmp_path)
+    wrong = "dop_v1_wrong_%s" % uuid.uuid4().hex[:12]
+    bake = bake_definition(standin, spaces, tmp_path, source, unique("bakery-preflight"), token=wrong)
+    before = standin.all_images()
+    run = run_playbook(REPO / "playbooks" / "bake.yml", tmp_path, extra_vars={"bake": bake})
+    assert run.rc != 0
+    (web,) = [t for t in run.task_result(PREFLIGHT_TASK)["targets"] if t["name"] == "web"]
+    (problem,) = [c for c in web["preflight"] if not c["ok"]]
+    assert problem["option"] == "digitalocean.api_url=%s" % standin.url, problem
+    assert problem["msg"].startswith("look up the account: HTTP 401 Unable to authenticate you"), problem
+    assert not any((tmp_path / "output").glob("**/*.qcow2"))
+    assert standin.all_images() == before
+    assert wrong not in run.stdout + run.stderr
