@@ -236,14 +236,7 @@ def test_a_failure_at_any_call_leaves_nothing_behind(standin, moto, spaces, bake
         bake_id = unique("fault%d" % index)
         client = _digitalocean.DigitalOcean(module_params(standin, spaces, disk, bake_id))
         seen = [0]
-
-        def before(what: str, index: int = index, seen: list[int] = seen) -> None:
-            seen[0] += 1
-            if seen[0] == index + 1:
-                raise requests.ConnectionError("injected fault at %s" % what)
-
-        # the fault is an error of the transport under pydo and boto3 (what a dropped connection raises there)
-        client.before = lambda what, before=before: _as_transport_error(before, what)
+        client.before = fault_at(index, seen)
         try:
             _digitalocean.run(module_params(standin, spaces, disk, bake_id), do=client)
         except BakeryError as failure:
@@ -261,13 +254,17 @@ def test_a_failure_at_any_call_leaves_nothing_behind(standin, moto, spaces, bake
         assert leftovers(standin, moto, bake_id) == [], call
 
 
-def _as_transport_error(before, what: str) -> None:
+def fault_at(index: int, seen: list[int]):
+    """A hook that counts the calls in *seen* and makes call *index* (from 0) fail as a dropped connection fails
+    under pydo (azure-core's ServiceRequestError; a Spaces call's fault is reported the same way)."""
     from azure.core.exceptions import ServiceRequestError
 
-    try:
-        before(what)
-    except requests.ConnectionError as exc:
-        raise ServiceRequestError(str(exc)) from None
+    def before(what: str) -> None:
+        seen[0] += 1
+        if seen[0] == index + 1:
+            raise ServiceRequestError("injected fault at %s" % what)
+
+    return before
 
 
 KILLED_IMPORT = """
