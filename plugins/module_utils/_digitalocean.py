@@ -24,6 +24,11 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from ansible_collections.bakery.images.plugins.module_utils._cloud_image import (
+    cleanup_result,
+    publish_result,
+    run_action,
+)
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     digest_file,
     digest_value,
@@ -34,9 +39,6 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     Selector,
     act,
-    cleanup_problems,
-    created_nothing,
-    errors_of,
     record,
 )
 
@@ -593,50 +595,28 @@ class Images:
 
     def publish(self) -> dict[str, Any]:
         """Make final the image this bake left temporary (``publish=false``) once its checks passed."""
-        image_id = self.params.get("image")
-        if not image_id:
-            raise BakeryError("action=publish needs image (the id upload returned)")
-        image = self.do.get(image_id)
-        if image is None:
-            raise BakeryError("image %s does not exist: nothing to publish" % image_id)
-        owner = tag_value(image.get("tags"), BAKE_ID_TAG)
-        if temporary(image) and owner != self.bake_id:
-            raise BakeryError(
-                "image %s is a temporary image of bake %s, not of this bake (%s): not publishing it"
-                % (image_id, owner, self.bake_id)
-            )
-        result = {"found": True, "built": False, "bake_id": self.bake_id, "changed": temporary(image)}
-        if temporary(image) and not self.check_mode:
-            image = self.finalize(image)
-        result["image"] = image_summary(image)
-        result["msg"] = (
-            ("would publish image %s" if self.check_mode else "published image %s") % image_id
-            if result["changed"]
-            else "image %s is published already" % image_id
+        return publish_result(
+            self.params.get("image"),
+            self.bake_id,
+            self.check_mode,
+            self.do.get,
+            lambda image: tag_value(image.get("tags"), BAKE_ID_TAG),
+            temporary,
+            self.finalize,
+            image_summary,
         )
-        return result
 
     def cleanup(self) -> dict[str, Any]:
         """Delete every temporary image and Spaces upload of the bake id (and target)."""
-        unlooked: list[str] = []
-        try:
-            entries = sweep_all(self.do, Selector(bake_id=self.bake_id), self.check_mode, self.target)
-        except BakeryError as exc:
-            entries = []
-            unlooked.append("%s: %s" % (self.do.where, exc.msg))
-        removed = ["%s %s" % (e["kind"], e["name"]) for e in entries if e["state"] != "failed"]
-        message = cleanup_problems(
-            self.bake_id, errors_of(entries), unlooked, self.params.get("created", True)
+        return cleanup_result(
+            self.bake_id,
+            self.target,
+            lambda: sweep_all(self.do, Selector(bake_id=self.bake_id), self.check_mode, self.target),
+            self.do.where,
+            self.params.get("created", True),
+            lambda e: "%s %s" % (e["kind"], e["name"]),
+            "nothing: no temporary resource was left",
         )
-        if message:
-            raise BakeryError(message, removed=removed)
-        if unlooked:
-            msg = created_nothing(self.bake_id, self.target, unlooked)
-        else:
-            msg = "removed %s" % (
-                ", ".join(removed) if removed else "nothing: no temporary resource was left"
-            )
-        return {"changed": bool(removed), "removed": removed, "bake_id": self.bake_id, "msg": msg}
 
 
 def sweep_images(
@@ -730,37 +710,8 @@ def run(
 ) -> dict[str, Any]:
     """The module's entry point: one action of an image bake."""
     check_params(params)
-    action = params["action"]
-    if do is None:
-        try:
-            do = DigitalOcean(params)
-        except BakeryError as exc:
-            if action == "cleanup" and params.get("created", True) is False:
-                return {
-                    "changed": False,
-                    "removed": [],
-                    "bake_id": params.get("bake_id"),
-                    "created": False,
-                    "msg": created_nothing(params.get("bake_id") or "?", params.get("target"), [exc.msg]),
-                }
-            exc.details.setdefault("created", False)
-            raise
-    images = Images(do, params, check_mode)
-    try:
-        if action == "find":
-            result = images.find_only()
-        elif action == "upload":
-            result = images.upload()
-        elif action == "publish":
-            result = images.publish()
-        elif action == "cleanup":
-            if not params.get("bake_id"):
-                raise BakeryError("action=cleanup needs bake_id")
-            result = images.cleanup()
-        else:
-            raise BakeryError("unknown action %r" % action)
-    except BakeryError as exc:
-        exc.details.setdefault("created", do.created)
-        raise
-    result.setdefault("created", do.created)
-    return result
+    return run_action(
+        params,
+        lambda: do if do is not None else DigitalOcean(params),
+        lambda client: Images(client, params, check_mode),
+    )
