@@ -24,6 +24,10 @@ def openstack_artifact(result, target, started=None):
     return _manifest.openstack_artifact(result, target, started, time.time())
 
 
+def digitalocean_artifact(result, target, started=None):
+    return _manifest.digitalocean_artifact(result, target, started, time.time())
+
+
 def ami_artifact(result, target, started=None):
     return _manifest.ami_artifact(result, target, started, time.time())
 
@@ -85,6 +89,7 @@ class FilterModule:
             "docker_artifact": docker_artifact,
             "gce_artifact": gce_artifact,
             "openstack_artifact": openstack_artifact,
+            "digitalocean_artifact": digitalocean_artifact,
             "ami_artifact": ami_artifact,
             "qemu_artifact": qemu_artifact,
             "qemu_outputs": qemu_outputs,

@@ -30,7 +30,7 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     Selector,
 )
 
-BACKENDS = ("docker", "qemu", "aws", "gce", "openstack")
+BACKENDS = ("docker", "qemu", "aws", "gce", "openstack", "digitalocean")
 # how _docker.connect says that there is no engine to talk to
 DOCKER_UNAVAILABLE = ("cannot reach the Docker engine", "the Python 'docker' SDK is required")
 AWS_CREDENTIALS = ("access_key", "secret_key", "session_token")
@@ -146,24 +146,23 @@ def scopes(params: Mapping[str, Any], cwd: str) -> dict[str, list[dict[str, Any]
             add_gce(options)
     out["gce"] = list(projects.values())
     out["openstack"] = openstack_scopes(_given(params.get("openstack")), targets)
+    out["digitalocean"] = digitalocean_scopes(_given(params.get("digitalocean")), targets)
     return out
 
 
 def bake_secrets(bake: Mapping[str, Any] | None) -> set[str]:
-    """The values of the bake's secret target options that are dictionaries (an openstack target's ``auth`` and
-    ``headers``): the janitor module masks them in its output, as the plan masks them in the bake's."""
-    from ansible_collections.bakery.images.plugins.module_utils import _openstack
+    """The values of the bake's secret target options (an openstack target's ``auth`` and ``headers``
+    dictionaries, a digitalocean target's token and Spaces keys): the janitor module masks them in its output, as
+    the plan masks them in the bake's."""
+    from ansible_collections.bakery.images.plugins.module_utils import _digitalocean, _openstack
 
     found: set[str] = set()
+    secret_options = {"openstack": _openstack.SECRET_OPTIONS, "digitalocean": _digitalocean.SECRET_OPTIONS}
     for kind, options in _bake_targets(bake) if bake else []:
-        if kind != "openstack":
-            continue
-        for key in _openstack.SECRET_OPTIONS:
+        for key in secret_options.get(kind, ()):
             values = options.get(key)
-            if isinstance(values, Mapping):
-                found.update(
-                    str(value) for value in values.values() if value not in (None, "") and len(str(value)) > 3
-                )
+            values = values.values() if isinstance(values, Mapping) else [values]
+            found.update(str(value) for value in values if value not in (None, "") and len(str(value)) > 3)
     return found
 
 
@@ -174,12 +173,47 @@ def openstack_scopes(
     options of the bake's openstack targets (one scope per distinct connection)."""
     from ansible_collections.bakery.images.plugins.module_utils import _openstack
 
+    return connection_scopes(
+        "openstack",
+        own,
+        targets,
+        _openstack.CONNECTION_OPTIONS,
+        ("cloud", "auth", "auth_type", "image_endpoint"),
+    )
+
+
+def digitalocean_scopes(
+    own: Mapping[str, Any], targets: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The DigitalOcean accounts (and Spaces buckets) to sweep for temporary images and uploads: the janitor's
+    ``digitalocean`` option and the connection options of the bake's digitalocean targets. The token may come from
+    the environment, so an API URL or a bucket is enough to look."""
+    from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+
+    return connection_scopes(
+        "digitalocean",
+        own,
+        targets,
+        (*_digitalocean.CONNECTION_OPTIONS, "region"),
+        ("token", "api_url", "spaces_bucket"),
+    )
+
+
+def connection_scopes(
+    backend: str,
+    own: Mapping[str, Any],
+    targets: list[tuple[str, dict[str, Any]]],
+    options_of_scope: tuple[str, ...],
+    any_of: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """One scope per distinct connection among the janitor's own option of *backend* and the bake's targets of
+    that type; a connection without any of *any_of* has nothing to look at."""
     found: dict[str, dict[str, Any]] = {}
     candidates = [own] if own else []
-    candidates += [options for kind, options in targets if kind == "openstack"]
+    candidates += [options for kind, options in targets if kind == backend]
     for options in candidates:
-        scope = {key: options[key] for key in _openstack.CONNECTION_OPTIONS if options.get(key) is not None}
-        if not any(scope.get(key) for key in ("cloud", "auth", "auth_type", "image_endpoint")):
+        scope = {key: options[key] for key in options_of_scope if options.get(key) is not None}
+        if not any(scope.get(key) for key in any_of):
             continue
         key = repr(
             sorted((k, repr(v)) for k, v in scope.items() if k not in ("timeout", "retries", "retry_delay"))
@@ -202,6 +236,10 @@ def describe_scope(backend: str, scope: Mapping[str, Any]) -> str:
         from ansible_collections.bakery.images.plugins.module_utils import _openstack
 
         return "OpenStack %s" % _openstack.describe(scope)
+    if backend == "digitalocean":
+        from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+
+        return _digitalocean.describe(scope)
     return "GCE project %s at %s" % (scope["project"], scope["api_endpoint"])
 
 
@@ -232,12 +270,21 @@ def _sweep_openstack(scope: Mapping[str, Any], selector: Selector, check_mode: b
     return _openstack.sweep(scope, selector, check_mode)
 
 
+def _sweep_digitalocean(
+    scope: Mapping[str, Any], selector: Selector, check_mode: bool
+) -> list[dict[str, Any]]:
+    from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+
+    return _digitalocean.sweep(scope, selector, check_mode)
+
+
 SWEEPERS: dict[str, Callable[[Mapping[str, Any], Selector, bool], list[dict[str, Any]]]] = {
     "docker": _sweep_docker,
     "qemu": _sweep_qemu,
     "aws": _sweep_aws,
     "gce": _sweep_gce,
     "openstack": _sweep_openstack,
+    "digitalocean": _sweep_digitalocean,
 }
 
 
@@ -260,7 +307,11 @@ def sweep(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
                 % (
                     name,
                     name,
-                    {"aws": "regions", "openstack": "cloud, auth or image_endpoint"}.get(name, "project"),
+                    {
+                        "aws": "regions",
+                        "openstack": "cloud, auth or image_endpoint",
+                        "digitalocean": "token, api_url or spaces_bucket",
+                    }.get(name, "project"),
                     {"aws": "ami"}.get(name, name),
                 )
             )

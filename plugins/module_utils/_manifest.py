@@ -99,6 +99,31 @@ def openstack_artifact(
     }
 
 
+def digitalocean_artifact(
+    result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float
+) -> dict:
+    """The manifest entry of a digitalocean target from the digitalocean_image_bake result that made or found its
+    image."""
+    image = result.get("image") or {}
+    bake_tag = next((t for t in image.get("tags") or [] if t.startswith("bakery-bake-id:")), "")
+    built = bool(result.get("built"))
+    return {
+        "target": target["name"],
+        "type": "digitalocean",
+        "status": "built" if built else ("unchanged" if image else "would build"),
+        "id": image.get("id"),
+        "name": image.get("name") or target["options"].get("name"),
+        "distribution": image.get("distribution"),
+        "regions": image.get("regions") or [],
+        "size_gigabytes": image.get("size_gigabytes"),
+        "tags": image.get("tags") or [],
+        "fingerprint": result.get("fingerprint"),
+        "bake_id": bake_tag.split(":", 1)[1] if bake_tag else (target["bake_id"] if built else None),
+        "build_seconds": round(now - float(started), 1) if built and started else None,
+        "changed_inputs": result.get("changed_inputs") or [],
+    }
+
+
 def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
     """The manifest entry of an ami target from the ami_bake result that made, found or published it."""
     image = result.get("image") or {}

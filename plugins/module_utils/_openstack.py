@@ -26,6 +26,11 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
+from ansible_collections.bakery.images.plugins.module_utils._cloud_image import (
+    cleanup_result,
+    publish_result,
+    run_action,
+)
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     changed_inputs,
     digest_file,
@@ -37,9 +42,6 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
 from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     Selector,
     act,
-    cleanup_problems,
-    created_nothing,
-    errors_of,
     record,
 )
 
@@ -642,47 +644,28 @@ class Images:
 
     def publish(self) -> dict[str, Any]:
         """Make final the image this bake left temporary (``publish=false``) once its checks passed."""
-        image_id = self.params.get("image")
-        if not image_id:
-            raise BakeryError("action=publish needs image (the id upload returned)")
-        image = self.glance.get(image_id)
-        if image is None:
-            raise BakeryError("image %s does not exist: nothing to publish" % image_id)
-        if temporary(image) and image.get(BAKE_ID_PROPERTY) != self.bake_id:
-            raise BakeryError(
-                "image %s is a temporary image of bake %s, not of this bake (%s): not publishing it"
-                % (image_id, image.get(BAKE_ID_PROPERTY), self.bake_id)
-            )
-        result = {"found": True, "built": False, "bake_id": self.bake_id, "changed": temporary(image)}
-        if temporary(image) and not self.check_mode:
-            image = self.finalize(image)
-        result["image"] = image_summary(image)
-        result["msg"] = (
-            ("would publish image %s" if self.check_mode else "published image %s") % image_id
-            if result["changed"]
-            else "image %s is published already" % image_id
+        return publish_result(
+            self.params.get("image"),
+            self.bake_id,
+            self.check_mode,
+            self.glance.get,
+            lambda image: image.get(BAKE_ID_PROPERTY),
+            temporary,
+            self.finalize,
+            image_summary,
         )
-        return result
 
     def cleanup(self) -> dict[str, Any]:
         """Delete every temporary image of the bake id (and target); the janitor's sweep does the same by age."""
-        unlooked: list[str] = []
-        try:
-            entries = sweep_images(self.glance, Selector(bake_id=self.bake_id), self.check_mode, self.target)
-        except BakeryError as exc:
-            entries = []
-            unlooked.append("%s: %s" % (describe(self.params), exc.msg))
-        removed = ["image %s (%s)" % (e["name"], e["id"]) for e in entries]
-        message = cleanup_problems(
-            self.bake_id, errors_of(entries), unlooked, self.params.get("created", True)
+        return cleanup_result(
+            self.bake_id,
+            self.target,
+            lambda: sweep_images(self.glance, Selector(bake_id=self.bake_id), self.check_mode, self.target),
+            describe(self.params),
+            self.params.get("created", True),
+            lambda e: "image %s (%s)" % (e["name"], e["id"]),
+            "nothing: no temporary image was left",
         )
-        if message:
-            raise BakeryError(message, removed=removed)
-        if unlooked:
-            msg = created_nothing(self.bake_id, self.target, unlooked)
-        else:
-            msg = "removed %s" % (", ".join(removed) if removed else "nothing: no temporary image was left")
-        return {"changed": bool(removed), "removed": removed, "bake_id": self.bake_id, "msg": msg}
 
     def find_only(self) -> dict[str, Any]:
         disk = self.params.get("disk")
@@ -767,37 +750,8 @@ def preflight(params: Mapping[str, Any]) -> tuple[bool, str]:
 def run(params: Mapping[str, Any], check_mode: bool = False, glance: Glance | None = None) -> dict[str, Any]:
     """The module's entry point: one action of an image bake."""
     check_params(params)
-    action = params["action"]
-    if glance is None:
-        try:
-            glance = make_glance(params)
-        except BakeryError as exc:
-            if action == "cleanup" and params.get("created", True) is False:
-                return {
-                    "changed": False,
-                    "removed": [],
-                    "bake_id": params.get("bake_id"),
-                    "created": False,
-                    "msg": created_nothing(params.get("bake_id") or "?", params.get("target"), [exc.msg]),
-                }
-            exc.details.setdefault("created", False)
-            raise
-    images = Images(glance, params, check_mode)
-    try:
-        if action == "find":
-            result = images.find_only()
-        elif action == "upload":
-            result = images.upload()
-        elif action == "publish":
-            result = images.publish()
-        elif action == "cleanup":
-            if not params.get("bake_id"):
-                raise BakeryError("action=cleanup needs bake_id")
-            result = images.cleanup()
-        else:
-            raise BakeryError("unknown action %r" % action)
-    except BakeryError as exc:
-        exc.details.setdefault("created", glance.created)
-        raise
-    result.setdefault("created", glance.created)
-    return result
+    return run_action(
+        params,
+        lambda: glance if glance is not None else make_glance(params),
+        lambda client: Images(client, params, check_mode),
+    )

@@ -32,7 +32,7 @@ from ansible_collections.bakery.images.plugins.module_utils._gcp import check_na
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
-TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack")
+TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack", "digitalocean")
 # target types whose artifact is a disk file that other targets can take as their ``source`` (a Vagrant
 # box, an AMI or a GCE image made from a qemu disk); such consumers run in the bake's post-process play
 SOURCE_TYPES = ("qemu",)
@@ -498,6 +498,8 @@ LOCAL_CHECKS = {
     "unless the target sets verify_instance: true (then the others run on an instance started from the new image)",
     "openstack": "a Glance image's checks are local commands (BAKERY_IMAGE_ID and BAKERY_OPENSTACK_CLOUD name the "
     "image; bakery starts no server)",
+    "digitalocean": "a DigitalOcean image's checks are local commands (BAKERY_IMAGE_ID names the image; bakery starts "
+    "no droplet)",
 }
 # the target types whose checks may run on an instance of the new image (option verify_instance)
 INSTANCE_CHECKS = ("ami", "gce")
@@ -546,7 +548,7 @@ def verify_options(kind: str, options: Mapping[str, Any]) -> dict[str, str]:
 
 
 # the target types whose artifacts the bake can check (verify) before it publishes them
-VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack")
+VERIFY_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack", "digitalocean")
 
 
 def check_selected(entries: list[dict], planned: list[dict[str, Any]]) -> None:
@@ -722,6 +724,24 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
         check_gce(options, where)
     if kind == "openstack":
         check_openstack(options, where)
+    if kind == "digitalocean":
+        check_digitalocean(options, where)
+
+
+def check_digitalocean(options: Mapping[str, Any], where: str) -> None:
+    """A digitalocean target imports a qemu target's disk (instance bakes are not supported yet); what DigitalOcean
+    would refuse later."""
+    if not options.get("source"):
+        raise BakeryError(
+            "%s: a digitalocean target imports the disk of a qemu target of this bake: set source to its name "
+            "(instance bakes on droplets are not supported yet)" % where
+        )
+    from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+
+    try:
+        _digitalocean.check_params(options)
+    except BakeryError as exc:
+        raise BakeryError("%s: %s" % (where, exc.msg)) from None
 
 
 def check_openstack(options: Mapping[str, Any], where: str) -> None:

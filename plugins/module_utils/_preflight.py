@@ -753,6 +753,7 @@ CHECKS: dict[str, list[Callable[[Mapping[str, Any], Context], list[Finding]]]] =
     "ami": [check_cloud],
     "gce": [check_cloud],
     "openstack": [check_cloud],
+    "digitalocean": [check_cloud],
 }
 
 

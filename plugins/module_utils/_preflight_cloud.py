@@ -33,7 +33,7 @@ from typing import Any, Callable
 from ansible_collections.bakery.images.plugins.module_utils import _aws, _gcp
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
-TYPES = ("ami", "gce", "openstack")
+TYPES = ("ami", "gce", "openstack", "digitalocean")
 # secret texts shorter than this are not scrubbed from the messages (see secret_values)
 MIN_SECRET = 4
 # botocore's retries max_attempts for the preflight's AWS calls: it counts the retries (total_max_attempts is one
@@ -566,12 +566,30 @@ def check_openstack(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -
     out.append(Check("credentials", option, ok, msg))
 
 
+# --------------------------------------------------------------------------- DigitalOcean
+
+
+def check_digitalocean(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -> None:
+    """The cloud checks of a digitalocean target: the token is accepted (the account answers) and the Spaces bucket
+    the disk goes to can be listed with the Spaces keys."""
+    from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+
+    options = dict(target.get("options") or {})
+    params = {key: options.get(key) for key in (*_digitalocean.CONNECTION_OPTIONS, "region")}
+    params["timeout"] = max(1, int(cloud.read_timeout()))
+    ok, msg = _digitalocean.preflight(params)
+    if not ok:
+        msg += "; check the token (or DIGITALOCEAN_TOKEN), api_url, the Spaces bucket and the Spaces keys"
+    out.append(Check("credentials", _endpoint_option(target), ok, msg))
+
+
 # --------------------------------------------------------------------------- all targets
 
 CHECKERS: dict[str, Callable[[Mapping[str, Any], Cloud, list[Check]], None]] = {
     "ami": check_ami,
     "gce": check_gce,
     "openstack": check_openstack,
+    "digitalocean": check_digitalocean,
 }
 
 
@@ -581,6 +599,8 @@ def _endpoint_option(target: Mapping[str, Any]) -> str:
         if options.get("endpoint_url"):
             return "ami.endpoint_url=%s" % options["endpoint_url"]
         return "ami.region=%s" % options.get("region")
+    if target["type"] == "digitalocean":
+        return "digitalocean.api_url=%s" % (options.get("api_url") or "https://api.digitalocean.com")
     if target["type"] == "openstack":
         return "openstack.image_endpoint=%s" % (options.get("image_endpoint") or "(service catalog)")
     return "gce.api_endpoint=%s" % (options.get("api_endpoint") or _gcp.DEFAULT_API)

@@ -58,7 +58,7 @@ KIND_KEYS = {
 # the Packer provisioners bakery does not have, named in the error for an entry that uses one
 NOT_YET = ("ansible", "ansible-local", "powershell", "windows-shell", "windows-restart", "breakpoint", "chef")
 DEFAULT_INTERPRETER = ["/bin/sh", "-e"]
-TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack")
+TARGET_TYPES = ("docker", "qemu", "vagrant", "ami", "gce", "openstack", "digitalocean")
 # the kinds whose commands a timeout bounds
 TIMED = ("shell", "local", "puppet", "playbook")
 # builders that are no machine of their own: a reboot there means nothing (the stand-in refuses it)

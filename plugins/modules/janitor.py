@@ -30,6 +30,8 @@ description:
     its bake labels it final), and uploaded Cloud Storage objects with that metadata."
   - "C(openstack): Glance images with the property C(bakery_temporary=true) (an upload a killed bake left queued,
     saving or importing, or an image that was never made final)."
+  - "C(digitalocean): custom images tagged C(bakery-temporary) (an import a killed bake left, or an image never made
+    final), and bakery's disk uploads (C(bakery/<bake id>/)) in the Spaces bucket."
   - The bake's cleanup play removes its resources with the same functions; the janitor is for what a killed
     bake left. Playbook C(playbooks/janitor.yml) runs this module with a bake definition.
 author:
@@ -40,6 +42,7 @@ requirements:
   - google-auth for the C(gce) backend
   - virsh (C(libvirt-clients)) for the libvirt part of the C(qemu) backend, where libvirtd runs
   - openstacksdk for the C(openstack) backend
+  - pydo and boto3 for the C(digitalocean) backend
 attributes:
   check_mode:
     support: full
@@ -71,12 +74,13 @@ options:
     description:
       - The backends to sweep. By default every backend that has something to look at; C(docker) and C(qemu)
         always do, C(aws) and C(gce) when their options or O(bake) name regions or a project, C(openstack) when
-        O(openstack) or O(bake) name a cloud.
+        O(openstack) or O(bake) name a cloud, C(digitalocean) when O(digitalocean) or O(bake) name an account or a
+        bucket.
       - An unreachable Docker engine is reported in RV(not_swept) unless C(docker) is listed here or O(docker)
         is given; an unreachable cloud endpoint always fails.
     type: list
     elements: str
-    choices: [docker, qemu, aws, gce, openstack]
+    choices: [docker, qemu, aws, gce, openstack, digitalocean]
   bake:
     description:
       - A bake definition (the value of C(bake) in a bake file). Its output and cache directories are added to
@@ -171,6 +175,44 @@ options:
       headers:
         description: HTTP headers sent with every request.
         type: dict
+      timeout:
+        description: Seconds per call.
+        type: int
+        default: 300
+      retries:
+        description: Retries of a call answered with 429 or 5xx.
+        type: int
+        default: 5
+  digitalocean:
+    description:
+      - A DigitalOcean account whose custom images tagged C(bakery-temporary) are deleted, and a Spaces bucket whose
+        uploads under C(bakery/) are; options as M(bakery.images.digitalocean_image_bake) takes them.
+    type: dict
+    suboptions:
+      token:
+        description: API token (default C(DIGITALOCEAN_TOKEN) of the environment).
+        type: str
+      api_url:
+        description: The API's URL.
+        type: str
+      region:
+        description: Region of the Spaces bucket.
+        type: str
+      spaces_bucket:
+        description: The Spaces bucket of the uploads.
+        type: str
+      spaces_region:
+        description: The bucket's region (default O(digitalocean.region)).
+        type: str
+      spaces_endpoint:
+        description: The Spaces endpoint.
+        type: str
+      spaces_access_key:
+        description: Spaces access key id.
+        type: str
+      spaces_secret_key:
+        description: Spaces secret key.
+        type: str
       timeout:
         description: Seconds per call.
         type: int
@@ -378,6 +420,21 @@ def main() -> None:
                     validate_certs=dict(type="bool"),
                     ca_cert=dict(type="path"),
                     headers=dict(type="dict", no_log=True),
+                    timeout=dict(type="int", default=300),
+                    retries=dict(type="int", default=5),
+                ),
+            ),
+            digitalocean=dict(
+                type="dict",
+                options=dict(
+                    token=dict(type="str", no_log=True),
+                    api_url=dict(type="str"),
+                    region=dict(type="str"),
+                    spaces_bucket=dict(type="str"),
+                    spaces_region=dict(type="str"),
+                    spaces_endpoint=dict(type="str"),
+                    spaces_access_key=dict(type="str", no_log=True),
+                    spaces_secret_key=dict(type="str", no_log=True),
                     timeout=dict(type="int", default=300),
                     retries=dict(type="int", default=5),
                 ),
