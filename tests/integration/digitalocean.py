@@ -2,7 +2,7 @@
 target's tests.
 
 Every request it gets and every response it gives is validated with openapi-core against DigitalOcean's own
-OpenAPI 3.0 specification (/work/shared/reference/digitalocean-openapi, entry
+OpenAPI 3.0 specification (../shared/reference/digitalocean-openapi beside the checkout, entry
 specification/DigitalOcean-public.v2.yaml, its relative ``$ref`` files resolved by openapi-core's jsonschema-path);
 a request the specification does not accept is answered 400 and, like a response that does not match it, is
 recorded in :attr:`StandIn.violations`: the tests' fixture fails the test when any is recorded.
@@ -30,9 +30,15 @@ from typing import Any
 
 import requests
 
+# the project's shared reference material sits beside the checkout (as ../shared/examples for test_docker)
 SPEC = Path(
     os.environ.get("BAKERY_DIGITALOCEAN_OPENAPI")
-    or "/work/shared/reference/digitalocean-openapi/specification/DigitalOcean-public.v2.yaml"
+    or Path(__file__).resolve().parents[3]
+    / "shared"
+    / "reference"
+    / "digitalocean-openapi"
+    / "specification"
+    / "DigitalOcean-public.v2.yaml"
 )
 # the servers entry of the specification: requests are validated as if they had been sent there
 SERVER = "https://api.digitalocean.com"
