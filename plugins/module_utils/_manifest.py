@@ -12,11 +12,28 @@ a hygiene check is listed under ``hygiene_failures`` with every check's result, 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 MANIFEST_VERSION = 1
+# the Docker labels of an image that name its SBOM documents (relative to the bake's output directory)
+SBOM_LABELS = {"spdx": "org.bakery.sbom.spdx", "cyclonedx": "org.bakery.sbom.cyclonedx"}
+SBOM_ENDINGS = {"spdx": ".spdx.json", "cyclonedx": ".cdx.json"}
+
+
+def sbom_documents(target: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a planned target's SBOM documents go, ``<output_dir>/<bake name>-<target name>.spdx.json`` and
+    ``.cdx.json`` (beside the file outputs, in the output directory for images), and the Docker labels that
+    name them (``labels``: the file names, relative to the output directory, where ``bake-manifest.json`` is)."""
+    directory = target.get("output_dir") or "output"
+    stem = "%s-%s" % (target.get("bake_name") or "bake", target["name"])
+    found: dict[str, Any] = {
+        kind: os.path.join(directory, stem + ending) for kind, ending in SBOM_ENDINGS.items()
+    }
+    found["labels"] = {SBOM_LABELS[kind]: stem + ending for kind, ending in SBOM_ENDINGS.items()}
+    return found
 
 
 def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:

@@ -73,8 +73,6 @@ DOC_DIR = "usr/share/doc"
 # the paths a reader needs from an artifact (what TarReader is given archives of)
 DATABASE_PATHS = ("/" + STATUS, "/" + INFO_DIR, "/" + DOC_DIR)
 COPYRIGHT_FORMAT = "copyright-format/1.0"
-SPDX_LABEL = "org.bakery.sbom.spdx"
-CYCLONEDX_LABEL = "org.bakery.sbom.cyclonedx"
 # the namespace of the UUIDs (serial numbers, document namespaces) derived from fingerprints
 _NAMESPACE = uuid.UUID("5d1f6a1e-3b7c-4f59-9a1e-6b616b657279")
 _LICENSE_REF = re.compile(r"[^A-Za-z0-9.-]+")
