@@ -250,6 +250,33 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
     return made
 
 
+SHA256SUMS = "SHA256SUMS"
+
+
+def _hex(value: Any) -> str | None:
+    text = str(value or "").split(":", 1)[-1]
+    return text if len(text) == 64 else None
+
+
+def sha256sums(made: Mapping[str, Any], directory: str) -> str:
+    """``SHA256SUMS`` of a manifest: the sha256 of every file output (disks, boxes) and SBOM document its
+    artifacts record, one ``<sha256>  <path>`` line each (``sha256sum -c`` reads it), sorted by path; a path
+    inside *directory* (the manifest's) relative to it. Empty when there is no file."""
+    found: dict[str, str] = {}
+    for entry in made.get("artifacts") or []:
+        files = [dict(out) for out in entry.get("outputs") or []]
+        if entry.get("type") == "vagrant" and entry.get("path"):
+            files.append({"path": entry["path"], "sha256": entry.get("sha256")})
+        files += [dict(doc) for doc in (entry.get("sbom") or {}).values() if isinstance(doc, Mapping)]
+        for item in files:
+            digest = _hex(item.get("sha256"))
+            if item.get("path") and digest:
+                path = os.path.normpath(str(item["path"]))
+                relative = os.path.relpath(path, directory)
+                found[relative if not relative.startswith("..") else path] = digest
+    return "".join("%s  %s\n" % (found[path], path) for path in sorted(found))
+
+
 def hygiene_failures(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The targets of this run that failed an image hygiene check, each with every check's result."""
     rejected = []

@@ -246,6 +246,15 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
             "org.bakery.sbom.cyclonedx": entry["sbom"]["cyclonedx"]["path"],
         }
         sbom_mtimes = {kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()}
+        # an image has no file output: SHA256SUMS lists its two documents
+        sums = subprocess.run(
+            ["sha256sum", "-c", "SHA256SUMS"],
+            cwd=tmp_path / "output",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert sums.returncode == 0 and len(sums.stdout.splitlines()) == 2, sums.stdout + sums.stderr
 
         second = bake(tmp_path, definition)
         assert second.rc == 0

@@ -115,6 +115,19 @@ def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, t
     }
     assert "role:bakery.images.example_web" in inputs
     assert inputs <= {c["name"] for c in box["cyclonedx"]["components"]}
+    # SHA256SUMS beside the manifest: the disk, the box and the four documents, as sha256sum checks them
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True, check=False
+    )
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    assert sorted(line.rsplit(": ", 1)[0] for line in sums.stdout.splitlines()) == sorted(
+        ["example-web.qcow2", Path(entries["box"]["path"]).name]
+        + [
+            "example-web-%s.%s.json" % (target, kind)
+            for target in ("disk", "box")
+            for kind in ("spdx", "cdx")
+        ]
+    )
 
 
 def test_second_bake_changes_nothing(baked):
