@@ -27,7 +27,7 @@ import posixpath
 import re
 import tarfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,36 @@ class SbomError(Exception):
 # ---------------------------------------------------------------- readers
 
 
+def _parts(path: str) -> list[str]:
+    return [part for part in path.strip("/").split("/") if part not in ("", ".")]
+
+
+def resolve(path: str, link: Callable[[str], str | None]) -> str | None:
+    """*path* (relative to an artifact's root) with every link on it resolved inside the root, as if the root
+    were ``/`` (``..`` stops at it); ``link(relative path)`` gives a link's target, None for a non-link. None if
+    links loop."""
+    parts = _parts(path)
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        target = link("/".join(resolved + [part]))
+        if target is None:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > 40:
+            return None
+        if target.startswith("/"):
+            resolved = []
+        parts = _parts(target) + parts
+    return "/".join(resolved)
+
+
 class Reader:
     """Files of an artifact's root, by their path relative to it, without leaving it."""
 
@@ -120,29 +150,14 @@ class TreeReader(Reader):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
+    def _link(self, path: str) -> str | None:
+        candidate = os.path.join(self.root, path)
+        return os.readlink(candidate) if os.path.islink(candidate) else None
+
     def _inside(self, path: str) -> str | None:
         """*path* with its links resolved as if *root* were ``/``; None if a link loops."""
-        parts = [part for part in path.strip("/").split("/") if part not in ("", ".")]
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = os.path.join(self.root, *resolved, part)
-            if os.path.islink(candidate):
-                hops += 1
-                if hops > 40:
-                    return None
-                target = os.readlink(candidate)
-                if target.startswith("/"):
-                    resolved = []
-                parts = [p for p in target.strip("/").split("/") if p not in ("", ".")] + parts
-                continue
-            resolved.append(part)
-        return os.path.join(self.root, *resolved)
+        resolved = resolve(path, self._link)
+        return None if resolved is None else os.path.join(self.root, resolved)
 
     def read(self, path: str) -> bytes | None:
         real = self._inside(path)
@@ -191,27 +206,7 @@ class TarReader(Reader):
             parent = posixpath.dirname(parent)
 
     def _resolve(self, path: str) -> str | None:
-        parts = [part for part in path.strip("/").split("/") if part not in ("", ".")]
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = "/".join(resolved + [part])
-            if candidate in self.links:
-                hops += 1
-                if hops > 40:
-                    return None
-                target = self.links[candidate]
-                if target.startswith("/"):
-                    resolved = []
-                parts = [p for p in target.strip("/").split("/") if p not in ("", ".")] + parts
-                continue
-            resolved.append(part)
-        return "/".join(resolved)
+        return resolve(path, self.links.get)
 
     def read(self, path: str) -> bytes | None:
         real = self._resolve(path)

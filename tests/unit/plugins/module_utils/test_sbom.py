@@ -301,3 +301,9 @@ def test_run_derives_an_artifact_from_its_source_document(tmp_path):
     assert inputs == set(INPUTS) | {"options"}
     with pytest.raises(BakeryError, match="cannot be read"):
         _sbom.run(params(tmp_path, source_document=str(tmp_path / "missing.json")), check_mode=False)
+
+
+def test_links_resolve_inside_the_root_and_a_loop_resolves_to_nothing():
+    links = {"usr/share/doc/a": "/usr/share/doc/b", "usr/share/doc/b": "../../../../../c", "x": "y", "y": "x"}
+    assert _sbom.resolve("/usr/share/doc/a/copyright", links.get) == "c/copyright"
+    assert _sbom.resolve("x/copyright", links.get) is None
