@@ -1281,9 +1281,10 @@ def image_archives(
         for path in paths:
             try:
                 stream, _stat = client.api.get_archive(created["Id"], path)
-            except NotFound:
-                continue
             except APIError as exc:
+                # NotFound is an APIError: a path the image does not have gives no archive
+                if isinstance(exc, NotFound):
+                    continue
                 raise BakeryError("cannot read %s of %s: %s" % (path, image, exc.explanation)) from exc
             archives.append((os.path.dirname(path.rstrip("/")) or "/", b"".join(stream)))
     return archives

@@ -38,6 +38,7 @@ attributes:
     description: Reports whether a document would be written, and writes none.
   diff_mode:
     support: none
+    description: The documents are JSON files of thousands of lines; their paths and sha256 are returned instead.
   idempotent:
     support: full
     description: Documents that hold what they would be written with are not written again.
