@@ -101,6 +101,10 @@ class SbomError(Exception):
     """A package database that cannot be read, or a source document that is not bakery's."""
 
 
+class NoDatabase(SbomError):
+    """An artifact without a dpkg database (an image of another distribution, a scratch image)."""
+
+
 # ---------------------------------------------------------------- readers
 
 
@@ -296,7 +300,7 @@ def read_packages(reader: Reader) -> list[DebPackage]:
     """Every installed package of the artifact's dpkg database, sorted by name and architecture."""
     status = reader.read(STATUS)
     if status is None:
-        raise SbomError("no dpkg database (/%s) in the artifact" % STATUS)
+        raise NoDatabase("no dpkg database (/%s) in the artifact" % STATUS)
     packages = []
     for entry in paragraphs(status.decode("utf-8", "replace")):
         state = entry.get("status", "").split()
@@ -706,15 +710,22 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
     """The ``sbom`` module: read the artifact's packages, write both documents where they differ."""
     paths = {"spdx": params["spdx_path"], "cyclonedx": params["cyclonedx_path"]}
     inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
+    warnings: list[str] = []
     try:
-        if params.get("root"):
-            if not os.path.isdir(params["root"]):
+        if params.get("root") or params.get("image"):
+            if params.get("root") and not os.path.isdir(params["root"]):
                 raise BakeryError("root %s is not a directory" % params["root"])
-            packages = read_packages(TreeReader(params["root"]))
-        elif params.get("image"):
-            packages = read_packages(
-                read_image(params["image"], params.get("docker_host"), params.get("bake_id"))
+            reader = (
+                TreeReader(params["root"])
+                if params.get("root")
+                else read_image(params["image"], params.get("docker_host"), params.get("bake_id"))
             )
+            try:
+                packages = read_packages(reader)
+            except NoDatabase as exc:
+                # the documents still list the inputs; no package is claimed
+                warnings.append("%s: its SBOMs list no package" % exc)
+                packages = []
         elif params.get("source_document"):
             text = _current(params["source_document"])
             if text is None:
@@ -737,9 +748,12 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
         namespace=params.get("namespace") or "debian",
     )
     changed, found = write(paths, documents(subject, packages, inputs), check_mode)
-    return dict(
+    result = dict(
         changed=changed,
         documents=found,
         packages=len(packages),
         msg="%s SBOMs of %d packages" % ("wrote" if changed else "unchanged", len(packages)),
     )
+    if warnings:
+        result["warnings"] = warnings
+    return result

@@ -22,7 +22,9 @@ description:
   - The package database is read from O(root) (a provisioned directory tree; links are never followed out of
     it), from the Docker image O(image) (a container created from it and never started; nothing is mounted),
     or from O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
-    Vagrant box). Without any of them, the module only reports the documents that are already there.
+    Vagrant box). Without any of them, the module only reports the documents that are already there. An artifact
+    without a dpkg database (another distribution, a scratch image) gets documents that list its inputs and no
+    package, with a warning.
   - The documents are deterministic - their serial number and namespace derive from O(fingerprint), their
     creation time from O(bake_id) (the bake that made the artifact) - so the same artifact gives byte-identical
     documents, and a document that holds what it would be written with is left alone (C(changed=false)).

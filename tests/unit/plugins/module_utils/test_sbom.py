@@ -307,3 +307,16 @@ def test_links_resolve_inside_the_root_and_a_loop_resolves_to_nothing():
     links = {"usr/share/doc/a": "/usr/share/doc/b", "usr/share/doc/b": "../../../../../c", "x": "y", "y": "x"}
     assert _sbom.resolve("/usr/share/doc/a/copyright", links.get) == "c/copyright"
     assert _sbom.resolve("x/copyright", links.get) is None
+
+
+def test_an_artifact_without_dpkg_gets_documents_of_its_inputs_and_a_warning(tmp_path):
+    (tmp_path / "root").mkdir()
+    made = _sbom.run(params(tmp_path, root=str(tmp_path / "root")), check_mode=False)
+    assert made["packages"] == 0 and made["changed"]
+    assert made["warnings"] == [
+        "no dpkg database (/var/lib/dpkg/status) in the artifact: its SBOMs list no package"
+    ]
+    bom = json.loads((tmp_path / "out/a.cdx.json").read_text())
+    assert {c["name"] for c in bom["components"]} == set(INPUTS)
+    with pytest.raises(BakeryError, match="not a directory"):
+        _sbom.run(params(tmp_path, root=str(tmp_path / "missing")), check_mode=False)
