@@ -12,7 +12,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.bakery.images.plugins.module_utils import _manifest
-from ansible_collections.bakery.images.plugins.module_utils._files import write_json_atomic
+from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, write_json_atomic
 
 
 def _read(path: str):
@@ -20,6 +20,14 @@ def _read(path: str):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
         return None
 
 
@@ -52,11 +60,22 @@ class ActionModule(ActionBase):
         if changed and not self._task.check_mode:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json_atomic(path, manifest)
+        # the checksums of the bake's files beside the manifest, written as the manifest is: when they changed
+        sums_path = os.path.join(os.path.dirname(path), _manifest.SHA256SUMS)
+        sums = _manifest.sha256sums(manifest, os.path.dirname(path))
+        if sums and sums != _read_text(sums_path):
+            changed = True
+            if not self._task.check_mode:
+                os.makedirs(os.path.dirname(sums_path), exist_ok=True)
+                with atomic_output(sums_path) as tmp:
+                    with open(tmp, "w", encoding="utf-8") as handle:
+                        handle.write(sums)
         failures = [r for r in results if r.get("failure") and not r["failure"].get("cancelled")]
         cancelled = [r for r in results if r.get("failure") and r["failure"].get("cancelled")]
         result.update(
             changed=changed,
             manifest=path if has_artifacts else None,
+            sha256sums=sums_path if sums else None,
             summary=_manifest.summary(plan, results),
             failed_targets=[r["target"] for r in failures],
             cancelled_targets=[r["target"] for r in cancelled],

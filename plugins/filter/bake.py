@@ -73,6 +73,10 @@ def failure_output(result, lines=20):
     return _manifest.failure_output(result, lines)
 
 
+def sbom_documents(target):
+    return _manifest.sbom_documents(target)
+
+
 def builder_access(builder):
     return _manifest.builder_access(builder)
 
@@ -98,4 +102,5 @@ class FilterModule:
             "target_secrets": target_secrets,
             "provisioner_secrets": provisioner_secrets,
             "failure_output": failure_output,
+            "sbom_documents": sbom_documents,
         }

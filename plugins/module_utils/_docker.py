@@ -1392,3 +1392,32 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         return result
     finally:
         client.close()
+
+
+def image_archives(
+    client: Any, image: str, paths: Iterable[str], bake_id: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Tar archives of *paths* in *image* (each with the directory it is relative to; a missing path has none),
+    read from a container
+    that is created from the image and never started (nothing runs, nothing is mounted on the host); the
+    container is temporary (labelled with the bake id for the janitor) and always removed."""
+    labels = {BAKE_ID_LABEL: bake_id or "", TEMPORARY_LABEL: "true"}
+    try:
+        created = client.api.create_container(image, command=["/bin/true"], labels=labels, detach=True)
+    except APIError as exc:
+        raise BakeryError(
+            "cannot create a container of %s to read it: %s" % (image, exc.explanation)
+        ) from exc
+    archives = []
+    with Steps() as steps:
+        steps.add_undo("remove the reading container", lambda: _remove(client, created["Id"]), always=True)
+        for path in paths:
+            try:
+                stream, _stat = client.api.get_archive(created["Id"], path)
+            except APIError as exc:
+                # NotFound is an APIError: a path the image does not have gives no archive
+                if isinstance(exc, NotFound):
+                    continue
+                raise BakeryError("cannot read %s of %s: %s" % (path, image, exc.explanation)) from exc
+            archives.append((os.path.dirname(path.rstrip("/")) or "/", b"".join(stream)))
+    return archives

@@ -12,11 +12,28 @@ a hygiene check is listed under ``hygiene_failures`` with every check's result, 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 MANIFEST_VERSION = 1
+# the Docker labels of an image that name its SBOM documents (relative to the bake's output directory)
+SBOM_LABELS = {"spdx": "org.bakery.sbom.spdx", "cyclonedx": "org.bakery.sbom.cyclonedx"}
+SBOM_ENDINGS = {"spdx": ".spdx.json", "cyclonedx": ".cdx.json"}
+
+
+def sbom_documents(target: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a planned target's SBOM documents go, ``<output_dir>/<bake name>-<target name>.spdx.json`` and
+    ``.cdx.json`` (beside the file outputs, in the output directory for images), and the Docker labels that
+    name them (``labels``: the file names, relative to the output directory, where ``bake-manifest.json`` is)."""
+    directory = target.get("output_dir") or "output"
+    stem = "%s-%s" % (target.get("bake_name") or "bake", target["name"])
+    found: dict[str, Any] = {
+        kind: os.path.join(directory, stem + ending) for kind, ending in SBOM_ENDINGS.items()
+    }
+    found["labels"] = {SBOM_LABELS[kind]: stem + ending for kind, ending in SBOM_ENDINGS.items()}
+    return found
 
 
 def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:
@@ -256,6 +273,33 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
     if rejected:
         made["hygiene_failures"] = rejected
     return made
+
+
+SHA256SUMS = "SHA256SUMS"
+
+
+def _hex(value: Any) -> str | None:
+    text = str(value or "").split(":", 1)[-1]
+    return text if len(text) == 64 else None
+
+
+def sha256sums(made: Mapping[str, Any], directory: str) -> str:
+    """``SHA256SUMS`` of a manifest: the sha256 of every file output (disks, boxes) and SBOM document its
+    artifacts record, one ``<sha256>  <path>`` line each (``sha256sum -c`` reads it), sorted by path; a path
+    inside *directory* (the manifest's) relative to it. Empty when there is no file."""
+    found: dict[str, str] = {}
+    for entry in made.get("artifacts") or []:
+        files = [dict(out) for out in entry.get("outputs") or []]
+        if entry.get("type") == "vagrant" and entry.get("path"):
+            files.append({"path": entry["path"], "sha256": entry.get("sha256")})
+        files += [dict(doc) for doc in (entry.get("sbom") or {}).values() if isinstance(doc, Mapping)]
+        for item in files:
+            digest = _hex(item.get("sha256"))
+            if item.get("path") and digest:
+                path = os.path.normpath(str(item["path"]))
+                relative = os.path.relpath(path, directory)
+                found[relative if not relative.startswith("..") else path] = digest
+    return "".join("%s  %s\n" % (found[path], path) for path in sorted(found))
 
 
 def hygiene_failures(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import docker
 import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
 from ports import free_port
+from sbom_checks import DPKG_FORMAT, check_documents, installed
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
@@ -231,9 +232,35 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert entry["build_seconds"] > 0 and entry["bake_id"]
         summary = first.task_result("Artifact summary")["msg"]
         assert any("built in" in line and name in line for line in summary)
+        # its SBOMs, in the output directory, list exactly the packages dpkg lists in a container of the image; the
+        # image's labels name them
+        in_image = docker_client().containers.run(
+            image.id, ["dpkg-query", "-W", "-f", DPKG_FORMAT], remove=True
+        )
+        check_documents(entry, installed(in_image.decode()))
+        assert {
+            label: str(tmp_path / "output" / config["Labels"][label])
+            for label in ("org.bakery.sbom.spdx", "org.bakery.sbom.cyclonedx")
+        } == {
+            "org.bakery.sbom.spdx": entry["sbom"]["spdx"]["path"],
+            "org.bakery.sbom.cyclonedx": entry["sbom"]["cyclonedx"]["path"],
+        }
+        sbom_mtimes = {kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()}
+        # an image has no file output: SHA256SUMS lists its two documents
+        sums = subprocess.run(
+            ["sha256sum", "-c", "SHA256SUMS"],
+            cwd=tmp_path / "output",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert sums.returncode == 0 and len(sums.stdout.splitlines()) == 2, sums.stdout + sums.stderr
 
         second = bake(tmp_path, definition)
         assert second.rc == 0
+        assert {
+            kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()
+        } == sbom_mtimes
         assert all(stats[0] == 0 for stats in host_stats(second).values()), host_stats(second)
         assert "bakery-web-builder" not in second.stats
         assert docker_client().images.get("%s:latest" % name).id == image.id

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import LOCAL, PREFLIGHT_TASK, REPO, loops_and_mounts, run_playbook, shadow_path
+from sbom_checks import check_documents, dpkg_query
 
 from ansible_collections.bakery.images.plugins.module_utils._hygiene import CHECKS as HYGIENE_CHECKS
 
@@ -77,16 +78,62 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, tmp_path):
+    """Both SBOMs of the disk and of the box made from it are valid and list exactly the installed packages of
+    the disk's own dpkg database, read out of the disk with debugfs (never mounted)."""
+    out = baked["tmp"] / "output"
+    manifest = json.loads((out / "bake-manifest.json").read_text())
+    entries = {a["target"]: a for a in manifest["artifacts"]}
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out / "example-web.qcow2"), str(raw)], check=True)
+    try:
+        status = debugfs(raw, "cat /var/lib/dpkg/status")
+    finally:
+        raw.unlink()
+    assert status.returncode == 0 and "Package: nginx" in status.stdout, status.stderr
+    packages = dpkg_query(status.stdout, tmp_path)
+    # the base, the kernel, the disk's own packages and the role's
+    assert {"nginx", "curl", "python3", "systemd"} <= {package[0] for package in packages}
+    disk = check_documents(entries["disk"], packages)
+    box = check_documents(entries["box"], packages)
+    assert entries["disk"]["sbom"]["spdx"]["path"] == str(out / "example-web-disk.spdx.json")
+    assert entries["box"]["sbom"]["cyclonedx"]["path"] == str(out / "example-web-box.cdx.json")
+    # each describes its own artifact (digest, fingerprint), with the provisioning inputs of the disk
+    assert disk["cyclonedx"]["metadata"]["component"]["hashes"][0]["content"] == entries["disk"]["sha256"]
+    assert box["cyclonedx"]["metadata"]["component"]["hashes"][0]["content"] == entries["box"]["sha256"]
+    inputs = {
+        c["name"] for c in disk["cyclonedx"]["components"] if "bakery:input" in str(c.get("properties"))
+    }
+    assert "role:bakery.images.example_web" in inputs
+    assert inputs <= {c["name"] for c in box["cyclonedx"]["components"]}
+    # SHA256SUMS beside the manifest: the disk, the box and the four documents, as sha256sum checks them
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True, check=False
+    )
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    assert sorted(line.rsplit(": ", 1)[0] for line in sums.stdout.splitlines()) == sorted(
+        ["example-web.qcow2", Path(entries["box"]["path"]).name]
+        + [
+            "example-web-%s.%s.json" % (target, kind)
+            for target in ("disk", "box")
+            for kind in ("spdx", "cdx")
+        ]
+    )
+
+
 def test_second_bake_changes_nothing(baked):
     out = baked["tmp"] / "output"
     manifest = (out / "bake-manifest.json").read_text()
     mtime = (out / "example-web.qcow2").stat().st_mtime_ns
+    sbom_mtimes = [path.stat().st_mtime_ns for path in sorted(out.glob("example-web-disk.*.json"))]
+    assert len(sbom_mtimes) == 2
     second = bake(baked["tmp"], baked["definition"])
     assert second.rc == 0, second.explain()
     assert second.stats["bakery-disk"]["changed"] == 0, second.stats
     assert "bakery-disk-builder" not in second.stats
     assert (out / "example-web.qcow2").stat().st_mtime_ns == mtime
     assert (out / "bake-manifest.json").read_text() == manifest
+    assert [path.stat().st_mtime_ns for path in sorted(out.glob("example-web-disk.*.json"))] == sbom_mtimes
 
 
 def test_a_found_disk_needs_no_build_tool(baked, tmp_path):

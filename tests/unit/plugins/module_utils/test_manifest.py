@@ -295,3 +295,48 @@ def test_an_instance_baked_image_records_its_hygiene_results_and_keeps_them_whil
     gce_made = {"built": True, "image": {"name": "web-run1", "id": "1"}, "fingerprint": "g1"}
     assert _manifest.gce_artifact(dict(gce_made, hygiene=HYGIENE), gce_target, 1.0, 2.0)["hygiene"] == HYGIENE
     assert "hygiene" not in _manifest.gce_artifact(gce_made, gce_target, 1.0, 2.0)
+
+
+def test_sha256sums_list_the_file_outputs_and_sboms_relative_to_the_manifest():
+    sbom = {
+        "spdx": {"path": "/srv/out/b-disk.spdx.json", "sha256": "1" * 64},
+        "cyclonedx": {"path": "/srv/out/b-disk.cdx.json", "sha256": "2" * 64},
+    }
+    made = {
+        "artifacts": [
+            {
+                "target": "disk",
+                "type": "qemu",
+                "outputs": [
+                    {"format": "qcow2", "path": "/srv/out/b.qcow2", "sha256": "3" * 64},
+                    {"format": "raw", "path": "/elsewhere/b.raw", "sha256": "4" * 64},
+                ],
+                "sbom": sbom,
+            },
+            {"target": "box", "type": "vagrant", "path": "/srv/out/b.box", "sha256": "5" * 64},
+            # an image has no file, only its SBOMs; an entry without a sha256 is left out
+            {
+                "target": "img",
+                "type": "docker",
+                "id": "sha256:" + "6" * 64,
+                "sbom": {"spdx": {"path": "/srv/out/x"}},
+            },
+        ]
+    }
+    assert _manifest.sha256sums(made, "/srv/out") == (
+        "%s  /elsewhere/b.raw\n%s  b-disk.cdx.json\n%s  b-disk.spdx.json\n%s  b.box\n%s  b.qcow2\n"
+        % ("4" * 64, "2" * 64, "1" * 64, "5" * 64, "3" * 64)
+    )
+    assert _manifest.sha256sums({"artifacts": []}, "/srv/out") == ""
+
+
+def test_sbom_documents_go_to_the_output_directory_and_labels_name_them():
+    target = {"name": "docker", "bake_name": "example-web", "output_dir": "/srv/out"}
+    assert _manifest.sbom_documents(target) == {
+        "spdx": "/srv/out/example-web-docker.spdx.json",
+        "cyclonedx": "/srv/out/example-web-docker.cdx.json",
+        "labels": {
+            "org.bakery.sbom.spdx": "example-web-docker.spdx.json",
+            "org.bakery.sbom.cyclonedx": "example-web-docker.cdx.json",
+        },
+    }

@@ -1,0 +1,759 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Software bills of materials of an artifact: SPDX 2.3 JSON and CycloneDX 1.6 JSON.
+
+What an artifact holds is read from its own package database after provisioning: dpkg's status file (every
+installed package: name, version, architecture, source package, maintainer), the machine-readable
+copyright file of each package (its licenses) and dpkg's md5sums list of each package (a digest of it). The
+provisioning inputs (roles, scripts, files, variables, the source) are listed with their digests.
+
+The documents are deterministic: their serial number and namespace derive from the artifact's fingerprint,
+their creation time from the bake that made the artifact (the time in its bake id), and every list is
+sorted; the same inputs give byte-identical documents, so a bake that changes nothing rewrites none.
+
+The package database is read through a :class:`Reader`: a directory tree (:class:`TreeReader`, the
+provisioned root of a disk) or the members of tar archives (:class:`TarReader`, what the Docker engine
+gives of an image's files). Neither follows a symbolic link out of the artifact's root.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, bake_started
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+
+try:
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.contact import OrganizationalEntity
+    from cyclonedx.model.license import LicenseExpression
+    from cyclonedx.output.json import JsonV1Dot6
+    from license_expression import get_spdx_licensing
+    from packageurl import PackageURL
+    from spdx_tools.spdx.model import (
+        Actor,
+        ActorType,
+        Checksum,
+        ChecksumAlgorithm,
+        CreationInfo,
+        Document,
+        ExternalPackageRef,
+        ExternalPackageRefCategory,
+        ExtractedLicensingInfo,
+        Package,
+        PackagePurpose,
+        Relationship,
+        RelationshipType,
+        SpdxNoAssertion,
+    )
+    from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
+
+    HAS_SBOM_LIBS = True
+    SBOM_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - reported by the module
+    HAS_SBOM_LIBS = False
+    SBOM_IMPORT_ERROR = str(_exc)
+
+STATUS = "var/lib/dpkg/status"
+INFO_DIR = "var/lib/dpkg/info"
+DOC_DIR = "usr/share/doc"
+# the paths a reader needs from an artifact (what TarReader is given archives of)
+DATABASE_PATHS = ("/" + STATUS, "/" + INFO_DIR, "/" + DOC_DIR)
+COPYRIGHT_FORMAT = "copyright-format/1.0"
+# the namespace of the UUIDs (serial numbers, document namespaces) derived from fingerprints
+_NAMESPACE = uuid.UUID("5d1f6a1e-3b7c-4f59-9a1e-6b616b657279")
+_LICENSE_REF = re.compile(r"[^A-Za-z0-9.-]+")
+_SPDX_ID = re.compile(r"[^A-Za-z0-9.-]+")
+# Debian's short license names (copyright-format 1.0) that are not SPDX identifiers as they are
+_DEBIAN_LICENSES = {
+    "expat": "MIT",
+    "artistic": "Artistic-1.0",
+    "psf-2": "PSF-2.0",
+    "zope": "ZPL-2.1",
+}
+
+
+_LICENSING: list[Any] = []
+
+
+def licensing() -> Any:
+    """The SPDX license symbols and parser of ``license_expression``, made once (making them takes seconds)."""
+    if not _LICENSING:
+        made = get_spdx_licensing()
+        _LICENSING.append((made, {key.lower(): key for key in made.known_symbols}))
+    return _LICENSING[0]
+
+
+class SbomError(Exception):
+    """A package database that cannot be read, or a source document that is not bakery's."""
+
+
+class NoDatabase(SbomError):
+    """An artifact without a dpkg database (an image of another distribution, a scratch image)."""
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _parts(path: str) -> list[str]:
+    return [part for part in path.strip("/").split("/") if part not in ("", ".")]
+
+
+def resolve(path: str, link: Callable[[str], str | None]) -> str | None:
+    """*path* (relative to an artifact's root) with every link on it resolved inside the root, as if the root
+    were ``/`` (``..`` stops at it); ``link(relative path)`` gives a link's target, None for a non-link. None if
+    links loop."""
+    parts = _parts(path)
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        target = link("/".join(resolved + [part]))
+        if target is None:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > 40:
+            return None
+        if target.startswith("/"):
+            resolved = []
+        parts = _parts(target) + parts
+    return "/".join(resolved)
+
+
+class Reader:
+    """Files of an artifact's root, by their path relative to it, without leaving it."""
+
+    def read(self, path: str) -> bytes | None:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+
+class TreeReader(Reader):
+    """A directory tree on this host (a provisioned root): links resolve inside *root*."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def _link(self, path: str) -> str | None:
+        candidate = os.path.join(self.root, path)
+        return os.readlink(candidate) if os.path.islink(candidate) else None
+
+    def _inside(self, path: str) -> str | None:
+        """*path* with its links resolved as if *root* were ``/``; None if a link loops."""
+        resolved = resolve(path, self._link)
+        return None if resolved is None else os.path.join(self.root, resolved)
+
+    def read(self, path: str) -> bytes | None:
+        real = self._inside(path)
+        if real is None or not os.path.isfile(real):
+            return None
+        with open(real, "rb") as handle:
+            return handle.read()
+
+    def listdir(self, path: str) -> list[str]:
+        real = self._inside(path)
+        if real is None or not os.path.isdir(real):
+            return []
+        return sorted(os.listdir(real))
+
+
+class TarReader(Reader):
+    """Members of tar archives of an artifact's files (``docker cp``-like archives: member names relative to
+    the archived path's parent directory, given as *parent*)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.links: dict[str, str] = {}
+        self.dirs: set[str] = set()
+
+    def add(self, parent: str, archive: bytes, wanted: Any = None) -> None:
+        """Take the members of the tar archive *archive*, placed under *parent*; regular files only when
+        ``wanted(path)`` says so (all of them without *wanted*)."""
+        stream = io.BytesIO(archive)
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                path = posixpath.normpath(posixpath.join("/", parent.strip("/"), member.name)).lstrip("/")
+                self._add_dirs(path)
+                if member.isdir():
+                    self.dirs.add(path)
+                elif member.issym():
+                    self.links[path] = member.linkname
+                elif member.isfile() and (wanted is None or wanted(path)):
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        self.files[path] = handle.read()
+
+    def _add_dirs(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        while parent:
+            self.dirs.add(parent)
+            parent = posixpath.dirname(parent)
+
+    def _resolve(self, path: str) -> str | None:
+        return resolve(path, self.links.get)
+
+    def read(self, path: str) -> bytes | None:
+        real = self._resolve(path)
+        return self.files.get(real) if real is not None else None
+
+    def listdir(self, path: str) -> list[str]:
+        real = self._resolve(path)
+        if real is None or real not in self.dirs:
+            return []
+        prefix = real + "/"
+        names = {
+            name[len(prefix) :].split("/", 1)[0]
+            for name in list(self.files) + list(self.links) + list(self.dirs)
+            if name.startswith(prefix)
+        }
+        return sorted(names)
+
+
+def wanted_member(path: str) -> bool:
+    """Whether a file of the package database paths is read: the status file, md5sums lists, copyrights."""
+    return (
+        path == STATUS
+        or (path.startswith(INFO_DIR + "/") and path.endswith(".md5sums"))
+        or (path.startswith(DOC_DIR + "/") and path.endswith("/copyright"))
+    )
+
+
+# ---------------------------------------------------------------- the package database
+
+
+@dataclass
+class DebPackage:
+    """One installed package as the artifact's dpkg database describes it."""
+
+    name: str
+    version: str
+    architecture: str
+    source: str
+    source_version: str
+    maintainer: str
+    licenses: list[str] = field(default_factory=list)
+    md5sums_sha256: str | None = None
+
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.architecture)
+
+
+def paragraphs(text: str) -> list[dict[str, str]]:
+    """The paragraphs of a deb822 file (dpkg status, machine-readable copyright): field names lowercased,
+    continuation lines kept (with their leading space removed)."""
+    found: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                found.append(current)
+            current, last = {}, None
+        elif line[0] in " \t":
+            if last is not None:
+                current[last] += "\n" + line[1:]
+        elif ":" in line and not line.startswith("#"):
+            name, value = line.split(":", 1)
+            last = name.strip().lower()
+            current[last] = value.strip()
+    if current:
+        found.append(current)
+    return found
+
+
+def copyright_licenses(text: str) -> list[str]:
+    """The license short names a machine-readable copyright file (copyright-format 1.0) states in its
+    ``Files`` paragraphs, sorted, each once; none for a file in another format."""
+    found = paragraphs(text)
+    if not found or COPYRIGHT_FORMAT not in found[0].get("format", ""):
+        return []
+    names: list[str] = []
+    for paragraph in found[1:]:
+        if "files" in paragraph and paragraph.get("license"):
+            name = paragraph["license"].split("\n", 1)[0].strip()
+            if name and name not in names:
+                names.append(name)
+    return sorted(names)
+
+
+def read_packages(reader: Reader) -> list[DebPackage]:
+    """Every installed package of the artifact's dpkg database, sorted by name and architecture."""
+    status = reader.read(STATUS)
+    if status is None:
+        raise NoDatabase("no dpkg database (/%s) in the artifact" % STATUS)
+    packages = []
+    for entry in paragraphs(status.decode("utf-8", "replace")):
+        state = entry.get("status", "").split()
+        if not entry.get("package") or state[-1:] != ["installed"]:
+            continue
+        name, arch = entry["package"], entry.get("architecture", "")
+        version = entry.get("version", "")
+        source, source_version = name, version
+        if entry.get("source"):
+            match = re.match(r"^(\S+)(?:\s+\((\S+)\))?", entry["source"])
+            if match:
+                source, source_version = match.group(1), match.group(2) or version
+        md5sums = reader.read("%s/%s:%s.md5sums" % (INFO_DIR, name, arch)) or reader.read(
+            "%s/%s.md5sums" % (INFO_DIR, name)
+        )
+        copyright_text = reader.read("%s/%s/copyright" % (DOC_DIR, name))
+        packages.append(
+            DebPackage(
+                name=name,
+                version=version,
+                architecture=arch,
+                source=source,
+                source_version=source_version,
+                maintainer=entry.get("maintainer", ""),
+                licenses=copyright_licenses(copyright_text.decode("utf-8", "replace"))
+                if copyright_text
+                else [],
+                md5sums_sha256=hashlib.sha256(md5sums).hexdigest() if md5sums is not None else None,
+            )
+        )
+    return sorted(packages, key=DebPackage.key)
+
+
+# ---------------------------------------------------------------- licenses
+
+
+def license_ref(name: str) -> str:
+    """The SPDX ``LicenseRef-`` identifier of a license name that is not an SPDX identifier."""
+    return "LicenseRef-" + (_LICENSE_REF.sub("-", name).strip("-") or "unknown")
+
+
+def spdx_license(names: list[str]) -> tuple[str | None, dict[str, str]]:
+    """An SPDX license expression for the license names of a copyright file (all of them apply: AND), and the
+    ``LicenseRef-`` identifiers it uses, each with the Debian name it stands for. A name made of SPDX
+    identifiers (Debian's ``GPL-2+`` is ``GPL-2.0-or-later``) joined by ``or``/``and`` becomes that expression;
+    any other name (an exception, a name of its own) becomes one ``LicenseRef-``."""
+    if not names:
+        return None, {}
+    known = licensing()[1]
+    refs: dict[str, str] = {}
+    parts = []
+    for name in names:
+        words = re.split(r"\s+(or|and)\s+", name.strip(), flags=re.IGNORECASE)
+        ids = []
+        for position, word in enumerate(words):
+            if position % 2:
+                ids.append(word.upper())
+                continue
+            ident = _spdx_id(word, known)
+            if ident is None:
+                ids = []
+                break
+            ids.append(ident)
+        if ids:
+            parts.append("(%s)" % " ".join(ids) if len(ids) > 1 else ids[0])
+        else:
+            ref = license_ref(name)
+            refs[ref] = name
+            parts.append(ref)
+    unique = list(dict.fromkeys(parts))
+    return " AND ".join(unique), refs
+
+
+def _spdx_id(word: str, known: Mapping[str, str]) -> str | None:
+    word = word.strip().strip(",")
+    lower = word.lower()
+    if lower in _DEBIAN_LICENSES:
+        return _DEBIAN_LICENSES[lower]
+    plus = lower.endswith("+")
+    base = lower.rstrip("+")
+    match = re.match(r"^(a?gpl|lgpl|gfdl)-(\d)(?:\.(\d))?$", base)
+    if match:
+        family, major, minor = match.group(1).upper(), match.group(2), match.group(3) or "0"
+        if family == "LGPL" and major == "2" and minor == "0":
+            family_version = "LGPL-2.0"
+        else:
+            family_version = "%s-%s.%s" % (family, major, minor)
+        suffix = "-or-later" if plus else "-only"
+        if family == "GFDL":
+            # GFDL identifiers need the invariants part, which a short name does not say
+            return None
+        candidate = family_version + suffix
+        return known.get(candidate.lower())
+    if plus:
+        return None
+    return known.get(lower)
+
+
+# ---------------------------------------------------------------- documents
+
+
+@dataclass
+class Subject:
+    """The artifact a document describes."""
+
+    name: str
+    kind: str
+    fingerprint: str
+    bake_id: str | None = None
+    digest: str | None = None
+    namespace: str = "debian"
+
+
+def created(bake_id: str | None) -> datetime.datetime:
+    """When the documents were made: when the bake that made the artifact started (its bake id's time), the
+    epoch without one; never the wall clock, so that the same artifact gives the same documents."""
+    started = bake_started(bake_id) or 0.0
+    return datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc)
+
+
+def purl(package: DebPackage, namespace: str) -> str:
+    return PackageURL(
+        type="deb",
+        namespace=namespace,
+        name=package.name,
+        version=package.version,
+        qualifiers={"arch": package.architecture} if package.architecture else None,
+    ).to_string()
+
+
+def _spdx_ref(prefix: str, *names: str) -> str:
+    text = ":".join(names)
+    readable = _SPDX_ID.sub("-", text).strip("-")[:60]
+    return "SPDXRef-%s-%s-%s" % (prefix, readable, hashlib.sha256(text.encode()).hexdigest()[:8])
+
+
+def _actor(maintainer: str) -> Any:
+    name = re.sub(r"\s*<[^>]*>\s*$", "", maintainer).strip()
+    email = re.search(r"<([^>]+)>", maintainer)
+    if not name:
+        return SpdxNoAssertion()
+    return Actor(ActorType.ORGANIZATION, name, email.group(1) if email else None)
+
+
+def spdx_document(subject: Subject, packages: list[DebPackage], inputs: Mapping[str, str]) -> str:
+    """The SPDX 2.3 JSON document of the artifact: its packages and its provisioning inputs."""
+    root_id = _spdx_ref("artifact", subject.kind, subject.name)
+    when = created(subject.bake_id)
+    namespace = "https://spdx.org/spdxdocs/bakery-%s-%s" % (
+        _SPDX_ID.sub("-", subject.name),
+        uuid.uuid5(_NAMESPACE, "spdx:" + subject.fingerprint),
+    )
+    root = Package(
+        spdx_id=root_id,
+        name=subject.name,
+        download_location=SpdxNoAssertion(),
+        files_analyzed=False,
+        checksums=[Checksum(ChecksumAlgorithm.SHA256, _hex(subject.digest))] if subject.digest else [],
+        primary_package_purpose=PackagePurpose.CONTAINER if subject.kind == "docker" else PackagePurpose.FILE,
+        comment="%s artifact baked by bakery, fingerprint %s" % (subject.kind, subject.fingerprint),
+    )
+    spdx_packages = [root]
+    relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, root_id)]
+    extracted: dict[str, str] = {}
+    for package in packages:
+        ident = _spdx_ref("deb", package.name, package.architecture)
+        expression, refs = spdx_license(package.licenses)
+        extracted.update(refs)
+        spdx_packages.append(
+            Package(
+                spdx_id=ident,
+                name=package.name,
+                version=package.version,
+                download_location=SpdxNoAssertion(),
+                files_analyzed=False,
+                supplier=_actor(package.maintainer),
+                source_info="built package from: %s %s" % (package.source, package.source_version),
+                license_declared=licensing()[0].parse(expression) if expression else SpdxNoAssertion(),
+                license_concluded=SpdxNoAssertion(),
+                copyright_text=SpdxNoAssertion(),
+                external_references=[
+                    ExternalPackageRef(
+                        ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", purl(package, subject.namespace)
+                    )
+                ],
+                comment="architecture %s%s"
+                % (
+                    package.architecture,
+                    "; sha256 of dpkg's md5sums list: %s" % package.md5sums_sha256
+                    if package.md5sums_sha256
+                    else "",
+                ),
+                primary_package_purpose=PackagePurpose.LIBRARY,
+            )
+        )
+        relationships.append(Relationship(root_id, RelationshipType.CONTAINS, ident))
+    for name, digest in sorted(inputs.items()):
+        ident = _spdx_ref("input", name)
+        spdx_packages.append(
+            Package(
+                spdx_id=ident,
+                name=name,
+                download_location=SpdxNoAssertion(),
+                files_analyzed=False,
+                checksums=[Checksum(ChecksumAlgorithm.SHA256, _hex(digest))],
+                primary_package_purpose=PackagePurpose.SOURCE,
+                comment="provisioning input of the artifact (bakery fingerprint input)",
+            )
+        )
+        relationships.append(Relationship(root_id, RelationshipType.GENERATED_FROM, ident))
+    document = Document(
+        creation_info=CreationInfo(
+            spdx_version="SPDX-2.3",
+            spdx_id="SPDXRef-DOCUMENT",
+            name="%s %s" % (subject.kind, subject.name),
+            document_namespace=namespace,
+            creators=[Actor(ActorType.TOOL, "bakery")],
+            created=when,
+            data_license="CC0-1.0",
+        ),
+        packages=spdx_packages,
+        relationships=relationships,
+        extracted_licensing_info=[
+            ExtractedLicensingInfo(
+                license_id=ref,
+                extracted_text="License: %s (as a Debian copyright file names it)" % name,
+                license_name=name,
+            )
+            for ref, name in sorted(extracted.items())
+        ],
+    )
+    stream = io.StringIO()
+    write_document_to_stream(document, stream, validate=True)
+    return _canonical(stream.getvalue())
+
+
+def cyclonedx_document(subject: Subject, packages: list[DebPackage], inputs: Mapping[str, str]) -> str:
+    """The CycloneDX 1.6 JSON document of the artifact: its packages and its provisioning inputs."""
+    root = Component(
+        name=subject.name,
+        type=ComponentType.CONTAINER if subject.kind == "docker" else ComponentType.FILE,
+        bom_ref="artifact",
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=_hex(subject.digest))]
+        if subject.digest
+        else None,
+        properties=[
+            Property(name="bakery:type", value=subject.kind),
+            Property(name="bakery:fingerprint", value=subject.fingerprint),
+        ],
+    )
+    components = []
+    for package in packages:
+        expression, _refs = spdx_license(package.licenses)
+        properties = [
+            Property(name="bakery:dpkg:architecture", value=package.architecture),
+            Property(name="bakery:dpkg:source", value=package.source),
+            Property(name="bakery:dpkg:source-version", value=package.source_version),
+            Property(name="bakery:dpkg:maintainer", value=package.maintainer),
+        ]
+        if package.md5sums_sha256:
+            properties.append(Property(name="bakery:dpkg:md5sums-sha256", value=package.md5sums_sha256))
+        for name in package.licenses:
+            properties.append(Property(name="bakery:dpkg:license", value=name))
+        maintainer = re.sub(r"\s*<[^>]*>\s*$", "", package.maintainer).strip()
+        components.append(
+            Component(
+                name=package.name,
+                version=package.version,
+                type=ComponentType.LIBRARY,
+                bom_ref="deb:%s:%s" % (package.name, package.architecture),
+                purl=PackageURL.from_string(purl(package, subject.namespace)),
+                supplier=OrganizationalEntity(name=maintainer) if maintainer else None,
+                licenses=[LicenseExpression(expression)] if expression else None,
+                properties=properties,
+            )
+        )
+    for name, digest in sorted(inputs.items()):
+        components.append(
+            Component(
+                name=name,
+                type=ComponentType.DATA if name in ("vars", "options") else ComponentType.FILE,
+                bom_ref="input:%s" % name,
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=_hex(digest))],
+                properties=[Property(name="bakery:input", value=name)],
+            )
+        )
+    bom = Bom(
+        serial_number=uuid.uuid5(_NAMESPACE, "cyclonedx:" + subject.fingerprint),
+        metadata=BomMetaData(component=root, timestamp=created(subject.bake_id)),
+        components=components,
+    )
+    bom.register_dependency(root, components)
+    return _canonical(JsonV1Dot6(bom).output_as_string())
+
+
+def _hex(digest: str | None) -> str:
+    return str(digest or "").split(":", 1)[-1]
+
+
+def _canonical(text: str) -> str:
+    """The document as indented JSON with sorted keys (the libraries' key order may vary between versions)."""
+    return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def documents(subject: Subject, packages: list[DebPackage], inputs: Mapping[str, str]) -> dict[str, str]:
+    """Both documents of the artifact, by format (``spdx``, ``cyclonedx``)."""
+    return {
+        "spdx": spdx_document(subject, packages, inputs),
+        "cyclonedx": cyclonedx_document(subject, packages, inputs),
+    }
+
+
+# ---------------------------------------------------------------- reading a document back
+
+
+def from_cyclonedx(text: str) -> tuple[list[DebPackage], dict[str, str]]:
+    """The packages and provisioning inputs of a CycloneDX document bakery wrote (a source artifact's, for
+    the artifacts made from it, such as the Vagrant box of a disk)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SbomError("not a JSON document: %s" % exc) from None
+    packages, inputs = [], {}
+    for component in data.get("components") or []:
+        props: dict[str, list[str]] = {}
+        for prop in component.get("properties") or []:
+            props.setdefault(prop.get("name"), []).append(prop.get("value"))
+        if "bakery:input" in props:
+            sha = [h["content"] for h in component.get("hashes") or [] if h.get("alg") == "SHA-256"]
+            inputs[props["bakery:input"][0]] = sha[0] if sha else ""
+        elif str(component.get("purl", "")).startswith("pkg:deb/"):
+            packages.append(
+                DebPackage(
+                    name=component["name"],
+                    version=component.get("version", ""),
+                    architecture=(props.get("bakery:dpkg:architecture") or [""])[0],
+                    source=(props.get("bakery:dpkg:source") or [component["name"]])[0],
+                    source_version=(props.get("bakery:dpkg:source-version") or [""])[0],
+                    maintainer=(props.get("bakery:dpkg:maintainer") or [""])[0],
+                    licenses=sorted(props.get("bakery:dpkg:license") or []),
+                    md5sums_sha256=(props.get("bakery:dpkg:md5sums-sha256") or [None])[0],
+                )
+            )
+    if not packages and not inputs:
+        raise SbomError("no packages or inputs in the document: not a bakery CycloneDX document")
+    return sorted(packages, key=DebPackage.key), inputs
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _current(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write(paths: Mapping[str, str], made: Mapping[str, str], check_mode: bool) -> tuple[bool, dict[str, Any]]:
+    """Write each document of *made* to its path of *paths* (by format), atomically, unless the file holds it
+    already; whether one was (or, in check mode, would be) written, and each document's path and sha256."""
+    changed = False
+    found: dict[str, Any] = {}
+    for kind in sorted(made):
+        path, text = paths[kind], made[kind]
+        if _current(path) != text:
+            changed = True
+            if not check_mode:
+                with atomic_output(path) as tmp:
+                    with open(tmp, "w", encoding="utf-8") as handle:
+                        handle.write(text)
+        found[kind] = {"path": path, "sha256": _sha256(text)}
+    return changed, found
+
+
+def existing(paths: Mapping[str, str]) -> dict[str, Any]:
+    """The documents already at *paths* (by format), each with its sha256; those missing left out."""
+    found = {}
+    for kind, path in sorted(paths.items()):
+        text = _current(path)
+        if text is not None:
+            found[kind] = {"path": path, "sha256": _sha256(text)}
+    return found
+
+
+def read_image(image: str, docker_host: str | None, bake_id: str | None) -> TarReader:
+    """The package database of a Docker image, from the engine's archives of its paths."""
+    from ansible_collections.bakery.images.plugins.module_utils import _docker
+
+    if not _docker.HAS_DOCKER:
+        raise BakeryError(
+            "the docker Python SDK is needed to read an image: %s" % _docker.DOCKER_IMPORT_ERROR
+        )
+    client = _docker.connect(docker_host, 120)
+    reader = TarReader()
+    for parent, archive in _docker.image_archives(client, image, DATABASE_PATHS, bake_id):
+        reader.add(parent, archive, wanted_member)
+    return reader
+
+
+def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The ``sbom`` module: read the artifact's packages, write both documents where they differ."""
+    paths = {"spdx": params["spdx_path"], "cyclonedx": params["cyclonedx_path"]}
+    inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
+    warnings: list[str] = []
+    try:
+        if params.get("root") or params.get("image"):
+            if params.get("root") and not os.path.isdir(params["root"]):
+                raise BakeryError("root %s is not a directory" % params["root"])
+            reader = (
+                TreeReader(params["root"])
+                if params.get("root")
+                else read_image(params["image"], params.get("docker_host"), params.get("bake_id"))
+            )
+            try:
+                packages = read_packages(reader)
+            except NoDatabase as exc:
+                # the documents still list the inputs; no package is claimed
+                warnings.append("%s: its SBOMs list no package" % exc)
+                packages = []
+        elif params.get("source_document"):
+            text = _current(params["source_document"])
+            if text is None:
+                raise BakeryError("source document %s cannot be read" % params["source_document"])
+            packages, source_inputs = from_cyclonedx(text)
+            inputs = dict(source_inputs, **inputs)
+        else:
+            found = existing(paths)
+            return dict(
+                changed=False, documents=found, packages=0, msg="%d SBOM documents found" % len(found)
+            )
+    except SbomError as exc:
+        raise BakeryError(str(exc)) from None
+    subject = Subject(
+        name=params["name"],
+        kind=params["type"],
+        fingerprint=params["fingerprint"],
+        bake_id=params.get("bake_id"),
+        digest=params.get("digest"),
+        namespace=params.get("namespace") or "debian",
+    )
+    changed, found = write(paths, documents(subject, packages, inputs), check_mode)
+    result = dict(
+        changed=changed,
+        documents=found,
+        packages=len(packages),
+        msg="%s SBOMs of %d packages" % ("wrote" if changed else "unchanged", len(packages)),
+    )
+    if warnings:
+        result["warnings"] = warnings
+    return result

@@ -1,0 +1,177 @@
+#!/usr/bin/python
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: sbom
+short_description: Write an artifact's software bills of materials (SPDX 2.3 and CycloneDX 1.6 JSON)
+version_added: 0.3.0
+description:
+  - Lists every installed package of an artifact, read from the artifact's own dpkg database after provisioning,
+    and the artifact's provisioning inputs, in an SPDX 2.3 JSON document (O(spdx_path)) and a CycloneDX 1.6 JSON
+    document (O(cyclonedx_path)).
+  - Each package has its name, version, architecture, source package and version, supplier (its maintainer),
+    the licenses its copyright file states when that file is machine-readable (Debian copyright-format 1.0; a
+    license name that is no SPDX identifier becomes a C(LicenseRef-)), the sha256 of dpkg's md5sums list of its
+    files where dpkg has one, and its purl C(pkg:deb/<namespace>/<name>@<version>?arch=<architecture>).
+  - Each provisioning input (O(inputs), the fingerprint inputs of the target - roles, scripts, files, variables,
+    the source) is listed with its sha256 digest.
+  - The package database is read from O(root) (a provisioned directory tree; links are never followed out of
+    it), from the Docker image O(image) (a container created from it and never started; nothing is mounted),
+    or from O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
+    Vagrant box). Without any of them, the module only reports the documents that are already there. An artifact
+    without a dpkg database (another distribution, a scratch image) gets documents that list its inputs and no
+    package, with a warning.
+  - The documents are deterministic - their serial number and namespace derive from O(fingerprint), their
+    creation time from O(bake_id) (the bake that made the artifact) - so the same artifact gives byte-identical
+    documents, and a document that holds what it would be written with is left alone (C(changed=false)).
+    Documents are written under a temporary name and renamed into place.
+author:
+  - bakery maintainers (@bakery-images)
+requirements:
+  - cyclonedx-python-lib >= 8 and spdx-tools >= 0.8 (Python, on the host that runs the module)
+  - the docker Python SDK, for O(image)
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether a document would be written, and writes none.
+  diff_mode:
+    support: none
+    description: The documents are JSON files of thousands of lines; their paths and sha256 are returned instead.
+  idempotent:
+    support: full
+    description: Documents that hold what they would be written with are not written again.
+options:
+  spdx_path:
+    description: Where the SPDX 2.3 JSON document goes.
+    type: path
+    required: true
+  cyclonedx_path:
+    description: Where the CycloneDX 1.6 JSON document goes.
+    type: path
+    required: true
+  root:
+    description: A directory tree that is the artifact's root (its dpkg database under C(var/lib/dpkg)).
+    type: path
+  image:
+    description: A Docker image (id or name) whose files are read.
+    type: str
+  docker_host:
+    description: The Docker engine of O(image) (C(DOCKER_HOST) form); the local one by default.
+    type: str
+  source_document:
+    description:
+      - The CycloneDX document (written by this module) of the artifact this one was made from; its packages
+        and inputs are this artifact's, with O(inputs) added.
+    type: path
+  name:
+    description: The artifact's name in the documents.
+    type: str
+    required: true
+  type:
+    description: The artifact's kind (the target type), for example V(docker), V(qemu), V(vagrant).
+    type: str
+    required: true
+  fingerprint:
+    description: The artifact's fingerprint; the documents' serial number and namespace derive from it.
+    type: str
+    required: true
+  bake_id:
+    description: The id of the bake that made the artifact; the documents' creation time is its time.
+    type: str
+  digest:
+    description: The artifact's sha256 digest (an image id, a file's sha256), if it has one.
+    type: str
+  inputs:
+    description: The provisioning inputs, each name with its sha256 digest.
+    type: dict
+    default: {}
+  namespace:
+    description: The purl namespace of the packages (the distribution).
+    type: str
+    default: debian
+seealso:
+  - module: bakery.images.docker_image_build
+  - module: bakery.images.qemu_image
+  - module: bakery.images.vagrant_box
+"""
+
+EXAMPLES = r"""
+- name: Write the SBOMs of a provisioned tree
+  bakery.images.sbom:
+    root: /srv/build/root
+    spdx_path: output/example-web-disk.spdx.json
+    cyclonedx_path: output/example-web-disk.cdx.json
+    name: example-web
+    type: qemu
+    fingerprint: "{{ built.fingerprint }}"
+    bake_id: "{{ built.bake_id }}"
+    inputs: "{{ built.inputs }}"
+
+- name: Write the SBOMs of a Docker image
+  bakery.images.sbom:
+    image: bakery/example-web:latest
+    spdx_path: output/example-web-docker.spdx.json
+    cyclonedx_path: output/example-web-docker.cdx.json
+    name: bakery/example-web
+    type: docker
+    fingerprint: "{{ image.fingerprint }}"
+"""
+
+RETURN = r"""
+documents:
+  description: Each document (C(spdx), C(cyclonedx)) with its C(path) and C(sha256); only those that exist without a source to read.
+  returned: always
+  type: dict
+  sample:
+    spdx:
+      path: /srv/bake/output/example-web-docker.spdx.json
+      sha256: 3f2a0c...
+    cyclonedx:
+      path: /srv/bake/output/example-web-docker.cdx.json
+      sha256: 9b1d44...
+packages:
+  description: How many packages the documents list (none when nothing was read).
+  returned: always
+  type: int
+  sample: 142
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.bakery.images.plugins.module_utils import _sbom
+from ansible_collections.bakery.images.plugins.module_utils._module import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            spdx_path=dict(type="path", required=True),
+            cyclonedx_path=dict(type="path", required=True),
+            root=dict(type="path"),
+            image=dict(type="str"),
+            docker_host=dict(type="str"),
+            source_document=dict(type="path"),
+            name=dict(type="str", required=True),
+            type=dict(type="str", required=True),
+            fingerprint=dict(type="str", required=True),
+            bake_id=dict(type="str"),
+            digest=dict(type="str"),
+            inputs=dict(type="dict", default={}),
+            namespace=dict(type="str", default="debian"),
+        ),
+        mutually_exclusive=[("root", "image", "source_document")],
+        supports_check_mode=True,
+    )
+    if not _sbom.HAS_SBOM_LIBS:
+        module.fail_json(
+            msg=missing_required_lib("cyclonedx-python-lib and spdx-tools"), exception=_sbom.SBOM_IMPORT_ERROR
+        )
+    run(module, lambda mod: _sbom.run(mod.params, mod.check_mode))
+
+
+if __name__ == "__main__":
+    main()
