@@ -30,15 +30,19 @@ from typing import Any
 
 import requests
 
-# the project's shared reference material sits beside the checkout (as ../shared/examples for test_docker)
+# the project's shared reference material: beside the checkout (../shared, as for test_docker's example), else
+# at the workspace's /work/shared (a clone elsewhere, such as a CI proof under /tmp)
+_SPEC_IN_SHARED = Path("reference", "digitalocean-openapi", "specification", "DigitalOcean-public.v2.yaml")
 SPEC = Path(
     os.environ.get("BAKERY_DIGITALOCEAN_OPENAPI")
-    or Path(__file__).resolve().parents[3]
-    / "shared"
-    / "reference"
-    / "digitalocean-openapi"
-    / "specification"
-    / "DigitalOcean-public.v2.yaml"
+    or next(
+        (
+            shared / _SPEC_IN_SHARED
+            for shared in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared"))
+            if (shared / _SPEC_IN_SHARED).is_file()
+        ),
+        Path(__file__).resolve().parents[3] / "shared" / _SPEC_IN_SHARED,
+    )
 )
 # the servers entry of the specification: requests are validated as if they had been sent there
 SERVER = "https://api.digitalocean.com"
