@@ -260,10 +260,21 @@ class Glance:
             headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
         )
 
-    def delete(self, image_id: str) -> None:
+    def delete(self, image_id: str, settle: float = 120.0) -> None:
+        """Delete an image; one whose import is still running is first given up to *settle* seconds to end:
+        Glance accepts the DELETE at once, but its import task then still writes the data into the store,
+        where nothing refers to it any more (an orphaned file no sweep can find). An import runs from the
+        import call (Glance sets the image's ``os_glance_import_task`` lock then, before the status is
+        ``importing``) until its task ends, well or not (the lock is dropped)."""
         image = self.get(image_id)
         if image is None:
             return
+        deadline = time.monotonic() + settle
+        while importing(image) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            image = self.get(image_id)
+            if image is None:
+                return
         if image.get("protected"):
             self.patch(
                 image_id, [{"op": "replace", "path": "/protected", "value": False}], "unprotect %s" % image_id
@@ -273,6 +284,11 @@ class Glance:
     def import_methods(self) -> list[str]:
         info = self.json("GET", "/info/import", "look up the import methods", missing_ok=True) or {}
         return list((info.get("import-methods") or {}).get("value") or [])
+
+
+def importing(image: Mapping[str, Any]) -> bool:
+    """Whether an import of the image is running (asked for, not ended)."""
+    return image.get("status") == "importing" or bool(image.get("os_glance_import_task"))
 
 
 def _reason(response: Any) -> str:

@@ -91,6 +91,71 @@ ISO_KEYS = (
     "cd_label",
     "guest_os_type",
 )
+# Packer's openstack builder: what describes the Nova server it provisions (no counterpart in bakery)
+OPENSTACK_INSTANCE_KEYS = (
+    "source_image",
+    "source_image_name",
+    "source_image_filter",
+    "external_source_image_url",
+    "external_source_image_format",
+    "external_source_image_properties",
+    "flavor",
+    "networks",
+    "ports",
+    "floating_ip",
+    "floating_ip_network",
+    "instance_floating_ip_net",
+    "reuse_ips",
+    "security_groups",
+    "availability_zone",
+    "config_drive",
+    "user_data",
+    "user_data_file",
+    "instance_name",
+    "instance_metadata",
+    "use_blockstorage_volume",
+    "volume_name",
+    "volume_type",
+    "volume_size",
+    "volume_availability_zone",
+    "rackconnect_wait",
+    "force_delete",
+    "network_discovery_cidrs",
+    "ssh_interface",
+    "ssh_ip_version",
+    "skip_create_image",
+    "openstack_provider",
+    "use_floating_ip",
+)
+# the Glance properties the openstack target takes as options of their own
+OPENSTACK_NAMED_PROPERTIES = (
+    "hw_firmware_type",
+    "hw_machine_type",
+    "hw_disk_bus",
+    "hw_qemu_guest_agent",
+    "os_distro",
+    "os_version",
+    "architecture",
+)
+# Packer's digitalocean builder: what describes the droplet it provisions
+DIGITALOCEAN_INSTANCE_KEYS = (
+    "image",
+    "size",
+    "droplet_name",
+    "private_networking",
+    "monitoring",
+    "droplet_agent",
+    "ipv6",
+    "vpc_uuid",
+    "connect_with_private_ip",
+    "ssh_key_id",
+    "user_data",
+    "user_data_file",
+    "state_timeout",
+    "http_retry_max",
+    "http_retry_wait_max",
+    "http_retry_wait_min",
+)
 ISO_INSTEAD = (
     "bakery makes the disk from a Debian root filesystem (bake.base, built with mmdebstrap): no installer, "
     "no boot_command, no preseed/kickstart/autoinstall. The definition proposes that base; put what the "
@@ -390,12 +455,15 @@ class Mapper:
             "hyperv-iso": self._hypervisor_iso,
             "amazon-ebs": self._amazon_ebs,
             "googlecompute": self._googlecompute,
+            "openstack": self._openstack,
+            "digitalocean": self._digitalocean,
         }.get(kind)
         entry: dict[str, Any] = {"name": target["target_name"], "ref": target["ref"], "item": item}
         if handler is None:
             item.refuse(
                 "bakery has no %s builder" % kind,
-                "bakery targets: docker, qemu (disks in qcow2, raw, vmdk, vdi, vhdx), vagrant, ami, gce",
+                "bakery targets: docker, qemu (disks in qcow2, raw, vmdk, vdi, vhdx), vagrant, ami, gce, "
+                "openstack, digitalocean",
             )
             self.items.append(item)
             return
@@ -403,10 +471,14 @@ class Mapper:
         self.items.append(item)
         if result is None:
             return
+        then = entry.pop("then", None)
         entry.update(result)
         item.to.append("targets: %s (%s)" % (entry["name"], entry["type"]))
         self.targets.append(entry)
         target["mapped"] = entry
+        if then:
+            # the image the source made in Packer, made here from the proposed qemu target's disk
+            self._add_target(then, item)
 
     def _leftover(self, config: dict, item: Item, why: str = "bakery has no such option") -> None:
         for key, value in config.items():
@@ -1022,6 +1094,164 @@ class Mapper:
         return {"type": "gce", "options": options, "provisioned": True}
 
     # ------------------------------------------------------------ provisioners
+
+    def _instance_bake(
+        self, kind: str, config: dict, item: Item, entry: dict, keys: tuple, server: str
+    ) -> None:
+        """A cloud instance bake bakery does not make (a Nova server, a droplet): refused, with a proposal in its
+        place: a qemu target provisioned from bake.base, whose disk the cloud target uploads (``entry["then"]``)."""
+        present = [key for key in keys if config.pop(key, None) not in (None, "", [], {})]
+        item.refuse(
+            "an instance bake on %s (%s) is not made by bakery"
+            % (server, ", ".join(present) or "source image"),
+            "bakery provisions a qemu disk made from a Debian root filesystem (bake.base, built with mmdebstrap) "
+            "and uploads it: targets %s (the proposal, provisioned) and %s (its upload, with the image options of "
+            "the source)" % (entry["name"], entry["then"]["name"]),
+        )
+        self.needs_base = True
+        entry["comment"] = (
+            'PROPOSED for source "%s" "%s" (an instance bake in Packer): the disk is made from bake.base'
+            % (
+                kind,
+                entry["ref"].split(".", 1)[1],
+            )
+        )
+        entry["then"]["comment"] = "the image of source %s: the disk of target %s uploaded" % (
+            entry["ref"],
+            entry["name"],
+        )
+
+    def _openstack(self, config: dict, item: Item, entry: dict) -> dict | None:
+        options: dict[str, Any] = {"source": entry["name"]}
+        for key, option in (
+            ("image_name", "name"),
+            ("image_visibility", "visibility"),
+            ("image_min_disk", "min_disk"),
+            ("cloud", "cloud"),
+            ("region", "region_name"),
+            ("cacert", "ca_cert"),
+        ):
+            value = config.pop(key, None)
+            if value not in (None, "") and self.known(item, key, value):
+                options[option] = int(value) if option == "min_disk" else value
+        for key, option in (("image_members", "members"), ("image_tags", "tags")):
+            value = config.pop(key, None)
+            if value:
+                options[option] = [str(v) for v in value]
+        if options.get("members") and "visibility" not in options:
+            options["visibility"] = "shared"
+            item.notes.append("visibility: shared, as Glance needs it for image_members")
+        disk_format = config.pop("image_disk_format", None)
+        if disk_format in ("qcow2", "raw"):
+            options["disk_format"] = disk_format
+        elif disk_format:
+            item.drop("image_disk_format", "bakery uploads qcow2 or raw")
+        metadata = config.pop("metadata", None) or {}
+        properties = {}
+        for key, value in metadata.items():
+            if key in OPENSTACK_NAMED_PROPERTIES and key != "hw_qemu_guest_agent":
+                options[key] = str(value)
+            elif key == "hw_qemu_guest_agent":
+                options[key] = str(value).lower() in ("yes", "true", "1")
+            else:
+                properties[str(key)] = str(value)
+        if properties:
+            options["properties"] = properties
+        if config.pop("insecure", None):
+            options["validate_certs"] = False
+        endpoint = config.pop("endpoint_type", None)
+        if endpoint:
+            interface = str(endpoint).lower().replace("url", "")
+            if interface in ("public", "internal", "admin"):
+                options["interface"] = interface
+            else:
+                item.drop("endpoint_type", "one of public, internal, admin")
+        auth: dict[str, str] = {}
+        for key, names in (
+            ("identity_endpoint", ("auth_url",)),
+            ("username", ("username",)),
+            ("user_id", ("user_id",)),
+            ("tenant_name", ("project_name",)),
+            ("tenant_id", ("project_id",)),
+            ("domain_name", ("user_domain_name", "project_domain_name")),
+            ("domain_id", ("user_domain_id", "project_domain_id")),
+            ("application_credential_id", ("application_credential_id",)),
+            ("application_credential_name", ("application_credential_name",)),
+        ):
+            value = config.pop(key, None)
+            if value not in (None, "") and self.known(item, key, value):
+                auth.update({name: str(value) for name in names})
+        if auth and "cloud" not in options:
+            options["auth"] = auth
+            if "application_credential_id" in auth or "application_credential_name" in auth:
+                options["auth_type"] = "v3applicationcredential"
+        elif auth:
+            item.drop(", ".join(sorted(auth)), "cloud names the clouds.yaml entry that holds them")
+        for key in ("password", "token", "application_credential_secret"):
+            if config.pop(key, None):
+                item.skip(
+                    key,
+                    "credentials: in clouds.yaml or OS_PASSWORD/OS_TOKEN (the importer writes no secret)",
+                )
+        for key in ("cert", "key"):
+            if config.pop(key, None):
+                item.drop(key, "a client certificate goes into the clouds.yaml entry (cert, key)")
+        if config.pop("image_auto_accept_members", None):
+            item.drop("image_auto_accept_members", "each member accepts the shared image in its own project")
+        if "name" not in options:
+            options["name"] = "%s-%s" % (self.name, entry["name"])
+        # the image keeps the source's name; the proposed disk it is made from is <name>-disk
+        entry["then"] = {
+            "name": entry["name"],
+            "type": "openstack",
+            "options": options,
+            "provisioned": False,
+        }
+        entry["name"] = self._unique(entry["name"] + "-disk")
+        options["source"] = entry["name"]
+        self._instance_bake("openstack", config, item, entry, OPENSTACK_INSTANCE_KEYS, "a Nova server")
+        self._leftover(config, item)
+        return {"type": "qemu", "options": {"formats": ["qcow2"]}, "provisioned": True}
+
+    def _digitalocean(self, config: dict, item: Item, entry: dict) -> dict | None:
+        options: dict[str, Any] = {"source": entry["name"], "distribution": "Debian"}
+        for key, option in (("snapshot_name", "name"), ("region", "region"), ("api_url", "api_url")):
+            value = config.pop(key, None)
+            if value not in (None, "") and self.known(item, key, value):
+                options[option] = value
+        for key, option in (("snapshot_regions", "regions"), ("tags", "tags")):
+            value = config.pop(key, None)
+            if value:
+                options[option] = [str(v) for v in value]
+        if options.get("regions") and options.get("region"):
+            options["regions"] = [r for r in options["regions"] if r != options["region"]]
+        timeout = seconds(config.pop("snapshot_timeout", None))
+        if timeout:
+            options["timeout"] = timeout
+        if config.pop("api_token", None):
+            item.skip("api_token", "credentials: DIGITALOCEAN_TOKEN (the importer writes no secret)")
+        if "name" not in options:
+            options["name"] = "%s-%s" % (self.name, entry["name"])
+        if "region" not in options:
+            options["region"] = "FIXME"
+            item.drop("region", "the template gives none")
+        options["spaces_bucket"] = "FIXME"
+        item.notes.append(
+            "spaces_bucket: bakery imports the disk through a Spaces bucket (SPACES_ACCESS_KEY_ID and "
+            "SPACES_SECRET_ACCESS_KEY): name one in the image's region"
+        )
+        # the image keeps the source's name; the proposed disk it is made from is <name>-disk
+        entry["then"] = {
+            "name": entry["name"],
+            "type": "digitalocean",
+            "options": options,
+            "provisioned": False,
+        }
+        entry["name"] = self._unique(entry["name"] + "-disk")
+        options["source"] = entry["name"]
+        self._instance_bake("digitalocean", config, item, entry, DIGITALOCEAN_INSTANCE_KEYS, "a droplet")
+        self._leftover(config, item)
+        return {"type": "qemu", "options": {"formats": ["qcow2"]}, "provisioned": True}
 
     def _build_targets(self, build: Mapping[str, Any]) -> list[tuple[str, dict]]:
         """(Packer's name TYPE.NAME, mapped target) for each mapped target of *build*."""
@@ -1779,7 +2009,13 @@ class Mapper:
         item.to.append("targets: %s (%s)" % (target["name"], target["type"]))
 
     def _unique(self, name: str) -> str:
-        taken = {t["name"] for t in self.targets}
+        # the sources' names too: a source mapped later keeps its own
+        taken = {t["name"] for t in self.targets} | {
+            t["target_name"]
+            for build in self.template.builds
+            for t in build["targets"]
+            if t.get("target_name")
+        }
         base, number, out = clean_name(name), 2, clean_name(name)
         while out in taken:
             out = clean_name("%s-%d" % (base[:36], number))
@@ -1991,6 +2227,72 @@ class Mapper:
         }
         self._add_target(gce, item)
         return ("gce", gce)
+
+    def _pp_digitalocean_import(self, config: dict, item: Item, kind: str, target: dict) -> tuple | None:
+        if not self._disk_source(item, kind, target, "digitalocean-import"):
+            return None
+        options: dict[str, Any] = {"source": target["name"]}
+        for key, option in (
+            ("image_name", "name"),
+            ("image_description", "description"),
+            ("image_distribution", "distribution"),
+            ("spaces_region", "spaces_region"),
+            ("space_name", "spaces_bucket"),
+        ):
+            value = config.pop(key, None)
+            if value not in (None, "") and self.known(item, key, value):
+                options[option] = value
+        # imported here: pydo (which _digitalocean imports) takes a quarter second, and few templates need it
+        from ansible_collections.bakery.images.plugins.module_utils._digitalocean import DISTRIBUTIONS
+
+        if options.get("distribution") not in (None, *DISTRIBUTIONS):
+            item.drop(
+                "image_distribution", "not one of DigitalOcean's distributions (%s)" % options["distribution"]
+            )
+            options["distribution"] = "Unknown"
+        regions = [str(r) for r in config.pop("image_regions", None) or []]
+        if regions:
+            options["region"] = regions[0]
+            if regions[1:]:
+                options["regions"] = regions[1:]
+        else:
+            options["region"] = "FIXME"
+            item.drop("image_regions", "the template gives none")
+        tags = config.pop("image_tags", None)
+        if tags:
+            options["tags"] = [str(t) for t in tags]
+        timeout = seconds(config.pop("timeout", None))
+        if timeout:
+            options["timeout"] = timeout
+        disk = (target.get("options") or {}).get("formats") or ["qcow2"]
+        options["disk_format"] = "raw" if disk[0] == "raw" else "qcow2"
+        if config.pop("space_object_name", None):
+            item.skip(
+                "space_object_name", "bakery names the upload bakery/<bake id>/... and deletes it after"
+            )
+        if "skip_clean" in config:
+            config.pop("skip_clean")
+            item.skip("skip_clean", "bakery deletes the upload once the image is imported")
+        for key in ("api_token", "spaces_key", "spaces_secret"):
+            if config.pop(key, None):
+                item.skip(
+                    key,
+                    "credentials: DIGITALOCEAN_TOKEN, SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY (the "
+                    "importer writes no secret)",
+                )
+        self._leftover(config, item)
+        if "name" not in options:
+            options["name"] = "%s-%s" % (self.name, target["name"])
+        image = {
+            "name": self._unique(target["name"] + "-digitalocean"),
+            "type": "digitalocean",
+            "options": options,
+            "provisioned": False,
+            "comment": "post-processor digitalocean-import: the disk of target %s imported as a custom image"
+            % target["name"],
+        }
+        self._add_target(image, item)
+        return ("digitalocean", image)
 
     def _pp_manifest(self, config: dict, item: Item, kind: str, target: dict) -> tuple | None:
         output = config.pop("output", None)

@@ -124,3 +124,47 @@ def test_manifest_entry():
         {"changed": True, "changed_inputs": ["source_target"]}, target, None, 1.0
     )
     assert (would["status"], would["id"], would["name"]) == ("would build", None, "web")
+
+
+class ScriptedGlance(_openstack.Glance):
+    """A Glance whose image answers the statuses given, one per look, and records the calls made."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        super().__init__(conn=None)
+        self.statuses = statuses
+        self.calls: list[str] = []
+
+    def get(self, image_id):
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        self.calls.append("GET %s" % status)
+        image = {"id": image_id, "status": status.split("+")[0], "protected": False}
+        if status.endswith("+lock"):  # the import was asked for, its task has not begun
+            image["os_glance_import_task"] = "task-1"
+        return image
+
+    def request(self, method, path, what, missing_ok=False, retry=True, **kwargs):
+        self.calls.append("%s %s" % (method, path))
+
+
+def test_delete_waits_for_a_running_import_to_end(monkeypatch):
+    """Deleting during an import would leave the data the import still writes in the store: the delete waits."""
+    monkeypatch.setattr(_openstack.time, "sleep", lambda seconds: None)
+    glance = ScriptedGlance(["uploading+lock", "importing", "importing", "active"])
+    glance.delete("i-1")
+    assert glance.calls == [
+        "GET uploading+lock",
+        "GET importing",
+        "GET importing",
+        "GET active",
+        "DELETE /images/i-1",
+    ]
+
+
+def test_delete_of_an_import_that_never_ends_is_bounded(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(_openstack.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr(_openstack.time, "monotonic", lambda: clock[0])
+    glance = ScriptedGlance(["importing"])
+    glance.delete("i-2", settle=5)
+    assert glance.calls[-1] == "DELETE /images/i-2"
+    assert clock[0] == pytest.approx(5.0)

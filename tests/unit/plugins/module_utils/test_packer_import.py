@@ -293,3 +293,51 @@ def test_packer_functions_and_go_templates_evaluate_as_packer_documents_them():
     assert _packer_map.seconds(30) == 30
     with pytest.raises(BakeryError):
         _packer_map.seconds("ten minutes")
+
+
+def test_the_cloud_images_of_a_template_become_targets_the_plan_accepts(templates):
+    """Packer's openstack and digitalocean builders (instance bakes) become a proposed qemu disk and its upload;
+    the digitalocean-import post-processor an upload of the qemu disk. The plan takes every target as imported
+    (the disk_image source's base image is made here: the plan checks that it exists)."""
+    from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
+    from ansible_collections.bakery.images.plugins.module_utils import _plan
+
+    (templates / "clouds" / "images").mkdir()
+    (templates / "clouds" / "images" / "base.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
+    result = run_import(templates, CASES["clouds"])
+    bake = result["bake"]
+    types = {
+        t["name"]: next(k for k in t if k not in ("name", "vars", "provisioners", "verify"))
+        for t in bake["targets"]
+    }
+    assert types == {
+        "web-openstack-disk": "qemu",
+        "web-openstack": "openstack",
+        "web-digitalocean-disk": "qemu",
+        "web-digitalocean": "digitalocean",
+        "disk": "qemu",
+        "disk-digitalocean": "digitalocean",
+    }
+    targets = {t["name"]: t for t in bake["targets"]}
+    assert targets["web-openstack"]["openstack"]["source"] == "web-openstack-disk"
+    assert "password" not in json.dumps(
+        targets["web-openstack"]
+    ) and "not-in-the-definition" not in json.dumps(bake)
+    planned = _plan.make_plan(
+        bake,
+        validate_target=validate_target,
+        role_digest=lambda name: "d",
+        cwd=str(templates / "clouds"),
+        bake_id="b1",
+    )
+    # the shell provisioner runs on each disk; each image is its disk's upload
+    assert sorted(t["name"] for t in planned["targets"] if t["provisioners"]) == [
+        "disk",
+        "web-digitalocean-disk",
+        "web-openstack-disk",
+    ]
+    assert {t["name"]: t["source"]["target"] for t in planned["targets"] if t["type"] != "qemu"} == {
+        "web-openstack": "web-openstack-disk",
+        "web-digitalocean": "web-digitalocean-disk",
+        "disk-digitalocean": "disk",
+    }
