@@ -122,7 +122,9 @@ def run_playbook(
     data = None
     if json_output:
         try:
-            data = json.loads(proc.stdout[proc.stdout.index("{") :])
+            # the json callback's document starts a line; with -v and more, lines before it may hold braces
+            start = proc.stdout.rfind("\n{\n") + 1 if "\n{\n" in proc.stdout else proc.stdout.index("{")
+            data = json.loads(proc.stdout[start:])
         except ValueError:
             data = None
     return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, data)

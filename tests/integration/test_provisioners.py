@@ -13,6 +13,7 @@ secret environment reaches its script and is printed nowhere.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -187,9 +188,14 @@ def test_provisioners_run_where_selected_in_order_and_rebuild_only_what_changed(
         summary = "\n".join(check.task_result("Artifact summary")["msg"])
         assert "would build: provisioners[2]:shell:only-a" in summary, summary
         image_b = docker_client().images.get("%s:b" % repo).id
-        third = bake(tmp_path, spec)
+        third = bake(tmp_path, spec, "-vvv")
         assert third.rc == 0, third.explain()
         assert "bakery-a-builder" in third.stats and "bakery-b-builder" not in third.stats
+        # the builder's modules ran pipelined (their code on stdin, one call each): none was uploaded to it, as
+        # the target host's modules (local, not pipelined) were
+        uploads = re.findall(r"^<([^>]+)> PUT \S+ TO \S+/AnsiballZ_(\w+)\.py$", third.stdout, re.MULTILINE)
+        assert ("bakery-a", "docker_image_build") in uploads, third.stdout[-3000:]
+        assert [host for host, _module in uploads if host not in ("bakery-a", "bakery-b", "localhost")] == []
         assert docker_client().images.get("%s:b" % repo).id == image_b
 
         # a failing script on b: the failure names the provisioner and shows the script's last lines
