@@ -215,6 +215,7 @@ def image_summary(client: Any, image_id: str, name: str, tags: list[str]) -> dic
         "tags": ["%s:%s" % (name, tag) for tag in tags],
         "repo_digests": image.get("RepoDigests") or [],
         "size": image.get("Size"),
+        "architecture": DOCKER_ARCHITECTURES.get(image.get("Architecture"), image.get("Architecture")),
         "labels": config.get("Labels") or {},
         "config": {
             key: config.get(key)
@@ -607,6 +608,10 @@ DEBIAN_PLATFORMS = {
     "s390x": "linux/s390x",
     "riscv64": "linux/riscv64",
 }
+
+
+# an image's Architecture (Go's GOARCH) -> the Debian architecture, where the two names differ
+DOCKER_ARCHITECTURES = {"386": "i386", "ppc64le": "ppc64el", "arm": "armhf"}
 
 
 def rootfs_platform(path: str) -> str | None:

@@ -44,6 +44,7 @@ def docker_artifact(result: Mapping[str, Any], target: Mapping[str, Any], starte
     entry: dict[str, Any] = {
         "target": target["name"],
         "type": "docker",
+        "architecture": image.get("architecture") or target.get("architecture"),
         "status": "built" if built else ("unchanged" if image else "would build"),
         "id": image.get("id"),
         "name": target["options"]["repository"],
@@ -74,6 +75,7 @@ def gce_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     entry = {
         "target": target["name"],
         "type": "gce",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if image else "would build"),
         "id": image.get("id"),
         "name": image.get("name"),
@@ -100,6 +102,7 @@ def openstack_artifact(
     return {
         "target": target["name"],
         "type": "openstack",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if image else "would build"),
         "id": image.get("id"),
         "name": image.get("name") or target["options"].get("name"),
@@ -127,6 +130,7 @@ def digitalocean_artifact(
     return {
         "target": target["name"],
         "type": "digitalocean",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if image else "would build"),
         "id": image.get("id"),
         "name": image.get("name") or target["options"].get("name"),
@@ -150,6 +154,7 @@ def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: 
     entry = {
         "target": target["name"],
         "type": "ami",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if image else "would build"),
         "id": image.get("image_id"),
         "name": image.get("name") or target["options"]["name"],
@@ -175,6 +180,7 @@ def qemu_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started:
     entry = {
         "target": target["name"],
         "type": "qemu",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if found else "would build"),
         # the disk's identity, as a box's is its sha256 (the summary shows it; verify compares it)
         "id": result.get("sha256") if outputs else None,
@@ -202,6 +208,7 @@ def vagrant_artifact(result: Mapping[str, Any], target: Mapping[str, Any], start
     return {
         "target": target["name"],
         "type": "vagrant",
+        "architecture": target.get("architecture"),
         "status": "built" if built else ("unchanged" if result.get("found") else "would build"),
         "id": result.get("sha256"),
         "name": result.get("box_name"),

@@ -216,7 +216,12 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
         raise BakeryError("bake.base: %s" % exc.msg) from None
     identity = fingerprint(_rootfs.compute_inputs(parsed))
     name = "%s-%s.tar" % (parsed.suite.lower(), identity[:12])
-    return {"path": os.path.join(directory, name), "options": options, "identity": identity}
+    return {
+        "path": os.path.join(directory, name),
+        "options": options,
+        "identity": identity,
+        "architecture": parsed.architecture,
+    }
 
 
 def bake_dirs(bake: Mapping[str, Any], cwd: str) -> tuple[str, str]:
@@ -411,6 +416,8 @@ def make_plan(
                 "secret_options": secret_options,
                 "inputs": inputs,
                 "rootfs": target_rootfs,
+                # what the artifact runs on, where the plan knows it (a base image's is read at capture)
+                "architecture": target_rootfs["architecture"] if target_rootfs else None,
                 "needs_builder": uses_builder,
                 "provisioners": [_provisioners.masked(entry) for entry in provisioners],
                 "error_provisioners": [_provisioners.masked(entry) for entry in error_provisioners],
@@ -598,6 +605,7 @@ def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: l
             )
         origin = by_name[source]
         entry["source"] = {"target": source, "type": types[source], "host": origin["host"]}
+        entry["architecture"] = origin.get("architecture")
         entry["inputs"] = {
             "source_target": digest_value(
                 {"type": types[source], "inputs": origin["inputs"], "options": origin["options"]}

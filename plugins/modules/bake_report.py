@@ -14,7 +14,7 @@ short_description: Write a bake's manifest and summarise its artifacts
 version_added: 0.1.0
 description:
   - Runs on the controller at the end of a bake. Writes C(bake-manifest.json), one entry per target
-    (id or path, tags, size, fingerprint, the bake id that built it, build seconds), atomically and only
+    (id or path, tags, size, architecture, fingerprint, the bake id that built it, build seconds), atomically and only
     when its content changed, and returns a readable summary and the failures of the run.
   - The manifest is deterministic. An artifact that was not rebuilt keeps the entry of the bake that made
     it, so a bake that changes nothing reports C(changed=false). Targets not selected by this run keep

@@ -266,6 +266,9 @@ image:
     size:
       description: Size in bytes.
       type: int
+    architecture:
+      description: The image's architecture, with Debian's name (V(amd64), V(arm64), V(armhf), V(i386), ...).
+      type: str
     labels:
       description: Image labels, fingerprint included.
       type: dict

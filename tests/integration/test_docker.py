@@ -485,10 +485,14 @@ def test_an_imported_rootfs_is_an_image_of_its_own_architecture(bake_base, tmp_p
     write_sidecar(str(foreign), {"architecture": "arm64", "fingerprint": identity})
     native, other = unique("import-native"), unique("import-arm64")
     try:
+        reported = []
         for rootfs, name in ((bake_base["rootfs"], native), (str(foreign), other)):
             run = run_playbook(IMPORT_PLAY, tmp_path, extra_vars={"rootfs": rootfs, "name": name}, args=LOCAL)
             assert run.rc == 0, run.explain()
+            reported.append(run.task_result("import")["image"]["architecture"])
         host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True)
+        # the module reports each image's architecture (what the manifest records), with Debian's names
+        assert reported == [host.stdout.strip(), "arm64"]
         assert docker_client().images.get("%s:one" % native).attrs["Architecture"] == host.stdout.strip()
         image = docker_client().images.get("%s:one" % other).attrs
         assert (image["Os"], image["Architecture"]) == ("linux", "arm64")

@@ -72,6 +72,11 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
     # the box made from the disk inherits its results
     (box,) = [a for a in manifest["artifacts"] if a["target"] == "box"]
     assert box["hygiene"] == entry["hygiene"]
+    # both run on what the base was built for: this host's architecture
+    host_arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert entry["architecture"] == box["architecture"] == host_arch
     # this bake's chroot work directory is gone (other bakes of the shared cache have theirs meanwhile), and
     # nothing temporary is left beside the output
     assert not list((Path(baked["definition"]["cache_dir"]) / "qemu").glob("%s-*" % entry["bake_id"]))

@@ -340,3 +340,12 @@ def test_sbom_documents_go_to_the_output_directory_and_labels_name_them():
             "org.bakery.sbom.cyclonedx": "example-web-docker.cdx.json",
         },
     }
+
+
+def test_an_entry_names_the_architecture_an_image_records_else_the_plans():
+    planned = dict(TARGET, architecture="amd64")
+    result = {"built": True, "image": dict(IMAGE, architecture="arm64"), "fingerprint": "f1"}
+    assert _manifest.docker_artifact(result, planned, 100.0, 160.0)["architecture"] == "arm64"
+    result["image"] = IMAGE
+    assert _manifest.docker_artifact(result, planned, 100.0, 160.0)["architecture"] == "amd64"
+    assert _manifest.docker_artifact(result, TARGET, 100.0, 160.0)["architecture"] is None

@@ -380,3 +380,20 @@ def test_an_upload_refuses_hygiene_settings_of_its_own():
     bake = cloud_bake(hygiene={"skip": ["tmp"]})
     with pytest.raises(BakeryError, match=r"^bake.targets\[1\].ami.hygiene: skip: unknown check tmp; "):
         plan(bake)
+
+
+def test_each_target_knows_its_architecture_where_the_plan_can():
+    """The base's architecture (the host's when unset), and a box's is its disk's; a Dockerfile build's is read
+    from the image it makes."""
+    from ansible_collections.bakery.images.plugins.module_utils import _rootfs
+
+    img, df = plan()["targets"]
+    assert img["architecture"] == _rootfs.host_architecture() and df["architecture"] is None
+    bake = copy.deepcopy(BAKE)
+    bake["base"]["architecture"] = "arm64"
+    bake["targets"] = [
+        {"name": "disk", "qemu": {"provision": "chroot", "formats": ["qcow2"]}},
+        {"name": "box", "vagrant": {"source": "disk", "provider": "libvirt", "box_name": "b/x"}},
+    ]
+    disk, box = plan(bake)["targets"]
+    assert disk["architecture"] == box["architecture"] == "arm64"
