@@ -160,7 +160,8 @@ class Checker:
             self.miss(target, "provenance", path, "made for fingerprint %s" % fingerprint.get("fingerprint"))
 
     def image(self, target: str, entry: Mapping[str, Any]) -> None:
-        assert self.images is not None
+        if self.images is None:
+            return
         self.checked += 1
         wanted = _hex(entry["id"])
         if _hex(self.images(str(entry["id"]))) != wanted:
