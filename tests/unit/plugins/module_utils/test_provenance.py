@@ -470,3 +470,13 @@ def test_verify_run_fails_and_never_changes_anything(tmp_path):
     with pytest.raises(BakeryError, match="not a bake manifest"):
         (tmp_path / "x.json").write_text("[]")
         _verify.run({"manifest": str(tmp_path / "x.json"), "docker": "never"})
+
+
+def test_preflight_names_a_signing_key_that_is_not_there(gnupg):
+    from ansible_collections.bakery.images.plugins.module_utils import _preflight
+
+    home, keys = gnupg
+    assert _preflight.sign_problem(None) is None
+    assert _preflight.sign_problem({"key": keys["plain"], "gnupg_home": home}) is None
+    problem = _preflight.sign_problem({"key": "nobody@example.org", "gnupg_home": home})
+    assert problem.startswith("bake.sign: no secret key 'nobody@example.org'")
