@@ -14,9 +14,15 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+from ansible.release import __version__ as ansible_version
 from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _provisioners
+from ansible_collections.bakery.images.plugins.module_utils import (
+    _manifest,
+    _plan,
+    _provenance,
+    _provisioners,
+)
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     digest_file,
     digest_tree,
@@ -423,6 +429,11 @@ class ActionModule(ActionBase):
             target["verified"] = _manifest.verified_before(previous, target)
         # abort stops the whole bake at the first failure, as fail_fast does, and then cleans nothing
         plan["fail_fast"] = plan["fail_fast"] or on_error == "abort"
+        # who bakes, for the provenance statements (runDetails.builder.version)
+        plan["versions"] = {
+            "bakery": _provenance.collection_version(os.path.join(os.path.dirname(__file__), "..", "..")),
+            "ansible-core": ansible_version,
+        }
         result.update(changed=False, plan=plan)
         result["msg"] = "bake %s (%s): %d target(s): %s" % (
             plan["name"],

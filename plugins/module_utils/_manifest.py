@@ -21,18 +21,25 @@ MANIFEST_VERSION = 1
 # the Docker labels of an image that name its SBOM documents (relative to the bake's output directory)
 SBOM_LABELS = {"spdx": "org.bakery.sbom.spdx", "cyclonedx": "org.bakery.sbom.cyclonedx"}
 SBOM_ENDINGS = {"spdx": ".spdx.json", "cyclonedx": ".cdx.json"}
+# the provenance statement (bakery.images.provenance) beside them, and the Docker label that names it
+PROVENANCE_ENDING = ".intoto.json"
+PROVENANCE_LABEL = "org.bakery.provenance"
 
 
 def sbom_documents(target: Mapping[str, Any]) -> dict[str, Any]:
     """Where a planned target's SBOM documents go, ``<output_dir>/<bake name>-<target name>.spdx.json`` and
     ``.cdx.json`` (beside the file outputs, in the output directory for images), and the Docker labels that
-    name them (``labels``: the file names, relative to the output directory, where ``bake-manifest.json`` is)."""
+    name them (``labels``: the file names, relative to the output directory, where ``bake-manifest.json`` is); the
+    provenance statement (``provenance``, ``<output_dir>/<bake name>-<target name>.intoto.json``) and its label
+    likewise."""
     directory = target.get("output_dir") or "output"
     stem = "%s-%s" % (target.get("bake_name") or "bake", target["name"])
     found: dict[str, Any] = {
         kind: os.path.join(directory, stem + ending) for kind, ending in SBOM_ENDINGS.items()
     }
     found["labels"] = {SBOM_LABELS[kind]: stem + ending for kind, ending in SBOM_ENDINGS.items()}
+    found["provenance"] = os.path.join(directory, stem + PROVENANCE_ENDING)
+    found["labels"][PROVENANCE_LABEL] = stem + PROVENANCE_ENDING
     return found
 
 
@@ -291,8 +298,8 @@ def _hex(value: Any) -> str | None:
 
 
 def sha256sums(made: Mapping[str, Any], directory: str) -> str:
-    """``SHA256SUMS`` of a manifest: the sha256 of every file output (disks, boxes) and SBOM document its
-    artifacts record, one ``<sha256>  <path>`` line each (``sha256sum -c`` reads it), sorted by path; a path
+    """``SHA256SUMS`` of a manifest: the sha256 of every file output (disks, boxes), SBOM document and provenance
+    statement its artifacts record, one ``<sha256>  <path>`` line each (``sha256sum -c`` reads it), sorted by path; a path
     inside *directory* (the manifest's) relative to it. Empty when there is no file."""
     found: dict[str, str] = {}
     for entry in made.get("artifacts") or []:
@@ -300,6 +307,8 @@ def sha256sums(made: Mapping[str, Any], directory: str) -> str:
         if entry.get("type") == "vagrant" and entry.get("path"):
             files.append({"path": entry["path"], "sha256": entry.get("sha256")})
         files += [dict(doc) for doc in (entry.get("sbom") or {}).values() if isinstance(doc, Mapping)]
+        if isinstance(entry.get("provenance"), Mapping):
+            files.append(dict(entry["provenance"]))
         for item in files:
             digest = _hex(item.get("sha256"))
             if item.get("path") and digest:

@@ -18,6 +18,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _provisioners,
     _qemu_disk,
     _rootfs,
+    _signature,
     _vagrant,
 )
 from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
@@ -216,11 +217,14 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
         raise BakeryError("bake.base: %s" % exc.msg) from None
     identity = fingerprint(_rootfs.compute_inputs(parsed))
     name = "%s-%s.tar" % (parsed.suite.lower(), identity[:12])
+    # what it is made from, defaults resolved (the provenance statements name them)
+    source = {"suite": parsed.suite, "mirror": parsed.mirror, "architecture": parsed.architecture}
     return {
         "path": os.path.join(directory, name),
         "options": options,
         "identity": identity,
         "architecture": parsed.architecture,
+        "source": source,
     }
 
 
@@ -261,6 +265,7 @@ def make_plan(
     """
     name = check_name("bake", bake.get("name"))
     output_dir, cache_dir = bake_dirs(bake, cwd)
+    sign = sign_plan(bake.get("sign"), cwd)
     bake_hygiene = check_hygiene(bake.get("hygiene"), "bake.hygiene")
     targets_in = list(bake.get("targets") or [])
     if not targets_in:
@@ -438,6 +443,24 @@ def make_plan(
         "manifest": os.path.join(output_dir, "bake-manifest.json"),
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
+        "sign": sign,
+    }
+
+
+def sign_plan(value: Any, cwd: str) -> dict[str, Any] | None:
+    """The bake's ``sign`` setting as the plan shows it: the key, the GnuPG home (absolute), the passphrase
+    masked; None when the bake signs nothing."""
+    try:
+        sign = _signature.sign_option(value)
+    except BakeryError as exc:
+        raise BakeryError(exc.msg) from None
+    if sign is None:
+        return None
+    home = sign["gnupg_home"]
+    return {
+        "key": sign["key"],
+        "gnupg_home": os.path.normpath(os.path.join(cwd, os.path.expanduser(home))) if home else None,
+        "passphrase": MASK if sign["passphrase"] else None,
     }
 
 

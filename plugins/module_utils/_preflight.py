@@ -48,6 +48,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _preflight_cloud,
     _qemu_disk,
     _qemu_vm,
+    _signature,
 )
 from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
@@ -1105,6 +1106,17 @@ def preflight(
     }
 
 
+def sign_problem(sign: Any) -> str | None:
+    """Why the bake's ``sign`` key cannot sign here (no gpg, no such secret key, a name of several keys)."""
+    if not isinstance(sign, Mapping) or not sign.get("key"):
+        return None
+    try:
+        _signature.key_fingerprint(str(sign["key"]), sign.get("gnupg_home") or None)
+    except BakeryError as exc:
+        return "bake.sign: %s" % exc.msg
+    return None
+
+
 def message(result: Mapping[str, Any]) -> str:
     """The preflight's message: every problem on a line of its own, or how many checks passed."""
     problems = result["problems"]
@@ -1168,6 +1180,9 @@ def run(
     real = [dict(t, options=_plan.with_secrets(_options(t), s)) if s else t for t, s in zip(targets, secrets)]
     cloud = cloud or _preflight_cloud.Cloud(variables=variables or {}, env=host.env, timeout=seconds)
     result = preflight(real, host, package_lists, cloud)
+    signing = sign_problem((bake or {}).get("sign"))
+    if signing:
+        result = dict(result, problems=list(result["problems"]) + [signing])
     result = dict(
         result, changed=False, failed=bool(result["problems"]), msg=message(result), summary=summary(result)
     )

@@ -18,6 +18,7 @@ import docker
 import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
 from ports import free_port
+from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
@@ -198,7 +199,25 @@ def host_stats(run) -> dict:
     return {host: (s["changed"], s["failures"], s["unreachable"]) for host, s in run.stats.items()}
 
 
-def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_leftovers):
+@pytest.fixture
+def signing_key():
+    with throwaway_key() as found:
+        yield found
+
+
+def verify_artifacts(tmp_path: Path, home: str):
+    """The verify_artifacts playbook on the bake's manifest: its run and its mismatches."""
+    run = run_playbook(
+        "bakery.images.verify_artifacts",
+        tmp_path,
+        args=["-e", "manifest=output/bake-manifest.json", "-e", "verify_gnupg_home=%s" % home],
+    )
+    checked = run.task_result("Check every artifact, SBOM, statement and signature the manifest names")
+    return run, {(m["kind"], Path(m["path"]).name): m["msg"] for m in checked["mismatches"]}
+
+
+def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_leftovers, signing_key):
+    home, fingerprint = signing_key
     name = unique("web")
     definition = container_bake(
         name,
@@ -212,6 +231,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         },
         labels={"org.example.owner": "platform"},
     )
+    definition["sign"] = {"key": fingerprint, "gnupg_home": home}
     try:
         first = bake(tmp_path, definition)
         assert first.rc == 0, first.explain()
@@ -245,8 +265,31 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
             "org.bakery.sbom.spdx": entry["sbom"]["spdx"]["path"],
             "org.bakery.sbom.cyclonedx": entry["sbom"]["cyclonedx"]["path"],
         }
+        # its provenance statement validates, names the image (no push: no repository digest), and is signed, as
+        # SHA256SUMS is; the image's label names it
+        statement = check_statement(entry)
+        assert statement["subject"] == [
+            {
+                "name": name,
+                "digest": {"sha256": image.id.split(":")[1]},
+                "annotations": {"bakery.digest": "image-id"},
+            }
+        ]
+        assert tmp_path / "output" / config["Labels"]["org.bakery.provenance"] == Path(
+            entry["provenance"]["path"]
+        )
+        output = tmp_path / "output"
+        assert gpg_verify(Path(entry["provenance"]["path"]), home) == fingerprint
+        assert gpg_verify(output / "SHA256SUMS", home) == fingerprint
+        assert entry["provenance"]["signature"]["key"] == fingerprint
         sbom_mtimes = {kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()}
-        # an image has no file output: SHA256SUMS lists its two documents
+        signed = [
+            entry["provenance"]["path"],
+            entry["provenance"]["path"] + ".asc",
+            output / "SHA256SUMS.asc",
+        ]
+        signed_mtimes = [Path(path).stat().st_mtime_ns for path in signed]
+        # an image has no file output: SHA256SUMS lists its two SBOMs and its statement
         sums = subprocess.run(
             ["sha256sum", "-c", "SHA256SUMS"],
             cwd=tmp_path / "output",
@@ -254,20 +297,30 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
             text=True,
             check=False,
         )
-        assert sums.returncode == 0 and len(sums.stdout.splitlines()) == 2, sums.stdout + sums.stderr
+        assert sums.returncode == 0 and len(sums.stdout.splitlines()) == 3, sums.stdout + sums.stderr
 
         second = bake(tmp_path, definition)
         assert second.rc == 0
         assert {
             kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()
         } == sbom_mtimes
+        # the unchanged image keeps its statement and the signatures
+        assert [Path(path).stat().st_mtime_ns for path in signed] == signed_mtimes
         assert all(stats[0] == 0 for stats in host_stats(second).values()), host_stats(second)
         assert "bakery-web-builder" not in second.stats
         assert docker_client().images.get("%s:latest" % name).id == image.id
         assert json.loads((tmp_path / "output" / "bake-manifest.json").read_text()) == manifest
 
-        # a tag moved away by hand (docker tag) is pointed back at the up-to-date image; nothing is built
+        verified, mismatches = verify_artifacts(tmp_path, home)
+        assert verified.rc == 0 and mismatches == {}, verified.explain()
+
+        # a tag moved away by hand (docker tag): verify_artifacts reports it; a bake points it back at the up-to-date
+        # image; nothing is built
         docker_client().images.get(bake_base["image"]).tag(name, "1.0")
+        verified, mismatches = verify_artifacts(tmp_path, home)
+        assert verified.rc != 0 and list(mismatches) == [("image", "%s:1.0" % name.split("/")[-1])], (
+            mismatches
+        )
         moved = bake(tmp_path, definition)
         assert moved.rc == 0, moved.explain()
         assert docker_client().images.get("%s:1.0" % name).id == image.id
@@ -279,6 +332,27 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         summary = check.task_result("Artifact summary")["msg"]
         assert any("would build: vars" in line for line in summary), summary
         assert docker_client().images.get("%s:latest" % name).id == image.id
+
+        # an SBOM and the statement changed after the bake: verify_artifacts reports both (and SHA256SUMS, and the
+        # statement's signature)
+        Path(entry["sbom"]["cyclonedx"]["path"]).write_text("{}")
+        statement["predicate"]["buildDefinition"]["externalParameters"]["target"]["name"] = "other"
+        Path(entry["provenance"]["path"]).write_text(json.dumps(statement))
+        verified, mismatches = verify_artifacts(tmp_path, home)
+        assert verified.rc != 0
+        sbom_name, statement_name = (
+            Path(entry["sbom"]["cyclonedx"]["path"]).name,
+            Path(entry["provenance"]["path"]).name,
+        )
+        assert set(mismatches) == {
+            ("sbom", sbom_name),
+            ("provenance", statement_name),
+            ("signature", statement_name + ".asc"),
+            ("sha256sums", sbom_name),
+            ("sha256sums", statement_name),
+        }, mismatches
+        assert "sha256 is" in mismatches[("provenance", statement_name)]
+        assert "BAD signature" in mismatches[("signature", statement_name + ".asc")]
     finally:
         remove_repositories(name)
 

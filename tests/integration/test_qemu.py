@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import LOCAL, PREFLIGHT_TASK, REPO, loops_and_mounts, run_playbook, shadow_path
+from provenance_checks import check_statement
 from sbom_checks import check_documents, dpkg_query
 
 from ansible_collections.bakery.images.plugins.module_utils._hygiene import CHECKS as HYGIENE_CHECKS
@@ -111,7 +112,11 @@ def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, t
     }
     assert "role:bakery.images.example_web" in inputs
     assert inputs <= {c["name"] for c in box["cyclonedx"]["components"]}
-    # SHA256SUMS beside the manifest: the disk, the box and the four documents, as sha256sum checks them
+    # each has a provenance statement (it validates) whose subjects are its files' sha256
+    for target in ("disk", "box"):
+        statement = check_statement(entries[target])
+        assert [s["digest"]["sha256"] for s in statement["subject"]] == [entries[target]["sha256"]]
+    # SHA256SUMS beside the manifest: the disk, the box, their four SBOMs and two statements, as sha256sum checks them
     sums = subprocess.run(
         ["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True, check=False
     )
@@ -121,7 +126,7 @@ def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, t
         + [
             "example-web-%s.%s.json" % (target, kind)
             for target in ("disk", "box")
-            for kind in ("spdx", "cdx")
+            for kind in ("spdx", "cdx", "intoto")
         ]
     )
 
@@ -130,8 +135,9 @@ def test_second_bake_changes_nothing(baked):
     out = baked["tmp"] / "output"
     manifest = (out / "bake-manifest.json").read_text()
     mtime = (out / "example-web.qcow2").stat().st_mtime_ns
+    # its two SBOMs and its provenance statement
     sbom_mtimes = [path.stat().st_mtime_ns for path in sorted(out.glob("example-web-disk.*.json"))]
-    assert len(sbom_mtimes) == 2
+    assert len(sbom_mtimes) == 3
     second = bake(baked["tmp"], baked["definition"])
     assert second.rc == 0, second.explain()
     assert second.stats["bakery-disk"]["changed"] == 0, second.stats

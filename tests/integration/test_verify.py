@@ -15,6 +15,7 @@ import uuid
 import docker
 import pytest
 from conftest import BAKE_BASE, REPO, docker_client, remove_repositories, run_playbook
+from provenance_checks import check_statement
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 PASSWORD = "verify-Registry-Passw0rd-2c9d"
@@ -83,6 +84,8 @@ def test_only_an_image_that_passed_its_checks_is_tagged_and_pushed(bake_base, tm
         image_id = entry["id"]
         assert client.api.inspect_image(image_id)["RepoTags"] == []
         assert verifiers(client, first_id) == []
+        # an image that failed its checks has no provenance
+        assert "provenance" not in entry and not (tmp_path / "output" / "verified-web.intoto.json").exists()
 
         # the check fixed: found, checked, published; the image is the same one
         spec["verify"][0]["shell"]["inline"] = ['echo checking; test "$(cat /srv/state)" = ready']
@@ -101,6 +104,13 @@ def test_only_an_image_that_passed_its_checks_is_tagged_and_pushed(bake_base, tm
         )
         assert "%s@%s" % (repo, remote["Descriptor"]["digest"]) in entry["repo_digests"]
         assert verifiers(client, second_id) == []
+        # its provenance, written once it was pushed, names the pushed digest beside the image id
+        statement = check_statement(entry)
+        assert {(s["name"], s["digest"]["sha256"]) for s in statement["subject"]} == {
+            (repo, image_id.split(":")[1]),
+            (repo, remote["Descriptor"]["digest"].split(":")[1]),
+        }
+        assert PASSWORD not in json.dumps(statement)
 
         # the same bake again: checked before with the same checks, published without a verifier
         third_id = "verify-%s" % uuid.uuid4().hex[:8]

@@ -312,6 +312,7 @@ def test_sha256sums_list_the_file_outputs_and_sboms_relative_to_the_manifest():
                     {"format": "raw", "path": "/elsewhere/b.raw", "sha256": "4" * 64},
                 ],
                 "sbom": sbom,
+                "provenance": {"path": "/srv/out/b-disk.intoto.json", "sha256": "7" * 64},
             },
             {"target": "box", "type": "vagrant", "path": "/srv/out/b.box", "sha256": "5" * 64},
             # an image has no file, only its SBOMs; an entry without a sha256 is left out
@@ -324,8 +325,8 @@ def test_sha256sums_list_the_file_outputs_and_sboms_relative_to_the_manifest():
         ]
     }
     assert _manifest.sha256sums(made, "/srv/out") == (
-        "%s  /elsewhere/b.raw\n%s  b-disk.cdx.json\n%s  b-disk.spdx.json\n%s  b.box\n%s  b.qcow2\n"
-        % ("4" * 64, "2" * 64, "1" * 64, "5" * 64, "3" * 64)
+        "%s  /elsewhere/b.raw\n%s  b-disk.cdx.json\n%s  b-disk.intoto.json\n%s  b-disk.spdx.json\n%s  b.box\n"
+        "%s  b.qcow2\n" % ("4" * 64, "2" * 64, "7" * 64, "1" * 64, "5" * 64, "3" * 64)
     )
     assert _manifest.sha256sums({"artifacts": []}, "/srv/out") == ""
 
@@ -335,9 +336,11 @@ def test_sbom_documents_go_to_the_output_directory_and_labels_name_them():
     assert _manifest.sbom_documents(target) == {
         "spdx": "/srv/out/example-web-docker.spdx.json",
         "cyclonedx": "/srv/out/example-web-docker.cdx.json",
+        "provenance": "/srv/out/example-web-docker.intoto.json",
         "labels": {
             "org.bakery.sbom.spdx": "example-web-docker.spdx.json",
             "org.bakery.sbom.cyclonedx": "example-web-docker.cdx.json",
+            "org.bakery.provenance": "example-web-docker.intoto.json",
         },
     }
 
