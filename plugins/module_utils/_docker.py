@@ -836,7 +836,8 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     cname = params.get("container_name") or container_name(params.get("bake_id"), params.get("target"))
     # Docker's commit fills empty config fields from the container's, so the container keeps the base
     # image's Cmd, WorkingDir and User (root is forced only when the base image runs as someone else).
-    base_user = ((_image(client, start_from) or {}).get("Config") or {}).get("User") or ""
+    # a step image has its base's user (its config is the build container's)
+    base_user = ((_image(client, base) or {}).get("Config") or {}).get("User") or ""
     run_as = "0" if base_user not in ("", "0", "root") else None
     with Steps() as steps:
 
@@ -855,7 +856,20 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
                 raise BakeryError("cannot create build container %s: %s" % (cname, exc.explanation)) from exc
             return created["Id"]
 
-        cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        try:
+            cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        except BakeryError:
+            if step_image is None or _image(client, step_image["Id"]) is not None:
+                raise
+            # another bake evicted the step image since it was found: start from the base, as without a cache
+            start_from = base
+            cached.update(
+                resume=0,
+                image=None,
+                reason="the cached step image went before the container started (evicted by another bake)",
+                steps=step_states(0, len(keys) - 1, True),
+            )
+            cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
         try:
             steps.run("start container", lambda: client.api.start(cid))
         except APIError as exc:
@@ -1384,7 +1398,11 @@ def prune_steps(client: Any, params: dict[str, Any], check_mode: bool) -> dict[s
     """Empty the per-step cache down to ``step_cache.max_size`` bytes (0: every step image nothing stands on)."""
     cache = params.get("step_cache") or {}
     removed = evict_steps(client, cache.get("dir"), int(cache.get("max_size") or 0), check_mode=check_mode)
-    return dict(changed=bool(removed), removed=removed, msg="removed %d step image(s)" % len(removed))
+    return dict(
+        changed=bool(removed),
+        removed=removed,
+        msg="%s %d step image(s)" % ("would remove" if check_mode else "removed", len(removed)),
+    )
 
 
 def _remove_untagged(client: Any, image_id: str) -> None:
