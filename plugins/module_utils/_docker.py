@@ -1265,6 +1265,11 @@ def step_commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[s
         TEMPORARY_LABEL: "false",
         # a step image outlives the bake that made it: no bake's cleanup takes it
         BAKE_ID_LABEL: "",
+        # nor is it an artifact, even when the base image is one (Docker's commit copies the container's labels,
+        # which has its image's): no fingerprint look-up finds it, no janitor sweep of that bake takes it
+        FINGERPRINT_LABEL: "",
+        INPUTS_LABEL: "",
+        BUILD_BAKE_ID_LABEL: "",
     }
     # the stand-in commands are no part of a step's state: out for the commit, in again for the next step
     _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands")

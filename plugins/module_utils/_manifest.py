@@ -290,6 +290,9 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
             # what the build that made it downloaded is still there
             if old.get("downloads"):
                 entry["downloads"] = old["downloads"]
+            # and how its builder used the step cache
+            if old.get("step_cache"):
+                entry["step_cache"] = old["step_cache"]
             # the hygiene checks of the build that made it (a found cloud image has no sidecar to keep them)
             if entry.get("hygiene") is None and old.get("hygiene") is not None:
                 entry["hygiene"] = old["hygiene"]

@@ -251,14 +251,15 @@ def cache_settings(bake: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
 
 
 def step_root(
-    kind: str, options: Mapping[str, Any], source: str | None, package_lists: str
+    name: str, kind: str, options: Mapping[str, Any], source: str | None, package_lists: str
 ) -> dict[str, Any]:
-    """What decides a builder's state before its first provisioner (key 0 of its per-step cache): the target
-    type, its source (the rootfs identity; a docker base image by name here, by id where the builder starts),
+    """What decides a builder's state before its first provisioner (key 0 of its per-step cache): the target's
+    name and type (a role may act on them: ``bakery_target_name``, ``bakery_builder_type``, the builder's host
+    name), its source (the rootfs identity; a docker base image by name here, by id where the builder starts),
     and the package lists (refreshed before the first provisioner, or kept). A docker target's other options
     (changes, labels) are applied at the commit, after every step; another type's options may shape its
     builder, so they all count."""
-    root: dict[str, Any] = {"type": kind, "source": source, "package_lists": package_lists}
+    root: dict[str, Any] = {"target": name, "type": kind, "source": source, "package_lists": package_lists}
     if kind == "docker":
         root["base_image"] = options.get("base_image")
     else:
@@ -411,7 +412,7 @@ def make_plan(
                 target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
                 inputs["source"] = target_rootfs["identity"]
             step_keys = chain_keys(
-                step_root(kind, options, inputs.get("source"), package_lists), step_digests
+                step_root(tname, kind, options, inputs.get("source"), package_lists), step_digests
             )
         # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified
         verify = _provisioners.for_target(checks, own_checks[tname], tname, kind, target.get("vars") or {})

@@ -146,6 +146,7 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
             labels = docker_client().api.inspect_image(kept[key])["Config"]["Labels"]
             # cache, not a temporary resource of the bake, and no artifact (no tag, no fingerprint of its own)
             assert labels["bakery-temporary"] == "false" and not labels["bakery-bake-id"]
+            assert not labels.get("org.bakery.fingerprint") and not labels.get("org.bakery.bake-id")
             assert not docker_client().api.inspect_image(kept[key])["RepoTags"]
         token_first = read(entry["id"], "/etc/bakery-step1")
 
