@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
+    atomic_output,
     check_tarball,
     file_lock,
     read_sidecar,
@@ -62,6 +63,11 @@ except ImportError as _exc:  # pragma: no cover - reported by the module
 TARGET_LABEL = "org.bakery.target"
 ROOTFS_LABEL = "org.bakery.rootfs"
 BUILD_BAKE_ID_LABEL = "org.bakery.bake-id"
+# a step image of the per-step cache: its chain key, and (JSON) its position, target and the base it started from
+STEP_KEY_LABEL = "org.bakery.step-key"
+STEP_LABEL = "org.bakery.step"
+# the per-step cache's record of when each step image was last used, in the bake's cache directory
+STEP_INDEX = "docker-steps.json"
 # keeps the build container alive for provisioning; the image's CMD becomes $0, harmlessly
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
 # repository[:tag] as Docker accepts it: lowercase path components, optional registry host:port
@@ -806,9 +812,27 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     inputs = container_inputs(client, params)
     fp = fingerprint(inputs)
     looked = _lookup(client, params, fp, inputs, check_mode)
-    if looked["found"] or check_mode:
+    if looked["found"]:
         return looked
+    cache = step_cache_params(params)
+    keys = step_keys(params, inputs.get("base_image"))
+    resume, step_image = find_step(client, keys[: cache["max_resume"] + 1]) if cache["enabled"] else (0, None)
+    cached = dict(
+        cache,
+        keys=keys,
+        resume=resume,
+        image=step_image["Id"] if step_image else None,
+        reason=resume_reason(
+            resume, len(keys) - 1, cache["enabled"], bool(params.get("force")), cache["max_resume"]
+        ),
+        steps=step_states(resume, len(keys) - 1, cache["enabled"]),
+    )
+    if check_mode:
+        return dict(looked, step_cache=cached)
+    if step_image is not None:
+        touch_steps(cache["dir"], [step_image["Id"]])
     base = params.get("base_image") or rootfs_base_image(client, params["rootfs"])
+    start_from = step_image["Id"] if step_image is not None else base
     labels = {
         BAKE_ID_LABEL: params.get("bake_id") or "",
         TEMPORARY_LABEL: "true",
@@ -817,6 +841,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     cname = params.get("container_name") or container_name(params.get("bake_id"), params.get("target"))
     # Docker's commit fills empty config fields from the container's, so the container keeps the base
     # image's Cmd, WorkingDir and User (root is forced only when the base image runs as someone else).
+    # a step image has its base's user (its config is the build container's)
     base_user = ((_image(client, base) or {}).get("Config") or {}).get("User") or ""
     run_as = "0" if base_user not in ("", "0", "root") else None
     with Steps() as steps:
@@ -824,7 +849,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         def create() -> str:
             try:
                 created = client.api.create_container(
-                    base,
+                    start_from,
                     entrypoint=KEEPALIVE,
                     user=run_as,
                     labels=labels,
@@ -836,7 +861,20 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
                 raise BakeryError("cannot create build container %s: %s" % (cname, exc.explanation)) from exc
             return created["Id"]
 
-        cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        try:
+            cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        except BakeryError:
+            if step_image is None or _image(client, step_image["Id"]) is not None:
+                raise
+            # another bake evicted the step image since it was found: start from the base, as without a cache
+            start_from = base
+            cached.update(
+                resume=0,
+                image=None,
+                reason="the cached step image went before the container started (evicted by another bake)",
+                steps=step_states(0, len(keys) - 1, True),
+            )
+            cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
         try:
             steps.run("start container", lambda: client.api.start(cid))
         except APIError as exc:
@@ -855,7 +893,9 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         fingerprint=fp,
         inputs=inputs,
         changed_inputs=looked["changed_inputs"],
-        msg="started build container %s from %s" % (cname, base),
+        step_cache=cached,
+        msg="started build container %s from %s%s"
+        % (cname, base, " at step %d (cached %s)" % (resume, start_from[7:19]) if resume else ""),
     )
 
 
@@ -1044,10 +1084,13 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         return dict(changed=True, fingerprint=fp, inputs=inputs, msg="would commit %s as %s" % (cid, name))
     previous = previous_inputs(client, name, tags)
     started = time.monotonic()
-    base = _image(client, container["Image"]) or {}
+    base = step_base(_image(client, container["Image"]) or {})
     with Steps() as steps:
         steps.add_undo("remove build container", lambda: _remove(client, cid), always=True)
         conf = commit_config(base, params.get("changes") or {}, final_labels(params, fp, inputs))
+        # a container started from a step image has its labels, which Docker's commit would copy: an image
+        # made from the cache is the image made without it, and neither is a step image
+        conf["Labels"].update({STEP_KEY_LABEL: "", STEP_LABEL: ""})
         cname = container.get("Name", cid).lstrip("/")
         steps.run(
             "remove stand-in commands",
@@ -1068,6 +1111,308 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         _check_committed(client, image_id, conf)
         what = "committed %s" % cname
         return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+
+
+# ---------------------------------------------------------------- per-step cache
+#
+# After each provisioner (and its handlers) succeeded, the build container is committed as a step image: no tag,
+# labelled with its chain key (STEP_KEY_LABEL) and, in STEP_LABEL, its position, its target and the base image it
+# started from (id and config, which the final commit writes as the base's). Docker's commit is atomic: an image
+# with the label is a complete state, and a provisioner that failed or was killed commits nothing. A bake starts
+# its container from the deepest step image whose key it has, and skips the provisioners before it. Step images
+# are not temporary (``bakery-temporary=false``, no bake id): cleanup and the janitor's leak sweep leave them;
+# least recently used ones beyond the cache's size go (:func:`evict_steps`), and ``prune_steps`` empties it.
+
+
+def step_cache_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-step cache settings of the plan (``step_cache``): used or not, its size limit, its directory."""
+    cache = params.get("step_cache") or {}
+    return {
+        "enabled": bool(cache.get("enabled")) and not params.get("force"),
+        "max_size": int(cache.get("max_size") or 0),
+        "dir": cache.get("dir") or None,
+        # the provisioners before the first one that acts outside the builder (a download, a local command)
+        "max_resume": int(
+            cache["max_resume"]
+            if cache.get("max_resume") is not None
+            else len(params.get("step_keys") or [1]) - 1
+        ),
+    }
+
+
+def step_keys(params: Mapping[str, Any], base_image_id: str | None) -> list[str]:
+    """The builder's chain keys (the plan's), bound to the base image's id when the target names a base image
+    (the plan knows only its name)."""
+    keys = [str(key) for key in params.get("step_keys") or []]
+    if base_image_id:
+        keys = [digest_value({"key": key, "base_image": base_image_id}) for key in keys]
+    return keys
+
+
+def resume_reason(resume: int, steps: int, enabled: bool, forced: bool, max_resume: int | None = None) -> str:
+    """Why the builder starts where it does, for the summary and --check."""
+    if forced:
+        return "forced: the step cache is bypassed"
+    if not enabled:
+        return "the step cache is off (bake.step_cache: false)"
+    if steps == 0:
+        return "no provisioners"
+    if resume == 0 and max_resume == 0:
+        return "provisioner 1 acts outside the builder and runs in every bake"
+    if resume == 0:
+        return "no cached state after provisioner 1 (changed, or it did not complete before)"
+    if resume == steps:
+        return "every provisioner's state is cached"
+    if resume == max_resume:
+        return (
+            "provisioners 1-%d are cached; provisioner %d acts outside the builder and runs in every bake"
+            % (
+                resume,
+                resume + 1,
+            )
+        )
+    return (
+        "provisioners 1-%d are cached; provisioner %d has no cached state (changed, or it did not complete before)"
+        % (
+            resume,
+            resume + 1,
+        )
+    )
+
+
+def step_states(resume: int, steps: int, enabled: bool) -> list[str]:
+    """Each provisioner's state in the cache as the builder starts: ``hit`` (taken from the cache, the provisioner
+    does not run), ``miss`` (it runs, and its state is kept), ``bypassed`` (the cache is off or forced)."""
+    if not enabled:
+        return ["bypassed"] * steps
+    return ["hit"] * resume + ["miss"] * (steps - resume)
+
+
+def _step_images(client: Any, key: str | None = None) -> list[dict[str, Any]]:
+    """Step images (listing entries) with *key*, or all of them; an artifact's empty step label does not count."""
+    wanted = "%s=%s" % (STEP_KEY_LABEL, key) if key else STEP_KEY_LABEL
+    found = client.api.images(all=True, filters={"label": wanted})
+    return [image for image in found if (image.get("Labels") or {}).get(STEP_KEY_LABEL)]
+
+
+def find_step(client: Any, keys: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """The deepest step (1..n) whose key has a step image, and that image (inspected); (0, None) if none."""
+    for position in range(len(keys) - 1, 0, -1):
+        for listed in _step_images(client, keys[position]):
+            image = _image(client, listed["Id"])
+            if image is not None and _labels(image).get(STEP_KEY_LABEL) == keys[position]:
+                return position, image
+    return 0, None
+
+
+def step_base(image: dict[str, Any]) -> dict[str, Any]:
+    """The base image a container started from: *image* itself, or the base a step image records."""
+    raw = _labels(image).get(STEP_LABEL)
+    if not raw:
+        return image
+    try:
+        step = json.loads(raw)
+    except ValueError:
+        return image
+    return {"Id": step.get("base"), "Config": step.get("config") or {}}
+
+
+# the base image's config fields the final commit reads (commit_config)
+_BASE_CONFIG = (
+    "Entrypoint",
+    "Cmd",
+    "Env",
+    "ExposedPorts",
+    "Volumes",
+    "User",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+)
+
+
+def step_commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Keep the build container's state after provisioner ``step`` as a step image (``step_keys[step]``), unless
+    one with that key exists; then record its use and evict what the cache holds beyond its size."""
+    cid, position = params.get("container"), int(params.get("step") or 0)
+    keys = [str(key) for key in params.get("step_keys") or []]
+    cache = step_cache_params(params)
+    if not cid or not 0 < position < len(keys):
+        raise BakeryError("step_commit needs the container and a step (1-%d) of step_keys" % (len(keys) - 1))
+    key = keys[position]
+    existing = _step_images(client, key)
+    if existing or check_mode or not cache["enabled"]:
+        if existing and not check_mode:
+            touch_steps(cache["dir"], [existing[0]["Id"]])
+        return dict(
+            changed=bool(check_mode and cache["enabled"] and not existing),
+            image=existing[0]["Id"] if existing else None,
+            key=key,
+            msg="step %d is cached" % position if existing else "would keep step %d" % position,
+        )
+    try:
+        container = client.api.inspect_container(cid)
+    except NotFound as exc:
+        raise BakeryError("build container %s not found (was it removed?)" % cid) from exc
+    cname = container.get("Name", cid).lstrip("/")
+    started = _image(client, container["Image"]) or {}
+    base = step_base(started)
+    config = {name: value for name, value in (base.get("Config") or {}).items() if name in _BASE_CONFIG}
+    step = {
+        "position": position,
+        "target": params.get("target") or "",
+        "base": base.get("Id"),
+        "config": config,
+    }
+    labels = {
+        STEP_KEY_LABEL: key,
+        STEP_LABEL: canonical_json(step),
+        TEMPORARY_LABEL: "false",
+        # a step image outlives the bake that made it: no bake's cleanup takes it
+        BAKE_ID_LABEL: "",
+        # nor is it an artifact, even when the base image is one (Docker's commit copies the container's labels,
+        # which has its image's): no fingerprint look-up finds it, no janitor sweep of that bake takes it
+        FINGERPRINT_LABEL: "",
+        INPUTS_LABEL: "",
+        BUILD_BAKE_ID_LABEL: "",
+    }
+    # the stand-in commands are no part of a step's state: out for the commit, in again for the next step
+    _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands")
+    try:
+        reply = client.api.commit(
+            cid, conf={"Labels": labels}, message="bakery step %d %s" % (position, key[:12])
+        )
+    except APIError as exc:
+        raise BakeryError(
+            "docker commit of step %d of %s failed: %s" % (position, cid[:12], exc.explanation)
+        ) from exc
+    finally:
+        _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands")
+    touch_steps(cache["dir"], [reply["Id"]])
+    evicted = (
+        evict_steps(client, cache["dir"], cache["max_size"], keep={reply["Id"]}) if cache["max_size"] else []
+    )
+    return dict(
+        changed=True,
+        image=reply["Id"],
+        key=key,
+        evicted=evicted,
+        msg="kept step %d as %s%s"
+        % (position, reply["Id"][7:19], "; evicted %d step image(s)" % len(evicted) if evicted else ""),
+    )
+
+
+def _read_index(directory: str | None) -> dict[str, float]:
+    if not directory:
+        return {}
+    try:
+        with open(os.path.join(directory, STEP_INDEX), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    used = data.get("used") if isinstance(data, dict) else None
+    return (
+        {str(k): float(v) for k, v in used.items() if isinstance(v, (int, float))}
+        if isinstance(used, dict)
+        else {}
+    )
+
+
+def _write_index(directory: str, used: Mapping[str, float]) -> None:
+    path = os.path.join(directory, STEP_INDEX)
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"used": dict(sorted(used.items()))}, handle, indent=1)
+
+
+def touch_steps(directory: str | None, image_ids: Iterable[str], now: float | None = None) -> None:
+    """Record that the step images were used now (the index ``<cache_dir>/docker-steps.json``, written atomically
+    under a lock; the least recently used are evicted first)."""
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    with file_lock(os.path.join(directory, STEP_INDEX)):
+        used = _read_index(directory)
+        for image_id in image_ids:
+            used[image_id] = time.time() if now is None else now
+        _write_index(directory, used)
+
+
+def step_entries(client: Any, directory: str | None) -> list[dict[str, Any]]:
+    """The engine's step images: id, key, position, own size (what it adds to its parent) and last use (the
+    index's, else its creation)."""
+    used = _read_index(directory)
+    listed = _step_images(client)
+    sizes = {image["Id"]: int(image.get("Size") or 0) for image in client.api.images(all=True)}
+    entries = []
+    for image in listed:
+        labels = image.get("Labels") or {}
+        try:
+            position = int(json.loads(labels.get(STEP_LABEL) or "{}").get("position") or 0)
+        except (ValueError, AttributeError):
+            position = 0
+        size = int(image.get("Size") or 0)
+        parent = image.get("ParentId") or ""
+        entries.append(
+            {
+                "id": image["Id"],
+                "key": labels[STEP_KEY_LABEL],
+                "position": position,
+                "size": max(size - sizes[parent], 0) if parent in sizes else size,
+                "used": used.get(image["Id"], float(image.get("Created") or 0)),
+            }
+        )
+    return entries
+
+
+def eviction_order(entries: list[dict[str, Any]], max_size: int, keep: Iterable[str] = ()) -> list[str]:
+    """Which step images go so that the rest fit in *max_size* bytes: least recently used first, and of those
+    used together the deepest first (its parent may be another step image); never those in *keep*."""
+    kept = set(keep)
+    total = sum(entry["size"] for entry in entries)
+    out = []
+    for entry in sorted(entries, key=lambda entry: (entry["used"], -entry["position"])):
+        if total <= max_size:
+            break
+        if entry["id"] in kept:
+            continue
+        out.append(entry["id"])
+        total -= entry["size"]
+    return out
+
+
+def evict_steps(
+    client: Any, directory: str | None, max_size: int, keep: Iterable[str] = (), check_mode: bool = False
+) -> list[str]:
+    """Remove step images beyond *max_size* (least recently used first); an image another image or a container
+    still stands on (a later step, an artifact made from it) stays. Returns the ids removed."""
+    removed = []
+    for image_id in eviction_order(step_entries(client, directory), max_size, keep):
+        if not check_mode:
+            try:
+                client.api.remove_image(image_id, noprune=False)
+            except (NotFound, ImageNotFound):
+                pass
+            except APIError:
+                continue
+        removed.append(image_id)
+    if removed and directory and not check_mode:
+        with file_lock(os.path.join(directory, STEP_INDEX)):
+            used = _read_index(directory)
+            for image_id in removed:
+                used.pop(image_id, None)
+            _write_index(directory, used)
+    return removed
+
+
+def prune_steps(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Empty the per-step cache down to ``step_cache.max_size`` bytes (0: every step image nothing stands on)."""
+    cache = params.get("step_cache") or {}
+    removed = evict_steps(client, cache.get("dir"), int(cache.get("max_size") or 0), check_mode=check_mode)
+    return dict(
+        changed=bool(removed),
+        removed=removed,
+        msg="%s %d step image(s)" % ("would remove" if check_mode else "removed", len(removed)),
+    )
 
 
 def _remove_untagged(client: Any, image_id: str) -> None:
@@ -1361,6 +1706,8 @@ ACTIONS = {
     "push": push,
     "publish": publish,
     "verifier": verifier,
+    "step_commit": step_commit,
+    "prune_steps": prune_steps,
 }
 
 
@@ -1369,7 +1716,7 @@ def run_action(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     action = params["action"]
     tags = [str(tag) for tag in (params.get("tags") or ["latest"])]
     params = dict(params, tags=tags)
-    if action not in ("remove",):
+    if action not in ("remove", "step_commit", "prune_steps"):
         validate_name(params.get("name") or "", tags)
     if action == "build" and not params.get("context"):
         raise BakeryError("action=build needs context (the directory holding the Dockerfile)")

@@ -37,6 +37,16 @@ def digest_value(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
+def chain_keys(root: Any, digests: list[str]) -> list[str]:
+    """The per-step cache keys of a builder: key 0 the state after its start (*root*: what decides it), key
+    *i* the state after step *i*, the digest of key *i-1* and step *i*'s own digest. A changed step changes
+    its key and every later one; equal first steps give equal first keys."""
+    keys = [digest_value({"root": root})]
+    for position, step in enumerate(digests, start=1):
+        keys.append(digest_value({"previous": keys[-1], "step": position, "digest": step}))
+    return keys
+
+
 def digest_file(path: str) -> str:
     """sha256 of a file's content, read in chunks."""
     sha = hashlib.sha256()

@@ -257,6 +257,34 @@ def verified_before(previous: Any, target: Mapping[str, Any]) -> dict[str, Any] 
     return {"id": old.get("id"), "fingerprint": old.get("fingerprint")}
 
 
+def step_cache_entry(cache: Mapping[str, Any]) -> dict[str, Any]:
+    """What the manifest records of a builder's per-step cache: from which step it resumed and why, and each
+    provisioner's state (``hit``: taken from the cache, ``miss``: run and kept, ``bypassed``)."""
+    return {
+        "resume": int(cache.get("resume") or 0),
+        "reason": cache.get("reason") or "",
+        "steps": list(cache.get("steps") or []),
+        "image": cache.get("image"),
+    }
+
+
+def step_cache_note(cache: Mapping[str, Any] | None, check_mode: bool) -> str:
+    """The summary's words on the per-step cache: where the builder started (or would start), and why."""
+    if not cache or not cache.get("steps"):
+        return ""
+    steps = list(cache["steps"])
+    if "bypassed" in steps:
+        return ", step cache bypassed (%s)" % cache.get("reason", "")
+    hits, misses = steps.count("hit"), steps.count("miss")
+    where = (
+        ("would resume after provisioner %d" if check_mode else "resumed after provisioner %d")
+        % cache.get("resume", 0)
+        if cache.get("resume")
+        else ("would run every provisioner" if check_mode else "ran every provisioner")
+    )
+    return ", steps %d hit/%d miss, %s: %s" % (hits, misses, where, cache.get("reason", ""))
+
+
 def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous: Any = None) -> dict:
     """The new manifest: this run's artifacts, plus earlier entries of targets this run did not bake."""
     entries = _previous_entries(previous)
@@ -267,6 +295,8 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
         entry = {key: value for key, value in artifact.items() if key not in ("status", "changed_inputs")}
         if result.get("downloads"):
             entry["downloads"] = list(result["downloads"])
+        if result.get("step_cache"):
+            entry["step_cache"] = step_cache_entry(result["step_cache"])
         old = entries.get(entry["target"])
         if artifact.get("status") == "unchanged" and old and old.get("fingerprint") == entry["fingerprint"]:
             entry["build_seconds"] = old.get("build_seconds")
@@ -274,6 +304,9 @@ def manifest(plan: Mapping[str, Any], results: list[Mapping[str, Any]], previous
             # what the build that made it downloaded is still there
             if old.get("downloads"):
                 entry["downloads"] = old["downloads"]
+            # and how its builder used the step cache
+            if old.get("step_cache"):
+                entry["step_cache"] = old["step_cache"]
             # the hygiene checks of the build that made it (a found cloud image has no sidecar to keep them)
             if entry.get("hygiene") is None and old.get("hygiene") is not None:
                 entry["hygiene"] = old["hygiene"]
@@ -387,6 +420,7 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
                 failure.get("phase"),
                 _first_line(failure.get("msg")),
             )
+            status += step_cache_note(result.get("step_cache"), False)
             counts["failed"] += 1
             ref = "-"
         else:
@@ -400,6 +434,7 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
             else:
                 status = "would build: %s" % (", ".join(artifact.get("changed_inputs") or []) or "forced")
             status += verify_note(planned.get(result["target"]) or {}, artifact)
+            status += step_cache_note(result.get("step_cache"), state == "would build")
         ident = str(artifact.get("id") or "-").replace("sha256:", "")[:12]
         rows.append((result["target"], result["type"], ref, ident, _size(artifact.get("size")), status))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)] if rows else []

@@ -23,7 +23,9 @@ from ansible_collections.bakery.images.plugins.module_utils import (
 )
 from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
 from ansible_collections.bakery.images.plugins.module_utils._docker import check_context, validate_name
+from ansible_collections.bakery.images.plugins.module_utils._files import parse_size
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
+    chain_keys,
     digest_value,
     fingerprint,
     new_bake_id,
@@ -237,6 +239,43 @@ def bake_dirs(bake: Mapping[str, Any], cwd: str) -> tuple[str, str]:
     return output_dir, cache_dir
 
 
+# the most the per-step cache of a bake's cache directory keeps by default (least recently used go first)
+DEFAULT_CACHE_MAX_SIZE = "10G"
+
+
+def cache_settings(bake: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
+    """The per-step cache of the bake's builders: whether it is used (``step_cache``), the most it keeps
+    (``cache_max_size``, bytes) and where its index is (the bake's cache directory)."""
+    enabled = bake.get("step_cache")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise BakeryError("bake.step_cache must be true or false (got %r)" % (enabled,))
+    size = bake.get("cache_max_size")
+    return {
+        "enabled": enabled is not False,
+        "max_size": parse_size(
+            DEFAULT_CACHE_MAX_SIZE if size is None else size, "bake.cache_max_size", "10G"
+        ),
+        "dir": cache_dir,
+    }
+
+
+def step_root(
+    name: str, kind: str, options: Mapping[str, Any], source: str | None, package_lists: str
+) -> dict[str, Any]:
+    """What decides a builder's state before its first provisioner (key 0 of its per-step cache): the target's
+    name and type (a role may act on them: ``bakery_target_name``, ``bakery_builder_type``, the builder's host
+    name), its source (the rootfs identity; a docker base image by name here, by id where the builder starts),
+    and the package lists (refreshed before the first provisioner, or kept). A docker target's other options
+    (changes, labels) are applied at the commit, after every step; another type's options may shape its
+    builder, so they all count."""
+    root: dict[str, Any] = {"target": name, "type": kind, "source": source, "package_lists": package_lists}
+    if kind == "docker":
+        root["base_image"] = options.get("base_image")
+    else:
+        root["options"] = digest_value(options)
+    return root
+
+
 def make_plan(
     bake: Mapping[str, Any],
     validate_target: Validator,
@@ -323,6 +362,8 @@ def make_plan(
     rootfs = rootfs_plan(base, cache_dir) if base else None
 
     chosen = select(list(types), as_list(only), as_list(except_), types)
+    package_lists = bake.get("package_lists") or "refresh"
+    step_cache = cache_settings(bake, cache_dir)
     forced = force if isinstance(force, bool) else None
     forced_names = [] if forced is not None else as_list(force)
 
@@ -342,6 +383,7 @@ def make_plan(
         options = mask_secrets(options, paths)
         uses_builder = needs_builder(kind, options) and not options.get("source")
         inputs: dict[str, str] = {}
+        step_keys: list[str] = []
         target_rootfs = None
         provisioners: list[dict] = []
         error_provisioners: list[dict] = []
@@ -364,6 +406,10 @@ def make_plan(
             if playbook_hosts:
                 check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts)
             inputs.update(_provisioners.inputs(provisioners, role_digest, digests, playbook_digest))
+            step_digests = [
+                _provisioners.step_digest(entry, role_digest, digests, playbook_digest)
+                for entry in provisioners
+            ]
             if kind in INSTANCE_HYGIENE_TYPES:
                 # tighter checks check the instance again: a new image
                 inputs["hygiene"] = hygiene_input(options["hygiene"])
@@ -375,6 +421,9 @@ def make_plan(
                     )
                 target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
                 inputs["source"] = target_rootfs["identity"]
+            step_keys = chain_keys(
+                step_root(tname, kind, options, inputs.get("source"), package_lists), step_digests
+            )
         # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified
         verify = _provisioners.for_target(checks, own_checks[tname], tname, kind, target.get("vars") or {})
         if verify and kind not in VERIFY_TYPES:
@@ -408,6 +457,7 @@ def make_plan(
                 )
             )
         verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
+        target_forced = bool(target.get("force")) or bool(forced) or tname in forced_names
         verify_inputs.update(verify_options(kind, options))
         planned.append(
             {
@@ -416,7 +466,7 @@ def make_plan(
                 "host": "bakery-%s" % tname,
                 "builder": "bakery-%s-builder" % tname,
                 "selected": tname in chosen,
-                "force": bool(target.get("force")) or bool(forced) or tname in forced_names,
+                "force": target_forced,
                 "options": options,
                 "secret_options": secret_options,
                 "inputs": inputs,
@@ -424,6 +474,14 @@ def make_plan(
                 # what the artifact runs on, where the plan knows it (a base image's is read at capture)
                 "architecture": target_rootfs["architecture"] if target_rootfs else None,
                 "needs_builder": uses_builder,
+                "step_keys": step_keys,
+                "step_cache": dict(
+                    step_cache,
+                    enabled=step_cache["enabled"] and not target_forced,
+                    max_resume=_provisioners.resumable(provisioners),
+                )
+                if step_keys
+                else None,
                 "provisioners": [_provisioners.masked(entry) for entry in provisioners],
                 "error_provisioners": [_provisioners.masked(entry) for entry in error_provisioners],
                 "verify": [_provisioners.masked(entry) for entry in verify],

@@ -561,6 +561,42 @@ def digest_entry(
     return digest_value({"kind": kind, "scripts": scripts, "options": options})
 
 
+def outside_effects(entry: Mapping[str, Any]) -> bool:
+    """Whether an entry does something outside its builder: a ``local`` command (on the controller), a ``file``
+    download (to the controller)."""
+    return entry["kind"] == "local" or (entry["kind"] == "file" and entry["file"]["direction"] == "download")
+
+
+def resumable(entries: list[dict]) -> int:
+    """How many of a builder's first entries a bake may take from the per-step cache instead of running them:
+    those before the first one that does something outside the builder (:func:`outside_effects`), which must
+    run in every bake that is built."""
+    for position, entry in enumerate(entries):
+        if outside_effects(entry):
+            return position
+    return len(entries)
+
+
+def step_digest(
+    entry: Mapping[str, Any],
+    role_digest: Callable[[str], str],
+    digests: dict[str, str],
+    playbook_digest: Callable[[str], str] | None = None,
+) -> str:
+    """One entry's own digest for the per-step cache: what :func:`inputs` counts of it alone (a role's name and
+    content, a role's or playbook's variables, any other entry's :func:`digest_entry`), and its kind. How it is
+    scheduled (pause_before, retries, timeout) and its name are not part of it."""
+    kind = entry["kind"]
+    parts: dict[str, Any] = {"kind": kind}
+    if kind == "role":
+        parts.update(role=entry["role"], content=role_digest(entry["role"]))
+    else:
+        parts["content"] = digest_entry(entry, digests, playbook_digest)
+    if kind in VARS_KINDS:
+        parts["vars"] = entry["vars"]
+    return digest_value(parts)
+
+
 def input_name(entry: Mapping[str, Any]) -> str:
     """The name of an entry's fingerprint input, as ``--check`` and the image's inputs show it: where the
     entry is in the definition, its kind and name."""

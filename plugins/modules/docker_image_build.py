@@ -17,6 +17,11 @@ description:
     file upload), and C(action=commit) commits it with Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
     C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
     moved away back at it); C(action=remove) removes build containers.
+  - "The per-step cache (O(step_cache)): C(action=step_commit) keeps the build container's state after a
+    provisioner as an untagged step image labelled with its chain key (O(step_keys)); C(action=start) starts from
+    the deepest step image whose key it has and says from which step (RV(step_cache.resume)); least recently used
+    step images beyond O(step_cache.max_size) are evicted; C(action=prune_steps) empties the cache down to
+    O(step_cache.max_size) (V(0): every step image no other image stands on)."
   - Every image carries the label C(org.bakery.fingerprint), a sha256 over everything that decides it
     (context content, Dockerfile, build options, base image ids, the bake's inputs). An image with the
     same fingerprint is not rebuilt; O(force=true) rebuilds. The label C(org.bakery.inputs) keeps the
@@ -42,7 +47,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [build, import, find, start, commit, remove, push, publish, verifier]
+    choices: [build, import, find, start, commit, remove, push, publish, verifier, step_commit, prune_steps]
     default: build
   name:
     description:
@@ -182,6 +187,38 @@ options:
       password:
         description: Registry password or token.
         type: str
+  step_keys:
+    description:
+      - The builder's per-step cache keys from the bake plan, of the state after the start (key 0) and after each
+        provisioner (key 1 to n). With a O(base_image), V(start) binds them to its id.
+      - For V(step_commit), the keys V(start) returned (RV(step_cache.keys)).
+    type: list
+    elements: str
+    default: []
+  step:
+    description: With V(action=step_commit), the position (1 to n) of the provisioner whose state to keep.
+    type: int
+  step_cache:
+    description: The per-step cache settings of the bake plan.
+    type: dict
+    default: {}
+    suboptions:
+      enabled:
+        description: Whether V(start) reads and V(step_commit) writes the cache. O(force=true) bypasses it.
+        type: bool
+        default: false
+      max_size:
+        description: The most the step images may take, in bytes (what each adds to its parent); least recently used go first.
+        type: int
+        default: 0
+      dir:
+        description: The directory of the index of when each step image was last used (C(docker-steps.json)).
+        type: path
+      max_resume:
+        description:
+          - The most provisioners V(start) may take from the cache (those before the first one that acts outside
+            the builder, a download or a local command). All by default.
+        type: int
   docker_host:
     description: Docker engine URL. Defaults to E(DOCKER_HOST), else the local socket.
     type: str
@@ -287,6 +324,24 @@ container:
   description: The build container started by V(start) (id, name, base_image), or the container V(verifier) runs (id, name, image).
   returned: when a container was started
   type: dict
+step_cache:
+  description: What V(start) found in the per-step cache.
+  returned: start of a build container (also in check mode)
+  type: dict
+  contains:
+    resume:
+      description: The last provisioner whose cached state the container starts from (V(0) for none).
+      type: int
+    keys:
+      description: The builder's chain keys (bound to the base image's id).
+      type: list
+      elements: str
+    image:
+      description: The step image the container starts from.
+      type: str
+    reason:
+      description: Why it starts there.
+      type: str
 kept_alive:
   description: Whether V(verifier) runs the image kept alive because its own command ended at once.
   returned: verifier
@@ -305,8 +360,8 @@ changed_inputs:
   type: list
   elements: str
 removed:
-  description: Ids of removed build containers.
-  returned: for remove
+  description: Ids of removed build containers (V(remove)), or of removed step images (V(prune_steps)).
+  returned: for remove and prune_steps
   type: list
   elements: str
 push:
@@ -372,6 +427,18 @@ def main() -> None:
             ),
             docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
             timeout=dict(type="int", default=600),
+            step_keys=dict(type="list", elements="str", default=[], no_log=False),
+            step=dict(type="int"),
+            step_cache=dict(
+                type="dict",
+                default={},
+                options=dict(
+                    enabled=dict(type="bool", default=False),
+                    max_size=dict(type="int", default=0),
+                    dir=dict(type="path"),
+                    max_resume=dict(type="int"),
+                ),
+            ),
         ),
         required_if=[
             ("action", "build", ["name", "context"]),
@@ -380,6 +447,7 @@ def main() -> None:
             ("action", "start", ["name"]),
             ("action", "commit", ["name", "container"]),
             ("action", "push", ["name"]),
+            ("action", "step_commit", ["container", "step"]),
         ],
         mutually_exclusive=[("base_image", "rootfs")],
         supports_check_mode=True,

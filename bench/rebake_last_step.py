@@ -1,0 +1,133 @@
+"""A rebake after changing only the last provisioner's variables, against the full bake: the per-step cache.
+
+The default bake's docker target (its base, role bakery.images.example_web), with a last provisioner of its own: a
+shell entry whose environment writes /etc/motd. Each round times the full bake (`bake_force=true`: every provisioner
+runs, the cache is bypassed) and then the default bake with only that environment changed, which starts from the
+cached state after the role. Prints the medians of N rounds (default 1) and their ratio, rebake / full (goal
+<= 0.35). A first bake, not timed, makes the base root filesystem (shared with `make bake` in output/cache) and the
+cached state; the images and step images the benchmark made are removed at the end.
+
+Run from the repository: .venv/bin/python bench/rebake_last_step.py [N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+REPOSITORY = "bakery-bench/rebake-last-step"
+TARGET = "rebake-bench"
+
+
+def definition(greeting: str) -> dict:
+    default = yaml.safe_load((REPO / "playbooks" / "vars" / "default_bake.yml").read_text())["bake"]
+    docker = next(target for target in default["targets"] if "docker" in target)
+    return {
+        "bake": {
+            "name": "rebake-bench",
+            "output_dir": "output",
+            "cache_dir": str(REPO / "output" / "cache"),
+            "base": default["base"],
+            "provisioners": [
+                *default["provisioners"],
+                {
+                    "shell": {
+                        "inline": ['printf "%s\\n" "$GREETING" > /etc/motd'],
+                        "environment": {"GREETING": greeting},
+                    }
+                },
+            ],
+            "targets": [
+                {"name": TARGET, "docker": dict(docker["docker"], repository=REPOSITORY, tags=["latest"])}
+            ],
+        }
+    }
+
+
+def bake(work: Path, greeting: str, *args: str) -> tuple[float, dict]:
+    path = work / "bake.yml"
+    path.write_text(yaml.safe_dump(definition(greeting)))
+    # the repository's ansible.cfg (collections, forks), as make bake uses it; the output goes to the work directory
+    env = dict(
+        os.environ,
+        PATH="%s:%s" % (BIN, os.environ.get("PATH", "")),
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+    )
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / "bake.yml"), "-e", "@%s" % path, *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit("bake failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
+    (entry,) = json.loads((work / "output" / "bake-manifest.json").read_text())["artifacts"]
+    return seconds, entry
+
+
+def remove_images() -> None:
+    """The benchmark's images: its tags, then its step images (label org.bakery.target), children first."""
+    subprocess.run(["docker", "rmi", "-f", "%s:latest" % REPOSITORY], capture_output=True, check=False)
+    for _attempt in range(3):
+        listed = subprocess.run(
+            ["docker", "images", "-aq", "--no-trunc", "--filter", "label=org.bakery.target=%s" % TARGET],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for image in listed:
+            subprocess.run(["docker", "rmi", image], capture_output=True, check=False)
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    # packages, venv and the installed collection first: not part of what is measured
+    subprocess.run(["make", "-C", str(REPO), "apt-bake", "collection"], check=True, capture_output=True)
+    remove_images()
+    full, rebake, steps = [], [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bakery-bench-") as tmp:
+            work = Path(tmp)
+            bake(work, "warm-up")  # the rootfs, the base image, the cached state after the role
+            for index in range(rounds):
+                full.append(bake(work, "full %d" % index, "-e", "bake_force=true")[0])
+                seconds, entry = bake(work, "rebake %d" % index)
+                rebake.append(seconds)
+                steps.append(entry.get("step_cache", {}).get("steps"))
+    finally:
+        remove_images()
+    ratio = statistics.median(rebake) / statistics.median(full)
+    print(
+        json.dumps(
+            {
+                "benchmark": "rebake_last_step",
+                "target": "docker",
+                "rounds": rounds,
+                "full_s": round(statistics.median(full), 1),
+                "rebake_s": round(statistics.median(rebake), 1),
+                "ratio": round(ratio, 3),
+                "goal": "<= 0.35",
+                "met": ratio <= 0.35,
+                "rebake_steps": steps,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The per-step cache of docker targets on the real engine: a bake whose first provisioners are unchanged starts
+from the state after them, a bake that failed in a provisioner restarts after the one before it, and the image
+made from the cache has the files of the image made without it.
+
+The first provisioner writes a random token into the image: a bake that ran it again would have another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import uuid
+
+from conftest import BAKE_BASE, REPO, docker_client, remove_repositories, run_playbook
+
+BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
+STEP_KEY_LABEL = "org.bakery.step-key"
+# what a step writes that a bake without the cache writes differently: the first step's random token
+RANDOM = "etc/bakery-step1"
+
+
+def definition(cache_dir: str, repo: str, token: str, first: str, second: str) -> dict:
+    return {
+        "name": "steps",
+        "cache_dir": cache_dir,
+        "base": dict(BAKE_BASE),
+        # no apt-get update in every bake: the test's time is the cache's
+        "package_lists": "keep",
+        "provisioners": [
+            {
+                "shell": {
+                    "inline": [
+                        "od -An -N16 -tx1 /dev/urandom | tr -d ' \\n' > /etc/bakery-step1",
+                        'echo "one %s $FIRST" > /etc/bakery-one' % token,
+                    ],
+                    "environment": {"FIRST": first},
+                }
+            },
+            {
+                "shell": {
+                    "inline": ['test "$SECOND" != broken', 'echo "two $SECOND" > /etc/bakery-two'],
+                    "environment": {"SECOND": second},
+                }
+            },
+        ],
+        "targets": [{"name": "web", "docker": {"repository": repo, "changes": {"cmd": ["/bin/true"]}}}],
+    }
+
+
+def bake(tmp_path, bake_definition: dict, *args: str):
+    path = tmp_path / "bake.json"
+    path.write_text(json.dumps({"bake": bake_definition}))
+    return run_playbook(BAKE_PLAYBOOK, tmp_path, args=["-e", "@%s" % path, *args])
+
+
+def step_cache(tmp_path) -> dict:
+    (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+    return entry
+
+
+def contents(image: str) -> dict[str, str]:
+    """Every path of the image's file system (docker export of a container of it) with a digest of what it is:
+    a regular file's content and mode, a link's target, a directory's mode."""
+    client = docker_client()
+    container = client.api.create_container(image, command=["/bin/true"])
+    found: dict[str, str] = {}
+    try:
+        stream = client.api.export(container["Id"])
+        with tarfile.open(fileobj=_Chunks(stream), mode="r|") as archive:
+            for member in archive:
+                if member.isfile():
+                    data = archive.extractfile(member).read()
+                    what = "file %o %s" % (member.mode, hashlib.sha256(data).hexdigest())
+                elif member.issym() or member.islnk():
+                    what = "link %s" % member.linkname
+                else:
+                    what = "%s %o" % (member.type, member.mode)
+                found[member.name] = what
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+    return found
+
+
+class _Chunks:
+    """A file object over the chunks of an export stream (tarfile's stream mode reads from it)."""
+
+    def __init__(self, chunks) -> None:
+        self.chunks, self.buffer = iter(chunks), b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.buffer) < size:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.buffer += chunk
+        if size < 0:
+            out, self.buffer = self.buffer, b""
+        else:
+            out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+
+def read(image: str, path: str) -> str:
+    """A file of the image, from a container of it that never runs (the archive API, no logs to race)."""
+    client = docker_client()
+    container = client.api.create_container(image, command=["/bin/true"])
+    try:
+        stream = client.api.get_archive(container["Id"], path)[0]
+        with tarfile.open(fileobj=_Chunks(stream), mode="r|") as archive:
+            for member in archive:
+                return archive.extractfile(member).read().decode()
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+    raise AssertionError("%s not in %s" % (path, image))
+
+
+def step_images(keys: list[str]) -> dict[str, str]:
+    """The step images with these keys: key -> image id."""
+    client = docker_client()
+    found = {}
+    for key in keys:
+        for image in client.api.images(all=True, filters={"label": "%s=%s" % (STEP_KEY_LABEL, key)}):
+            found[key] = image["Id"]
+    return found
+
+
+def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_leftovers):
+    repo = "bakery-test/steps-%s" % uuid.uuid4().hex[:8]
+    token = uuid.uuid4().hex
+    made: list[str] = []  # final images and step images of this test, removed at the end
+    keys: list[str] = []
+    first_def = definition(bake_base["cache_dir"], repo, token, "x", "a")
+    try:
+        first = bake(tmp_path, first_def)
+        assert first.rc == 0, first.explain()
+        entry = step_cache(tmp_path)
+        made.append(entry["id"])
+        assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0
+        keys = first.task_result("Start the build container")["step_cache"]["keys"]
+        assert len(keys) == 3
+        kept = step_images(keys)
+        assert set(kept) == set(keys[1:]), "a step image after each provisioner"
+        made += kept.values()
+        for key in keys[1:]:
+            labels = docker_client().api.inspect_image(kept[key])["Config"]["Labels"]
+            # cache, not a temporary resource of the bake, and no artifact (no tag, no fingerprint of its own)
+            assert labels["bakery-temporary"] == "false" and not labels["bakery-bake-id"]
+            assert not labels.get("org.bakery.fingerprint") and not labels.get("org.bakery.bake-id")
+            assert not docker_client().api.inspect_image(kept[key])["RepoTags"]
+        token_first = read(entry["id"], "/etc/bakery-step1")
+
+        # only the last provisioner's variables change: the bake starts after the first one
+        second_def = definition(bake_base["cache_dir"], repo, token, "x", "b")
+        check = bake(tmp_path, second_def, "--check")
+        assert check.rc == 0, check.explain()
+        line = [line for line in check.task_result("Artifact summary")["msg"] if repo in line]
+        assert "would resume after provisioner 1" in line[0], line
+        assert "provisioner 2 has no cached state" in line[0], line
+        assert set(
+            step_images(keys + check.task_result("Start the build container")["step_cache"]["keys"])
+        ) == set(keys[1:]), "--check kept no step"
+
+        second = bake(tmp_path, second_def)
+        assert second.rc == 0, second.explain()
+        resumed = step_cache(tmp_path)
+        made.append(resumed["id"])
+        assert resumed["step_cache"]["steps"] == ["hit", "miss"] and resumed["step_cache"]["resume"] == 1
+        assert resumed["step_cache"]["image"] == kept[keys[1]]
+        summary = second.task_result("Artifact summary")["msg"]
+        assert any("steps 1 hit/1 miss, resumed after provisioner 1" in line for line in summary), summary
+        assert read(resumed["id"], "/etc/bakery-step1") == token_first, "the first provisioner ran again"
+        assert read(resumed["id"], "/etc/bakery-two") == "two b\n"
+        second_keys = second.task_result("Start the build container")["step_cache"]["keys"]
+        assert second_keys[:2] == keys[:2] and second_keys[2] != keys[2]
+        made += step_images(second_keys[2:]).values()
+        labels = docker_client().api.inspect_image(resumed["id"])["Config"]["Labels"]
+        assert labels[STEP_KEY_LABEL] == "" and labels["org.bakery.step"] == ""
+
+        # bake_force bypasses the cache: every provisioner runs; the image has the same files, the same
+        # fingerprint and config
+        forced = bake(tmp_path, second_def, "-e", "bake_force=true")
+        assert forced.rc == 0, forced.explain()
+        fresh = step_cache(tmp_path)
+        made.append(fresh["id"])
+        assert fresh["step_cache"]["steps"] == ["bypassed", "bypassed"]
+        assert fresh["fingerprint"] == resumed["fingerprint"] and fresh["id"] != resumed["id"]
+        assert read(fresh["id"], "/etc/bakery-step1") != token_first
+        cached_files, fresh_files = contents(resumed["id"]), contents(fresh["id"])
+        del cached_files[RANDOM], fresh_files[RANDOM]
+        assert cached_files == fresh_files, sorted(set(cached_files.items()) ^ set(fresh_files.items()))[:20]
+        config = {
+            key: value
+            for key, value in docker_client().api.inspect_image(resumed["id"])["Config"].items()
+            if key not in ("Hostname", "Labels")
+        }
+        fresh_config = docker_client().api.inspect_image(fresh["id"])["Config"]
+        assert config == {
+            key: value for key, value in fresh_config.items() if key not in ("Hostname", "Labels")
+        }
+        assert {
+            key: value
+            for key, value in docker_client().api.inspect_image(resumed["id"])["Config"]["Labels"].items()
+            if "bake-id" not in key
+        } == {key: value for key, value in fresh_config["Labels"].items() if "bake-id" not in key}
+
+        # a failure in provisioner 2 (after a changed provisioner 1), then the fixed bake: it restarts after 1
+        broken_def = definition(bake_base["cache_dir"], repo, token, "y", "broken")
+        broken = bake(tmp_path, broken_def)
+        assert broken.rc != 0
+        failure = broken.task_result("Fail for the targets that failed")["msg"]
+        assert "target web failed in provision" in failure, failure
+        broken_keys = broken.task_result("Start the build container")["step_cache"]["keys"]
+        assert broken_keys[1] != keys[1]
+        broken_steps = step_images(broken_keys)
+        made += broken_steps.values()
+        assert set(broken_steps) == {broken_keys[1]}, "the failed provisioner kept no state"
+        token_broken = read(broken_steps[broken_keys[1]], "/etc/bakery-step1")
+
+        fixed_def = definition(bake_base["cache_dir"], repo, token, "y", "c")
+        fixed = bake(tmp_path, fixed_def)
+        assert fixed.rc == 0, fixed.explain()
+        after = step_cache(tmp_path)
+        made.append(after["id"])
+        made += step_images(fixed.task_result("Start the build container")["step_cache"]["keys"]).values()
+        assert after["step_cache"]["steps"] == ["hit", "miss"]
+        assert after["step_cache"]["image"] == broken_steps[broken_keys[1]]
+        assert read(after["id"], "/etc/bakery-step1") == token_broken
+        assert read(after["id"], "/etc/bakery-one") == "one %s y\n" % token
+        assert read(after["id"], "/etc/bakery-two") == "two c\n"
+        # docker_leftovers: no build container is left
+    finally:
+        remove_repositories(repo)
+        client = docker_client()
+        # the test's images: the artifacts (children) first, then the steps, the deepest first
+        for _attempt in range(2):  # a parent goes once its children went
+            for image in reversed(list(dict.fromkeys(made))):
+                try:
+                    client.api.remove_image(image, force=True, noprune=False)
+                except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
+                    pass
+        for key in reversed(keys):
+            for image in client.api.images(all=True, filters={"label": "%s=%s" % (STEP_KEY_LABEL, key)}):
+                try:
+                    client.api.remove_image(image["Id"], force=True, noprune=False)
+                except Exception:  # noqa: BLE001
+                    pass
