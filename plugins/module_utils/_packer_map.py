@@ -127,16 +127,6 @@ OPENSTACK_INSTANCE_KEYS = (
     "openstack_provider",
     "use_floating_ip",
 )
-# the Glance properties the openstack target takes as options of their own
-OPENSTACK_NAMED_PROPERTIES = (
-    "hw_firmware_type",
-    "hw_machine_type",
-    "hw_disk_bus",
-    "hw_qemu_guest_agent",
-    "os_distro",
-    "os_version",
-    "architecture",
-)
 # Packer's digitalocean builder: what describes the droplet it provisions
 DIGITALOCEAN_INSTANCE_KEYS = (
     "image",
@@ -1146,10 +1136,13 @@ class Mapper:
             options["disk_format"] = disk_format
         elif disk_format:
             item.drop("image_disk_format", "bakery uploads qcow2 or raw")
+        # imported here: openstacksdk (which _openstack imports) is slow to import, and few templates need it
+        from ansible_collections.bakery.images.plugins.module_utils._openstack import NAMED_PROPERTIES
+
         metadata = config.pop("metadata", None) or {}
         properties = {}
         for key, value in metadata.items():
-            if key in OPENSTACK_NAMED_PROPERTIES and key != "hw_qemu_guest_agent":
+            if key in NAMED_PROPERTIES and key != "hw_qemu_guest_agent":
                 options[key] = str(value)
             elif key == "hw_qemu_guest_agent":
                 options[key] = str(value).lower() in ("yes", "true", "1")
