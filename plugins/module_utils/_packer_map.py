@@ -1086,33 +1086,42 @@ class Mapper:
     # ------------------------------------------------------------ provisioners
 
     def _instance_bake(
-        self, kind: str, config: dict, item: Item, entry: dict, keys: tuple, server: str
-    ) -> None:
+        self, kind: str, options: dict, config: dict, item: Item, entry: dict, keys: tuple, server: str
+    ) -> dict:
         """A cloud instance bake bakery does not make (a Nova server, a droplet): refused, with a proposal in its
-        place: a qemu target provisioned from bake.base, whose disk the cloud target uploads (``entry["then"]``)."""
+        place: a qemu target ``<source>-disk`` provisioned from bake.base, and the cloud target ``<source>`` with
+        the image *options* that uploads its disk (added after the disk, ``entry["then"]``). Returns the disk's
+        target."""
+        image = entry["name"]
+        entry["name"] = self._unique(image + "-disk")
+        options = {"source": entry["name"], **options}
+        options.setdefault("name", "%s-%s" % (self.name, image))
+        entry["then"] = {
+            "name": image,
+            "type": kind,
+            "options": options,
+            "provisioned": False,
+            "comment": "the image of source %s: the disk of target %s uploaded"
+            % (entry["ref"], entry["name"]),
+        }
         present = [key for key in keys if config.pop(key, None) not in (None, "", [], {})]
         item.refuse(
             "an instance bake on %s (%s) is not made by bakery"
             % (server, ", ".join(present) or "source image"),
             "bakery provisions a qemu disk made from a Debian root filesystem (bake.base, built with mmdebstrap) "
             "and uploads it: targets %s (the proposal, provisioned) and %s (its upload, with the image options of "
-            "the source)" % (entry["name"], entry["then"]["name"]),
+            "the source)" % (entry["name"], image),
         )
         self.needs_base = True
         entry["comment"] = (
             'PROPOSED for source "%s" "%s" (an instance bake in Packer): the disk is made from bake.base'
-            % (
-                kind,
-                entry["ref"].split(".", 1)[1],
-            )
+            % (kind, entry["ref"].split(".", 1)[1])
         )
-        entry["then"]["comment"] = "the image of source %s: the disk of target %s uploaded" % (
-            entry["ref"],
-            entry["name"],
-        )
+        self._leftover(config, item)
+        return {"type": "qemu", "options": {"formats": ["qcow2"]}, "provisioned": True}
 
     def _openstack(self, config: dict, item: Item, entry: dict) -> dict | None:
-        options: dict[str, Any] = {"source": entry["name"]}
+        options: dict[str, Any] = {}
         for key, option in (
             ("image_name", "name"),
             ("image_visibility", "visibility"),
@@ -1191,23 +1200,12 @@ class Mapper:
                 item.drop(key, "a client certificate goes into the clouds.yaml entry (cert, key)")
         if config.pop("image_auto_accept_members", None):
             item.drop("image_auto_accept_members", "each member accepts the shared image in its own project")
-        if "name" not in options:
-            options["name"] = "%s-%s" % (self.name, entry["name"])
-        # the image keeps the source's name; the proposed disk it is made from is <name>-disk
-        entry["then"] = {
-            "name": entry["name"],
-            "type": "openstack",
-            "options": options,
-            "provisioned": False,
-        }
-        entry["name"] = self._unique(entry["name"] + "-disk")
-        options["source"] = entry["name"]
-        self._instance_bake("openstack", config, item, entry, OPENSTACK_INSTANCE_KEYS, "a Nova server")
-        self._leftover(config, item)
-        return {"type": "qemu", "options": {"formats": ["qcow2"]}, "provisioned": True}
+        return self._instance_bake(
+            "openstack", options, config, item, entry, OPENSTACK_INSTANCE_KEYS, "a Nova server"
+        )
 
     def _digitalocean(self, config: dict, item: Item, entry: dict) -> dict | None:
-        options: dict[str, Any] = {"source": entry["name"], "distribution": "Debian"}
+        options: dict[str, Any] = {"distribution": "Debian"}
         for key, option in (("snapshot_name", "name"), ("region", "region"), ("api_url", "api_url")):
             value = config.pop(key, None)
             if value not in (None, "") and self.known(item, key, value):
@@ -1223,8 +1221,6 @@ class Mapper:
             options["timeout"] = timeout
         if config.pop("api_token", None):
             item.skip("api_token", "credentials: DIGITALOCEAN_TOKEN (the importer writes no secret)")
-        if "name" not in options:
-            options["name"] = "%s-%s" % (self.name, entry["name"])
         if "region" not in options:
             options["region"] = "FIXME"
             item.drop("region", "the template gives none")
@@ -1233,18 +1229,9 @@ class Mapper:
             "spaces_bucket: bakery imports the disk through a Spaces bucket (SPACES_ACCESS_KEY_ID and "
             "SPACES_SECRET_ACCESS_KEY): name one in the image's region"
         )
-        # the image keeps the source's name; the proposed disk it is made from is <name>-disk
-        entry["then"] = {
-            "name": entry["name"],
-            "type": "digitalocean",
-            "options": options,
-            "provisioned": False,
-        }
-        entry["name"] = self._unique(entry["name"] + "-disk")
-        options["source"] = entry["name"]
-        self._instance_bake("digitalocean", config, item, entry, DIGITALOCEAN_INSTANCE_KEYS, "a droplet")
-        self._leftover(config, item)
-        return {"type": "qemu", "options": {"formats": ["qcow2"]}, "provisioned": True}
+        return self._instance_bake(
+            "digitalocean", options, config, item, entry, DIGITALOCEAN_INSTANCE_KEYS, "a droplet"
+        )
 
     def _build_targets(self, build: Mapping[str, Any]) -> list[tuple[str, dict]]:
         """(Packer's name TYPE.NAME, mapped target) for each mapped target of *build*."""
