@@ -221,7 +221,7 @@ def image_summary(client: Any, image_id: str, name: str, tags: list[str]) -> dic
         "tags": ["%s:%s" % (name, tag) for tag in tags],
         "repo_digests": image.get("RepoDigests") or [],
         "size": image.get("Size"),
-        "architecture": DOCKER_ARCHITECTURES.get(image.get("Architecture"), image.get("Architecture")),
+        "architecture": debian_architecture(image),
         "labels": config.get("Labels") or {},
         "config": {
             key: config.get(key)
@@ -616,8 +616,16 @@ DEBIAN_PLATFORMS = {
 }
 
 
-# an image's Architecture (Go's GOARCH) -> the Debian architecture, where the two names differ
-DOCKER_ARCHITECTURES = {"386": "i386", "ppc64le": "ppc64el", "arm": "armhf"}
+DEBIAN_ARCHITECTURES = {platform: architecture for architecture, platform in DEBIAN_PLATFORMS.items()}
+
+
+def debian_architecture(image: dict[str, Any]) -> str | None:
+    """The Debian architecture of an inspected image (its platform looked up in :data:`DEBIAN_PLATFORMS`; an arm
+    image without a variant is v7, as OCI's platform rules have it), else the architecture it records, as recorded."""
+    recorded = image.get("Architecture")
+    variant = image.get("Variant") or ("v7" if recorded == "arm" else None)
+    platform = "/".join(part for part in ("linux", recorded, variant) if part)
+    return DEBIAN_ARCHITECTURES.get(platform) or DEBIAN_ARCHITECTURES.get("linux/%s" % recorded) or recorded
 
 
 def rootfs_platform(path: str) -> str | None:

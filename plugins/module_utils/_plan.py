@@ -225,7 +225,6 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
         "path": os.path.join(directory, name),
         "options": options,
         "identity": identity,
-        "architecture": parsed.architecture,
         "source": source,
     }
 
@@ -472,7 +471,7 @@ def make_plan(
                 "inputs": inputs,
                 "rootfs": target_rootfs,
                 # what the artifact runs on, where the plan knows it (a base image's is read at capture)
-                "architecture": target_rootfs["architecture"] if target_rootfs else None,
+                "architecture": target_rootfs["source"]["architecture"] if target_rootfs else None,
                 "needs_builder": uses_builder,
                 "step_keys": step_keys,
                 "step_cache": dict(

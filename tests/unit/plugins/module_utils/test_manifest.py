@@ -352,3 +352,15 @@ def test_an_entry_names_the_architecture_an_image_records_else_the_plans():
     result["image"] = IMAGE
     assert _manifest.docker_artifact(result, planned, 100.0, 160.0)["architecture"] == "amd64"
     assert _manifest.docker_artifact(result, TARGET, 100.0, 160.0)["architecture"] is None
+
+
+def test_an_images_architecture_gets_debians_name_from_the_platform_table():
+    from ansible_collections.bakery.images.plugins.module_utils._docker import debian_architecture
+
+    assert debian_architecture({"Architecture": "amd64"}) == "amd64"
+    assert debian_architecture({"Architecture": "arm64", "Variant": "v8"}) == "arm64"
+    assert debian_architecture({"Architecture": "386"}) == "i386"
+    assert debian_architecture({"Architecture": "ppc64le"}) == "ppc64el"
+    assert debian_architecture({"Architecture": "arm"}) == "armhf"
+    assert debian_architecture({"Architecture": "arm", "Variant": "v5"}) == "armel"
+    assert debian_architecture({"Architecture": "mips64le"}) == "mips64le"
