@@ -245,3 +245,72 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
                     client.api.remove_image(image["Id"], force=True, noprune=False)
                 except Exception:  # noqa: BLE001
                     pass
+
+
+def test_a_builder_that_resumes_leaves_the_order_of_the_others_alone(bake_base, tmp_path, docker_leftovers):
+    """Two targets in one bake: ``resumed`` starts after its second provisioner, ``fresh`` (whose first one
+    changed) from the base. Each must run its provisioners in their order: Ansible shares an include between
+    hosts, and a builder that skipped the first positions once put the other's first provisioners after its
+    later ones (a role making a user ran after the commands run as that user)."""
+    repos = {name: "bakery-test/order-%s-%s" % (name, uuid.uuid4().hex[:8]) for name in ("resumed", "fresh")}
+    run = uuid.uuid4().hex
+
+    def order_definition(round_: str) -> dict:
+        return {
+            "name": "order",
+            "cache_dir": bake_base["cache_dir"],
+            "base": dict(BAKE_BASE),
+            "package_lists": "keep",
+            "provisioners": [
+                {
+                    "shell": {
+                        "inline": ['echo "zero $ROUND" >> /etc/bakery-order'],
+                        "environment": {"ROUND": round_},
+                    },
+                    "only": ["fresh"],
+                },
+                # RUN: this test's own step keys (an engine may hold the step images of an earlier run)
+                {"shell": {"inline": ["echo one >> /etc/bakery-order"], "environment": {"RUN": run}}},
+                {"shell": {"inline": ["echo two >> /etc/bakery-order"]}},
+                {
+                    "shell": {
+                        "inline": ['echo "three $ROUND" >> /etc/bakery-order'],
+                        "environment": {"ROUND": round_},
+                    }
+                },
+            ],
+            "targets": [
+                {"name": "resumed", "docker": {"repository": repos["resumed"]}},
+                {"name": "fresh", "docker": {"repository": repos["fresh"]}},
+            ],
+        }
+
+    made: list[str] = []
+    try:
+        for round_ in ("1", "2"):
+            result = bake(tmp_path, order_definition(round_))
+            for started in result.task_results("Start the build container"):
+                made += step_images(started.get("step_cache", {}).get("keys", [])).values()
+            assert result.rc == 0, result.explain()
+            entries = {
+                entry["target"]: entry
+                for entry in json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+            }
+            made += [entry["id"] for entry in entries.values()]
+            assert read(entries["resumed"]["id"], "/etc/bakery-order") == "one\ntwo\nthree %s\n" % round_
+            assert read(entries["fresh"]["id"], "/etc/bakery-order") == "zero %s\none\ntwo\nthree %s\n" % (
+                round_,
+                round_,
+            )
+        assert entries["resumed"]["step_cache"]["steps"] == ["hit", "hit", "miss"]
+        assert entries["fresh"]["step_cache"]["steps"] == ["miss"] * 4
+    finally:
+        for repo in repos.values():
+            remove_repositories(repo)
+        client = docker_client()
+        for _attempt in range(2):
+            for image in reversed(list(dict.fromkeys(made))):
+                try:
+                    client.api.remove_image(image, force=True, noprune=False)
+                except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
+                    pass
