@@ -404,7 +404,8 @@ def verify_note(target: Mapping[str, Any], artifact: Mapping[str, Any]) -> str:
 
 
 def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[str]:
-    """Readable lines: one per target, with what was done and where the manifest is."""
+    """Readable lines: one per target (name, type, architecture, tag or path, id, size, what was done), then where
+    the manifest is."""
     planned = {target["name"]: target for target in plan.get("targets") or []}
     counts = {"built": 0, "unchanged": 0, "would build": 0, "failed": 0, "cancelled": 0}
     rows = []
@@ -436,8 +437,21 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
             status += verify_note(planned.get(result["target"]) or {}, artifact)
             status += step_cache_note(result.get("step_cache"), state == "would build")
         ident = str(artifact.get("id") or "-").replace("sha256:", "")[:12]
-        rows.append((result["target"], result["type"], ref, ident, _size(artifact.get("size")), status))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(5)] if rows else []
+        architecture = artifact.get("architecture") or (planned.get(result["target"]) or {}).get(
+            "architecture"
+        )
+        rows.append(
+            (
+                result["target"],
+                result["type"],
+                architecture or "-",
+                ref,
+                ident,
+                _size(artifact.get("size")),
+                status,
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(6)] if rows else []
     lines = [
         "bake %s (%s): %s"
         % (
@@ -447,7 +461,7 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
         )
     ]
     for row in rows:
-        lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+        lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:6])) + "  " + row[6])
     if plan.get("skipped_targets"):
         lines.append("not selected: %s" % ", ".join(plan["skipped_targets"]))
     lines.append("manifest: %s" % plan["manifest"])

@@ -473,14 +473,25 @@ def check_catalog(target: Mapping[str, Any], ctx: Context) -> list[Finding]:
     if catalog is None:
         return finding(True, "catalog %s does not exist yet" % path)
     checksum = None
-    if _vagrant.catalog_entry(catalog, version, provider) is not None and ctx.found(target["name"]) is True:
+    try:
+        architecture = _vagrant.vagrant_architecture(target.get("architecture"))
+    except BakeryError as exc:
+        return finding(False, exc.msg)
+    if (
+        _vagrant.catalog_entry(catalog, version, provider, architecture) is not None
+        and ctx.found(target["name"]) is True
+    ):
         checksum = (read_sidecar(box_path(target)) or {}).get("sha256")
     cat = _vagrant.CatalogOptions(path, box_name, version, None, None)
     try:
-        _vagrant.check_catalog_conflict(catalog, path, cat, provider, checksum, bool(target.get("force")))
+        _vagrant.check_catalog_conflict(
+            catalog, path, cat, provider, checksum, bool(target.get("force")), architecture
+        )
     except BakeryError as exc:
         return finding(False, exc.msg)
-    return finding(True, "catalog %s can list version %s for %s" % (path, version, provider))
+    return finding(
+        True, "catalog %s can list version %s for %s (%s)" % (path, version, provider, architecture)
+    )
 
 
 def vagrant_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:

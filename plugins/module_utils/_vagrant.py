@@ -68,8 +68,23 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
 
 PROVIDERS = ("libvirt", "virtualbox")
 ACTIONS = ("build", "find", "clean")
-# The layout of the boxes this module writes; part of every fingerprint, bumped when the layout changes.
-BOX_LAYOUT = 2
+# The layout of the boxes this module writes; part of every fingerprint, bumped when the layout changes
+# (3: metadata.json names the box's architecture).
+BOX_LAYOUT = 3
+# Vagrant's names of the Debian architectures (Vagrant 2.4 names a host's as Ruby's target_cpu, with x86_64 as
+# amd64 and aarch64 as arm64): a box's metadata.json and its catalog entry carry them.
+VAGRANT_ARCHITECTURES = {
+    "amd64": "amd64",
+    "i386": "i386",
+    "arm64": "arm64",
+    "armhf": "arm",
+    "armel": "arm",
+    "ppc64el": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+# the architecture of a catalog entry that names none: the only one boxes had before Vagrant 2.4
+UNNAMED_ARCHITECTURE = "amd64"
 # Members get this time (2000-01-01 UTC), owner root and fixed modes: equal inputs give equal boxes.
 MEMBER_MTIME = 946684800
 GIB = 1024**3
@@ -113,6 +128,20 @@ class BoxOptions:
     qemu_img: str = "qemu-img"
     box_name: str | None = None
     version: str | None = None
+    architecture: str = UNNAMED_ARCHITECTURE
+
+
+def vagrant_architecture(debian: Any) -> str:
+    """Vagrant's name of a Debian architecture (``amd64``, ``arm64``, ``arm`` for armhf ...); None: amd64."""
+    if debian in (None, ""):
+        return UNNAMED_ARCHITECTURE
+    name = VAGRANT_ARCHITECTURES.get(str(debian))
+    if name is None:
+        raise BakeryError(
+            "architecture %r is not a Debian architecture Vagrant boxes are made for: use one of %s"
+            % (debian, ", ".join(VAGRANT_ARCHITECTURES))
+        )
+    return name
 
 
 def check_version(version: Any) -> str:
@@ -196,6 +225,7 @@ def parse_options(params: Mapping[str, Any]) -> BoxOptions:
         qemu_img=params.get("qemu_img") or "qemu-img",
         box_name=box_name,
         version=version,
+        architecture=vagrant_architecture(params.get("architecture")),
     )
 
 
@@ -205,6 +235,7 @@ def box_options_digest(opts: BoxOptions) -> str:
         {
             "layout": BOX_LAYOUT,
             "provider": opts.provider,
+            "architecture": opts.architecture,
             "compression": opts.compression,
             "memory": opts.memory,
             "cpus": opts.cpus,
@@ -296,10 +327,17 @@ def virtual_size_gib(size: int) -> int:
 # --------------------------------------------------------------------------- box content
 
 
-def box_metadata(provider: str, info: DiskInfo) -> dict[str, Any]:
+def box_metadata(provider: str, info: DiskInfo, architecture: str = UNNAMED_ARCHITECTURE) -> dict[str, Any]:
+    """The box's metadata.json: its provider and architecture (which Vagrant 2.4 reads; 2.3 ignores it), and
+    what vagrant-libvirt needs of the disk."""
     if provider == "libvirt":
-        return {"provider": "libvirt", "format": "qcow2", "virtual_size": virtual_size_gib(info.virtual_size)}
-    return {"provider": "virtualbox"}
+        return {
+            "provider": "libvirt",
+            "architecture": architecture,
+            "format": "qcow2",
+            "virtual_size": virtual_size_gib(info.virtual_size),
+        }
+    return {"provider": "virtualbox", "architecture": architecture}
 
 
 def base_mac(fp: str) -> str:
@@ -510,13 +548,35 @@ def read_catalog(path: str) -> dict[str, Any] | None:
     return data
 
 
-def catalog_entry(catalog: Mapping[str, Any] | None, version: str, provider: str) -> dict[str, Any] | None:
+def entry_architecture(item: Mapping[str, Any]) -> str:
+    """The architecture of a catalog's provider entry (one that names none is amd64: made before Vagrant 2.4)."""
+    return str(item.get("architecture") or UNNAMED_ARCHITECTURE)
+
+
+def catalog_entry(
+    catalog: Mapping[str, Any] | None, version: str, provider: str, architecture: str = UNNAMED_ARCHITECTURE
+) -> dict[str, Any] | None:
+    """The entry of (version, provider, architecture): a version may list a provider once per architecture."""
     for entry in (catalog or {}).get("versions") or []:
         if str(entry.get("version")) == version:
             for item in entry.get("providers") or []:
-                if item.get("name") == provider:
+                if item.get("name") == provider and entry_architecture(item) == architecture:
                     return item
     return None
+
+
+def mark_default_architectures(providers: list[dict[str, Any]]) -> None:
+    """Flag one entry per provider ``default_architecture`` (what Vagrant 2.4 takes when none is the host's):
+    amd64 where it is listed, else the first architecture by name. Entries are sorted by provider, the default
+    last: Vagrant 2.3, which knows no architectures, keeps the last entry of a provider's name."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for item in sorted(providers, key=lambda p: (str(p.get("name")), entry_architecture(p))):
+        name = str(item.get("name"))
+        if name not in chosen or entry_architecture(item) == UNNAMED_ARCHITECTURE:
+            chosen[name] = item
+    for item in providers:
+        item["default_architecture"] = item is chosen[str(item.get("name"))]
+    providers.sort(key=lambda p: (str(p.get("name")), p["default_architecture"], entry_architecture(p)))
 
 
 def check_catalog_conflict(
@@ -526,6 +586,7 @@ def check_catalog_conflict(
     provider: str,
     checksum: str | None,
     force: bool,
+    architecture: str = UNNAMED_ARCHITECTURE,
 ) -> None:
     """Refuse to give a published version of the box new content, unless forced. *checksum* None: a box still to
     be built (the preflight), whose checksum cannot be known and will not be the listed one."""
@@ -534,7 +595,7 @@ def check_catalog_conflict(
             "catalog %s lists box %r, not %r: give each box its own catalog"
             % (where, catalog.get("name"), cat.box_name)
         )
-    entry = catalog_entry(catalog, cat.version, provider)
+    entry = catalog_entry(catalog, cat.version, provider, architecture)
     if entry is None or force:
         return
     if (
@@ -543,13 +604,14 @@ def check_catalog_conflict(
         or entry.get("checksum_type") != "sha256"
     ):
         raise BakeryError(
-            "catalog %s already lists version %s of %s for %s with another checksum (%s %s, %s): Vagrant caches "
-            "boxes by version, so give the new box a new version, or set force to replace it"
+            "catalog %s already lists version %s of %s for %s (%s) with another checksum (%s %s, %s): Vagrant "
+            "caches boxes by version, so give the new box a new version, or set force to replace it"
             % (
                 where,
                 cat.version,
                 cat.box_name,
                 provider,
+                architecture,
                 entry.get("checksum_type"),
                 entry.get("checksum"),
                 "the new box has sha256 %s" % checksum
@@ -569,38 +631,55 @@ def add_to_catalog(
     checksum: str,
     where: str = "",
     force: bool = False,
+    architecture: str = UNNAMED_ARCHITECTURE,
 ) -> tuple[dict[str, Any], str]:
-    """The catalog with this box as (version, provider); returns it and what changed ('' for nothing)."""
-    check_catalog_conflict(catalog, where or cat.path, cat, provider, checksum, force)
+    """The catalog with this box as (version, provider, architecture); returns it and what changed ('' for
+    nothing)."""
+    check_catalog_conflict(catalog, where or cat.path, cat, provider, checksum, force, architecture)
     new = json.loads(json.dumps(dict(catalog or {})))
     new["name"] = cat.box_name
     if cat.description is not None:
         new["description"] = cat.description
     versions: list[dict[str, Any]] = new.setdefault("versions", [])
-    provided = {"name": provider, "url": url, "checksum_type": "sha256", "checksum": checksum}
+    provided = {
+        "name": provider,
+        "architecture": architecture,
+        "url": url,
+        "checksum_type": "sha256",
+        "checksum": checksum,
+    }
+    what = "%s (%s)" % (provider, architecture)
     version = next((v for v in versions if str(v.get("version")) == cat.version), None)
     if version is None:
-        versions.append({"version": cat.version, "providers": [provided]})
+        version = {"version": cat.version, "providers": [provided]}
+        versions.append(version)
         change = "added version %s" % cat.version
     else:
         providers = version.setdefault("providers", [])
-        item = next((p for p in providers if p.get("name") == provider), None)
+        item = next(
+            (p for p in providers if p.get("name") == provider and entry_architecture(p) == architecture),
+            None,
+        )
         if item is None:
             providers.append(provided)
-            providers.sort(key=lambda p: str(p.get("name")))
-            change = "added provider %s to version %s" % (provider, cat.version)
+            change = "added provider %s to version %s" % (what, cat.version)
         elif {key: item.get(key) for key in provided} == provided:
             change = ""
         else:
             replaced = item.get("checksum") != checksum
+            moved = item.get("url") != url
             item.update(provided)
-            change = ("replaced %s of version %s" if replaced else "updated the URL of %s in version %s") % (
-                provider,
-                cat.version,
-            )
+            change = (
+                "replaced %s of version %s"
+                if replaced
+                else "updated the URL of %s in version %s"
+                if moved
+                else "named the architecture of %s in version %s"
+            ) % (what, cat.version)
+    mark_default_architectures(version["providers"])
     versions.sort(key=lambda v: _version_key(str(v.get("version"))))
     if not change and new != catalog:
-        change = "updated the catalog's name or description"
+        change = "updated the catalog's name, description or default architectures"
     return new, change
 
 
@@ -612,7 +691,9 @@ def update_catalog(opts: BoxOptions, checksum: str, check_mode: bool) -> dict[st
     url = box_url(opts)
     with file_lock(cat.path):
         current = read_catalog(cat.path)
-        new, change = add_to_catalog(current, cat, opts.provider, url, checksum, cat.path, opts.force)
+        new, change = add_to_catalog(
+            current, cat, opts.provider, url, checksum, cat.path, opts.force, opts.architecture
+        )
         if change and not check_mode:
             write_json_atomic(cat.path, new)
     return {
@@ -681,7 +762,7 @@ def _build(opts: BoxOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
         raise BakeryError("vagrant_box: a box needs a source disk")
     info = disk_info(opts.source, opts.qemu_img)
     source_sha256 = opts.source_sha256 or inputs.get("source")
-    metadata = box_metadata(opts.provider, info)
+    metadata = box_metadata(opts.provider, info, opts.architecture)
     vagrantfile = opts.vagrantfile if opts.vagrantfile is not None else default_vagrantfile(opts, fp)
     with Steps() as steps:
         with atomic_output(opts.path) as tmp:
@@ -713,6 +794,7 @@ def _build(opts: BoxOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                         opts.provider,
                         sha256,
                         opts.force,
+                        opts.architecture,
                     )
         write_sidecar(
             opts.path,

@@ -20,16 +20,20 @@ description:
     made with C(qemu-img convert -O vmdk -o subformat=streamOptimized), C(metadata.json) and a C(Vagrantfile)
     that sets C(config.vm.base_mac) to the MAC of the OVF's network adapter.
   - The box's fingerprint is a sha256 over O(inputs) (or, without them, the source disk's sha256) and the box
-    options (O(provider), O(compression), O(memory), O(cpus), O(vagrantfile)). It is written with the box's
+    options (O(provider), O(architecture), O(compression), O(memory), O(cpus), O(vagrantfile)). It is written with the box's
     sha256 and size to the sidecar C(<path>.bakery.json); a box whose sidecar carries the same fingerprint is
     not rebuilt. Boxes are reproducible, so the same disk and options give the same bytes and checksum.
   - The box is written under a temporary name beside O(path) and renamed onto it only when complete; on
     failure or interruption the temporary files are removed. C(action=clean) removes what a killed run left.
-  - With O(catalog), the box is added to the catalog as version O(version) of O(box_name) for O(provider),
-    with its URL and sha256; the catalog file is updated in place (other versions and providers are kept)
-    and replaced atomically. Adding the same box again changes nothing. A version that the catalog already
-    lists for O(provider) with another checksum is refused before the existing box file is touched, unless
-    O(force=true).
+  - With O(catalog), the box is added to the catalog as version O(version) of O(box_name) for O(provider)
+    and O(architecture), with its URL and sha256; the catalog file is updated in place (other versions,
+    providers and architectures are kept) and replaced atomically. Adding the same box again changes nothing.
+    A version that the catalog already lists for O(provider) and O(architecture) with another checksum is
+    refused before the existing box file is touched, unless O(force=true).
+  - The box's C(metadata.json) and its catalog entry name its architecture, as Vagrant 2.4 reads them (older
+    Vagrant ignores the field). One entry per provider of a version is marked C(default_architecture), amd64
+    where the version lists it, else the first architecture by name; it is listed last, which Vagrant 2.3 takes. A catalog entry that names no
+    architecture is taken for amd64.
 author:
   - bakery maintainers (@bakery-images)
 requirements:
@@ -97,6 +101,14 @@ options:
         virtio RNG.
       - A project's own Vagrantfile overrides whatever the box's sets.
     type: str
+  architecture:
+    description:
+      - The Debian architecture of the disk (V(amd64), V(arm64), V(armhf) ...), named in the box's metadata and
+        catalog entry with Vagrant's name (V(amd64), V(arm64), V(arm) ...).
+      - The bake passes the architecture of the target's base.
+    type: str
+    choices: [amd64, i386, arm64, armhf, armel, ppc64el, s390x, riscv64]
+    default: amd64
   catalog:
     description:
       - A catalog file (Vagrant's box metadata JSON) to add the box to; created when missing.
@@ -275,6 +287,7 @@ def main() -> None:
             source_sha256=dict(type="str"),
             inputs=dict(type="dict"),
             provider=dict(type="str", default="libvirt", choices=list(_vagrant.PROVIDERS)),
+            architecture=dict(type="str", default="amd64", choices=list(_vagrant.VAGRANT_ARCHITECTURES)),
             compression=dict(type="int", default=6),
             memory=dict(type="int", default=1024),
             cpus=dict(type="int", default=1),

@@ -24,15 +24,17 @@ BOX_PLAY = """\
   tasks:
     - name: box
       bakery.images.vagrant_box:
-        path: "{{ out }}/small-1.0.0-{{ item }}.box"
+        path: "{{ out }}/small-1.0.0-{{ item.0 }}-{{ item.1 }}.box"
         source: "{{ disk }}"
-        provider: "{{ item }}"
+        provider: "{{ item.0 }}"
+        architecture: "{{ item.1 }}"
         compression: 1
         catalog: "{{ out }}/small.json"
         box_name: bakery/small
         version: 1.0.0
         description: a small disk, boxed
-      loop: [libvirt, virtualbox]
+      # the amd64 box first: the catalog still lists it last, which Vagrant 2.3 (no architectures) takes
+      loop: [[libvirt, amd64], [libvirt, arm64], [virtualbox, amd64]]
 """
 
 
@@ -75,7 +77,8 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_boxes(small_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """libvirt and virtualbox boxes of the small disk in one catalog, made twice (the second time unchanged)."""
+    """libvirt boxes for arm64 and amd64 and a virtualbox box of the small disk (data, no system) in one catalog,
+    made twice (the second time unchanged)."""
     tmp = tmp_path_factory.mktemp("small-boxes")
     out = tmp / "boxes"
     extra = {"out": str(out), "disk": str(small_disk)}
@@ -93,8 +96,8 @@ def small_boxes(small_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 def test_boxes_are_made_once_and_listed_in_the_catalog(small_boxes: dict) -> None:
     first, second = small_boxes["first"], small_boxes["second"]
-    assert [r["changed"] for r in first] == [True, True]
-    assert [r["changed"] for r in second] == [False, False], (
+    assert [r["changed"] for r in first] == [True, True, True]
+    assert [r["changed"] for r in second] == [False, False, False], (
         "a second run rebuilt a box or rewrote the catalog"
     )
     assert [r["sha256"] for r in second] == [r["sha256"] for r in first]
@@ -102,12 +105,25 @@ def test_boxes_are_made_once_and_listed_in_the_catalog(small_boxes: dict) -> Non
     assert catalog["name"] == "bakery/small" and catalog["description"] == "a small disk, boxed"
     (version,) = catalog["versions"]
     assert version["version"] == "1.0.0"
-    listed = {p["name"]: p for p in version["providers"]}
+    # one entry per provider and architecture; amd64 is the default of its provider (Vagrant 2.4) and its
+    # last entry (Vagrant 2.3 keeps the last entry of a provider's name)
+    assert [(p["name"], p["architecture"], p["default_architecture"]) for p in version["providers"]] == [
+        ("libvirt", "arm64", False),
+        ("libvirt", "amd64", True),
+        ("virtualbox", "amd64", True),
+    ]
+    listed = {(p["name"], p["architecture"]): p for p in version["providers"]}
     for result in first:
-        entry = listed[result["provider"]]
+        entry = listed[result["provider"], result["metadata"]["architecture"]]
         assert entry["checksum_type"] == "sha256" and entry["checksum"] == result["sha256"]
         assert entry["url"] == Path(result["path"]).as_uri()
-    assert first[0]["metadata"] == {"provider": "libvirt", "format": "qcow2", "virtual_size": 2}
+    assert first[0]["metadata"] == {
+        "provider": "libvirt",
+        "architecture": "amd64",
+        "format": "qcow2",
+        "virtual_size": 2,
+    }
+    assert first[0]["sha256"] != first[1]["sha256"], "the boxes of two architectures are two boxes"
     assert not [p.name for p in small_boxes["out"].iterdir() if ".partial" in p.name]
 
 
@@ -120,7 +136,13 @@ def test_vagrant_adds_both_boxes_from_the_catalog(small_boxes: dict, vagrant_hom
     boxes = vagrant_home / "boxes" / "bakery-VAGRANTSLASH-small" / "1.0.0"
     assert sorted(p.name for p in boxes.iterdir()) == ["libvirt", "virtualbox"]
     libvirt_box = boxes / "libvirt"
-    assert json.loads((libvirt_box / "metadata.json").read_text())["format"] == "qcow2"
+    # Vagrant 2.3 knows no architectures: it took the last libvirt entry of the version, the amd64 box
+    assert json.loads((libvirt_box / "metadata.json").read_text()) == {
+        "provider": "libvirt",
+        "architecture": "amd64",
+        "format": "qcow2",
+        "virtual_size": 2,
+    }
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(libvirt_box / "box.img")],
@@ -159,7 +181,9 @@ def test_vagrant_adds_both_boxes_from_the_catalog(small_boxes: dict, vagrant_hom
 
 def test_vagrant_refuses_a_catalog_entry_with_a_wrong_checksum(small_boxes: dict, vagrant_home: Path) -> None:
     catalog = json.loads(small_boxes["catalog"].read_text())
-    entry = next(p for p in catalog["versions"][0]["providers"] if p["name"] == "libvirt")
+    # the entry Vagrant 2.3 takes: the last of the provider (amd64, the default)
+    entry = [p for p in catalog["versions"][0]["providers"] if p["name"] == "libvirt"][-1]
+    assert entry["architecture"] == "amd64"
     entry["checksum"] = "0" * 64
     bad = vagrant_home / "bad.json"
     bad.write_text(json.dumps(catalog))

@@ -364,3 +364,17 @@ def test_an_images_architecture_gets_debians_name_from_the_platform_table():
     assert debian_architecture({"Architecture": "arm"}) == "armhf"
     assert debian_architecture({"Architecture": "arm", "Variant": "v5"}) == "armel"
     assert debian_architecture({"Architecture": "mips64le"}) == "mips64le"
+
+
+def test_each_summary_line_names_the_architecture_of_its_target():
+    plan = dict(PLAN, targets=[{"name": "arm", "architecture": "arm64"}, {"name": "img"}])
+    results = [
+        {"target": "img", "type": "docker", "artifact": dict(IMAGE, status="built", architecture="amd64")},
+        # a failed target has no artifact: the plan's architecture
+        {"target": "arm", "type": "qemu", "failure": {"phase": "provision", "msg": "E: no"}},
+        {"target": "other", "type": "docker", "artifact": dict(IMAGE, status="built")},
+    ]
+    lines = _manifest.summary(plan, results)
+    assert lines[1].split()[:4] == ["img", "docker", "amd64", "bakery/web:latest"]
+    assert lines[2].split()[:3] == ["arm", "qemu", "arm64"]
+    assert lines[3].split()[:3] == ["other", "docker", "-"], "unknown, never guessed"

@@ -645,7 +645,7 @@ def test_a_catalog_that_lists_the_version_with_another_box_is_a_problem(tmp_path
     result = run(plan_targets(catalog_bake(tmp_path)), FakeHost())
     assert result["problems"] == [
         "target box (vagrant), vagrant.version=1.0.0: catalog %s/bakery-web.json already lists version 1.0.0 of "
-        "bakery/web for libvirt with another checksum (sha256 %s, the box this bake would build is another: no "
+        "bakery/web for libvirt (amd64) with another checksum (sha256 %s, the box this bake would build is another: no "
         "box with these inputs exists): Vagrant caches boxes by version, so give the new box a new version, or "
         "set force to replace it" % (tmp_path, "ab" * 32)
     ]

@@ -68,10 +68,27 @@ def test_libvirt_virtual_size_is_whole_gib_rounded_up(size, gib):
     info = _vagrant.DiskInfo("qcow2", size, True)
     assert _vagrant.box_metadata("libvirt", info) == {
         "provider": "libvirt",
+        "architecture": "amd64",
         "format": "qcow2",
         "virtual_size": gib,
     }
-    assert _vagrant.box_metadata("virtualbox", info) == {"provider": "virtualbox"}
+    assert _vagrant.box_metadata("virtualbox", info, "arm64") == {
+        "provider": "virtualbox",
+        "architecture": "arm64",
+    }
+
+
+@pytest.mark.parametrize(
+    ("debian", "vagrant"),
+    [(None, "amd64"), ("amd64", "amd64"), ("arm64", "arm64"), ("armhf", "arm"), ("ppc64el", "ppc64le")],
+)
+def test_vagrant_names_of_debian_architectures(debian, vagrant):
+    assert _vagrant.vagrant_architecture(debian) == vagrant
+
+
+def test_an_architecture_that_is_no_debian_one_is_refused():
+    with pytest.raises(BakeryError, match="'aarch64' is not a Debian architecture"):
+        _vagrant.vagrant_architecture("aarch64")
 
 
 @pytest.mark.parametrize("version", ["1", "1.0.0", "2024.6.1", "1.0.0.rc1"])
@@ -114,7 +131,14 @@ def test_a_new_catalog_lists_the_box():
             {
                 "version": "1.0.0",
                 "providers": [
-                    {"name": "libvirt", "url": "file:///b.box", "checksum_type": "sha256", "checksum": SUM_A}
+                    {
+                        "name": "libvirt",
+                        "architecture": "amd64",
+                        "default_architecture": True,
+                        "url": "file:///b.box",
+                        "checksum_type": "sha256",
+                        "checksum": SUM_A,
+                    }
                 ],
             }
         ],
@@ -137,17 +161,67 @@ def test_same_box_again_changes_nothing_and_other_versions_are_kept():
 def test_a_second_provider_joins_the_version():
     first, _change = _vagrant.add_to_catalog(None, CAT, "virtualbox", "u-vb", SUM_B)
     both, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u-lv", SUM_A)
-    assert change == "added provider libvirt to version 1.0.0"
+    assert change == "added provider libvirt (amd64) to version 1.0.0"
     assert [p["name"] for p in both["versions"][0]["providers"]] == ["libvirt", "virtualbox"]
 
 
 def test_same_version_with_another_checksum_is_refused_unless_forced():
     first, _change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u1", SUM_A)
-    with pytest.raises(BakeryError, match=r"already lists version 1\.0\.0 of bakery/web for libvirt"):
+    with pytest.raises(
+        BakeryError, match=r"already lists version 1\.0\.0 of bakery/web for libvirt \(amd64\)"
+    ):
         _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B)
     forced, change = _vagrant.add_to_catalog(first, CAT, "libvirt", "u1", SUM_B, force=True)
-    assert change == "replaced libvirt of version 1.0.0"
+    assert change == "replaced libvirt (amd64) of version 1.0.0"
     assert forced["versions"][0]["providers"][0]["checksum"] == SUM_B
+
+
+def test_a_version_lists_a_provider_once_per_architecture_amd64_first_and_default():
+    arm, change = _vagrant.add_to_catalog(None, CAT, "libvirt", "u-arm", SUM_B, architecture="arm64")
+    assert change == "added version 1.0.0"
+    assert arm["versions"][0]["providers"][0]["default_architecture"] is True, "the only one is the default"
+    both, change = _vagrant.add_to_catalog(arm, CAT, "libvirt", "u-amd", SUM_A)
+    assert change == "added provider libvirt (amd64) to version 1.0.0"
+    listed = [
+        (p["architecture"], p["url"], p["default_architecture"]) for p in both["versions"][0]["providers"]
+    ]
+    # Vagrant 2.3 keeps the last entry of a provider; 2.4 takes the host's, else the default
+    assert listed == [("arm64", "u-arm", False), ("amd64", "u-amd", True)]
+    again, change = _vagrant.add_to_catalog(both, CAT, "libvirt", "u-arm", SUM_B, architecture="arm64")
+    assert change == "" and again == both
+    # another checksum for arm64 is a conflict of arm64 alone
+    with pytest.raises(BakeryError, match=r"for libvirt \(arm64\) with another checksum"):
+        _vagrant.add_to_catalog(both, CAT, "libvirt", "u-arm", SUM_A, architecture="arm64")
+    assert _vagrant.catalog_entry(both, "1.0.0", "libvirt", "arm64")["url"] == "u-arm"
+
+
+def test_an_entry_without_an_architecture_is_the_amd64_box_of_an_older_catalog():
+    old = {
+        "name": "bakery/web",
+        "description": "web",
+        "versions": [
+            {
+                "version": "1.0.0",
+                "providers": [{"name": "libvirt", "url": "u1", "checksum_type": "sha256", "checksum": SUM_A}],
+            }
+        ],
+    }
+    assert _vagrant.catalog_entry(old, "1.0.0", "libvirt")["url"] == "u1"
+    assert _vagrant.catalog_entry(old, "1.0.0", "libvirt", "arm64") is None
+    named, change = _vagrant.add_to_catalog(old, CAT, "libvirt", "u1", SUM_A)
+    assert change == "named the architecture of libvirt (amd64) in version 1.0.0"
+    assert named["versions"][0]["providers"] == [
+        {
+            "name": "libvirt",
+            "architecture": "amd64",
+            "default_architecture": True,
+            "url": "u1",
+            "checksum_type": "sha256",
+            "checksum": SUM_A,
+        }
+    ]
+    with pytest.raises(BakeryError, match="another checksum"):
+        _vagrant.add_to_catalog(old, CAT, "libvirt", "u1", SUM_B)
 
 
 def test_a_catalog_of_another_box_is_refused():
@@ -168,6 +242,7 @@ def test_libvirt_box_holds_the_disk_metadata_and_vagrantfile(tmp_path):
     assert list(content) == ["metadata.json", "Vagrantfile", "box.img"]
     assert json.loads(content["metadata.json"]) == {
         "provider": "libvirt",
+        "architecture": "amd64",
         "format": "qcow2",
         "virtual_size": 3,
     }
@@ -267,7 +342,9 @@ def test_manifest_entry_of_a_box():
         "catalog": {"path": "/o/web.json", "url": "file:///o/web-1.0.0-libvirt.box"},
         "changed_inputs": ["source_target"],
     }
-    entry = _manifest.vagrant_artifact(result, {"name": "box", "bake_id": "b1"}, 100.0, 112.5)
+    entry = _manifest.vagrant_artifact(
+        result, {"name": "box", "bake_id": "b1", "architecture": "arm64"}, 100.0, 112.5
+    )
     assert entry["status"] == "built" and entry["build_seconds"] == 12.5 and entry["bake_id"] == "b1"
     assert (entry["name"], entry["version"], entry["catalog"]) == ("bakery/web", "1.0.0", "/o/web.json")
     unchanged = _manifest.vagrant_artifact(
@@ -277,7 +354,7 @@ def test_manifest_entry_of_a_box():
     assert _manifest.summary(
         {"name": "web", "bake_id": "b1", "manifest": "/o/m.json"},
         [{"target": "box", "type": "vagrant", "artifact": entry}],
-    )[1].startswith("box  vagrant  /o/web-1.0.0-libvirt.box")
+    )[1].startswith("box  vagrant  arm64  /o/web-1.0.0-libvirt.box")
 
 
 # --------------------------------------------------------------------------- the box booted for its checks
