@@ -518,7 +518,11 @@ def _input_labels(inputs: Mapping[str, str]) -> dict[str, str]:
 def image_inputs(params: Mapping[str, Any], extra: Mapping[str, str]) -> dict[str, str]:
     """The plan's inputs, the image options and what the module resolved (source image id, disk digest)."""
     inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
-    inputs["options"] = digest_value({key: params.get(key) for key in IMAGE_OPTIONS})
+    options = {key: params.get(key) for key in IMAGE_OPTIONS}
+    if params.get("architecture"):
+        # only when named: the images of earlier bakes, which named none, keep their fingerprints
+        options["architecture"] = params["architecture"]
+    inputs["options"] = digest_value(options)
     inputs.update(extra)
     return inputs
 
@@ -956,6 +960,8 @@ class Images:
             body["family"] = params["family"]
         if params.get("description"):
             body["description"] = params["description"]
+        if params.get("architecture"):
+            body["architecture"] = params["architecture"]
         if params.get("guest_os_features"):
             body["guestOsFeatures"] = [{"type": feature} for feature in params["guest_os_features"]]
         if params.get("storage_locations"):

@@ -489,7 +489,9 @@ def make_plan(
             }
         )
     check_selected(every_entry, planned)
-    link_sources(planned, types, chosen)
+    link_sources(
+        planned, types, chosen, {target["name"]: target[types[target["name"]]] for target in targets_in}
+    )
     bake_id = bake_id or new_bake_id()
     for entry in planned:
         entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir, cache_dir=cache_dir)
@@ -660,12 +662,56 @@ def check_selected(entries: list[dict], planned: list[dict[str, Any]]) -> None:
             )
 
 
-def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: list[str]) -> None:
+# The names clouds give the Debian architectures of the disks they import (EC2's RegisterImage Architecture,
+# Compute Engine's Image.architecture), and the option of each target type that carries it.
+CLOUD_ARCHITECTURES = {
+    "ami": {"amd64": "x86_64", "arm64": "arm64", "i386": "i386"},
+    "gce": {"amd64": "X86_64", "arm64": "ARM64"},
+}
+# arm64 machines of these clouds boot with UEFI only
+UEFI_ONLY = {"arm64"}
+
+
+def cloud_architecture(entry: dict[str, Any], kind: str, given: Mapping[str, Any], where: str) -> None:
+    """An image uploaded from another target's disk gets that disk's architecture, in the cloud's words (and
+    UEFI boot for arm64 AMIs); an option that names another one is refused: the image would not boot."""
+    names = CLOUD_ARCHITECTURES.get(kind)
+    debian = entry.get("architecture")
+    if names is None or not debian:
+        return
+    name = names.get(debian)
+    if name is None:
+        raise BakeryError(
+            "%s: its source disk is %s, and %s images are made for %s only"
+            % (where, debian, kind, ", ".join(names))
+        )
+    if given.get("architecture") not in (None, name):
+        raise BakeryError(
+            "%s: architecture %s, but its source disk is %s (%s here): leave architecture out, or bake the "
+            "source for that architecture" % (where, given["architecture"], debian, name)
+        )
+    entry["options"]["architecture"] = name
+    if kind == "ami" and debian in UEFI_ONLY:
+        if given.get("boot_mode") not in (None, "uefi"):
+            raise BakeryError(
+                "%s: boot_mode %s, but an %s AMI boots with UEFI only: leave boot_mode out, or set uefi"
+                % (where, given["boot_mode"], debian)
+            )
+        entry["options"]["boot_mode"] = "uefi"
+
+
+def link_sources(
+    planned: list[dict[str, Any]],
+    types: dict[str, str],
+    chosen: list[str],
+    given: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
     """Targets made from another target's disk file (``options.source``) get that target as their source.
 
     The source's identity (its inputs and options) becomes part of the consumer's inputs, so a new disk
     means a new box or image. Selecting a consumer selects its source too: the source is then found
-    unchanged, or built first.
+    unchanged, or built first. An image of a cloud gets the source's architecture (*given*: the options as
+    the definition wrote them, to tell a default from a choice).
     """
     by_name = {entry["name"]: entry for entry in planned}
     for entry in planned:
@@ -686,6 +732,7 @@ def link_sources(planned: list[dict[str, Any]], types: dict[str, str], chosen: l
         origin = by_name[source]
         entry["source"] = {"target": source, "type": types[source], "host": origin["host"]}
         entry["architecture"] = origin.get("architecture")
+        cloud_architecture(entry, types[entry["name"]], (given or {}).get(entry["name"]) or {}, where)
         entry["inputs"] = {
             "source_target": digest_value(
                 {"type": types[source], "inputs": origin["inputs"], "options": origin["options"]}

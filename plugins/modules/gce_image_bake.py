@@ -81,6 +81,10 @@ options:
     description: Labels of the image (the bakery labels are added).
     type: dict
     default: {}
+  architecture:
+    description: The image's architecture; without it, Compute Engine's default.
+    type: str
+    choices: [X86_64, ARM64]
   guest_os_features:
     description: Guest OS features of the image, for example V(UEFI_COMPATIBLE), V(GVNIC).
     type: list
@@ -408,6 +412,7 @@ def main() -> None:
             family=dict(type="str"),
             description=dict(type="str"),
             labels=dict(type="dict", default={}),
+            architecture=dict(type="str", choices=["X86_64", "ARM64"]),
             guest_os_features=dict(type="list", elements="str", default=[]),
             storage_locations=dict(type="list", elements="str", default=[]),
             licenses=dict(type="list", elements="str", default=[]),

@@ -575,7 +575,16 @@ class FakeCompute:
         extra = {
             k: v
             for k, v in body.items()
-            if k in ("family", "description", "labels", "guestOsFeatures", "storageLocations", "licenses")
+            if k
+            in (
+                "family",
+                "description",
+                "labels",
+                "guestOsFeatures",
+                "storageLocations",
+                "licenses",
+                "architecture",
+            )
         }
         image = self.add_image(project, name, status="PENDING", **extra)
         image.pop("archiveSizeBytes", None)

@@ -157,6 +157,8 @@ IMPORT_PLAY = """
         family: web
         labels: {team: images}
         guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE]
+        # what the bake names for an arm64 disk (the plan's unit tests): the request is checked against the API
+        architecture: ARM64
         bucket: "{{ bucket }}"
         chunk_size_mb: 1
         bake_id: "{{ bake_id }}"
@@ -173,6 +175,7 @@ CHECK_TASK = """    - name: check
         family: web
         labels: {team: images}
         guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE]
+        architecture: ARM64
         bucket: "{{ bucket }}"
         bake_id: "{{ bake_id }}"
         target: disk
@@ -226,6 +229,7 @@ def test_import_raw_disk_checks_the_tarball_and_is_idempotent(gce, tmp_path):
     )
     assert len(image["labels"]["bakery-fingerprint"]) == 63
     assert [f["type"] for f in image["guestOsFeatures"]] == ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE"]
+    assert image["architecture"] == "ARM64"
     uploads = [c for c in gce.fake.calls if c.startswith("PUT /upload/storage/")]
     assert len(uploads) >= 3, "expected a chunked upload, got %s" % uploads
 

@@ -397,3 +397,59 @@ def test_each_target_knows_its_architecture_where_the_plan_can():
     ]
     disk, box = plan(bake)["targets"]
     assert disk["architecture"] == box["architecture"] == "arm64"
+
+
+def arm_images(ami=None, gce=None):
+    bake = copy.deepcopy(BAKE)
+    bake["base"]["architecture"] = "arm64"
+    bake["targets"] = [
+        {"name": "disk", "qemu": {"provision": "chroot", "formats": ["raw"]}},
+        {"name": "ami", "ami": dict({"region": "eu-west-1", "name": "web", "source": "disk"}, **(ami or {}))},
+        {
+            "name": "gce",
+            "gce": dict({"project": "p", "name": "web", "source": "disk", "bucket": "b"}, **(gce or {})),
+        },
+    ]
+    return bake
+
+
+def test_an_image_of_an_arm64_disk_is_an_arm64_image_that_boots_with_uefi():
+    _disk, ami, gce = plan(arm_images())["targets"]
+    assert (ami["architecture"], ami["options"]["architecture"], ami["options"]["boot_mode"]) == (
+        "arm64",
+        "arm64",
+        "uefi",
+    )
+    assert gce["options"]["architecture"] == "ARM64"
+    # the same, said explicitly
+    _disk, ami, gce = plan(
+        arm_images({"architecture": "arm64", "boot_mode": "uefi"}, {"architecture": "ARM64"})
+    )["targets"]
+    assert ami["options"]["boot_mode"] == "uefi" and gce["options"]["architecture"] == "ARM64"
+    # an amd64 disk keeps the x86_64 default and its boot mode (BIOS and UEFI both boot it)
+    amd = arm_images({"boot_mode": "legacy-bios"})
+    amd["base"]["architecture"] = "amd64"
+    _disk, ami, gce = plan(amd)["targets"]
+    assert (ami["options"]["architecture"], ami["options"]["boot_mode"]) == ("x86_64", "legacy-bios")
+    assert gce["options"]["architecture"] == "X86_64"
+
+
+@pytest.mark.parametrize(
+    ("ami", "gce", "message"),
+    [
+        (
+            {"architecture": "x86_64"},
+            None,
+            "target 'ami': architecture x86_64, but its source disk is arm64",
+        ),
+        ({"boot_mode": "legacy-bios"}, None, "an arm64 AMI boots with UEFI only"),
+        (
+            None,
+            {"architecture": "X86_64"},
+            "target 'gce': architecture X86_64, but its source disk is arm64",
+        ),
+    ],
+)
+def test_an_image_that_would_not_boot_its_disk_is_refused(ami, gce, message):
+    with pytest.raises(BakeryError, match=message):
+        plan(arm_images(ami, gce))
