@@ -272,44 +272,78 @@ def test_a_failure_at_any_call_leaves_nothing_behind(glance, baked, tmp_path, me
 
 
 KILLED_UPLOAD = """
-import sys, time
+import json, sys, time
 from ansible_collections.bakery.images.plugins.module_utils import _openstack
-chunks = _openstack._chunks
-def slow(*args):
-    for block in chunks(*args):
-        time.sleep(0.2)  # slowed, so that the kill lands in the middle of the upload
-        yield block
-_openstack._chunks = slow
+phase, ready = sys.argv[2], sys.argv[3]
+def here():
+    open(ready, "w").close()
+def stop_here(*args, **kwargs):
+    here()
+    time.sleep(3600)
+if phase == "created":  # the image record exists, nothing sent
+    _openstack.Images.send = stop_here
+elif phase == "uploading":  # slowed, so that the kill lands in the middle of the data
+    chunks = _openstack._chunks
+    def slow(*args):
+        for count, block in enumerate(chunks(*args)):
+            if count == 3:
+                here()
+            time.sleep(0.2)
+            yield block
+    _openstack._chunks = slow
+elif phase == "sent":  # every byte sent (glance-direct: the import asked for), not seen active yet
+    _openstack.Images.wait_active = stop_here
+elif phase == "verified":  # active and its hash checked, not yet final
+    _openstack.Images.finalize = stop_here
 _openstack.run(json.loads(sys.argv[1]))
 """
 
+# what Glance may show of an image at each phase of the bake (an import runs on in Glance after the kill)
+KILL_STATES = {
+    "created": {"queued"},
+    "uploading": {"queued", "saving", "uploading"},
+    "sent": {"saving", "uploading", "importing", "active"},
+    "verified": {"active"},
+}
 
-@pytest.mark.parametrize("method", ["glance-direct", "put"])
-def test_sigkill_during_the_upload_then_the_janitor_removes_the_image(glance, baked, tmp_path, method):
-    """A bake killed (SIGKILL, no undo runs) in the middle of the upload leaves its image queued or uploading
-    with bakery_temporary=true; playbooks/janitor.yml with the bake definition and bake id deletes it (and only
-    it: the published image of the other bake stays)."""
+
+@pytest.mark.parametrize(
+    ("method", "phase"),
+    [
+        ("put", "created"),
+        ("glance-direct", "uploading"),
+        ("put", "uploading"),
+        ("glance-direct", "sent"),
+        ("put", "verified"),
+    ],
+)
+def test_sigkill_at_each_phase_then_the_janitor_removes_the_image(glance, baked, tmp_path, method, phase):
+    """A bake killed (SIGKILL, no undo runs) after creating its image, in the middle of the upload, once every
+    byte is sent (an import then runs on in Glance), or once the image is active and verified but not yet final,
+    leaves its image with bakery_temporary=true; playbooks/janitor.yml with the bake definition and bake id
+    deletes it (and only it: the published image of the other bake stays)."""
     big = tmp_path / "big.raw"
     with open(big, "wb") as handle:
         handle.write(os.urandom(40 * 1024 * 1024))
     bake_id = unique("killed")
     params = module_params(glance, big, bake_id, disk_format="raw", import_method=method)
     script = tmp_path / "upload.py"
-    script.write_text("import json\n" + textwrap.dedent(KILLED_UPLOAD))
+    script.write_text(textwrap.dedent(KILLED_UPLOAD))
+    ready = tmp_path / "ready"
     env = dict(os.environ, PYTHONPATH=str(REPO / ".collections" / "src"))
-    proc = subprocess.Popen([sys.executable, str(script), json.dumps(params)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(params), phase, str(ready)], env=env)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not leftovers(glance, bake_id):
-            assert proc.poll() is None, "the upload ended before the kill"
-            time.sleep(0.2)
-        time.sleep(2)
-        assert proc.poll() is None, "the upload ended before the kill"
+        while time.monotonic() < deadline and not ready.exists():
+            assert proc.poll() is None, "the bake ended before the phase %s" % phase
+            time.sleep(0.1)
+        assert ready.exists(), "the bake did not reach the phase %s" % phase
+        assert proc.poll() is None, "the bake ended before the kill"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     (left,) = [i for i in glance.images() if i.get("bakery_bake_id") == bake_id]
-    assert left["status"] in ("queued", "saving", "uploading") and left["bakery_temporary"] == "true", left
+    assert left["status"] in KILL_STATES[phase] and left["bakery_temporary"] == "true", left
     published = [i["id"] for i in glance.images() if "bakery_temporary" not in i]
 
     bake_file = tmp_path / "bake.yml"
