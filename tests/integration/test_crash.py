@@ -7,6 +7,7 @@ VM stream); the AMI and GCE targets in test_ami.py and test_gce.py.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -200,3 +201,81 @@ def test_on_error_abort_stops_everything_and_removes_nothing(bake_base, tmp_path
     )
     janitor(tmp_path, bake_file, bake_id)
     assert of_bake(bake_id) == {"containers": [], "images": []}
+
+
+# a role that holds the builder as long as the run's environment says: its content (its step key) is the same
+# in a run that is held and killed and in the run after it
+ENV_HOLD_ROLE = """
+- name: Hold the builder while the environment asks
+  ansible.builtin.command: sleep {{ lookup('ansible.builtin.env', 'BAKERY_TEST_HOLD') | default('0', true) }}
+  changed_when: true
+"""
+
+
+def test_a_bake_killed_in_a_step_resumes_after_the_last_step_it_kept(bake_base, tmp_path):
+    """Per-step cache: SIGKILL while the second provisioner runs. The first provisioner's state was kept (a step
+    image), the second kept nothing, so the next bake, after the janitor, starts after the first provisioner and
+    runs the second one again: no state of an unfinished step is ever used."""
+    run_id = uuid.uuid4().hex[:8]
+    repository = "bakery-test/crash-step-%s" % run_id
+    write_role(tmp_path, ENV_HOLD_ROLE, name="env_hold")
+    bake = {
+        "name": "crash-step",
+        "cache_dir": bake_base["cache_dir"],
+        "base": dict(BAKE_BASE),
+        "package_lists": "keep",
+        "provisioners": [
+            {
+                "shell": {
+                    "inline": ["od -An -N8 -tx1 /dev/urandom > /etc/bakery-one"],
+                    "environment": {"RUN": run_id},
+                }
+            },
+            {"role": "env_hold"},
+        ],
+        "targets": [{"name": "web", "docker": {"repository": repository}}],
+    }
+    bake_file = tmp_path / "bake.yml"
+    bake_file.write_text(yaml.safe_dump({"bake": bake}))
+    bake_id = "crash-step-%s" % run_id
+    made: list[str] = []
+    try:
+        held = Run(
+            [str(BAKE), "-e", "@%s" % bake_file, "-e", "bake_id=%s" % bake_id],
+            tmp_path,
+            env=dict(env_for(tmp_path), BAKERY_TEST_HOLD="300"),
+        )
+        held.wait_for(r"TASK \[env_hold : Hold the builder while the environment asks\]", timeout=300)
+        time.sleep(1.0)
+        held.kill()
+        janitor(tmp_path, bake_file, bake_id)
+        assert of_bake(bake_id) == {"containers": [], "images": []}
+
+        again = run_playbook(BAKE, tmp_path, args=["-e", "@%s" % bake_file], env=env_for(tmp_path))
+        assert again.rc == 0, again.explain()
+        keys = again.task_result("Start the build container")["step_cache"]["keys"]
+        for key in keys:
+            made += [
+                i["Id"]
+                for i in docker_client().api.images(
+                    all=True, filters={"label": "org.bakery.step-key=%s" % key}
+                )
+            ]
+        (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+        made.append(entry["id"])
+        # the first step from the killed bake, the second run again (the killed one kept no state of it)
+        assert entry["step_cache"]["steps"] == ["hit", "miss"] and entry["step_cache"]["resume"] == 1, entry
+        # and what the killed bake kept of the first step is a sealed step image, the one the bake started from
+        (first_state,) = docker_client().api.images(
+            all=True, filters={"label": "org.bakery.step-key=%s" % keys[1]}
+        )
+        assert entry["step_cache"]["image"] == first_state["Id"]
+    finally:
+        for repo_image in docker_client().images.list(name=repository):
+            made.append(repo_image.id)
+        for _attempt in range(2):
+            for image in reversed(list(dict.fromkeys(made))):
+                try:
+                    docker_client().api.remove_image(image, force=True, noprune=False)
+                except Exception:  # noqa: BLE001 - gone already, or the parent of another
+                    pass
