@@ -443,6 +443,24 @@ def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
         assert cached_files == fresh_files, sorted(set(cached_files.items()) ^ set(fresh_files.items()))[:20]
         assert len(fresh_files) > 1000, "the whole tree was read"
         assert not list(cache_dir.glob("qemu/*-disk")), "the work directories went"
+
+        # a killed bake's entry (no seal) goes with prune_step_cache, and so does every sealed one with keep 0
+        (steps_dir / ("%s.tar.zst" % ("0" * 64))).write_bytes(b"half a tree")
+        keys.append("0" * 64)
+        pruned = run_playbook(
+            REPO / "playbooks" / "prune_step_cache.yml",
+            tmp_path,
+            args=[
+                "-e",
+                "@%s" % (tmp_path / "bake.json"),
+                "-e",
+                "prune_docker=false",
+                "-e",
+                "step_cache_keep=0",
+            ],
+        )
+        assert pruned.rc == 0, pruned.explain()
+        assert not list(steps_dir.glob("*.tar.zst*")), sorted(steps_dir.iterdir())
     finally:
         shutil.rmtree(tmp_path / "resumed", ignore_errors=True)
         shutil.rmtree(tmp_path / "fresh", ignore_errors=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 
-from ansible_collections.bakery.images.plugins.module_utils import _step_cache
+from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _standin, _step_cache
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import chain_keys
 
 KEYS = ["k0", "k1", "k2", "k3"]
 
@@ -44,10 +46,25 @@ def test_the_deepest_sealed_entry_is_chosen(tmp_path):
     assert position == 2 and path == str(tmp_path / "k2.tar.zst") and seal["key"] == "k2"
     # keys beyond max_resume are not looked at (the caller cuts the list)
     assert _step_cache.find_rootfs_step(str(tmp_path), KEYS[:2])[0] == 1
-    # a changed earlier step: other keys, nothing found
-    assert _step_cache.find_rootfs_step(str(tmp_path), ["x0", "x1", "k2"])[0] == 2
-    assert _step_cache.find_rootfs_step(str(tmp_path), ["x0", "x1", "x2"]) == (0, None, None)
     assert _step_cache.find_rootfs_step(None, KEYS) == (0, None, None)
+
+
+def test_a_changed_earlier_step_invalidates_every_later_entry(tmp_path):
+    keys = chain_keys({"target": "disk"}, ["one", "two", "three"])
+    for position, key in enumerate(keys[1:], start=1):
+        save(tmp_path, key, position)
+    assert _step_cache.find_rootfs_step(str(tmp_path), keys)[0] == 3
+    assert (
+        _step_cache.find_rootfs_step(str(tmp_path), chain_keys({"target": "disk"}, ["one", "two", "3"]))[0]
+        == 2
+    )
+    assert _step_cache.find_rootfs_step(
+        str(tmp_path), chain_keys({"target": "disk"}, ["1", "two", "three"])
+    ) == (
+        0,
+        None,
+        None,
+    )
 
 
 def test_an_unsealed_entry_is_refused(tmp_path):
@@ -160,3 +177,76 @@ def test_the_archive_keeps_owners_links_and_xattrs(tmp_path):
         ["tar", "-tf", str(target)], capture_output=True, text=True, check=True
     ).stdout.split()
     assert names[:2] == ["./", "./etc/"], "members ./..., sorted, as the base rootfs has them"
+
+
+def test_a_chroot_tree_resumes_from_its_kept_step_without_the_builders_additions(tmp_path):
+    """unpack, step_save, unpack again: the second tree starts from the kept step; the entry has the tree as the
+    provisioner left it, without the stand-in commands, resolv.conf and policy-rc.d of the builder."""
+    base_tree = tmp_path / "base"
+    # /bin/sh (the host's dash and its libraries): the builder's enter script checks that the sandbox starts
+    dash = os.path.realpath("/bin/dash")
+    ldd = subprocess.run(["ldd", dash], capture_output=True, text=True, check=True).stdout.splitlines()
+    libs = [line.split()[-2] if "=>" in line else line.split()[0] for line in ldd if "/" in line]
+    for path in [dash, *[lib for lib in libs if lib.startswith("/")]]:
+        target = base_tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    (base_tree / "bin").mkdir(exist_ok=True)
+    if not (base_tree / "bin" / "sh").exists():
+        os.symlink(dash, base_tree / "bin" / "sh")
+    for name in ("proc", "sys", "dev", "tmp", "etc", "usr/sbin"):
+        (base_tree / name).mkdir(parents=True, exist_ok=True)
+    (base_tree / "etc" / "resolv.conf").write_text("nameserver 192.0.2.1\n")
+    base = tmp_path / "base.tar"
+    subprocess.run(["tar", "--numeric-owner", "-cf", str(base), "-C", str(base_tree), "."], check=True)
+    keys = chain_keys({"target": "disk"}, ["one", "two"])
+    cache = {"enabled": True, "max_size": 1 << 30, "dir": str(tmp_path / "cache"), "max_resume": 2}
+    params = {"rootfs": str(base), "step_keys": keys, "step_cache": cache, "bake_id": "b1"}
+
+    first = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w1")), False)
+    assert first["step_cache"]["resume"] == 0 and first["step_cache"]["steps"] == ["miss", "miss"]
+    root = tmp_path / "w1" / "root"
+    assert (root / "usr" / "sbin" / "policy-rc.d").exists()
+    (root / "etc" / "one").write_text("provisioner one\n")
+    kept = _qemu_disk.step_save_action(
+        dict(params, workdir=str(tmp_path / "w1"), step=1, target="disk"), False
+    )
+    assert kept["changed"] and kept["image"] == str(
+        tmp_path / "cache" / "rootfs-steps" / ("%s.tar.zst" % keys[1])
+    )
+    # the builder is as it was: ready for the next provisioner
+    assert (root / "usr" / "sbin" / "policy-rc.d").exists()
+    names = subprocess.run(
+        ["tar", "-tf", kept["image"]], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "./etc/one" in names and "./usr/sbin/policy-rc.d" not in names
+    stand_ins = {"./" + path.lstrip("/") for path, _content, _mode, _link in _standin.files()}
+    assert stand_ins and not stand_ins & set(names), "the stand-in commands are no part of the step"
+    assert all((root / name).exists() or (root / name).is_symlink() for name in stand_ins), (
+        "and back for the next"
+    )
+    again = _qemu_disk.step_save_action(dict(params, workdir=str(tmp_path / "w1"), step=1), False)
+    assert not again["changed"]
+
+    check = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w2")), True)
+    assert check["step_cache"]["resume"] == 1 and not (tmp_path / "w2").exists(), "check mode unpacks nothing"
+    assert "provisioner 2 has no cached state" in check["step_cache"]["reason"]
+    second = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w2")), False)
+    assert second["step_cache"]["steps"] == ["hit", "miss"] and second["step_cache"]["image"] == kept["image"]
+    tree = tmp_path / "w2" / "root"
+    assert (tree / "etc" / "one").read_text() == "provisioner one\n"
+    assert _qemu_disk.restore_chroot(str(tree))
+    assert (tree / "etc" / "resolv.conf").read_text() == "nameserver 192.0.2.1\n"
+    assert not (tree / "usr" / "sbin" / "policy-rc.d").exists()
+
+    # bake_force and step_cache: false bypass the cache
+    forced = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w3"), force=True), True)
+    assert forced["step_cache"]["steps"] == ["bypassed", "bypassed"]
+    off = _qemu_disk.unpack_action(
+        dict(params, workdir=str(tmp_path / "w3"), step_cache=dict(cache, enabled=False)), True
+    )
+    assert off["step_cache"]["resume"] == 0 and off["step_cache"]["reason"].startswith(
+        "the step cache is off"
+    )
+    for workdir in ("w1", "w2"):
+        _qemu_disk.remove_workdir(str(tmp_path / workdir))
