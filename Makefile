@@ -46,6 +46,8 @@ APT_BAKE += qemu-user-static
 BINFMT_ARCHES ?= arm64
 # gnupg: gpg signs the checksums and provenance statements (bake.sign) and checks them (verify_artifacts).
 APT_BAKE += gnupg
+# zstd: the per-step cache of chroot builders keeps their trees as zstd tarballs.
+APT_BAKE += zstd
 # docker-registry: a local registry for push tests; apache2-utils: htpasswd for its authentication;
 # shellcheck: lints scripts/ and .ci/run.  e2fsprogs: tests make raw disks with mkfs.ext4 -d and read them
 # with debugfs.

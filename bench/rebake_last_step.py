@@ -7,7 +7,11 @@ cached state after the role. Prints the medians of N rounds (default 1) and thei
 <= 0.35). A first bake, not timed, makes the base root filesystem (shared with `make bake` in output/cache) and the
 cached state; the images and step images the benchmark made are removed at the end.
 
-Run from the repository: .venv/bin/python bench/rebake_last_step.py [N]
+With `qemu` the same for the default bake's disk target (`provision: chroot`, qcow2, vagrant): its cached states are
+the chroot builder's sealed tarballs in output/cache/rootfs-steps; the benchmark's entries and its disk are removed
+at the end.
+
+Run from the repository: .venv/bin/python bench/rebake_last_step.py [N] [docker|qemu]
 """
 
 from __future__ import annotations
@@ -29,9 +33,15 @@ REPOSITORY = "bakery-bench/rebake-last-step"
 TARGET = "rebake-bench"
 
 
-def definition(greeting: str) -> dict:
+def definition(greeting: str, kind: str = "docker") -> dict:
     default = yaml.safe_load((REPO / "playbooks" / "vars" / "default_bake.yml").read_text())["bake"]
     docker = next(target for target in default["targets"] if "docker" in target)
+    disk = next(target for target in default["targets"] if "qemu" in target)
+    target = (
+        {"name": TARGET, "docker": dict(docker["docker"], repository=REPOSITORY, tags=["latest"])}
+        if kind == "docker"
+        else {"name": TARGET, "qemu": dict(disk["qemu"], name=TARGET)}
+    )
     return {
         "bake": {
             "name": "rebake-bench",
@@ -47,16 +57,14 @@ def definition(greeting: str) -> dict:
                     }
                 },
             ],
-            "targets": [
-                {"name": TARGET, "docker": dict(docker["docker"], repository=REPOSITORY, tags=["latest"])}
-            ],
+            "targets": [target],
         }
     }
 
 
-def bake(work: Path, greeting: str, *args: str) -> tuple[float, dict]:
+def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[float, dict]:
     path = work / "bake.yml"
-    path.write_text(yaml.safe_dump(definition(greeting)))
+    path.write_text(yaml.safe_dump(definition(greeting, kind)))
     # the repository's ansible.cfg (collections, forks), as make bake uses it; the output goes to the work directory
     env = dict(
         os.environ,
@@ -94,29 +102,46 @@ def remove_images() -> None:
             subprocess.run(["docker", "rmi", image], capture_output=True, check=False)
 
 
+def remove_entries() -> None:
+    """The benchmark's cached chroot trees: the entries whose seal names its target."""
+    steps = REPO / "output" / "cache" / "rootfs-steps"
+    for seal in steps.glob("*.tar.zst.seal"):
+        try:
+            target = json.loads(seal.read_text()).get("target")
+        except ValueError:
+            continue
+        if target == TARGET:
+            seal.unlink(missing_ok=True)
+            (steps / seal.name[: -len(".seal")]).unlink(missing_ok=True)
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    kind = sys.argv[2] if len(sys.argv) > 2 else "docker"
+    if kind not in ("docker", "qemu"):
+        sys.exit("usage: rebake_last_step.py [N] [docker|qemu]")
     # packages, venv and the installed collection first: not part of what is measured
     subprocess.run(["make", "-C", str(REPO), "apt-bake", "collection"], check=True, capture_output=True)
-    remove_images()
+    cleanup = remove_images if kind == "docker" else remove_entries
+    cleanup()
     full, rebake, steps = [], [], []
     try:
         with tempfile.TemporaryDirectory(prefix="bakery-bench-") as tmp:
             work = Path(tmp)
-            bake(work, "warm-up")  # the rootfs, the base image, the cached state after the role
+            bake(work, "warm-up", kind=kind)  # the rootfs, the base image, the cached state after the role
             for index in range(rounds):
-                full.append(bake(work, "full %d" % index, "-e", "bake_force=true")[0])
-                seconds, entry = bake(work, "rebake %d" % index)
+                full.append(bake(work, "full %d" % index, "-e", "bake_force=true", kind=kind)[0])
+                seconds, entry = bake(work, "rebake %d" % index, kind=kind)
                 rebake.append(seconds)
                 steps.append(entry.get("step_cache", {}).get("steps"))
     finally:
-        remove_images()
+        cleanup()
     ratio = statistics.median(rebake) / statistics.median(full)
     print(
         json.dumps(
             {
                 "benchmark": "rebake_last_step",
-                "target": "docker",
+                "target": kind if kind == "docker" else "qemu (provision: chroot)",
                 "rounds": rounds,
                 "full_s": round(statistics.median(full), 1),
                 "rebake_s": round(statistics.median(rebake), 1),

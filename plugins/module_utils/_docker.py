@@ -46,6 +46,12 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     parse_inputs,
 )
 from ansible_collections.bakery.images.plugins.module_utils._standin import install_command, remove_command
+from ansible_collections.bakery.images.plugins.module_utils._step_cache import (
+    eviction_order,
+    resume_reason,
+    step_cache_params,
+    step_states,
+)
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError, Steps
 from ansible_collections.bakery.images.plugins.module_utils._temporary import Selector, act, errors_of, record
 
@@ -1132,22 +1138,6 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
 # least recently used ones beyond the cache's size go (:func:`evict_steps`), and ``prune_steps`` empties it.
 
 
-def step_cache_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The per-step cache settings of the plan (``step_cache``): used or not, its size limit, its directory."""
-    cache = params.get("step_cache") or {}
-    return {
-        "enabled": bool(cache.get("enabled")) and not params.get("force"),
-        "max_size": int(cache.get("max_size") or 0),
-        "dir": cache.get("dir") or None,
-        # the provisioners before the first one that acts outside the builder (a download, a local command)
-        "max_resume": int(
-            cache["max_resume"]
-            if cache.get("max_resume") is not None
-            else len(params.get("step_keys") or [1]) - 1
-        ),
-    }
-
-
 def step_keys(params: Mapping[str, Any], base_image_id: str | None) -> list[str]:
     """The builder's chain keys (the plan's), bound to the base image's id when the target names a base image
     (the plan knows only its name)."""
@@ -1155,45 +1145,6 @@ def step_keys(params: Mapping[str, Any], base_image_id: str | None) -> list[str]
     if base_image_id:
         keys = [digest_value({"key": key, "base_image": base_image_id}) for key in keys]
     return keys
-
-
-def resume_reason(resume: int, steps: int, enabled: bool, forced: bool, max_resume: int | None = None) -> str:
-    """Why the builder starts where it does, for the summary and --check."""
-    if forced:
-        return "forced: the step cache is bypassed"
-    if not enabled:
-        return "the step cache is off (bake.step_cache: false)"
-    if steps == 0:
-        return "no provisioners"
-    if resume == 0 and max_resume == 0:
-        return "provisioner 1 acts outside the builder and runs in every bake"
-    if resume == 0:
-        return "no cached state after provisioner 1 (changed, or it did not complete before)"
-    if resume == steps:
-        return "every provisioner's state is cached"
-    if resume == max_resume:
-        return (
-            "provisioners 1-%d are cached; provisioner %d acts outside the builder and runs in every bake"
-            % (
-                resume,
-                resume + 1,
-            )
-        )
-    return (
-        "provisioners 1-%d are cached; provisioner %d has no cached state (changed, or it did not complete before)"
-        % (
-            resume,
-            resume + 1,
-        )
-    )
-
-
-def step_states(resume: int, steps: int, enabled: bool) -> list[str]:
-    """Each provisioner's state in the cache as the builder starts: ``hit`` (taken from the cache, the provisioner
-    does not run), ``miss`` (it runs, and its state is kept), ``bypassed`` (the cache is off or forced)."""
-    if not enabled:
-        return ["bypassed"] * steps
-    return ["hit"] * resume + ["miss"] * (steps - resume)
 
 
 def _step_images(client: Any, key: str | None = None) -> list[dict[str, Any]]:
@@ -1370,22 +1321,6 @@ def step_entries(client: Any, directory: str | None) -> list[dict[str, Any]]:
             }
         )
     return entries
-
-
-def eviction_order(entries: list[dict[str, Any]], max_size: int, keep: Iterable[str] = ()) -> list[str]:
-    """Which step images go so that the rest fit in *max_size* bytes: least recently used first, and of those
-    used together the deepest first (its parent may be another step image); never those in *keep*."""
-    kept = set(keep)
-    total = sum(entry["size"] for entry in entries)
-    out = []
-    for entry in sorted(entries, key=lambda entry: (entry["used"], -entry["position"])):
-        if total <= max_size:
-            break
-        if entry["id"] in kept:
-            continue
-        out.append(entry["id"])
-        total -= entry["size"]
-    return out
 
 
 def evict_steps(

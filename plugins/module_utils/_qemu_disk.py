@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _isolation, _standin
+from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _isolation, _standin, _step_cache
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -88,7 +88,7 @@ EXTENSION_FORMATS = {
     ".vhdx": "vhdx",
 }
 SOURCE_FORMATS = ("qcow2", "raw")
-ACTIONS = ("find", "build", "unpack", "remove")
+ACTIONS = ("find", "build", "unpack", "remove", "step_save", "prune_steps")
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -1068,9 +1068,25 @@ def unpack(
     root = os.path.join(workdir, "root")
     os.mkdir(root, 0o755)
     run(
-        [which("tar"), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tarball, "-C", root],
+        [
+            which("tar"),
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+            tarball,
+            "-C",
+            root,
+        ],
         "unpacking %s" % tarball,
     )
+    return prepare_chroot(workdir, root, hostname)
+
+
+def prepare_chroot(workdir: str, root: str, hostname: str | None = None) -> dict[str, Any]:
+    """Make the unpacked tree ready to provision: the host's resolv.conf, a policy-rc.d, the stand-in commands
+    (what was there is recorded for :func:`restore_chroot`), and ``<workdir>/enter``."""
     state: dict[str, Any] = {}
     for relative, content, mode in (
         (
@@ -1468,30 +1484,172 @@ def module_action(module: Any) -> dict[str, Any]:
         return unpack_action(params, module.check_mode)
     if action == "remove":
         return remove_action(params, module.check_mode)
+    if action == "step_save":
+        return step_save_action(params, module.check_mode)
+    if action == "prune_steps":
+        return prune_steps_action(params, module.check_mode)
     return bake_disk(params, check_mode=module.check_mode)
 
 
 def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Unpack the builder's tree: from the deepest sealed entry of the per-step cache whose chain key it has
+    (``step_keys``, ``step_cache``), else from the rootfs tarball. Says where it starts, and why (also in check
+    mode, which unpacks nothing)."""
     workdir = params.get("workdir")
     rootfs = params.get("rootfs")
     if not workdir or not rootfs:
         raise BakeryError("qemu_image: action=unpack needs rootfs (a tarball) and workdir")
     workdir = os.path.abspath(str(workdir))
     root = os.path.join(workdir, "root")
+    keys = [str(key) for key in params.get("step_keys") or []]
+    cache = _step_cache.step_cache_params(params)
+    directory = _step_cache.rootfs_steps_dir(cache["dir"]) if cache["dir"] else None
+    resume, entry, _seal = (
+        _step_cache.find_rootfs_step(directory, keys[: cache["max_resume"] + 1])
+        if cache["enabled"] and keys
+        else (0, None, None)
+    )
+    steps_total = max(len(keys) - 1, 0)
+    cached = dict(
+        cache,
+        keys=keys,
+        resume=resume,
+        image=entry,
+        reason=_step_cache.resume_reason(
+            resume, steps_total, cache["enabled"], bool(params.get("force")), cache["max_resume"]
+        ),
+        steps=_step_cache.step_states(resume, steps_total, cache["enabled"]),
+    )
+    result: dict[str, Any] = {"workdir": workdir, "root": root}
+    if keys:
+        result["step_cache"] = cached
     if check_mode:
-        return {"changed": True, "workdir": workdir, "root": root, "msg": "would unpack %s" % rootfs}
-    if not os.path.isdir(str(rootfs)):
-        check_tarball(os.path.abspath(str(rootfs)), "rootfs")
+        return dict(result, changed=True, msg="would unpack %s" % (entry or rootfs))
+    tarball = os.path.abspath(str(rootfs))
+    if entry is not None:
+        _step_cache.touch(entry)
+        tarball = entry
+    elif not os.path.isdir(str(rootfs)):
+        check_tarball(tarball, "rootfs")
     with Steps() as steps:
-        result = unpack(
-            os.path.abspath(str(rootfs)),
-            workdir,
-            params.get("bake_id"),
-            steps,
-            params.get("hostname") or None,
-        )
-    result.update(changed=True, msg="unpacked %s into %s" % (rootfs, root))
+        try:
+            result.update(
+                unpack(tarball, workdir, params.get("bake_id"), steps, params.get("hostname") or None)
+            )
+        except BakeryError:
+            if entry is None or os.path.exists(entry):
+                raise
+            # another bake evicted the entry since it was found: start from the base, as without a cache
+            cached.update(
+                resume=0,
+                image=None,
+                reason="the cached step went before the builder was unpacked (evicted by another bake)",
+                steps=_step_cache.step_states(0, steps_total, True),
+            )
+            tarball = os.path.abspath(str(rootfs))
+            check_tarball(tarball, "rootfs")
+            result.update(
+                unpack(tarball, workdir, params.get("bake_id"), steps, params.get("hostname") or None)
+            )
+    where = (
+        " at step %d (cached %s)" % (cached["resume"], os.path.basename(tarball)[:12])
+        if cached["resume"]
+        else ""
+    )
+    result.update(changed=True, msg="unpacked %s into %s%s" % (rootfs if not where else tarball, root, where))
     return result
+
+
+def step_save_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Keep the builder's tree after provisioner ``step`` as the entry ``step_keys[step]`` of the per-step cache
+    (unless a sealed one exists), then evict the least recently used entries beyond ``step_cache.max_size``.
+
+    The tree is archived as it is after the provisioner, without what the builder adds for provisioning (the
+    stand-in commands, resolv.conf, policy-rc.d: put back for the archive, in again after it)."""
+    workdir = params.get("workdir")
+    position = int(params.get("step") or 0)
+    keys = [str(key) for key in params.get("step_keys") or []]
+    cache = _step_cache.step_cache_params(params)
+    if not workdir or not 0 < position < len(keys) or not cache["dir"]:
+        raise BakeryError(
+            "qemu_image: action=step_save needs workdir, step_cache.dir and a step (1-%d) of step_keys"
+            % (len(keys) - 1)
+        )
+    workdir = os.path.abspath(str(workdir))
+    root = os.path.join(workdir, "root")
+    key = keys[position]
+    directory = _step_cache.rootfs_steps_dir(cache["dir"])
+    path = _step_cache.entry_path(directory, key)
+    existing = _step_cache.read_seal(path)
+    if existing is not None or check_mode or not cache["enabled"]:
+        if existing is not None and not check_mode:
+            _step_cache.touch(path)
+        return dict(
+            changed=bool(check_mode and cache["enabled"] and existing is None),
+            image=path if existing is not None else None,
+            key=key,
+            msg="step %d is cached" % position if existing is not None else "would keep step %d" % position,
+        )
+    if not os.path.isfile(os.path.join(workdir, CHROOT_STATE)):
+        raise BakeryError(
+            "%s is no chroot work directory being provisioned (no %s)" % (workdir, CHROOT_STATE)
+        )
+    hostname = params.get("hostname") or None
+    timeout = int(params.get("timeout") or 1800)
+
+    def write(tmp: str) -> None:
+        restore_chroot(root)
+        try:
+            run(
+                _step_cache.archive_command(which("tar"), root, tmp),
+                "archiving the tree after step %d" % position,
+                timeout=timeout,
+            )
+        finally:
+            prepare_chroot(workdir, root, hostname)
+
+    started = time.monotonic()
+    path, seal, written = _step_cache.save_rootfs_step(
+        directory, key, position, str(params.get("target") or ""), write
+    )
+    evicted = (
+        _step_cache.evict_rootfs_steps(directory, cache["max_size"], keep={path}) if cache["max_size"] else []
+    )
+    return dict(
+        changed=written,
+        image=path,
+        key=key,
+        size=seal["size"],
+        sha256=seal["sha256"],
+        evicted=evicted,
+        duration=round(time.monotonic() - started, 3),
+        msg="kept step %d as %s (%d MiB)%s"
+        % (position, path, seal["size"] // MIB, "; evicted %d entr(ies)" % len(evicted) if evicted else ""),
+    )
+
+
+def prune_steps_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Empty the root-filesystem builders' per-step cache down to ``step_cache.max_size`` bytes (0: every entry),
+    with every entry no bake would use (unsealed)."""
+    cache = params.get("step_cache") or {}
+    if not cache.get("dir"):
+        raise BakeryError("qemu_image: action=prune_steps needs step_cache.dir (the bake's cache directory)")
+    directory = _step_cache.rootfs_steps_dir(str(cache["dir"]))
+    pruned = _step_cache.prune_rootfs_steps(directory, int(cache.get("max_size") or 0), check_mode)
+    removed = pruned["unsealed"] + pruned["evicted"]
+    return dict(
+        changed=bool(removed),
+        removed=removed,
+        unsealed=pruned["unsealed"],
+        evicted=pruned["evicted"],
+        msg="%s %d cached step(s) of root-filesystem builders and %d unsealed file(s) in %s"
+        % (
+            "would remove" if check_mode else "removed",
+            len(pruned["evicted"]),
+            len(pruned["unsealed"]),
+            directory,
+        ),
+    )
 
 
 def remove_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:

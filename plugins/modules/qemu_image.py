@@ -32,6 +32,12 @@ description:
     carries it, nothing is done (C(changed=false)).
   - O(action=unpack) unpacks a rootfs tarball into O(workdir)C(/root) for chroot provisioning; O(workdir) is
     marked temporary (C(.bakery-temporary) holds O(bake_id)). O(action=remove) removes such a work directory.
+  - "The per-step cache (O(step_cache)): O(action=unpack) starts the tree from the deepest sealed entry whose chain
+    key it has (O(step_keys)) instead of O(rootfs) and says from which step (RV(step_cache.resume)), also in check
+    mode; O(action=step_save) keeps the tree after provisioner O(step) as C(<step_cache.dir>/rootfs-steps/<key>.tar.zst)
+    (zstd, numeric owners, xattrs, ACLs, hard links; synced, sealed by C(<key>.tar.zst.seal) with its size and
+    sha256, then renamed into place), then evicts the least recently used entries beyond O(step_cache.max_size);
+    O(action=prune_steps) removes unsealed entries and empties the cache down to O(step_cache.max_size)."
   - O(action=unpack) also writes O(workdir)C(/enter), the C(chroot_exe) for community.general.chroot, which runs
     each command in the tree under bubblewrap, in mount, PID, UTS and IPC namespaces of its own, with a fresh
     C(/proc), read-only C(/proc/sys) and C(/sys), a small C(/dev), Docker's default capabilities and the
@@ -60,9 +66,10 @@ options:
     description:
       - V(build) makes the outputs unless they are up to date; V(find) only looks them up.
       - V(unpack) and V(remove) make and remove a chroot work directory (O(workdir)).
+      - V(step_save) keeps the tree of O(workdir) in the per-step cache; V(prune_steps) empties that cache.
     type: str
     default: build
-    choices: [build, find, unpack, remove]
+    choices: [build, find, unpack, remove, step_save, prune_steps]
   outputs:
     description: The disk files to make; the first is the primary output.
     type: list
@@ -153,6 +160,38 @@ options:
   workdir:
     description: The chroot work directory for O(action=unpack) and O(action=remove).
     type: path
+  step_keys:
+    description:
+      - The builder's per-step cache keys from the bake plan, of the state after the start (key 0) and after each
+        provisioner (key 1 to n), for O(action=unpack) and O(action=step_save).
+    type: list
+    elements: str
+    default: []
+  step:
+    description: With O(action=step_save), the position (1 to n) of the provisioner whose state to keep.
+    type: int
+  target:
+    description: The bake target the tree is provisioned for, recorded in a step's seal.
+    type: str
+  step_cache:
+    description: The per-step cache settings of the bake plan.
+    type: dict
+    default: {}
+    suboptions:
+      enabled:
+        description: Whether O(action=unpack) reads and O(action=step_save) writes the cache. O(force=true) bypasses it.
+        type: bool
+        default: false
+      max_size:
+        description: The most the entries may take, in bytes (their files); least recently used go first.
+        type: int
+        default: 0
+      dir:
+        description: The bake's cache directory; the entries are in its C(rootfs-steps) directory.
+        type: path
+      max_resume:
+        description: The last provisioner a tree may start after (those after it act outside the builder).
+        type: int
   timeout:
     description: Seconds each long command (unpacking, mkfs, conversion) may take.
     type: int
@@ -280,6 +319,33 @@ root:
   description: The unpacked tree, the chroot to provision (action unpack).
   returned: action unpack
   type: str
+step_cache:
+  description: Where the per-step cache starts the tree (action unpack, also in check mode, when O(step_keys) are given).
+  returned: action unpack with step_keys
+  type: dict
+  contains:
+    resume:
+      description: The last provisioner whose cached state the tree starts from (V(0) for none).
+      type: int
+    keys:
+      description: The builder's chain keys.
+      type: list
+      elements: str
+    image:
+      description: The entry (tarball) the tree is unpacked from.
+      type: str
+    reason:
+      description: Why it starts there.
+      type: str
+    steps:
+      description: Each provisioner's state, V(hit), V(miss) or V(bypassed).
+      type: list
+      elements: str
+removed:
+  description: The files action prune_steps removed (or would remove).
+  returned: action prune_steps
+  type: list
+  elements: str
 enter:
   description: The script that runs a command isolated in the tree, for the chroot connection's C(chroot_exe).
   returned: action unpack
@@ -337,6 +403,19 @@ def main() -> None:
             bake_id=dict(type="str"),
             workdir=dict(type="path"),
             timeout=dict(type="int", default=1800),
+            step_keys=dict(type="list", elements="str", default=[], no_log=False),
+            step=dict(type="int"),
+            target=dict(type="str"),
+            step_cache=dict(
+                type="dict",
+                default={},
+                options=dict(
+                    enabled=dict(type="bool", default=False),
+                    max_size=dict(type="int", default=0),
+                    dir=dict(type="path"),
+                    max_resume=dict(type="int"),
+                ),
+            ),
             hygiene=dict(
                 type="dict",
                 options=dict(

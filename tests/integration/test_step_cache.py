@@ -155,7 +155,9 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         check = bake(tmp_path, second_def, "--check")
         assert check.rc == 0, check.explain()
         line = [line for line in check.task_result("Artifact summary")["msg"] if repo in line]
-        assert "would resume after provisioner 1" in line[0], line
+        assert line and "would resume after provisioner 1" in line[0], check.task_result("Artifact summary")[
+            "msg"
+        ]
         assert "provisioner 2 has no cached state" in line[0], line
         assert set(
             step_images(keys + check.task_result("Start the build container")["step_cache"]["keys"])
@@ -314,3 +316,154 @@ def test_a_builder_that_resumes_leaves_the_order_of_the_others_alone(bake_base, 
                     client.api.remove_image(image, force=True, noprune=False)
                 except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
                     pass
+
+
+# ------------------------------------------------------------------------------------------------ chroot builders
+
+
+def chroot_definition(cache_dir: str, run: str, second: str) -> dict:
+    return {
+        "name": "chrootsteps",
+        "cache_dir": cache_dir,
+        "base": dict(BAKE_BASE),
+        "package_lists": "keep",
+        "provisioners": [
+            {
+                "shell": {
+                    "inline": [
+                        "od -An -N16 -tx1 /dev/urandom | tr -d ' \\n' > /etc/bakery-step1",
+                        'echo "one $RUN" > /etc/bakery-one',
+                    ],
+                    # RUN: this test's own step keys (the cache directory may hold an earlier run's entries)
+                    "environment": {"RUN": run},
+                }
+            },
+            {
+                "shell": {
+                    "inline": ['echo "two $SECOND" > /etc/bakery-two'],
+                    "environment": {"SECOND": second},
+                }
+            },
+        ],
+        "targets": [
+            {
+                "name": "disk",
+                "qemu": {"provision": "chroot", "name": "chrootsteps", "formats": ["raw"], "disk_size": "2G"},
+            }
+        ],
+    }
+
+
+def disk_tree(disk, into) -> dict[str, str]:
+    """Every path of the disk's root file system (read with debugfs rdump, never mounted) with what it is: a
+    regular file's content, mode and owner, a link's target, a directory's mode and owner."""
+    from test_qemu import debugfs
+
+    into.mkdir()
+    out = debugfs(disk, "rdump / %s" % into)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found: dict[str, str] = {}
+    for path in sorted(into.rglob("*")):
+        info = path.lstat()
+        name = str(path.relative_to(into))
+        if path.is_symlink():
+            found[name] = "link %s" % path.readlink()
+        elif path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[name] = "file %o %d:%d %s" % (info.st_mode, info.st_uid, info.st_gid, digest)
+        else:
+            found[name] = "%o %d:%d" % (info.st_mode, info.st_uid, info.st_gid)
+    return found
+
+
+def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
+    """A qemu target with provision: chroot: its tree after each provisioner is kept as a sealed zstd tarball; a
+    bake whose first provisioner is unchanged starts from its tarball, and its disk has the files of the disk a
+    bake without the cache makes."""
+    import shutil
+
+    run = uuid.uuid4().hex
+    steps_dir = cache_dir / "rootfs-steps"
+    keys: list[str] = []
+    try:
+        first = bake(tmp_path, chroot_definition(str(cache_dir), run, "a"))
+        assert first.rc == 0, first.explain()
+        entry = step_cache(tmp_path)
+        assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0
+        keys = first.task_result("Unpack the root filesystem into the chroot work directory")["step_cache"][
+            "keys"
+        ]
+        assert len(keys) == 3
+        for key in keys[1:]:
+            seal = json.loads((steps_dir / ("%s.tar.zst.seal" % key)).read_text())
+            tarball = steps_dir / ("%s.tar.zst" % key)
+            assert seal["size"] == tarball.stat().st_size
+            assert seal["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
+            assert tarball.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "a zstd tarball"
+        disk = tmp_path / "output" / "chrootsteps.raw"
+        from test_qemu import debugfs
+
+        token = debugfs(disk, "cat /etc/bakery-step1").stdout
+        assert len(token) == 32, token
+
+        # only the last provisioner's variables change: the bake starts after the first one
+        check = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"), "--check")
+        assert check.rc == 0, check.explain()
+        line = [line for line in check.task_result("Artifact summary")["msg"] if " qemu " in line]
+        assert line and "would resume after provisioner 1" in line[0], check.task_result("Artifact summary")[
+            "msg"
+        ]
+        assert "provisioner 2 has no cached state" in line[0], line
+
+        second = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"))
+        assert second.rc == 0, second.explain()
+        resumed = step_cache(tmp_path)
+        assert resumed["step_cache"]["steps"] == ["hit", "miss"] and resumed["step_cache"]["resume"] == 1
+        assert resumed["step_cache"]["image"] == str(steps_dir / ("%s.tar.zst" % keys[1]))
+        summary = second.task_result("Artifact summary")["msg"]
+        assert any("steps 1 hit/1 miss, resumed after provisioner 1" in line for line in summary), summary
+        assert debugfs(disk, "cat /etc/bakery-step1").stdout == token, "the first provisioner ran again"
+        assert debugfs(disk, "cat /etc/bakery-two").stdout == "two b\n"
+        second_keys = second.task_result("Unpack the root filesystem into the chroot work directory")[
+            "step_cache"
+        ]["keys"]
+        assert second_keys[:2] == keys[:2] and second_keys[2] != keys[2]
+        keys += second_keys[2:]
+        cached_files = disk_tree(disk, tmp_path / "resumed")
+
+        # bake_force bypasses the cache: every provisioner runs, the disk has the same files (but the token)
+        forced = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"), "-e", "bake_force=true")
+        assert forced.rc == 0, forced.explain()
+        fresh = step_cache(tmp_path)
+        assert fresh["step_cache"]["steps"] == ["bypassed", "bypassed"]
+        assert fresh["fingerprint"] == resumed["fingerprint"]
+        assert debugfs(disk, "cat /etc/bakery-step1").stdout != token
+        fresh_files = disk_tree(disk, tmp_path / "fresh")
+        del cached_files[RANDOM], fresh_files[RANDOM]
+        assert cached_files == fresh_files, sorted(set(cached_files.items()) ^ set(fresh_files.items()))[:20]
+        assert len(fresh_files) > 1000, "the whole tree was read"
+        assert not list(cache_dir.glob("qemu/*-disk")), "the work directories went"
+
+        # a killed bake's entry (no seal) goes with prune_step_cache, and so does every sealed one with keep 0
+        (steps_dir / ("%s.tar.zst" % ("0" * 64))).write_bytes(b"half a tree")
+        keys.append("0" * 64)
+        pruned = run_playbook(
+            REPO / "playbooks" / "prune_step_cache.yml",
+            tmp_path,
+            args=[
+                "-e",
+                "@%s" % (tmp_path / "bake.json"),
+                "-e",
+                "prune_docker=false",
+                "-e",
+                "step_cache_keep=0",
+            ],
+        )
+        assert pruned.rc == 0, pruned.explain()
+        assert not list(steps_dir.glob("*.tar.zst*")), sorted(steps_dir.iterdir())
+    finally:
+        shutil.rmtree(tmp_path / "resumed", ignore_errors=True)
+        shutil.rmtree(tmp_path / "fresh", ignore_errors=True)
+        for key in keys[1:]:
+            for name in ("%s.tar.zst" % key, "%s.tar.zst.seal" % key):
+                (steps_dir / name).unlink(missing_ok=True)

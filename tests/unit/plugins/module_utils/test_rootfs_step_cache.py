@@ -1,0 +1,252 @@
+"""The per-step cache of root-filesystem builders: sealed entries, the deepest valid one, eviction and prune."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _standin, _step_cache
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import chain_keys
+
+KEYS = ["k0", "k1", "k2", "k3"]
+
+
+def save(directory, key, position, data: bytes = b"tree"):
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(data + key.encode())
+
+    return _step_cache.save_rootfs_step(str(directory), key, position, "disk", write)
+
+
+def test_a_saved_entry_is_sealed_with_its_size_and_sha256(tmp_path):
+    path, seal, written = save(tmp_path, "k1", 1)
+    assert written and path == str(tmp_path / "k1.tar.zst")
+    data = (tmp_path / "k1.tar.zst").read_bytes()
+    on_disk = json.loads((tmp_path / "k1.tar.zst.seal").read_text())
+    assert on_disk == seal
+    assert seal["size"] == len(data) and seal["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (seal["key"], seal["position"], seal["target"]) == ("k1", 1, "disk")
+    assert sorted(os.listdir(tmp_path)) == ["k1.tar.zst", "k1.tar.zst.seal"], "no temporary file is left"
+    # a second save of the key keeps the entry
+    assert save(tmp_path, "k1", 1, b"other")[2] is False
+    assert (tmp_path / "k1.tar.zst").read_bytes() == data
+
+
+def test_the_deepest_sealed_entry_is_chosen(tmp_path):
+    save(tmp_path, "k1", 1)
+    save(tmp_path, "k2", 2)
+    position, path, seal = _step_cache.find_rootfs_step(str(tmp_path), KEYS)
+    assert position == 2 and path == str(tmp_path / "k2.tar.zst") and seal["key"] == "k2"
+    # keys beyond max_resume are not looked at (the caller cuts the list)
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS[:2])[0] == 1
+    assert _step_cache.find_rootfs_step(None, KEYS) == (0, None, None)
+
+
+def test_a_changed_earlier_step_invalidates_every_later_entry(tmp_path):
+    keys = chain_keys({"target": "disk"}, ["one", "two", "three"])
+    for position, key in enumerate(keys[1:], start=1):
+        save(tmp_path, key, position)
+    assert _step_cache.find_rootfs_step(str(tmp_path), keys)[0] == 3
+    assert (
+        _step_cache.find_rootfs_step(str(tmp_path), chain_keys({"target": "disk"}, ["one", "two", "3"]))[0]
+        == 2
+    )
+    assert _step_cache.find_rootfs_step(
+        str(tmp_path), chain_keys({"target": "disk"}, ["1", "two", "three"])
+    ) == (
+        0,
+        None,
+        None,
+    )
+
+
+def test_an_unsealed_entry_is_refused(tmp_path):
+    save(tmp_path, "k1", 1)
+    # a killed bake's tarball: written, never sealed
+    (tmp_path / "k3.tar.zst").write_bytes(b"half a tree")
+    assert _step_cache.read_seal(str(tmp_path / "k3.tar.zst")) is None
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[0] == 1
+    # a seal that does not match its file: another size, another key, other content of the same size
+    save(tmp_path, "k2", 2)
+    entry = tmp_path / "k2.tar.zst"
+    entry.write_bytes(entry.read_bytes() + b"!")
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[0] == 1
+    entry.write_bytes(entry.read_bytes()[:-2] + b"?")
+    assert _step_cache.read_seal(str(entry)) is not None, "same size"
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[0] == 1, "the sha256 differs"
+    seal = json.loads((tmp_path / "k1.tar.zst.seal").read_text())
+    (tmp_path / "k2.tar.zst.seal").write_text(json.dumps(dict(seal, key="k2")))
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[0] == 1
+    (tmp_path / "k1.tar.zst.seal").write_text("{not json")
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[0] == 0
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path):
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(b"part")
+        raise OSError("killed")
+
+    with pytest.raises(OSError):
+        _step_cache.save_rootfs_step(str(tmp_path), "k1", 1, "disk", write)
+    assert os.listdir(tmp_path) == []
+
+
+def test_eviction_goes_least_recently_used_first_by_file_size(tmp_path):
+    for position, key in enumerate(("k1", "k2", "k3"), start=1):
+        save(tmp_path, key, position, b"x" * 100)
+    now = time.time()
+    _step_cache.touch(str(tmp_path / "k1.tar.zst"), now - 30)
+    _step_cache.touch(str(tmp_path / "k2.tar.zst"), now - 10)
+    _step_cache.touch(str(tmp_path / "k3.tar.zst"), now - 20)
+    entries = {entry["key"]: entry for entry in _step_cache.rootfs_entries(str(tmp_path))}
+    assert entries["k1"]["size"] == 102 and entries["k2"]["position"] == 2
+    assert _step_cache.evict_rootfs_steps(str(tmp_path), 500, check_mode=True) == []
+    removed = _step_cache.evict_rootfs_steps(str(tmp_path), 150, keep={str(tmp_path / "k1.tar.zst")})
+    assert removed == [str(tmp_path / "k3.tar.zst"), str(tmp_path / "k2.tar.zst")]
+    assert sorted(os.listdir(tmp_path)) == ["k1.tar.zst", "k1.tar.zst.seal"]
+    # a use makes an entry the most recent
+    save(tmp_path, "k2", 2, b"x" * 100)
+    _step_cache.touch(str(tmp_path / "k2.tar.zst"), now - 40)
+    _step_cache.touch(str(tmp_path / "k1.tar.zst"), now)
+    assert _step_cache.evict_rootfs_steps(str(tmp_path), 150) == [str(tmp_path / "k2.tar.zst")]
+
+
+def test_prune_removes_what_no_bake_uses_and_empties_the_cache(tmp_path):
+    save(tmp_path, "k1", 1)
+    (tmp_path / "k2.tar.zst").write_bytes(b"unsealed")
+    (tmp_path / "k3.tar.zst.seal").write_text(json.dumps({"key": "k3", "size": 1, "sha256": "0"}))
+    old = tmp_path / ".k4.tar.zst.abc123.partial"
+    old.write_bytes(b"old")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".k5.tar.zst.def456.partial"
+    fresh.write_bytes(b"being written")
+    dry = _step_cache.prune_rootfs_steps(str(tmp_path), 1 << 30, check_mode=True)
+    assert len(os.listdir(tmp_path)) == 6, "check mode removes nothing"
+    pruned = _step_cache.prune_rootfs_steps(str(tmp_path), 1 << 30)
+    assert pruned == dry
+    assert sorted(pruned["unsealed"]) == sorted(
+        str(tmp_path / name) for name in ("k2.tar.zst", "k3.tar.zst.seal", ".k4.tar.zst.abc123.partial")
+    )
+    assert pruned["evicted"] == []
+    assert sorted(os.listdir(tmp_path)) == [".k5.tar.zst.def456.partial", "k1.tar.zst", "k1.tar.zst.seal"]
+    assert _step_cache.prune_rootfs_steps(str(tmp_path), 0)["evicted"] == [str(tmp_path / "k1.tar.zst")]
+    assert os.listdir(tmp_path) == [".k5.tar.zst.def456.partial"]
+
+
+def test_the_archive_keeps_owners_links_and_xattrs(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "a").write_text("a\n")
+    os.link(root / "etc" / "a", root / "etc" / "hard")
+    os.symlink("a", root / "etc" / "soft")
+    os.chown(root / "etc" / "a", 1234, 4321)
+    os.setxattr(root / "etc" / "a", "user.bakery", b"kept")
+    target = tmp_path / "out.tar.zst"
+    subprocess.run(_step_cache.archive_command("tar", str(root), str(target)), check=True)
+    assert target.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    back = tmp_path / "back"
+    back.mkdir()
+    subprocess.run(
+        [
+            "tar",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+            str(target),
+            "-C",
+            str(back),
+        ],
+        check=True,
+    )
+    info = os.stat(back / "etc" / "a")
+    assert (info.st_uid, info.st_gid, info.st_nlink) == (1234, 4321, 2)
+    assert os.stat(back / "etc" / "hard").st_ino == info.st_ino
+    assert os.readlink(back / "etc" / "soft") == "a"
+    assert os.getxattr(back / "etc" / "a", "user.bakery") == b"kept"
+    names = subprocess.run(
+        ["tar", "-tf", str(target)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert names[:2] == ["./", "./etc/"], "members ./..., sorted, as the base rootfs has them"
+
+
+def test_a_chroot_tree_resumes_from_its_kept_step_without_the_builders_additions(tmp_path):
+    """unpack, step_save, unpack again: the second tree starts from the kept step; the entry has the tree as the
+    provisioner left it, without the stand-in commands, resolv.conf and policy-rc.d of the builder."""
+    base_tree = tmp_path / "base"
+    # /bin/sh (the host's dash and its libraries): the builder's enter script checks that the sandbox starts
+    dash = os.path.realpath("/bin/dash")
+    ldd = subprocess.run(["ldd", dash], capture_output=True, text=True, check=True).stdout.splitlines()
+    libs = [line.split()[-2] if "=>" in line else line.split()[0] for line in ldd if "/" in line]
+    for path in [dash, *[lib for lib in libs if lib.startswith("/")]]:
+        target = base_tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    (base_tree / "bin").mkdir(exist_ok=True)
+    if not (base_tree / "bin" / "sh").exists():
+        os.symlink(dash, base_tree / "bin" / "sh")
+    for name in ("proc", "sys", "dev", "tmp", "etc", "usr/sbin"):
+        (base_tree / name).mkdir(parents=True, exist_ok=True)
+    (base_tree / "etc" / "resolv.conf").write_text("nameserver 192.0.2.1\n")
+    base = tmp_path / "base.tar"
+    subprocess.run(["tar", "--numeric-owner", "-cf", str(base), "-C", str(base_tree), "."], check=True)
+    keys = chain_keys({"target": "disk"}, ["one", "two"])
+    cache = {"enabled": True, "max_size": 1 << 30, "dir": str(tmp_path / "cache"), "max_resume": 2}
+    params = {"rootfs": str(base), "step_keys": keys, "step_cache": cache, "bake_id": "b1"}
+
+    first = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w1")), False)
+    assert first["step_cache"]["resume"] == 0 and first["step_cache"]["steps"] == ["miss", "miss"]
+    root = tmp_path / "w1" / "root"
+    assert (root / "usr" / "sbin" / "policy-rc.d").exists()
+    (root / "etc" / "one").write_text("provisioner one\n")
+    kept = _qemu_disk.step_save_action(
+        dict(params, workdir=str(tmp_path / "w1"), step=1, target="disk"), False
+    )
+    assert kept["changed"] and kept["image"] == str(
+        tmp_path / "cache" / "rootfs-steps" / ("%s.tar.zst" % keys[1])
+    )
+    # the builder is as it was: ready for the next provisioner
+    assert (root / "usr" / "sbin" / "policy-rc.d").exists()
+    names = subprocess.run(
+        ["tar", "-tf", kept["image"]], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "./etc/one" in names and "./usr/sbin/policy-rc.d" not in names
+    stand_ins = {"./" + path.lstrip("/") for path, _content, _mode, _link in _standin.files()}
+    assert stand_ins and not stand_ins & set(names), "the stand-in commands are no part of the step"
+    assert all((root / name).exists() or (root / name).is_symlink() for name in stand_ins), (
+        "and back for the next"
+    )
+    again = _qemu_disk.step_save_action(dict(params, workdir=str(tmp_path / "w1"), step=1), False)
+    assert not again["changed"]
+
+    check = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w2")), True)
+    assert check["step_cache"]["resume"] == 1 and not (tmp_path / "w2").exists(), "check mode unpacks nothing"
+    assert "provisioner 2 has no cached state" in check["step_cache"]["reason"]
+    second = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w2")), False)
+    assert second["step_cache"]["steps"] == ["hit", "miss"] and second["step_cache"]["image"] == kept["image"]
+    tree = tmp_path / "w2" / "root"
+    assert (tree / "etc" / "one").read_text() == "provisioner one\n"
+    assert _qemu_disk.restore_chroot(str(tree))
+    assert (tree / "etc" / "resolv.conf").read_text() == "nameserver 192.0.2.1\n"
+    assert not (tree / "usr" / "sbin" / "policy-rc.d").exists()
+
+    # bake_force and step_cache: false bypass the cache
+    forced = _qemu_disk.unpack_action(dict(params, workdir=str(tmp_path / "w3"), force=True), True)
+    assert forced["step_cache"]["steps"] == ["bypassed", "bypassed"]
+    off = _qemu_disk.unpack_action(
+        dict(params, workdir=str(tmp_path / "w3"), step_cache=dict(cache, enabled=False)), True
+    )
+    assert off["step_cache"]["resume"] == 0 and off["step_cache"]["reason"].startswith(
+        "the step cache is off"
+    )
+    for workdir in ("w1", "w2"):
+        _qemu_disk.remove_workdir(str(tmp_path / workdir))
