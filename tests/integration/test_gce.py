@@ -772,6 +772,16 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     image = gce.fake.images[(PROJECT, entry["name"])]
     assert image["status"] == "READY" and "bakery-temporary" not in (image.get("labels") or {})
     assert gce.leftovers() == {}
+    # its statement names the image with the sha256 of the raw disk it was uploaded from (the disk, copied from
+    # an image, has no SBOM: neither has the image); the output verifies
+    disk = next(a for a in manifest["artifacts"] if a["target"] == "disk")
+    raw_sha256 = next(o["sha256"] for o in disk["outputs"] if o["format"] == "raw")
+    assert entry["disk_sha256"] == raw_sha256 and "sbom" not in entry
+    statement = check_statement(entry)
+    assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
+        ("projects/%s/global/images/%s" % (PROJECT, entry["name"]), {"sha256": raw_sha256})
+    ]
+    assert _verify.check(str(tmp_path / "output" / "bake-manifest.json"), None, None)["mismatches"] == []
 
 
 def test_verify_instance_runs_the_checks_on_an_instance_of_the_new_image(gce, bake_base, tmp_path):
