@@ -33,7 +33,11 @@ PROJECT = "https://github.com/bakery-images/bakery"
 BUILD_TYPE = PROJECT + "/buildtypes/bake/v1"
 BUILDER_ID = PROJECT
 # the kinds of artifact that get a statement (those with SBOMs)
-KINDS = ("docker", "qemu", "vagrant")
+KINDS = ("docker", "qemu", "vagrant", "ami", "gce")
+# the kinds whose artifact is a cloud image (subjects: its ids, with the digest of the disk it was made from)
+CLOUD_KINDS = ("ami", "gce")
+# the digest of an image made from an instance (no disk file to hash): bakery's fingerprint of its inputs
+FINGERPRINT_DIGEST = "bakery.fingerprint"
 # what the fields of a statement may be (more is no statement of ours)
 _STATEMENT_KEYS = {"_type", "subject", "predicateType", "predicate"}
 _PREDICATE_KEYS = {"buildDefinition", "runDetails"}
@@ -79,6 +83,8 @@ def subjects(kind: str, artifact: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "annotations": {"bakery.digest": "repository-digest"},
                     }
                 )
+    elif kind in CLOUD_KINDS:
+        found = cloud_subjects(kind, artifact)
     else:
         files = [dict(out) for out in artifact.get("outputs") or []]
         if kind == "vagrant" and artifact.get("path"):
@@ -97,7 +103,48 @@ def subjects(kind: str, artifact: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise ProvenanceError(
             "the %s artifact has no digest to name it by (no image id, no file output)" % kind
         )
-    return sorted(found, key=lambda d: (d["name"], d["digest"]["sha256"]))
+    return sorted(found, key=lambda d: (d["name"], sorted(d["digest"].items())))
+
+
+def cloud_subjects(kind: str, artifact: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The subjects of a cloud image (its manifest entry): one per image id (an AMI per region, a GCE image),
+    each with the digest of what the image holds: the sha256 of the raw disk it was uploaded from
+    (``disk_sha256``), else, for an image made from an instance (no disk file exists to hash), bakery's
+    fingerprint of its inputs (``bakery.fingerprint``). None without an image id or a digest."""
+    disk = _sha256_hex(artifact.get("disk_sha256"))
+    fingerprint = str(artifact.get("fingerprint") or "")
+    if disk:
+        digest = {"sha256": disk}
+    elif fingerprint:
+        digest = {FINGERPRINT_DIGEST: fingerprint}
+    else:
+        return []
+    found: list[dict[str, Any]] = []
+    if kind == "ami":
+        images = dict(artifact.get("images") or {})
+        if not images and artifact.get("id") and artifact.get("region"):
+            images = {str(artifact["region"]): artifact["id"]}
+        for region, image_id in sorted(images.items()):
+            if image_id:
+                found.append(
+                    {
+                        "name": "%s/%s" % (region, image_id),
+                        "digest": dict(digest),
+                        "annotations": {"bakery.image-id": str(image_id), "bakery.region": str(region)},
+                    }
+                )
+    elif artifact.get("name") and artifact.get("project"):
+        annotations = {"bakery.image-name": str(artifact["name"]), "bakery.project": str(artifact["project"])}
+        if artifact.get("id"):
+            annotations["bakery.image-id"] = str(artifact["id"])
+        found.append(
+            {
+                "name": "projects/%s/global/images/%s" % (artifact["project"], artifact["name"]),
+                "digest": dict(digest),
+                "annotations": annotations,
+            }
+        )
+    return found
 
 
 def dependencies(target: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -334,6 +334,46 @@ def read_packages(reader: Reader) -> list[DebPackage]:
     return sorted(packages, key=DebPackage.key)
 
 
+_RECORD_TEXT = ("name", "version", "architecture", "source", "source_version", "maintainer")
+
+
+def package_record(package: DebPackage) -> dict[str, Any]:
+    """*package* as plain data (what a ``collect`` run returns from an instance)."""
+    return {
+        "name": package.name,
+        "version": package.version,
+        "architecture": package.architecture,
+        "source": package.source,
+        "source_version": package.source_version,
+        "maintainer": package.maintainer,
+        "licenses": list(package.licenses),
+        "md5sums_sha256": package.md5sums_sha256,
+    }
+
+
+def package_from_record(record: Any) -> DebPackage:
+    """The package of a :func:`package_record` (read on an instance, passed back); SbomError if it is not one."""
+    if not isinstance(record, Mapping) or not record.get("name"):
+        raise SbomError("not a package record (it needs a name): %r" % (record,))
+    unknown = sorted(set(record) - set(_RECORD_TEXT) - {"licenses", "md5sums_sha256"})
+    if unknown:
+        raise SbomError("package record %s has unknown fields: %s" % (record["name"], ", ".join(unknown)))
+    licenses = record.get("licenses") or []
+    if not isinstance(licenses, list):
+        raise SbomError("package record %s: licenses is not a list" % record["name"])
+    digest = record.get("md5sums_sha256")
+    return DebPackage(
+        name=str(record["name"]),
+        version=str(record.get("version") or ""),
+        architecture=str(record.get("architecture") or ""),
+        source=str(record.get("source") or record["name"]),
+        source_version=str(record.get("source_version") or record.get("version") or ""),
+        maintainer=str(record.get("maintainer") or ""),
+        licenses=sorted(str(name) for name in licenses),
+        md5sums_sha256=str(digest) if digest else None,
+    )
+
+
 # ---------------------------------------------------------------- licenses
 
 
@@ -708,11 +748,17 @@ def read_image(image: str, docker_host: str | None, bake_id: str | None) -> TarR
 
 def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
     """The ``sbom`` module: read the artifact's packages, write both documents where they differ."""
+    if params.get("collect"):
+        return collect(params.get("root") or "/")
     paths = {"spdx": params["spdx_path"], "cyclonedx": params["cyclonedx_path"]}
     inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
     warnings: list[str] = []
     try:
-        if params.get("root") or params.get("image"):
+        if params.get("installed") is not None:
+            packages = sorted(
+                (package_from_record(record) for record in params["installed"]), key=DebPackage.key
+            )
+        elif params.get("root") or params.get("image"):
             if params.get("root") and not os.path.isdir(params["root"]):
                 raise BakeryError("root %s is not a directory" % params["root"])
             reader = (
@@ -753,6 +799,30 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
         documents=found,
         packages=len(packages),
         msg="%s SBOMs of %d packages" % ("wrote" if changed else "unchanged", len(packages)),
+    )
+    if warnings:
+        result["warnings"] = warnings
+    return result
+
+
+def collect(root: str) -> dict[str, Any]:
+    """The ``collect`` run of the ``sbom`` module (on an instance): every installed package of the dpkg database
+    under *root*, as records; nothing is written."""
+    if not os.path.isdir(root):
+        raise BakeryError("root %s is not a directory" % root)
+    warnings: list[str] = []
+    try:
+        packages = read_packages(TreeReader(root))
+    except NoDatabase as exc:
+        warnings.append("%s: its SBOMs will list no package" % exc)
+        packages = []
+    except SbomError as exc:
+        raise BakeryError(str(exc)) from None
+    result: dict[str, Any] = dict(
+        changed=False,
+        installed=[package_record(package) for package in packages],
+        packages=len(packages),
+        msg="read %d installed packages under %s" % (len(packages), root),
     )
     if warnings:
         result["warnings"] = warnings

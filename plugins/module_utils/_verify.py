@@ -145,8 +145,8 @@ class Checker:
         except _provenance.ProvenanceError as exc:
             self.miss(target, "provenance", path, str(exc))
             return
-        named = {(s.get("name"), (s.get("digest") or {}).get("sha256")) for s in document["subject"]}
-        wanted = {(s["name"], s["digest"]["sha256"]) for s in expected}
+        named = {(s.get("name"), _digests(s.get("digest"))) for s in document["subject"]}
+        wanted = {(s["name"], _digests(s["digest"])) for s in expected}
         if named != wanted:
             self.miss(
                 target,
@@ -217,6 +217,13 @@ class Checker:
                     "made by %s, not by the key of the statements (%s)"
                     % (", ".join(checked.fingerprints), ", ".join(sorted(self.keys))),
                 )
+
+
+def _digests(digest: Any) -> tuple[tuple[str, str], ...]:
+    """A subject's digests (algorithm, value), sorted: what two subjects of the same artifact share."""
+    if not isinstance(digest, Mapping):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in digest.items()))
 
 
 def sbom_problem(form: str, text: str) -> str | None:

@@ -21,8 +21,9 @@ description:
     the source) is listed with its sha256 digest.
   - The package database is read from O(root) (a provisioned directory tree; links are never followed out of
     it), from the Docker image O(image) (a container created from it and never started; nothing is mounted),
-    or from O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
-    Vagrant box). Without any of them, the module only reports the documents that are already there. An artifact
+    from O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
+    Vagrant box, the disk an AMI or GCE image was uploaded from), or from O(installed), what a O(collect) run
+    read on an instance (a cloud image made from an instance). Without any of them, the module only reports the documents that are already there. An artifact
     without a dpkg database (another distribution, a scratch image) gets documents that list its inputs and no
     package, with a warning.
   - The documents are deterministic - their serial number and namespace derive from O(fingerprint), their
@@ -46,13 +47,11 @@ attributes:
     description: Documents that hold what they would be written with are not written again.
 options:
   spdx_path:
-    description: Where the SPDX 2.3 JSON document goes.
+    description: Where the SPDX 2.3 JSON document goes. Required unless O(collect).
     type: path
-    required: true
   cyclonedx_path:
-    description: Where the CycloneDX 1.6 JSON document goes.
+    description: Where the CycloneDX 1.6 JSON document goes. Required unless O(collect).
     type: path
-    required: true
   root:
     description: A directory tree that is the artifact's root (its dpkg database under C(var/lib/dpkg)).
     type: path
@@ -68,23 +67,39 @@ options:
         and inputs are this artifact's, with O(inputs) added.
     type: path
   name:
-    description: The artifact's name in the documents.
+    description: The artifact's name in the documents. Required unless O(collect).
     type: str
-    required: true
   type:
-    description: The artifact's kind (the target type), for example V(docker), V(qemu), V(vagrant).
+    description:
+      - The artifact's kind (the target type), for example V(docker), V(qemu), V(vagrant), V(ami), V(gce).
+        Required unless O(collect).
     type: str
-    required: true
   fingerprint:
-    description: The artifact's fingerprint; the documents' serial number and namespace derive from it.
+    description:
+      - The artifact's fingerprint; the documents' serial number and namespace derive from it. Required unless
+        O(collect).
     type: str
-    required: true
   bake_id:
     description: The id of the bake that made the artifact; the documents' creation time is its time.
     type: str
   digest:
-    description: The artifact's sha256 digest (an image id, a file's sha256), if it has one.
+    description:
+      - The artifact's sha256 digest (an image id, a file's sha256, the disk a cloud image was uploaded from), if it
+        has one.
     type: str
+  installed:
+    description:
+      - The artifact's packages as a O(collect) run on the artifact's machine returned them (RV(installed)), for
+        an instance that becomes a cloud image, read there after provisioning and before the image is made.
+    type: list
+    elements: dict
+  collect:
+    description:
+      - Only read the packages of O(root) (V(/) by default) and return them (RV(installed)); no document is
+        written and the SBOM libraries are not needed. Run on a builder (C(delegate_to)) whose packages the
+        controller then writes the documents of with O(installed).
+    type: bool
+    default: false
   inputs:
     description: The provisioning inputs, each name with its sha256 digest.
     type: dict
@@ -110,6 +125,21 @@ EXAMPLES = r"""
     fingerprint: "{{ built.fingerprint }}"
     bake_id: "{{ built.bake_id }}"
     inputs: "{{ built.inputs }}"
+
+- name: Read the packages on a builder instance (no document written there)
+  bakery.images.sbom:
+    collect: true
+  delegate_to: builder
+  register: on_builder
+
+- name: Write the SBOMs of the image made from that instance
+  bakery.images.sbom:
+    installed: "{{ on_builder.installed }}"
+    spdx_path: output/example-web-ami.spdx.json
+    cyclonedx_path: output/example-web-ami.cdx.json
+    name: example-web
+    type: ami
+    fingerprint: "{{ image.fingerprint }}"
 
 - name: Write the SBOMs of a Docker image
   bakery.images.sbom:
@@ -138,6 +168,23 @@ packages:
   returned: always
   type: int
   sample: 142
+installed:
+  description:
+    - Every installed package read (O(collect) only), sorted by name and architecture, each with C(name),
+      C(version), C(architecture), C(source), C(source_version), C(maintainer), C(licenses) (the short names of
+      its copyright file) and C(md5sums_sha256) (none without an md5sums list).
+  returned: when O(collect) is set
+  type: list
+  elements: dict
+  sample:
+    - name: bash
+      version: 5.2.15-2+b7
+      architecture: amd64
+      source: bash
+      source_version: 5.2.15-2
+      maintainer: Matthias Klose <doko@debian.org>
+      licenses: [GPL-3+]
+      md5sums_sha256: 6c0e2d...
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -149,24 +196,32 @@ from ansible_collections.bakery.images.plugins.module_utils._module import run
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            spdx_path=dict(type="path", required=True),
-            cyclonedx_path=dict(type="path", required=True),
+            spdx_path=dict(type="path"),
+            cyclonedx_path=dict(type="path"),
             root=dict(type="path"),
             image=dict(type="str"),
             docker_host=dict(type="str"),
             source_document=dict(type="path"),
-            name=dict(type="str", required=True),
-            type=dict(type="str", required=True),
-            fingerprint=dict(type="str", required=True),
+            name=dict(type="str"),
+            type=dict(type="str"),
+            fingerprint=dict(type="str"),
             bake_id=dict(type="str"),
             digest=dict(type="str"),
+            installed=dict(type="list", elements="dict"),
+            collect=dict(type="bool", default=False),
             inputs=dict(type="dict", default={}),
             namespace=dict(type="str", default="debian"),
         ),
-        mutually_exclusive=[("root", "image", "source_document")],
+        mutually_exclusive=[
+            ("root", "image", "source_document", "installed"),
+            ("collect", "image"),
+            ("collect", "source_document"),
+            ("collect", "installed"),
+        ],
+        required_if=[("collect", False, ("spdx_path", "cyclonedx_path", "name", "type", "fingerprint"))],
         supports_check_mode=True,
     )
-    if not _sbom.HAS_SBOM_LIBS:
+    if not _sbom.HAS_SBOM_LIBS and not module.params["collect"]:
         module.fail_json(
             msg=missing_required_lib("cyclonedx-python-lib and spdx-tools"), exception=_sbom.SBOM_IMPORT_ERROR
         )

@@ -21,10 +21,12 @@ import pytest
 from aws import COPY_REGIONS, CREDENTIALS, REGION, FaultProxy, MotoServer, counts, leftovers
 from conftest import REPO, docker_client, run_playbook
 from crash import Run, run_janitor
+from provenance_checks import check_statement
+from sbom_checks import DPKG_FORMAT, check_documents, dpkg_query, installed
 from stand_ins import Cloud, checks_on_an_instance, qcow2_copy
 
 from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
-from ansible_collections.bakery.images.plugins.module_utils import _aws, _hygiene, _manifest
+from ansible_collections.bakery.images.plugins.module_utils import _aws, _hygiene, _manifest, _verify
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 BLOCK = 512 * 1024
@@ -41,11 +43,17 @@ def unique(prefix: str) -> str:
     return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
 
 
-def make_raw_disk(path: Path, size_mib: int = 96) -> Path:
-    """A raw disk that is mostly holes: an ext4 file system made from a small tree, then more data far in."""
+def make_raw_disk(path: Path, size_mib: int = 96, dpkg: bool = False) -> Path:
+    """A raw disk that is mostly holes: an ext4 file system made from a small tree, then more data far in; with
+    *dpkg*, the tree has a package database (the first 80 packages of this host's dpkg status file: its SBOMs
+    are made and checked several times, and a thousand packages would cost a minute)."""
     tree = path.parent / ("%s-tree" % path.name)
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "motd").write_text("baked by bakery\n")
+    if dpkg:
+        (tree / "var" / "lib" / "dpkg").mkdir(parents=True)
+        paragraphs = Path("/var/lib/dpkg/status").read_text().split("\n\n")
+        (tree / "var" / "lib" / "dpkg" / "status").write_text("\n\n".join(paragraphs[:80]).strip() + "\n")
     (tree / "data.bin").write_bytes(os.urandom(700 * 1024))
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), "%dM" % size_mib], check=True)
     subprocess.run(
@@ -113,12 +121,33 @@ UPLOAD_PLAY = """
     - name: Record the source target's artifact
       ansible.builtin.set_fact:
         bakery_source_artifact: "{{ qemu_made | bakery.images.qemu_artifact(source_target) }}"
+    - name: Write the source target's SBOMs (what role bake does after the qemu target's capture)
+      bakery.images.sbom:
+        root: "{{ source_tree }}"
+        spdx_path: "{{ source_sbom_dir }}/disk.spdx.json"
+        cyclonedx_path: "{{ source_sbom_dir }}/disk.cdx.json"
+        name: disk
+        type: qemu
+        fingerprint: "{{ bakery_source_artifact.fingerprint }}"
+        bake_id: "{{ source_target.bake_id }}"
+      register: source_sbom
+    - name: Record the source target's SBOMs
+      ansible.builtin.set_fact:
+        bakery_source_artifact: "{{ bakery_source_artifact | combine({'sbom': source_sbom.documents}) }}"
     - name: upload
       block:
         - name: Post-process with the ami role
           ansible.builtin.include_role:
             name: bakery.images.ami
             tasks_from: postprocess
+        - name: Write the image's SBOMs (role bake, after post-processing)
+          ansible.builtin.include_role:
+            name: bakery.images.bake
+            tasks_from: sbom
+        - name: Write the image's provenance (role bake's provenance play)
+          ansible.builtin.include_role:
+            name: bakery.images.bake
+            tasks_from: provenance
       always:
         - name: Clean up with the ami role
           ansible.builtin.include_role:
@@ -136,7 +165,7 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
     The role's post-process phase is driven as the bake's post-process play drives it: the source target's
     artifact is the raw disk qemu_image made from a qcow2 image holding an ext4 file system.
     """
-    made = make_raw_disk(tmp_path / "made.raw")
+    made = make_raw_disk(tmp_path / "made.raw", dpkg=True)
     source_image = tmp_path / "source.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
     made.unlink()
@@ -161,6 +190,8 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
         "source_target": {"name": "disk", "bake_id": bake_id, "options": {}},
         "source_image": str(source_image),
         "raw_disk": str(disk),
+        "source_tree": str(tmp_path / "made.raw-tree"),
+        "source_sbom_dir": str(tmp_path / "source-sbom"),
     }
     local = [
         "-i",
@@ -222,6 +253,32 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
     assert {"Key": "bakery-fingerprint", "Value": fp} in snap_tags
     assert leftovers(moto, bake_id, ALL_REGIONS) == {}
 
+    # the image's SBOMs are the source disk's packages (its CycloneDX document, read once by the source target),
+    # and its statement names the image of each region with the uploaded disk's sha256
+    disk_sha256 = hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert artifact["disk_sha256"] == disk_sha256
+    status = subprocess.run(
+        ["debugfs", "-R", "cat /var/lib/dpkg/status", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    packages = dpkg_query(status, tmp_path)
+    assert len(packages) > 50
+    check_documents(artifact, packages)
+    statement = check_statement(artifact)
+    assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
+        ("%s/%s" % (region, artifact["images"][region]), {"sha256": disk_sha256})
+        for region in sorted(ALL_REGIONS)
+    ]
+    # the manifest's SHA256SUMS lists the documents, and verify_artifacts finds them as the manifest says
+    output = Path(target["output_dir"])
+    written = _manifest.manifest(
+        {"name": "aws-test"}, [{"target": "ami", "type": "ami", "artifact": artifact}]
+    )
+    (output / "bake-manifest.json").write_text(json.dumps(written))
+    (output / "SHA256SUMS").write_text(_manifest.sha256sums(written, str(output)))
+    assert len((output / "SHA256SUMS").read_text().splitlines()) == 3
+    assert _verify.check(str(output / "bake-manifest.json"), None, None)["mismatches"] == []
+    stamps = {p: p.stat().st_mtime_ns for p in output.glob("*.json")}
+
     # second run, at -vvvv with credentials given as role variables: nothing is created, nothing leaks
     before = counts(moto, ALL_REGIONS)
     secret, token = "SeCrEt-" + uuid.uuid4().hex, "ToKeN-" + uuid.uuid4().hex
@@ -233,6 +290,10 @@ def test_upload_publishes_once_and_keeps_secrets(moto, tmp_path):
     assert again.task_result("Upload the disk as an AMI")["changed"] is False
     assert again.task_result("artifact")["bakery_artifact"]["status"] == "unchanged"
     assert counts(moto, ALL_REGIONS) == before
+    # nor is any document rewritten
+    assert again.task_result("Write the artifact's SBOMs")["changed"] is False
+    assert again.task_result("Write the artifact's provenance statement")["changed"] is False
+    assert {p: p.stat().st_mtime_ns for p in output.glob("*.json")} == stamps
     output = again.stdout + again.stderr
     assert "ami_bake" in output and len(output) > 10000  # it really was verbose
     assert secret not in output and token not in output
@@ -315,6 +376,14 @@ INSTANCE_PLAY = """
           ansible.builtin.include_role:
             name: bakery.images.ami
             tasks_from: capture
+        - name: Write the image's SBOMs (role bake, after capture)
+          ansible.builtin.include_role:
+            name: bakery.images.bake
+            tasks_from: sbom
+        - name: Write the image's provenance (role bake's provenance play)
+          ansible.builtin.include_role:
+            name: bakery.images.bake
+            tasks_from: provenance
       always:
         - name: cleanup
           ansible.builtin.include_role:
@@ -328,6 +397,12 @@ INSTANCE_PLAY = """
           delegate_to: "{{ bakery_target.builder }}"
           changed_when: false
           when: stand_in is not skipped
+        - name: List the packages of the stand-in builder
+          ansible.builtin.command:
+            argv: [dpkg-query, -W, -f, "@DPKG_FORMAT@"]
+          delegate_to: "{{ bakery_target.builder }}"
+          changed_when: false
+          when: stand_in is not skipped
         - name: Remove the stand-in builder
           community.docker.docker_container:
             name: "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}"
@@ -336,7 +411,7 @@ INSTANCE_PLAY = """
     - name: artifact
       ansible.builtin.debug:
         var: bakery_artifact
-""".replace("@OTHER_KEY@", OTHER_KEY)
+""".replace("@OTHER_KEY@", OTHER_KEY).replace("@DPKG_FORMAT@", DPKG_FORMAT.replace("\\", "\\\\"))
 
 
 def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp_path):
@@ -410,6 +485,18 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
         )["LaunchPermissions"]
         assert perms == [{"OrganizationArn": target["options"]["launch_permissions"]["organization_arns"][0]}]
     assert leftovers(moto, bake_id, regions) == {}
+    # the SBOMs list exactly the packages of the builder after provisioning (read there before the image was
+    # made); the statement names the image of each region, with the fingerprint as digest (no disk file)
+    packages = installed(first.task_result("List the packages of the stand-in builder")["stdout"])
+    assert len(packages) > 50
+    check_documents(artifact, packages)
+    statement = check_statement(artifact)
+    assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
+        ("%s/%s" % (region, artifact["images"][region]), {"bakery.fingerprint": artifact["fingerprint"]})
+        for region in sorted(regions)
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in Path(target["output_dir"]).glob("*.json")}
+    assert len(stamps) == 3
 
     before = counts(moto, regions)
     again = run_playbook(
@@ -425,6 +512,9 @@ def test_instance_bake_then_nothing_to_do(moto, bake_base, docker_leftovers, tmp
     assert found["status"] == "unchanged"
     assert again.stats["localhost"]["changed"] == 0
     assert counts(moto, regions) == before
+    # the documents of the bake that made the image are kept as they are
+    assert found["sbom"] == artifact["sbom"] and found["provenance"] == artifact["provenance"]
+    assert {p: p.stat().st_mtime_ns for p in Path(target["output_dir"]).glob("*.json")} == stamps
     # nothing was checked this time: the manifest keeps the results of the bake that made the image
     assert "hygiene" not in found
     kept = _manifest.manifest(plan, [{"target": "ami", "type": "ami", "artifact": found}], manifest)

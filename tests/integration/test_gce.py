@@ -33,9 +33,11 @@ from fake_compute import GIB, FakeCompute, Server
 from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
 from ports import free_port
+from provenance_checks import check_statement
+from sbom_checks import DPKG_FORMAT, check_documents, installed
 from stand_ins import Cloud, checks_on_an_instance, qcow2_copy
 
-from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene
+from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene, _verify
 
 BUCKET = "bakery-test-uploads"
 PROJECT = "bakery-test"
@@ -370,12 +372,19 @@ REMOVE_STAND_IN = {
     "gather_facts": False,
     "tasks": [
         {
+            "name": "List the packages of the stand-in",
+            "ansible.builtin.command": {"argv": ["dpkg-query", "-W", "-f", DPKG_FORMAT]},
+            "delegate_to": "{{ bakery_target.builder }}",
+            "changed_when": False,
+            "when": "bakery_builder is defined",
+        },
+        {
             "name": "Remove it",
             "community.docker.docker_container": {
                 "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
                 "state": "absent",
             },
-        }
+        },
     ],
 }
 
@@ -441,15 +450,38 @@ def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):
     checked = first.task_result(HYGIENE_TASK)
     assert checked["passed"] and checked["generalized"]["cloud_init"] is False
     assert [(c["name"], c["status"]) for c in entry["hygiene"]] == [(n, "passed") for n in _hygiene.CHECKS]
+    # the SBOMs list exactly the packages of the instance after provisioning (read there before capture)
+    packages = installed(first.task_result("List the packages of the stand-in")["stdout"])
+    assert len(packages) > 50
+    check_documents(entry, packages)
+    # the statement names the image (no disk file: its digest is the fingerprint); the output verifies
+    statement = check_statement(entry)
+    assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
+        (
+            "projects/%s/global/images/web-20261127t140000-eeeeee" % PROJECT,
+            {"bakery.fingerprint": entry["fingerprint"]},
+        )
+    ]
+    assert statement["subject"][0]["annotations"]["bakery.image-id"] == entry["id"]
+    sums = (tmp_path / "output" / "SHA256SUMS").read_text()
+    assert sorted(line.split("  ")[1] for line in sums.splitlines()) == sorted(
+        os.path.basename(doc["path"]) for doc in [*entry["sbom"].values(), entry["provenance"]]
+    )
+    assert _verify.check(str(tmp_path / "output" / "bake-manifest.json"), None, None)["mismatches"] == []
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "output").iterdir() if p.is_file()}
 
     calls = len(gce.fake.calls)
     second = run_playbook(playbook, tmp_path, extra_vars=extra)
     assert second.rc == 0, second.explain()
     assert all(host["changed"] == 0 for host in second.stats.values()), second.stats
     assert all(c.startswith("GET ") for c in gce.fake.calls[calls:]), "the second bake launched something"
-    # found unchanged: the manifest keeps the results of the bake that made the image
+    # found unchanged: the manifest keeps the results of the bake that made the image, and its documents
     again = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
     assert again["artifacts"][0]["hygiene"] == entry["hygiene"]
+    assert again["artifacts"][0]["sbom"] == entry["sbom"]
+    assert again["artifacts"][0]["provenance"] == entry["provenance"]
+    rewritten = [p.name for p, stamp in written.items() if p.stat().st_mtime_ns != stamp]
+    assert rewritten == [], "the second bake rewrote %s" % rewritten
 
 
 HYGIENE_TASK = "Remove the builder's key and the machine's identity from the build instance, then check the image's hygiene"
@@ -744,6 +776,16 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     image = gce.fake.images[(PROJECT, entry["name"])]
     assert image["status"] == "READY" and "bakery-temporary" not in (image.get("labels") or {})
     assert gce.leftovers() == {}
+    # its statement names the image with the sha256 of the raw disk it was uploaded from (the disk, copied from
+    # an image, has no SBOM: neither has the image); the output verifies
+    disk = next(a for a in manifest["artifacts"] if a["target"] == "disk")
+    raw_sha256 = next(o["sha256"] for o in disk["outputs"] if o["format"] == "raw")
+    assert entry["disk_sha256"] == raw_sha256 and "sbom" not in entry
+    statement = check_statement(entry)
+    assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
+        ("projects/%s/global/images/%s" % (PROJECT, entry["name"]), {"sha256": raw_sha256})
+    ]
+    assert _verify.check(str(tmp_path / "output" / "bake-manifest.json"), None, None)["mismatches"] == []
 
 
 def test_verify_instance_runs_the_checks_on_an_instance_of_the_new_image(gce, bake_base, tmp_path):

@@ -330,6 +330,11 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         name: "passed" for name in HYGIENE_CHECKS
     }
     assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
+    # the SBOMs list the packages of the disk's own database, read in the guest before it powered off
+    packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
+    assert len(packages) > 50
+    check_documents(entry, packages)
+    assert check_statement(entry)["subject"][0]["digest"] == {"sha256": entry["sha256"]}
     left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
     assert left.stdout == "", "qemu left running: %s" % left.stdout
     assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))

@@ -480,3 +480,108 @@ def test_preflight_names_a_signing_key_that_is_not_there(gnupg):
     assert _preflight.sign_problem({"key": keys["plain"], "gnupg_home": home}) is None
     problem = _preflight.sign_problem({"key": "nobody@example.org", "gnupg_home": home})
     assert problem.startswith("bake.sign: no secret key 'nobody@example.org'")
+
+
+# ---------------------------------------------------------------- cloud images (ami, gce)
+
+
+def cloud(kind: str) -> dict:
+    """A planned target of a cloud image (the plan's qemu target, of that type)."""
+    return dict(planned("qemu"), type=kind)
+
+
+def ami_entry(**changes) -> dict:
+    entry = {
+        "target": "ami",
+        "type": "ami",
+        "status": "built",
+        "id": "ami-0aaa",
+        "name": "web",
+        "region": "eu-west-1",
+        "images": {"eu-west-1": "ami-0aaa", "us-east-1": "ami-0bbb"},
+        "fingerprint": "c" * 64,
+        "bake_id": "20261204t101500-abcdef",
+        "disk_sha256": "5" * 64,
+    }
+    entry.update(changes)
+    return entry
+
+
+def gce_entry(**changes) -> dict:
+    entry = {
+        "target": "gce",
+        "type": "gce",
+        "status": "built",
+        "id": "4711",
+        "name": "web-20261204t101500-abcdef",
+        "project": "bakery-test",
+        "fingerprint": "c" * 64,
+        "bake_id": "20261204t101500-abcdef",
+    }
+    entry.update(changes)
+    return entry
+
+
+def test_an_uploaded_ami_names_each_regions_image_with_the_disk_digest():
+    document = _provenance.statement(cloud("ami"), ami_entry(), VERSIONS, finished=1796386000)
+    message, _predicate = parse(document)
+    assert [(s.name, dict(s.digest)) for s in message.subject] == [
+        ("eu-west-1/ami-0aaa", {"sha256": "5" * 64}),
+        ("us-east-1/ami-0bbb", {"sha256": "5" * 64}),
+    ]
+    assert document["subject"][1]["annotations"] == {
+        "bakery.image-id": "ami-0bbb",
+        "bakery.region": "us-east-1",
+    }
+    # not yet copied (an image with checks): the home region's image
+    alone = _provenance.subjects("ami", ami_entry(images={}))
+    assert [s["name"] for s in alone] == ["eu-west-1/ami-0aaa"]
+
+
+def test_an_image_of_an_instance_has_its_fingerprint_as_digest_and_no_id_is_an_error():
+    document = _provenance.statement(cloud("gce"), gce_entry(), VERSIONS)
+    message, _predicate = parse(document)
+    assert [(s.name, dict(s.digest)) for s in message.subject] == [
+        ("projects/bakery-test/global/images/web-20261204t101500-abcdef", {"bakery.fingerprint": "c" * 64})
+    ]
+    assert document["subject"][0]["annotations"]["bakery.image-id"] == "4711"
+    uploaded = _provenance.subjects("gce", gce_entry(disk_sha256="sha256:" + "6" * 64))
+    assert uploaded[0]["digest"] == {"sha256": "6" * 64}
+    with pytest.raises(_provenance.ProvenanceError):
+        _provenance.statement(cloud("ami"), ami_entry(images={}, id=None), VERSIONS)
+    with pytest.raises(_provenance.ProvenanceError):
+        _provenance.statement(cloud("gce"), gce_entry(fingerprint=None), VERSIONS)
+
+
+def test_verify_checks_a_cloud_images_statement_offline(tmp_path):
+    """An AMI entry: its documents' digests, and that the statement names its image ids and disk digest."""
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = ami_entry()
+    entry["sbom"] = {
+        "spdx": write(out / "example-ami.spdx.json", json.dumps({"spdxVersion": "SPDX-2.3", "packages": []})),
+        "cyclonedx": write(
+            out / "example-ami.cdx.json", json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6"})
+        ),
+    }
+    statement = _provenance.statement(cloud("ami"), entry, VERSIONS, 1796386000)
+    entry["provenance"] = write(out / "example-ami.intoto.json", _provenance.dumps(statement))
+    manifest = {"version": 1, "bake": "example", "artifacts": [entry]}
+    (out / "bake-manifest.json").write_text(json.dumps(manifest))
+    (out / "SHA256SUMS").write_text(_manifest.sha256sums(manifest, str(out)))
+    assert sorted((out / "SHA256SUMS").read_text().split()[1::2]) == [
+        "example-ami.cdx.json",
+        "example-ami.intoto.json",
+        "example-ami.spdx.json",
+    ]
+    found = _verify.check(str(out / "bake-manifest.json"), None, None)
+    assert found["mismatches"] == [] and found["checked"] == 2 + 1 + 1
+    # the manifest names another disk, or one image less: the statement is not the artifact's
+    for changed in ({"disk_sha256": "7" * 64}, {"images": {"eu-west-1": "ami-0aaa"}}):
+        (out / "bake-manifest.json").write_text(
+            json.dumps(dict(manifest, artifacts=[dict(entry, **changed)]))
+        )
+        found = _verify.check(str(out / "bake-manifest.json"), None, None)
+        assert [(m["kind"], m["msg"].split(":")[0]) for m in found["mismatches"]] == [
+            ("provenance", "its subjects are not the artifact's digests")
+        ], changed

@@ -320,3 +320,28 @@ def test_an_artifact_without_dpkg_gets_documents_of_its_inputs_and_a_warning(tmp
     assert {c["name"] for c in bom["components"]} == set(INPUTS)
     with pytest.raises(BakeryError, match="not a directory"):
         _sbom.run(params(tmp_path, root=str(tmp_path / "missing")), check_mode=False)
+
+
+def test_packages_collected_on_an_instance_make_the_same_documents_as_its_tree(tmp_path):
+    """A cloud image of an instance: the packages are read there (collect, nothing written, no SBOM library
+    needed) and the controller writes the documents from them - the same documents as from the tree itself."""
+    make_tree(tmp_path / "root")
+    collected = _sbom.run({"collect": True, "root": str(tmp_path / "root")}, check_mode=True)
+    assert collected["changed"] is False and collected["packages"] == 3
+    assert json.loads(json.dumps(collected["installed"])) == collected["installed"]  # plain data
+    from_tree = _sbom.run(params(tmp_path / "tree", root=str(tmp_path / "root")), check_mode=False)
+    from_instance = _sbom.run(
+        params(tmp_path / "instance", installed=list(reversed(collected["installed"]))), check_mode=False
+    )
+    assert from_instance["packages"] == 3
+    for kind in ("spdx", "cyclonedx"):
+        assert from_instance["documents"][kind]["sha256"] == from_tree["documents"][kind]["sha256"]
+    assert not list(tmp_path.glob("root/**/*.json"))
+    # no database there: no package, said so; a record that is not one of ours is refused
+    (tmp_path / "empty").mkdir()
+    empty = _sbom.run({"collect": True, "root": str(tmp_path / "empty")}, check_mode=False)
+    assert empty["installed"] == [] and "no dpkg database" in empty["warnings"][0]
+    with pytest.raises(BakeryError, match="unknown fields: size"):
+        _sbom.run(params(tmp_path, installed=[{"name": "bash", "size": 3}]), check_mode=False)
+    with pytest.raises(BakeryError, match="needs a name"):
+        _sbom.run(params(tmp_path, installed=[{"version": "1"}]), check_mode=False)
