@@ -715,6 +715,16 @@ def link_sources(
     """
     by_name = {entry["name"]: entry for entry in planned}
     for entry in planned:
+        kind, named = types[entry["name"]], ((given or {}).get(entry["name"]) or {}).get("architecture")
+        if (
+            kind in CLOUD_ARCHITECTURES
+            and named is not None
+            and named not in CLOUD_ARCHITECTURES[kind].values()
+        ):
+            raise BakeryError(
+                "target %r: architecture %r is not one of %s"
+                % (entry["name"], named, ", ".join(sorted(set(CLOUD_ARCHITECTURES[kind].values()))))
+            )
         source = entry["options"].get("source")
         if not source:
             continue

@@ -448,6 +448,11 @@ def test_an_image_of_an_arm64_disk_is_an_arm64_image_that_boots_with_uefi():
             {"architecture": "X86_64"},
             "target 'gce': architecture X86_64, but its source disk is arm64",
         ),
+        (
+            None,
+            {"architecture": "aarch64"},
+            "target 'gce': architecture 'aarch64' is not one of ARM64, X86_64",
+        ),
     ],
 )
 def test_an_image_that_would_not_boot_its_disk_is_refused(ami, gce, message):
