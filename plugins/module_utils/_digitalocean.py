@@ -654,10 +654,11 @@ class Images:
         name = self.params.get("name")
         renamed = False
         if name and image.get("name") != name:
-            # a snapshot's temporary name (the janitor's mark) becomes the image's name
-            self.do.api(
-                "rename image %s" % image["id"], self.do.client.images.update, image["id"], {"name": name}
-            )
+            # a snapshot's temporary name (the janitor's mark) becomes the image's name, with its description
+            body = {"name": name}
+            if self.params.get("description"):
+                body["description"] = self.params["description"]
+            self.do.api("rename image %s" % image["id"], self.do.client.images.update, image["id"], body)
             renamed = True
         if temporary(image):
             self.do.untag(TEMPORARY_TAG, image["id"])

@@ -385,6 +385,7 @@ def test_instance_bake_then_nothing_to_do(standin, banner, bake_base, tmp_path):
     assert (entry["type"], entry["id"], entry["bake_id"]) == ("digitalocean", image["id"], INSTANCE_BAKE_ID)
     assert [c["status"] for c in entry["hygiene"]] and all(c["status"] == "passed" for c in entry["hygiene"])
     assert image["type"] == "snapshot" and image["status"] == "available"
+    assert image["description"] == "web droplet, baked by bakery"
     assert sorted(image["regions"]) == ["ams3", "fra1", "nyc3"]
     assert sorted(image["tags"]) == sorted(
         [
