@@ -21,11 +21,15 @@ ACTIONS = ("find", "upload", "publish", "cleanup")
 
 
 def run_action(
-    params: Mapping[str, Any], connect: Callable[[], Any], images_of: Callable[[Any], Any]
+    params: Mapping[str, Any],
+    connect: Callable[[], Any],
+    images_of: Callable[[Any], Any],
+    extra: tuple[str, ...] = (),
 ) -> dict:
     """Connect, then run the action of *params* on ``images_of(client)`` (methods ``find_only``, ``upload``,
-    ``publish``, ``cleanup``). A cleanup told that nothing was created (``created: false``) succeeds when it cannot
-    even connect: the bake's calls failed before any could make a resource."""
+    ``publish``, ``cleanup``, and one of the name of each action of *extra*, such as an instance bake's ``launch``).
+    A cleanup told that nothing was created (``created: false``) succeeds when it cannot even connect: the bake's
+    calls failed before any could make a resource."""
     action = params["action"]
     try:
         client = connect()
@@ -42,7 +46,7 @@ def run_action(
         raise
     images = images_of(client)
     try:
-        if action not in ACTIONS:
+        if action not in ACTIONS + extra:
             raise BakeryError("unknown action %r" % action)
         if action == "cleanup" and not params.get("bake_id"):
             raise BakeryError("action=cleanup needs bake_id")
@@ -51,6 +55,7 @@ def run_action(
             "upload": images.upload,
             "publish": images.publish,
             "cleanup": images.cleanup,
+            **{name: getattr(images, name) for name in extra},
         }[action]
         result = method()
     except BakeryError as exc:

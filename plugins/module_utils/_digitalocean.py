@@ -1,6 +1,7 @@
 # Copyright: bakery contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""DigitalOcean custom images made from a qemu target's disk, through pydo (the API) and boto3 (Spaces).
+"""DigitalOcean images, through pydo (the API) and boto3 (Spaces): custom images made from a qemu target's disk,
+and snapshots of a droplet provisioned over SSH (instance bakes, :class:`Droplets`).
 
 The disk is uploaded to a Spaces bucket (the S3 API, boto3's managed transfer: multipart, bounded memory) under
 ``bakery/<bake id>/<target>/``; DigitalOcean imports it from a presigned URL (``POST /v2/images``), the image is
@@ -12,6 +13,13 @@ image is found by the tag ``bakery-fingerprint:<sha256>`` (the bake's inputs, th
 sha256) and carries ``bakery-bake-id:<id>`` and ``bakery-target:<target>``. Until it is available, in its
 regions and its checks passed, it also carries the tag ``bakery-temporary``: no lookup finds it, and the bake's
 cleanup or the janitor delete it.
+
+An instance bake adds a temporary SSH key (``POST /v2/account/keys``) and a droplet from the base image (a slug or an
+id), both named ``bakery-<bake id>-<target>`` and the droplet tagged ``bakery-temporary`` and
+``bakery-bake-id:<id>``; once provisioned the droplet is powered off (droplet action ``power_off``) and snapshotted
+(action ``snapshot``) under that same temporary name, which the janitor recognises before the snapshot is tagged.
+The snapshot is then tagged like a custom image, transferred, renamed to the image name and made final. The droplet
+and the key go in every case; an unfinished snapshot goes when a step fails.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from ansible_collections.bakery.images.plugins.module_utils import _instance
 from ansible_collections.bakery.images.plugins.module_utils._cloud_image import (
     cleanup_result,
     publish_result,
@@ -40,6 +49,7 @@ from ansible_collections.bakery.images.plugins.module_utils._temporary import (
     Selector,
     act,
     record,
+    split_name,
 )
 
 try:
@@ -89,6 +99,13 @@ DISTRIBUTIONS = (
 )
 # what makes an image different (its fingerprint): everything that ends up in DigitalOcean
 IMAGE_OPTIONS = ("name", "description", "distribution", "disk_format", "region", "regions", "tags")
+# what makes a snapshot of an instance bake different (with the base image's id and the plan's inputs)
+INSTANCE_OPTIONS = ("name", "description", "region", "regions", "tags", "size", "base_image")
+# region and size slugs as DigitalOcean writes them (nyc3, s-1vcpu-1gb): the specification's examples; a slug of
+# other characters is refused before any call
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# a droplet's name (the specification's pattern of droplet_single_create's name)
+DROPLET_NAME_RE = re.compile(r"^[a-zA-Z0-9]?[a-z0-9A-Z.\-]*[a-z0-9A-Z]$")
 # the connection options of a target and of the module (credentials are among them)
 CONNECTION_OPTIONS = (
     "token",
@@ -258,6 +275,43 @@ class DigitalOcean:
             {"resources": [{"resource_id": str(image_id), "resource_type": "image"}]},
         )
 
+    def pages(self, what: str, function: Callable[..., Any], key: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item of a paged list operation (its answer's *key*)."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.api(what, function, per_page=200, page=page, **kwargs)
+            found += answer.get(key) or []
+            pages = (answer.get("links") or {}).get("pages") or {}
+            if not pages.get("next") or not answer.get(key):
+                return found
+            page += 1
+
+    def delete_droplet(self, droplet_id: Any) -> None:
+        self.api(
+            "delete droplet %s" % droplet_id, self.client.droplets.destroy, int(droplet_id), missing_ok=True
+        )
+
+    def delete_key(self, key_id: Any) -> None:
+        self.api("delete SSH key %s" % key_id, self.client.ssh_keys.delete, int(key_id), missing_ok=True)
+
+    def ensure_tag(self, tag_name: str) -> None:
+        """A tag exists before it is assigned to an image (a droplet's or an import's tags are made with it)."""
+        try:
+            self.api("create the tag %s" % tag_name, self.client.tags.create, {"name": tag_name})
+        except DigitalOceanError as exc:
+            if exc.status not in (409, 422):  # it exists already
+                raise
+
+    def retag(self, tag_name: str, image_id: Any) -> None:
+        self.ensure_tag(tag_name)
+        self.api(
+            "tag image %s with %s" % (image_id, tag_name),
+            self.client.tags.assign_resources,
+            tag_name,
+            {"resources": [{"resource_id": str(image_id), "resource_type": "image"}]},
+        )
+
     # -- Spaces
     @property
     def spaces(self) -> Any:
@@ -341,6 +395,15 @@ def check_params(params: Mapping[str, Any]) -> None:
             raise BakeryError("%s must be at least 0, not %r" % (key, value))
     if params.get("timeout") is not None and int(params["timeout"]) < 1:
         raise BakeryError("timeout must be at least 1, not %r" % params["timeout"])
+    for key in ("region", "size"):
+        value = params.get(key)
+        if value and not SLUG_RE.match(str(value)):
+            raise BakeryError("%s %r is not a DigitalOcean slug (such as nyc3, s-1vcpu-1gb)" % (key, value))
+    for value in params.get("regions") or []:
+        if not SLUG_RE.match(str(value)):
+            raise BakeryError("regions: %r is not a DigitalOcean region slug (such as ams3)" % value)
+    if params.get("base_image") is not None and not str(params["base_image"]).strip():
+        raise BakeryError("base_image must name an image (a slug such as debian-12-x64, or an id)")
     name = params.get("name")
     if name is not None and not 1 <= len(str(name)) <= 255:
         raise BakeryError("image name must be 1 to 255 characters")
@@ -588,10 +651,19 @@ class Images:
 
     def finalize(self, image: Mapping[str, Any]) -> dict[str, Any]:
         """Available, in its regions (and checked): the tag bakery-temporary goes."""
+        name = self.params.get("name")
+        renamed = False
+        if name and image.get("name") != name:
+            # a snapshot's temporary name (the janitor's mark) becomes the image's name, with its description
+            body = {"name": name}
+            if self.params.get("description"):
+                body["description"] = self.params["description"]
+            self.do.api("rename image %s" % image["id"], self.do.client.images.update, image["id"], body)
+            renamed = True
         if temporary(image):
             self.do.untag(TEMPORARY_TAG, image["id"])
-            return self.do.get(image["id"]) or dict(image)
-        return dict(image)
+            renamed = True
+        return (self.do.get(image["id"]) or dict(image)) if renamed else dict(image)
 
     def publish(self) -> dict[str, Any]:
         """Make final the image this bake left temporary (``publish=false``) once its checks passed."""
@@ -617,6 +689,267 @@ class Images:
             lambda e: "%s %s" % (e["kind"], e["name"]),
             "nothing: no temporary resource was left",
         )
+
+
+def temporary_name(bake_id: str, target: str) -> str:
+    """The name of an instance bake's droplet, SSH key and unfinished snapshot: ``bakery-<bake id>-<target>``."""
+    name = "bakery-%s-%s" % (bake_id, re.sub(r"[^a-zA-Z0-9.-]", "-", target or "image"))
+    return name[:255].rstrip("-.") or "bakery"
+
+
+def droplet_host(droplet: Mapping[str, Any]) -> str | None:
+    for network in (droplet.get("networks") or {}).get("v4") or []:
+        if network.get("type") == "public":
+            return network.get("ip_address")
+    return None
+
+
+class Droplets(Images):
+    """An instance bake: the image found by fingerprint, else a droplet from the base image with a temporary SSH key
+    (``launch``), provisioned by the bake, then powered off and snapshotted (``capture``)."""
+
+    def __init__(self, do: DigitalOcean, params: Mapping[str, Any], check_mode: bool = False) -> None:
+        super().__init__(do, params, check_mode)
+        self.name = temporary_name(self.bake_id, self.target)
+        self.key_path = os.path.join(params.get("ssh_key_dir") or "/tmp", self.name)
+
+    def base_image(self) -> dict[str, Any]:
+        wanted = self.params.get("base_image")
+        if not wanted:
+            raise BakeryError("action=launch needs base_image (a slug such as debian-12-x64, or an image id)")
+        lookup: Any = int(wanted) if str(wanted).isdigit() else str(wanted)
+        answer = self.do.api(
+            "look up base image %s" % wanted, self.do.client.images.get, lookup, missing_ok=True
+        )
+        if not answer or not answer.get("image"):
+            raise BakeryError("base image %s does not exist (or is not visible to this token)" % wanted)
+        image = answer["image"]
+        if image.get("status") not in (None, "available"):
+            raise BakeryError("base image %s is %s, not available" % (wanted, image.get("status")))
+        region = self.params.get("region")
+        if region and image.get("regions") and region not in image["regions"]:
+            raise BakeryError(
+                "base image %s is not in region %s (it is in %s)"
+                % (wanted, region, ", ".join(image["regions"]))
+            )
+        return image
+
+    def instance_inputs(self, base: Mapping[str, Any]) -> dict[str, str]:
+        inputs = {str(k): str(v) for k, v in (self.params.get("inputs") or {}).items()}
+        inputs["options"] = digest_value({key: self.params.get(key) for key in INSTANCE_OPTIONS})
+        inputs["base_image"] = str(base["id"])
+        return inputs
+
+    def launch(self) -> dict[str, Any]:
+        """The image found by fingerprint; else a droplet of the base image that answers SSH (the builder)."""
+        params = self.params
+        for key in ("region", "size"):
+            if not params.get(key):
+                raise BakeryError("action=launch needs %s" % key)
+        base = self.base_image()
+        inputs = self.instance_inputs(base)
+        digest = fingerprint(inputs)
+        existing = self.find(digest)
+        if existing and not params.get("force"):
+            return self.result(
+                existing,
+                digest,
+                inputs,
+                changed=False,
+                found=True,
+                built=False,
+                msg="image %s (%s) has the fingerprint %s: nothing to do"
+                % (existing.get("name"), existing["id"], digest[:12]),
+            )
+        if self.check_mode:
+            return self.result(
+                None,
+                digest,
+                inputs,
+                changed=True,
+                found=False,
+                built=False,
+                msg="would start a droplet of %s and snapshot it as image %s%s"
+                % (params["base_image"], params["name"], " (forced)" if existing else ""),
+            )
+        with Steps() as steps:
+            public_key = _instance.new_ssh_key(os.path.dirname(self.key_path), self.name)[1]
+            steps.add_undo("remove the SSH key file", lambda: _instance.remove_key(self.key_path))
+            self.do.created = True
+            key = steps.run(
+                "add the temporary SSH key",
+                lambda: self.do.api(
+                    "add the SSH key %s" % self.name,
+                    self.do.client.ssh_keys.create,
+                    {"name": self.name, "public_key": public_key},
+                )["ssh_key"],
+                undo=lambda made: self.do.delete_key(made["id"]),
+            )
+            # registered before the create: a create that failed after making the droplet leaves nothing
+            steps.add_undo("delete the droplet", self.delete_droplets)
+            body = {
+                "name": self.name,
+                "region": params["region"],
+                "size": params["size"],
+                "image": base.get("slug") or base["id"],
+                "ssh_keys": [key["id"]],
+                "tags": [TEMPORARY_TAG, tag(BAKE_ID_TAG, self.bake_id)]
+                + ([tag(TARGET_TAG, self.target)] if self.target else []),
+            }
+            droplet = self.do.api(
+                "create droplet %s" % self.name, self.do.client.droplets.create, body, retry_total=0
+            )["droplet"]
+            droplet = self.wait_droplet(droplet["id"])
+            host = droplet_host(droplet)
+            port = int(params.get("ssh_port") or 22)
+            deadline = min(self.deadline, time.monotonic() + float(params.get("ssh_timeout") or 300))
+            _instance.wait_ssh(str(host), port, deadline, "droplet %s" % self.name)
+        return self.result(
+            None,
+            digest,
+            inputs,
+            changed=True,
+            found=False,
+            built=False,
+            changed_inputs=["forced"] if existing else [],
+            base_image={"id": base["id"], "slug": base.get("slug"), "name": base.get("name")},
+            droplet={"id": droplet["id"], "name": self.name, "host": host, "region": params["region"]},
+            key={"id": key["id"], "fingerprint": key.get("fingerprint")},
+            public_key=public_key,
+            builder=_instance.connection(
+                str(host), port, params.get("ssh_user") or "root", self.key_path, params.get("python")
+            ),
+            msg="droplet %s (%s) runs at %s" % (self.name, droplet["id"], host),
+        )
+
+    def wait_droplet(self, droplet_id: Any) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        def poll() -> tuple[bool, str]:
+            answer = self.do.api(
+                "look up droplet %s" % droplet_id, self.do.client.droplets.get, droplet_id, missing_ok=True
+            )
+            if not answer:
+                raise BakeryError("droplet %s disappeared while it started" % droplet_id)
+            seen["droplet"] = droplet = answer["droplet"]
+            return droplet.get("status") == "active" and bool(droplet_host(droplet)), str(
+                droplet.get("status")
+            )
+
+        self.wait("start of droplet %s" % droplet_id, poll)
+        return seen["droplet"]
+
+    def droplet_action(self, droplet_id: Any, body: dict[str, Any]) -> None:
+        """A droplet action, waited for until completed."""
+        what = "%s droplet %s" % (body["type"].replace("_", " "), droplet_id)
+        action = self.do.api(what, self.do.client.droplet_actions.post, droplet_id, body)["action"]
+
+        def poll() -> tuple[bool, str]:
+            state = self.do.api(
+                "look up the action of " + what, self.do.client.droplet_actions.get, droplet_id, action["id"]
+            )["action"]
+            if state.get("status") == "errored":
+                raise BakeryError("%s: the action failed" % what)
+            return state.get("status") == "completed", str(state.get("status"))
+
+        self.wait(what, poll)
+
+    def delete_droplets(self) -> None:
+        """The droplets of this bake and target (by tag: also one whose create failed after making it)."""
+        for droplet in self.do.pages(
+            "list the droplets of bake %s" % self.bake_id,
+            self.do.client.droplets.list,
+            "droplets",
+            tag_name=tag(BAKE_ID_TAG, self.bake_id),
+        ):
+            if droplet.get("name") == self.name:
+                self.do.delete_droplet(droplet["id"])
+
+    def delete_snapshots(self) -> None:
+        """The unfinished snapshots of this bake and target (by their temporary name)."""
+        for snapshot in self.do.pages(
+            "list droplet snapshots", self.do.client.snapshots.list, "snapshots", resource_type="droplet"
+        ):
+            if snapshot.get("name") == self.name:
+                self.do.delete(snapshot["id"])
+
+    def capture(self) -> dict[str, Any]:
+        """Power the droplet off, snapshot it, tag and transfer the snapshot; the droplet and key go in any case."""
+        params = self.params
+        droplet_id = params.get("droplet")
+        if not droplet_id:
+            raise BakeryError("action=capture needs droplet (the id launch returned)")
+        inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
+        digest = fingerprint(inputs)
+        if self.check_mode:
+            return self.result(
+                None, digest, inputs, changed=True, found=False, built=False, msg="would snapshot"
+            )
+        self.do.created = True
+        with Steps() as steps:
+            steps.add_undo(
+                "remove the SSH key file", lambda: _instance.remove_key(self.key_path), always=True
+            )
+            if params.get("ssh_key_id"):
+                steps.add_undo(
+                    "delete the SSH key", lambda: self.do.delete_key(params["ssh_key_id"]), always=True
+                )
+            steps.add_undo("delete the droplet", lambda: self.do.delete_droplet(droplet_id), always=True)
+            steps.run("power off", lambda: self.droplet_action(droplet_id, {"type": "power_off"}))
+            # registered before the action: a snapshot the failure interrupted goes too
+            steps.add_undo("delete the unfinished snapshot", self.delete_snapshots)
+            steps.run(
+                "snapshot", lambda: self.droplet_action(droplet_id, {"type": "snapshot", "name": self.name})
+            )
+            found = [
+                item
+                for item in self.do.pages(
+                    "list the snapshots of droplet %s" % droplet_id,
+                    self.do.client.droplets.list_snapshots,
+                    "snapshots",
+                    droplet_id=droplet_id,
+                )
+                if item.get("name") == self.name
+            ]
+            if not found:
+                raise BakeryError(
+                    "droplet %s has no snapshot %s after the snapshot action" % (droplet_id, self.name)
+                )
+            image_id = found[-1]["id"]
+            for name in (
+                user_tags(params)
+                + [
+                    tag(FINGERPRINT_TAG, digest),
+                    tag(BAKE_ID_TAG, self.bake_id),
+                    TEMPORARY_TAG,
+                ]
+                + ([tag(TARGET_TAG, self.target)] if self.target else [])
+            ):
+                self.do.retag(name, image_id)
+            image = self.do.get(image_id)
+            if image is None:
+                raise BakeryError("snapshot %s of droplet %s disappeared" % (image_id, droplet_id))
+            image = self.transfer(image)
+            if params.get("publish", True):
+                image = self.finalize(image)
+        result = self.result(
+            image,
+            digest,
+            inputs,
+            changed=True,
+            found=False,
+            built=True,
+            msg="snapshot %s (%s) of droplet %s" % (image.get("name"), image["id"], droplet_id),
+        )
+        if steps.undo_errors:
+            result["warnings"] = ["could not remove a temporary resource: %s" % e for e in steps.undo_errors]
+        return result
+
+    def cleanup(self) -> dict[str, Any]:
+        """Delete every temporary image, upload, droplet, SSH key and unfinished snapshot of the bake id (and
+        target); the SSH key file too."""
+        _instance.remove_key(self.key_path)
+        return super().cleanup()
 
 
 def sweep_images(
@@ -676,10 +1009,89 @@ def sweep_uploads(
     return entries
 
 
+def _target_of(rest: str | None, target: str | None) -> bool:
+    return not target or rest == temporary_name("x", target)[len("bakery-x-") :]
+
+
+def sweep_instances(
+    do: DigitalOcean, selector: Selector, check_mode: bool, target: str | None = None
+) -> list[dict[str, Any]]:
+    """An instance bake's droplets (tag ``bakery-temporary``), SSH keys and snapshots not yet tagged (both by their
+    name ``bakery-<bake id>-<target>``) that the selector selects, deleted."""
+    entries = []
+    for droplet in do.pages(
+        "list temporary droplets", do.client.droplets.list, "droplets", tag_name=TEMPORARY_TAG
+    ):
+        bake_id = tag_value(droplet.get("tags"), BAKE_ID_TAG)
+        if not selector.matches(bake_id, droplet.get("created_at")):
+            continue
+        if not _target_of(split_name(droplet.get("name") or "", bake_id)[1], target):
+            continue
+        entry = record(
+            "digitalocean",
+            "droplet",
+            str(droplet["id"]),
+            name=droplet.get("name"),
+            bake_id=bake_id,
+            created=droplet.get("created_at"),
+            location=do.where,
+        )
+        entries.append(act(entry, check_mode, lambda i=droplet["id"]: do.delete_droplet(i)))
+    for snapshot in do.pages(
+        "list droplet snapshots", do.client.snapshots.list, "snapshots", resource_type="droplet"
+    ):
+        bake_id, rest = split_name(snapshot.get("name") or "", selector.bake_id)
+        if bake_id is None or TEMPORARY_TAG in (snapshot.get("tags") or []):
+            continue  # a tagged one is swept as a temporary image
+        if not selector.matches(bake_id, snapshot.get("created_at")) or not _target_of(rest, target):
+            continue
+        entry = record(
+            "digitalocean",
+            "snapshot",
+            str(snapshot["id"]),
+            name=snapshot.get("name"),
+            bake_id=bake_id,
+            created=snapshot.get("created_at"),
+            location=do.where,
+        )
+        entries.append(act(entry, check_mode, lambda i=snapshot["id"]: do.delete(i)))
+    for key in do.pages("list SSH keys", do.client.ssh_keys.list, "ssh_keys"):
+        bake_id, rest = split_name(key.get("name") or "", selector.bake_id)
+        # a key has no creation time: the janitor's age comes from its bake id
+        if (
+            bake_id is None
+            or not selector.matches(bake_id, _bake_time(bake_id))
+            or not _target_of(rest, target)
+        ):
+            continue
+        entry = record(
+            "digitalocean",
+            "ssh key",
+            str(key["id"]),
+            name=key.get("name"),
+            bake_id=bake_id,
+            location=do.where,
+        )
+        entries.append(act(entry, check_mode, lambda i=key["id"]: do.delete_key(i)))
+    return entries
+
+
+def _bake_time(bake_id: str) -> str | None:
+    match = re.match(r"^(\d{8})t(\d{6})-", bake_id)
+    if not match:
+        return None
+    day, clock = match.groups()
+    return "%s-%s-%sT%s:%s:%sZ" % (day[:4], day[4:6], day[6:], clock[:2], clock[2:4], clock[4:])
+
+
 def sweep_all(
     do: DigitalOcean, selector: Selector, check_mode: bool, target: str | None = None
 ) -> list[dict]:
-    return sweep_images(do, selector, check_mode, target) + sweep_uploads(do, selector, check_mode, target)
+    return (
+        sweep_instances(do, selector, check_mode, target)
+        + sweep_images(do, selector, check_mode, target)
+        + sweep_uploads(do, selector, check_mode, target)
+    )
 
 
 def sweep(params: Mapping[str, Any], selector: Selector, check_mode: bool) -> list[dict[str, Any]]:
@@ -705,6 +1117,17 @@ def preflight(params: Mapping[str, Any]) -> tuple[bool, str]:
     return True, "%s answers (account %s)" % (describe(params), status or "found")
 
 
+def preflight_base_image(params: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether an instance bake's base image exists (and is in its region): the launch's first call, made before
+    anything of the bake is built."""
+    try:
+        do = DigitalOcean(dict(params, retries=1, retry_delay=0.5))
+        image = Droplets(do, params).base_image()
+    except BakeryError as exc:
+        return False, exc.msg
+    return True, "base image %s is image %s (%s)" % (params["base_image"], image["id"], image.get("name"))
+
+
 def run(
     params: Mapping[str, Any], check_mode: bool = False, do: DigitalOcean | None = None
 ) -> dict[str, Any]:
@@ -713,5 +1136,6 @@ def run(
     return run_action(
         params,
         lambda: do if do is not None else DigitalOcean(params),
-        lambda client: Images(client, params, check_mode),
+        lambda client: Droplets(client, params, check_mode),
+        extra=("launch", "capture"),
     )

@@ -20,7 +20,6 @@ import queue
 import random
 import re
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ except ImportError as exc:  # reported by the module with missing_required_lib
     HAS_GOOGLE_AUTH = False
     GOOGLE_AUTH_ERROR = str(exc)
 
+from ansible_collections.bakery.images.plugins.module_utils import _instance
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
     TEMPORARY_LABEL,
@@ -716,43 +716,10 @@ class Images:
 
     def wait_ssh(self, host: str, port: int) -> None:
         deadline = min(self.deadline, time.monotonic() + float(self.params.get("ssh_timeout") or 300))
-        last = ""
-        while True:
-            try:
-                with socket.create_connection((host, port), timeout=5) as sock:
-                    sock.settimeout(5)
-                    banner = sock.recv(256)
-                if banner.startswith(b"SSH-"):
-                    return
-                last = "unexpected banner %r" % banner[:40]
-            except OSError as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise BakeryError(
-                    "the build instance did not answer SSH on %s:%d in time (%s)" % (host, port, last)
-                )
-            time.sleep(1)
+        _instance.wait_ssh(host, port, deadline)
 
     def ssh_key(self, name: str) -> tuple[str, str]:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        key = Ed25519PrivateKey.generate()
-        private = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        directory = self.params.get("ssh_key_dir") or "/tmp"
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            os.unlink(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(private)
-        return path, "%s %s" % (public.decode("ascii"), name)
+        return _instance.new_ssh_key(self.params.get("ssh_key_dir") or "/tmp", name)
 
     def launch(self) -> dict[str, Any]:
         """Find the image; else start a build instance from the source image and wait for SSH."""
@@ -831,17 +798,9 @@ class Images:
             },
             # the image hygiene checks look for it in the builder's authorized_keys before capture
             "public_key": public_key,
-            "connection": {
-                "connection": "ssh",
-                "host": host,
-                "port": port,
-                "user": self.params["ssh_user"],
-                "private_key": key_path,
-                "python": self.params.get("python") or "/usr/bin/python3",
-                # a new instance has a new host key: accept it once, remembered only for this bake
-                "ssh_common_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s.known_hosts"
-                % key_path,
-            },
+            "connection": _instance.connection(
+                host, port, self.params["ssh_user"], key_path, self.params.get("python")
+            ),
         }
 
     def verifier(self) -> dict[str, Any]:

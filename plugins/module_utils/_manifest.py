@@ -130,11 +130,11 @@ def digitalocean_artifact(
     result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float
 ) -> dict:
     """The manifest entry of a digitalocean target from the digitalocean_image_bake result that made or found its
-    image."""
+    image (an import, or the snapshot of an instance bake with its hygiene results)."""
     image = result.get("image") or {}
     bake_tag = next((t for t in image.get("tags") or [] if t.startswith("bakery-bake-id:")), "")
     built = bool(result.get("built"))
-    return {
+    entry = {
         "target": target["name"],
         "type": "digitalocean",
         "architecture": target.get("architecture"),
@@ -150,6 +150,7 @@ def digitalocean_artifact(
         "build_seconds": round(now - float(started), 1) if built and started else None,
         "changed_inputs": result.get("changed_inputs") or [],
     }
+    return _with_hygiene(entry, result)
 
 
 def ami_artifact(result: Mapping[str, Any], target: Mapping[str, Any], started: Any, now: float) -> dict:

@@ -127,11 +127,8 @@ OPENSTACK_INSTANCE_KEYS = (
     "openstack_provider",
     "use_floating_ip",
 )
-# Packer's digitalocean builder: what describes the droplet it provisions
+# Packer's digitalocean builder: the droplet options the digitalocean target has no counterpart of
 DIGITALOCEAN_INSTANCE_KEYS = (
-    "image",
-    "size",
-    "droplet_name",
     "private_networking",
     "monitoring",
     "droplet_agent",
@@ -1205,11 +1202,20 @@ class Mapper:
         )
 
     def _digitalocean(self, config: dict, item: Item, entry: dict) -> dict | None:
-        options: dict[str, Any] = {"distribution": "Debian"}
-        for key, option in (("snapshot_name", "name"), ("region", "region"), ("api_url", "api_url")):
+        """Packer's digitalocean builder is an instance bake, as bakery's digitalocean target with base_image makes
+        it: a droplet of the base image, provisioned over SSH, snapshotted, the snapshot transferred."""
+        options: dict[str, Any] = {}
+        for key, option in (
+            ("snapshot_name", "name"),
+            ("image", "base_image"),
+            ("region", "region"),
+            ("size", "size"),
+            ("ssh_username", "ssh_user"),
+            ("api_url", "api_url"),
+        ):
             value = config.pop(key, None)
             if value not in (None, "") and self.known(item, key, value):
-                options[option] = value
+                options[option] = str(value)
         for key, option in (("snapshot_regions", "regions"), ("tags", "tags")):
             value = config.pop(key, None)
             if value:
@@ -1221,17 +1227,22 @@ class Mapper:
             options["timeout"] = timeout
         if config.pop("api_token", None):
             item.skip("api_token", "credentials: DIGITALOCEAN_TOKEN (the importer writes no secret)")
-        if "region" not in options:
-            options["region"] = "FIXME"
-            item.drop("region", "the template gives none")
-        options["spaces_bucket"] = "FIXME"
-        item.notes.append(
-            "spaces_bucket: bakery imports the disk through a Spaces bucket (SPACES_ACCESS_KEY_ID and "
-            "SPACES_SECRET_ACCESS_KEY): name one in the image's region"
-        )
-        return self._instance_bake(
-            "digitalocean", options, config, item, entry, DIGITALOCEAN_INSTANCE_KEYS, "a droplet"
-        )
+        if config.pop("droplet_name", None):
+            item.drop(
+                "droplet_name", "bakery names the droplet bakery-<bake id>-<target> (the janitor finds it so)"
+            )
+        for key in DIGITALOCEAN_INSTANCE_KEYS:
+            if config.get(key) not in (None, "", [], {}, False):
+                item.drop(key, "the digitalocean target has no such option")
+            config.pop(key, None)
+        self._leftover(config, item)
+        for required, why in (("base_image", "image"), ("region", "region"), ("size", "size")):
+            if required not in options:
+                item.drop(why, "the template gives none (the digitalocean target needs %s)" % required)
+                options[required] = "FIXME"
+        options.setdefault("name", "%s-%s" % (self.name, entry["name"]))
+        entry["comment"] = 'source "digitalocean" "%s": an instance bake' % entry["ref"].split(".", 1)[1]
+        return {"type": "digitalocean", "options": options, "provisioned": True}
 
     def _build_targets(self, build: Mapping[str, Any]) -> list[tuple[str, dict]]:
         """(Packer's name TYPE.NAME, mapped target) for each mapped target of *build*."""

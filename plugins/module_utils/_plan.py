@@ -541,13 +541,13 @@ def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
 
 # the target types whose instance bakes run the hygiene checks on their builder before capture (an upload of a
 # qemu target's disk has that disk's results)
-INSTANCE_HYGIENE_TYPES = ("ami", "gce")
+INSTANCE_HYGIENE_TYPES = ("ami", "gce", "digitalocean")
 
 
 def instance_hygiene(
     options: Mapping[str, Any], bake_hygiene: Mapping[str, Any], where: str
 ) -> dict[str, Any]:
-    """An ami or gce target's options with its ``hygiene`` complete (as :func:`with_hygiene`) for an instance
+    """An ami, gce or digitalocean target's options with its ``hygiene`` complete (as :func:`with_hygiene`) for an instance
     bake; an upload (``source``) has none, and refuses its own: the checks of the disk it uploads apply."""
     if options.get("source"):
         if options.get("hygiene") is not None:
@@ -874,15 +874,27 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
 
 
 def check_digitalocean(options: Mapping[str, Any], where: str) -> None:
-    """A digitalocean target imports a qemu target's disk (instance bakes are not supported yet); what DigitalOcean
-    would refuse later."""
-    if not options.get("source"):
-        raise BakeryError(
-            "%s: a digitalocean target imports the disk of a qemu target of this bake: set source to its name "
-            "(instance bakes on droplets are not supported yet)" % where
-        )
+    """A digitalocean target imports a qemu target's disk (source, through a Spaces bucket) or snapshots a droplet
+    of base_image (an instance bake); what DigitalOcean would refuse later."""
     from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
 
+    if options.get("source"):
+        if not options.get("spaces_bucket"):
+            raise BakeryError(
+                "%s: a digitalocean target that imports the disk of target %s uploads it to a Spaces bucket: set "
+                "spaces_bucket" % (where, options["source"])
+            )
+        if options.get("base_image"):
+            raise BakeryError(
+                "%s: base_image is for an instance bake (a droplet); this target imports the disk of target %s"
+                % (where, options["source"])
+            )
+    elif not options.get("base_image"):
+        raise BakeryError(
+            "%s: a digitalocean target needs base_image (an instance bake: a droplet of that image, such as "
+            "debian-12-x64, provisioned and snapshotted) or source (a qemu target of this bake whose disk is "
+            "imported)" % where
+        )
     try:
         _digitalocean.check_params(options)
     except BakeryError as exc:
@@ -992,5 +1004,5 @@ def needs_builder(kind: str, options: Mapping[str, Any]) -> bool:
 def uses_own_source(kind: str, options: Mapping[str, Any]) -> bool:
     if kind in ("docker", "qemu"):
         return bool(options.get("base_image"))
-    # an AMI or a GCE instance starts from its source image, whose id the module folds into the fingerprint
-    return kind in ("ami", "gce")
+    # an AMI, a GCE instance or a droplet starts from its source image, whose id the module folds into the fingerprint
+    return kind in ("ami", "gce", "digitalocean")

@@ -571,7 +571,7 @@ def check_openstack(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -
 
 def check_digitalocean(target: Mapping[str, Any], cloud: Cloud, out: list[Check]) -> None:
     """The cloud checks of a digitalocean target: the token is accepted (the account answers) and the Spaces bucket
-    the disk goes to can be listed with the Spaces keys."""
+    the disk goes to can be listed with the Spaces keys; an instance bake's base image exists in its region."""
     from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
 
     options = dict(target.get("options") or {})
@@ -581,6 +581,9 @@ def check_digitalocean(target: Mapping[str, Any], cloud: Cloud, out: list[Check]
     if not ok:
         msg += "; check the token (or DIGITALOCEAN_TOKEN), api_url, the Spaces bucket and the Spaces keys"
     out.append(Check("credentials", _endpoint_option(target), ok, msg))
+    if ok and options.get("base_image") and not options.get("source"):
+        found, why = _digitalocean.preflight_base_image(dict(params, base_image=options["base_image"]))
+        out.append(Check("base image", "digitalocean.base_image=%s" % options["base_image"], found, why))
 
 
 # --------------------------------------------------------------------------- all targets

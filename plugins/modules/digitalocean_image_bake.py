@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: digitalocean_image_bake
-short_description: Import a disk as a DigitalOcean custom image, idempotent by fingerprint
+short_description: Make a DigitalOcean image from a disk or a provisioned droplet, idempotent by fingerprint
 version_added: 0.1.0
 description:
   - Makes a DigitalOcean custom image from a disk file, for example the qcow2 or raw output of the qemu target
@@ -22,6 +22,14 @@ description:
   - Images carry the tag C(bakery-fingerprint:<sha256>) (the bake's inputs, the image options and the disk's
     sha256; DigitalOcean tags are names, so the value follows a colon). When an available image without
     C(bakery-temporary) has it, nothing is uploaded (C(changed=false)).
+  - C(action=launch) and C(action=capture) are an instance bake, as Packer's digitalocean builder does it.
+    V(launch) finds the image by fingerprint (the inputs, the image and droplet options and the base image's id),
+    else adds a temporary SSH key (C(POST /v2/account/keys)) and creates a droplet of O(base_image) named
+    C(bakery-<bake id>-<target>), tagged C(bakery-temporary) and C(bakery-bake-id:<id>), and returns how to reach it
+    over SSH once it answers. V(capture) powers the droplet off (droplet action C(power_off)), snapshots it under
+    its temporary name (action C(snapshot)), tags the snapshot as an imported image is tagged, transfers it to
+    O(regions), renames it O(name) and makes it final; the droplet and the key are deleted in every case, an
+    unfinished snapshot when a step failed.
   - C(action=find) only reports whether such an image exists; C(action=publish) makes final an image that
     C(upload) left temporary (O(publish=false), while its checks run); C(action=cleanup) deletes the temporary
     images and Spaces uploads of a bake id.
@@ -45,7 +53,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [find, upload, publish, cleanup]
+    choices: [find, upload, launch, capture, publish, cleanup]
     required: true
   name:
     description: Image name. Required for V(find) and V(upload).
@@ -83,6 +91,38 @@ options:
     type: list
     elements: str
     default: []
+  base_image:
+    description: The image the droplet of V(launch) starts from, a slug (V(debian-12-x64)) or an image id.
+    type: str
+  size:
+    description: The droplet's size slug for V(launch) (for example V(s-1vcpu-1gb)).
+    type: str
+  droplet:
+    description: The id of the droplet V(launch) started, for V(capture).
+    type: str
+  ssh_key_id:
+    description: The id of the temporary SSH key V(launch) added, for V(capture) (deleted there; an id, no secret).
+    type: str
+  ssh_user:
+    description: The user Ansible logs in as on the droplet.
+    type: str
+    default: root
+  ssh_port:
+    description: The droplet's SSH port.
+    type: int
+    default: 22
+  ssh_timeout:
+    description: Seconds V(launch) waits for the droplet's SSH server once it is active.
+    type: int
+    default: 300
+  ssh_key_dir:
+    description: Directory of the temporary private key file (C(bakery-<bake id>-<target>)), removed by V(capture)
+      and V(cleanup).
+    type: path
+  python:
+    description: The Python interpreter on the droplet.
+    type: str
+    default: /usr/bin/python3
   inputs:
     description: Fingerprint inputs computed by the bake plan.
     type: dict
@@ -143,7 +183,8 @@ options:
     type: float
     default: 1.0
 notes:
-  - Instance bakes (a droplet provisioned over SSH, snapshotted) are not supported yet; import a qemu target's disk.
+  - The snapshot of an instance bake is a DigitalOcean image of type C(snapshot), found by the same tag
+    C(bakery-fingerprint:<sha256>) as a custom image.
 seealso:
   - module: bakery.images.qemu_image
   - module: bakery.images.janitor
@@ -162,6 +203,31 @@ EXAMPLES = r"""
     tags: [web]
     spaces_bucket: my-bakes
 
+- name: Start a droplet of Debian 12 for an instance bake (or find its image)
+  bakery.images.digitalocean_image_bake:
+    action: launch
+    name: web
+    base_image: debian-12-x64
+    region: nyc3
+    size: s-1vcpu-1gb
+    bake_id: 20261127t100000-abcdef
+    target: web
+    ssh_key_dir: /srv/bakes/out/.bakery-ssh
+  register: launched
+
+- name: Snapshot it once provisioned, and make the image available in ams3 too
+  bakery.images.digitalocean_image_bake:
+    action: capture
+    name: web
+    regions: [ams3]
+    droplet: "{{ launched.droplet.id }}"
+    ssh_key_id: "{{ launched.key.id }}"
+    inputs: "{{ launched.inputs }}"
+    bake_id: 20261127t100000-abcdef
+    target: web
+    ssh_key_dir: /srv/bakes/out/.bakery-ssh
+  when: launched.droplet is defined
+
 - name: Remove what a killed bake left
   bakery.images.digitalocean_image_bake:
     action: cleanup
@@ -179,7 +245,7 @@ image:
 fingerprint:
   description: The fingerprint (tag C(bakery-fingerprint:<fingerprint>)).
   type: str
-  returned: find, upload
+  returned: find, upload, launch, capture
 inputs:
   description: The fingerprint's inputs (the plan's, the image options' digest and the disk's sha256).
   type: dict
@@ -192,6 +258,27 @@ built:
   description: Whether this call imported a new image.
   type: bool
   returned: find, upload, publish
+droplet:
+  description: The droplet V(launch) started (id, name, host, region).
+  type: dict
+  returned: launch, when a droplet was started
+key:
+  description: The temporary SSH key V(launch) added (id, fingerprint).
+  type: dict
+  returned: launch, when a droplet was started
+public_key:
+  description: The temporary public key in the droplet's authorized_keys (the image hygiene checks look for it).
+  type: str
+  returned: launch, when a droplet was started
+builder:
+  description: How Ansible reaches the droplet (connection, host, port, user, private_key, python,
+    ssh_common_args).
+  type: dict
+  returned: launch, when a droplet was started
+base_image:
+  description: The base image (id, slug, name).
+  type: dict
+  returned: launch, when a droplet was started
 upload:
   description: Where the disk went (bucket, key, bytes, seconds).
   type: dict
@@ -221,7 +308,11 @@ from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", required=True, choices=["find", "upload", "publish", "cleanup"]),
+            action=dict(
+                type="str",
+                required=True,
+                choices=["find", "upload", "launch", "capture", "publish", "cleanup"],
+            ),
             name=dict(type="str"),
             description=dict(type="str"),
             distribution=dict(type="str", default="Unknown", choices=list(_digitalocean.DISTRIBUTIONS)),
@@ -231,6 +322,15 @@ def main() -> None:
             region=dict(type="str"),
             regions=dict(type="list", elements="str", default=[]),
             tags=dict(type="list", elements="str", default=[]),
+            base_image=dict(type="str"),
+            size=dict(type="str"),
+            droplet=dict(type="str"),
+            ssh_key_id=dict(type="str", no_log=False),
+            ssh_user=dict(type="str", default="root"),
+            ssh_port=dict(type="int", default=22),
+            ssh_timeout=dict(type="int", default=300),
+            ssh_key_dir=dict(type="path"),
+            python=dict(type="str", default="/usr/bin/python3"),
             inputs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
             publish=dict(type="bool", default=True),
@@ -252,6 +352,8 @@ def main() -> None:
         required_if=[
             ("action", "find", ("name", "disk")),
             ("action", "upload", ("name", "disk", "region", "spaces_bucket")),
+            ("action", "launch", ("name", "base_image", "region", "size", "bake_id")),
+            ("action", "capture", ("name", "droplet", "bake_id")),
             ("action", "publish", ("image", "bake_id")),
             ("action", "cleanup", ("bake_id",)),
         ],

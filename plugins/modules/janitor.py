@@ -30,8 +30,9 @@ description:
     its bake labels it final), and uploaded Cloud Storage objects with that metadata."
   - "C(openstack): Glance images with the property C(bakery_temporary=true) (an upload a killed bake left queued,
     saving or importing, or an image that was never made final)."
-  - "C(digitalocean): custom images tagged C(bakery-temporary) (an import a killed bake left, or an image never made
-    final), and bakery's disk uploads (C(bakery/<bake id>/)) in the Spaces bucket."
+  - "C(digitalocean): images tagged C(bakery-temporary) (an import or a snapshot a killed bake left, or an image
+    never made final), bakery's disk uploads (C(bakery/<bake id>/)) in the Spaces bucket, and an instance bake's
+    droplets (tag C(bakery-temporary)), SSH keys and snapshots not yet tagged (named C(bakery-<bake id>-<target>))."
   - The bake's cleanup play removes its resources with the same functions; the janitor is for what a killed
     bake left. Playbook C(playbooks/janitor.yml) runs this module with a bake definition.
 author:

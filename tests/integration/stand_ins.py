@@ -1,4 +1,5 @@
-"""Stand-ins for the instances the cloud fakes start but cannot run: the checks of ``verify_instance``.
+"""Stand-ins for the instances the cloud fakes start but cannot run: the builder of an instance bake
+(:func:`instance_playbook`) and the checks of ``verify_instance`` (:func:`playbook`).
 
 moto_server and the fake Compute Engine (fake_compute.py) accept the request that launches an instance from the new
 image and report it running, but nothing boots and nothing answers SSH. So that the bake's checks (verify) still run
@@ -14,19 +15,26 @@ branch of the collection's code):
 The containers carry the label ``bakery-bake-id`` and the host name :data:`HOSTNAME`, so that a check's output tells
 where it ran; :func:`remove_containers` removes what a killed run left (a test's ``finally``).
 
+The builder of an instance bake (gce, digitalocean) is the same idea: :func:`instance_playbook` adds a play after
+launch that starts a container of the bake's base image and points the builder's inventory host at it (the cloud's
+fake reports the instance running and a banner answers its SSH wait), and removes it after the cleanup.
+
 What this does not test: an instance booting from the image on a real cloud, and SSH to it.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from conftest import REPO, docker_client, run_playbook
+from sbom_checks import DPKG_FORMAT
 
 # the host name of the verifier's stand-in container: a check that prints $(hostname) names it
 HOSTNAME = "bakery-verify-stand-in"
@@ -111,6 +119,106 @@ def playbook(tmp_path: Path) -> Path:
     path = tmp_path / "bake-with-verify-stand-in.yml"
     path.write_text(yaml.safe_dump(out, sort_keys=False))
     return path
+
+
+STAND_IN_PLAY = {
+    "name": "Stand-in builder (test only): the fake Compute Engine runs no VM, so a local container built "
+    "from the bakery base image takes the instance's place for provisioning",
+    "hosts": "bakery_targets",
+    "gather_facts": False,
+    "tasks": [
+        {
+            "name": "Start the stand-in container",
+            "community.docker.docker_container": {
+                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "image": "{{ stand_in_image }}",
+                "command": ["sleep", "infinity"],
+                "labels": {"bakery-temporary": "true", "bakery-bake-id": "{{ bakery_target.bake_id }}"},
+                "state": "started",
+            },
+            "when": "bakery_builder is defined",
+        },
+        {
+            "name": "Point the builder at the stand-in",
+            "ansible.builtin.add_host": {
+                "name": "{{ bakery_target.builder }}",
+                "groups": "bakery_builders",
+                "bakery_builder_of": "{{ inventory_hostname }}",
+                "bakery_provisioners": "{{ bakery_target.provisioners }}",
+                "ansible_connection": "community.docker.docker_api",
+                "ansible_host": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_user": "root",
+            },
+            "when": "bakery_builder is defined",
+            "changed_when": False,
+        },
+    ],
+}
+
+REMOVE_STAND_IN = {
+    "name": "Remove the stand-in container (test only)",
+    "hosts": "bakery_targets",
+    "gather_facts": False,
+    "tasks": [
+        {
+            # what the SBOM of an image made from the instance must list (test_gce); never in the way of the removal
+            "name": "List the packages of the stand-in",
+            "ansible.builtin.command": {"argv": ["dpkg-query", "-W", "-f", DPKG_FORMAT]},
+            "delegate_to": "{{ bakery_target.builder }}",
+            "changed_when": False,
+            "ignore_errors": True,
+            "when": "bakery_builder is defined",
+        },
+        {
+            "name": "Remove it",
+            "community.docker.docker_container": {
+                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
+                "state": "absent",
+            },
+        },
+    ],
+}
+
+
+def instance_playbook(tmp_path: Path) -> Path:
+    """playbooks/bake.yml with the stand-in play after launch, and its container removed after cleanup."""
+    plays = yaml.safe_load((REPO / "playbooks" / "bake.yml").read_text())
+    names = [play["name"] for play in plays]
+    plays.insert(names.index("Launch the builders") + 1, STAND_IN_PLAY)
+    plays.insert(len(plays) - 1, REMOVE_STAND_IN)
+    plays[0]["vars_files"] = []
+    path = tmp_path / "bake-with-stand-in.yml"
+    path.write_text(yaml.safe_dump(plays, sort_keys=False))
+    role = tmp_path / "roles" / "marker" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(
+        '- name: Leave a mark\n  ansible.builtin.copy:\n    dest: /etc/bakery-marker\n    content: "{{ marker }}\\n"\n'
+    )
+    return path
+
+
+class SshBanner:
+    """A socket on 127.0.0.1 that answers with an SSH banner: enough for launch's SSH wait, not for Ansible."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn = self.sock.accept()[0]
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-StandIn\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def remove_containers(bake_id: str) -> list[str]:

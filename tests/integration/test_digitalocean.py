@@ -4,8 +4,12 @@ fails the test), and moto's S3 as the Spaces bucket. The stand-in imports a cust
 URL from moto, as DigitalOcean fetches it from Spaces.
 
 The disk is the qemu target of the test's own bake (provision: none copies a small qcow2 image made here into the
-outputs, as a provisioned disk would be); one such bake is made and reused by the tests of this module. The
-stand-in runs no droplets: instance bakes are not part of this target yet.
+outputs, as a provisioned disk would be); one such bake is made and reused by the tests of this module.
+
+Instance bakes: the stand-in keeps droplets, SSH keys, droplet actions and snapshots as records, but no droplet
+boots. So a local container of the bake's base image stands in for the droplet while it is provisioned
+(stand_ins.instance_playbook, the same test play as the gce instance bake's) and a socket answers the droplet's
+SSH wait with a banner. What this does not test: a real droplet booting, SSH to it, and a real snapshot's content.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import requests
 import yaml
 from conftest import REPO, run_playbook
 from crash import run_janitor
+from stand_ins import SshBanner, instance_playbook
 from test_openstack import make_qcow2
 
 from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 BUCKET = "bakery-spaces"
@@ -315,6 +321,263 @@ def test_sigkill_during_the_import_then_the_janitor_removes_it(standin, moto, sp
     assert [i["id"] for i in standin.all_images() if "bakery-temporary" not in i["tags"]] == published
     assert _digitalocean_token(standin) not in run.stdout + run.stderr
     assert SPACES_SECRET not in run.stdout + run.stderr
+
+
+# ------------------------------------------------------------------------------------ instance bakes
+
+INSTANCE_BAKE_ID = "20261204t210000-d0d0d0"
+
+
+@pytest.fixture(scope="module")
+def banner():
+    server = SshBanner()
+    yield server
+    server.close()
+
+
+def instance_bake(standin, banner, name: str, **target) -> dict:
+    options = standin.options(
+        name=name,
+        description="web droplet, baked by bakery",
+        base_image="debian-12-x64",
+        size="s-1vcpu-1gb",
+        region="nyc3",
+        regions=["ams3", "fra1"],
+        tags=["web"],
+        ssh_port=banner.port,
+        retries=0,
+        retry_delay=0.1,
+        timeout=120,
+    )
+    options.update(target)
+    return {
+        "name": "do-instance",
+        "provisioners": [{"role": "marker", "vars": {"marker": "provisioned"}}],
+        "targets": [{"name": "vm", "digitalocean": options}],
+    }
+
+
+def test_instance_bake_then_nothing_to_do(standin, banner, bake_base, tmp_path):
+    """A droplet of debian-12-x64 (a container stands in for it, see the module's docstring) is provisioned by the
+    bake's role, passes the hygiene checks, is powered off and snapshotted; the snapshot is in nyc3, ams3 and fra1,
+    named and tagged as an imported image is, final; the droplet, the SSH key (in the account and on disk) are gone.
+    A second run finds the image by fingerprint and makes nothing; --check with another size would build and makes
+    nothing. No run shows the token."""
+    playbook = instance_playbook(tmp_path)
+    name = unique("bakery-droplet")
+    bake = instance_bake(standin, banner, name)
+    extra = {"bake": bake, "stand_in_image": bake_base["image"]}
+    started = time.monotonic()
+    first = run_playbook(playbook, tmp_path, extra_vars=extra, args=["-e", "bake_id=%s" % INSTANCE_BAKE_ID])
+    assert first.rc == 0, first.explain()
+    first_seconds = time.monotonic() - started
+    assert first.task_result("Leave a mark")["changed"], "the stand-in droplet was not provisioned"
+    launched = first.task_result("Find the image, or start the droplet")
+    assert launched["droplet"]["name"] == "bakery-%s-vm" % INSTANCE_BAKE_ID
+    assert launched["public_key"].startswith("ssh-ed25519 AAAA")
+    checked = first.task_result(
+        "Remove the builder's key and the machine's identity from the droplet, then check the image's hygiene"
+    )
+    assert checked["passed"]
+    (image,) = standin.by_name(name)
+    manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    (entry,) = manifest["artifacts"]
+    assert (entry["type"], entry["id"], entry["bake_id"]) == ("digitalocean", image["id"], INSTANCE_BAKE_ID)
+    assert [c["status"] for c in entry["hygiene"]] and all(c["status"] == "passed" for c in entry["hygiene"])
+    assert image["type"] == "snapshot" and image["status"] == "available"
+    assert image["description"] == "web droplet, baked by bakery"
+    assert sorted(image["regions"]) == ["ams3", "fra1", "nyc3"]
+    assert sorted(image["tags"]) == sorted(
+        [
+            "web",
+            "bakery-fingerprint:%s" % entry["fingerprint"],
+            "bakery-bake-id:%s" % INSTANCE_BAKE_ID,
+            "bakery-target:vm",
+        ]
+    )
+    assert standin.leftovers() == {}, "droplet, key or unfinished snapshot left behind"
+    assert not list((tmp_path / "output" / ".bakery-ssh").glob("*")), "SSH key file left behind"
+    posted = [c for c in standin.calls if c.startswith("POST /v2/droplets")]
+    assert (
+        len([c for c in posted if c == "POST /v2/droplets"]) == 1 and len(posted) == 3
+    )  # create, power_off, snapshot
+
+    calls = len(standin.calls)
+    second = run_playbook(playbook, tmp_path, extra_vars=extra)
+    assert second.rc == 0, second.explain()
+    assert all(host["changed"] == 0 for host in second.stats.values()), second.stats
+    assert all(c.startswith("GET ") for c in standin.calls[calls:]), standin.calls[calls:]
+    assert standin.by_name(name) == [image]
+    again = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+    assert again["artifacts"][0]["hygiene"] == entry["hygiene"]
+
+    calls = len(standin.calls)
+    bake["targets"][0]["digitalocean"]["size"] = "s-2vcpu-2gb"
+    check = run_playbook(playbook, tmp_path, extra_vars=extra, args=["--check"])
+    assert check.rc == 0, check.explain()
+    assert "1 would build" in "\n".join(check.task_result("Artifact summary")["msg"])
+    assert all(c.startswith("GET ") for c in standin.calls[calls:]), standin.calls[calls:]
+    assert standin.leftovers() == {}
+    token = _digitalocean_token(standin)
+    assert all(token not in run.stdout + run.stderr for run in (first, second, check))
+    print("instance bake: first run %.1f s" % first_seconds)
+
+
+def test_preflight_refuses_a_missing_base_image_and_the_plan_a_bad_size(standin, banner, tmp_path):
+    """An instance bake of a base image DigitalOcean does not have: the preflight names it before any droplet or
+    key is made; a size that is no slug: the plan refuses it before any call."""
+    from conftest import PREFLIGHT_TASK
+
+    playbook = instance_playbook(tmp_path)  # also the provisioner's role
+    bake = instance_bake(standin, banner, unique("bakery-missing"), base_image="debian-99-x64")
+    calls = len(standin.calls)
+    run = run_playbook(playbook, tmp_path, extra_vars={"bake": bake, "stand_in_image": "none"})
+    assert run.rc != 0
+    (vm,) = run.task_result(PREFLIGHT_TASK)["targets"]
+    (problem,) = [c for c in vm["preflight"] if not c["ok"]]
+    assert problem["option"] == "digitalocean.base_image=debian-99-x64", problem
+    assert "base image debian-99-x64 does not exist" in problem["msg"], problem
+    assert all(c.startswith("GET ") for c in standin.calls[calls:]), standin.calls[calls:]
+    assert standin.leftovers() == {}
+
+    bake = instance_bake(standin, banner, unique("bakery-size"), size="1 vCPU")
+    calls = len(standin.calls)
+    run = run_playbook(playbook, tmp_path, extra_vars={"bake": bake, "stand_in_image": "none"})
+    assert run.rc != 0
+    assert "bake.targets[0].digitalocean: size '1 vCPU' is not a DigitalOcean slug" in run.stdout, run.stdout[
+        -2000:
+    ]
+    assert standin.calls[calls:] == []
+
+
+def instance_params(standin, banner, bake_id: str, key_dir: Path, **extra) -> dict:
+    params = standin.options(
+        name=unique("bakery-instance"),
+        base_image="debian-12-x64",
+        size="s-1vcpu-1gb",
+        region="nyc3",
+        regions=["ams3"],
+        tags=["web"],
+        bake_id=bake_id,
+        target="web",
+        ssh_port=banner.port,
+        ssh_key_dir=str(key_dir),
+        timeout=60,
+        retries=0,
+        retry_delay=0.1,
+    )
+    params.update(extra)
+    return params
+
+
+def launch_and_capture(params: dict, client) -> dict:
+    """What the role does: launch, (provisioning,) capture; the cleanup after a failure."""
+    launched = _digitalocean.run(dict(params, action="launch"), do=client)
+    return _digitalocean.run(
+        dict(
+            params,
+            action="capture",
+            droplet=str(launched["droplet"]["id"]),
+            ssh_key_id=str(launched["key"]["id"]),
+            inputs=launched["inputs"],
+        ),
+        do=client,
+    )
+
+
+def test_a_failure_at_any_call_of_an_instance_bake_leaves_nothing(standin, banner, tmp_path):
+    """Each call of an instance bake (launch: base image, lookup, key, droplet, its start; capture: power_off,
+    snapshot, tags, transfer, rename, publish, and the deletions) fails in turn: no droplet, SSH key (in the account
+    or on disk) or unfinished snapshot is left; a fault in a deletion is reported and the role's cleanup removes
+    what it left. Without faults the same bake makes the image."""
+    calls: list[str] = []
+    params = instance_params(standin, banner, unique("count"), tmp_path)
+    client = _digitalocean.DigitalOcean(params)
+    client.before = calls.append
+    result = launch_and_capture(params, client)
+    assert result["built"] and sorted(result["image"]["regions"]) == ["ams3", "nyc3"]
+    assert any(c.startswith("snapshot droplet") for c in calls) and any(
+        c.startswith("delete SSH key") for c in calls
+    )
+    assert len(calls) >= 20, calls
+    client.before = None
+    client.delete(result["image"]["id"])
+
+    failed = 0
+    for index, call in enumerate(calls):
+        params = instance_params(standin, banner, unique("fault%d" % index), tmp_path)
+        client = _digitalocean.DigitalOcean(params)
+        seen = [0]
+        client.before = fault_at(index, seen)
+        try:
+            result = launch_and_capture(params, client)
+        except BakeryError as failure:
+            assert "injected fault" in failure.msg, (call, failure.msg)
+            failed += 1
+        else:
+            client.before = None
+            if result.get(
+                "warnings"
+            ):  # a deletion failed after the snapshot was made: the role's cleanup follows
+                _digitalocean.run(dict(params, action="cleanup"))
+            client.delete(result["image"]["id"])
+            assert seen[0] > index and result["warnings"], (index, call, result)
+        if standin.leftovers():
+            _digitalocean.run(dict(params, action="cleanup"))
+        assert standin.leftovers() == {}, (index, call)
+        assert not list(tmp_path.glob("bakery-*")), (index, call)
+    assert failed >= len(calls) - 3, (failed, calls)
+
+
+KILLED_INSTANCE_BAKE = """
+import json, sys
+from ansible_collections.bakery.images.plugins.module_utils import _digitalocean
+params = json.loads(sys.argv[1])
+launched = _digitalocean.run(dict(params, action="launch"))
+_digitalocean.run(dict(params, action="capture", droplet=str(launched["droplet"]["id"]),
+                       ssh_key_id=str(launched["key"]["id"]), inputs=launched["inputs"]))
+"""
+
+
+def test_sigkill_during_the_snapshot_then_the_janitor_removes_everything(standin, banner, tmp_path):
+    """An instance bake killed (SIGKILL, no undo runs) once its droplet was snapshotted, while the snapshot is not
+    yet tagged, leaves the droplet, the SSH key and the snapshot under its temporary name; playbooks/janitor.yml with
+    the bake definition and bake id deletes the three, and nothing else (the images of the other tests stay)."""
+    bake_id = new_bake_id()  # the form the janitor recognises in a name
+    params = instance_params(standin, banner, bake_id, tmp_path)
+    script = tmp_path / "instance.py"
+    script.write_text(textwrap.dedent(KILLED_INSTANCE_BAKE))
+    env = dict(os.environ, PYTHONPATH=str(REPO / ".collections" / "src"))
+    standin.hold["POST /v2/tags"] = 60.0
+    published = sorted(i["id"] for i in standin.all_images())
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(params)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "images" not in standin.leftovers():
+            assert proc.poll() is None, "the bake ended before the kill"
+            time.sleep(0.2)
+        assert proc.poll() is None, "the bake ended before the kill"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        del standin.hold["POST /v2/tags"]
+    name = _digitalocean.temporary_name(bake_id, "web")
+    assert standin.leftovers() == {"droplets": [name], "keys": [name], "images": [name]}
+
+    bake_file = tmp_path / "bake.yml"
+    bake = instance_bake(standin, banner, "web")
+    bake["targets"][0]["name"] = "web"
+    bake_file.write_text(yaml.safe_dump({"bake": bake}))
+    run = run_janitor(tmp_path, bake_file, bake_id)
+    result = run.task_result("Find and remove the temporary resources")
+    assert sorted((r["kind"], r["state"]) for r in result["resources"] if r["backend"] == "digitalocean") == [
+        ("droplet", "removed"),
+        ("snapshot", "removed"),
+        ("ssh key", "removed"),
+    ], result
+    assert standin.leftovers() == {}
+    assert sorted(i["id"] for i in standin.all_images()) == published
+    assert _digitalocean_token(standin) not in run.stdout + run.stderr
 
 
 def test_the_stand_in_refuses_what_the_specification_does(standin):

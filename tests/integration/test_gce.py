@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import LOCAL, REPO, run_playbook
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -34,8 +33,8 @@ from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
 from ports import free_port
 from provenance_checks import check_statement
-from sbom_checks import DPKG_FORMAT, check_documents, installed
-from stand_ins import Cloud, checks_on_an_instance, qcow2_copy
+from sbom_checks import check_documents, installed
+from stand_ins import Cloud, checks_on_an_instance, instance_playbook, qcow2_copy
 
 from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene, _verify
 
@@ -330,80 +329,6 @@ def test_credentials_never_in_output(gce, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ instance flow
-
-STAND_IN_PLAY = {
-    "name": "Stand-in builder (test only): the fake Compute Engine runs no VM, so a local container built "
-    "from the bakery base image takes the instance's place for provisioning",
-    "hosts": "bakery_targets",
-    "gather_facts": False,
-    "tasks": [
-        {
-            "name": "Start the stand-in container",
-            "community.docker.docker_container": {
-                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
-                "image": "{{ stand_in_image }}",
-                "command": ["sleep", "infinity"],
-                "labels": {"bakery-temporary": "true", "bakery-bake-id": "{{ bakery_target.bake_id }}"},
-                "state": "started",
-            },
-            "when": "bakery_builder is defined",
-        },
-        {
-            "name": "Point the builder at the stand-in",
-            "ansible.builtin.add_host": {
-                "name": "{{ bakery_target.builder }}",
-                "groups": "bakery_builders",
-                "bakery_builder_of": "{{ inventory_hostname }}",
-                "bakery_provisioners": "{{ bakery_target.provisioners }}",
-                "ansible_connection": "community.docker.docker_api",
-                "ansible_host": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "ansible_user": "root",
-            },
-            "when": "bakery_builder is defined",
-            "changed_when": False,
-        },
-    ],
-}
-
-REMOVE_STAND_IN = {
-    "name": "Remove the stand-in container (test only)",
-    "hosts": "bakery_targets",
-    "gather_facts": False,
-    "tasks": [
-        {
-            "name": "List the packages of the stand-in",
-            "ansible.builtin.command": {"argv": ["dpkg-query", "-W", "-f", DPKG_FORMAT]},
-            "delegate_to": "{{ bakery_target.builder }}",
-            "changed_when": False,
-            "when": "bakery_builder is defined",
-        },
-        {
-            "name": "Remove it",
-            "community.docker.docker_container": {
-                "name": "{{ bakery_target.builder }}-{{ bakery_target.bake_id }}",
-                "state": "absent",
-            },
-        },
-    ],
-}
-
-
-def instance_playbook(tmp_path: Path) -> Path:
-    """playbooks/bake.yml with the stand-in play after launch, and its container removed after cleanup."""
-    plays = yaml.safe_load((REPO / "playbooks" / "bake.yml").read_text())
-    names = [play["name"] for play in plays]
-    plays.insert(names.index("Launch the builders") + 1, STAND_IN_PLAY)
-    plays.insert(len(plays) - 1, REMOVE_STAND_IN)
-    plays[0]["vars_files"] = []
-    path = tmp_path / "bake-with-stand-in.yml"
-    path.write_text(yaml.safe_dump(plays, sort_keys=False))
-    role = tmp_path / "roles" / "marker" / "tasks"
-    role.mkdir(parents=True)
-    (role / "main.yml").write_text(
-        '- name: Leave a mark\n  ansible.builtin.copy:\n    dest: /etc/bakery-marker\n    content: "{{ marker }}\\n"\n'
-    )
-    return path
 
 
 def test_instance_bake_with_stand_in_builder(gce, bake_base, tmp_path):

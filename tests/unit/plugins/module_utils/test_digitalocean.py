@@ -21,6 +21,10 @@ from ansible_collections.bakery.images.plugins.module_utils._steps import Bakery
         ({"timeout": 0}, "timeout must be at least 1"),
         ({"name": "x" * 256}, "image name must be 1 to 255 characters"),
         ({"description": "x" * 141}, "description must be at most 140 characters"),
+        ({"region": "NYC 3"}, "region 'NYC 3' is not a DigitalOcean slug"),
+        ({"size": "s_1vcpu"}, "size 's_1vcpu' is not a DigitalOcean slug"),
+        ({"regions": ["ams3", "Frankfurt"]}, "regions: 'Frankfurt' is not a DigitalOcean region slug"),
+        ({"base_image": " "}, "base_image must name an image"),
     ],
 )
 def test_check_params_refuses_what_digitalocean_would(params, message):
@@ -49,10 +53,43 @@ def test_the_fingerprint_changes_with_the_disk_and_each_image_option():
     assert _digitalocean.image_inputs(dict(base, token="t", spaces_bucket="b"), "d1") == inputs
 
 
-def test_plan_check_needs_a_source():
-    with pytest.raises(BakeryError, match="set source to its name"):
+def test_plan_check_needs_a_source_or_a_base_image():
+    with pytest.raises(BakeryError, match="needs base_image .* or source"):
         _plan.check_digitalocean({"name": "web"}, "bake.targets[1].digitalocean")
-    _plan.check_digitalocean({"source": "disk", "name": "web", "tags": ["web"]}, "here")
+    with pytest.raises(BakeryError, match="uploads it to a Spaces bucket: set spaces_bucket"):
+        _plan.check_digitalocean({"source": "disk", "name": "web"}, "here")
+    with pytest.raises(BakeryError, match="base_image is for an instance bake"):
+        _plan.check_digitalocean(
+            {"source": "disk", "spaces_bucket": "b", "base_image": "debian-12-x64"}, "here"
+        )
+    _plan.check_digitalocean({"source": "disk", "name": "web", "tags": ["web"], "spaces_bucket": "b"}, "here")
+    _plan.check_digitalocean({"base_image": "debian-12-x64", "name": "web", "size": "s-1vcpu-1gb"}, "here")
+
+
+def test_instance_inputs_and_temporary_names():
+    """An instance bake's fingerprint changes with the base image's id and each droplet or image option; its droplet,
+    key and unfinished snapshot share one name, which the janitor reads the bake id and target from."""
+    params = {
+        "name": "web",
+        "base_image": "debian-12-x64",
+        "size": "s-1vcpu-1gb",
+        "region": "nyc3",
+        "inputs": {"a": "1"},
+    }
+    droplets = _digitalocean.Droplets.__new__(_digitalocean.Droplets)
+    droplets.params = params
+    inputs = droplets.instance_inputs({"id": 7})
+    assert inputs["a"] == "1" and inputs["base_image"] == "7"
+    assert droplets.instance_inputs({"id": 8}) != inputs
+    for key, value in [("size", "s-2vcpu-2gb"), ("regions", ["ams3"]), ("base_image", "ubuntu-24-04-x64")]:
+        droplets.params = dict(params, **{key: value})
+        assert droplets.instance_inputs({"id": 7})["options"] != inputs["options"], key
+    droplets.params = dict(params, token="t")
+    assert droplets.instance_inputs({"id": 7}) == inputs
+    name = _digitalocean.temporary_name("20261204t100000-abcdef", "web_eu")
+    assert name == "bakery-20261204t100000-abcdef-web-eu"
+    assert _digitalocean.DROPLET_NAME_RE.match(name)
+    assert _digitalocean._bake_time("20261204t100000-abcdef") == "2026-12-04T10:00:00Z"
 
 
 def test_janitor_scopes_and_secrets_from_a_bake():

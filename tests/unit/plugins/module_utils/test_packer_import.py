@@ -296,8 +296,9 @@ def test_packer_functions_and_go_templates_evaluate_as_packer_documents_them():
 
 
 def test_the_cloud_images_of_a_template_become_targets_the_plan_accepts(templates):
-    """Packer's openstack and digitalocean builders (instance bakes) become a proposed qemu disk and its upload;
-    the digitalocean-import post-processor an upload of the qemu disk. The plan takes every target as imported
+    """Packer's openstack builder (an instance bake) becomes a proposed qemu disk and its upload; its digitalocean
+    builder a digitalocean instance bake (a droplet of the base image, provisioned and snapshotted); the
+    digitalocean-import post-processor an upload of the qemu disk. The plan takes every target as imported
     (the disk_image source's base image is made here: the plan checks that it exists)."""
     from ansible_collections.bakery.images.plugins.action.bake_plan import validate_target
     from ansible_collections.bakery.images.plugins.module_utils import _plan
@@ -313,7 +314,6 @@ def test_the_cloud_images_of_a_template_become_targets_the_plan_accepts(template
     assert types == {
         "web-openstack-disk": "qemu",
         "web-openstack": "openstack",
-        "web-digitalocean-disk": "qemu",
         "web-digitalocean": "digitalocean",
         "disk": "qemu",
         "disk-digitalocean": "digitalocean",
@@ -330,14 +330,24 @@ def test_the_cloud_images_of_a_template_become_targets_the_plan_accepts(template
         cwd=str(templates / "clouds"),
         bake_id="b1",
     )
-    # the shell provisioner runs on each disk; each image is its disk's upload
+    # the shell provisioner runs on each disk and on the droplet; each other image is its disk's upload
     assert sorted(t["name"] for t in planned["targets"] if t["provisioners"]) == [
         "disk",
-        "web-digitalocean-disk",
+        "web-digitalocean",
         "web-openstack-disk",
     ]
-    assert {t["name"]: t["source"]["target"] for t in planned["targets"] if t["type"] != "qemu"} == {
+    assert {
+        t["name"]: t["source"]["target"]
+        for t in planned["targets"]
+        if t["type"] != "qemu" and t.get("source")
+    } == {
         "web-openstack": "web-openstack-disk",
-        "web-digitalocean": "web-digitalocean-disk",
         "disk-digitalocean": "disk",
     }
+    droplet = targets["web-digitalocean"]["digitalocean"]
+    assert (droplet["base_image"], droplet["size"], droplet["region"], droplet["regions"]) == (
+        "debian-12-x64",
+        "s-1vcpu-1gb",
+        "nyc3",
+        ["ams3"],
+    )
