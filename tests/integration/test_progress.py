@@ -62,6 +62,7 @@ REPORT_PLAY = """
               id: "sha256:0123456789abcdef0123"
               name: bakery/web
               tags: ["bakery/web:latest"]
+              architecture: arm64
               size: 218103808
               fingerprint: "{{ '%064x' % 1 }}"
               build_seconds: 35.1
@@ -89,8 +90,9 @@ def test_bake_summary_follows_the_recap(tmp_path):
     summary = tail[tail.index("BAKE SUMMARY") :]
     assert "bake demo (20261127t120000-abcdef): 1 built, 1 unchanged" in summary
     assert re.search(
-        r"web\s+docker\s+bakery/web:latest\s+0123456789ab\s+208\.0 MiB\s+built in 35\.1 s", summary
+        r"web\s+docker\s+arm64\s+bakery/web:latest\s+0123456789ab\s+208\.0 MiB\s+built in 35\.1 s", summary
     )
-    assert re.search(r"cli\s+docker\s+bakery/cli:1\.0\s+fedcba987654\s+1\.0 MiB\s+unchanged", summary)
+    # an artifact whose architecture is not known says so
+    assert re.search(r"cli\s+docker\s+-\s+bakery/cli:1\.0\s+fedcba987654\s+1\.0 MiB\s+unchanged", summary)
     assert "not selected: vm" in summary
     assert "manifest: %s" % manifest in summary and manifest.is_file()
