@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -539,30 +540,58 @@ _digitalocean.run(dict(params, action="capture", droplet=str(launched["droplet"]
 """
 
 
-def test_sigkill_during_the_snapshot_then_the_janitor_removes_everything(standin, banner, tmp_path):
-    """An instance bake killed (SIGKILL, no undo runs) once its droplet was snapshotted, while the snapshot is not
-    yet tagged, leaves the droplet, the SSH key and the snapshot under its temporary name; playbooks/janitor.yml with
-    the bake definition and bake id deletes the three, and nothing else (the images of the other tests stay)."""
+# (phase, the call the stand-in holds: the bake is killed once it made it, what the bake has made by then with
+# the kind of resource the janitor reports for it: a snapshot not yet tagged is found by its name, a tagged one by
+# its bakery-temporary tag, as an image)
+INSTANCE_KILL_POINTS = [
+    ("booting", r"GET /v2/droplets/\d+", {"droplets": "droplet", "keys": "ssh key"}),
+    ("powering-off", r"POST /v2/droplets/\d+/actions", {"droplets": "droplet", "keys": "ssh key"}),
+    ("snapshotted", r"POST /v2/tags", {"droplets": "droplet", "keys": "ssh key", "images": "snapshot"}),
+    (
+        "transferring",
+        r"POST /v2/images/\d+/actions",
+        {"droplets": "droplet", "keys": "ssh key", "images": "image"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("phase", "held", "made"), INSTANCE_KILL_POINTS, ids=[p[0] for p in INSTANCE_KILL_POINTS]
+)
+def test_sigkill_at_each_phase_then_the_janitor_removes_everything(
+    standin, banner, tmp_path, phase, held, made
+):
+    """An instance bake killed (SIGKILL, no undo runs) while its droplet boots, once it was provisioned (powering
+    off), once it was snapshotted (the snapshot not yet tagged) and while the snapshot is transferred leaves what
+    it made by then under its temporary name: the droplet, the SSH key, the snapshot; playbooks/janitor.yml with
+    the bake definition and bake id deletes them, and nothing else (the images of the other tests stay)."""
     bake_id = new_bake_id()  # the form the janitor recognises in a name
     params = instance_params(standin, banner, bake_id, tmp_path)
     script = tmp_path / "instance.py"
     script.write_text(textwrap.dedent(KILLED_INSTANCE_BAKE))
     env = dict(os.environ, PYTHONPATH=str(REPO / ".collections" / "src"))
-    standin.hold["POST /v2/tags"] = 60.0
+    pattern = re.compile(held)  # a call as the stand-in records it: "<method> <path>"
+    standin.hold[held] = 60.0
     published = sorted(i["id"] for i in standin.all_images())
+    seen = len(standin.calls)
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(params)], env=env)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "images" not in standin.leftovers():
-            assert proc.poll() is None, "the bake ended before the kill"
-            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            pattern.fullmatch(call) for call in standin.calls[seen:]
+        ):
+            assert proc.poll() is None, "the bake ended before the phase %s" % phase
+            time.sleep(0.1)
+        assert any(pattern.fullmatch(call) for call in standin.calls[seen:]), (
+            "the bake never got to %s" % phase
+        )
         assert proc.poll() is None, "the bake ended before the kill"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        del standin.hold["POST /v2/tags"]
+        del standin.hold[held]
     name = _digitalocean.temporary_name(bake_id, "web")
-    assert standin.leftovers() == {"droplets": [name], "keys": [name], "images": [name]}
+    assert standin.leftovers() == {kind: [name] for kind in sorted(made)}
 
     bake_file = tmp_path / "bake.yml"
     bake = instance_bake(standin, banner, "web")
@@ -570,11 +599,9 @@ def test_sigkill_during_the_snapshot_then_the_janitor_removes_everything(standin
     bake_file.write_text(yaml.safe_dump({"bake": bake}))
     run = run_janitor(tmp_path, bake_file, bake_id)
     result = run.task_result("Find and remove the temporary resources")
-    assert sorted((r["kind"], r["state"]) for r in result["resources"] if r["backend"] == "digitalocean") == [
-        ("droplet", "removed"),
-        ("snapshot", "removed"),
-        ("ssh key", "removed"),
-    ], result
+    assert sorted(
+        (r["kind"], r["state"]) for r in result["resources"] if r["backend"] == "digitalocean"
+    ) == sorted((kind, "removed") for kind in made.values()), result
     assert standin.leftovers() == {}
     assert sorted(i["id"] for i in standin.all_images()) == published
     assert _digitalocean_token(standin) not in run.stdout + run.stderr
