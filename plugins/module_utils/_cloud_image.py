@@ -125,3 +125,38 @@ def publish_result(
         else "image %s is published already" % image_id
     )
     return result
+
+
+def before_making(
+    result: Callable[..., dict],
+    existing: Mapping[str, Any] | None,
+    digest: str,
+    inputs: Mapping[str, Any],
+    force: bool,
+    check_mode: bool,
+    would: str,
+    **extra: Any,
+) -> dict | None:
+    """The result of an action that makes an image, when nothing is to be made: the image *existing* with the
+    fingerprint *digest* (unless *force*), or in check mode what would be made (*would*, which says "forced" when an
+    image exists). None: the action goes on. *result* is the cloud's ``result(image, digest, inputs, **fields)``;
+    *extra* are more fields of both results (a value that is a pair gives the found and the planned value)."""
+
+    def fields(which: int) -> dict[str, Any]:
+        return {k: v[which] if isinstance(v, tuple) else v for k, v in extra.items()}
+
+    if existing and not force:
+        return result(
+            existing,
+            digest,
+            inputs,
+            changed=False,
+            found=True,
+            built=False,
+            msg="image %s (%s) has the fingerprint %s: nothing to do"
+            % (existing.get("name"), existing["id"], digest[:12]),
+            **fields(0),
+        )
+    if check_mode:
+        return result(None, digest, inputs, changed=True, found=False, built=False, msg=would, **fields(1))
+    return None

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _instance
 from ansible_collections.bakery.images.plugins.module_utils._cloud_image import (
+    before_making,
     cleanup_result,
     publish_result,
     run_action,
@@ -493,27 +494,12 @@ class Images:
         if not params.get("spaces_bucket"):
             raise BakeryError("action=upload needs spaces_bucket, the Spaces bucket the disk is uploaded to")
         existing = self.find(digest)
-        if existing and not params.get("force"):
-            return self.result(
-                existing,
-                digest,
-                inputs,
-                changed=False,
-                found=True,
-                built=False,
-                msg="image %s (%s) has the fingerprint %s: nothing to do"
-                % (existing.get("name"), existing["id"], digest[:12]),
-            )
-        if self.check_mode:
-            return self.result(
-                None,
-                digest,
-                inputs,
-                changed=True,
-                found=False,
-                built=False,
-                msg="would upload %s as image %s%s" % (disk, params["name"], " (forced)" if existing else ""),
-            )
+        would = "would upload %s as image %s%s" % (disk, params["name"], " (forced)" if existing else "")
+        done = before_making(
+            self.result, existing, digest, inputs, params.get("force"), self.check_mode, would
+        )
+        if done is not None:
+            return done
         started = time.monotonic()
         with Steps() as steps:
             key = self.put_disk(steps, disk)
@@ -750,28 +736,16 @@ class Droplets(Images):
         inputs = self.instance_inputs(base)
         digest = fingerprint(inputs)
         existing = self.find(digest)
-        if existing and not params.get("force"):
-            return self.result(
-                existing,
-                digest,
-                inputs,
-                changed=False,
-                found=True,
-                built=False,
-                msg="image %s (%s) has the fingerprint %s: nothing to do"
-                % (existing.get("name"), existing["id"], digest[:12]),
-            )
-        if self.check_mode:
-            return self.result(
-                None,
-                digest,
-                inputs,
-                changed=True,
-                found=False,
-                built=False,
-                msg="would start a droplet of %s and snapshot it as image %s%s"
-                % (params["base_image"], params["name"], " (forced)" if existing else ""),
-            )
+        would = "would start a droplet of %s and snapshot it as image %s%s" % (
+            params["base_image"],
+            params["name"],
+            " (forced)" if existing else "",
+        )
+        done = before_making(
+            self.result, existing, digest, inputs, params.get("force"), self.check_mode, would
+        )
+        if done is not None:
+            return done
         with Steps() as steps:
             public_key = _instance.new_ssh_key(os.path.dirname(self.key_path), self.name)[1]
             steps.add_undo("remove the SSH key file", lambda: _instance.remove_key(self.key_path))

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils._cloud_image import (
+    before_making,
     cleanup_result,
     publish_result,
     run_action,
@@ -458,30 +459,20 @@ class Images:
         inputs = image_inputs(params, params.get("disk_sha256") or digest_file(disk))
         digest = fingerprint(inputs)
         existing, changed = self.find(inputs)
-        if existing and not params.get("force"):
-            return self.result(
-                existing,
-                digest,
-                inputs,
-                changed=False,
-                found=True,
-                built=False,
-                changed_inputs=[],
-                msg="image %s (%s) has the fingerprint %s: nothing to do"
-                % (existing.get("name"), existing["id"], digest[:12]),
-            )
         changed = ["forced"] if existing else changed
-        if self.check_mode:
-            return self.result(
-                None,
-                digest,
-                inputs,
-                changed=True,
-                found=False,
-                built=False,
-                changed_inputs=changed,
-                msg="would upload %s as image %s (%s)" % (disk, params["name"], ", ".join(changed) or "new"),
-            )
+        would = "would upload %s as image %s (%s)" % (disk, params["name"], ", ".join(changed) or "new")
+        done = before_making(
+            self.result,
+            existing,
+            digest,
+            inputs,
+            params.get("force"),
+            self.check_mode,
+            would,
+            changed_inputs=([], changed),
+        )
+        if done is not None:
+            return done
         with Steps() as steps:
             image = self.create(steps, digest, inputs)
             upload = self.send(image["id"], disk)
