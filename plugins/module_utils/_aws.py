@@ -25,13 +25,13 @@ import errno
 import hashlib
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
+from ansible_collections.bakery.images.plugins.module_utils import _instance
 from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, openssh_public_key
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     BAKE_ID_LABEL,
@@ -749,7 +749,10 @@ def start_instance(
         instance = wait_instance(aws, instance["InstanceId"], "running", params)
         connection = builder_connection(instance, params, key_file)
         if params.get("ssh_timeout"):
-            wait_ssh(connection["host"], port, float(params["ssh_timeout"]))
+            deadline = time.monotonic() + float(params["ssh_timeout"])
+            _instance.wait_ssh(
+                connection["host"], port, deadline, "the builder instance %s" % instance["InstanceId"]
+            )
     return {
         "instance": {
             "instance_id": instance["InstanceId"],
@@ -919,23 +922,6 @@ def builder_connection(
         "known_hosts": known_hosts,
         "ssh_common_args": "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s" % known_hosts,
     }
-
-
-def wait_ssh(host: str, port: int, timeout: float) -> None:
-    """Until the SSH server answers with its banner (the port being open is not enough)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=5) as sock:
-                sock.settimeout(5)
-                if sock.recv(4).startswith(b"SSH-"):
-                    return
-                last = "no SSH banner"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(2)
-    raise BakeryError("SSH on %s:%d did not answer within %d s (%s)" % (host, port, timeout, last))
 
 
 # ---------------------------------------------------------------- capture

@@ -5,10 +5,11 @@ from __future__ import annotations
 import atexit
 import os
 import tempfile
+import time
 
 import pytest
 
-from ansible_collections.bakery.images.plugins.module_utils import _aws, _manifest, _plan
+from ansible_collections.bakery.images.plugins.module_utils import _aws, _instance, _manifest, _plan
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 BLOCK = _aws.BLOCK_SIZE
@@ -209,13 +210,15 @@ def test_ssh_wait_needs_the_banner():
 
         thread = threading.Thread(target=answer)
         thread.start()
-        _aws.wait_ssh("127.0.0.1", port, timeout=10)
+        _instance.wait_ssh("127.0.0.1", port, time.monotonic() + 10)
         thread.join()
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         free = closed.getsockname()[1]
-    with pytest.raises(BakeryError, match="SSH on 127.0.0.1:%d did not answer within 1 s" % free):
-        _aws.wait_ssh("127.0.0.1", free, timeout=1)
+    with pytest.raises(
+        BakeryError, match="the build instance did not answer SSH on 127.0.0.1:%d in time" % free
+    ):
+        _instance.wait_ssh("127.0.0.1", free, time.monotonic() + 1)
 
 
 def no_credentials(monkeypatch, tmp_path):
