@@ -715,6 +715,18 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     assert len(packages) > 40
     check_documents(disk, packages)
     documents = check_documents(entry, packages)
+    # the second bake found the disk and read it again: the same documents, not rewritten (the image is a new one)
+    (reread,) = [
+        r
+        for r in second.task_results("Write the artifact's SBOMs")
+        if r.get("action") == "bakery.images.sbom"
+        and r["documents"]["spdx"]["path"] == disk["sbom"]["spdx"]["path"]
+    ]
+    assert (reread["changed"], reread["packages"], reread["documents"]) == (
+        False,
+        len(packages),
+        disk["sbom"],
+    )
     assert documents["cyclonedx"]["metadata"]["component"]["hashes"][0]["content"] == raw_sha256
     assert entry["sbom"]["spdx"]["path"] == str(tmp_path / "output" / "gce-verify-web.spdx.json")
     # its statement names the image with the sha256 of the raw disk it was uploaded from; the output verifies
