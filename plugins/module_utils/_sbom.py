@@ -12,8 +12,9 @@ their creation time from the bake that made the artifact (the time in its bake i
 sorted; the same inputs give byte-identical documents, so a bake that changes nothing rewrites none.
 
 The package database is read through a :class:`Reader`: a directory tree (:class:`TreeReader`, the
-provisioned root of a disk) or the members of tar archives (:class:`TarReader`, what the Docker engine
-gives of an image's files). Neither follows a symbolic link out of the artifact's root.
+provisioned root of a disk), the members of tar archives (:class:`TarReader`, what the Docker engine
+gives of an image's files) or the root file system of a disk image (:class:`DiskReader`, a disk copied from a
+base image, read with debugfs without a mount). None follows a symbolic link out of the artifact's root.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils._disk_files import DiskError, DiskFiles
 from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, bake_started
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
@@ -147,6 +149,9 @@ class Reader:
     def listdir(self, path: str) -> list[str]:
         raise NotImplementedError
 
+    def prefetch(self, paths: list[str]) -> None:
+        """A hint: these files will be read next (a reader that reads in batches reads them at once)."""
+
 
 class TreeReader(Reader):
     """A directory tree on this host (a provisioned root): links resolve inside *root*."""
@@ -229,6 +234,32 @@ class TarReader(Reader):
         return sorted(names)
 
 
+class DiskReader(Reader):
+    """The root file system of a disk image (:class:`DiskFiles`, read with debugfs): files are read in batches
+    (the status file, then every package's md5sums list and copyright at once); directories are not listed.
+    Symbolic links on a path resolve inside the disk's file system."""
+
+    def __init__(self, files: DiskFiles) -> None:
+        self.files = files
+        self.read_files: dict[str, bytes | None] = {}
+
+    def prefetch(self, paths: list[str]) -> None:
+        wanted = ["/" + path.strip("/") for path in paths]
+        wanted = [path for path in wanted if path not in self.read_files]
+        found = self.files.read_many(wanted)
+        for path in wanted:
+            self.read_files[path] = found.get(path)
+
+    def read(self, path: str) -> bytes | None:
+        key = "/" + path.strip("/")
+        if key not in self.read_files:
+            self.prefetch([key])
+        return self.read_files[key]
+
+    def listdir(self, path: str) -> list[str]:
+        return []
+
+
 def wanted_member(path: str) -> bool:
     """Whether a file of the package database paths is read: the status file, md5sums lists, copyrights."""
     return (
@@ -302,10 +333,23 @@ def read_packages(reader: Reader) -> list[DebPackage]:
     if status is None:
         raise NoDatabase("no dpkg database (/%s) in the artifact" % STATUS)
     packages = []
-    for entry in paragraphs(status.decode("utf-8", "replace")):
-        state = entry.get("status", "").split()
-        if not entry.get("package") or state[-1:] != ["installed"]:
-            continue
+    entries = [
+        entry
+        for entry in paragraphs(status.decode("utf-8", "replace"))
+        if entry.get("package") and entry.get("status", "").split()[-1:] == ["installed"]
+    ]
+    reader.prefetch(
+        [
+            path
+            for entry in entries
+            for path in (
+                "%s/%s:%s.md5sums" % (INFO_DIR, entry["package"], entry.get("architecture", "")),
+                "%s/%s.md5sums" % (INFO_DIR, entry["package"]),
+                "%s/%s/copyright" % (DOC_DIR, entry["package"]),
+            )
+        ]
+    )
+    for entry in entries:
         name, arch = entry["package"], entry.get("architecture", "")
         version = entry.get("version", "")
         source, source_version = name, version
@@ -758,6 +802,17 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
             packages = sorted(
                 (package_from_record(record) for record in params["installed"]), key=DebPackage.key
             )
+        elif params.get("disk"):
+            try:
+                packages = read_disk(params["disk"])
+            except (DiskError, NoDatabase) as exc:
+                message = "the packages of disk %s cannot be read: %s" % (params["disk"], exc)
+                if params.get("when_unreadable") != "skip":
+                    raise BakeryError(
+                        "%s (to bake a disk bakery cannot read without its SBOMs, set the qemu target's "
+                        "sbom_unreadable: skip)" % message
+                    ) from None
+                return without_documents(paths, message, check_mode)
         elif params.get("root") or params.get("image"):
             if params.get("root") and not os.path.isdir(params["root"]):
                 raise BakeryError("root %s is not a directory" % params["root"])
@@ -803,6 +858,30 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
     if warnings:
         result["warnings"] = warnings
     return result
+
+
+def read_disk(disk: str) -> list[DebPackage]:
+    """Every installed package of the dpkg database in the root file system of the disk image *disk* (any format
+    qemu-img reads), read without a mount; DiskError if no root file system can be read, NoDatabase if it has no
+    dpkg database."""
+    with DiskFiles(disk) as files:
+        return read_packages(DiskReader(files))
+
+
+def without_documents(paths: Mapping[str, str], message: str, check_mode: bool) -> dict[str, Any]:
+    """The result of a disk whose packages cannot be read, as the user asked (``when_unreadable: skip``): no
+    documents, and none left at *paths* from an earlier artifact (they would describe another disk)."""
+    stale = [path for _kind, path in sorted(paths.items()) if os.path.lexists(path)]
+    if not check_mode:
+        for path in stale:
+            os.unlink(path)
+    return dict(
+        changed=bool(stale),
+        documents={},
+        packages=0,
+        msg="no SBOMs: %s" % message,
+        warnings=["no SBOMs are written (when_unreadable: skip): %s" % message],
+    )
 
 
 def collect(root: str) -> dict[str, Any]:

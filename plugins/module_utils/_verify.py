@@ -3,7 +3,9 @@
 """Check a bake's artifacts against its manifest (``bake-manifest.json``): what is there is what the bake made.
 
 For every artifact: each file output's sha256; each SBOM's and provenance statement's sha256, and that it parses
-as what it says it is; that the statement's subjects are the artifact's digests; a statement's signature; a Docker
+as what it says it is (an SBOM validated in full: a CycloneDX 1.6 document against the official JSON schema that
+cyclonedx-python-lib ships, an SPDX 2.3 document by spdx-tools' parser and validator, each violation reported
+on its own); that the statement's subjects are the artifact's digests; a statement's signature; a Docker
 image's id in the engine and that its tags name it. Then ``SHA256SUMS`` beside the manifest: its lines are the
 manifest's files and their sha256, and its signature. Only reads; every finding is a :class:`Mismatch`.
 """
@@ -115,8 +117,7 @@ class Checker:
         for form, recorded in sorted((entry.get("sbom") or {}).items()):
             text = self.file(target, "sbom", recorded)
             if text is not None:
-                problem = sbom_problem(form, text)
-                if problem:
+                for problem in sbom_problems(form, text):
                     self.miss(target, "sbom", str(recorded.get("path")), problem)
         if kind == "docker" and entry.get("id") and self.images is not None:
             self.image(target, entry)
@@ -226,24 +227,99 @@ def _digests(digest: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in digest.items()))
 
 
-def sbom_problem(form: str, text: str) -> str | None:
-    """Why *text* is no SBOM of its format (``spdx``: SPDX 2.3 JSON, ``cyclonedx``: CycloneDX 1.6 JSON)."""
+# the most violations of one document reported (a broken writer can make thousands), and of one message's length
+MAX_VIOLATIONS = 20
+_MAX_MESSAGE = 240
+
+
+def _short(message: str) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _capped(found: list[str]) -> list[str]:
+    if len(found) <= MAX_VIOLATIONS:
+        return found
+    return found[:MAX_VIOLATIONS] + ["and %d more violations" % (len(found) - MAX_VIOLATIONS)]
+
+
+def cyclonedx_violations(text: str) -> list[str]:
+    """Every violation of the official CycloneDX 1.6 JSON schema (cyclonedx-python-lib's strict validator), each
+    with where in the document it is."""
+    try:
+        from cyclonedx.exception import MissingOptionalDependencyException
+        from cyclonedx.schema import SchemaVersion
+        from cyclonedx.validation.json import JsonStrictValidator
+    except ImportError as exc:
+        raise BakeryError(
+            "checking a CycloneDX SBOM needs cyclonedx-python-lib[json-validation] >= 8 (%s)" % exc
+        ) from None
+    try:
+        errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text, all_errors=True)
+    except MissingOptionalDependencyException as exc:
+        raise BakeryError(
+            "checking a CycloneDX SBOM needs cyclonedx-python-lib[json-validation] >= 8 (%s)" % exc
+        ) from None
+    found = []
+    for error in errors or []:
+        data = getattr(error, "data", None)
+        where = getattr(data, "json_path", None) or "$"
+        found.append(
+            "violates the CycloneDX 1.6 JSON schema at %s: %s"
+            % (where, _short(getattr(data, "message", error)))
+        )
+    return sorted(found)
+
+
+def spdx_violations(document: Mapping[str, Any]) -> list[str]:
+    """Every reason spdx-tools' parser or its SPDX 2.3 validator gives against *document* (SPDX 2.3 JSON),
+    each with the element it is about."""
+    try:
+        from spdx_tools.spdx.parser.error import SPDXParsingError
+        from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
+        from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    except ImportError as exc:
+        raise BakeryError("checking an SPDX SBOM needs spdx-tools >= 0.8 (%s)" % exc) from None
+    try:
+        parsed = JsonLikeDictParser().parse(dict(document))
+    except SPDXParsingError as exc:
+        return ["is no SPDX 2.3 document spdx-tools can parse: %s" % _short(m) for m in exc.get_messages()]
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return ["is no SPDX 2.3 document spdx-tools can parse: %s" % _short(str(exc))]
+    found = []
+    for message in validate_full_spdx_document(parsed, "SPDX-2.3"):
+        context = message.context
+        where = getattr(context, "spdx_id", None) or getattr(
+            getattr(context, "element_type", None), "name", "the document"
+        )
+        if getattr(context, "parent_id", None) and not getattr(context, "spdx_id", None):
+            where = "%s of %s" % (where, context.parent_id)
+        found.append("violates SPDX 2.3 in %s: %s" % (where, _short(message.validation_message)))
+    return sorted(found)
+
+
+def sbom_problems(form: str, text: str) -> list[str]:
+    """Why *text* is no valid SBOM of its format (``spdx``: SPDX 2.3 JSON, ``cyclonedx``: CycloneDX 1.6 JSON):
+    not JSON, another format or version (the header), then each violation of the format (at most
+    MAX_VIOLATIONS, and how many more); none for a valid document."""
     try:
         document = json.loads(text)
     except ValueError as exc:
-        return "not JSON: %s" % exc
+        return ["not JSON: %s" % exc]
     if not isinstance(document, Mapping):
-        return "not a JSON object"
+        return ["not a JSON object"]
     if form == "spdx":
         if document.get("spdxVersion") != "SPDX-2.3" or not isinstance(document.get("packages"), list):
-            return "not an SPDX 2.3 document (spdxVersion %r)" % document.get("spdxVersion")
-    elif form == "cyclonedx":
+            return ["not an SPDX 2.3 document (spdxVersion %r)" % document.get("spdxVersion")]
+        return _capped(spdx_violations(document))
+    if form == "cyclonedx":
         if document.get("bomFormat") != "CycloneDX" or document.get("specVersion") != "1.6":
-            return "not a CycloneDX 1.6 document (bomFormat %r, specVersion %r)" % (
-                document.get("bomFormat"),
-                document.get("specVersion"),
-            )
-    return None
+            return [
+                "not a CycloneDX 1.6 document (bomFormat %r, specVersion %r)"
+                % (document.get("bomFormat"), document.get("specVersion"))
+            ]
+        return _capped(cyclonedx_violations(text))
+    return []
 
 
 def check(

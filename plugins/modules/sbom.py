@@ -21,7 +21,8 @@ description:
     the source) is listed with its sha256 digest.
   - The package database is read from O(root) (a provisioned directory tree; links are never followed out of
     it), from the Docker image O(image) (a container created from it and never started; nothing is mounted),
-    from O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
+    from the disk image O(disk) (its root file system read with debugfs; nothing is mounted), from
+    O(source_document), the CycloneDX document of the artifact this one was made from (the disk of a
     Vagrant box, the disk an AMI or GCE image was uploaded from), or from O(installed), what a O(collect) run
     read on an instance (a cloud image made from an instance). Without any of them, the module only reports the documents that are already there. An artifact
     without a dpkg database (another distribution, a scratch image) gets documents that list its inputs and no
@@ -61,6 +62,23 @@ options:
   docker_host:
     description: The Docker engine of O(image) (C(DOCKER_HOST) form); the local one by default.
     type: str
+  disk:
+    description:
+      - A disk image (raw, qcow2 or another format C(qemu-img) reads) whose root file system's dpkg database is
+        read, without a mount and without a loop device, for a disk bakery copied from a base image. The root
+        partition is the first GPT root (any architecture) or Linux data partition, MBR Linux partition, or the
+        whole disk, that holds an ext2/3/4 file system; C(debugfs) (e2fsprogs) reads it. A disk in another format
+        than raw is converted into a temporary raw copy beside it first.
+    type: path
+  when_unreadable:
+    description:
+      - What a O(disk) whose packages cannot be read (no ext2/3/4 root file system, no dpkg database) does.
+      - V(fail) fails the task, naming what the disk has.
+      - V(skip) writes no documents (and removes those at O(spdx_path) and O(cyclonedx_path), which describe
+        another disk), with a warning.
+    type: str
+    choices: [fail, skip]
+    default: fail
   source_document:
     description:
       - The CycloneDX document (written by this module) of the artifact this one was made from; its packages
@@ -125,6 +143,15 @@ EXAMPLES = r"""
     fingerprint: "{{ built.fingerprint }}"
     bake_id: "{{ built.bake_id }}"
     inputs: "{{ built.inputs }}"
+
+- name: Write the SBOMs of a disk copied from a base image (its root file system read without a mount)
+  bakery.images.sbom:
+    disk: output/base-copy.qcow2
+    spdx_path: output/base-copy-disk.spdx.json
+    cyclonedx_path: output/base-copy-disk.cdx.json
+    name: base-copy.qcow2
+    type: qemu
+    fingerprint: "{{ copied.fingerprint }}"
 
 - name: Read the packages on a builder instance (no document written there)
   bakery.images.sbom:
@@ -201,6 +228,8 @@ def main() -> None:
             root=dict(type="path"),
             image=dict(type="str"),
             docker_host=dict(type="str"),
+            disk=dict(type="path"),
+            when_unreadable=dict(type="str", choices=["fail", "skip"], default="fail"),
             source_document=dict(type="path"),
             name=dict(type="str"),
             type=dict(type="str"),
@@ -213,8 +242,9 @@ def main() -> None:
             namespace=dict(type="str", default="debian"),
         ),
         mutually_exclusive=[
-            ("root", "image", "source_document", "installed"),
+            ("root", "image", "disk", "source_document", "installed"),
             ("collect", "image"),
+            ("collect", "disk"),
             ("collect", "source_document"),
             ("collect", "installed"),
         ],

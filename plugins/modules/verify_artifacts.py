@@ -14,7 +14,10 @@ description:
     fails listing every mismatch (RV(mismatches)).
   - For every artifact - the sha256 of each file output (disks, boxes); the sha256 of each SBOM and provenance
     statement and that it parses as what it is (SPDX 2.3 JSON, CycloneDX 1.6 JSON, an in-toto Statement v1 with
-    an SLSA Provenance v1 predicate); that the statement's subjects are the artifact's digests and its fingerprint
+    an SLSA Provenance v1 predicate); that each SBOM is valid in full - a CycloneDX document against the official
+    CycloneDX 1.6 JSON schema (cyclonedx-python-lib's strict JSON validator), an SPDX document by spdx-tools'
+    parser and SPDX 2.3 validator - each violation a mismatch of its own naming where it is (at most 20 per
+    document, then how many more); that the statement's subjects are the artifact's digests and its fingerprint
     the artifact's; that a signed statement's signature (C(<statement>.asc)) verifies and was made by the key the
     manifest names; for a Docker image, with an engine (O(docker)), that the engine has an image with its id and
     that its tags name that image.
@@ -27,6 +30,7 @@ description:
 author:
   - bakery maintainers (@bakery-images)
 requirements:
+  - cyclonedx-python-lib[json-validation] >= 8 and spdx-tools >= 0.8 (Python), for SBOMs
   - gpg (GnuPG 2), for signatures
   - the docker Python SDK, for images
 attributes:

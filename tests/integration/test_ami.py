@@ -895,6 +895,8 @@ def test_an_ami_that_fails_its_checks_is_never_final_and_is_removed(moto, tmp_pa
                 "name": "disk",
                 "qemu": {
                     "provision": "none",
+                    # a disk without a dpkg database: baked without SBOMs, as asked
+                    "sbom_unreadable": "skip",
                     "base_image": str(source_image),
                     "formats": ["raw"],
                     "disk_size": "96M",
@@ -925,6 +927,16 @@ def test_an_ami_that_fails_its_checks_is_never_final_and_is_removed(moto, tmp_pa
     assert report["failed_targets"] == ["web"], report["failures"]
     assert "check approved (local bake.verify[1]) failed" in report["failures"]
     assert "not approved" in report["failures"]
+    # the copied disk has no dpkg database: as asked (sbom_unreadable: skip), it and the AMI have no SBOMs, and
+    # a warning says why
+    sboms = [
+        r
+        for r in first.task_results("Write the artifact's SBOMs")
+        if r.get("action") == "bakery.images.sbom" and not r.get("skipped")
+    ]
+    assert [(r["documents"], r["packages"]) for r in sboms] == [({}, 0), ({}, 0)], sboms
+    warned = [w for r in sboms for w in r.get("warnings") or []]
+    assert len(warned) == 1 and "no dpkg database (/var/lib/dpkg/status)" in warned[0], sboms
     image_id, region = seen.read_text().split()
     assert region == REGION and image_id.startswith("ami-")
     # never final, never copied, and gone with the cleanup: nothing of the bake is left in any region
@@ -956,6 +968,9 @@ def test_an_ami_that_fails_its_checks_is_never_final_and_is_removed(moto, tmp_pa
         assert tags["bakery-fingerprint"] == entry["fingerprint"] and "bakery-temporary" not in tags, each
     assert seen.read_text().split()[2] == entry["id"]
     assert leftovers(moto, ids[1], ALL_REGIONS) == {}
+    assert "sbom" not in entry and "sbom" not in next(
+        a for a in manifest["artifacts"] if a["target"] == "disk"
+    )
 
 
 def test_verify_instance_runs_the_checks_on_an_instance_of_the_new_ami(moto, bake_base, tmp_path):

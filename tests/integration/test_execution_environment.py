@@ -81,6 +81,8 @@ def test_an_ee_with_bakery_gets_its_python_and_system_packages(tmp_path):
     python = [line.split("#")[0].strip() for line in found["python"] if "bakery.images" in line]
     system = [line.split("#")[0].strip() for line in found["system"] if "bakery.images" in line]
     assert "docker>=7.0" in python
+    # the SBOM libraries, with the CycloneDX JSON schema validation verify_artifacts uses
+    assert "cyclonedx-python-lib[json-validation]>=8.0" in python and "spdx-tools>=0.8" in python, python
     assert not [line for line in python if line.startswith("ansible")], python  # left to ansible_core
     assert "mmdebstrap [platform:dpkg]" in system
     assert "qemu-utils [platform:dpkg]" in system and "grub-efi-amd64-bin [platform:dpkg]" in system

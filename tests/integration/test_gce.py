@@ -33,7 +33,7 @@ from gcp_storage_emulator.server import RequestHandler as StorageHandler
 from gcp_storage_emulator.server import create_server
 from ports import free_port
 from provenance_checks import check_statement
-from sbom_checks import check_documents, installed
+from sbom_checks import check_documents, dpkg_query, installed
 from stand_ins import Cloud, checks_on_an_instance, instance_playbook, qcow2_copy
 
 from ansible_collections.bakery.images.plugins.module_utils import _gcp, _hygiene, _verify
@@ -127,11 +127,15 @@ class Env:
         self.storage.stop()
 
 
-def make_raw_disk(path: Path, size: str = "300M", blob: int = 3 << 20) -> Path:
-    """A raw disk with an ext4 file system holding a small tree (with incompressible data: several chunks)."""
+def make_raw_disk(path: Path, size: str = "300M", blob: int = 3 << 20, dpkg: str | None = None) -> Path:
+    """A raw disk with an ext4 file system holding a small tree (with incompressible data: several chunks);
+    with *dpkg*, that dpkg status file (a package database)."""
     tree = path.parent / "tree"
     (tree / "etc").mkdir(parents=True, exist_ok=True)
     (tree / "etc" / "motd").write_text("baked by bakery\n")
+    if dpkg is not None:
+        (tree / "var" / "lib" / "dpkg").mkdir(parents=True, exist_ok=True)
+        (tree / "var" / "lib" / "dpkg" / "status").write_text(dpkg)
     (tree / "blob").write_bytes(os.urandom(blob))
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), size], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(path)], check=True)
@@ -638,8 +642,10 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     """verify on a gce target (playbooks/bake.yml): the raw disk of a qemu target (a copy of a small image) is
     imported, and the image stays labelled temporary while its checks run, local commands told its name. A failing
     check fails the target in verify and the cleanup deletes the image; with the fixed check the disk is found (not
-    made again), imported again, and the image is labelled final."""
-    made = make_raw_disk(tmp_path / "made.raw", size="64M", blob=1 << 20)
+    made again), imported again, and the image is labelled final. The disk's SBOMs are read out of the copied disk
+    (its package database: the first 60 packages of this host's), the image's are the disk's, and both validate."""
+    status = "\n\n".join(Path("/var/lib/dpkg/status").read_text().split("\n\n")[:60]).strip() + "\n"
+    made = make_raw_disk(tmp_path / "made.raw", size="64M", blob=1 << 20, dpkg=status)
     source_image = tmp_path / "source.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(made), str(source_image)], check=True)
     made.unlink()
@@ -701,15 +707,44 @@ def test_an_image_that_fails_its_checks_is_never_final_and_is_removed(gce, tmp_p
     image = gce.fake.images[(PROJECT, entry["name"])]
     assert image["status"] == "READY" and "bakery-temporary" not in (image.get("labels") or {})
     assert gce.leftovers() == {}
-    # its statement names the image with the sha256 of the raw disk it was uploaded from (the disk, copied from
-    # an image, has no SBOM: neither has the image); the output verifies
+    # the disk copied from an image has SBOMs of its own packages (read out of its file system, never mounted), and
+    # so has the image uploaded from it: both validate and list exactly what dpkg-query lists of the disk's tree
     disk = next(a for a in manifest["artifacts"] if a["target"] == "disk")
     raw_sha256 = next(o["sha256"] for o in disk["outputs"] if o["format"] == "raw")
-    assert entry["disk_sha256"] == raw_sha256 and "sbom" not in entry
+    packages = dpkg_query(status, tmp_path / "dpkg")
+    assert len(packages) > 40
+    check_documents(disk, packages)
+    documents = check_documents(entry, packages)
+    # the second bake found the disk and read it again: the same documents, not rewritten (the image is a new one)
+    (reread,) = [
+        r
+        for r in second.task_results("Write the artifact's SBOMs")
+        if r.get("action") == "bakery.images.sbom"
+        and r["documents"]["spdx"]["path"] == disk["sbom"]["spdx"]["path"]
+    ]
+    assert (reread["changed"], reread["packages"], reread["documents"]) == (
+        False,
+        len(packages),
+        disk["sbom"],
+    )
+    assert documents["cyclonedx"]["metadata"]["component"]["hashes"][0]["content"] == raw_sha256
+    assert entry["sbom"]["spdx"]["path"] == str(tmp_path / "output" / "gce-verify-web.spdx.json")
+    # its statement names the image with the sha256 of the raw disk it was uploaded from; the output verifies
+    assert entry["disk_sha256"] == raw_sha256
     statement = check_statement(entry)
     assert [(s["name"], s["digest"]) for s in statement["subject"]] == [
         ("projects/%s/global/images/%s" % (PROJECT, entry["name"]), {"sha256": raw_sha256})
     ]
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"],
+        cwd=tmp_path / "output",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    for document in [*disk["sbom"].values(), *entry["sbom"].values(), entry["provenance"]]:
+        assert "%s: OK" % Path(document["path"]).name in sums.stdout, sums.stdout
     assert _verify.check(str(tmp_path / "output" / "bake-manifest.json"), None, None)["mismatches"] == []
 
 

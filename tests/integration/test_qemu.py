@@ -175,6 +175,19 @@ IMAGE_PLAY = """
         image_checksum: "sha256:{{ checksum }}"
         disk_size: 96M
         outputs: "{{ outputs }}"
+      register: copied
+    # the SBOMs of a copy, read out of its root file system (a vmdk: through a temporary raw copy beside it; a raw
+    # disk is read in place, as the unit tests and the gce upload test check)
+    - name: sbom
+      bakery.images.sbom:
+        disk: "{{ dir }}/copy.vmdk"
+        spdx_path: "{{ dir }}/sbom/copy.spdx.json"
+        cyclonedx_path: "{{ dir }}/sbom/copy.cdx.json"
+        name: copy
+        type: qemu
+        fingerprint: "{{ copied.fingerprint }}"
+        bake_id: 20261205t000000-c0c0c0
+        inputs: "{{ copied.inputs }}"
     - name: again
       bakery.images.qemu_image:
         image: "{{ dir }}/src.qcow2"
@@ -196,10 +209,45 @@ IMAGE_PLAY = """
 """
 
 
-def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
+def make_base_image(tmp_path: Path) -> tuple[Path, str]:
+    """A qcow2 disk bakery did not make: a GPT with an ESP and an x86-64 root partition holding an ext4 file
+    system made from a small tree (mkfs -d, no mount) with a dpkg database - the first 60 packages of this host's
+    status file and their copyright files - and data written past the file system; and its dpkg status."""
+    tree = tmp_path / "tree"
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    status = "\n\n".join(Path("/var/lib/dpkg/status").read_text().split("\n\n")[:60]).strip() + "\n"
+    (tree / "var/lib/dpkg/status").write_text(status)
+    for name in (
+        line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Package:")
+    ):
+        copyright_file = Path("/usr/share/doc") / name / "copyright"
+        if copyright_file.is_file():
+            (tree / "usr/share/doc" / name).mkdir(parents=True, exist_ok=True)
+            (tree / "usr/share/doc" / name / "copyright").write_bytes(copyright_file.read_bytes())
+    raw = tmp_path / "src.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "64M"], check=True)
+    subprocess.run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(raw)],
+        input="label: gpt\nstart=2048, size=4096, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+        "start=8192, size=98304, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n",
+        text=True,
+        check=True,
+    )
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "offset=%d" % (4 * 1024**2), "-d", str(tree), str(raw), "48M"],
+        check=True,
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x5a 58M 1M", str(raw)], check=True, capture_output=True
+    )
     src = tmp_path / "src.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "64M"], check=True)
-    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 1M", str(src)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(src)], check=True)
+    raw.unlink()
+    return src, status
+
+
+def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
+    src, status = make_base_image(tmp_path)
     checksum = subprocess.run(
         ["sha256sum", str(src)], capture_output=True, text=True, check=True
     ).stdout.split()[0]
@@ -245,6 +293,15 @@ def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
     mismatch = run.task_result("mismatch")
     assert mismatch["failed"] and "checksum mismatch" in mismatch["msg"] and checksum in mismatch["msg"]
     assert not (tmp_path / "bad.qcow2").exists()
+    # the copy's SBOMs are valid and list exactly what dpkg-query lists of the disk's tree (the temporary raw copy
+    # of the vmdk is gone: no dot file below)
+    packages = dpkg_query(status, tmp_path / "dpkg")
+    assert len(packages) > 40
+    made = run.task_result("sbom")
+    assert made["changed"] and made["packages"] == len(packages)
+    documents = check_documents({"sbom": made["documents"], "fingerprint": copy["fingerprint"]}, packages)
+    licensed = [c for c in documents["cyclonedx"]["components"] if c.get("licenses")]
+    assert licensed, "no license read from the disk's copyright files"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -22,6 +22,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _manifest,
     _plan,
     _provenance,
+    _sbom,
     _signature,
     _verify,
 )
@@ -328,6 +329,19 @@ def write(path: Path, text: str) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
+# the package the SBOMs of bake_output list
+BASH = _sbom.DebPackage(
+    name="bash",
+    version="5.2.15-2+b7",
+    architecture="amd64",
+    source="bash",
+    source_version="5.2.15-2",
+    maintainer="Matthias Klose <doko@debian.org>",
+    licenses=["GPL-3+"],
+    md5sums_sha256="a" * 64,
+)
+
+
 def bake_output(tmp_path: Path, home: str | None = None) -> Path:
     """A bake's output as a bake writes it: a disk and an image, their SBOMs and statements, SHA256SUMS and the
     manifest; signed with the "plain" key when *home* is given."""
@@ -346,13 +360,17 @@ def bake_output(tmp_path: Path, home: str | None = None) -> Path:
     entries = []
     for entry, kind in ((disk_entry, "qemu"), (image_entry, "docker")):
         stem = "example-%s" % entry["target"]
+        subject = _sbom.Subject(
+            name=stem,
+            kind=kind,
+            fingerprint=entry["fingerprint"],
+            bake_id=entry["bake_id"],
+            digest=entry["id"],
+        )
+        documents = _sbom.documents(subject, [BASH], {"role:web": "e" * 64})
         entry["sbom"] = {
-            "spdx": write(
-                out / (stem + ".spdx.json"), json.dumps({"spdxVersion": "SPDX-2.3", "packages": []})
-            ),
-            "cyclonedx": write(
-                out / (stem + ".cdx.json"), json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6"})
-            ),
+            "spdx": write(out / (stem + ".spdx.json"), documents["spdx"]),
+            "cyclonedx": write(out / (stem + ".cdx.json"), documents["cyclonedx"]),
         }
         statement = _provenance.statement(planned(kind), dict(entry, status="built"), VERSIONS, 1796386000)
         entry["provenance"] = write(out / (stem + ".intoto.json"), _provenance.dumps(statement))
@@ -472,6 +490,78 @@ def test_verify_run_fails_and_never_changes_anything(tmp_path):
         _verify.run({"manifest": str(tmp_path / "x.json"), "docker": "never"})
 
 
+def rerecord(manifest: Path, target: str, form: str, document: dict) -> str:
+    """Write *document* as the target's SBOM of *form* and record its sha256 in the manifest and SHA256SUMS (an
+    SBOM that is what the manifest says, whatever it holds); its path."""
+    data = json.loads(manifest.read_text())
+    entry = next(e for e in data["artifacts"] if e["target"] == target)
+    path = Path(entry["sbom"][form]["path"])
+    entry["sbom"][form] = write(path, json.dumps(document, indent=2))
+    manifest.write_text(json.dumps(data))
+    (manifest.parent / "SHA256SUMS").write_text(_manifest.sha256sums(data, str(manifest.parent)))
+    return str(path)
+
+
+def test_verify_validates_each_sbom_in_full_and_names_each_violation(tmp_path):
+    """An SBOM whose header is right (format, version) but whose body violates its schema is a mismatch, one per
+    violation, each saying where: the CycloneDX document against the official 1.6 JSON schema, the SPDX document
+    by spdx-tools' SPDX 2.3 validator. The untouched SBOMs of bake_output are valid in full."""
+    manifest = bake_output(tmp_path)
+    assert _verify.check(str(manifest), None, None)["mismatches"] == []
+    out = manifest.parent
+    bom = json.loads((out / "example-img.cdx.json").read_text())
+    assert (bom["bomFormat"], bom["specVersion"]) == ("CycloneDX", "1.6")
+    package = next(c for c in bom["components"] if c["name"] == "bash")
+    package["type"] = "deb-package"  # not one of the schema's component types
+    del next(c for c in bom["components"] if c["name"] == "role:web")["hashes"][0]["content"]
+    cdx = rerecord(manifest, "img", "cyclonedx", bom)
+    spdx = json.loads((out / "example-disk.spdx.json").read_text())
+    assert spdx["spdxVersion"] == "SPDX-2.3"
+    bash = next(p for p in spdx["packages"] if p["name"] == "bash")
+    bash["checksums"] = [{"algorithm": "SHA256", "checksumValue": "not-hex"}]
+    spdx["relationships"].append(
+        {
+            "spdxElementId": "SPDXRef-DOCUMENT",
+            "relationshipType": "DESCRIBES",
+            "relatedSpdxElement": "SPDXRef-gone",
+        }
+    )
+    spdx_path = rerecord(manifest, "disk", "spdx", spdx)
+    found = _verify.check(str(manifest), None, None)["mismatches"]
+    assert {(m["target"], m["kind"], m["path"]) for m in found} == {
+        ("img", "sbom", cdx),
+        ("disk", "sbom", spdx_path),
+    }
+    messages = sorted(m["msg"] for m in found)
+    cyclonedx = [m for m in messages if "CycloneDX" in m]
+    assert len(cyclonedx) == 2, messages
+    index = next(i for i, c in enumerate(bom["components"]) if c["name"] == "bash")
+    assert any(
+        m.startswith("violates the CycloneDX 1.6 JSON schema at $.components[%d].type: " % index)
+        for m in cyclonedx
+    )
+    assert any("'content' is a required property" in m for m in cyclonedx), cyclonedx
+    spdx_messages = [m for m in messages if "SPDX" in m]
+    assert len(spdx_messages) == 2, messages
+    assert any(
+        m.startswith("violates SPDX 2.3 in CHECKSUM of SPDXRef-deb-bash") and "not-hex" in m
+        for m in spdx_messages
+    ), spdx_messages
+    assert any("SPDXRef-gone" in m for m in spdx_messages), spdx_messages
+    # the module's message lists each of them
+    run = _verify.run({"manifest": str(manifest), "docker": "never"})
+    assert run["failed"] and run["msg"].startswith("4 mismatches: ")
+    # many violations: the first 20, then how many more
+    bom["components"] = [dict(c, type="deb-package") for c in bom["components"]] * 30
+    rerecord(manifest, "img", "cyclonedx", bom)
+    many = [m["msg"] for m in _verify.check(str(manifest), None, None)["mismatches"] if m["target"] == "img"]
+    assert (
+        len(many) == _verify.MAX_VIOLATIONS + 1
+        and many[-1].startswith("and ")
+        and many[-1].endswith(" more violations")
+    )
+
+
 def test_preflight_names_a_signing_key_that_is_not_there(gnupg):
     from ansible_collections.bakery.images.plugins.module_utils import _preflight
 
@@ -558,11 +648,11 @@ def test_verify_checks_a_cloud_images_statement_offline(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     entry = ami_entry()
+    subject = _sbom.Subject(name="example-ami", kind="ami", fingerprint=entry["fingerprint"], bake_id=None)
+    documents = _sbom.documents(subject, [BASH], {})
     entry["sbom"] = {
-        "spdx": write(out / "example-ami.spdx.json", json.dumps({"spdxVersion": "SPDX-2.3", "packages": []})),
-        "cyclonedx": write(
-            out / "example-ami.cdx.json", json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6"})
-        ),
+        "spdx": write(out / "example-ami.spdx.json", documents["spdx"]),
+        "cyclonedx": write(out / "example-ami.cdx.json", documents["cyclonedx"]),
     }
     statement = _provenance.statement(cloud("ami"), entry, VERSIONS, 1796386000)
     entry["provenance"] = write(out / "example-ami.intoto.json", _provenance.dumps(statement))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import tarfile
 
 import pytest
@@ -345,3 +346,96 @@ def test_packages_collected_on_an_instance_make_the_same_documents_as_its_tree(t
         _sbom.run(params(tmp_path, installed=[{"name": "bash", "size": 3}]), check_mode=False)
     with pytest.raises(BakeryError, match="needs a name"):
         _sbom.run(params(tmp_path, installed=[{"version": "1"}]), check_mode=False)
+
+
+# ---------------------------------------------------------------- a disk copied from a base image
+
+
+def make_disk(tmp_path, tree, fmt="qcow2", table="gpt", part_type="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"):
+    """A disk image made like one bakery did not make: a partition table (GPT or MBR; none: the file system on
+    the whole disk) with a small first partition and then the root, an ext4 file system made from *tree* (mkfs
+    -d: no mount), in *fmt*."""
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "40M"], check=True)
+    offset = 0
+    if table:
+        offset = 8 * 1024 * 1024
+        layout = "label: %s\n" % table
+        if table == "gpt":
+            layout += "start=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+            layout += "start=16384, type=%s\n" % part_type
+        else:
+            layout += "start=2048, size=8192, type=ef\nstart=16384, type=%s\n" % part_type
+        subprocess.run(
+            ["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(raw)],
+            input=layout,
+            text=True,
+            check=True,
+        )
+    if tree is not None:
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "offset=%d" % offset, "-d", str(tree), str(raw), "24M"],
+            check=True,
+            capture_output=True,
+        )
+    if fmt == "raw":
+        return raw
+    disk = tmp_path / ("disk." + fmt)
+    subprocess.run(["qemu-img", "convert", "-O", fmt, str(raw), str(disk)], check=True)
+    raw.unlink()
+    return disk
+
+
+@pytest.mark.parametrize(
+    "fmt, table, part_type",
+    [
+        ("qcow2", "gpt", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),  # root (x86-64)
+        ("raw", "gpt", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),  # Linux data
+        ("vmdk", "dos", "83"),
+        ("raw", None, None),  # a file system on the whole disk
+    ],
+)
+def test_a_disk_gives_the_documents_of_its_tree(tmp_path, fmt, table, part_type):
+    """The packages of a disk image's root file system, read with debugfs (no mount), are those of the tree it
+    was made from: the same documents, byte for byte (the link of a doc directory resolved inside the disk)."""
+    make_tree(tmp_path / "root")
+    disk = make_disk(tmp_path, tmp_path / "root", fmt, table, part_type)
+    from_tree = _sbom.run(params(tmp_path / "tree", root=str(tmp_path / "root")), check_mode=False)
+    from_disk = _sbom.run(params(tmp_path / "disk", disk=str(disk)), check_mode=False)
+    assert from_disk["packages"] == 3 and from_disk["changed"]
+    for kind in ("spdx", "cyclonedx"):
+        assert from_disk["documents"][kind]["sha256"] == from_tree["documents"][kind]["sha256"]
+    # no temporary raw copy is left beside the disk
+    assert sorted(p.name for p in disk.parent.iterdir() if p.name.startswith(".")) == []
+    again = _sbom.run(params(tmp_path / "disk", disk=str(disk)), check_mode=False)
+    assert not again["changed"]
+
+
+def test_a_disk_that_cannot_be_read_fails_unless_skipped(tmp_path):
+    """A disk without an ext4 root, or without a dpkg database, fails with a message naming what it has; with
+    when_unreadable: skip, no documents are written and those an earlier disk left are removed."""
+    blank = make_disk(tmp_path, None, "qcow2")
+    with pytest.raises(BakeryError) as failed:
+        _sbom.run(params(tmp_path, disk=str(blank)), check_mode=False)
+    assert "found no ext2/3/4 root file system on the disk (its partitions: partition 1 (" in failed.value.msg
+    assert "partition 2 (root (x86-64)) at 8388608" in failed.value.msg
+    assert "sbom_unreadable: skip" in failed.value.msg
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "no-dpkg/etc").mkdir(parents=True)
+    (tmp_path / "no-dpkg-disk").mkdir()
+    no_dpkg = make_disk(tmp_path / "no-dpkg-disk", tmp_path / "no-dpkg", "raw", None)
+    with pytest.raises(BakeryError, match=r"no dpkg database \(/var/lib/dpkg/status\)"):
+        _sbom.run(params(tmp_path, disk=str(no_dpkg)), check_mode=False)
+    # an earlier disk's documents are there: skipping removes them (check mode: would)
+    make_tree(tmp_path / "root")
+    _sbom.run(params(tmp_path, root=str(tmp_path / "root")), check_mode=False)
+    skip = params(tmp_path, disk=str(blank), when_unreadable="skip")
+    checked = _sbom.run(skip, check_mode=True)
+    assert checked["changed"] and (tmp_path / "out/a.cdx.json").exists()
+    skipped = _sbom.run(skip, check_mode=False)
+    assert skipped["changed"] and skipped["documents"] == {} and skipped["packages"] == 0
+    assert "found no ext2/3/4 root file system" in skipped["warnings"][0]
+    assert sorted(os.listdir(tmp_path / "out")) == []
+    assert not _sbom.run(skip, check_mode=False)["changed"]
+    with pytest.raises(BakeryError, match="is not a file"):
+        _sbom.run(params(tmp_path, disk=str(tmp_path / "missing.qcow2")), check_mode=False)
