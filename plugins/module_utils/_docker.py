@@ -1173,6 +1173,31 @@ VARYING_PATHS = (
 _KEPT_CONFIG = ("Healthcheck", "OnBuild", "Shell", "ArgsEscaped")
 
 
+# the work directories of reproducible_image (the exported container, the layer, the image archive), in the temporary
+# directory, named with the pid of the module that made them
+LAYER_WORKDIR_PREFIX = ".bakery-layer-"
+
+
+def sweep_layer_workdirs(directory: str | None = None) -> list[str]:
+    """Remove the work directories that a killed commit left (their process is gone); return their paths."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = re.match(r"^%s(\d+)-" % re.escape(LAYER_WORKDIR_PREFIX), name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its process is running: a commit of another bake
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(os.path.join(directory, name))
+    return removed
+
+
 def _export_index(client: Any, image: str, bake_id: str | None) -> dict[str, Entry]:
     """Every path of *image*'s file system, from the export of a container of it that never starts (temporary,
     labelled with the bake id for the janitor, always removed)."""
@@ -1235,7 +1260,8 @@ def reproducible_image(
     if base_image is None:
         raise BakeryError("the base image %s of the build container is gone" % (base_id or "?"))
     started = time.monotonic()
-    workdir = tempfile.mkdtemp(prefix=".bakery-layer-")
+    sweep_layer_workdirs()
+    workdir = tempfile.mkdtemp(prefix="%s%d-" % (LAYER_WORKDIR_PREFIX, os.getpid()))
     try:
         base_entries = _export_index(client, base_image["Id"], params.get("bake_id"))
         exported = os.path.join(workdir, "container.tar")

@@ -14,7 +14,8 @@ description:
   - C(action=build) builds a Dockerfile context; C(action=import) turns a root filesystem tarball made by
     M(bakery.images.rootfs) into a base image; C(action=start) starts a build container that a later play
     provisions over the C(bakery.images.docker_api) connection (community.docker.docker_api with a sturdier
-    file upload), and C(action=commit) commits it with Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
+    file upload), and C(action=commit) makes the image of it with Dockerfile-like O(changes) and removes it (the
+    base image's layers plus one reproducible layer, see RV(layer)); C(action=push) pushes the tags to a registry;
     C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
     moved away back at it); C(action=remove) removes build containers.
   - "The per-step cache (O(step_cache)): C(action=step_commit) keeps the build container's state after a

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import tarfile
 
 import pytest
 
 from ansible_collections.bakery.images.plugins.module_utils import _layer
-from ansible_collections.bakery.images.plugins.module_utils._docker import VARYING_PATHS
+from ansible_collections.bakery.images.plugins.module_utils._docker import VARYING_PATHS, sweep_layer_workdirs
 
 EPOCH = 1_700_000_000
 OLD = 1_600_000_000  # a package file's time, before the epoch
@@ -241,3 +242,15 @@ def test_the_image_archive_names_every_layer_and_carries_only_the_new_one():
         }
     ]
     assert "%s/layer.tar" % ("a" * 64) not in names
+
+
+def test_the_work_directories_of_killed_commits_go_and_running_ones_stay(tmp_path):
+    dead = tmp_path / ".bakery-layer-999999999-abc"  # beyond any pid
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "container.tar").write_bytes(b"x")
+    running = tmp_path / (".bakery-layer-%d-def" % os.getpid())
+    running.mkdir()
+    other = tmp_path / "bakery-layer-1-ghi"
+    other.mkdir()
+    assert sweep_layer_workdirs(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and running.exists() and other.exists()
