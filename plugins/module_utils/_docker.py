@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import time
@@ -44,6 +45,15 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     digest_value,
     fingerprint,
     parse_inputs,
+)
+from ansible_collections.bakery.images.plugins.module_utils._layer import (
+    Entry,
+    changes,
+    image_archive,
+    index_tar,
+    member_name,
+    newest_mtime,
+    write_layer,
 )
 from ansible_collections.bakery.images.plugins.module_utils._standin import install_command, remove_command
 from ansible_collections.bakery.images.plugins.module_utils._step_cache import (
@@ -1083,7 +1093,11 @@ def commit_config(base: dict[str, Any], changes: dict[str, Any], labels: dict[st
 
 
 def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    """Commit the provisioned build container as the final image; the container always goes."""
+    """Make the final image of the provisioned build container; the container always goes.
+
+    The image is the base image's layers plus one layer computed from the container's file system
+    (:func:`reproducible_image`), not Docker's commit: the same file system gives the same layer, whenever it was
+    written and whether the container started from the base or from a step image."""
     name, tags = params["name"], params["tags"]
     cid = params.get("container")
     if not cid:
@@ -1110,21 +1124,204 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
             "remove stand-in commands",
             lambda: _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands"),
         )
-        try:
-            reply = steps.run(
-                "commit",
-                lambda: client.api.commit(
-                    cid, conf=conf, message="bakery %s" % (params.get("bake_id") or "")
-                ),
-            )
-        except APIError as exc:
-            raise BakeryError("docker commit of %s failed: %s" % (cid[:12], exc.explanation)) from exc
-        image_id = reply["Id"]
+        # as Docker's commit does, the container's labels (bake id, target) are the image's where ours say nothing
+        conf["Labels"] = dict((container.get("Config") or {}).get("Labels") or {}, **conf["Labels"])
+        made = steps.run(
+            "write the image",
+            lambda: reproducible_image(client, cid, str(base.get("Id") or ""), conf, params),
+        )
+        image_id = made.pop("id")
         # until it is tagged, the image is nobody's: a failure from here on removes it
         steps.add_undo("remove the untagged image", lambda: _remove_untagged(client, image_id))
         _check_committed(client, image_id, conf)
         what = "committed %s" % cname
-        return _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+        result = _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+        result["layer"] = made
+        return result
+
+
+# ---------------------------------------------------------------- reproducible layers
+#
+# The final image of a container bake is its base image's layers plus one layer that is a function of the
+# container's file system only (module_utils/_layer.py): both file systems are exported, compared, and the changes
+# written as a normalised tar (sorted, times clamped to the bake's SOURCE_DATE_EPOCH, numeric owners, whiteouts
+# for what went), which is loaded (``docker load``) with the image config. The engine looks every layer up by its
+# chain id before it reads the archive's file for it: the base layers are never sent, and a layer it has already
+# (the same bake again) is not stored twice.
+
+# What provisioning leaves that differs from one run to the next although the bake is the same (logs, the
+# package tools' backups and binary caches), as paths relative to the root (fnmatch patterns, ``*`` crosses
+# ``/``). A final image has none of them unless its base has them as they are.
+# TODO(merge): move to _reproducible.py
+VARYING_PATHS = (
+    "var/log/apt/*",
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/cache/apt/*.bin",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "etc/passwd-",
+    "etc/group-",
+    "etc/shadow-",
+    "etc/gshadow-",
+    "etc/subuid-",
+    "etc/subgid-",
+)
+
+# the base image's config fields an image made here keeps besides those commit_config sets
+_KEPT_CONFIG = ("Healthcheck", "OnBuild", "Shell", "ArgsEscaped")
+
+
+# the work directories of reproducible_image (the exported container, the layer, the image archive), in the temporary
+# directory, named with the pid of the module that made them
+LAYER_WORKDIR_PREFIX = ".bakery-layer-"
+
+
+def sweep_layer_workdirs(directory: str | None = None) -> list[str]:
+    """Remove the work directories that a killed commit left (their process is gone); return their paths."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = re.match(r"^%s(\d+)-" % re.escape(LAYER_WORKDIR_PREFIX), name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its process is running: a commit of another bake
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(os.path.join(directory, name))
+    return removed
+
+
+def _export_index(client: Any, image: str, bake_id: str | None) -> dict[str, Entry]:
+    """Every path of *image*'s file system, from the export of a container of it that never starts (temporary,
+    labelled with the bake id for the janitor, always removed)."""
+    labels = {BAKE_ID_LABEL: bake_id or "", TEMPORARY_LABEL: "true"}
+    try:
+        created = client.api.create_container(image, command=["/bin/true"], labels=labels, detach=True)
+    except APIError as exc:
+        raise BakeryError(
+            "cannot create a container of %s to read it: %s" % (image, exc.explanation)
+        ) from exc
+    try:
+        with tarfile.open(fileobj=_ChunkReader(client.api.export(created["Id"])), mode="r|") as archive:
+            return index_tar(archive)
+    except (APIError, tarfile.TarError, ValueError) as exc:
+        raise BakeryError("cannot read the file system of %s: %s" % (image, exc)) from exc
+    finally:
+        _remove(client, created["Id"])
+
+
+def image_config(
+    base_image: dict[str, Any], conf: dict[str, Any], diff_ids: list[str], epoch: int
+) -> dict[str, Any]:
+    """The config of the image of *diff_ids* (the base image's layers and one more) with the container config
+    *conf*, made at *epoch*: nothing in it depends on when it is made."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    base_config = base_image.get("Config") or {}
+    config = {key: base_config[key] for key in _KEPT_CONFIG if base_config.get(key) is not None}
+    config.update(conf)
+    base_layers = len(diff_ids) - 1
+    history = [
+        {"created": base_image.get("Created") or created, "created_by": "base image %s" % base_image["Id"]}
+        for _layer in range(base_layers)
+    ]
+    history.append(
+        {"created": created, "created_by": "bakery: provisioned build container", "comment": "bakery"}
+    )
+    image = {
+        "architecture": base_image.get("Architecture") or "amd64",
+        "os": base_image.get("Os") or "linux",
+        "created": created,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    }
+    if base_image.get("Variant"):
+        image["variant"] = base_image["Variant"]
+    return image
+
+
+def reproducible_image(
+    client: Any, cid: str, base_id: str, conf: dict[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Load the image of container *cid* over the image *base_id*: its layers, then one layer of what the
+    container's file system changed (normalised, :mod:`_layer`), with the container config *conf*.
+
+    SOURCE_DATE_EPOCH is ``params["source_date_epoch"]`` (the bake's), else the newest modification time of the
+    base image's files (stable for one base image, so for one rootfs cache). Returns the image id, the layer's
+    diff id and what making it took."""
+    base_image = _image(client, base_id) if base_id else None
+    if base_image is None:
+        raise BakeryError("the base image %s of the build container is gone" % (base_id or "?"))
+    started = time.monotonic()
+    sweep_layer_workdirs()
+    workdir = tempfile.mkdtemp(prefix="%s%d-" % (LAYER_WORKDIR_PREFIX, os.getpid()))
+    try:
+        base_entries = _export_index(client, base_image["Id"], params.get("bake_id"))
+        exported = os.path.join(workdir, "container.tar")
+        try:
+            with open(exported, "wb") as out:
+                for chunk in client.api.export(cid):
+                    out.write(chunk)
+        except APIError as exc:
+            raise BakeryError("docker export of %s failed: %s" % (cid[:12], exc.explanation)) from exc
+        exported_at = time.monotonic()
+        epoch = params.get("source_date_epoch")
+        epoch_source = "source_date_epoch"
+        if epoch is None:
+            epoch, epoch_source = newest_mtime(base_entries), "the newest mtime of the base image's files"
+        epoch = int(epoch)
+        layer_path = os.path.join(workdir, "layer.tar")
+        with tarfile.open(exported, mode="r:") as archive:
+            final = index_tar(archive)
+            paths, whiteouts = changes(base_entries, final, VARYING_PATHS)
+            members = {member_name(member.name): member for member in archive.getmembers()}
+
+            def content(name: str) -> Any:
+                return archive.extractfile(members[name])
+
+            with open(layer_path, "wb") as layer_file:
+                diff_id, size = write_layer(layer_file, final, paths, whiteouts, content, epoch)
+        diff_ids = list((base_image.get("RootFS") or {}).get("Layers") or []) + [diff_id]
+        config = canonical_json(image_config(base_image, conf, diff_ids, epoch)).encode()
+        archive_path = os.path.join(workdir, "image.tar")
+        with open(layer_path, "rb") as layer_file, open(archive_path, "wb") as out:
+            image_id = image_archive(out, config, diff_ids, (diff_id, layer_file))
+        written_at = time.monotonic()
+        try:
+            with open(archive_path, "rb") as handle:
+                reply = "".join(str(line) for line in client.api.load_image(handle))
+        except APIError as exc:
+            raise BakeryError(
+                "docker load of the image of %s failed: %s" % (cid[:12], exc.explanation)
+            ) from exc
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise BakeryError("writing the image of %s failed: %s" % (cid[:12], exc)) from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    loaded = _image(client, image_id)
+    if loaded is None or ((loaded.get("RootFS") or {}).get("Layers") or [])[-1:] != [diff_id]:
+        raise BakeryError(
+            "docker load of the image of %s did not make %s: %s" % (cid[:12], image_id, reply[-500:])
+        )
+    return dict(
+        id=image_id,
+        diff_id=diff_id,
+        size=size,
+        paths=len(paths),
+        whiteouts=len(whiteouts),
+        source_date_epoch=epoch,
+        source_date_epoch_from=epoch_source,
+        export_seconds=round(exported_at - started, 3),
+        write_seconds=round(written_at - exported_at, 3),
+        load_seconds=round(time.monotonic() - written_at, 3),
+    )
 
 
 # ---------------------------------------------------------------- per-step cache

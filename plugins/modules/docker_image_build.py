@@ -14,7 +14,8 @@ description:
   - C(action=build) builds a Dockerfile context; C(action=import) turns a root filesystem tarball made by
     M(bakery.images.rootfs) into a base image; C(action=start) starts a build container that a later play
     provisions over the C(bakery.images.docker_api) connection (community.docker.docker_api with a sturdier
-    file upload), and C(action=commit) commits it with Dockerfile-like O(changes) and removes it; C(action=push) pushes the tags to a registry;
+    file upload), and C(action=commit) makes the image of it with Dockerfile-like O(changes) and removes it (the
+    base image's layers plus one reproducible layer, see RV(layer)); C(action=push) pushes the tags to a registry;
     C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
     moved away back at it); C(action=remove) removes build containers.
   - "The per-step cache (O(step_cache)): C(action=step_commit) keeps the build container's state after a
@@ -219,6 +220,13 @@ options:
           - The most provisioners V(start) may take from the cache (those before the first one that acts outside
             the builder, a download or a local command). All by default.
         type: int
+  source_date_epoch:
+    description:
+      - With V(action=commit), the time (seconds since 1970) the files of the image's provisioned layer are clamped to
+        and the image is dated; see RV(layer).
+      - Without it, the newest modification time of the base image's files, which is the same for one base image
+        (so for one rootfs cache).
+    type: int
   docker_host:
     description: Docker engine URL. Defaults to E(DOCKER_HOST), else the local socket.
     type: str
@@ -324,6 +332,43 @@ container:
   description: The build container started by V(start) (id, name, base_image), or the container V(verifier) runs (id, name, image).
   returned: when a container was started
   type: dict
+layer:
+  description:
+    - "How V(commit) made the image: not with Docker's commit, but as the base image's layers and one layer computed
+      from the build container's file system only (exported and compared with the base image's): members sorted,
+      times clamped to O(source_date_epoch), numeric owners, a whiteout for each path that went, and the paths
+      that differ from run to run (package tools' logs, backups and binary caches) left out. The same file system
+      gives the same layer digest, whether the container started from the base or from a step image."
+  returned: commit
+  type: dict
+  contains:
+    diff_id:
+      description: The digest of the provisioned layer (the last of the image's C(RootFS.Layers)).
+      type: str
+    size:
+      description: Its size in bytes (uncompressed).
+      type: int
+    paths:
+      description: How many paths it holds (changed or new, and their parent directories).
+      type: int
+    whiteouts:
+      description: How many paths of the base it removes.
+      type: int
+    source_date_epoch:
+      description: The time its files are clamped to.
+      type: int
+    source_date_epoch_from:
+      description: Where that time came from (O(source_date_epoch), or the base image's newest file).
+      type: str
+    export_seconds:
+      description: Seconds spent exporting the base image's and the container's file systems.
+      type: float
+    write_seconds:
+      description: Seconds spent comparing them and writing the layer and the image archive.
+      type: float
+    load_seconds:
+      description: Seconds C(docker load) took.
+      type: float
 step_cache:
   description: What V(start) found in the per-step cache.
   returned: start of a build container (also in check mode)
@@ -425,6 +470,7 @@ def main() -> None:
                 type="dict",
                 options=dict(username=dict(type="str"), password=dict(type="str", no_log=True)),
             ),
+            source_date_epoch=dict(type="int"),
             docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
             timeout=dict(type="int", default=600),
             step_keys=dict(type="list", elements="str", default=[], no_log=False),

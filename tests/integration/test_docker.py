@@ -6,6 +6,7 @@ Every test talks to the dockerd that `make test` started; base images come from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -216,6 +217,11 @@ def verify_artifacts(tmp_path: Path, home: str):
     return run, {(m["kind"], Path(m["path"]).name): m["msg"] for m in checked["mismatches"]}
 
 
+def layers(image: str) -> list[str]:
+    """An image's layer digests (diff ids)."""
+    return docker_client().api.inspect_image(image)["RootFS"]["Layers"]
+
+
 def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_leftovers, signing_key):
     home, fingerprint = signing_key
     name = unique("web")
@@ -232,6 +238,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         labels={"org.example.owner": "platform"},
     )
     definition["sign"] = {"key": fingerprint, "gnupg_home": home}
+    made: list[str] = []
     try:
         first = bake(tmp_path, definition)
         assert first.rc == 0, first.explain()
@@ -353,8 +360,35 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         }, mismatches
         assert "sha256 is" in mismatches[("provenance", statement_name)]
         assert "BAD signature" in mismatches[("signature", statement_name + ".asc")]
+
+        # reproducible (issue 15): a bake that resumes from the step image the first one kept (a label more: another
+        # fingerprint, the same provisioning), and two forced ones from the same cache, make the first image's
+        # layers: the base's and one provisioned layer, whatever stack the build container stood on
+        del definition["provisioners"][0]["vars"]
+        definition["targets"][0]["docker"]["labels"]["org.example.run"] = "again"
+        made.append(image.id)
+        for args, steps in (
+            ((), ["hit"]),
+            (("-e", "bake_force=true"), ["bypassed"]),
+            (("-e", "bake_force=true"), ["bypassed"]),
+        ):
+            again = bake(tmp_path, definition, *args)
+            assert again.rc == 0, again.explain()
+            (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+            assert entry["step_cache"]["steps"] == steps and entry["id"] not in made
+            made.append(entry["id"])
+            assert layers(entry["id"]) == layers(image.id), (
+                args,
+                again.task_result("Commit the provisioned build container"),
+            )
+        assert layers(image.id)[:-1] == layers(bake_base["image"])
+        assert serves("%s:latest" % name).strip() == "nginx on Debian"
     finally:
         remove_repositories(name)
+        for made_id in reversed(made):  # the images that lost their tags to later ones
+            with contextlib.suppress(docker.errors.APIError):
+                if not docker_client().api.inspect_image(made_id)["RepoTags"]:
+                    docker_client().api.remove_image(made_id)
 
 
 def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_leftovers):

@@ -1,0 +1,256 @@
+"""Normalised image layers (issue 15): a layer is a function of the two file systems' contents only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+
+import pytest
+
+from ansible_collections.bakery.images.plugins.module_utils import _layer
+from ansible_collections.bakery.images.plugins.module_utils._docker import VARYING_PATHS, sweep_layer_workdirs
+
+EPOCH = 1_700_000_000
+OLD = 1_600_000_000  # a package file's time, before the epoch
+NOW = 1_800_000_000  # when provisioning wrote it
+
+
+def fs_tar(entries: list[tuple], shuffle: int | None = None) -> bytes:
+    """An exported file system: (name, kind, content or link target, mtime[, extra TarInfo fields])."""
+    if shuffle is not None:
+        entries = list(entries)
+        random.Random(shuffle).shuffle(entries)
+        # hard links after their targets, as an export has them
+        entries.sort(key=lambda entry: entry[1] == "hardlink")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data, mtime, *extra in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uname, info.gname = mtime, "root", "root"
+            info.pax_headers = {"atime": "%d.5" % mtime, "ctime": "%d.25" % mtime}
+            for key, value in (extra[0] if extra else {}).items():
+                if key == "xattrs":
+                    info.pax_headers.update(value)
+                else:
+                    setattr(info, key, value)
+            payload = None
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, info.mode if extra and "mode" in extra[0] else 0o755
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, data
+            elif kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, data
+            else:
+                payload = data.encode()
+                info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return out.getvalue()
+
+
+def index(data: bytes) -> dict[str, _layer.Entry]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
+        return _layer.index_tar(archive)
+
+
+def layer(base: bytes, final: bytes, epoch: int = EPOCH, patterns=()) -> bytes:
+    """The layer over *base* of *final*, as bytes (its digest checked against them)."""
+    base_entries, final_entries = index(base), index(final)
+    paths, whiteouts = _layer.changes(base_entries, final_entries, patterns)
+    archive = tarfile.open(fileobj=io.BytesIO(final), mode="r:")
+    members = {_layer.member_name(member.name): member for member in archive.getmembers()}
+    out = io.BytesIO()
+    digest, size = _layer.write_layer(
+        out, final_entries, paths, whiteouts, lambda name: archive.extractfile(members[name]), epoch
+    )
+    assert digest == "sha256:" + hashlib.sha256(out.getvalue()).hexdigest() and size == len(out.getvalue())
+    return out.getvalue()
+
+
+def members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        return {member.name: member for member in archive.getmembers()}
+
+
+BASE = [
+    ("bin", "dir", None, OLD),
+    ("bin/sh", "file", "shell", OLD),
+    ("etc", "dir", None, OLD),
+    ("etc/hosts", "file", "127.0.0.1 base", OLD),
+    ("etc/os-release", "file", "debian", OLD),
+    ("etc/old", "dir", None, OLD),
+    ("etc/old/a", "file", "a", OLD),
+    ("etc/old/b", "file", "b", OLD),
+    ("etc/gone", "file", "gone", OLD),
+    ("usr", "dir", None, OLD),
+    ("usr/bin", "dir", None, OLD),
+    ("usr/bin/tool", "file", "tool", OLD),
+    ("var", "dir", None, OLD),
+    ("var/log", "dir", None, OLD),
+    ("var/log/dpkg.log", "file", "base install", OLD),
+    ("var/log/alternatives.log", "file", "base alternatives", OLD),
+]
+
+
+def provisioned(mtime: int) -> list[tuple]:
+    """The base after provisioning that wrote at *mtime*."""
+    kept = [entry for entry in BASE if not entry[0].startswith("etc/old") and entry[0] != "etc/gone"]
+    changed = {
+        "etc": ("etc", "dir", None, mtime),
+        "etc/hosts": ("etc/hosts", "file", "127.0.0.1 the engine's", mtime),
+        "var/log": ("var/log", "dir", None, mtime),
+        "var/log/dpkg.log": ("var/log/dpkg.log", "file", "base install\nnginx at %d" % mtime, mtime),
+    }
+    return [changed.get(entry[0], entry) for entry in kept] + [
+        (".dockerenv", "file", "", mtime),
+        ("etc/nginx", "dir", None, mtime),
+        ("etc/nginx/nginx.conf", "file", "daemon off;", mtime),
+        ("etc/nginx/link", "symlink", "nginx.conf", mtime),
+        ("usr/bin/tool2", "hardlink", "usr/bin/tool", OLD),
+        ("usr/sbin", "dir", None, mtime),
+        ("usr/sbin/nginx", "file", "nginx binary", OLD, {"mode": 0o4755, "uid": 0, "gid": 33}),
+        ("usr/sbin/nginx2", "hardlink", "usr/sbin/nginx", OLD),
+        ("var/cache", "dir", None, mtime),
+        ("var/cache/apt", "dir", None, mtime),
+        ("var/cache/apt/pkgcache.bin", "file", "cache %d" % mtime, mtime),
+        ("var/lib", "dir", None, mtime),
+        ("var/lib/dpkg", "dir", None, mtime),
+        ("var/lib/dpkg/status", "file", "Package: nginx", mtime),
+        ("var/lib/dpkg/status-old", "file", "Package: none %d" % mtime, mtime),
+    ]
+
+
+def test_the_same_file_system_written_at_other_times_and_in_another_order_gives_the_same_layer():
+    base = fs_tar(BASE)
+    first = layer(base, fs_tar(provisioned(NOW)), patterns=VARYING_PATHS)
+    again = layer(base, fs_tar(provisioned(NOW + 3600), shuffle=1), patterns=VARYING_PATHS)
+    assert first == again
+    # another epoch is another layer
+    assert layer(base, fs_tar(provisioned(NOW)), epoch=EPOCH + 1, patterns=VARYING_PATHS) != first
+
+
+def test_the_layer_holds_what_changed_with_its_parents_sorted_and_normalised():
+    got = members(layer(fs_tar(BASE), fs_tar(provisioned(NOW)), patterns=VARYING_PATHS))
+    names = list(got)
+    assert names == sorted(names, key=lambda name: name.split("/"))
+    # unchanged paths (bin/sh, the base's tool) are not in it; the engine's own (.dockerenv, etc/hosts) never
+    assert "bin/sh" not in got and "usr/bin/tool" not in got and "etc/os-release" not in got
+    assert ".dockerenv" not in got and "etc/hosts" not in got
+    assert {"etc/nginx/nginx.conf", "etc/nginx/link", "usr/sbin/nginx", "var/lib/dpkg/status"} <= set(got)
+    assert {"usr", "usr/sbin", "usr/bin", "var/lib", "etc"} <= set(got), "parents before their children"
+    assert got["etc/nginx/link"].issym() and got["etc/nginx/link"].linkname == "nginx.conf"
+    nginx = got["usr/sbin/nginx"]
+    assert nginx.mode == 0o4755 and nginx.gid == 33 and nginx.mtime == OLD, "an older time stays"
+    assert got["etc/nginx/nginx.conf"].mtime == EPOCH and got["etc"].mtime == EPOCH, "a newer one is clamped"
+    for member in got.values():
+        assert member.uname == "" and member.gname == ""
+        assert not {"atime", "ctime", "mtime"} & set(member.pax_headers), member.pax_headers
+
+
+def test_hard_links_stay_links_within_the_layer_and_become_files_to_a_base_file():
+    got = members(layer(fs_tar(BASE), fs_tar(provisioned(NOW))))
+    assert got["usr/sbin/nginx"].isfile() and got["usr/sbin/nginx2"].islnk()
+    assert got["usr/sbin/nginx2"].linkname == "usr/sbin/nginx"
+    # its target is the base's, not in the layer: a file of its own with the content
+    tool2 = got["usr/bin/tool2"]
+    assert tool2.isfile() and tool2.size == len("tool")
+
+
+def test_what_went_is_whited_out_once_at_its_top():
+    got = members(layer(fs_tar(BASE), fs_tar(provisioned(NOW))))
+    assert {name for name in got if "/.wh." in name} == {"etc/.wh.old", "etc/.wh.gone"}
+    assert got["etc/.wh.old"].isfile() and got["etc/.wh.old"].size == 0
+
+
+def test_paths_that_vary_between_runs_are_left_out_or_whited_out():
+    got = members(layer(fs_tar(BASE), fs_tar(provisioned(NOW)), patterns=VARYING_PATHS))
+    # changed from the base's: the base's goes too; new: not there
+    assert "var/log/.wh.dpkg.log" in got and "var/log/dpkg.log" not in got
+    assert "var/cache/apt/pkgcache.bin" not in got and "var/lib/dpkg/status-old" not in got
+    # unchanged: the base's stays
+    assert "var/log/.wh.alternatives.log" not in got and "var/log/alternatives.log" not in got
+    assert "var/lib/dpkg/status" in got
+
+
+def test_a_directory_that_became_a_file_hides_the_base_directory_without_whiteouts():
+    final = [entry for entry in BASE if not entry[0].startswith("etc/old")] + [
+        ("etc/old", "file", "now a file", NOW)
+    ]
+    got = members(layer(fs_tar(BASE), fs_tar(final)))
+    assert got["etc/old"].isfile() and not [name for name in got if ".wh." in name]
+
+
+def test_a_mode_owner_or_xattr_change_is_a_change_and_a_time_alone_is_not():
+    touched = [(name, kind, data, NOW) for name, kind, data, _mtime in BASE]
+    assert members(layer(fs_tar(BASE), fs_tar(touched))) == {}
+    capability = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
+    final = [
+        entry if entry[0] != "bin/sh" else ("bin/sh", "file", "shell", OLD, {"xattrs": capability})
+        for entry in BASE
+    ]
+    got = members(layer(fs_tar(BASE), fs_tar(final)))
+    assert set(got) == {"bin", "bin/sh"}
+    assert got["bin/sh"].pax_headers == capability and got["bin"].mtime == OLD
+    chowned = [
+        entry if entry[0] != "bin/sh" else ("bin/sh", "file", "shell", OLD, {"uid": 1000}) for entry in BASE
+    ]
+    assert set(members(layer(fs_tar(BASE), fs_tar(chowned)))) == {"bin", "bin/sh"}
+
+
+def test_the_epoch_without_one_is_the_newest_file_of_the_base_not_a_directory():
+    entries = index(fs_tar([*BASE, ("etc/newer", "dir", None, NOW), ("tmp", "dir", None, NOW + 1)]))
+    assert _layer.newest_mtime(entries) == OLD
+    assert _layer.newest_mtime({}) == 0
+
+
+def test_member_names_are_relative_without_dot_or_trailing_slash():
+    assert _layer.member_name("./etc/nginx/") == "etc/nginx"
+    assert _layer.member_name("/etc") == "etc"
+    assert _layer.member_name("./") == ""
+
+
+def test_a_hard_link_to_nothing_before_it_is_an_error():
+    with pytest.raises(ValueError, match="hard link"):
+        index(fs_tar([("a", "hardlink", "b", OLD)]))
+
+
+def test_the_image_archive_names_every_layer_and_carries_only_the_new_one():
+    config = json.dumps(
+        {"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}}
+    )
+    out = io.BytesIO()
+    image_id = _layer.image_archive(
+        out,
+        config.encode(),
+        ["sha256:" + "a" * 64, "sha256:" + "b" * 64],
+        ("sha256:" + "b" * 64, io.BytesIO(b"x" * 1024)),
+    )
+    assert image_id == "sha256:" + hashlib.sha256(config.encode()).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:") as archive:
+        names = archive.getnames()
+        manifest = json.loads(archive.extractfile("manifest.json").read())
+        assert archive.extractfile("%s.json" % image_id[7:]).read() == config.encode()
+        assert archive.extractfile("%s/layer.tar" % ("b" * 64)).read() == b"x" * 1024
+    assert manifest == [
+        {
+            "Config": "%s.json" % image_id[7:],
+            "RepoTags": None,
+            "Layers": ["%s/layer.tar" % ("a" * 64), "%s/layer.tar" % ("b" * 64)],
+        }
+    ]
+    assert "%s/layer.tar" % ("a" * 64) not in names
+
+
+def test_the_work_directories_of_killed_commits_go_and_running_ones_stay(tmp_path):
+    dead = tmp_path / ".bakery-layer-999999999-abc"  # beyond any pid
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "container.tar").write_bytes(b"x")
+    running = tmp_path / (".bakery-layer-%d-def" % os.getpid())
+    running.mkdir()
+    other = tmp_path / "bakery-layer-1-ghi"
+    other.mkdir()
+    assert sweep_layer_workdirs(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and running.exists() and other.exists()
