@@ -275,6 +275,13 @@ def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
         assert sidecar["format"] == fmt and sidecar["fingerprint"] == copy["fingerprint"]
         if fmt == "vmdk":
             assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+            # its descriptor names the output, not the temporary file it was written to, and it still checks
+            descriptor = path.read_bytes()[512:1536]
+            assert b'SPARSE "copy.vmdk"' in descriptor, descriptor
+            assert (
+                subprocess.run(["qemu-img", "check", str(path)], capture_output=True, check=False).returncode
+                == 0
+            )
     # the data survived the trip through every format
     compare = subprocess.run(
         ["qemu-img", "compare", "-f", "qcow2", "-F", "vhdx", str(src), str(tmp_path / "copy.vhdx")],
