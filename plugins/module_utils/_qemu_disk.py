@@ -1057,17 +1057,21 @@ def used_inodes(dumpe2fs_output: str) -> list[int]:
     first = re.search(r"^First inode:\s+(\d+)", dumpe2fs_output, re.MULTILINE)
     if not count or not first:
         raise BakeryError("dumpe2fs printed no inode count: %s" % dumpe2fs_output[:200])
-    free = bytearray(int(count.group(1)) + 1)
+    free: list[tuple[int, int]] = []
     for line in re.findall(r"^\s+Free inodes:(.*)$", dumpe2fs_output, re.MULTILINE):
         for part in line.split(","):
             part = part.strip()
-            if not part:
-                continue
-            bounds = part.split("-", 1)
-            low, high = int(bounds[0]), int(bounds[-1])
-            free[low : high + 1] = b"\x01" * (high - low + 1)
+            if part:
+                bounds = part.split("-", 1)
+                free.append((int(bounds[0]), int(bounds[-1])))
+    # the gaps between the free ranges (a big file system has billions of inodes, few of them used)
+    used: list[int] = []
     start = int(first.group(1))
-    return [ino for ino in range(1, len(free)) if not free[ino] and (ino == 2 or ino >= start)]
+    following = 1
+    for low, high in sorted(free) + [(int(count.group(1)) + 1, int(count.group(1)) + 1)]:
+        used.extend(ino for ino in range(following, low) if ino == 2 or ino >= start)
+        following = max(following, high + 1)
+    return used
 
 
 def set_change_times(raw: str, epoch: int, timeout: int) -> int:

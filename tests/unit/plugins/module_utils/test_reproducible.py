@@ -180,6 +180,9 @@ Group 2: (Blocks 65536-98303) csum 0x1234
 
 def test_the_inodes_whose_change_times_are_set_are_those_in_use_but_the_reserved_ones():
     assert _qemu_disk.used_inodes(DUMPE2FS) == [2, *range(11, 20), *range(31, 35), 16391]
+    # the largest ext4 (2^32 inodes) takes no memory for its free ones
+    huge = "Inode count:  4294967295\nFirst inode: 11\n  Free inodes: 14-4294967295\n"
+    assert _qemu_disk.used_inodes(huge) == [2, 11, 12, 13]
     with pytest.raises(BakeryError, match="no inode count"):
         _qemu_disk.used_inodes("dumpe2fs: bad magic")
 
