@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils import _reproducible
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_tarball,
@@ -1150,24 +1151,10 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
 # (the same bake again) is not stored twice.
 
 # What provisioning leaves that differs from one run to the next although the bake is the same (logs, the
-# package tools' backups and binary caches), as paths relative to the root (fnmatch patterns, ``*`` crosses
-# ``/``). A final image has none of them unless its base has them as they are.
-# TODO(merge): move to _reproducible.py
-VARYING_PATHS = (
-    "var/log/apt/*",
-    "var/log/dpkg.log",
-    "var/log/alternatives.log",
-    "var/cache/apt/*.bin",
-    "var/cache/ldconfig/aux-cache",
-    "var/cache/debconf/*-old",
-    "var/lib/dpkg/*-old",
-    "etc/passwd-",
-    "etc/group-",
-    "etc/shadow-",
-    "etc/gshadow-",
-    "etc/subuid-",
-    "etc/subgid-",
-)
+# package tools' backups and binary caches, random seeds, ...: the root-filesystem builders' list, with the reason
+# for each), as paths relative to the root (fnmatch patterns, ``*`` crosses ``/``). A final image has none of them
+# unless its base has them as they are.
+VARYING_PATHS = tuple(pattern for pattern, _reason in _reproducible.VARYING_PATHS)
 
 # the base image's config fields an image made here keeps besides those commit_config sets
 _KEPT_CONFIG = ("Healthcheck", "OnBuild", "Shell", "ArgsEscaped")

@@ -31,6 +31,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
@@ -106,8 +107,11 @@ def sandbox_argv(root: str, hostname: str) -> list[str]:
     return argv
 
 
-def write_enter_script(workdir: str, root: str, hostname: str) -> str:
-    """Write ``<workdir>/enter``, the ``chroot_exe`` of community.general.chroot for *root*, and check it runs."""
+def write_enter_script(
+    workdir: str, root: str, hostname: str, environment: Mapping[str, str] | None = None
+) -> str:
+    """Write ``<workdir>/enter``, the ``chroot_exe`` of community.general.chroot for *root*, and check it runs;
+    every command it runs gets *environment* (such as the bake's ``SOURCE_DATE_EPOCH``)."""
     path = os.path.join(workdir, ENTER_SCRIPT)
     quoted_root = shlex.quote(root)
     script = (
@@ -119,8 +123,18 @@ def write_enter_script(workdir: str, root: str, hostname: str) -> str:
         "    exit 125\n"
         "fi\n"
         "shift\n"
+        "%s"
         'exec %s "$@"\n'
-    ) % (root, quoted_root, root, " ".join(shlex.quote(arg) for arg in sandbox_argv(root, hostname)))
+    ) % (
+        root,
+        quoted_root,
+        root,
+        "".join(
+            "export %s=%s\n" % (name, shlex.quote(value))
+            for name, value in sorted((environment or {}).items())
+        ),
+        " ".join(shlex.quote(arg) for arg in sandbox_argv(root, hostname)),
+    )
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(script)
     os.chmod(path, 0o755)

@@ -17,6 +17,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _hygiene,
     _provisioners,
     _qemu_disk,
+    _reproducible,
     _rootfs,
     _signature,
     _vagrant,
@@ -288,6 +289,7 @@ def make_plan(
     definition_dir: str | None = None,
     playbook_digest: Callable[[str], str] | None = None,
     playbook_hosts: PlaybookHosts | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Expand a bake definition (already validated against the bake role's spec) into targets.
 
@@ -300,6 +302,7 @@ def make_plan(
     default). *playbook_digest(path)* digests a playbook entry's content (its file, the files beside it,
     its roles); *playbook_hosts(path, host, groups)* says whether a play of the playbook would run on a
     builder named *host* in *groups* (``all``, ``bakery_builders``, the target's name and type, ``default``).
+    *environ* is the controller's environment (its ``SOURCE_DATE_EPOCH``; ``os.environ`` by default).
     """
     name = check_name("bake", bake.get("name"))
     output_dir, cache_dir = bake_dirs(bake, cwd)
@@ -359,6 +362,7 @@ def make_plan(
     digests: dict[str, str] = {}
     base = bake.get("base") or {}
     rootfs = rootfs_plan(base, cache_dir) if base else None
+    epoch = reproducibility(bake, rootfs, os.environ if environ is None else environ)
 
     chosen = select(list(types), as_list(only), as_list(except_), types)
     package_lists = bake.get("package_lists") or "refresh"
@@ -420,9 +424,13 @@ def make_plan(
                     )
                 target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
                 inputs["source"] = target_rootfs["identity"]
-            step_keys = chain_keys(
-                step_root(tname, kind, options, inputs.get("source"), package_lists), step_digests
-            )
+            root = step_root(tname, kind, options, inputs.get("source"), package_lists)
+            if epoch["explicit"]:
+                # the user's epoch changes what the provisioners write (it is in their environment) and the
+                # artifact's bytes; the derived one follows from the source, an input already
+                inputs["source_date_epoch"] = str(epoch["source_date_epoch"])
+                root["source_date_epoch"] = epoch["source_date_epoch"]
+            step_keys = chain_keys(root, step_digests)
         # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified
         verify = _provisioners.for_target(checks, own_checks[tname], tname, kind, target.get("vars") or {})
         if verify and kind not in VERIFY_TYPES:
@@ -494,7 +502,13 @@ def make_plan(
     )
     bake_id = bake_id or new_bake_id()
     for entry in planned:
-        entry.update(bake_id=bake_id, bake_name=name, output_dir=output_dir, cache_dir=cache_dir)
+        entry.update(
+            bake_id=bake_id,
+            bake_name=name,
+            output_dir=output_dir,
+            cache_dir=cache_dir,
+            source_date_epoch=epoch["source_date_epoch"],
+        )
     return {
         "name": name,
         "bake_id": bake_id,
@@ -503,6 +517,25 @@ def make_plan(
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
         "sign": sign,
+        "reproducibility": epoch,
+    }
+
+
+def reproducibility(
+    bake: Mapping[str, Any], rootfs: Mapping[str, Any] | None, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """The bake's epoch (``_reproducible.source_date_epoch``), where it comes from, and what keeps the
+    artifacts from being reproduced later (a moving base mirror), for the plan and ``--check``."""
+    mirror = (rootfs or {}).get("source", {}).get("mirror") if rootfs else None
+    epoch = _reproducible.source_date_epoch(
+        bake.get("source_date_epoch"), environ, mirror, rootfs["identity"] if rootfs else None
+    )
+    return {
+        "source_date_epoch": epoch.value,
+        "source": epoch.source,
+        "explicit": epoch.explicit,
+        "mirror": mirror,
+        "warning": _reproducible.mirror_warning(mirror),
     }
 
 

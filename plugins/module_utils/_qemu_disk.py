@@ -42,7 +42,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _isolation, _standin, _step_cache
+from ansible_collections.bakery.images.plugins.module_utils import (
+    _hygiene,
+    _isolation,
+    _reproducible,
+    _standin,
+    _step_cache,
+)
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -102,7 +108,8 @@ ROOT_START = ESP_START + ESP_SIZE
 TAIL = 1 * MIB
 MIN_ROOT = 64 * MIB
 # bump when the disk layout or what bakery writes into the tree changes: images are then rebuilt
-LAYOUT_VERSION = 1
+# (2: reproducible disks: times clamped to the epoch, hash seed, FAT times and what provisioning leaves)
+LAYOUT_VERSION = 2
 
 GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -133,6 +140,8 @@ TOOLS = {
     "qemu-img": "qemu-utils",
     "sfdisk": "fdisk",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "dumpe2fs": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
     "mmd": "mtools",
     "mcopy": "mtools",
@@ -189,6 +198,8 @@ class DiskOptions:
     # elsewhere (in a builder VM) that the sidecars record
     hygiene: _hygiene.Options | None = None
     hygiene_results: list[dict[str, Any]] | None = None
+    # every time in a disk made from a tree (None: one that follows from the fingerprint)
+    source_date_epoch: int | None = None
 
     @property
     def primary(self) -> Output:
@@ -327,7 +338,24 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         timeout=timeout,
         hygiene=hygiene,
         hygiene_results=hygiene_results,
+        source_date_epoch=parse_epoch(params.get("source_date_epoch")),
     )
+
+
+def parse_epoch(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return _reproducible.check_epoch(value, "source_date_epoch")
+    except BakeryError as exc:
+        raise BakeryError("qemu_image: %s" % exc.msg) from None
+
+
+def disk_epoch(opts: DiskOptions, fp: str) -> int:
+    """The time in a disk made from a tree: the option, else one that follows from the fingerprint."""
+    if opts.source_date_epoch is not None:
+        return opts.source_date_epoch
+    return _reproducible.identity_epoch(fp)
 
 
 def parse_hygiene(params: Any) -> tuple[_hygiene.Options | None, list[dict[str, Any]] | None]:
@@ -470,7 +498,17 @@ def check_tools(from_rootfs: bool) -> None:
     which("qemu-img")
     if not from_rootfs:
         return
-    for program in ("sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "grub-mkimage", "tar"):
+    for program in (
+        "sfdisk",
+        "mkfs.ext4",
+        "debugfs",
+        "dumpe2fs",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+        "grub-mkimage",
+        "tar",
+    ):
         which(program)
     for directory, package in GRUB_PLATFORMS.items():
         if not os.path.isfile(os.path.join(directory, "kernel.img")):
@@ -608,6 +646,9 @@ class Layout:
     esp_id: str
     disk_guid: str
     part_guids: list[str]
+    # the root file system's directory hash seed and the salt of the Vagrant user's password: not random
+    hash_seed: str = ""
+    salt: str = ""
 
     @property
     def root_size(self) -> int:
@@ -641,6 +682,8 @@ def make_layout(disk_size: int, fp: str) -> Layout:
         esp_id=digest_value([fp, "esp"])[:8].upper(),
         disk_guid=ident("disk").upper(),
         part_guids=[ident("part-%d" % n).upper() for n in range(3)],
+        hash_seed=ident("hash-seed"),
+        salt=digest_value([fp, "salt"])[:16],
     )
 
 
@@ -721,7 +764,7 @@ def image_fstab(existing: str, root_uuid: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]:
+def prepare_tree(root: str, opts: DiskOptions, layout: Layout, epoch: int | None = None) -> dict[str, Any]:
     """Make the tree a machine image: fstab, grub.cfg, first-boot host keys, machine-id, DHCP, Vagrant."""
     kernel, initrd = find_kernel(root)
     write_file(root, "etc/fstab", image_fstab(_tree_text(root, "etc/fstab"), layout.root_uuid))
@@ -753,7 +796,7 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout) -> dict[str, Any]
         write_file(root, "etc/systemd/network/50-bakery-dhcp.network", DHCP_NETWORK)
         enable_units(root, ["systemd-networkd.service", "systemd-resolved.service"])
     if opts.vagrant:
-        make_vagrant_user(root, opts)
+        make_vagrant_user(root, opts, layout.salt, epoch)
     if opts.authorized_keys:
         write_file(root, "root/.ssh/authorized_keys", "\n".join(opts.authorized_keys) + "\n", mode=0o600)
         os.chmod(inside(root, "root/.ssh/authorized_keys").rsplit("/", 1)[0], 0o700)
@@ -807,19 +850,41 @@ def enable_units(root: str, units: list[str]) -> None:
         )
 
 
-def make_vagrant_user(root: str, opts: DiskOptions) -> None:
-    """Vagrant's base-box conventions: user vagrant (password vagrant), passwordless sudo, the insecure key."""
+def make_vagrant_user(root: str, opts: DiskOptions, salt: str = "", epoch: int | None = None) -> None:
+    """Vagrant's base-box conventions: user vagrant (password vagrant), passwordless sudo, the insecure key.
+
+    With *salt* (and openssl on the build host) the password's hash has that salt, not a random one, and with
+    *epoch* shadow's last password change is that day: a rebuild writes the same /etc/shadow."""
     if not os.path.exists(os.path.join(root, "usr", "bin", "sudo")):
         raise BakeryError("vagrant=true needs sudo in the rootfs; add the package 'sudo'")
     if not os.path.exists(os.path.join(root, "usr", "sbin", "sshd")):
         raise BakeryError("vagrant=true needs an SSH server in the rootfs; add the package 'openssh-server'")
     passwd = _read(os.path.join(root, "etc", "passwd"))
     if not re.search(r"^vagrant:", passwd, re.MULTILINE):
+        env = _reproducible.environment(epoch) if epoch is not None else None
         run(
             ["chroot", root, "useradd", "--create-home", "--user-group", "--shell", "/bin/bash", "vagrant"],
             "useradd vagrant in the rootfs",
+            extra_env=env,
         )
-        run(["chroot", root, "chpasswd"], "chpasswd in the rootfs", stdin="vagrant:vagrant\n")
+        openssl = shutil.which("openssl", path=os.pathsep.join([os.environ.get("PATH", ""), SYSTEM_PATH]))
+        if salt and openssl:
+            hashed = run(
+                [openssl, "passwd", "-6", "-salt", salt, "-stdin"], "openssl passwd", stdin="vagrant\n"
+            ).strip()
+            run(
+                ["chroot", root, "chpasswd", "-e"],
+                "chpasswd in the rootfs",
+                stdin="vagrant:%s\n" % hashed,
+                extra_env=env,
+            )
+        else:
+            run(
+                ["chroot", root, "chpasswd"],
+                "chpasswd in the rootfs",
+                stdin="vagrant:vagrant\n",
+                extra_env=env,
+            )
     entry = next(
         line
         for line in _read(os.path.join(root, "etc", "passwd")).splitlines()
@@ -849,8 +914,14 @@ def mkfs_root_options() -> list[str]:
     return ["-O", "^metadata_csum_seed"]
 
 
-def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
-    """The bootable raw disk in *raw* from the prepared tree *root*; no loop device, no mount."""
+def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int, epoch: int | None = None) -> None:
+    """The bootable raw disk in *raw* from the prepared tree *root*; no loop device, no mount.
+
+    With *epoch*, the same tree gives the same bytes: the file systems' own times and every time in the tree
+    are the epoch (the tree's modification times clamped to it), and their identifiers follow from *layout*."""
+    fake_time = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else None
+    if epoch is not None:
+        _reproducible.clamp_times(root, epoch)
     with open(raw, "wb") as handle:
         handle.truncate(layout.disk_size)
     run(
@@ -873,7 +944,8 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
             layout.root_uuid,
             *mkfs_root_options(),
             "-E",
-            "offset=%d,root_owner=0:0" % ROOT_START,
+            "offset=%d,root_owner=0:0%s"
+            % (ROOT_START, ",hash_seed=%s" % layout.hash_seed if layout.hash_seed else ""),
             "-d",
             root,
             raw,
@@ -881,7 +953,10 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
         ],
         "mkfs.ext4 -d (the rootfs does not fit? raise disk_size)",
         timeout=timeout,
+        extra_env=fake_time,
     )
+    if epoch is not None:
+        set_change_times(raw, epoch, timeout)
     run(
         [
             which("mkfs.vfat"),
@@ -896,14 +971,15 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
             str(ESP_START // SECTOR),
             "-n",
             "EFI",
-            "-i",
-            layout.esp_id,
+            # constant times (and a constant serial, replaced by the layout's below)
+            "--invariant",
             "--offset=%d" % (ESP_START // SECTOR),
             raw,
             str(ESP_SIZE // 1024),
         ],
         "mkfs.vfat (ESP)",
     )
+    set_fat_serial(raw, ESP_START, layout.esp_id)
     with tempfile.TemporaryDirectory(prefix="bakery-grub-") as work:
         early = os.path.join(work, "early.cfg")
         with open(early, "w", encoding="utf-8") as handle:
@@ -927,11 +1003,15 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
             "grub-mkimage x86_64-efi",
         )
         esp = "%s@@%d" % (raw, ESP_START)
-        # mtools would refuse a FAT whose size is not a multiple of a track
+        # mtools would refuse a FAT whose size is not a multiple of a track; it dates what it makes with
+        # SOURCE_DATE_EPOCH, and mcopy -m keeps the file's own time
         mtools_env = {"MTOOLS_SKIP_CHECK": "1"}
+        if epoch is not None:
+            mtools_env.update(_reproducible.environment(epoch))
+            os.utime(efi, (epoch, epoch))
         run([which("mmd"), "-i", esp, "::/EFI", "::/EFI/BOOT"], "mmd (ESP)", extra_env=mtools_env)
         run(
-            [which("mcopy"), "-i", esp, efi, "::/EFI/BOOT/BOOTX64.EFI"],
+            [which("mcopy"), "-m", "-i", esp, efi, "::/EFI/BOOT/BOOTX64.EFI"],
             "mcopy BOOTX64.EFI (ESP)",
             extra_env=mtools_env,
         )
@@ -954,6 +1034,83 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int) -> None:
             "grub-mkimage i386-pc",
         )
         embed_bios_boot(raw, os.path.join(GRUB_PC_DIR, "boot.img"), core)
+
+
+# FAT32 boot sector: the volume serial (BS_VolID), and the sector of the backup boot sector
+FAT32_VOLUME_ID = 0x43
+FAT32_BACKUP_SECTOR = 6
+
+
+def set_fat_serial(raw: str, offset: int, serial: str) -> None:
+    """The FAT32 volume serial (8 hex digits) at *offset* of *raw*, in the boot sector and its backup."""
+    value = int(serial, 16).to_bytes(4, "little")
+    with open(raw, "r+b") as disk:
+        for sector in (0, FAT32_BACKUP_SECTOR):
+            disk.seek(offset + sector * SECTOR + FAT32_VOLUME_ID)
+            disk.write(value)
+
+
+def used_inodes(dumpe2fs_output: str) -> list[int]:
+    """The inodes in use that hold the tree (the root directory and every one from the first non-reserved
+    inode on), from ``dumpe2fs``'s output: every inode but the free ranges it lists per group."""
+    count = re.search(r"^Inode count:\s+(\d+)", dumpe2fs_output, re.MULTILINE)
+    first = re.search(r"^First inode:\s+(\d+)", dumpe2fs_output, re.MULTILINE)
+    if not count or not first:
+        raise BakeryError("dumpe2fs printed no inode count: %s" % dumpe2fs_output[:200])
+    free: list[tuple[int, int]] = []
+    for line in re.findall(r"^\s+Free inodes:(.*)$", dumpe2fs_output, re.MULTILINE):
+        for part in line.split(","):
+            part = part.strip()
+            if part:
+                bounds = part.split("-", 1)
+                free.append((int(bounds[0]), int(bounds[-1])))
+    # the gaps between the free ranges (a big file system has billions of inodes, few of them used)
+    used: list[int] = []
+    start = int(first.group(1))
+    following = 1
+    for low, high in sorted(free) + [(int(count.group(1)) + 1, int(count.group(1)) + 1)]:
+        used.extend(ino for ino in range(following, low) if ino == 2 or ino >= start)
+        following = max(following, high + 1)
+    return used
+
+
+def set_change_times(raw: str, epoch: int, timeout: int) -> int:
+    """Every inode of the root file system in *raw* gets *epoch* as its change time (``mke2fs -d`` copies the
+    tree's, which is when it was written; only the kernel sets it on the host); the number of inodes."""
+    fs = "%s?offset=%d" % (raw, ROOT_START)
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch)}
+    inodes = used_inodes(run([which("dumpe2fs"), fs], "dumpe2fs of the root file system", extra_env=env))
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="bakery-ctime-", suffix=".debugfs", encoding="utf-8"
+    ) as handle:
+        handle.write("".join("sif <%d> ctime @%d\n" % (ino, epoch) for ino in inodes))
+        handle.flush()
+        proc_err = run_debugfs([which("debugfs"), "-w", "-f", handle.name, fs], env, timeout)
+    if proc_err:
+        raise BakeryError("debugfs could not set the change times: %s" % proc_err[-500:])
+    return len(inodes)
+
+
+def run_debugfs(argv: list[str], env: Mapping[str, str], timeout: int) -> str:
+    """Run debugfs (which exits 0 whatever its requests did); what it printed on stderr but its banner."""
+    merged = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", **env)
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+            env=merged,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BakeryError("debugfs: %s" % exc, command=argv) from exc
+    errors = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("debugfs ")]
+    if proc.returncode != 0:
+        errors.append("exit %d" % proc.returncode)
+    return "\n".join(errors)
 
 
 # offsets in GRUB's i386-pc boot.img (include/grub/i386/pc/boot.h)
@@ -1018,6 +1175,39 @@ def convert(
     run(argv, "qemu-img convert to %s" % out.format, timeout=timeout)
 
 
+VMDK_MAGIC = b"KDMV"
+_VMDK_CID_RE = re.compile(rb"^(parent)?CID=[0-9a-fA-F]+$", re.MULTILINE)
+_VMDK_EXTENT_RE = re.compile(rb'^(RW \d+ SPARSE )"[^"\n]*"$', re.MULTILINE)
+
+
+def fix_vmdk_descriptor(path: str, name: str, fp: str) -> bool:
+    """The descriptor of the sparse VMDK *path* without what ``qemu-img convert`` makes up: a content id
+    (CID) derived from *fp* instead of a random one, and the extent named *name* (the output's final file name)
+    instead of the temporary file it was written to. The descriptor keeps its place and size; False when
+    *path* has no embedded descriptor."""
+    with open(path, "r+b") as handle:
+        header = handle.read(512)
+        if header[:4] != VMDK_MAGIC:
+            return False
+        offset = int.from_bytes(header[28:36], "little") * SECTOR
+        size = int.from_bytes(header[36:44], "little") * SECTOR
+        if not offset or not size:
+            return False
+        handle.seek(offset)
+        descriptor = handle.read(size)
+        text = descriptor.rstrip(b"\0")
+        cid = b"CID=%s" % digest_value([fp, "vmdk-cid"])[:8].encode()
+        text = _VMDK_CID_RE.sub(lambda m: m.group(0) if m.group(1) else cid, text)
+        text = _VMDK_EXTENT_RE.sub(lambda m: m.group(1) + b'"' + name.encode() + b'"', text)
+        if len(text) > size:
+            raise BakeryError(
+                "the VMDK descriptor of %s does not fit its %d bytes with %s" % (path, size, name)
+            )
+        handle.seek(offset)
+        handle.write(text + bytes(size - len(text)))
+    return True
+
+
 def verify_image(opts: DiskOptions) -> tuple[str, int]:
     """Format and virtual size of the source image, after its checksum matched."""
     image = str(opts.image)
@@ -1043,7 +1233,12 @@ def verify_image(opts: DiskOptions) -> tuple[str, int]:
 
 
 def unpack(
-    tarball: str, workdir: str, bake_id: str | None, steps: Steps, hostname: str | None = None
+    tarball: str,
+    workdir: str,
+    bake_id: str | None,
+    steps: Steps,
+    hostname: str | None = None,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
     """Unpack a rootfs tarball into ``<workdir>/root`` for chroot provisioning.
 
@@ -1081,12 +1276,15 @@ def unpack(
         ],
         "unpacking %s" % tarball,
     )
-    return prepare_chroot(workdir, root, hostname)
+    return prepare_chroot(workdir, root, hostname, epoch)
 
 
-def prepare_chroot(workdir: str, root: str, hostname: str | None = None) -> dict[str, Any]:
+def prepare_chroot(
+    workdir: str, root: str, hostname: str | None = None, epoch: int | None = None
+) -> dict[str, Any]:
     """Make the unpacked tree ready to provision: the host's resolv.conf, a policy-rc.d, the stand-in commands
-    (what was there is recorded for :func:`restore_chroot`), and ``<workdir>/enter``."""
+    (what was there is recorded for :func:`restore_chroot`), and ``<workdir>/enter`` (which exports
+    ``SOURCE_DATE_EPOCH`` when *epoch* is given)."""
     state: dict[str, Any] = {}
     for relative, content, mode in (
         (
@@ -1109,7 +1307,12 @@ def prepare_chroot(workdir: str, root: str, hostname: str | None = None) -> dict
     with open(os.path.join(workdir, CHROOT_STATE), "w", encoding="utf-8") as handle:
         json.dump(state, handle)
     _standin.install_into_tree(root)
-    enter = _isolation.write_enter_script(workdir, root, image_hostname(root, hostname))
+    enter = _isolation.write_enter_script(
+        workdir,
+        root,
+        image_hostname(root, hostname),
+        _reproducible.environment(epoch) if epoch is not None else None,
+    )
     return {"workdir": workdir, "root": root, "enter": enter}
 
 
@@ -1306,6 +1509,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                 else:
                     os.unlink(tmp)
                     convert(source, source_format, out, tmp, opts.timeout)
+                    if out.format == "vmdk":
+                        fix_vmdk_descriptor(tmp, os.path.basename(out.path), fp)
                 made[out.path] = {
                     "format": out.format,
                     "path": out.path,
@@ -1411,12 +1616,16 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
             "the rootfs (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
             % (needed // MIB, opts.disk_size // MIB, layout.root_size // MIB)
         )
-    details.update(prepare_tree(root, opts, layout))
+    epoch = disk_epoch(opts, fp)
+    details.update(prepare_tree(root, opts, layout, epoch))
+    # what provisioning leaves that differs from one run to the next (logs, caches, seeds) goes
+    removed = _reproducible.normalise_tree(root)
     details.update(root_uuid=layout.root_uuid, rootfs_bytes=needed)
+    details["reproducible"] = {"source_date_epoch": epoch, "removed": removed}
     if opts.hygiene and opts.hygiene_results is None:
         check_hygiene(opts, _hygiene.check(root, opts.hygiene), details)
     raw = os.path.join(work, "disk.raw")
-    make_raw_disk(raw, root, layout, opts.timeout)
+    make_raw_disk(raw, root, layout, opts.timeout, epoch)
     return raw, "raw"
 
 
@@ -1534,7 +1743,14 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     with Steps() as steps:
         try:
             result.update(
-                unpack(tarball, workdir, params.get("bake_id"), steps, params.get("hostname") or None)
+                unpack(
+                    tarball,
+                    workdir,
+                    params.get("bake_id"),
+                    steps,
+                    params.get("hostname") or None,
+                    parse_epoch(params.get("source_date_epoch")),
+                )
             )
         except BakeryError:
             if entry is None or os.path.exists(entry):
@@ -1549,7 +1765,14 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
             tarball = os.path.abspath(str(rootfs))
             check_tarball(tarball, "rootfs")
             result.update(
-                unpack(tarball, workdir, params.get("bake_id"), steps, params.get("hostname") or None)
+                unpack(
+                    tarball,
+                    workdir,
+                    params.get("bake_id"),
+                    steps,
+                    params.get("hostname") or None,
+                    parse_epoch(params.get("source_date_epoch")),
+                )
             )
     where = (
         " at step %d (cached %s)" % (cached["resume"], os.path.basename(tarball)[:12])
@@ -1606,7 +1829,7 @@ def step_save_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, A
                 timeout=timeout,
             )
         finally:
-            prepare_chroot(workdir, root, hostname)
+            prepare_chroot(workdir, root, hostname, parse_epoch(params.get("source_date_epoch")))
 
     started = time.monotonic()
     path, seal, written = _step_cache.save_rootfs_step(

@@ -80,6 +80,14 @@ options:
         keys and the machine id, and clean cloud-init's state on the running system (see above).
     type: bool
     default: false
+  reproducible:
+    description:
+      - Before the checks, remove what provisioning leaves that differs from one run to the next and that no role
+        makes on purpose (apt and dpkg logs, their C(-old) backups and binary caches, ldconfig's C(aux-cache),
+        random seeds, shell histories; the list with the reason for each is C(VARYING_PATHS) in
+        C(plugins/module_utils/_reproducible.py)); on the running system (O(root=/)) the journal and C(/tmp) stay.
+    type: bool
+    default: false
 notes:
   - Roles C(bakery.images.qemu) (O(root=/) in a builder VM before it powers off), C(bakery.images.ami) and
     C(bakery.images.gce) (on the builder instance before it is captured) run it with O(generalize=true); a disk
@@ -122,6 +130,12 @@ passed:
   description: Whether every check passed or was skipped.
   returned: always
   type: bool
+reproducible:
+  description: The paths O(reproducible) removed (in check mode, would remove), relative to O(root).
+  returned: with O(reproducible=true)
+  type: list
+  elements: str
+  sample: [var/log/dpkg.log, var/log/apt/history.log]
 generalized:
   description:
     - What O(generalize) removed (in check mode, would remove), as image paths by check name - C(builder_key) (the
@@ -144,7 +158,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.bakery.images.plugins.module_utils import _hygiene
+from ansible_collections.bakery.images.plugins.module_utils import _hygiene, _reproducible
 from ansible_collections.bakery.images.plugins.module_utils._module import run
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
@@ -153,10 +167,13 @@ def check(module: AnsibleModule) -> dict:
     params = module.params
     extra: dict = {}
     fixed: list[str] = []
+    if params["reproducible"]:
+        live = os.path.realpath(params["root"]) == "/"
+        extra["reproducible"] = _reproducible.normalise_tree(params["root"], live, module.check_mode)
     if params["generalize"]:
         live = os.path.realpath(params["root"]) == "/"
         removed = _hygiene.generalize(params["root"], params["builder_key"], live, module.check_mode)
-        extra = {"generalized": removed, "changed": any(removed.values())}
+        extra.update(generalized=removed, changed=any(removed.values()))
         fixed = _hygiene.generalized_paths(removed) if module.check_mode else []
     results = _hygiene.check(params["root"], params, fixed)
     if not _hygiene.passed(results):
@@ -164,8 +181,9 @@ def check(module: AnsibleModule) -> dict:
             _hygiene.failure_message(results, params["root"]), hygiene=results, passed=False, **extra
         )
     checked = [r["name"] for r in results if r["status"] == "passed"]
+    extra.setdefault("changed", False)
+    extra["changed"] = extra["changed"] or bool(extra.get("reproducible"))
     return dict(
-        {"changed": False},
         hygiene=results,
         passed=True,
         msg="hygiene: %d checks passed, %d skipped" % (len(checked), len(results) - len(checked)),
@@ -182,6 +200,7 @@ def main() -> None:
             builder_key=dict(type="str", no_log=False),
             package_lists=dict(type="str", default="refresh", choices=list(_hygiene.PACKAGE_LISTS)),
             generalize=dict(type="bool", default=False),
+            reproducible=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

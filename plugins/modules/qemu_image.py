@@ -157,6 +157,15 @@ options:
   bake_id:
     description: Id of the bake, recorded in the sidecars and the work directories.
     type: str
+  source_date_epoch:
+    description:
+      - The time (seconds since 1970, UTC) every time in a disk made from O(rootfs) is set to (access, change
+        and creation times; modification times later than it are clamped to it), and the time of the file
+        systems themselves; with O(action=unpack) also exported as E(SOURCE_DATE_EPOCH) to every command run in the
+        chroot builder. The bake plan gives C(bakery_target.source_date_epoch). Without it, a time that follows
+        from the disk's fingerprint. Not an input of the fingerprint by itself (the plan adds it to O(inputs) when
+        the user chose it).
+    type: int
   workdir:
     description: The chroot work directory for O(action=unpack) and O(action=remove).
     type: path
@@ -401,6 +410,7 @@ def main() -> None:
             authorized_keys=dict(type="list", elements="str", default=[], no_log=False),
             force=dict(type="bool", default=False),
             bake_id=dict(type="str"),
+            source_date_epoch=dict(type="int"),
             workdir=dict(type="path"),
             timeout=dict(type="int", default=1800),
             step_keys=dict(type="list", elements="str", default=[], no_log=False),

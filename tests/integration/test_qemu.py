@@ -10,8 +10,11 @@ box (SeaBIOS), logs in as vagrant with the insecure key and checks nginx and sud
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -163,6 +166,45 @@ def test_a_found_disk_needs_no_build_tool(baked, tmp_path):
         c["ok"] and c["msg"].startswith("not needed, the artifact is found (else: bwrap")
         for c in disk["preflight"]
     )
+    # --check says that deb.debian.org moves: a later bake will not reproduce the disk
+    said = checked.task_result("Show whether the artifacts can be reproduced later (check mode)")["msg"]
+    assert re.search(r"source_date_epoch \d+ \(from base identity\)", said), said
+    assert "the base mirror http://deb.debian.org/debian is not a snapshot mirror" in said, said
+
+
+def test_a_forced_bake_from_the_same_cache_reproduces_the_disk_and_the_box_bit_for_bit(
+    baked, tmp_path_factory
+):
+    """The default bake again, forced (the base from the same cache, provisioned again, no step cache), into
+    another output directory: the disk and the box have the same sha256 as the first bake's; the box catalog
+    differs only by the directory in the box's URL. (The manifest, the sidecars, the SBOMs and the provenance
+    statements record the bake's id, paths and times: they differ, as the checksums file that lists them.)"""
+    tmp = tmp_path_factory.mktemp("reproduced")
+    (tmp / "bake.json").write_text(json.dumps({"bake": baked["definition"]}))
+    started = time.monotonic()
+    again = run_playbook(
+        BAKE_PLAYBOOK,
+        tmp,
+        args=["-e", "@%s" % (tmp / "bake.json"), "-e", "bake_only=box", "-e", "bake_force=true"],
+    )
+    print("the forced bake of the disk and the box took %.1f s" % (time.monotonic() - started))
+    assert again.rc == 0, again.explain()
+    assert again.stats["bakery-disk"]["changed"] > 0 and again.stats["bakery-box"]["changed"] > 0, again.stats
+    first, second = baked["output"], tmp / "output"
+    manifests = [json.loads((out / "bake-manifest.json").read_text()) for out in (first, second)]
+    # the second bake made them again (another bake id), it did not find the first's
+    bake_ids = [{a["bake_id"] for a in manifest["artifacts"]} for manifest in manifests]
+    assert len(bake_ids[0]) == len(bake_ids[1]) == 1 and bake_ids[0] != bake_ids[1], bake_ids
+    outputs = [
+        {Path(a["path"]).name: a["sha256"] for a in manifest["artifacts"] if a["target"] in ("disk", "box")}
+        for manifest in manifests
+    ]
+    assert len(outputs[1]) == 2 and "example-web.qcow2" in outputs[1], outputs
+    assert outputs[0] == outputs[1]
+    for name in outputs[1]:
+        assert sha256_of(first / name) == sha256_of(second / name) == outputs[1][name], name
+    catalogs = [(out / "bakery-example-web.json").read_text() for out in (first, second)]
+    assert catalogs[0].replace(str(first), str(second)) == catalogs[1]
 
 
 IMAGE_PLAY = """
@@ -207,6 +249,14 @@ IMAGE_PLAY = """
         outputs: [{path: "{{ dir }}/bad.qcow2"}]
       ignore_errors: true
 """
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def make_base_image(tmp_path: Path) -> tuple[Path, str]:
@@ -273,6 +323,13 @@ def test_existing_image_copied_to_every_format_grown_and_checked(tmp_path):
         assert sidecar["format"] == fmt and sidecar["fingerprint"] == copy["fingerprint"]
         if fmt == "vmdk":
             assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+            # its descriptor names the output, not the temporary file it was written to, and it still checks
+            descriptor = path.read_bytes()[512:1536]
+            assert b'SPARSE "copy.vmdk"' in descriptor, descriptor
+            assert (
+                subprocess.run(["qemu-img", "check", str(path)], capture_output=True, check=False).returncode
+                == 0
+            )
     # the data survived the trip through every format
     compare = subprocess.run(
         ["qemu-img", "compare", "-f", "qcow2", "-F", "vhdx", str(src), str(tmp_path / "copy.vhdx")],

@@ -49,6 +49,26 @@ def test_the_command_is_pid_1_of_its_own_namespace_with_the_image_hostname(tree)
     assert proc.stdout.split() == ["1", "baked"]
 
 
+def test_every_command_gets_the_bakes_source_date_epoch(tree):
+    path = _isolation.write_enter_script(
+        str(tree.parent), str(tree), "baked", {"SOURCE_DATE_EPOCH": "1325732416"}
+    )
+    proc = subprocess.run(
+        [path, str(tree), "/bin/sh", "-c", 'echo "$SOURCE_DATE_EPOCH"'],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, SOURCE_DATE_EPOCH="1"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1325732416"
+    # without it, nothing is exported
+    assert (
+        "SOURCE_DATE_EPOCH"
+        not in Path(_isolation.write_enter_script(str(tree.parent), str(tree), "baked")).read_text()
+    )
+
+
 def test_kernel_parameters_and_sysfs_are_read_only(tree):
     before = Path("/proc/sys/vm/swappiness").read_text()
     proc = enter(tree, "echo 13 > /proc/sys/vm/swappiness")
