@@ -362,14 +362,14 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert "BAD signature" in mismatches[("signature", statement_name + ".asc")]
 
         # reproducible (issue 15): a bake that resumes from the step image the first one kept (a label more: another
-        # fingerprint, the same provisioning), and two forced ones from the same cache, make the first image's
-        # layers: the base's and one provisioned layer, whatever stack the build container stood on
+        # fingerprint, the same provisioning), and a forced one from the same cache, make the first image's layers:
+        # the base's and one provisioned layer, whatever stack the build container stood on (one forced bake
+        # against the first, fresh one: a second forced bake would cost CI a minute and show nothing more)
         del definition["provisioners"][0]["vars"]
         definition["targets"][0]["docker"]["labels"]["org.example.run"] = "again"
         made.append(image.id)
         for args, steps in (
             ((), ["hit"]),
-            (("-e", "bake_force=true"), ["bypassed"]),
             (("-e", "bake_force=true"), ["bypassed"]),
         ):
             again = bake(tmp_path, definition, *args)
