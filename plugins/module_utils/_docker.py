@@ -1185,23 +1185,29 @@ def sweep_layer_workdirs(directory: str | None = None) -> list[str]:
     return removed
 
 
-def _export_index(client: Any, image: str, bake_id: str | None) -> dict[str, Entry]:
-    """Every path of *image*'s file system, from the export of a container of it that never starts (temporary,
-    labelled with the bake id for the janitor, always removed)."""
+def reading_container(client: Any, image: str, bake_id: str | None) -> str:
+    """The id of a new container of *image* that is never started, to read the image's files from (nothing runs,
+    nothing is mounted on the host): temporary, labelled with the bake id for the janitor; the caller removes it."""
     labels = {BAKE_ID_LABEL: bake_id or "", TEMPORARY_LABEL: "true"}
     try:
-        created = client.api.create_container(image, command=["/bin/true"], labels=labels, detach=True)
+        return client.api.create_container(image, command=["/bin/true"], labels=labels, detach=True)["Id"]
     except APIError as exc:
         raise BakeryError(
             "cannot create a container of %s to read it: %s" % (image, exc.explanation)
         ) from exc
+
+
+def _export_index(client: Any, image: str, bake_id: str | None) -> dict[str, Entry]:
+    """Every path of *image*'s file system, from the export of a container of it that never starts (temporary,
+    labelled with the bake id for the janitor, always removed)."""
+    reader = reading_container(client, image, bake_id)
     try:
-        with tarfile.open(fileobj=_ChunkReader(client.api.export(created["Id"])), mode="r|") as archive:
+        with tarfile.open(fileobj=_ChunkReader(client.api.export(reader)), mode="r|") as archive:
             return index_tar(archive)
     except (APIError, tarfile.TarError, ValueError) as exc:
         raise BakeryError("cannot read the file system of %s: %s" % (image, exc)) from exc
     finally:
-        _remove(client, created["Id"])
+        _remove(client, reader)
 
 
 def image_config(
@@ -1880,19 +1886,13 @@ def image_archives(
     read from a container
     that is created from the image and never started (nothing runs, nothing is mounted on the host); the
     container is temporary (labelled with the bake id for the janitor) and always removed."""
-    labels = {BAKE_ID_LABEL: bake_id or "", TEMPORARY_LABEL: "true"}
-    try:
-        created = client.api.create_container(image, command=["/bin/true"], labels=labels, detach=True)
-    except APIError as exc:
-        raise BakeryError(
-            "cannot create a container of %s to read it: %s" % (image, exc.explanation)
-        ) from exc
+    reader = reading_container(client, image, bake_id)
     archives = []
     with Steps() as steps:
-        steps.add_undo("remove the reading container", lambda: _remove(client, created["Id"]), always=True)
+        steps.add_undo("remove the reading container", lambda: _remove(client, reader), always=True)
         for path in paths:
             try:
-                stream, _stat = client.api.get_archive(created["Id"], path)
+                stream, _stat = client.api.get_archive(reader, path)
             except APIError as exc:
                 # NotFound is an APIError: a path the image does not have gives no archive
                 if isinstance(exc, NotFound):

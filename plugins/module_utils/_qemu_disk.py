@@ -1741,17 +1741,13 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     elif not os.path.isdir(str(rootfs)):
         check_tarball(tarball, "rootfs")
     with Steps() as steps:
+
+        def unpack_from(path: str) -> dict[str, Any]:
+            epoch = parse_epoch(params.get("source_date_epoch"))
+            return unpack(path, workdir, params.get("bake_id"), steps, params.get("hostname") or None, epoch)
+
         try:
-            result.update(
-                unpack(
-                    tarball,
-                    workdir,
-                    params.get("bake_id"),
-                    steps,
-                    params.get("hostname") or None,
-                    parse_epoch(params.get("source_date_epoch")),
-                )
-            )
+            result.update(unpack_from(tarball))
         except BakeryError:
             if entry is None or os.path.exists(entry):
                 raise
@@ -1764,16 +1760,7 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
             )
             tarball = os.path.abspath(str(rootfs))
             check_tarball(tarball, "rootfs")
-            result.update(
-                unpack(
-                    tarball,
-                    workdir,
-                    params.get("bake_id"),
-                    steps,
-                    params.get("hostname") or None,
-                    parse_epoch(params.get("source_date_epoch")),
-                )
-            )
+            result.update(unpack_from(tarball))
     where = (
         " at step %d (cached %s)" % (cached["resume"], os.path.basename(tarball)[:12])
         if cached["resume"]
