@@ -14,6 +14,7 @@ Four ways to an image, each idempotent by the ``org.bakery.fingerprint`` label:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -50,8 +51,10 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
 from ansible_collections.bakery.images.plugins.module_utils._layer import (
     Entry,
     changes,
+    dump_index,
     image_archive,
     index_tar,
+    load_index,
     member_name,
     newest_mtime,
     write_layer,
@@ -1210,6 +1213,43 @@ def _export_index(client: Any, image: str, bake_id: str | None) -> dict[str, Ent
         _remove(client, reader)
 
 
+# how many base images' indexes the cache keeps (the most recently used; one per base rootfs, 1-3 MB each)
+INDEX_CACHE_KEEP = 8
+
+
+def base_index(
+    client: Any, image_id: str, bake_id: str | None, cache: str | None
+) -> tuple[dict[str, Entry], str]:
+    """Every path of the image *image_id*'s file system, and where it came from: the index kept in the directory
+    *cache* by image id (an image's files never change), else read from an export of the image (then kept there,
+    beside the most recently used :data:`INDEX_CACHE_KEEP` others). An unreadable kept index is read again."""
+    path = os.path.join(cache, "%s.json.gz" % image_id.split(":")[-1]) if cache else None
+    if path and os.path.isfile(path):
+        try:
+            with gzip.open(path, "rb") as handle:
+                entries = load_index(handle.read())
+            os.utime(path)
+            return entries, "kept"
+        except (OSError, EOFError, ValueError):
+            pass
+    entries = _export_index(client, image_id, bake_id)
+    if path:
+        try:
+            with atomic_output(path) as tmp, gzip.open(tmp, "wb", compresslevel=1) as handle:
+                handle.write(dump_index(entries))
+            kept = sorted(
+                (entry for entry in os.scandir(cache) if entry.name.endswith(".json.gz")),
+                key=lambda entry: entry.stat().st_mtime,
+                reverse=True,
+            )
+            for entry in kept[INDEX_CACHE_KEEP:]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+        except OSError:
+            pass  # a cache: the next commit reads the image again
+    return entries, "export"
+
+
 def image_config(
     base_image: dict[str, Any], conf: dict[str, Any], diff_ids: list[str], epoch: int
 ) -> dict[str, Any]:
@@ -1256,7 +1296,9 @@ def reproducible_image(
     sweep_layer_workdirs()
     workdir = tempfile.mkdtemp(prefix="%s%d-" % (LAYER_WORKDIR_PREFIX, os.getpid()))
     try:
-        base_entries = _export_index(client, base_image["Id"], params.get("bake_id"))
+        base_entries, base_from = base_index(
+            client, base_image["Id"], params.get("bake_id"), params.get("index_cache")
+        )
         exported = os.path.join(workdir, "container.tar")
         try:
             with open(exported, "wb") as out:
@@ -1311,6 +1353,7 @@ def reproducible_image(
         whiteouts=len(whiteouts),
         source_date_epoch=epoch,
         source_date_epoch_from=epoch_source,
+        base_index=base_from,
         export_seconds=round(exported_at - started, 3),
         write_seconds=round(written_at - exported_at, 3),
         load_seconds=round(time.monotonic() - written_at, 3),

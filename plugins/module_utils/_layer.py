@@ -143,6 +143,59 @@ def index_tar(archive: tarfile.TarFile) -> dict[str, Entry]:
     return found
 
 
+INDEX_VERSION = 1
+
+
+def dump_index(entries: Mapping[str, Entry]) -> bytes:
+    """*entries* (an :func:`index_tar` result) as JSON, to keep the index of an image, whose files never change."""
+    rows = [
+        [
+            entry.name,
+            entry.kind.decode("latin-1"),
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            entry.size,
+            entry.linkname,
+            list(entry.device),
+            [list(pair) for pair in entry.xattrs],
+            entry.digest,
+            entry.mtime,
+            entry.link,
+        ]
+        for entry in entries.values()
+    ]
+    return json.dumps({"version": INDEX_VERSION, "entries": rows}, separators=(",", ":")).encode()
+
+
+def load_index(data: bytes) -> dict[str, Entry]:
+    """The entries :func:`dump_index` wrote; ValueError when *data* is not such a document."""
+    try:
+        document = json.loads(data)
+        if document.get("version") != INDEX_VERSION:
+            raise ValueError("index version %r" % document.get("version"))
+        found = {}
+        for row in document["entries"]:
+            name, kind, mode, uid, gid, size, linkname, device, xattrs, digest, mtime, link = row
+            found[name] = Entry(
+                name=name,
+                kind=kind.encode("latin-1"),
+                mode=mode,
+                uid=uid,
+                gid=gid,
+                size=size,
+                linkname=linkname,
+                device=(device[0], device[1]),
+                xattrs=tuple((key, value) for key, value in xattrs),
+                digest=digest,
+                mtime=mtime,
+                link=link,
+            )
+        return found
+    except (AttributeError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError("not an index: %s" % exc) from exc
+
+
 def varying(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 

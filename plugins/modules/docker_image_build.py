@@ -227,6 +227,13 @@ options:
       - Without it, the newest modification time of the base image's files, which is the same for one base image
         (so for one rootfs cache).
     type: int
+  index_cache:
+    description:
+      - With V(action=commit), a directory where the index of the base image's files (paths, owners, modes, content
+        digests) is kept by image id, so that the next commit over the same base does not export and read the base
+        image again (an image's files never change). The most recently used indexes are kept; an unreadable one is
+        read again. Without it, every commit reads the base image.
+    type: path
   docker_host:
     description: Docker engine URL. Defaults to E(DOCKER_HOST), else the local socket.
     type: str
@@ -360,6 +367,9 @@ layer:
     source_date_epoch_from:
       description: Where that time came from (O(source_date_epoch), or the base image's newest file).
       type: str
+    base_index:
+      description: Where the base image's index came from, V(kept) in O(index_cache) or read from an V(export).
+      type: str
     export_seconds:
       description: Seconds spent exporting the base image's and the container's file systems.
       type: float
@@ -471,6 +481,7 @@ def main() -> None:
                 options=dict(username=dict(type="str"), password=dict(type="str", no_log=True)),
             ),
             source_date_epoch=dict(type="int"),
+            index_cache=dict(type="path"),
             docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
             timeout=dict(type="int", default=600),
             step_keys=dict(type="list", elements="str", default=[], no_log=False),

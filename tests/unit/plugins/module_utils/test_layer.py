@@ -254,3 +254,33 @@ def test_the_work_directories_of_killed_commits_go_and_running_ones_stay(tmp_pat
     other.mkdir()
     assert sweep_layer_workdirs(str(tmp_path)) == [str(dead)]
     assert not dead.exists() and running.exists() and other.exists()
+
+
+def test_an_index_kept_by_image_id_is_the_index_read_and_spares_the_next_export(tmp_path, monkeypatch):
+    from ansible_collections.bakery.images.plugins.module_utils import _docker
+
+    read = index(fs_tar(provisioned(NOW) + [("etc/xattr", "file", "x", OLD, {"xattrs": {"user.a": "b"}})]))
+    assert _layer.load_index(_layer.dump_index(read)) == read
+    with pytest.raises(ValueError):
+        _layer.load_index(b'{"version": 1, "entries": [["only a name"]]}')
+
+    exports = []
+
+    def export(client, image, bake_id):
+        exports.append(image)
+        return read
+
+    monkeypatch.setattr(_docker, "_export_index", export)
+    monkeypatch.setattr(_docker, "INDEX_CACHE_KEEP", 2)
+    cache = tmp_path / "index"
+    assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "export")
+    assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "kept")
+    assert exports == ["sha256:aa"]
+    (cache / "aa.json.gz").write_bytes(b"not gzip")  # damaged: read again, and kept again
+    assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "export")
+    for image in ("sha256:bb", "sha256:cc"):
+        os.utime(cache / "aa.json.gz", (1, 1))  # the least recently used
+        _docker.base_index(None, image, "b", str(cache))
+    assert sorted(os.listdir(cache)) == ["bb.json.gz", "cc.json.gz"]
+    assert _docker.base_index(None, "sha256:dd", "b", None) == (read, "export")  # no cache: nothing kept
+    assert exports == ["sha256:aa", "sha256:aa", "sha256:bb", "sha256:cc", "sha256:dd"]
