@@ -146,8 +146,6 @@ VARYING_PATHS: tuple[tuple[str, str], ...] = (
     ("var/lib/urandom/random-seed", "a random seed: every machine must get its own"),
     ("var/lib/dbus/machine-id", "the builder's machine id (the image's is made at first boot)"),
     ("etc/ssh/ssh_host_*", "the builder's SSH host keys (every machine makes its own at first boot)"),
-    ("root/.bash_history", "the shell history of the provisioning session"),
-    ("root/.lesshst", "less's history"),
     ("root/.wget-hsts", "wget's HSTS cache: the times of the run"),
     ("root/.cache/pip", "pip's download cache"),
     ("tmp/*", "temporary files of the provisioning run (systemd empties /tmp at boot); not on a live system"),

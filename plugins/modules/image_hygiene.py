@@ -84,8 +84,9 @@ options:
     description:
       - Before the checks, remove what provisioning leaves that differs from one run to the next and that no role
         makes on purpose (apt and dpkg logs, their C(-old) backups and binary caches, ldconfig's C(aux-cache),
-        random seeds, shell histories; the list with the reason for each is C(VARYING_PATHS) in
-        C(plugins/module_utils/_reproducible.py)); on the running system (O(root=/)) the journal and C(/tmp) stay.
+        random seeds; not shell histories, which the V(shell_history) check reports; the list with the reason for
+        each is C(VARYING_PATHS) in C(plugins/module_utils/_reproducible.py)); on the running system (O(root=/))
+        the journal and C(/tmp) stay.
     type: bool
     default: false
 notes:
