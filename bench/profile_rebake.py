@@ -21,36 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from rebake_last_step import BIN, REPO, definition, remove_images
+from rebake_last_step import REPO, remove_images, run_bake
 
 TASK_TIME = re.compile(r"^(.*?) -+ ([0-9.]+)s$")
 
 
 def rebake(work: Path, greeting: str) -> tuple[float, str]:
-    (work / "bake.yml").write_text(yaml.safe_dump(definition(greeting)))
-    env = dict(
-        os.environ,
-        PATH="%s:%s" % (BIN, os.environ.get("PATH", "")),
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
-        ANSIBLE_CALLBACKS_ENABLED="bakery.images.bake_progress,ansible.posix.profile_tasks",
-        PROFILE_TASKS_TASK_OUTPUT_LIMIT="all",
-        PROFILE_TASKS_SORT_ORDER="none",
+    return run_bake(
+        work,
+        greeting,
+        env={
+            "ANSIBLE_CALLBACKS_ENABLED": "bakery.images.bake_progress,ansible.posix.profile_tasks",
+            "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "all",
+            "PROFILE_TASKS_SORT_ORDER": "none",
+        },
     )
-    started = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / "bake.yml"), "-e", "@bake.yml"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.exit("bake failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
-    return seconds, proc.stdout
 
 
 def main() -> None:

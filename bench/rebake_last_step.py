@@ -62,7 +62,11 @@ def definition(greeting: str, kind: str = "docker") -> dict:
     }
 
 
-def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[float, dict]:
+def run_bake(
+    work: Path, greeting: str, *args: str, kind: str = "docker", env: dict[str, str] | None = None
+) -> tuple[float, str]:
+    """The bake of definition(greeting, kind) in *work* (more environment variables in *env*): its wall time and
+    its output; the benchmark stops when it fails."""
     path = work / "bake.yml"
     path.write_text(yaml.safe_dump(definition(greeting, kind)))
     # the repository's ansible.cfg (collections, forks), as make bake uses it; the output goes to the work directory
@@ -71,6 +75,7 @@ def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[f
         PATH="%s:%s" % (BIN, os.environ.get("PATH", "")),
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
         ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+        **(env or {}),
     )
     started = time.monotonic()
     proc = subprocess.run(
@@ -84,6 +89,11 @@ def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[f
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit("bake failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
+    return seconds, proc.stdout
+
+
+def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[float, dict]:
+    seconds, _output = run_bake(work, greeting, *args, kind=kind)
     (entry,) = json.loads((work / "output" / "bake-manifest.json").read_text())["artifacts"]
     return seconds, entry
 
