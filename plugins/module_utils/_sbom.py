@@ -32,8 +32,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.bakery.images.plugins.module_utils import _sbom_record
 from ansible_collections.bakery.images.plugins.module_utils._disk_files import DiskError, DiskFiles
-from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output, bake_started
+from ansible_collections.bakery.images.plugins.module_utils._files import atomic_output
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 try:
@@ -496,13 +497,17 @@ class Subject:
     bake_id: str | None = None
     digest: str | None = None
     namespace: str = "debian"
+    # the bake's SOURCE_DATE_EPOCH: the documents' creation time
+    source_date_epoch: int | None = None
+    # what the documents record of the artifact (_sbom_record.subject_key; None: no digest)
+    key: str | None = None
 
 
-def created(bake_id: str | None) -> datetime.datetime:
-    """When the documents were made: when the bake that made the artifact started (its bake id's time), the
-    epoch without one; never the wall clock, so that the same artifact gives the same documents."""
-    started = bake_started(bake_id) or 0.0
-    return datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc)
+def created(subject: Subject) -> datetime.datetime:
+    """When the documents say they were made (:func:`_sbom_record.created`): the bake's epoch, else the start of the
+    bake that made the artifact; never the wall clock, so that the same artifact gives the same documents."""
+    when = _sbom_record.created(subject.source_date_epoch, subject.bake_id)
+    return datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc)
 
 
 def purl(package: DebPackage, namespace: str) -> str:
@@ -532,7 +537,7 @@ def _actor(maintainer: str) -> Any:
 def spdx_document(subject: Subject, packages: list[DebPackage], inputs: Mapping[str, str]) -> str:
     """The SPDX 2.3 JSON document of the artifact: its packages and its provisioning inputs."""
     root_id = _spdx_ref("artifact", subject.kind, subject.name)
-    when = created(subject.bake_id)
+    when = created(subject)
     namespace = "https://spdx.org/spdxdocs/bakery-%s-%s" % (
         _SPDX_ID.sub("-", subject.name),
         uuid.uuid5(_NAMESPACE, "spdx:" + subject.fingerprint),
@@ -544,7 +549,12 @@ def spdx_document(subject: Subject, packages: list[DebPackage], inputs: Mapping[
         files_analyzed=False,
         checksums=[Checksum(ChecksumAlgorithm.SHA256, _hex(subject.digest))] if subject.digest else [],
         primary_package_purpose=PackagePurpose.CONTAINER if subject.kind == "docker" else PackagePurpose.FILE,
-        comment="%s artifact baked by bakery, fingerprint %s" % (subject.kind, subject.fingerprint),
+        comment="%s artifact baked by bakery, fingerprint %s%s"
+        % (
+            subject.kind,
+            subject.fingerprint,
+            "; " + _sbom_record.SPDX_WORDS + subject.key if subject.key else "",
+        ),
     )
     spdx_packages = [root]
     relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, root_id)]
@@ -633,7 +643,8 @@ def cyclonedx_document(subject: Subject, packages: list[DebPackage], inputs: Map
         properties=[
             Property(name="bakery:type", value=subject.kind),
             Property(name="bakery:fingerprint", value=subject.fingerprint),
-        ],
+        ]
+        + ([Property(name=_sbom_record.CYCLONEDX_PROPERTY, value=subject.key)] if subject.key else []),
     )
     components = []
     for package in packages:
@@ -673,7 +684,7 @@ def cyclonedx_document(subject: Subject, packages: list[DebPackage], inputs: Map
         )
     bom = Bom(
         serial_number=uuid.uuid5(_NAMESPACE, "cyclonedx:" + subject.fingerprint),
-        metadata=BomMetaData(component=root, timestamp=created(subject.bake_id)),
+        metadata=BomMetaData(component=root, timestamp=created(subject)),
         components=components,
     )
     bom.register_dependency(root, components)
@@ -797,6 +808,15 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
     paths = {"spdx": params["spdx_path"], "cyclonedx": params["cyclonedx_path"]}
     inputs = {str(k): str(v) for k, v in (params.get("inputs") or {}).items()}
     warnings: list[str] = []
+    key = _sbom_record.subject_key(params)
+    reads = any(
+        params.get(name) is not None for name in ("root", "image", "disk", "source_document", "installed")
+    )
+    if reads:
+        # documents written for this very artifact (its digest, inputs, ...) are kept without reading it again
+        found = _sbom_record.recorded(paths, key)
+        if found is not None:
+            return _sbom_record.unchanged_result(found)
     try:
         if params.get("installed") is not None:
             packages = sorted(
@@ -847,6 +867,10 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
         bake_id=params.get("bake_id"),
         digest=params.get("digest"),
         namespace=params.get("namespace") or "debian",
+        source_date_epoch=None
+        if params.get("source_date_epoch") in (None, "")
+        else int(params["source_date_epoch"]),
+        key=key,
     )
     changed, found = write(paths, documents(subject, packages, inputs), check_mode)
     result = dict(

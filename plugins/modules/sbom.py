@@ -28,9 +28,13 @@ description:
     without a dpkg database (another distribution, a scratch image) gets documents that list its inputs and no
     package, with a warning.
   - The documents are deterministic - their serial number and namespace derive from O(fingerprint), their
-    creation time from O(bake_id) (the bake that made the artifact) - so the same artifact gives byte-identical
-    documents, and a document that holds what it would be written with is left alone (C(changed=false)).
-    Documents are written under a temporary name and renamed into place.
+    creation time is O(source_date_epoch) (else the time of O(bake_id), the bake that made the artifact) - so the
+    same artifact gives byte-identical documents, and a document that holds what it would be written with is left
+    alone (C(changed=false)). Documents are written under a temporary name and renamed into place.
+  - An artifact with a O(digest) is recorded in its documents (a digest of its name, type, fingerprint, digest,
+    inputs and creation time). When both documents at O(spdx_path) and O(cyclonedx_path) record the artifact at
+    hand, they are kept as they are and its packages are not read again (an unchanged bake's Docker image or disk);
+    on the controller, the action plugin tells this without running the module.
 author:
   - bakery maintainers (@bakery-images)
 requirements:
@@ -98,8 +102,14 @@ options:
         O(collect).
     type: str
   bake_id:
-    description: The id of the bake that made the artifact; the documents' creation time is its time.
+    description: The id of the bake that made the artifact; the documents' creation time is its time when
+      O(source_date_epoch) is not given.
     type: str
+  source_date_epoch:
+    description:
+      - The bake's epoch (seconds since 1970, as C(SOURCE_DATE_EPOCH)); the documents' creation time, so that two
+        bakes of the same artifact write the same documents.
+    type: int
   digest:
     description:
       - The artifact's sha256 digest (an image id, a file's sha256, the disk a cloud image was uploaded from), if it
@@ -235,6 +245,7 @@ def main() -> None:
             type=dict(type="str"),
             fingerprint=dict(type="str"),
             bake_id=dict(type="str"),
+            source_date_epoch=dict(type="int"),
             digest=dict(type="str"),
             installed=dict(type="list", elements="dict"),
             collect=dict(type="bool", default=False),

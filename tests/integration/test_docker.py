@@ -308,6 +308,9 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
 
         second = bake(tmp_path, definition)
         assert second.rc == 0
+        # the documents record this image: kept without reading its packages again
+        (written,) = [r for r in second.task_results("Write the artifact's SBOMs") if "documents" in r]
+        assert "its packages were not read again" in written["msg"], written
         assert {
             kind: Path(doc["path"]).stat().st_mtime_ns for kind, doc in entry["sbom"].items()
         } == sbom_mtimes

@@ -177,8 +177,9 @@ def test_a_forced_bake_from_the_same_cache_reproduces_the_disk_and_the_box_bit_f
 ):
     """The default bake again, forced (the base from the same cache, provisioned again, no step cache), into
     another output directory: the disk and the box have the same sha256 as the first bake's; the box catalog
-    differs only by the directory in the box's URL. (The manifest, the sidecars, the SBOMs and the provenance
-    statements record the bake's id, paths and times: they differ, as the checksums file that lists them.)"""
+    differs only by the directory in the box's URL, and their SBOMs are the same. (The manifest, the sidecars and the
+    provenance statements record the bake's id, paths and times: they differ, as the checksums file that lists
+    them.)"""
     tmp = tmp_path_factory.mktemp("reproduced")
     (tmp / "bake.json").write_text(json.dumps({"bake": baked["definition"]}))
     started = time.monotonic()
@@ -205,6 +206,17 @@ def test_a_forced_bake_from_the_same_cache_reproduces_the_disk_and_the_box_bit_f
         assert sha256_of(first / name) == sha256_of(second / name) == outputs[1][name], name
     catalogs = [(out / "bakery-example-web.json").read_text() for out in (first, second)]
     assert catalogs[0].replace(str(first), str(second)) == catalogs[1]
+    # their SBOMs too (made at the bake's epoch); the provenance statements record each bake's id and times
+    documents = [
+        {
+            Path(doc["path"]).name: Path(doc["path"]).read_bytes()
+            for a in manifest["artifacts"]
+            if a["target"] in ("disk", "box")
+            for doc in a["sbom"].values()
+        }
+        for manifest in manifests
+    ]
+    assert len(documents[1]) == 4 and documents[0] == documents[1]
 
 
 IMAGE_PLAY = """

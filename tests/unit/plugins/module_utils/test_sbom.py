@@ -14,7 +14,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from ansible_collections.bakery.images.plugins.module_utils import _sbom
+from ansible_collections.bakery.images.plugins.module_utils import _sbom, _sbom_record
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 STATUS = """\
@@ -283,6 +283,54 @@ def test_run_writes_once_and_then_changes_nothing(tmp_path):
     assert _sbom.run(params(tmp_path), check_mode=False) == dict(
         changed=False, documents=first["documents"], packages=0, msg="2 SBOM documents found"
     )
+
+
+def test_documents_that_record_the_artifact_are_kept_without_reading_it_again(tmp_path, monkeypatch):
+    """An unchanged bake: the documents at the paths record this artifact (its digest, inputs, ...), so its package
+    database is not read again; another digest, other inputs or a document written for another artifact are read
+    and written again."""
+    make_tree(tmp_path / "root")
+    args = params(
+        tmp_path, root=str(tmp_path / "root"), digest="sha256:" + "d" * 64, source_date_epoch=1700000000
+    )
+    first = _sbom.run(args, check_mode=False)
+    assert first["changed"] and first["packages"] == 3
+    paths = {"spdx": args["spdx_path"], "cyclonedx": args["cyclonedx_path"]}
+    key = _sbom_record.subject_key(args)
+    assert json.loads((tmp_path / "out/a.cdx.json").read_text())["metadata"]["component"]["properties"] == [
+        {"name": "bakery:fingerprint", "value": "f" * 64},
+        {"name": "bakery:subject", "value": key},
+        {"name": "bakery:type", "value": "qemu"},
+    ]
+    # the creation time is the bake's epoch, not the bake id's time
+    assert (
+        json.loads((tmp_path / "out/a.spdx.json").read_text())["creationInfo"]["created"]
+        == "2023-11-14T22:13:20Z"
+    )
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the package database was read again")
+
+    monkeypatch.setattr(_sbom, "read_packages", no_reading)
+    kept = _sbom.run(args, check_mode=False)
+    assert kept == _sbom_record.unchanged_result(_sbom_record.recorded(paths, key))
+    assert kept["documents"] == first["documents"] and kept["packages"] == 3 and not kept["changed"]
+    for other in (
+        dict(args, digest="sha256:" + "e" * 64),
+        dict(args, inputs=dict(INPUTS, vars="0" * 64)),
+        dict(args, source_date_epoch=1700000001),
+    ):
+        assert _sbom_record.recorded(paths, _sbom_record.subject_key(other)) is None
+        with pytest.raises(AssertionError, match="read again"):
+            _sbom.run(other, check_mode=True)
+    monkeypatch.undo()
+    # a document replaced by one of another artifact: read and written again
+    (tmp_path / "out/a.spdx.json").write_text('{"packages": []}')
+    assert _sbom.run(args, check_mode=False)["changed"]
+    assert _sbom.run(args, check_mode=False) == kept
+    # no digest, no record: an instance's image is read every time
+    assert _sbom_record.subject_key(dict(args, digest=None)) is None
+    assert _sbom_record.recorded(paths, None) is None
 
 
 def test_run_derives_an_artifact_from_its_source_document(tmp_path):
