@@ -733,6 +733,71 @@ def cloud_architecture(entry: dict[str, Any], kind: str, given: Mapping[str, Any
         entry["options"]["boot_mode"] = "uefi"
 
 
+# Instance bakes: the machines that run each architecture. EC2's Graviton families end their generation with a
+# "g" (t4g, m7g, c6gn, x2gd, g5g, hpc7g, is4gen; a1 came first); Compute Engine's arm64 series are Ampere's T2A and
+# Google's Axion C4A. The smallest general-purpose type of each is the build machine's default.
+_EC2_ARM_FAMILY = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z-]*)$")
+_GCE_ARM_SERIES = ("t2a", "c4a")
+BUILD_MACHINES = {
+    "ami": {"x86_64": None, "arm64": "t4g.micro"},  # None: the module's default, t3.micro
+    "gce": {"X86_64": None, "ARM64": "t2a-standard-1"},  # None: the role's default, e2-medium
+}
+
+
+def machine_architecture(kind: str, machine: str) -> str:
+    """The architecture (in the cloud's words) of an EC2 instance type or a Compute Engine machine type."""
+    if kind == "ami":
+        return "arm64" if _EC2_ARM_FAMILY.match(machine.split(".", 1)[0]) else "x86_64"
+    return "ARM64" if machine.split("-", 1)[0] in _GCE_ARM_SERIES else "X86_64"
+
+
+def instance_architecture(entry: dict[str, Any], kind: str, given: Mapping[str, Any], where: str) -> None:
+    """An instance bake for an architecture: ``architecture`` (or an AMI filter's ``architecture``) chooses the
+    source image and the build machine. An AMI's source filter gets that architecture, and the build machine of an
+    arm64 bake defaults to an arm64 type (``t4g.micro``, ``t2a-standard-1``); a machine type of the other
+    architecture, or a filter that names another one, is refused: the instance would not start. The entry records
+    the Debian architecture (manifest, summary)."""
+    if kind not in BUILD_MACHINES or entry["options"].get("source"):
+        return
+    options = entry["options"]
+    named = given.get("architecture")
+    source_filter = dict(options.get("source_ami_filter") or {}) if kind == "ami" else {}
+    filtered = source_filter.get("architecture")
+    if named and filtered and named != filtered:
+        raise BakeryError(
+            "%s: architecture %s, but source_ami_filter.architecture is %s: name one architecture"
+            % (where, named, filtered)
+        )
+    arch = named or filtered
+    if not arch:
+        return
+    machine_option = "instance_type" if kind == "ami" else "machine_type"
+    machine = given.get(machine_option)
+    runs = "x86_64" if arch == "i386" else arch  # x86_64 instances run i386 images
+    if machine:
+        if machine_architecture(kind, str(machine)) != runs:
+            raise BakeryError(
+                "%s: %s %s runs %s, but the bake is for %s: choose a %s type (for example %s), or leave %s out"
+                % (
+                    where,
+                    machine_option,
+                    machine,
+                    machine_architecture(kind, str(machine)),
+                    arch,
+                    runs,
+                    BUILD_MACHINES[kind][runs] or ("t3.micro" if kind == "ami" else "e2-medium"),
+                    machine_option,
+                )
+            )
+    elif BUILD_MACHINES[kind][runs]:
+        options[machine_option] = BUILD_MACHINES[kind][runs]
+    options["architecture"] = arch
+    if source_filter and not filtered:
+        options["source_ami_filter"] = dict(source_filter, architecture=arch)
+    debian = {name: debian for debian, name in CLOUD_ARCHITECTURES[kind].items()}
+    entry["architecture"] = debian.get(arch, entry.get("architecture"))
+
+
 def link_sources(
     planned: list[dict[str, Any]],
     types: dict[str, str],
@@ -760,6 +825,9 @@ def link_sources(
             )
         source = entry["options"].get("source")
         if not source:
+            instance_architecture(
+                entry, kind, (given or {}).get(entry["name"]) or {}, "target %r" % entry["name"]
+            )
             continue
         where = "target %r" % entry["name"]
         if source not in by_name:

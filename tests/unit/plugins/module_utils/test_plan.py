@@ -459,3 +459,108 @@ def test_an_image_of_an_arm64_disk_is_an_arm64_image_that_boots_with_uefi():
 def test_an_image_that_would_not_boot_its_disk_is_refused(ami, gce, message):
     with pytest.raises(BakeryError, match=message):
         plan(arm_images(ami, gce))
+
+
+def instance_bakes(ami=None, gce=None):
+    bake = cloud_bake()
+    bake["targets"] = [
+        {
+            "name": "ami",
+            "ami": dict({"region": "eu-west-1", "name": "web", "source_ami": "ami-1"}, **(ami or {})),
+        },
+        {
+            "name": "gce",
+            "gce": dict(
+                {"project": "p", "name": "web", "source_image": "debian-12", "zone": "europe-west1-b"},
+                **(gce or {}),
+            ),
+        },
+    ]
+    return bake
+
+
+def test_an_arm64_instance_bake_starts_an_arm64_machine_from_an_arm64_source():
+    """The architecture of an instance bake chooses its source image (an AMI filter's architecture) and its build
+    machine (t4g.micro, t2a-standard-1 unless given); an x86_64 bake keeps the defaults; both are recorded."""
+    ami, gce = plan(instance_bakes({"architecture": "arm64"}, {"architecture": "ARM64"}))["targets"]
+    assert (ami["architecture"], ami["options"]["architecture"], ami["options"]["instance_type"]) == (
+        "arm64",
+        "arm64",
+        "t4g.micro",
+    )
+    assert (gce["architecture"], gce["options"]["architecture"], gce["options"]["machine_type"]) == (
+        "arm64",
+        "ARM64",
+        "t2a-standard-1",
+    )
+    # the filter's architecture says it too, and the filter gets the named one
+    named = {"source_ami_filter": {"owners": ["136693071363"], "name": "debian-12-*"}}
+    (ami, _gce) = plan(instance_bakes(dict(named, architecture="arm64", source_ami=None)))["targets"]
+    assert ami["options"]["source_ami_filter"]["architecture"] == "arm64"
+    named["source_ami_filter"]["architecture"] = "arm64"
+    (ami, _gce) = plan(instance_bakes(dict(named, source_ami=None, instance_type="c7g.large")))["targets"]
+    assert (ami["architecture"], ami["options"]["instance_type"]) == ("arm64", "c7g.large")
+    # x86_64, given or not: the module's and the role's defaults, as before
+    ami, gce = plan(instance_bakes({"architecture": "x86_64"}))["targets"]
+    assert (ami["architecture"], ami["options"].get("instance_type")) == ("amd64", None)
+    assert gce["options"].get("machine_type") in (None, "e2-medium") and gce["architecture"] is None
+
+
+@pytest.mark.parametrize(
+    ("ami", "gce", "message"),
+    [
+        ({"architecture": "arm64", "instance_type": "t3.small"}, None, "instance_type t3.small runs x86_64"),
+        (
+            {"architecture": "x86_64", "instance_type": "m7g.large"},
+            None,
+            "instance_type m7g.large runs arm64",
+        ),
+        (
+            {"architecture": "x86_64", "source_ami": None, "source_ami_filter": {"architecture": "arm64"}},
+            None,
+            "architecture x86_64, but source_ami_filter.architecture is arm64",
+        ),
+        (None, {"architecture": "ARM64", "machine_type": "e2-medium"}, "machine_type e2-medium runs X86_64"),
+        (
+            None,
+            {"architecture": "X86_64", "machine_type": "t2a-standard-2"},
+            "machine_type t2a-standard-2 runs ARM64",
+        ),
+    ],
+)
+def test_an_instance_bake_on_a_machine_of_another_architecture_is_refused(ami, gce, message):
+    with pytest.raises(BakeryError, match=message):
+        plan(instance_bakes(ami, gce))
+
+
+def test_machine_types_are_told_apart_by_their_family():
+    from ansible_collections.bakery.images.plugins.module_utils._plan import machine_architecture
+
+    arm = [
+        "t4g.micro",
+        "m6gd.large",
+        "c6gn.xlarge",
+        "x2gd.medium",
+        "g5g.xlarge",
+        "hpc7g.4xlarge",
+        "a1.large",
+        "is4gen.large",
+        "im4gn.large",
+    ]
+    x86 = [
+        "t3.micro",
+        "g5.xlarge",
+        "m7i-flex.large",
+        "p4d.24xlarge",
+        "inf2.xlarge",
+        "u-6tb1.metal",
+        "mac1.metal",
+    ]
+    assert {machine_architecture("ami", t) for t in arm} == {"arm64"}
+    assert {machine_architecture("ami", t) for t in x86} == {"x86_64"}
+    assert machine_architecture("gce", "c4a-standard-4") == "ARM64"
+    assert (
+        machine_architecture("gce", "n2-standard-2")
+        == machine_architecture("gce", "custom-2-4096")
+        == "X86_64"
+    )
