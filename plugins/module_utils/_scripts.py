@@ -83,8 +83,9 @@ def run_scripts(
     *inline* is the text of inline commands, else *contents* the scripts (``{name, data}``, data base64).
     Each run is an item of ``results`` with ``rc``, ``stdout``, ``stderr`` (and their lines), ``cmd``,
     ``bakery_run`` (its name), ``start``/``end``/``delta``, ``msg`` (``non-zero return code`` when rc is not
-    0) and ``failed`` (with *fail_on_exit_code*: rc not in *valid_exit_codes*). The result fails when an item
-    does; ``removed`` says that the directory is gone.
+    0) and ``failed`` (with *fail_on_exit_code*: rc not in *valid_exit_codes*). The first item that fails stops
+    the runs (as Packer's shell provisioner does) and fails the result; ``not_run`` names the commands it stopped;
+    ``removed`` says that the directory is gone.
     """
     if inline is not None:
         files = [(INLINE, inline.encode("utf-8"))]
@@ -125,20 +126,27 @@ def run_scripts(
             item["stdout_lines"] = item["stdout"].splitlines()
             item["stderr_lines"] = item["stderr"].splitlines()
             results.append(item)
+            if item["failed"]:
+                # as Packer's shell provisioner: a script that failed stops the ones after it (they may need
+                # what it did not do)
+                break
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     failed = [item for item in results if item["failed"]]
+    not_run = runs[len(results) :]
     result: dict[str, Any] = {
         "changed": True,
         "results": results,
+        "not_run": not_run,
         "removed": not os.path.lexists(directory),
         "failed": bool(failed),
         "msg": "ran %s" % ", ".join(runs),
     }
     if failed:
-        result["msg"] = "%s exited with %s (valid: %s)" % (
+        result["msg"] = "%s exited with %s (valid: %s)%s" % (
             failed[-1]["bakery_run"],
             failed[-1]["rc"],
             ", ".join(str(code) for code in valid_exit_codes),
+            "; not run: %s" % ", ".join(not_run) if not_run else "",
         )
     return result

@@ -18,8 +18,9 @@ description:
     a directory of that name left by an interrupted run is replaced. The inline commands are in a file named
     C(inline), the scripts in files named C(<index>-<basename>).
   - Each command runs as C(ansible.builtin.command) runs one - the task's environment, the same working directory,
-    C($VARS) and C(~) in the arguments expanded - and all of them run, also after one that failed. Each
-    one's outcome is an item of RV(results).
+    C($VARS) and C(~) in the arguments expanded - in order, up to the first that fails (its exit code is not in
+    O(valid_exit_codes)): as in Packer's shell provisioner, the commands after it do not run (RV(not_run)). Each
+    outcome is an item of RV(results).
   - The module's action plugin reads the scripts on the controller, as bytes, and sends them, and the inline
     commands, base64 encoded with the module's arguments (no copy through the connection).
 author:
@@ -111,6 +112,12 @@ results:
       stdout: hello
       stderr: ""
       failed: false
+not_run:
+  description: The commands (file names) that did not run because one before them failed.
+  returned: success and failure
+  type: list
+  elements: str
+  sample: [2-cleanup.sh]
 removed:
   description: Whether O(directory) is gone.
   returned: success and failure

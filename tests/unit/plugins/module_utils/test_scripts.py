@@ -1,5 +1,6 @@
 """A shell provisioner's commands in one call: written with their bytes and modes, run in order by the
-interpreter (all of them, also after one that failed), judged by the valid exit codes, and removed."""
+interpreter (up to the first that fails, as Packer's shell provisioner), judged by the valid exit codes, and
+removed."""
 
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def test_scripts_are_written_as_bytes_and_run_in_order_by_the_interpreter(tmp_pa
     assert two["msg"] == "non-zero return code" and two["failed"] is False
 
 
-def test_every_command_runs_and_the_last_invalid_exit_code_fails_the_call(tmp_path):
+def test_the_first_invalid_exit_code_stops_the_commands_after_it_and_fails_the_call(tmp_path):
     scripts = []
-    for index, code in enumerate([5, 0, 4]):
+    for index, code in enumerate([0, 5, 0, 4]):
         path = tmp_path / ("s%d" % index)
         path.write_text(
             "echo ran %d >> %s; echo 'went wrong' >&2; exit %d\n" % (index, tmp_path / "log", code)
@@ -60,16 +61,20 @@ def test_every_command_runs_and_the_last_invalid_exit_code_fails_the_call(tmp_pa
     result = _scripts.run_scripts(
         directory, None, _scripts.read_scripts(scripts), ["/bin/sh"], [0], True, run_command
     )
-    assert (tmp_path / "log").read_text().split("\n")[:-1] == ["ran 0", "ran 1", "ran 2"]
+    # as Packer's shell provisioner: the scripts after the failed one never run
+    assert (tmp_path / "log").read_text().split("\n")[:-1] == ["ran 0", "ran 1"]
     assert result["failed"] is True and result["removed"] is True and not os.path.exists(directory)
-    assert [item["failed"] for item in result["results"]] == [True, False, True]
-    assert result["msg"] == "2-s2 exited with 4 (valid: 0)"
+    assert [item["failed"] for item in result["results"]] == [False, True]
+    assert result["not_run"] == ["2-s2", "3-s3"]
+    assert result["msg"] == "1-s1 exited with 5 (valid: 0); not run: 2-s2, 3-s3"
 
-    # expect_disconnect: the caller judges the exit codes
+    # expect_disconnect: every command runs and the caller judges the exit codes
+    (tmp_path / "log").unlink()
     result = _scripts.run_scripts(
         directory, None, _scripts.read_scripts(scripts), ["/bin/sh"], [0], False, run_command
     )
-    assert result["failed"] is False and [item["rc"] for item in result["results"]] == [5, 0, 4]
+    assert result["failed"] is False and [item["rc"] for item in result["results"]] == [0, 5, 0, 4]
+    assert result["not_run"] == [] and len((tmp_path / "log").read_text().split("\n")) == 5
 
 
 def test_inline_commands_and_check_mode(tmp_path):
