@@ -499,6 +499,8 @@ class Subject:
     namespace: str = "debian"
     # the bake's SOURCE_DATE_EPOCH: the documents' creation time
     source_date_epoch: int | None = None
+    # the Debian architecture the artifact runs on (amd64, arm64), where it is known
+    architecture: str | None = None
     # what the documents record of the artifact (_sbom_record.subject_key; None: no digest)
     key: str | None = None
 
@@ -549,10 +551,11 @@ def spdx_document(subject: Subject, packages: list[DebPackage], inputs: Mapping[
         files_analyzed=False,
         checksums=[Checksum(ChecksumAlgorithm.SHA256, _hex(subject.digest))] if subject.digest else [],
         primary_package_purpose=PackagePurpose.CONTAINER if subject.kind == "docker" else PackagePurpose.FILE,
-        comment="%s artifact baked by bakery, fingerprint %s%s"
+        comment="%s artifact baked by bakery, fingerprint %s%s%s"
         % (
             subject.kind,
             subject.fingerprint,
+            "; architecture %s" % subject.architecture if subject.architecture else "",
             "; " + _sbom_record.SPDX_WORDS + subject.key if subject.key else "",
         ),
     )
@@ -644,6 +647,7 @@ def cyclonedx_document(subject: Subject, packages: list[DebPackage], inputs: Map
             Property(name="bakery:type", value=subject.kind),
             Property(name="bakery:fingerprint", value=subject.fingerprint),
         ]
+        + ([Property(name="bakery:architecture", value=subject.architecture)] if subject.architecture else [])
         + ([Property(name=_sbom_record.CYCLONEDX_PROPERTY, value=subject.key)] if subject.key else []),
     )
     components = []
@@ -870,6 +874,7 @@ def run(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]:
         source_date_epoch=None
         if params.get("source_date_epoch") in (None, "")
         else int(params["source_date_epoch"]),
+        architecture=params.get("architecture") or None,
         key=key,
     )
     changed, found = write(paths, documents(subject, packages, inputs), check_mode)

@@ -3,8 +3,8 @@
 """What an artifact's SBOMs record of the artifact they describe, and whether the documents already written do.
 
 Each document bakery writes carries a *subject key*: a digest of everything that decides the document for an
-artifact whose content is known by its digest (its name and kind, fingerprint, digest, purl namespace, creation
-time and provisioning inputs, and :data:`LAYOUT`). When both documents at their paths carry the key of the artifact
+artifact whose content is known by its digest (its name and kind, architecture, fingerprint, digest, purl
+namespace, creation time and provisioning inputs, and :data:`LAYOUT`). When both documents at their paths carry the key of the artifact
 at hand, they were written for this very artifact, so an unchanged bake keeps them without reading the artifact's
 package database again (the slowest part of the ``sbom`` module: a Docker image's archives, a disk's file system).
 
@@ -55,6 +55,7 @@ def subject_key(params: Mapping[str, Any]) -> str | None:
         "fingerprint": params.get("fingerprint"),
         "digest": str(digest),
         "namespace": params.get("namespace") or "debian",
+        "architecture": params.get("architecture") or None,
         "created": created(params.get("source_date_epoch"), params.get("bake_id")),
         "inputs": {str(k): str(v) for k, v in (params.get("inputs") or {}).items()},
     }

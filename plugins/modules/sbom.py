@@ -31,8 +31,8 @@ description:
     creation time is O(source_date_epoch) (else the time of O(bake_id), the bake that made the artifact) - so the
     same artifact gives byte-identical documents, and a document that holds what it would be written with is left
     alone (C(changed=false)). Documents are written under a temporary name and renamed into place.
-  - An artifact with a O(digest) is recorded in its documents (a digest of its name, type, fingerprint, digest,
-    inputs and creation time). When both documents at O(spdx_path) and O(cyclonedx_path) record the artifact at
+  - An artifact with a O(digest) is recorded in its documents (a digest of its name, type, architecture,
+    fingerprint, digest, inputs and creation time). When both documents at O(spdx_path) and O(cyclonedx_path) record the artifact at
     hand, they are kept as they are and its packages are not read again (an unchanged bake's Docker image or disk);
     on the controller, the action plugin tells this without running the module.
 author:
@@ -104,6 +104,9 @@ options:
   bake_id:
     description: The id of the bake that made the artifact; the documents' creation time is its time when
       O(source_date_epoch) is not given.
+    type: str
+  architecture:
+    description: The Debian architecture the artifact runs on (V(amd64), V(arm64)), recorded in the documents.
     type: str
   source_date_epoch:
     description:
@@ -246,6 +249,7 @@ def main() -> None:
             fingerprint=dict(type="str"),
             bake_id=dict(type="str"),
             source_date_epoch=dict(type="int"),
+            architecture=dict(type="str"),
             digest=dict(type="str"),
             installed=dict(type="list", elements="dict"),
             collect=dict(type="bool", default=False),

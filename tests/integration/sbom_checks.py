@@ -82,4 +82,9 @@ def check_documents(entry: dict, packages: set[tuple[str, str, str]]) -> dict[st
     assert {"name": "bakery:fingerprint", "value": entry["fingerprint"]} in bom["metadata"]["component"][
         "properties"
     ]
+    # the architecture the artifact runs on, as the manifest says
+    if entry.get("architecture"):
+        assert {"name": "bakery:architecture", "value": entry["architecture"]} in bom["metadata"][
+            "component"
+        ]["properties"]
     return {"cyclonedx": bom, "spdx": spdx}

@@ -291,22 +291,27 @@ def test_documents_that_record_the_artifact_are_kept_without_reading_it_again(tm
     and written again."""
     make_tree(tmp_path / "root")
     args = params(
-        tmp_path, root=str(tmp_path / "root"), digest="sha256:" + "d" * 64, source_date_epoch=1700000000
+        tmp_path,
+        root=str(tmp_path / "root"),
+        digest="sha256:" + "d" * 64,
+        source_date_epoch=1700000000,
+        architecture="arm64",
     )
     first = _sbom.run(args, check_mode=False)
     assert first["changed"] and first["packages"] == 3
     paths = {"spdx": args["spdx_path"], "cyclonedx": args["cyclonedx_path"]}
     key = _sbom_record.subject_key(args)
     assert json.loads((tmp_path / "out/a.cdx.json").read_text())["metadata"]["component"]["properties"] == [
+        {"name": "bakery:architecture", "value": "arm64"},
         {"name": "bakery:fingerprint", "value": "f" * 64},
         {"name": "bakery:subject", "value": key},
         {"name": "bakery:type", "value": "qemu"},
     ]
     # the creation time is the bake's epoch, not the bake id's time
-    assert (
-        json.loads((tmp_path / "out/a.spdx.json").read_text())["creationInfo"]["created"]
-        == "2023-11-14T22:13:20Z"
-    )
+    spdx = json.loads((tmp_path / "out/a.spdx.json").read_text())
+    assert spdx["creationInfo"]["created"] == "2023-11-14T22:13:20Z"
+    (artifact,) = [p for p in spdx["packages"] if p["name"] == "example-web"]
+    assert artifact["comment"].endswith("; architecture arm64; subject %s" % key)
 
     def no_reading(*_args, **_kwargs):
         raise AssertionError("the package database was read again")
@@ -319,6 +324,7 @@ def test_documents_that_record_the_artifact_are_kept_without_reading_it_again(tm
         dict(args, digest="sha256:" + "e" * 64),
         dict(args, inputs=dict(INPUTS, vars="0" * 64)),
         dict(args, source_date_epoch=1700000001),
+        dict(args, architecture="amd64"),
     ):
         assert _sbom_record.recorded(paths, _sbom_record.subject_key(other)) is None
         with pytest.raises(AssertionError, match="read again"):
