@@ -349,7 +349,8 @@ def expand_targets(
 
     An expanded entry is named ``<target>-<arch>``; what it makes is named apart the same way: a docker image's
     tags ``<tag>-<arch>``, a qemu disk's files ``<name>-<arch>.<format>``, and a target made from an expanded
-    disk takes the disk of its own architecture (``source: <disk>-<arch>``).
+    disk takes the disk of its own architecture (``source: <disk>-<arch>``), its image named ``<name>-<arch>``
+    (a box file ``<output>-<arch>.box``; the box's name and catalog stay one, listing both architectures).
     """
     units = []
     for index, target in enumerate(targets_in):
@@ -363,6 +364,11 @@ def expand_targets(
                     options["tags"] = [arch_name(tag, arch) for tag in full.get("tags") or ["latest"]]
                 elif kind == "qemu":
                     options["name"] = arch_name(full.get("name") or bake_name, arch)
+                elif kind in ("ami", "gce", "openstack", "digitalocean") and full.get("name"):
+                    options["name"] = arch_name(full["name"], arch)
+                elif kind == "vagrant" and full.get("output"):
+                    stem, ending = os.path.splitext(full["output"])
+                    options["output"] = arch_name(stem, arch) + ending
                 if full.get("source"):
                     options["source"] = arch_name(full["source"], arch)
             units.append(

@@ -580,6 +580,10 @@ def test_a_target_made_from_an_expanded_disk_is_made_for_each_architecture_from_
         assert box["source"] == {"target": "disk-" + arch, "type": "qemu", "host": "bakery-disk-" + arch}
         assert box["architecture"] == arch and box["options"]["source"] == "disk-" + arch
     assert targets["box-amd64"]["inputs"] != targets["box-arm64"]["inputs"]
+    # a box file given by name is named apart too
+    bake["targets"][2]["vagrant"]["output"] = "boxes/web.box"
+    outputs = {t["name"]: t["options"]["output"] for t in plan(bake)["targets"] if t["type"] == "vagrant"}
+    assert outputs == {"box-amd64": "boxes/web-amd64.box", "box-arm64": "boxes/web-arm64.box"}
     # selecting the box by its name selects both boxes and both disks
     chosen = sorted(t["name"] for t in plan(bake, only="box")["targets"])
     assert chosen == ["box-amd64", "box-arm64", "disk-amd64", "disk-arm64"]
@@ -591,6 +595,27 @@ def test_a_target_made_from_an_expanded_disk_is_made_for_each_architecture_from_
         BakeryError, match=r"\(box\): architectures arm64, but its source disk is baked for amd64, arm64"
     ):
         plan(bake)
+
+
+def test_images_of_expanded_disks_are_named_apart_with_their_architecture():
+    bake = arm_images()
+    del bake["base"]["architecture"]
+    bake["targets"][0]["architectures"] = ["amd64", "arm64"]
+    targets = {t["name"]: t for t in plan(bake)["targets"]}
+    assert (targets["ami-arm64"]["options"]["name"], targets["ami-amd64"]["options"]["name"]) == (
+        "web-arm64",
+        "web-amd64",
+    )
+    assert targets["ami-arm64"]["options"]["architecture"] == "arm64"
+    assert targets["ami-arm64"]["options"]["boot_mode"] == "uefi"
+    assert targets["ami-amd64"]["options"]["architecture"] == "x86_64"
+    assert (
+        targets["gce-arm64"]["options"]["architecture"],
+        targets["gce-amd64"]["options"]["architecture"],
+    ) == (
+        "ARM64",
+        "X86_64",
+    )
 
 
 def test_the_secret_options_of_an_expanded_entry_come_from_its_target():
