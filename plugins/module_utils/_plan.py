@@ -405,18 +405,19 @@ def docker_indexes(
         ]
         if not entries or not options.get("push"):
             continue
-        indexes.append(
-            {
-                "name": tname,
-                "repository": options["repository"],
-                "tags": list(options.get("tags") or ["latest"]),
-                "entries": [
-                    {"name": e["name"], "host": e["host"], "architecture": e["expanded_architecture"]}
-                    for e in entries
-                ],
-                "selected": all(e["selected"] for e in entries),
-            }
-        )
+        index = {
+            "name": tname,
+            "repository": options["repository"],
+            "tags": list(options.get("tags") or ["latest"]),
+            "entries": [
+                {"name": e["name"], "host": e["host"], "architecture": e["expanded_architecture"]}
+                for e in entries
+            ],
+            "selected": all(e["selected"] for e in entries),
+        }
+        # the entry of the first architecture pushes it, once every architecture's image is pushed
+        entries[0]["index"] = index
+        indexes.append(index)
     return indexes
 
 
@@ -627,7 +628,7 @@ def make_plan(
             builder = builder_kind(kind, options)
             _provisioners.check_builder(provisioners + error_provisioners, tname, builder)
             if playbook_hosts:
-                check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts)
+                check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts, defined)
             inputs.update(_provisioners.inputs(provisioners, role_digest, digests, playbook_digest))
             step_digests = [
                 _provisioners.step_digest(entry, role_digest, digests, playbook_digest)
@@ -1234,18 +1235,21 @@ def builder_kind(kind: str, options: Mapping[str, Any]) -> str:
     return "vm" if kind == "vagrant" else "cloud"
 
 
-def playbook_groups(target: str, kind: str) -> list[str]:
-    """The groups a builder is in for a playbook entry's plays (its ``hosts:`` patterns)."""
-    return ["bakery_builders", target, kind, "default"]
+def playbook_groups(target: str, kind: str, group: str | None = None) -> list[str]:
+    """The groups a builder is in for a playbook entry's plays (its ``hosts:`` patterns); an entry of a target
+    baked for several architectures is in its target's group too (*group*: ``web`` for ``web-arm64``)."""
+    return ["bakery_builders", target, kind, "default"] + ([group] if group and group != target else [])
 
 
-def check_playbook_hosts(entries: list[dict], target: str, kind: str, playbook_hosts: PlaybookHosts) -> None:
+def check_playbook_hosts(
+    entries: list[dict], target: str, kind: str, playbook_hosts: PlaybookHosts, group: str | None = None
+) -> None:
     """A playbook entry whose plays would all leave this target's builder out is a mistake: refused."""
     for entry in entries:
         if entry["kind"] != "playbook":
             continue
         path = entry["playbook"]["file"]
-        if not playbook_hosts(path, "bakery-%s-builder" % target, playbook_groups(target, kind)):
+        if not playbook_hosts(path, "bakery-%s-builder" % target, playbook_groups(target, kind, group)):
             raise BakeryError(
                 "%s: no play of playbook %s would run on the builder of target %s: its hosts: patterns match "
                 "none of all, bakery_builders, default, %s (the target's name), %s (its type)"
