@@ -853,6 +853,8 @@ def test_a_target_baked_for_two_architectures_is_one_multi_architecture_image(
         assert recorded["tags"] == ["%s:v1" % name] and recorded["images"] == ["multi-amd64", "multi-arm64"]
         assert {item["platform"]: item["digest"] for item in recorded["manifests"]} == listed
         assert "index" not in entries["multi-arm64"]
+        summary = first.task_result("Artifact summary")["msg"]
+        assert "index of multi: %s:v1  %s  linux/amd64, linux/arm64" % (name, index_digest[7:19]) in summary
 
         # docker run --platform runs the image of that architecture from the index (arm64 emulated)
         login = subprocess.run(
