@@ -60,7 +60,7 @@ def provisioner_secrets(bake, target):
     """The real environments (or, for role and playbook entries, variables) of *target*'s secret (no_log)
     provisioners, error provisioners and checks (verify), by their place in the definition (``source``)."""
     return {
-        entry["source"]: _provisioners.real_secrets(bake, entry, target["name"])
+        entry["source"]: _provisioners.real_secrets(bake, entry, target.get("definition") or target["name"])
         for entry in (target.get("provisioners") or [])
         + (target.get("error_provisioners") or [])
         + (target.get("verify") or [])

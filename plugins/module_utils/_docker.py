@@ -13,6 +13,7 @@ Four ways to an image, each idempotent by the ``org.bakery.fingerprint`` label:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import hashlib
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -1872,8 +1874,165 @@ def _registry_has(
     return bool(digest) and "%s@%s" % (name, digest) in (image.get("RepoDigests") or [])
 
 
+# ---------------------------------------------------------------- image index (a multi-architecture image)
+
+# The media types of an image index: Docker's manifest list and the OCI image index.
+INDEX_MEDIA_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+
+
+def registry_host(name: str) -> str:
+    """The registry a repository name names (its first component when that is a host), Docker Hub's otherwise."""
+    first, _slash, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def loopback_registry(host: str) -> bool:
+    """Whether the registry is on this machine (127.0.0.0/8, ::1, localhost): the Docker engine talks plain http
+    to those (it treats them as insecure registries), and ``docker manifest`` is told to with ``--insecure``."""
+    hostname = host[1 : host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return hostname == "localhost" or hostname == "::1" or hostname.startswith("127.")
+
+
+class _ManifestCli:
+    """The docker CLI's ``docker manifest``, which makes and pushes image indexes (bakery writes no registry
+    protocol of its own). It runs with a configuration directory of its own, temporary: the lists it keeps while
+    making one and the registry credentials (written there as Docker's ``config.json`` does, never on a command
+    line) are removed with it, and the user's ``~/.docker`` is neither read nor written."""
+
+    def __init__(self, name: str, auth: Mapping[str, str] | None) -> None:
+        self.name = name
+        self.host = registry_host(name)
+        self.insecure = ["--insecure"] if loopback_registry(self.host) else []
+        self.directory = tempfile.mkdtemp(prefix="bakery-manifest-")
+        if auth:
+            key = "https://index.docker.io/v1/" if self.host == "docker.io" else self.host
+            token = base64.b64encode(("%s:%s" % (auth["username"], auth["password"])).encode()).decode()
+            path = os.path.join(self.directory, "config.json")
+            with open(
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8"
+            ) as out:
+                json.dump({"auths": {key: {"auth": token}}}, out)
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        docker_cli = shutil.which("docker")
+        if docker_cli is None:
+            raise BakeryError(
+                "an image index is made with the docker CLI (docker manifest): install docker.io"
+            )
+        command = [docker_cli, "--config", self.directory, "manifest", args[0], *self.insecure, *args[1:]]
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            raise BakeryError("docker manifest %s %s did not answer in 300 s" % (args[0], args[-1])) from None
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """What the registry has under *ref* (an index or an image manifest), None when it has nothing."""
+        proc = self.run("inspect", ref)
+        if proc.returncode != 0:
+            text = (proc.stderr or proc.stdout).strip()
+            if "no such manifest" in text.lower() or "not found" in text.lower():
+                return None
+            raise BakeryError("cannot read %s from its registry: %s" % (ref, text))
+        return json.loads(proc.stdout)
+
+    def create_and_push(self, ref: str, manifests: list[str]) -> None:
+        for args in (("create", ref, *manifests), ("push", "--purge", ref)):
+            proc = self.run(*args)
+            if proc.returncode != 0:
+                raise BakeryError(
+                    "docker manifest %s %s failed: %s" % (args[0], ref, (proc.stderr or proc.stdout).strip())
+                )
+
+
+def index_entries(found: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """The images an index lists (digest, platform ``os/architecture[/variant]``); none for anything else."""
+    if not found or found.get("mediaType") not in INDEX_MEDIA_TYPES:
+        return []
+    listed = []
+    for item in found.get("manifests") or []:
+        platform = item.get("platform") or {}
+        words = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+        listed.append({"digest": item.get("digest"), "platform": "/".join(w for w in words if w)})
+    return listed
+
+
+def image_index(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """One image index under each of the tags, listing the images *manifests* names (``<name>@sha256:...``, each
+    already in the registry: the per-architecture images). A tag whose index lists exactly those images is left
+    alone; the others get a new index (the same one for every tag)."""
+    name, tags = params["name"], params["tags"]
+    wanted = [str(ref) for ref in params.get("manifests") or []]
+    if not wanted:
+        raise BakeryError(
+            "action=index needs manifests (the images the index lists, as %s@sha256:...)" % name
+        )
+    for ref in wanted:
+        if not ref.startswith(name + "@sha256:"):
+            raise BakeryError(
+                "index %s: %s is not an image of %s by digest (%s@sha256:...)" % (name, ref, name, name)
+            )
+    auth = _auth(params)
+    cli = _ManifestCli(name, auth)
+    pushed, up_to_date = [], []
+    try:
+        # an image pulled through an index also has the index's digest among its repo digests: not an image to list
+        images = []
+        for ref in wanted:
+            found = cli.inspect(ref)
+            if found is None:
+                raise BakeryError(
+                    "index %s: the registry has no %s (push each image before its index)" % (name, ref)
+                )
+            if found.get("mediaType") not in INDEX_MEDIA_TYPES:
+                images.append(ref)
+        if not images:
+            raise BakeryError("index %s: %s are indexes, not images" % (name, ", ".join(wanted)))
+        wanted = images
+        digests = sorted(ref.split("@", 1)[1] for ref in wanted)
+        for tag in tags:
+            ref = "%s:%s" % (name, tag)
+            listed = index_entries(cli.inspect(ref))
+            if sorted(item["digest"] for item in listed) == digests:
+                up_to_date.append(ref)
+                continue
+            pushed.append(ref)
+            if not check_mode:
+                cli.create_and_push(ref, wanted)
+        index: dict[str, Any] = {"name": name, "tags": ["%s:%s" % (name, tag) for tag in tags]}
+        if not (check_mode and pushed):
+            ref = "%s:%s" % (name, tags[0])
+            index["manifests"] = index_entries(cli.inspect(ref))
+            try:
+                index["digest"] = (
+                    client.api.inspect_distribution(ref, auth_config=auth).get("Descriptor") or {}
+                ).get("digest")
+            except APIError as exc:
+                raise BakeryError("cannot read the digest of %s: %s" % (ref, exc.explanation)) from exc
+    finally:
+        cli.close()
+    return dict(
+        changed=bool(pushed),
+        pushed=pushed,
+        up_to_date=up_to_date,
+        index=index,
+        msg="%s the index of %s under %s"
+        % ("would push" if check_mode else "pushed", ", ".join(wanted), ", ".join(pushed))
+        if pushed
+        else "the registry already has the index under %s" % ", ".join(up_to_date),
+    )
+
+
 ACTIONS = {
     "build": build,
+    "index": image_index,
     "import": import_rootfs,
     "find": find,
     "start": start,

@@ -463,9 +463,30 @@ def summary(plan: Mapping[str, Any], results: list[Mapping[str, Any]]) -> list[s
     ]
     for row in rows:
         lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:6])) + "  " + row[6])
+    lines.extend(index_lines(results))
     if plan.get("skipped_targets"):
         lines.append("not selected: %s" % ", ".join(plan["skipped_targets"]))
     lines.append("manifest: %s" % plan["manifest"])
+    return lines
+
+
+def index_lines(results: list[Mapping[str, Any]]) -> list[str]:
+    """A line per multi-architecture image (the index an entry of a docker target with ``architectures`` pushed):
+    the target, its first tag, the index's digest and the platforms it lists."""
+    lines = []
+    for result in results:
+        index = (result.get("artifact") or {}).get("index")
+        if not index:
+            continue
+        lines.append(
+            "index of %s: %s  %s  %s"
+            % (
+                index.get("target") or result["target"],
+                (index.get("tags") or ["-"])[0],
+                str(index.get("digest") or "-").replace("sha256:", "")[:12],
+                ", ".join(item.get("platform") or "?" for item in index.get("manifests") or []),
+            )
+        )
     return lines
 
 

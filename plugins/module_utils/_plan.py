@@ -137,7 +137,10 @@ def target_secrets(bake: Mapping[str, Any] | None, target: Mapping[str, Any]) ->
     if not paths:
         return {}
     for entry in (bake or {}).get("targets") or []:
-        if isinstance(entry, Mapping) and entry.get("name") == target.get("name"):
+        # an entry of a target expanded per architecture has the options of the definition's target
+        if isinstance(entry, Mapping) and entry.get("name") == (
+            target.get("definition") or target.get("name")
+        ):
             options = entry.get(target.get("type"))
             return pick_secrets(options if isinstance(options, Mapping) else {}, paths)
     raise BakeryError("target %r is not in the bake definition" % target.get("name"))
@@ -184,17 +187,30 @@ def target_type(target: Mapping[str, Any]) -> str:
     return present[0]
 
 
-def select(names: list[str], only: list[str], except_: list[str], types: dict[str, str]) -> list[str]:
-    """Targets chosen by ``bake_only``/``bake_except`` (by target name or by type)."""
-    known = set(names) | set(types.values())
+def select(
+    names: list[str],
+    only: list[str],
+    except_: list[str],
+    types: dict[str, str],
+    groups: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Targets chosen by ``bake_only``/``bake_except`` (by target name or by type). *groups* maps the name of
+    a target expanded per architecture (``web-arm64``) to the name the definition gives it (``web``), which
+    chooses all its architectures."""
+    groups = groups or {}
+    known = set(names) | set(types.values()) | set(groups.values())
     for word in only + except_:
         if word not in known:
             raise BakeryError(
                 "bake_only/bake_except name %r is neither a target nor a target type of this bake "
                 "(targets: %s)" % (word, ", ".join(names))
             )
-    chosen = [n for n in names if not only or n in only or types[n] in only]
-    return [n for n in chosen if n not in except_ and types[n] not in except_]
+
+    def named(name: str, words: list[str]) -> bool:
+        return name in words or types[name] in words or groups.get(name, name) in words
+
+    chosen = [n for n in names if not only or named(n, only)]
+    return [n for n in chosen if not named(n, except_)]
 
 
 def as_list(value: Any) -> list[str]:
@@ -228,6 +244,181 @@ def rootfs_plan(base: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
         "identity": identity,
         "source": source,
     }
+
+
+# Debian's architectures that bakery can build a root filesystem for (mmdebstrap; under qemu-user when foreign)
+DEBIAN_ARCHITECTURES = ("amd64", "arm64", "armel", "armhf", "i386", "mips64el", "ppc64el", "riscv64", "s390x")
+
+
+def check_architectures(value: Any, where: str) -> list[str] | None:
+    """An ``architectures`` list: Debian architectures, each once; None when it is not given."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise BakeryError(
+            "%s.architectures must be a list of Debian architectures, such as [amd64, arm64]" % where
+        )
+    for arch in value:
+        if arch not in DEBIAN_ARCHITECTURES:
+            raise BakeryError(
+                "%s.architectures: %r is not a Debian architecture bakery builds for (one of %s)"
+                % (where, arch, ", ".join(DEBIAN_ARCHITECTURES))
+            )
+    twice = sorted({arch for arch in value if value.count(arch) > 1})
+    if twice:
+        raise BakeryError("%s.architectures lists %s twice" % (where, ", ".join(twice)))
+    return list(value)
+
+
+def base_architectures(base: Mapping[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+    """``bake.base`` without its ``architectures``, and that list (None when the base names no list)."""
+    arches = check_architectures(base.get("architectures"), "bake.base") if base else None
+    if arches is not None and base.get("architecture"):
+        raise BakeryError("bake.base: give architecture (one) or architectures (a list of them), not both")
+    return {key: value for key, value in base.items() if key != "architectures"}, arches
+
+
+def builds_from_base(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether the target's builder starts from the bake's base rootfs (a container bake, a qemu disk)."""
+    return needs_builder(kind, options) and not options.get("source") and not uses_own_source(kind, options)
+
+
+def arch_name(name: str, arch: str) -> str:
+    """The name of a target's (or a tag's, an output's) entry baked for one of its ``architectures``."""
+    return "%s-%s" % (name, arch)
+
+
+def plan_architectures(
+    targets_in: list[Mapping[str, Any]],
+    types: Mapping[str, str],
+    validated: Mapping[str, Mapping[str, Any]],
+    base_arches: list[str] | None,
+) -> dict[str, list[str] | None]:
+    """The architectures each target of the definition is expanded for (None: not expanded, one entry as ever).
+
+    A target built from the base takes its own ``architectures``, else the base's; a target made from another
+    target's disk (``source``) takes its source's; any other target (a Dockerfile build, a base_image, an
+    instance bake) builds what its own source is, and may not list architectures.
+    """
+    arches: dict[str, list[str] | None] = {}
+    for index, target in enumerate(targets_in):
+        tname, kind = target["name"], types[target["name"]]
+        own = check_architectures(target.get("architectures"), "bake.targets[%d]" % index)
+        options = validated[tname]
+        if builds_from_base(kind, options):
+            arches[tname] = own if own is not None else base_arches
+        elif own is not None and not options.get("source"):
+            raise BakeryError(
+                "bake.targets[%d] (%s): architectures is for a target built from bake.base (a docker container "
+                "bake, a qemu disk, or a target made from one's disk); this one starts from %s"
+                % (
+                    index,
+                    tname,
+                    "its Dockerfile"
+                    if options.get("context")
+                    else "its own base image"
+                    if options.get("base_image")
+                    else "a source image of its cloud",
+                )
+            )
+    for index, target in enumerate(targets_in):
+        tname = target["name"]
+        source = validated[tname].get("source")
+        if not source:
+            continue
+        own = check_architectures(target.get("architectures"), "bake.targets[%d]" % index)
+        theirs = arches.get(source)
+        if own is not None and set(own) != set(theirs or []):
+            raise BakeryError(
+                "bake.targets[%d] (%s): architectures %s, but its source %s is baked for %s: leave architectures "
+                "out (a target made from another's disk is made for each architecture of that disk)"
+                % (index, tname, ", ".join(own), source, ", ".join(theirs) if theirs else "one architecture")
+            )
+        arches[tname] = theirs
+    return arches
+
+
+def expand_targets(
+    targets_in: list[Mapping[str, Any]],
+    types: Mapping[str, str],
+    validated: Mapping[str, Mapping[str, Any]],
+    arches: Mapping[str, list[str] | None],
+    bake_name: str,
+) -> list[dict[str, Any]]:
+    """One unit per planned entry: a target of the definition, or one per architecture of its ``architectures``.
+
+    An expanded entry is named ``<target>-<arch>``; what it makes is named apart the same way: a docker image's
+    tags ``<tag>-<arch>``, a qemu disk's files ``<name>-<arch>.<format>``, and a target made from an expanded
+    disk takes the disk of its own architecture (``source: <disk>-<arch>``), its image named ``<name>-<arch>``
+    (a box file ``<output>-<arch>.box``; the box's name and catalog stay one, listing both architectures).
+    """
+    units = []
+    for index, target in enumerate(targets_in):
+        tname, kind = target["name"], types[target["name"]]
+        given = target[kind] if isinstance(target[kind], Mapping) else {}
+        for arch in arches.get(tname) or [None]:
+            options = dict(given)
+            if arch:
+                full = validated[tname]
+                if kind == "docker":
+                    options["tags"] = [arch_name(tag, arch) for tag in full.get("tags") or ["latest"]]
+                elif kind == "qemu":
+                    options["name"] = arch_name(full.get("name") or bake_name, arch)
+                elif kind in ("ami", "gce", "openstack", "digitalocean") and full.get("name"):
+                    options["name"] = arch_name(full["name"], arch)
+                elif kind == "vagrant" and full.get("output"):
+                    stem, ending = os.path.splitext(full["output"])
+                    options["output"] = arch_name(stem, arch) + ending
+                if full.get("source"):
+                    options["source"] = arch_name(full["source"], arch)
+            units.append(
+                {
+                    "index": index,
+                    "target": target,
+                    "definition": tname,
+                    "name": check_name("target", arch_name(tname, arch)) if arch else tname,
+                    "architecture": arch,
+                    "options": options,
+                }
+            )
+    return units
+
+
+def docker_indexes(
+    units: list[Mapping[str, Any]],
+    validated: Mapping[str, Mapping[str, Any]],
+    planned: list[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """The multi-architecture images of the bake: one per docker target baked for ``architectures`` with
+    ``push``, an image index under the target's own tags that lists the per-architecture images (pushed under
+    ``<tag>-<arch>``). It is pushed only when every architecture of it is baked in this run (an index of some
+    of them would drop the others)."""
+    by_name = {entry["name"]: entry for entry in planned}
+    indexes = []
+    for tname, options in validated.items():
+        entries = [
+            by_name[unit["name"]]
+            for unit in units
+            if unit["definition"] == tname
+            and unit["architecture"]
+            and by_name[unit["name"]]["type"] == "docker"
+        ]
+        if not entries or not options.get("push"):
+            continue
+        index = {
+            "name": tname,
+            "repository": options["repository"],
+            "tags": list(options.get("tags") or ["latest"]),
+            "entries": [
+                {"name": e["name"], "host": e["host"], "architecture": e["expanded_architecture"]}
+                for e in entries
+            ],
+            "selected": all(e["selected"] for e in entries),
+        }
+        # the entry of the first architecture pushes it, once every architecture's image is pushed
+        entries[0]["index"] = index
+        indexes.append(index)
+    return indexes
 
 
 def bake_dirs(bake: Mapping[str, Any], cwd: str) -> tuple[str, str]:
@@ -322,6 +513,28 @@ def make_plan(
         seen.add(tname)
         types[tname] = target_type(target)
 
+    base, base_arches = base_architectures(bake.get("base") or {})
+    validated = {
+        target["name"]: validate_target(
+            types[target["name"]],
+            target[types[target["name"]]],
+            "bake.targets[%d].%s" % (index, types[target["name"]]),
+        )
+        for index, target in enumerate(targets_in)
+    }
+    arches = plan_architectures(targets_in, types, validated, base_arches)
+    units = expand_targets(targets_in, types, validated, arches, name)
+    # the planned entries' names and types (a target expanded per architecture is one entry per architecture) and
+    # the definition's name of each expanded entry
+    unit_types = {unit["name"]: types[unit["definition"]] for unit in units}
+    groups = {unit["name"]: unit["definition"] for unit in units if unit["architecture"]}
+    for unit in units:
+        if unit["name"] in types and unit["architecture"]:
+            raise BakeryError(
+                "target %s baked for %s is named %s, the name of another target: rename one of them"
+                % (unit["definition"], unit["architecture"], unit["name"])
+            )
+
     directory = definition_dir or cwd
     shared = [
         _provisioners.parse_entry(entry, ["provisioners", index], directory, check_role_name)
@@ -358,23 +571,27 @@ def make_plan(
     _provisioners.check_verify(every_check)
     every_entry = shared + [entry for entries in own.values() for entry in entries] + on_error + every_check
     for entry in every_entry:
-        _provisioners.check_selection(entry, types)
+        _provisioners.check_selection(entry, dict(types, **unit_types))
     digests: dict[str, str] = {}
-    base = bake.get("base") or {}
     rootfs = rootfs_plan(base, cache_dir) if base else None
     epoch = reproducibility(bake, rootfs, os.environ if environ is None else environ)
 
-    chosen = select(list(types), as_list(only), as_list(except_), types)
+    chosen = select(list(unit_types), as_list(only), as_list(except_), unit_types, groups)
     package_lists = bake.get("package_lists") or "refresh"
     step_cache = cache_settings(bake, cache_dir)
     forced = force if isinstance(force, bool) else None
     forced_names = [] if forced is not None else as_list(force)
 
     planned = []
-    for index, target in enumerate(targets_in):
-        tname, kind = target["name"], types[target["name"]]
+    for unit in units:
+        index, target, tname, arch = unit["index"], unit["target"], unit["name"], unit["architecture"]
+        kind, defined = types[unit["definition"]], unit["definition"]
         where = "bake.targets[%d].%s" % (index, kind)
-        options = validate_target(kind, target[kind], where)
+        options = validate_target(kind, unit["options"], where)
+        # an entry of a target expanded per architecture builds from the base made for that architecture: what a
+        # bake whose base names that architecture gives a target
+        unit_base = dict(base, architecture=arch) if arch else base
+        unit_rootfs = rootfs_plan(unit_base, cache_dir) if arch and base else rootfs
         if kind == "qemu":
             options = with_hygiene(options, bake_hygiene, where)
         elif kind in INSTANCE_HYGIENE_TYPES:
@@ -390,7 +607,7 @@ def make_plan(
         target_rootfs = None
         provisioners: list[dict] = []
         error_provisioners: list[dict] = []
-        if not uses_builder and (own[tname] or target.get("vars")):
+        if not uses_builder and (own[defined] or target.get("vars")):
             raise BakeryError(
                 "bake.targets[%d] (%s) is not provisioned (%s): it takes no provisioners or vars"
                 % (
@@ -402,12 +619,16 @@ def make_plan(
         if uses_builder:
             target_vars = target.get("vars") or {}
             where_out = os.path.join(output_dir, "downloads")
-            provisioners = _provisioners.for_target(shared, own[tname], tname, kind, target_vars, where_out)
-            error_provisioners = _provisioners.for_target(on_error, [], tname, kind, target_vars, where_out)
+            provisioners = _provisioners.for_target(
+                shared, own[defined], tname, kind, target_vars, where_out, group=defined
+            )
+            error_provisioners = _provisioners.for_target(
+                on_error, [], tname, kind, target_vars, where_out, group=defined
+            )
             builder = builder_kind(kind, options)
             _provisioners.check_builder(provisioners + error_provisioners, tname, builder)
             if playbook_hosts:
-                check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts)
+                check_playbook_hosts(provisioners + error_provisioners, tname, kind, playbook_hosts, defined)
             inputs.update(_provisioners.inputs(provisioners, role_digest, digests, playbook_digest))
             step_digests = [
                 _provisioners.step_digest(entry, role_digest, digests, playbook_digest)
@@ -417,12 +638,12 @@ def make_plan(
                 # tighter checks check the instance again: a new image
                 inputs["hygiene"] = hygiene_input(options["hygiene"])
             if not uses_own_source(kind, options):
-                if rootfs is None:
+                if unit_rootfs is None:
                     raise BakeryError(
                         "bake.targets[%d] (%s) needs a source: set bake.base (a rootfs to build) or "
                         "the target's own base image" % (index, tname)
                     )
-                target_rootfs = own_rootfs(kind, options, base, cache_dir) or rootfs
+                target_rootfs = own_rootfs(kind, options, unit_base, cache_dir) or unit_rootfs
                 inputs["source"] = target_rootfs["identity"]
             root = step_root(tname, kind, options, inputs.get("source"), package_lists)
             if epoch["explicit"]:
@@ -432,7 +653,9 @@ def make_plan(
                 root["source_date_epoch"] = epoch["source_date_epoch"]
             step_keys = chain_keys(root, step_digests)
         # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified
-        verify = _provisioners.for_target(checks, own_checks[tname], tname, kind, target.get("vars") or {})
+        verify = _provisioners.for_target(
+            checks, own_checks[defined], tname, kind, target.get("vars") or {}, group=defined
+        )
         if verify and kind not in VERIFY_TYPES:
             raise BakeryError(
                 "%s selects target %s: verify is not supported for %s targets yet (only %s; restrict the entry "
@@ -464,11 +687,17 @@ def make_plan(
                 )
             )
         verify_inputs = _provisioners.inputs(verify, role_digest, digests, playbook_digest)
-        target_forced = bool(target.get("force")) or bool(forced) or tname in forced_names
+        target_forced = (
+            bool(target.get("force")) or bool(forced) or tname in forced_names or defined in forced_names
+        )
         verify_inputs.update(verify_options(kind, options))
         planned.append(
             {
                 "name": tname,
+                # the target of the definition it is baked for (its name, and the architecture it is baked for
+                # when the definition lists several: architectures)
+                "definition": defined,
+                "expanded_architecture": arch,
                 "type": kind,
                 "host": "bakery-%s" % tname,
                 "builder": "bakery-%s-builder" % tname,
@@ -479,7 +708,7 @@ def make_plan(
                 "inputs": inputs,
                 "rootfs": target_rootfs,
                 # what the artifact runs on, where the plan knows it (a base image's is read at capture)
-                "architecture": target_rootfs["source"]["architecture"] if target_rootfs else None,
+                "architecture": target_rootfs["source"]["architecture"] if target_rootfs else arch,
                 "needs_builder": uses_builder,
                 "step_keys": step_keys,
                 "step_cache": dict(
@@ -497,9 +726,8 @@ def make_plan(
             }
         )
     check_selected(every_entry, planned)
-    link_sources(
-        planned, types, chosen, {target["name"]: target[types[target["name"]]] for target in targets_in}
-    )
+    link_sources(planned, unit_types, chosen, {unit["name"]: unit["options"] for unit in units})
+    indexes = docker_indexes(units, validated, planned)
     bake_id = bake_id or new_bake_id()
     for entry in planned:
         entry.update(
@@ -516,6 +744,7 @@ def make_plan(
         "manifest": os.path.join(output_dir, "bake-manifest.json"),
         "targets": [entry for entry in planned if entry["selected"]],
         "skipped_targets": [entry["name"] for entry in planned if not entry["selected"]],
+        "indexes": indexes,
         "sign": sign,
         "reproducibility": epoch,
     }
@@ -1074,18 +1303,21 @@ def builder_kind(kind: str, options: Mapping[str, Any]) -> str:
     return "vm" if kind == "vagrant" else "cloud"
 
 
-def playbook_groups(target: str, kind: str) -> list[str]:
-    """The groups a builder is in for a playbook entry's plays (its ``hosts:`` patterns)."""
-    return ["bakery_builders", target, kind, "default"]
+def playbook_groups(target: str, kind: str, group: str | None = None) -> list[str]:
+    """The groups a builder is in for a playbook entry's plays (its ``hosts:`` patterns); an entry of a target
+    baked for several architectures is in its target's group too (*group*: ``web`` for ``web-arm64``)."""
+    return ["bakery_builders", target, kind, "default"] + ([group] if group and group != target else [])
 
 
-def check_playbook_hosts(entries: list[dict], target: str, kind: str, playbook_hosts: PlaybookHosts) -> None:
+def check_playbook_hosts(
+    entries: list[dict], target: str, kind: str, playbook_hosts: PlaybookHosts, group: str | None = None
+) -> None:
     """A playbook entry whose plays would all leave this target's builder out is a mistake: refused."""
     for entry in entries:
         if entry["kind"] != "playbook":
             continue
         path = entry["playbook"]["file"]
-        if not playbook_hosts(path, "bakery-%s-builder" % target, playbook_groups(target, kind)):
+        if not playbook_hosts(path, "bakery-%s-builder" % target, playbook_groups(target, kind, group)):
             raise BakeryError(
                 "%s: no play of playbook %s would run on the builder of target %s: its hosts: patterns match "
                 "none of all, bakery_builders, default, %s (the target's name), %s (its type)"

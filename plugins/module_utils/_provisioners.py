@@ -416,11 +416,14 @@ def parse_entry(
     return out
 
 
-def selects(entry: Mapping[str, Any], target: str, kind: str) -> bool:
+def selects(entry: Mapping[str, Any], target: str, kind: str, group: str | None = None) -> bool:
+    """Whether the entry's ``only``/``except`` choose the target (by its name, its type, or *group*: the name the
+    definition gives a target baked for several architectures, whose entries are ``<group>-<arch>``)."""
     only, except_ = entry["only"], entry["except"]
-    if only and target not in only and kind not in only:
+    names = {target, kind, group or target}
+    if only and not names & set(only):
         return False
-    return target not in except_ and kind not in except_
+    return not names & set(except_)
 
 
 def check_selection(entry: Mapping[str, Any], types: Mapping[str, str]) -> None:
@@ -448,11 +451,12 @@ def for_target(
     kind: str,
     target_vars: Mapping[str, Any],
     output_dir: str = "",
+    group: str | None = None,
 ) -> list[dict]:
     """The target's own ordered list: the bake's entries that select it, then its own; its vars override
     the role and playbook entries' variables. Each entry gets its position in the list; a download its path
     on the controller, ``<output_dir>/<target>/<dest>`` (the caller's *output_dir*)."""
-    chosen = [entry for entry in shared + own if selects(entry, target, kind)]
+    chosen = [entry for entry in shared + own if selects(entry, target, kind, group)]
     out = []
     for position, entry in enumerate(chosen):
         item = dict(entry, position=position)

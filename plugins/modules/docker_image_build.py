@@ -18,6 +18,11 @@ description:
     base image's layers plus one reproducible layer, see RV(layer)); C(action=push) pushes the tags to a registry;
     C(action=find) reports whether the image is up to date (and with O(restore_tags=true) points tags that
     moved away back at it); C(action=remove) removes build containers.
+  - C(action=index) pushes one multi-architecture image, an image index (Docker manifest list) under each of
+    O(tags) that lists the images O(manifests) names (already in the registry, by digest); a tag whose index
+    lists exactly those is left alone. It runs the docker CLI's C(docker manifest) with a temporary configuration
+    directory (credentials from O(registry) are written there, never on a command line, and removed with it), with
+    C(--insecure) for a registry on 127.0.0.0/8, ::1 or localhost, as the engine treats those.
   - "The per-step cache (O(step_cache)): C(action=step_commit) keeps the build container's state after a
     provisioner as an untagged step image labelled with its chain key (O(step_keys)); C(action=start) starts from
     the deepest step image whose key it has and says from which step (RV(step_cache.resume)); least recently used
@@ -48,7 +53,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [build, import, find, start, commit, remove, push, publish, verifier, step_commit, prune_steps]
+    choices: [build, import, index, find, start, commit, remove, push, publish, verifier, step_commit, prune_steps]
     default: build
   name:
     description:
@@ -188,6 +193,14 @@ options:
       password:
         description: Registry password or token.
         type: str
+  manifests:
+    description:
+      - With V(action=index), the images the index lists, by digest in the repository O(name)
+        (V(127.0.0.1:5000/team/app@sha256:...)), one per platform; each must already be in the registry. A reference
+        to an index is left out (an image pulled through an index has the index's digest among its repository
+        digests).
+    type: list
+    elements: str
   step_keys:
     description:
       - The builder's per-step cache keys from the bake plan, of the state after the start (key 0) and after each
@@ -268,6 +281,15 @@ EXAMPLES = r"""
       username: ci
       password: "{{ registry_token }}"
 
+- name: One multi-architecture image of two per-architecture images already pushed
+  bakery.images.docker_image_build:
+    action: index
+    name: 127.0.0.1:5000/team/web
+    tags: ["1.0", latest]
+    manifests:
+      - 127.0.0.1:5000/team/web@sha256:1f3a0e2c8bd4c5f7e6a9b0d1c2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1
+      - 127.0.0.1:5000/team/web@sha256:2e4b1f3d9ce5d6a8f7b0c1e2d3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2
+
 - name: Start a build container from a base image
   bakery.images.docker_image_build:
     action: start
@@ -289,6 +311,35 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+index:
+  description: The image index V(action=index) pushed or found.
+  returned: index (without RV(index.digest) and RV(index.manifests) when check mode would push it)
+  type: dict
+  contains:
+    name:
+      description: The repository.
+      type: str
+    tags:
+      description: The references the index is under.
+      type: list
+      elements: str
+    digest:
+      description: The index's digest (the same under every tag).
+      type: str
+    manifests:
+      description: The images it lists, each with its C(digest) and C(platform) (V(linux/arm64)).
+      type: list
+      elements: dict
+pushed:
+  description: The references V(action=index) pushed an index under (would push, in check mode).
+  returned: index
+  type: list
+  elements: str
+up_to_date:
+  description: The references whose index already listed exactly O(manifests).
+  returned: index
+  type: list
+  elements: str
 published:
   description: Whether the image carries its tags (V(false) for an image left untagged by O(publish=false)).
   returned: build, import, commit, find of an image, publish
@@ -485,6 +536,7 @@ def main() -> None:
             docker_host=dict(type="str", fallback=(env_fallback, ["DOCKER_HOST"])),
             timeout=dict(type="int", default=600),
             step_keys=dict(type="list", elements="str", default=[], no_log=False),
+            manifests=dict(type="list", elements="str"),
             step=dict(type="int"),
             step_cache=dict(
                 type="dict",
@@ -504,6 +556,7 @@ def main() -> None:
             ("action", "start", ["name"]),
             ("action", "commit", ["name", "container"]),
             ("action", "push", ["name"]),
+            ("action", "index", ["name", "manifests"]),
             ("action", "step_commit", ["container", "step"]),
         ],
         mutually_exclusive=[("base_image", "rootfs")],

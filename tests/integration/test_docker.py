@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -749,3 +750,184 @@ def test_the_builder_connection_uploads_files_when_id_first_answers_nothing(
             assert "Error while determining user and group ID" in run.stdout + run.stderr
     finally:
         container.remove(force=True)
+
+
+INDEX_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: index
+      bakery.images.docker_image_build:
+        action: index
+        name: "{{ name }}"
+        tags: "{{ tags }}"
+        manifests: "{{ manifests }}"
+        registry: "{{ registry }}"
+"""
+
+
+def registry_manifest(url: str, repository: str, reference: str, auth: dict) -> tuple[str, dict]:
+    """The registry's manifest (an index, here) of *reference* and its digest, read as a client reads it."""
+    import base64
+
+    request = urllib.request.Request(
+        "http://%s/v2/%s/manifests/%s" % (url, repository, reference),
+        headers={
+            "Accept": "application/vnd.docker.distribution.manifest.list.v2+json, "
+            "application/vnd.oci.image.index.v1+json",
+            "Authorization": "Basic "
+            + base64.b64encode(("%s:%s" % (auth["username"], auth["password"])).encode()).decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return reply.headers["Docker-Content-Digest"], json.loads(reply.read())
+
+
+def test_a_target_baked_for_two_architectures_is_one_multi_architecture_image(
+    bake_base, tmp_path, docker_leftovers
+):
+    """architectures: [amd64, arm64] bakes the target in two build containers (the arm64 one emulated), pushes each
+    image under <tag>-<arch> and then one index under the target's tag; docker run --platform picks the image of
+    each architecture from it. The index, found as it is, is left alone; in check mode nothing is pushed.
+    The arm64 base has exactly the options of the other arm64 tests (bookworm minbase, python3 and python3-apt), so
+    that they share its rootfs in the cache."""
+    from registry import start_registry
+
+    url, stop = start_registry(tmp_path / "registry", user="pusher", password=REGISTRY_PASSWORD)
+    repository = "bakery/multi-%s" % uuid.uuid4().hex[:8]
+    name = "%s/%s" % (url, repository)
+    auth = {"username": "pusher", "password": REGISTRY_PASSWORD}
+    definition = {
+        "name": "itest",
+        "cache_dir": bake_base["cache_dir"],
+        "base": dict(BAKE_BASE),
+        # a cheap provisioner: the emulated builder runs it (and Ansible's facts) at qemu-user speed
+        "provisioners": [{"shell": {"inline": ["uname -m > /arch"]}}],
+        "targets": [
+            {
+                "name": "multi",
+                "architectures": ["amd64", "arm64"],
+                "docker": {
+                    "repository": name,
+                    "tags": ["v1"],
+                    "push": True,
+                    "registry": auth,
+                    "changes": {"cmd": ["cat", "/arch"]},
+                },
+            }
+        ],
+    }
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    cli = ["docker", "--config", str(config)]
+    try:
+        started = time.monotonic()
+        first = bake(tmp_path, definition)
+        print("bake of two architectures: %.1f s" % (time.monotonic() - started))
+        assert first.rc == 0, first.explain()
+        assert REGISTRY_PASSWORD not in first.stdout + first.stderr
+        manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
+        entries = {entry["target"]: entry for entry in manifest["artifacts"]}
+        assert sorted(entries) == ["multi-amd64", "multi-arm64"]
+        assert (entries["multi-amd64"]["architecture"], entries["multi-arm64"]["architecture"]) == (
+            "amd64",
+            "arm64",
+        )
+        digests = {}
+        for arch in ("amd64", "arm64"):
+            entry = entries["multi-" + arch]
+            assert entry["tags"] == ["%s:v1-%s" % (name, arch)]
+            (digests[arch],) = [
+                ref.split("@", 1)[1] for ref in entry["repo_digests"] if ref.startswith(name + "@")
+            ]
+        assert digests["amd64"] != digests["arm64"]
+
+        # the registry's index under the target's own tag lists both images, by their digests
+        index_digest, index = registry_manifest(url, repository, "v1", auth)
+        assert index["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+        listed = {
+            "%s/%s" % (item["platform"]["os"], item["platform"]["architecture"]): item["digest"]
+            for item in index["manifests"]
+        }
+        assert listed == {"linux/amd64": digests["amd64"], "linux/arm64": digests["arm64"]}
+        # the manifest records the index (with the entry of the first architecture) and both images' digests
+        recorded = entries["multi-amd64"]["index"]
+        assert recorded["digest"] == index_digest and recorded["target"] == "multi"
+        assert recorded["tags"] == ["%s:v1" % name] and recorded["images"] == ["multi-amd64", "multi-arm64"]
+        assert {item["platform"]: item["digest"] for item in recorded["manifests"]} == listed
+        assert "index" not in entries["multi-arm64"]
+        summary = first.task_result("Artifact summary")["msg"]
+        assert "index of multi: %s:v1  %s  linux/amd64, linux/arm64" % (name, index_digest[7:19]) in summary
+
+        # docker run --platform runs the image of that architecture from the index (arm64 emulated)
+        login = subprocess.run(
+            [*cli, "login", "--username", "pusher", "--password-stdin", url],
+            input=REGISTRY_PASSWORD,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert login.returncode == 0, login.stderr
+        for platform, machine in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
+            run = subprocess.run(
+                [
+                    *cli,
+                    "run",
+                    "--rm",
+                    "--pull",
+                    "always",
+                    "--platform",
+                    platform,
+                    "%s:v1" % name,
+                    "uname",
+                    "-m",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert (run.returncode, run.stdout.strip()) == (0, machine), run.stderr
+            # and the builder of that architecture ran the provisioner (the image's command prints what it wrote)
+            run = subprocess.run(
+                [*cli, "run", "--rm", "--platform", platform, "%s:v1" % name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert run.stdout.strip() == machine, run.stderr
+
+        # the index as it is is left alone (without a second bake: the module the bake runs for it, with the repo
+        # digests the images have now: the pulls above gave each the index's digest too, not an image to list);
+        # in check mode a tag without it would get one, and nothing is pushed
+        images = [
+            ref
+            for tag in ("v1-amd64", "v1-arm64")
+            for ref in docker_client().images.get("%s:%s" % (name, tag)).attrs["RepoDigests"]
+        ]
+        assert "%s@%s" % (name, index_digest) in images
+        started = time.monotonic()
+        again = run_playbook(
+            INDEX_PLAY,
+            tmp_path,
+            extra_vars={"name": name, "tags": ["v1"], "manifests": images, "registry": auth},
+            args=LOCAL,
+        )
+        assert again.rc == 0, again.explain()
+        result = again.task_result("index")
+        assert not result["changed"] and result["up_to_date"] == ["%s:v1" % name], result
+        assert result["index"]["digest"] == index_digest
+        check = run_playbook(
+            INDEX_PLAY,
+            tmp_path,
+            extra_vars={"name": name, "tags": ["v1", "v2"], "manifests": images, "registry": auth},
+            args=LOCAL + ["--check"],
+        )
+        result = check.task_result("index")
+        assert check.rc == 0 and result["changed"] and result["pushed"] == ["%s:v2" % name], result
+        print("the index found as it is, and in check mode: %.1f s" % (time.monotonic() - started))
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            registry_manifest(url, repository, "v2", auth)
+        assert registry_manifest(url, repository, "v1", auth)[0] == index_digest
+    finally:
+        stop()
+        remove_repositories(name)

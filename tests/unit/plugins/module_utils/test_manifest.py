@@ -378,3 +378,23 @@ def test_each_summary_line_names_the_architecture_of_its_target():
     assert lines[1].split()[:4] == ["img", "docker", "amd64", "bakery/web:latest"]
     assert lines[2].split()[:3] == ["arm", "qemu", "arm64"]
     assert lines[3].split()[:3] == ["other", "docker", "-"], "unknown, never guessed"
+
+
+def test_the_summary_has_a_line_for_each_multi_architecture_image():
+    index = {
+        "target": "img",
+        "tags": ["r/web:v1"],
+        "digest": "sha256:0123456789abcdef",
+        "manifests": [
+            {"digest": "sha256:aa", "platform": "linux/amd64"},
+            {"digest": "sha256:bb", "platform": "linux/arm64"},
+        ],
+    }
+    plan = dict(PLAN, targets=[{"name": "img-amd64"}, {"name": "img-arm64"}])
+    results = [
+        {"target": "img-amd64", "type": "docker", "artifact": dict(IMAGE, status="built", index=index)},
+        {"target": "img-arm64", "type": "docker", "artifact": dict(IMAGE, status="built")},
+    ]
+    lines = _manifest.summary(plan, results)
+    assert lines[3] == "index of img: r/web:v1  0123456789ab  linux/amd64, linux/arm64"
+    assert lines[4] == "manifest: /o/bake-manifest.json"

@@ -564,3 +564,204 @@ def test_machine_types_are_told_apart_by_their_family():
         == machine_architecture("gce", "custom-2-4096")
         == "X86_64"
     )
+
+
+# ---------------------------------------------------------------- architectures: one entry per architecture
+
+
+def multi_arch_bake(**base) -> dict:
+    bake = copy.deepcopy(BAKE)
+    bake["base"].update(base)
+    bake["targets"] = [
+        {
+            "name": "img",
+            "architectures": ["amd64", "arm64"],
+            "docker": {"repository": "127.0.0.1:5000/web", "tags": ["v1", "latest"], "push": True},
+        },
+        {
+            "name": "disk",
+            "architectures": ["amd64", "arm64"],
+            "qemu": {"provision": "chroot", "formats": ["qcow2"]},
+        },
+        {"name": "df", "docker": {"repository": "bakery/df", "context": CONTEXT}},
+    ]
+    return bake
+
+
+def test_a_target_with_architectures_is_one_entry_per_architecture_each_from_its_own_base():
+    result = plan(multi_arch_bake(), bake_id="b1")
+    targets = {t["name"]: t for t in result["targets"]}
+    assert list(targets) == ["img-amd64", "img-arm64", "disk-amd64", "disk-arm64", "df"]
+    for name in ("img", "disk"):
+        amd, arm = targets[name + "-amd64"], targets[name + "-arm64"]
+        assert (amd["host"], arm["host"]) == ("bakery-%s-amd64" % name, "bakery-%s-arm64" % name)
+        assert (amd["architecture"], arm["architecture"]) == ("amd64", "arm64")
+        assert amd["definition"] == arm["definition"] == name
+        # each its own rootfs (the cache keeps them apart by identity), fingerprint inputs and step keys
+        assert amd["rootfs"]["path"] != arm["rootfs"]["path"]
+        assert arm["rootfs"]["options"]["architecture"] == arm["rootfs"]["source"]["architecture"] == "arm64"
+        assert amd["inputs"]["source"] != arm["inputs"]["source"]
+        assert not set(amd["step_keys"]) & set(arm["step_keys"])
+    # what they make is named apart
+    assert targets["img-arm64"]["options"]["tags"] == ["v1-arm64", "latest-arm64"]
+    assert targets["img-amd64"]["options"]["tags"] == ["v1-amd64", "latest-amd64"]
+    assert targets["disk-arm64"]["options"]["name"] == "web-arm64"
+    # a Dockerfile build is not expanded
+    assert targets["df"]["definition"] == "df" and targets["df"]["expanded_architecture"] is None
+    # one multi-architecture image of the pushed docker target, under its own tags
+    assert result["indexes"] == [
+        {
+            "name": "img",
+            "repository": "127.0.0.1:5000/web",
+            "tags": ["v1", "latest"],
+            "entries": [
+                {"name": "img-amd64", "host": "bakery-img-amd64", "architecture": "amd64"},
+                {"name": "img-arm64", "host": "bakery-img-arm64", "architecture": "arm64"},
+            ],
+            "selected": True,
+        }
+    ]
+
+
+def test_base_architectures_expand_every_target_built_from_the_base_and_a_target_may_override_them():
+    bake = multi_arch_bake(architectures=["amd64", "arm64"])
+    del bake["targets"][0]["architectures"]
+    bake["targets"][1]["architectures"] = ["arm64"]
+    names = [t["name"] for t in plan(bake)["targets"]]
+    assert names == ["img-amd64", "img-arm64", "disk-arm64", "df"]
+
+
+def test_an_arm64_entry_is_what_a_bake_whose_base_is_arm64_gives_a_target():
+    """The entry of a qemu target for arm64 has the rootfs and options a single-architecture arm64 bake gives it
+    (its output name apart), so what builds arm64 disks composes with the expansion."""
+    single = copy.deepcopy(BAKE)
+    single["base"]["architecture"] = "arm64"
+    single["targets"] = [
+        {"name": "disk", "qemu": {"provision": "chroot", "formats": ["qcow2"], "packages": ["curl"]}}
+    ]
+    expanded = copy.deepcopy(single)
+    del expanded["base"]["architecture"]
+    expanded["targets"][0]["architectures"] = ["amd64", "arm64"]
+    (one,) = plan(single)["targets"]
+    arm = {t["name"]: t for t in plan(expanded)["targets"]}["disk-arm64"]
+    assert arm["rootfs"] == one["rootfs"]
+    assert arm["architecture"] == one["architecture"] == "arm64"
+    assert dict(arm["options"], name=None) == dict(one["options"], name=None)
+    assert arm["options"]["name"] == "web-arm64"
+
+
+def test_the_targets_name_selects_forces_and_provisions_all_its_architectures():
+    bake = multi_arch_bake()
+    bake["provisioners"].append({"shell": {"inline": ["true"]}, "only": ["disk"]})
+    bake["provisioners"].append({"shell": {"inline": ["false"]}, "except": ["img-arm64"]})
+    result = plan(bake, only="img")
+    assert [t["name"] for t in result["targets"]] == ["img-amd64", "img-arm64"]
+    assert result["indexes"][0]["selected"]
+    # one architecture: the index is not pushed (it would drop the other)
+    result = plan(bake, only="img-arm64")
+    assert [t["name"] for t in result["targets"]] == ["img-arm64"]
+    assert not result["indexes"][0]["selected"]
+    assert [t["name"] for t in plan(bake, except_="disk")["targets"]] == ["img-amd64", "img-arm64", "df"]
+    forced = {t["name"]: t["force"] for t in plan(bake, force="disk")["targets"]}
+    assert forced == {
+        "img-amd64": False,
+        "img-arm64": False,
+        "disk-amd64": True,
+        "disk-arm64": True,
+        "df": False,
+    }
+    kinds = {t["name"]: [p["kind"] for p in t["provisioners"]] for t in plan(bake)["targets"]}
+    assert kinds["disk-amd64"] == kinds["disk-arm64"] == ["role", "shell", "shell"]
+    assert kinds["img-amd64"] == ["role", "shell"] and kinds["img-arm64"] == ["role"]
+
+
+def test_a_target_made_from_an_expanded_disk_is_made_for_each_architecture_from_its_disk(disk_types):
+    bake = disk_bake(provider="libvirt")
+    bake["targets"][1]["architectures"] = ["amd64", "arm64"]
+    targets = {t["name"]: t for t in plan(bake)["targets"]}
+    assert sorted(targets) == ["box-amd64", "box-arm64", "disk-amd64", "disk-arm64", "img"]
+    for arch in ("amd64", "arm64"):
+        box = targets["box-" + arch]
+        assert box["source"] == {"target": "disk-" + arch, "type": "qemu", "host": "bakery-disk-" + arch}
+        assert box["architecture"] == arch and box["options"]["source"] == "disk-" + arch
+    assert targets["box-amd64"]["inputs"] != targets["box-arm64"]["inputs"]
+    # a box file given by name is named apart too
+    bake["targets"][2]["vagrant"]["output"] = "boxes/web.box"
+    outputs = {t["name"]: t["options"]["output"] for t in plan(bake)["targets"] if t["type"] == "vagrant"}
+    assert outputs == {"box-amd64": "boxes/web-amd64.box", "box-arm64": "boxes/web-arm64.box"}
+    # selecting the box by its name selects both boxes and both disks
+    chosen = sorted(t["name"] for t in plan(bake, only="box")["targets"])
+    assert chosen == ["box-amd64", "box-arm64", "disk-amd64", "disk-arm64"]
+    # the same list on the consumer is accepted, another is refused
+    bake["targets"][2]["architectures"] = ["arm64", "amd64"]
+    assert len(plan(bake)["targets"]) == 5
+    bake["targets"][2]["architectures"] = ["arm64"]
+    with pytest.raises(
+        BakeryError, match=r"\(box\): architectures arm64, but its source disk is baked for amd64, arm64"
+    ):
+        plan(bake)
+
+
+def test_images_of_expanded_disks_are_named_apart_with_their_architecture():
+    bake = arm_images()
+    del bake["base"]["architecture"]
+    bake["targets"][0]["architectures"] = ["amd64", "arm64"]
+    targets = {t["name"]: t for t in plan(bake)["targets"]}
+    assert (targets["ami-arm64"]["options"]["name"], targets["ami-amd64"]["options"]["name"]) == (
+        "web-arm64",
+        "web-amd64",
+    )
+    assert targets["ami-arm64"]["options"]["architecture"] == "arm64"
+    assert targets["ami-arm64"]["options"]["boot_mode"] == "uefi"
+    assert targets["ami-amd64"]["options"]["architecture"] == "x86_64"
+    assert (
+        targets["gce-arm64"]["options"]["architecture"],
+        targets["gce-amd64"]["options"]["architecture"],
+    ) == (
+        "ARM64",
+        "X86_64",
+    )
+
+
+def test_the_secret_options_of_an_expanded_entry_come_from_its_target():
+    bake = multi_arch_bake()
+    bake["targets"][0]["docker"]["registry"] = {"username": "u", "password": SECRET}
+    result = plan(bake, secrets_of=lambda kind: [["registry", "password"]] if kind == "docker" else [])
+    arm = result["targets"][1]
+    assert arm["options"]["registry"]["password"] == _plan.MASK
+    assert _plan.target_secrets(bake, arm) == {"registry": {"password": SECRET}}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda b: b["targets"][0].update(architectures=["arm64", "amd64", "arm64"]),
+            r"^bake.targets\[0\].architectures lists arm64 twice$",
+        ),
+        (
+            lambda b: b["targets"][0].update(architectures=["aarch64"]),
+            r"^bake.targets\[0\].architectures: 'aarch64' is not a Debian architecture bakery builds for \(one of amd64, arm64",
+        ),
+        (lambda b: b["targets"][0].update(architectures=[]), r"must be a list of Debian architectures"),
+        (
+            lambda b: b["base"].update(architecture="arm64", architectures=["amd64"]),
+            r"^bake.base: give architecture \(one\) or architectures \(a list of them\), not both$",
+        ),
+        (lambda b: b["base"].update(architectures=["x86_64"]), r"^bake.base.architectures: 'x86_64' is not"),
+        (
+            lambda b: b["targets"][2].update(architectures=["arm64"]),
+            r"^bake.targets\[2\] \(df\): architectures is for a target built from bake.base .* starts from its "
+            r"Dockerfile$",
+        ),
+        (
+            lambda b: b["targets"].append({"name": "img-arm64", "docker": {"repository": "x/y"}}),
+            r"^target img baked for arm64 is named img-arm64, the name of another target",
+        ),
+    ],
+)
+def test_bad_architectures_are_refused_naming_the_problem(mutate, message):
+    bake = multi_arch_bake()
+    mutate(bake)
+    with pytest.raises(BakeryError, match=message):
+        plan(bake)

@@ -496,6 +496,15 @@ def test_play_hosts_patterns_are_matched_as_ansible_matches_them(patterns, match
     assert hosts_match(patterns, "bakery-web-builder", groups) is matches
 
 
+def test_the_builder_of_an_architecture_is_in_its_targets_group_for_playbook_plays():
+    from ansible_collections.bakery.images.plugins.action.bake_plan import hosts_match
+
+    groups = _plan.playbook_groups("web-arm64", "docker", "web")
+    assert hosts_match(["web"], "bakery-web-arm64-builder", groups)
+    assert hosts_match(["web-arm64"], "bakery-web-arm64-builder", groups)
+    assert not hosts_match(["web-amd64"], "bakery-web-arm64-builder", groups)
+
+
 def test_a_secret_role_entrys_variables_are_masked_with_the_targets_own(definition):
     bake, directory = definition
     bake["provisioners"][0]["no_log"] = True
