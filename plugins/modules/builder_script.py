@@ -19,7 +19,7 @@ description:
     C(inline), the scripts in files named C(<index>-<basename>).
   - Each command runs as C(ansible.builtin.command) runs one - the task's environment, the same working directory,
     C($VARS) and C(~) in the arguments expanded - in order, up to the first that fails (its exit code is not in
-    O(valid_exit_codes)): as in Packer's shell provisioner, the commands after it do not run (RV(not_run)). Each
+    O(valid_exit_codes)); as in Packer's shell provisioner, the commands after it do not run (RV(not_run)). Each
     outcome is an item of RV(results).
   - The module's action plugin reads the scripts on the controller, as bytes, and sends them, and the inline
     commands, base64 encoded with the module's arguments (no copy through the connection).
