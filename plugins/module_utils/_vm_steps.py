@@ -48,8 +48,9 @@ MIB = 1024**2
 MAX_DEPTH = 1000
 
 # Run in the guest (as root) while the host takes the snapshot: the builder's key leaves the authorized_keys
-# files (kept in /run, a tmpfs), the file system is synced and frozen, "frozen" is said, and on the host's
-# answer (or when the connection goes) the file system is thawed and the key put back.
+# files (kept in /run, a tmpfs), journald leaves /var, the file system is synced and frozen, "frozen" is said, and
+# on the host's answer (or when the connection goes) the file system is thawed, journald back on /var and the key
+# put back.
 FREEZE_SCRIPT = r"""
 set -eu
 body=%(body)s
@@ -57,8 +58,10 @@ home=%(home)s
 kept=/run/bakery-step-keys
 umask 077
 mkdir -p "$kept"
+journal=no
 thaw() {
   fsfreeze -u / 2>/dev/null || true
+  if [ "$journal" = yes ]; then journalctl --flush 2>/dev/null || true; fi
   for name in authorized_keys authorized_keys2; do
     if [ -f "$kept/$name" ]; then cp -p "$kept/$name" "$home/.ssh/$name"; fi
   done
@@ -74,6 +77,9 @@ for name in authorized_keys authorized_keys2; do
   if [ -s "$kept/$name.without" ]; then cat "$kept/$name.without" > "$file"; else rm -f "$file"; fi
   rm -f "$kept/$name.without"
 done
+# journald closes its files on /var cleanly and writes to /run meanwhile: a boot from the layer finds them closed,
+# not in use (which it would set aside as *.journal~ and start anew: a file the disk made without the cache lacks)
+if command -v journalctl >/dev/null 2>&1 && journalctl --relinquish-var 2>/dev/null; then journal=yes; fi
 sync
 fsfreeze -f /
 echo frozen

@@ -172,6 +172,9 @@ def test_the_guest_is_frozen_without_the_builder_key():
     script = _vm_steps.freeze_script("root", key)
     assert script.startswith("sh -c ") and "AAAAC3NzaC1lZDI1NTE5AAAAIbody" in script
     assert "fsfreeze -f /" in script and "fsfreeze -u /" in script and "/root" in script
+    # journald's files on the disk are closed while it is frozen, and reopened after
+    assert script.index("--relinquish-var") < script.index("fsfreeze -f /")
+    assert "journalctl --flush" in script
     assert _vm_steps.freeze_script("debian", key).startswith("sudo -n sh -c ")
 
 
