@@ -390,6 +390,14 @@ STAMP_ROLE = """\
     mode: "0644"
 """
 
+STAMP_TOKEN = """\
+- name: Leave a token of this run  # run %s
+  ansible.builtin.shell: set -o noclobber; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/bakery-token
+  args:
+    executable: /bin/bash
+    creates: /etc/bakery-token
+"""
+
 
 def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
     """Read the root file system of a raw disk made by qemu_image, at its offset, without mounting it."""
@@ -402,14 +410,26 @@ def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
 
 
 def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tmp_path):
+    """A provision: vm bake, then the same bake with only its last provisioner changed: the builder VM of the
+    second boots from the layers the first kept after its first provisioner (per-step cache, a qcow2 overlay
+    chain) and runs only the last one; its disk has the files of the first but the changed one."""
+    import shutil
+
+    from test_step_cache import disk_tree
+
+    run_id = uuid.uuid4().hex
     role = tmp_path / "roles" / "stamp" / "tasks"
     role.mkdir(parents=True)
-    (role / "main.yml").write_text(STAMP_ROLE)
+    # the run's id makes the role's steps this test's own; the token shows whether the role ran again
+    (role / "main.yml").write_text(STAMP_ROLE + STAMP_TOKEN % run_id)
     definition = {
         "name": "vmbake",
         "cache_dir": str(cache_dir),
         "base": default_bake(cache_dir)["base"],
-        "provisioners": [{"role": "stamp"}],
+        "provisioners": [
+            {"role": "stamp"},
+            {"name": "last", "shell": {"inline": ["echo one > /etc/bakery-last"]}},
+        ],
         "targets": [
             {
                 "name": "vmdisk",
@@ -430,40 +450,122 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         ],
     }
     path = tmp_path / "bake.json"
-    path.write_text(json.dumps({"bake": definition}))
-    run = run_playbook(
-        BAKE_PLAYBOOK,
-        tmp_path,
-        args=["-e", "@%s" % path],
-        env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
-        timeout=2400,
-    )
-    assert run.rc == 0, run.explain()
-    assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
-    disk = tmp_path / "output" / "vmbake.raw"
-    # provisioned in the booted VM (systemd is PID 1), which booted with UEFI, its console on the serial port
-    init, firmware, cmdline = debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()
-    assert (init, firmware) == ("systemd", "uefi")
-    assert any(arg.startswith("console=ttyS0") for arg in cmdline.split()), cmdline
-    # the builder's key and the host keys made at its first boot are not in the image
-    assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
-    assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
-    (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
-    bake_id = entry["bake_id"]
-    # checked in the guest before it powered off, the builder's key among the checks
-    checks = {check["name"]: check for check in entry["hygiene"]}
-    assert {name: check["status"] for name, check in checks.items()} == {
-        name: "passed" for name in HYGIENE_CHECKS
-    }
-    assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
-    # the SBOMs list the packages of the disk's own database, read in the guest before it powered off
-    packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
-    assert len(packages) > 50
-    check_documents(entry, packages)
-    assert check_statement(entry)["subject"][0]["digest"] == {"sha256": entry["sha256"]}
-    left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
-    assert left.stdout == "", "qemu left running: %s" % left.stdout
-    assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+    steps_dir = cache_dir / "vm-steps"
+    keys: list[str] = []
+
+    def vm_bake(*args: str):
+        path.write_text(json.dumps({"bake": definition}))
+        started = time.monotonic()
+        result = run_playbook(
+            BAKE_PLAYBOOK,
+            tmp_path,
+            args=["-e", "@%s" % path, *args],
+            env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
+            timeout=2400,
+        )
+        print("bake %s: %.1f s" % (" ".join(args) or "", time.monotonic() - started))
+        return result
+
+    try:
+        run = vm_bake()
+        assert run.rc == 0, run.explain()
+        assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
+        disk = tmp_path / "output" / "vmbake.raw"
+        # provisioned in the booted VM (systemd is PID 1), which booted with UEFI, its console on the serial port
+        init, firmware, cmdline = debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()
+        assert (init, firmware) == ("systemd", "uefi")
+        assert any(arg.startswith("console=ttyS0") for arg in cmdline.split()), cmdline
+        # the builder's key and the host keys made at its first boot are not in the image
+        assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
+        assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
+        (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+        bake_id = entry["bake_id"]
+        # checked in the guest before it powered off, the builder's key among the checks
+        checks = {check["name"]: check for check in entry["hygiene"]}
+        assert {name: check["status"] for name, check in checks.items()} == {
+            name: "passed" for name in HYGIENE_CHECKS
+        }
+        assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
+        # the SBOMs list the packages of the disk's own database, read in the guest before it powered off
+        packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
+        assert len(packages) > 50
+        check_documents(entry, packages)
+        assert check_statement(entry)["subject"][0]["digest"] == {"sha256": entry["sha256"]}
+        left = subprocess.run(
+            ["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False
+        )
+        assert left.stdout == "", "qemu left running: %s" % left.stdout
+        assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+
+        # the per-step cache: the disk after each provisioner is a sealed layer, each over the one before
+        assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0
+        saves = run.task_results("Keep the builder VM's disk after the provisioner (per-step cache)")
+        print(
+            "steps kept: %s"
+            % [(r["frozen"], r["snapshot_duration"], r["duration"], r["size"]) for r in saves]
+        )
+        keys = run.task_result("Look up where the per-step cache starts the builder VM")["step_cache"]["keys"]
+        assert len(keys) == 3
+        for position, key in enumerate(keys[1:], 1):
+            layer = steps_dir / ("%s.qcow2" % key)
+            seal = json.loads((steps_dir / ("%s.qcow2.seal" % key)).read_text())
+            assert seal["position"] == position and seal["size"] == layer.stat().st_size
+            assert seal["sha256"] == hashlib.sha256(layer.read_bytes()).hexdigest()
+            info = json.loads(
+                subprocess.run(
+                    ["qemu-img", "info", "--output=json", str(layer)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            assert info.get("backing-filename") == (
+                None if position == 1 else "%s.qcow2" % keys[position - 1]
+            )
+        token = debugfs(disk, "cat /etc/bakery-token").stdout
+        assert len(token) == 32, token
+        first_files = disk_tree(disk, tmp_path / "first")
+
+        # only the last provisioner changes: --check says where the bake would resume, then it resumes there
+        definition["provisioners"][1]["shell"]["inline"] = ["echo two > /etc/bakery-last"]
+        check = vm_bake("--check")
+        assert check.rc == 0, check.explain()
+        line = [line for line in check.task_result("Artifact summary")["msg"] if "vmdisk" in line]
+        assert line and "would resume after provisioner 1" in line[0], line
+        second = vm_bake()
+        keys += second.task_result("Look up where the per-step cache starts the builder VM")["step_cache"][
+            "keys"
+        ]
+        assert second.rc == 0, second.explain()
+        (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+        assert entry["step_cache"]["steps"] == ["hit", "miss"] and entry["step_cache"]["resume"] == 1
+        assert entry["step_cache"]["image"] == str(steps_dir / ("%s.qcow2" % keys[1]))
+        summary = second.task_result("Artifact summary")["msg"]
+        assert any("steps 1 hit/1 miss, resumed after provisioner 1" in line for line in summary), summary
+        # the role did not run again (its token is the first bake's); both provisioners' effects are in the disk
+        assert not second.task_results("Leave a stamp")
+        assert debugfs(disk, "cat /etc/bakery-token").stdout == token
+        assert debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()[:2] == ["systemd", "uefi"]
+        assert debugfs(disk, "cat /etc/bakery-last").stdout == "two\n"
+        # the disk made from the cache has the files of the disk made without it, but the changed one
+        checks = {check["name"]: check["status"] for check in entry["hygiene"]}
+        assert checks == {name: "passed" for name in HYGIENE_CHECKS}
+        second_files = disk_tree(disk, tmp_path / "second")
+        assert first_files.pop("etc/bakery-last") != second_files.pop("etc/bakery-last")
+        # what differs between any two boots of the guest, cache or not (the journal, login records, systemd's
+        # random seed and timer stamps): the same paths, modes and owners, not the same bytes
+        for files in (first_files, second_files):
+            for name, what in files.items():
+                if name.startswith(("var/log/", "var/lib/systemd/")) and what.startswith("file "):
+                    files[name] = what.rsplit(" ", 1)[0]
+        assert first_files == second_files, sorted(set(first_files.items()) ^ set(second_files.items()))[:20]
+        assert len(first_files) > 1000, "the whole tree was read"
+    finally:
+        shutil.rmtree(tmp_path / "first", ignore_errors=True)
+        shutil.rmtree(tmp_path / "second", ignore_errors=True)
+        for key in set(keys[1:]):
+            for name in ("%s.qcow2" % key, "%s.qcow2.seal" % key):
+                (steps_dir / name).unlink(missing_ok=True)
 
 
 def test_verify_boots_the_disk_and_a_failed_check_publishes_nothing(baked, tmp_path):
