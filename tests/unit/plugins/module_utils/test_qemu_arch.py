@@ -69,7 +69,11 @@ def test_a_base_with_the_disks_packages_is_one_rootfs_for_both_targets():
     # without GRUB in the base, the disk needs a rootfs of its own: its GRUB comes from its tree
     bake["base"]["packages"] = ["python3", "linux-image-cloud-arm64"]
     img, disk = plan(bake)
-    assert disk["rootfs"]["options"]["packages"] == ["python3", "linux-image-cloud-arm64", "grub-efi-arm64-bin"]
+    assert disk["rootfs"]["options"]["packages"] == [
+        "python3",
+        "linux-image-cloud-arm64",
+        "grub-efi-arm64-bin",
+    ]
 
 
 def test_bios_firmware_for_an_arm64_disk_is_refused_in_the_plan():
