@@ -44,6 +44,10 @@ APT_BAKE += qemu-system-x86 ovmf openssh-client
 # which scripts/binfmt mounts and registers where nothing did (BINFMT_ARCHES).
 APT_BAKE += qemu-user-static
 BINFMT_ARCHES ?= arm64
+# arm64 disks boot (provision: vm, verify) under qemu-system-aarch64 (qemu-system-arm) with UEFI only: AAVMF
+# (qemu-efi-aarch64).  Their GRUB (grub-efi-arm64-bin, arm64 only) is in their own tree; grub-common's
+# grub-mkimage makes their BOOTAA64.EFI.
+APT_BAKE += qemu-system-arm qemu-efi-aarch64
 # gnupg: gpg signs the checksums and provenance statements (bake.sign) and checks them (verify_artifacts).
 APT_BAKE += gnupg
 # zstd: the per-step cache of chroot builders keeps their trees as zstd tarballs.

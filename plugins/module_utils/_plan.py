@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ansible_collections.bakery.images.plugins.module_utils import (
     _hygiene,
     _provisioners,
+    _qemu_arch,
     _qemu_disk,
     _reproducible,
     _rootfs,
@@ -645,6 +646,13 @@ def make_plan(
                     )
                 target_rootfs = own_rootfs(kind, options, unit_base, cache_dir) or unit_rootfs
                 inputs["source"] = target_rootfs["identity"]
+                if kind == "qemu":
+                    try:
+                        _qemu_arch.check_firmware(
+                            base.get("architecture"), (options.get("vm") or {}).get("firmware")
+                        )
+                    except BakeryError as exc:
+                        raise BakeryError("%s: vm.%s" % (where, exc.msg)) from None
             root = step_root(tname, kind, options, inputs.get("source"), package_lists)
             if epoch["explicit"]:
                 # the user's epoch changes what the provisioners write (it is in their environment) and the
@@ -1086,11 +1094,16 @@ def own_rootfs(kind: str, options: Mapping[str, Any], base: Mapping[str, Any], c
     """A target type whose builder needs more than the base: its own rootfs, the base plus its packages.
 
     A qemu target boots, so its rootfs has a kernel, an init and an SSH server (its ``system_packages``) and
-    its ``packages``; the tarball is cached by fingerprint beside the base.
+    its ``packages``; the tarball is cached by fingerprint beside the base. For another architecture the
+    kernel is that architecture's and GRUB's EFI modules are added where its disks take them from the tree
+    (:func:`_qemu_arch.rootfs_packages`).
     """
     if kind != "qemu" or not base:
         return None
-    extra = list(options.get("system_packages") or []) + list(options.get("packages") or [])
+    system = _qemu_arch.rootfs_packages(
+        base.get("architecture"), list(options.get("system_packages") or []), list(base.get("packages") or [])
+    )
+    extra = system + list(options.get("packages") or [])
     if options.get("cloud_init"):
         extra.append("cloud-init")
     if not extra:

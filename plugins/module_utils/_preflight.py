@@ -46,6 +46,7 @@ from typing import Any, Callable
 from ansible_collections.bakery.images.plugins.module_utils import (
     _plan,
     _preflight_cloud,
+    _qemu_arch,
     _qemu_disk,
     _qemu_vm,
     _signature,
@@ -66,6 +67,7 @@ PACKAGES: dict[str, str] = {
     "GRUB for i386-pc": "grub-pc-bin",
     "GRUB for x86_64-efi": "grub-efi-amd64-bin",
     "OVMF (UEFI firmware)": "ovmf",
+    "AAVMF (arm64 UEFI firmware)": "qemu-efi-aarch64",
     "Vagrant's insecure public key": "vagrant",
     # binfmt_misc handlers for foreign architectures
     "binfmt": "qemu-user-static",
@@ -355,6 +357,8 @@ def qemu_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
     how = "qemu.provision=%s" % provision
     needs: list[Need] = []
     from_rootfs = not options.get("base_image")
+    # an architecture qemu disks are not made for is refused by the disk module; its needs here are amd64's
+    arch = _qemu_arch.ARCHES.get(target.get("architecture") or "", _qemu_arch.AMD64)
     if options.get("vagrant") and from_rootfs:
         # qemu_image's find already resolves the key: needed even when the disk is found
         if options.get("vagrant_key"):
@@ -389,6 +393,8 @@ def qemu_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
         why = "to make the disk from the root filesystem"
         for name in ("sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "grub-mkimage", "tar"):
             needs.append(_command(name, how, why, system_path=True))
+    # arm64 disks take GRUB from their own tree (grub-efi-arm64-bin in it) and boot with UEFI only: no BIOS
+    if from_rootfs and arch.bios:
         for directory, label in (
             (_qemu_disk.GRUB_PC_DIR, "i386-pc"),
             (_qemu_disk.GRUB_EFI_DIR, "x86_64-efi"),
@@ -409,11 +415,11 @@ def qemu_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
         needs.append(_command("bwrap", how, "to isolate the chroot builder from the build host"))
     elif provision == "vm":
         why = "to run the builder VM"
-        needs += [_command(name, how, why) for name in ("qemu-system-x86_64", "ssh", "ssh-keygen")]
+        needs += [_command(name, how, why) for name in (arch.qemu_binary, "ssh", "ssh-keygen")]
         if options.get("base_image"):
             why = "to make the builder VM's cloud-init seed"
             needs += [_command(name, "qemu.base_image", why) for name in ("mkfs.vfat", "mcopy")]
-        if (options.get("vm") or {}).get("firmware") == "uefi":
+        if (options.get("vm") or {}).get("firmware") == "uefi" and arch.firmware_only is None:
             needs.append(
                 Need(
                     "OVMF (UEFI firmware)",
@@ -422,7 +428,26 @@ def qemu_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
                     files=tuple(code for code, _vars in _qemu_vm.OVMF_PAIRS),
                 )
             )
+    if arch is _qemu_arch.ARM64 and (provision == "vm" or _boots_for_checks(target)):
+        # arm64 VMs (the builder, the disk booted for its checks) run emulated, with UEFI only
+        option = how if provision == "vm" else "verify"
+        why = "to boot the arm64 disk (%s)" % ("the builder VM" if provision == "vm" else "for its checks")
+        if provision != "vm":
+            needs.append(_command(arch.qemu_binary, option, why))
+        needs.append(
+            Need(
+                "AAVMF (arm64 UEFI firmware)",
+                option,
+                why,
+                files=tuple(code for code, _vars in arch.firmware_pairs),
+            )
+        )
     return needs
+
+
+def _boots_for_checks(target: Mapping[str, Any]) -> bool:
+    """Whether the bake boots the target's disk for its checks (a verify entry that is not local)."""
+    return any(entry.get("kind") != "local" for entry in target.get("verify") or [])
 
 
 def _source(target: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:

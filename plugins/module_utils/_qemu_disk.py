@@ -15,6 +15,10 @@ and UEFI firmware, and is made without a loop device or a mount:
   file system by UUID and reads ``/boot/grub/grub.cfg``, which bakery writes itself (serial console,
   kernel and initramfs found in the tree).
 
+An arm64 disk (``architecture: arm64``) boots with UEFI only: its GRUB EFI image, ``\\EFI\\BOOT\\BOOTAA64.EFI``, is
+made from the modules of the tree's own ``grub-efi-arm64-bin``, and nothing goes into the BIOS boot partition or
+the MBR (see ``_qemu_arch`` for what differs by architecture).
+
 Before the tree goes into the disk it is made into a machine image: fstab by UUID, SSH host keys removed
 and generated at first boot, an empty machine-id, DHCP on the first NIC with systemd-networkd and,
 optionally, Vagrant's base-box conventions.
@@ -45,6 +49,7 @@ from typing import Any
 from ansible_collections.bakery.images.plugins.module_utils import (
     _hygiene,
     _isolation,
+    _qemu_arch,
     _reproducible,
     _standin,
     _step_cache,
@@ -198,6 +203,8 @@ class DiskOptions:
     # elsewhere (in a builder VM) that the sidecars record
     hygiene: _hygiene.Options | None = None
     hygiene_results: list[dict[str, Any]] | None = None
+    # the Debian architecture of the rootfs (see _qemu_arch): what the disk boots on
+    architecture: str = _qemu_arch.DEFAULT
     # every time in a disk made from a tree (None: one that follows from the fingerprint)
     source_date_epoch: int | None = None
 
@@ -317,6 +324,7 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         )
     timeout = int(params.get("timeout") or COMMAND_TIMEOUT)
     hygiene, hygiene_results = parse_hygiene(params.get("hygiene"))
+    architecture = _qemu_arch.get(params.get("architecture")).name
     return DiskOptions(
         outputs=outputs,
         disk_size=disk_size,
@@ -339,6 +347,7 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         hygiene=hygiene,
         hygiene_results=hygiene_results,
         source_date_epoch=parse_epoch(params.get("source_date_epoch")),
+        architecture=architecture,
     )
 
 
@@ -405,6 +414,9 @@ def describe(opts: DiskOptions) -> dict[str, Any]:
     }
     if opts.image:
         values.update(backing=opts.backing, image_path=opts.image if opts.backing else None)
+    if opts.architecture != _qemu_arch.DEFAULT:
+        # (amd64 disks keep the fingerprints they had before disks had an architecture)
+        values["architecture"] = opts.architecture
     return values
 
 
@@ -494,7 +506,7 @@ def which(program: str) -> str:
     return found
 
 
-def check_tools(from_rootfs: bool) -> None:
+def check_tools(from_rootfs: bool, arch: _qemu_arch.Arch = _qemu_arch.AMD64) -> None:
     which("qemu-img")
     if not from_rootfs:
         return
@@ -510,6 +522,9 @@ def check_tools(from_rootfs: bool) -> None:
         "tar",
     ):
         which(program)
+    if arch.grub_in_tree:
+        # GRUB's EFI modules come from the tree (checked when it is unpacked); no BIOS boot
+        return
     for directory, package in GRUB_PLATFORMS.items():
         if not os.path.isfile(os.path.join(directory, "kernel.img")):
             raise BakeryError(
@@ -649,6 +664,7 @@ class Layout:
     # the root file system's directory hash seed and the salt of the Vagrant user's password: not random
     hash_seed: str = ""
     salt: str = ""
+    root_type: str = GPT_LINUX_ROOT_X86_64
 
     @property
     def root_size(self) -> int:
@@ -665,12 +681,12 @@ class Layout:
             'start=%d, size=%d, type=%s, uuid=%s, name="esp"'
             % (ESP_START // SECTOR, ESP_SIZE // SECTOR, GPT_ESP, self.part_guids[1]),
             'start=%d, size=%d, type=%s, uuid=%s, name="root"'
-            % (ROOT_START // SECTOR, self.root_size // SECTOR, GPT_LINUX_ROOT_X86_64, self.part_guids[2]),
+            % (ROOT_START // SECTOR, self.root_size // SECTOR, self.root_type, self.part_guids[2]),
         ]
         return "\n".join(lines) + "\n"
 
 
-def make_layout(disk_size: int, fp: str) -> Layout:
+def make_layout(disk_size: int, fp: str, root_type: str = GPT_LINUX_ROOT_X86_64) -> Layout:
     """Sizes and identifiers; the identifiers follow from the fingerprint, so a rebuild gives the same ones."""
 
     def ident(name: str) -> str:
@@ -684,21 +700,31 @@ def make_layout(disk_size: int, fp: str) -> Layout:
         part_guids=[ident("part-%d" % n).upper() for n in range(3)],
         hash_seed=ident("hash-seed"),
         salt=digest_value([fp, "salt"])[:16],
+        root_type=root_type,
     )
 
 
-def grub_cfg(layout: Layout, kernel: str, initrd: str, cmdline: str) -> str:
+def grub_cfg(
+    layout: Layout, kernel: str, initrd: str, cmdline: str, arch: _qemu_arch.Arch = _qemu_arch.AMD64
+) -> str:
     args = " ".join(
         part
-        for part in ("root=UUID=%s ro console=tty0 console=ttyS0,115200n8" % layout.root_uuid, cmdline)
+        for part in (
+            "root=UUID=%s ro console=tty0 console=%s,115200n8" % (layout.root_uuid, arch.console),
+            cmdline,
+        )
         if part
+    )
+    # a BIOS machine's GRUB writes to the serial port itself; UEFI-only machines' firmware console is the serial one
+    serial = (
+        ["serial --unit=0 --speed=115200", "terminal_input serial console", "terminal_output serial console"]
+        if arch.bios
+        else []
     )
     return "\n".join(
         [
             "# written by bakery (bakery.images.qemu_image); the kernel links /vmlinuz and /initrd.img follow upgrades",
-            "serial --unit=0 --speed=115200",
-            "terminal_input serial console",
-            "terminal_output serial console",
+            *serial,
             "set timeout=1",
             "set default=0",
             "menuentry 'Debian GNU/Linux' {",
@@ -768,7 +794,8 @@ def prepare_tree(root: str, opts: DiskOptions, layout: Layout, epoch: int | None
     """Make the tree a machine image: fstab, grub.cfg, first-boot host keys, machine-id, DHCP, Vagrant."""
     kernel, initrd = find_kernel(root)
     write_file(root, "etc/fstab", image_fstab(_tree_text(root, "etc/fstab"), layout.root_uuid))
-    write_file(root, "boot/grub/grub.cfg", grub_cfg(layout, kernel, initrd, opts.kernel_cmdline))
+    arch = _qemu_arch.get(opts.architecture)
+    write_file(root, "boot/grub/grub.cfg", grub_cfg(layout, kernel, initrd, opts.kernel_cmdline, arch))
     # no machine shares the image's identity: host keys and machine-id are made at first boot
     for key in glob.glob(os.path.join(root, "etc", "ssh", "ssh_host_*")):
         os.unlink(key)
@@ -914,12 +941,21 @@ def mkfs_root_options() -> list[str]:
     return ["-O", "^metadata_csum_seed"]
 
 
-def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int, epoch: int | None = None) -> None:
+def make_raw_disk(
+    raw: str,
+    root: str,
+    layout: Layout,
+    timeout: int,
+    epoch: int | None = None,
+    arch: _qemu_arch.Arch = _qemu_arch.AMD64,
+) -> None:
     """The bootable raw disk in *raw* from the prepared tree *root*; no loop device, no mount.
 
     With *epoch*, the same tree gives the same bytes: the file systems' own times and every time in the tree
     are the epoch (the tree's modification times clamped to it), and their identifiers follow from *layout*."""
     fake_time = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else None
+    # before anything is written: the tree holds GRUB's modules for an architecture the host has none of
+    efi_modules = _qemu_arch.grub_dir(arch, root)
     if epoch is not None:
         _reproducible.clamp_times(root, epoch)
     with open(raw, "wb") as handle:
@@ -984,14 +1020,14 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int, epoch: int 
         early = os.path.join(work, "early.cfg")
         with open(early, "w", encoding="utf-8") as handle:
             handle.write(early_cfg(layout))
-        efi = os.path.join(work, "BOOTX64.EFI")
+        efi = os.path.join(work, arch.efi_boot_file)
         run(
             [
                 which("grub-mkimage"),
                 "-O",
-                "x86_64-efi",
+                arch.efi_platform,
                 "-d",
-                GRUB_EFI_DIR,
+                efi_modules,
                 "-p",
                 "/boot/grub",
                 "-c",
@@ -1000,8 +1036,9 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int, epoch: int 
                 efi,
                 *GRUB_EFI_MODULES,
             ],
-            "grub-mkimage x86_64-efi",
+            "grub-mkimage %s" % arch.efi_platform,
         )
+        _qemu_arch.check_efi_image(arch, efi)
         esp = "%s@@%d" % (raw, ESP_START)
         # mtools would refuse a FAT whose size is not a multiple of a track; it dates what it makes with
         # SOURCE_DATE_EPOCH, and mcopy -m keeps the file's own time
@@ -1011,10 +1048,12 @@ def make_raw_disk(raw: str, root: str, layout: Layout, timeout: int, epoch: int 
             os.utime(efi, (epoch, epoch))
         run([which("mmd"), "-i", esp, "::/EFI", "::/EFI/BOOT"], "mmd (ESP)", extra_env=mtools_env)
         run(
-            [which("mcopy"), "-m", "-i", esp, efi, "::/EFI/BOOT/BOOTX64.EFI"],
-            "mcopy BOOTX64.EFI (ESP)",
+            [which("mcopy"), "-m", "-i", esp, efi, "::/EFI/BOOT/" + arch.efi_boot_file],
+            "mcopy %s (ESP)" % arch.efi_boot_file,
             extra_env=mtools_env,
         )
+        if not arch.bios:
+            return
         core = os.path.join(work, "core.img")
         run(
             [
@@ -1480,7 +1519,7 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
     The source lives in a temporary directory beside the primary output (same file system: a raw output
     is the raw disk renamed, not copied) that goes in every case.
     """
-    check_tools(from_rootfs=bool(opts.rootfs))
+    check_tools(from_rootfs=bool(opts.rootfs), arch=_qemu_arch.get(opts.architecture))
     directory = os.path.dirname(opts.primary.path)
     os.makedirs(directory, exist_ok=True)
     details: dict[str, Any] = {}
@@ -1532,6 +1571,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                     "bake_id": opts.bake_id,
                     "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "hygiene": details.get("hygiene"),
+                    # what a disk made from a rootfs boots on (an existing image's is not known here)
+                    "architecture": opts.architecture if opts.rootfs else None,
                 },
             )
     outputs = [made[out.path] for out in opts.outputs]
@@ -1608,7 +1649,8 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
         )
     else:
         raise BakeryError("rootfs %s does not exist" % rootfs)
-    layout = make_layout(opts.disk_size, fp)
+    arch = _qemu_arch.get(opts.architecture)
+    layout = make_layout(opts.disk_size, fp, arch.root_type)
     needed = tree_size(root)
     # ext4 keeps about 5 % for inodes, journal and metadata; keep some room to boot and log
     if needed * 1.1 + 64 * MIB > layout.root_size:
@@ -1625,7 +1667,8 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
     if opts.hygiene and opts.hygiene_results is None:
         check_hygiene(opts, _hygiene.check(root, opts.hygiene), details)
     raw = os.path.join(work, "disk.raw")
-    make_raw_disk(raw, root, layout, opts.timeout, epoch)
+    make_raw_disk(raw, root, layout, opts.timeout, epoch, arch)
+    details["architecture"] = arch.name
     return raw, "raw"
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ansible_collections.bakery.images.plugins.module_utils import _files, _libvirt, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _files, _libvirt, _qemu_arch, _qemu_disk
 from ansible_collections.bakery.images.plugins.module_utils._files import check_raw_disk, write_json_atomic
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import new_bake_id
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError, Steps
@@ -54,11 +54,7 @@ FIRMWARES = ("bios", "uefi")
 DISK_FORMATS = ("auto", "qcow2", "raw")
 SHUTDOWN_METHODS = ("auto", "ssh", "acpi", "kill")
 # (code, vars) pairs, first existing wins: Debian/Ubuntu (package ovmf), then Fedora/RHEL (edk2-ovmf)
-OVMF_PAIRS = (
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-)
+OVMF_PAIRS = _qemu_arch.AMD64.firmware_pairs
 QCOW2_MAGIC = b"QFI\xfb"
 
 # file names inside the work directory (qemu runs there, so its arguments use these relative names)
@@ -128,6 +124,8 @@ class VmOptions:
     watch_pid: int | None = None
     qemu_binary: str = "qemu-system-x86_64"
     qemu_args: list[str] = field(default_factory=list)
+    # the guest's Debian architecture: the defaults of binary, machine, cpu, firmware, accelerators, boot_timeout
+    architecture: str = _qemu_arch.DEFAULT
 
     @property
     def name(self) -> str:
@@ -183,16 +181,20 @@ def _existing_file(kind: str, path: str | None) -> str | None:
     return path
 
 
-def uefi_firmware(code: str | None, vars_template: str | None) -> tuple[str, str]:
-    """The OVMF code (read-only) and variables template to copy; given ones win over the defaults."""
+def uefi_firmware(
+    code: str | None, vars_template: str | None, arch: _qemu_arch.Arch = _qemu_arch.AMD64
+) -> tuple[str, str]:
+    """The UEFI code (read-only) and variables template to copy (OVMF; AAVMF for arm64); given ones win over
+    the defaults."""
     if code and vars_template:
         return _existing_file("uefi_code", code) or code, _existing_file("uefi_vars", vars_template) or ""
-    for default_code, default_vars in OVMF_PAIRS:
+    for default_code, default_vars in arch.firmware_pairs:
         if os.path.isfile(code or default_code) and os.path.isfile(vars_template or default_vars):
             return os.path.abspath(code or default_code), os.path.abspath(vars_template or default_vars)
     raise BakeryError(
-        "qemu_vm: firmware uefi needs OVMF, which was not found (looked for %s): install the Debian "
-        "package ovmf, or give uefi_code and uefi_vars" % ", ".join(pair[0] for pair in OVMF_PAIRS)
+        "qemu_vm: firmware uefi needs %s, which was not found (looked for %s): install the Debian "
+        "package %s, or give uefi_code and uefi_vars"
+        % (arch.firmware_name, ", ".join(pair[0] for pair in arch.firmware_pairs), arch.firmware_package)
     )
 
 
@@ -226,7 +228,14 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
         raise BakeryError("qemu_vm: memory is in MiB and must be at least 128 (got %d)" % memory)
     if cpus < 1:
         raise BakeryError("qemu_vm: cpus must be at least 1 (got %d)" % cpus)
-    boot_timeout = _int_or(params.get("boot_timeout"), 300)
+    arch = _qemu_arch.get(params.get("architecture"))
+    try:
+        _qemu_arch.check_firmware(arch.name, params.get("firmware"))
+    except BakeryError as exc:
+        raise BakeryError("qemu_vm: %s" % exc.msg) from None
+    # a guest of another architecture than the host's is emulated (TCG): KVM cannot run it
+    accelerators = DEFAULT_ACCELERATORS if arch.name == _qemu_arch.host() else "tcg"
+    boot_timeout = _int_or(params.get("boot_timeout"), arch.boot_timeout)
     if boot_timeout < 1:
         raise BakeryError("qemu_vm: boot_timeout must be at least 1 second")
     kernel = _existing_file("kernel", params.get("kernel"))
@@ -250,12 +259,12 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
         target=target,
         disk_format=params.get("disk_format") or "auto",
         overlay=bool(params.get("overlay", True)),
-        accelerators=parse_accelerators(params.get("accelerator") or DEFAULT_ACCELERATORS),
+        accelerators=parse_accelerators(params.get("accelerator") or accelerators),
         memory=memory,
         cpus=cpus,
-        cpu=params.get("cpu") or "max",
-        machine=params.get("machine") or "q35",
-        firmware=params.get("firmware") or "bios",
+        cpu=params.get("cpu") or arch.cpu,
+        machine=params.get("machine") or arch.machine,
+        firmware=params.get("firmware") or arch.firmware_only or "bios",
         uefi_code=params.get("uefi_code"),
         uefi_vars=params.get("uefi_vars"),
         kernel=kernel,
@@ -272,8 +281,9 @@ def parse_options(params: Mapping[str, Any]) -> VmOptions:
         wait_for_ssh=bool(params.get("wait_for_ssh", True)),
         keep_workdir=bool(params.get("keep_workdir", False)),
         watch_pid=int(watch_pid) if watch_pid is not None else None,
-        qemu_binary=params.get("qemu_binary") or "qemu-system-x86_64",
+        qemu_binary=params.get("qemu_binary") or arch.qemu_binary,
         qemu_args=list(params.get("qemu_args") or []),
+        architecture=arch.name,
     )
 
 
@@ -806,6 +816,7 @@ def _run(argv: list[str], what: str, timeout: float = 120) -> str:
 # program -> the Debian package that ships it (named in errors)
 PACKAGES = {
     "qemu-system-x86_64": "Debian package qemu-system-x86",
+    "qemu-system-aarch64": "Debian package qemu-system-arm",
     "qemu-img": "Debian package qemu-utils",
     "ssh": "Debian package openssh-client",
     "ssh-keygen": "Debian package openssh-client",
@@ -1017,7 +1028,9 @@ def start(opts: VmOptions, check_mode: bool = False) -> dict[str, Any]:
         )
     disk_format = detect_format(opts.disk) if opts.disk_format == "auto" else opts.disk_format
     code, vars_template = (
-        uefi_firmware(opts.uefi_code, opts.uefi_vars) if opts.firmware == "uefi" else ("", "")
+        uefi_firmware(opts.uefi_code, opts.uefi_vars, _qemu_arch.get(opts.architecture))
+        if opts.firmware == "uefi"
+        else ("", "")
     )
     watch = resolve_watch(opts.watch_pid)
     if check_mode:

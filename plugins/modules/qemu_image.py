@@ -22,6 +22,10 @@ description:
     these two; an RSA key takes minutes in an emulated guest); C(/etc/machine-id) is emptied; with
     O(dhcp), systemd-networkd does DHCP on every Ethernet NIC; with O(vagrant), the image follows Vagrant's
     base-box conventions. The tree must hold a kernel and an initramfs (for example C(linux-image-cloud-amd64)).
+  - With O(architecture=arm64) the disk boots with UEFI only (on C(qemu-system-aarch64 -machine virt)). GRUB
+    for arm64-efi, made by the host's C(grub-mkimage) from the modules of the tree's own C(grub-efi-arm64-bin)
+    (Debian ships it for arm64 only; the tree must hold it), is C(\EFI\BOOT\BOOTAA64.EFI); the root partition
+    has the arm64 root type, the console is C(ttyAMA0), and the BIOS boot partition stays empty.
   - A directory O(rootfs) is changed in place by this preparation. A directory made by O(action=unpack) gets
     back its own C(resolv.conf) and loses the C(policy-rc.d) it had while provisioned.
   - With O(image) (an existing qcow2 or raw disk image, checked against O(image_checksum)), the outputs are
@@ -61,7 +65,7 @@ requirements:
   - bubblewrap (Debian C(bubblewrap)) for O(action=unpack)
   - qemu-img (Debian C(qemu-utils)); from a rootfs also C(fdisk), C(e2fsprogs), C(dosfstools), C(mtools),
     C(grub-common), C(grub-pc-bin) and C(grub-efi-amd64-bin)
-  - the rootfs and the build host are x86_64 (amd64)
+  - the build host is x86_64 (amd64); the rootfs is amd64, or arm64 with O(architecture=arm64)
 attributes:
   check_mode:
     support: full
@@ -123,8 +127,17 @@ options:
     description: Virtual size of the disk, such as V(4G) or V(512M) (binary units), rounded up to MiB.
     type: str
     default: 4G
+  architecture:
+    description:
+      - Debian architecture of O(rootfs), which the disk boots on (the bake plan gives the target's). V(arm64) disks
+        boot with UEFI only and need C(grub-efi-arm64-bin) in the tree. An input of the fingerprint (but for
+        V(amd64), the default).
+    type: str
+    choices: [amd64, arm64]
+    default: amd64
   kernel_cmdline:
-    description: Kernel arguments added after C(root=UUID=... ro console=tty0 console=ttyS0,115200n8).
+    description: Kernel arguments added after C(root=UUID=... ro console=tty0 console=ttyS0,115200n8) (C(ttyAMA0)
+      on arm64).
     type: str
     default: ""
   dhcp:
@@ -416,6 +429,7 @@ def main() -> None:
             image_format=dict(type="str", choices=list(_qemu_disk.SOURCE_FORMATS)),
             backing=dict(type="bool", default=False),
             disk_size=dict(type="str", default="4G"),
+            architecture=dict(type="str", default="amd64", choices=["amd64", "arm64"]),
             kernel_cmdline=dict(type="str", default=""),
             dhcp=dict(type="bool", default=True),
             hostname=dict(type="str"),

@@ -42,6 +42,7 @@ requirements:
   - ssh and ssh-keygen (C(openssh-client))
   - mkfs.vfat (C(dosfstools)) and mcopy (C(mtools)) for the cloud-init seed
   - OVMF (C(ovmf)) for O(firmware=uefi)
+  - for O(architecture=arm64) qemu-system-aarch64 (C(qemu-system-arm)) and AAVMF (C(qemu-efi-aarch64))
   - Linux (C(/proc)); the module runs on the host where qemu runs, which must be the controller, since the
     guest is reachable on that host's 127.0.0.1 only
 attributes:
@@ -101,12 +102,22 @@ options:
       - Defaults to C(<tmp>/bakery-vm-<bake_id>-<target>), where C(<tmp>) is C($TMPDIR) or C(/tmp).
       - O(action=stop) and O(action=keygen) need O(workdir) or both O(bake_id) and O(target).
     type: path
+  architecture:
+    description:
+      - The guest's Debian architecture; it chooses the defaults of O(qemu_binary), O(machine), O(cpu),
+        O(firmware), O(accelerator) and O(boot_timeout).
+      - V(arm64) boots under C(qemu-system-aarch64 -machine virt -cpu max,pauth-impdef=on) with UEFI only
+        (AAVMF, Debian's C(qemu-efi-aarch64); O(firmware=bios) is refused), under TCG on a host of another
+        architecture, with a console on C(ttyAMA0) and O(boot_timeout) 900 s by default.
+    type: str
+    choices: [amd64, arm64]
+    default: amd64
   accelerator:
     description:
       - The accelerators qemu tries, in order, separated by C(:) (C(kvm:tcg) means KVM if it can be used,
         else TCG, software emulation).
+      - Defaults to C(kvm:tcg) for a guest of the host's architecture, else C(tcg).
     type: str
-    default: kvm:tcg
   memory:
     description: Guest memory in MiB.
     type: int
@@ -119,18 +130,17 @@ options:
     description:
       - qemu's C(-cpu) model. C(max) is the host's CPU under KVM; under TCG a plainer model such as C(qemu64)
         can boot faster.
+      - Defaults to C(max) (C(max,pauth-impdef=on) for O(architecture=arm64)).
     type: str
-    default: max
   machine:
-    description: qemu's C(-machine) type.
+    description: qemu's C(-machine) type; C(q35) by default (C(virt) for O(architecture=arm64)).
     type: str
-    default: q35
   firmware:
     description:
       - C(bios) boots with SeaBIOS, C(uefi) with OVMF (the code read-only, a copy of the variables file per VM).
+      - Defaults to C(bios) (C(uefi), with AAVMF, for O(architecture=arm64)).
     type: str
     choices: [bios, uefi]
-    default: bios
   uefi_code:
     description: The OVMF code file; defaults to the first found of Debian's C(OVMF_CODE_4M.fd) and C(OVMF_CODE.fd).
     type: path
@@ -189,8 +199,8 @@ options:
   boot_timeout:
     description:
       - Seconds from the start of qemu until an SSH login must work (TCP, banner, login running C(true)).
+      - Defaults to 300 (900 for O(architecture=arm64), emulated).
     type: int
-    default: 300
   wait_for_ssh:
     description:
       - Wait for the SSH login. With V(false) the task returns as soon as qemu runs.
@@ -223,9 +233,9 @@ options:
     type: int
     default: 60
   qemu_binary:
-    description: The qemu system emulator to run.
+    description: The qemu system emulator to run; C(qemu-system-x86_64) by default (C(qemu-system-aarch64) for
+      O(architecture=arm64)).
     type: str
-    default: qemu-system-x86_64
   qemu_args:
     description: Extra arguments appended to qemu's command line.
     type: list
@@ -450,12 +460,13 @@ def main() -> None:
             bake_id=dict(type="str"),
             target=dict(type="str", default="vm"),
             workdir=dict(type="path"),
-            accelerator=dict(type="str", default=_qemu_vm.DEFAULT_ACCELERATORS),
+            architecture=dict(type="str", default="amd64", choices=["amd64", "arm64"]),
+            accelerator=dict(type="str"),
             memory=dict(type="int", default=1024),
             cpus=dict(type="int", default=2),
-            cpu=dict(type="str", default="max"),
-            machine=dict(type="str", default="q35"),
-            firmware=dict(type="str", default="bios", choices=list(_qemu_vm.FIRMWARES)),
+            cpu=dict(type="str"),
+            machine=dict(type="str"),
+            firmware=dict(type="str", choices=list(_qemu_vm.FIRMWARES)),
             uefi_code=dict(type="path"),
             uefi_vars=dict(type="path"),
             kernel=dict(type="path"),
@@ -468,13 +479,13 @@ def main() -> None:
             hostname=dict(type="str"),
             private_key=dict(type="path", no_log=False),
             public_key=dict(type="str", no_log=False),
-            boot_timeout=dict(type="int", default=300),
+            boot_timeout=dict(type="int"),
             wait_for_ssh=dict(type="bool", default=True),
             watch_pid=dict(type="int"),
             keep_workdir=dict(type="bool", default=False),
             shutdown_method=dict(type="str", default="auto", choices=list(_qemu_vm.SHUTDOWN_METHODS)),
             shutdown_timeout=dict(type="int", default=60),
-            qemu_binary=dict(type="str", default="qemu-system-x86_64"),
+            qemu_binary=dict(type="str"),
             qemu_args=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
