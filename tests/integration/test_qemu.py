@@ -389,7 +389,17 @@ def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
     )
 
 
+# the reassembled disk's check in verify: it booted from the root file system its fstab and kernel command line name
+BOOTED_CHECK = (
+    'uuid="$(findmnt -no UUID /)"; echo "root $uuid"; test -s /etc/bakery-stamp'
+    ' && grep -q "^UUID=$uuid / " /etc/fstab && grep -q "root=UUID=$uuid " /proc/cmdline'
+)
+
+
 def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tmp_path):
+    """A provision: vm bake (UEFI, TCG), then the same bake forced into another directory from the same cache: the
+    disk is made again from the powered-off builder's tree both times, so its raw and qcow2 outputs are the same
+    bytes; the second bake's verify boots the qcow2 (from the root file system its fstab and grub.cfg name)."""
     role = tmp_path / "roles" / "stamp" / "tasks"
     role.mkdir(parents=True)
     (role / "main.yml").write_text(STAMP_ROLE)
@@ -403,7 +413,7 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
                 "name": "vmdisk",
                 "qemu": {
                     "provision": "vm",
-                    "formats": ["raw"],
+                    "formats": ["raw", "qcow2"],
                     "disk_size": "2G",
                     # UEFI (OVMF): the disks' UEFI boot; their BIOS boot is test_vagrant's vagrant up
                     "vm": {
@@ -419,6 +429,7 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
     }
     path = tmp_path / "bake.json"
     path.write_text(json.dumps({"bake": definition}))
+    started = time.monotonic()
     run = run_playbook(
         BAKE_PLAYBOOK,
         tmp_path,
@@ -426,6 +437,7 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
         timeout=2400,
     )
+    print("the provision: vm bake took %.1f s" % (time.monotonic() - started))
     assert run.rc == 0, run.explain()
     assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
     disk = tmp_path / "output" / "vmbake.raw"
@@ -448,10 +460,45 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
     packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
     assert len(packages) > 50
     check_documents(entry, packages)
-    assert check_statement(entry)["subject"][0]["digest"] == {"sha256": entry["sha256"]}
+    assert {s["name"]: s["digest"] for s in check_statement(entry)["subject"]} == {
+        Path(output["path"]).name: {"sha256": output["sha256"]} for output in entry["outputs"]
+    }
     left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
     assert left.stdout == "", "qemu left running: %s" % left.stdout
     assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+    # made again from the builder's tree: a root file system of its own (fstab and grub.cfg name it, not the
+    # builder's), with the tree's hard links and set-user-ID bits
+    builder_uuid = re.search(r"root=UUID=(\S+)", cmdline).group(1)
+    fstab_uuid = re.search(r"^UUID=(\S+) / ", debugfs(disk, "cat /etc/fstab").stdout, re.MULTILINE).group(1)
+    assert fstab_uuid != builder_uuid
+    assert "root=UUID=%s " % fstab_uuid in debugfs(disk, "cat /boot/grub/grub.cfg").stdout
+    assert "Links: 2" in debugfs(disk, "stat /usr/bin/perl").stdout
+    assert "Mode:  04755" in debugfs(disk, "stat /usr/bin/su").stdout
+
+    # the same bake, forced, into another directory: the same bytes; its verify boots the qcow2
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    definition["verify"] = [{"name": "booted", "shell": {"inline": [BOOTED_CHECK]}}]
+    (again_dir / "bake.json").write_text(json.dumps({"bake": definition}))
+    started = time.monotonic()
+    again = run_playbook(
+        BAKE_PLAYBOOK,
+        again_dir,
+        args=["-e", "@%s" % (again_dir / "bake.json"), "-e", "bake_force=true"],
+        env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
+        timeout=2400,
+    )
+    print("the forced provision: vm bake with verify took %.1f s" % (time.monotonic() - started))
+    assert again.rc == 0, again.explain()
+    assert again.stats["bakery-vmdisk-verify"]["failures"] == 0, again.stats
+    (second,) = json.loads((again_dir / "output" / "bake-manifest.json").read_text())["artifacts"]
+    assert second["bake_id"] != bake_id and second["verify"]["status"] == "passed", second.get("verify")
+    for name in ("vmbake.raw", "vmbake.qcow2"):
+        assert sha256_of(tmp_path / "output" / name) == sha256_of(again_dir / "output" / name), name
+    assert second["outputs"] == [
+        dict(output, path=str(again_dir / "output" / Path(output["path"]).name))
+        for output in entry["outputs"]
+    ]
 
 
 def test_verify_boots_the_disk_and_a_failed_check_publishes_nothing(baked, tmp_path):
