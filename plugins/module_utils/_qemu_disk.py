@@ -1656,7 +1656,8 @@ ROOT_UUID_FILES = {
 def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
     """The raw disk made again from the tree of the image's root file system (``reassemble``): copied out of
     the image (``_disk_tree``), its files that named the old root file system retargeted at the new one, the
-    varying files of provisioning removed, and made into a disk as a provisioned chroot tree is."""
+    varying files of provisioning removed and the builder's login records emptied, and made into a disk as a
+    provisioned chroot tree is."""
     verify_image(opts)
     started = time.monotonic()
     root = os.path.join(work, "root")
@@ -1680,8 +1681,9 @@ def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[s
         )
     epoch = disk_epoch(opts, fp)
     removed = _reproducible.normalise_tree(root)
+    emptied = _reproducible.empty_login_records(root)
     details.update(root_uuid=layout.root_uuid, rootfs_bytes=needed)
-    details["reproducible"] = {"source_date_epoch": epoch, "removed": removed}
+    details["reproducible"] = {"source_date_epoch": epoch, "removed": removed, "emptied": emptied}
     raw = os.path.join(work, "disk.raw")
     make_raw_disk(raw, root, layout, opts.timeout, epoch)
     details["reassembled"] = dict(
