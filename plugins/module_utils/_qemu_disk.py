@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ansible_collections.bakery.images.plugins.module_utils import (
+    _disk_tree,
     _hygiene,
     _isolation,
     _qemu_arch,
@@ -54,6 +55,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _standin,
     _step_cache,
 )
+from ansible_collections.bakery.images.plugins.module_utils._disk_files import DiskFiles
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     QCOW2_MAGIC,
     atomic_outputs,
@@ -188,6 +190,8 @@ class DiskOptions:
     image_checksum: str | None = None
     image_format: str | None = None
     backing: bool = False
+    # an image made from a rootfs that booted since (a builder VM's): made again from its tree
+    reassemble: bool = False
     kernel_cmdline: str = ""
     dhcp: bool = True
     hostname: str | None = None
@@ -308,6 +312,16 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         raise BakeryError("qemu_image: backing=true makes qcow2 overlays; every output must be qcow2")
     if backing and rootfs:
         raise BakeryError("qemu_image: backing is for image, not rootfs")
+    reassemble = bool(params.get("reassemble"))
+    if reassemble and (not image or backing):
+        raise BakeryError(
+            "qemu_image: reassemble makes a disk again from image's tree; give image, not backing"
+        )
+    if reassemble and disk_size < ROOT_START + MIN_ROOT + TAIL:
+        raise BakeryError(
+            "disk_size %s is too small: a disk made from a tree needs at least %d MiB"
+            % (params.get("disk_size"), (ROOT_START + MIN_ROOT + TAIL) // MIB)
+        )
     hostname = params.get("hostname") or None
     if hostname and not _HOSTNAME_RE.match(hostname):
         raise BakeryError(
@@ -333,6 +347,7 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         image_checksum=parse_checksum(params.get("image_checksum")),
         image_format=image_format,
         backing=backing,
+        reassemble=reassemble,
         kernel_cmdline=cmdline,
         dhcp=params.get("dhcp") is not False,
         hostname=hostname,
@@ -1519,7 +1534,7 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
     The source lives in a temporary directory beside the primary output (same file system: a raw output
     is the raw disk renamed, not copied) that goes in every case.
     """
-    check_tools(from_rootfs=bool(opts.rootfs), arch=_qemu_arch.get(opts.architecture))
+    check_tools(from_rootfs=bool(opts.rootfs) or opts.reassemble, arch=_qemu_arch.get(opts.architecture))
     directory = os.path.dirname(opts.primary.path)
     os.makedirs(directory, exist_ok=True)
     details: dict[str, Any] = {}
@@ -1530,6 +1545,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
             handle.write((opts.bake_id or "") + "\n")
         if opts.rootfs:
             source, source_format = _disk_from_rootfs(opts, fp, work, details)
+        elif opts.reassemble:
+            source, source_format = _disk_from_image_tree(opts, fp, work, details)
         else:
             source, source_format = _disk_from_image(opts, work)
         if opts.hygiene_results is not None:
@@ -1541,7 +1558,7 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
         # then get their sidecars (which mark them final): a failure in the last leaves the old ones alone
         with atomic_outputs([out.path for out in order]) as tmps:
             for out, tmp in zip(order, tmps):
-                if out.format == "raw" and source_format == "raw" and opts.rootfs:
+                if out.format == "raw" and source_format == "raw" and (opts.rootfs or opts.reassemble):
                     os.replace(source, tmp)
                 elif opts.backing:
                     _overlay(opts, tmp)
@@ -1669,6 +1686,58 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
     raw = os.path.join(work, "disk.raw")
     make_raw_disk(raw, root, layout, opts.timeout, epoch, arch)
     details["architecture"] = arch.name
+    return raw, "raw"
+
+
+# the tree's files that name the root file system by its UUID (bakery's, and those a role may have written)
+ROOT_UUID_FILES = {
+    "etc/fstab": "mounts the root file system by UUID",
+    "boot/grub/grub.cfg": "finds the root file system by UUID and passes it to the kernel (root=UUID=)",
+}
+
+
+def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
+    """The raw disk made again from the tree of the image's root file system (``reassemble``): copied out of
+    the image (``_disk_tree``), its files that named the old root file system retargeted at the new one, the
+    varying files of provisioning removed and the builder's login records emptied, and made into a disk as a
+    provisioned chroot tree is."""
+    verify_image(opts)
+    started = time.monotonic()
+    root = os.path.join(work, "root")
+    os.mkdir(root, 0o755)
+    with DiskFiles(str(opts.image), opts.timeout) as disk:
+        old_uuid = _disk_tree.root_uuid(disk.raw, disk.offset)
+        copied = _disk_tree.copy_tree(disk.raw, disk.offset, root, opts.timeout)
+    read_seconds = time.monotonic() - started
+    arch = _qemu_arch.get(opts.architecture)
+    layout = make_layout(opts.disk_size, fp, arch.root_type)
+    needed = tree_size(root)
+    if needed * 1.1 + 64 * MIB > layout.root_size:
+        raise BakeryError(
+            "the tree of %s (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
+            % (opts.image, needed // MIB, opts.disk_size // MIB, layout.root_size // MIB)
+        )
+    retargeted = _disk_tree.retarget(root, old_uuid, layout.root_uuid, ROOT_UUID_FILES)
+    if "boot/grub/grub.cfg" not in retargeted:
+        raise BakeryError(
+            "the tree of %s has no /boot/grub/grub.cfg that finds its root file system by UUID %s: bakery makes "
+            "again only disks it made from a rootfs" % (opts.image, old_uuid)
+        )
+    epoch = disk_epoch(opts, fp)
+    removed = _reproducible.normalise_tree(root)
+    emptied = _reproducible.empty_login_records(root)
+    details.update(root_uuid=layout.root_uuid, rootfs_bytes=needed)
+    details["reproducible"] = {"source_date_epoch": epoch, "removed": removed, "emptied": emptied}
+    raw = os.path.join(work, "disk.raw")
+    make_raw_disk(raw, root, layout, opts.timeout, epoch, arch)
+    details["architecture"] = arch.name
+    details["reassembled"] = dict(
+        copied.summary(),
+        old_root_uuid=old_uuid,
+        retargeted=["/" + relative for relative in retargeted],
+        read_seconds=round(read_seconds, 3),
+        seconds=round(time.monotonic() - started, 3),
+    )
     return raw, "raw"
 
 

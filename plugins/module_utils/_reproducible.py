@@ -153,6 +153,34 @@ VARYING_PATHS: tuple[tuple[str, str], ...] = (
 # what a running system (a builder VM) still uses: left alone there
 LIVE_KEPT = ("var/log/journal/*", "tmp/*")
 
+# Login records a booted builder (``provision: vm``) writes: its boots, shutdown and SSH logins, with their
+# times. The base has them empty (systemd-tmpfiles makes them at boot): emptied, kept with their owner and mode.
+LOGIN_RECORDS: tuple[tuple[str, str], ...] = (
+    ("var/log/wtmp", "the builder VM's boots, shutdown and logins, with their times"),
+    ("var/log/btmp", "the builder VM's failed logins, with their times"),
+    ("var/log/lastlog", "the time of each user's last login into the builder VM"),
+)
+
+
+def empty_login_records(root: str) -> list[str]:
+    """Empty the :data:`LOGIN_RECORDS` of the tree *root* that are regular files with something in them (never
+    through a link); the relative paths emptied, sorted."""
+    emptied = []
+    for relative, _reason in LOGIN_RECORDS:
+        path = os.path.join(root, relative)
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != os.path.realpath(os.path.join(root, os.path.dirname(relative))) or os.path.islink(path):
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            os.close(fd)
+            emptied.append(relative)
+    return sorted(emptied)
+
 
 def normalise_tree(root: str, live: bool = False, check_mode: bool = False) -> list[str]:
     """Remove :data:`VARYING_PATHS` from the provisioned tree *root* (but :data:`LIVE_KEPT` when *live*: *root*

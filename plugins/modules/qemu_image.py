@@ -123,6 +123,18 @@ options:
     description: With O(image), make qcow2 overlays backed by O(image) (absolute path) instead of copies.
     type: bool
     default: false
+  reassemble:
+    description:
+      - With O(image), a disk made by this module from a rootfs that booted since (the disk of a C(provision=vm)
+        builder, powered off), make the disk again from the tree of its root file system, as a disk is made from
+        O(rootfs) (the same layout, times clamped to O(source_date_epoch), identifiers from the fingerprint, the
+        varying files of provisioning removed), so that the same inputs give byte-identical outputs.
+      - The tree is copied out with C(debugfs), without a mount or a loop device, with its owners, modes, times,
+        symbolic and hard links, device nodes, extended attributes (file capabilities) and ACLs. C(/etc/fstab)
+        and C(/boot/grub/grub.cfg) name the new root file system's UUID instead of the old one.
+      - The tree's own files are not prepared again (no O(dhcp), O(hostname), O(vagrant) or O(authorized_keys)).
+    type: bool
+    default: false
   disk_size:
     description: Virtual size of the disk, such as V(4G) or V(512M) (binary units), rounded up to MiB.
     type: str
@@ -428,6 +440,7 @@ def main() -> None:
             image_checksum=dict(type="str"),
             image_format=dict(type="str", choices=list(_qemu_disk.SOURCE_FORMATS)),
             backing=dict(type="bool", default=False),
+            reassemble=dict(type="bool", default=False),
             disk_size=dict(type="str", default="4G"),
             architecture=dict(type="str", default="amd64", choices=["amd64", "arm64"]),
             kernel_cmdline=dict(type="str", default=""),

@@ -151,6 +151,25 @@ def test_what_varies_between_runs_goes_and_what_roles_made_stays(tmp_path):
     assert all(reason for _pattern, reason in _reproducible.VARYING_PATHS)
 
 
+def test_a_builder_vms_login_records_are_emptied_with_their_owner_and_mode(tmp_path):
+    log = tmp_path / "var/log"
+    log.mkdir(parents=True)
+    (log / "wtmp").write_bytes(b"\x02\x00boot reboot 6.1.0" * 20)
+    os.chown(log / "wtmp", 0, 43)
+    os.chmod(log / "wtmp", 0o664)
+    (log / "btmp").write_bytes(b"")  # empty, as the base has it: left as it is
+    os.utime(log / "btmp", (1000, 1000))
+    outside = tmp_path / "host-lastlog"
+    outside.write_bytes(b"not the tree's")
+    (log / "lastlog").symlink_to(outside)  # a link: never followed
+    assert _reproducible.empty_login_records(str(tmp_path)) == ["var/log/wtmp"]
+    st = os.lstat(log / "wtmp")
+    assert (st.st_size, st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (0, 0, 43, "0o664")
+    assert os.lstat(log / "btmp").st_mtime == 1000
+    assert outside.read_bytes() == b"not the tree's"
+    assert _reproducible.empty_login_records(str(tmp_path / "none")) == []
+
+
 def test_times_are_clamped_to_the_epoch_links_themselves_not_their_targets(tmp_path):
     root = tmp_path / "root"
     old = make(str(root), "etc/old")
