@@ -3,6 +3,7 @@
 #   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
 #   make test                                          lint, sanity, unit, integration, molecule, docs (CI)
 #   make lint | sanity | unit | integration | molecule | docs   one of them
+#   make integration-emulated                          the arm64 bakes under emulation (not in make test)
 #   make ee [EE_ARGS=...]                              build the execution environment, bake in it
 #   make help                                          this list
 #
@@ -66,7 +67,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help bake test lint sanity unit integration molecule docs ee \
+.PHONY: help bake test lint sanity unit integration integration-emulated molecule docs ee \
 	apt-bake apt-test collection collection-test clean distclean
 
 help:
@@ -143,6 +144,13 @@ integration: apt-test collection-test
 	@PATH="$(BIN):$$PATH" scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
+
+# The integration tests that bake a foreign architecture (arm64) under emulation: an emulated root filesystem with
+# its kernel, containers and a chroot under qemu-user, a disk booted under qemu-system-aarch64 (TCG). Tens of
+# minutes on two cores, so not in make test.
+integration-emulated: apt-test collection-test
+	@scripts/binfmt arm64
+	@PATH="$(BIN):$$PATH" INTEGRATION_EMULATED=1 scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS)
 
 # Every Molecule scenario in extensions/molecule (molecule test --all), on the Docker engine.  Their cache
 # directory is their own (make test runs them beside the integration tests); only its rootfs directory, the base

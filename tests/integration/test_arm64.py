@@ -26,6 +26,10 @@ from test_docker import serves
 
 from ansible_collections.bakery.images.plugins.module_utils import _qemu_arch
 
+# tens of minutes on two cores (the emulated rootfs with its kernel, its initramfs built under qemu-user): not in
+# make test; make integration-emulated runs it
+pytestmark = pytest.mark.emulated
+
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 PAGE = "nginx on Debian"
 ESP_START = 2 * 1024 * 1024

@@ -783,6 +783,9 @@ def registry_manifest(url: str, repository: str, reference: str, auth: dict) -> 
         return reply.headers["Docker-Content-Digest"], json.loads(reply.read())
 
 
+# an emulated arm64 root filesystem and build container (about 10 minutes from an empty cache): make
+# integration-emulated
+@pytest.mark.emulated
 def test_a_target_baked_for_two_architectures_is_one_multi_architecture_image(
     bake_base, tmp_path, docker_leftovers
 ):
