@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -33,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 CACHE = Path(os.environ.get("BAKERY_BENCH_CACHE") or REPO / "output" / "cache").resolve()
 sys.path.insert(0, str(REPO / ".collections" / "src"))
+from rebake_last_step import run_definition  # noqa: E402
+
 from ansible_collections.bakery.images.plugins.module_utils import _qemu_arch  # noqa: E402
 
 
@@ -64,26 +65,9 @@ def rootfs_cached(architecture: str) -> bool:
 
 def bake(work: Path, architecture: str, *args: str) -> float:
     """The bake of *architecture*'s definition in *work*: its wall time; the benchmark stops when it fails."""
-    path = work / ("bake-%s.yml" % architecture)
-    path.write_text(yaml.safe_dump(definition(architecture, work / architecture)))
-    env = dict(
-        os.environ,
-        PATH="%s:%s" % (BIN, os.environ.get("PATH", "")),
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+    seconds, _output = run_definition(
+        work, definition(architecture, work / architecture), *args, what="bake %s" % architecture
     )
-    started = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / "bake.yml"), "-e", "@%s" % path, *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.exit("%s bake failed:\n%s\n%s" % (architecture, proc.stdout[-3000:], proc.stderr[-3000:]))
     return seconds
 
 

@@ -62,13 +62,13 @@ def definition(greeting: str, kind: str = "docker") -> dict:
     }
 
 
-def run_bake(
-    work: Path, greeting: str, *args: str, kind: str = "docker", env: dict[str, str] | None = None
+def run_definition(
+    work: Path, bake_definition: dict, *args: str, env: dict[str, str] | None = None, what: str = "bake"
 ) -> tuple[float, str]:
-    """The bake of definition(greeting, kind) in *work* (more environment variables in *env*): its wall time and
-    its output; the benchmark stops when it fails."""
-    path = work / "bake.yml"
-    path.write_text(yaml.safe_dump(definition(greeting, kind)))
+    """``playbooks/bake.yml`` on *bake_definition* in *work* (more environment variables in *env*): its wall time
+    and its output; the benchmark stops when it fails (saying *what* failed)."""
+    path = work / ("%s.yml" % what.replace(" ", "-"))
+    path.write_text(yaml.safe_dump(bake_definition))
     # the repository's ansible.cfg (collections, forks), as make bake uses it; the output goes to the work directory
     env = dict(
         os.environ,
@@ -88,8 +88,16 @@ def run_bake(
     )
     seconds = time.monotonic() - started
     if proc.returncode != 0:
-        sys.exit("bake failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
+        sys.exit("%s failed:\n%s\n%s" % (what, proc.stdout[-3000:], proc.stderr[-3000:]))
     return seconds, proc.stdout
+
+
+def run_bake(
+    work: Path, greeting: str, *args: str, kind: str = "docker", env: dict[str, str] | None = None
+) -> tuple[float, str]:
+    """The bake of definition(greeting, kind) in *work* (more environment variables in *env*): its wall time and
+    its output; the benchmark stops when it fails."""
+    return run_definition(work, definition(greeting, kind), *args, env=env)
 
 
 def bake(work: Path, greeting: str, *args: str, kind: str = "docker") -> tuple[float, dict]:
