@@ -1668,13 +1668,7 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
         raise BakeryError("rootfs %s does not exist" % rootfs)
     arch = _qemu_arch.get(opts.architecture)
     layout = make_layout(opts.disk_size, fp, arch.root_type)
-    needed = tree_size(root)
-    # ext4 keeps about 5 % for inodes, journal and metadata; keep some room to boot and log
-    if needed * 1.1 + 64 * MIB > layout.root_size:
-        raise BakeryError(
-            "the rootfs (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
-            % (needed // MIB, opts.disk_size // MIB, layout.root_size // MIB)
-        )
+    needed = tree_fits(root, layout, opts.disk_size, "the rootfs")
     epoch = disk_epoch(opts, fp)
     details.update(prepare_tree(root, opts, layout, epoch))
     # what provisioning leaves that differs from one run to the next (logs, caches, seeds) goes
@@ -1696,6 +1690,19 @@ ROOT_UUID_FILES = {
 }
 
 
+def tree_fits(root: str, layout: Layout, disk_size: int, what: str) -> int:
+    """The size of the tree *root* (*what*, in the message), which must fit in the layout's root partition with
+    room to spare: ext4 keeps about 5 % for inodes, journal and metadata, and the system needs some to boot and
+    log."""
+    needed = tree_size(root)
+    if needed * 1.1 + 64 * MIB > layout.root_size:
+        raise BakeryError(
+            "%s (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
+            % (what, needed // MIB, disk_size // MIB, layout.root_size // MIB)
+        )
+    return needed
+
+
 def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[str, Any]) -> tuple[str, str]:
     """The raw disk made again from the tree of the image's root file system (``reassemble``): copied out of
     the image (``_disk_tree``), its files that named the old root file system retargeted at the new one, the
@@ -1711,12 +1718,7 @@ def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[s
     read_seconds = time.monotonic() - started
     arch = _qemu_arch.get(opts.architecture)
     layout = make_layout(opts.disk_size, fp, arch.root_type)
-    needed = tree_size(root)
-    if needed * 1.1 + 64 * MIB > layout.root_size:
-        raise BakeryError(
-            "the tree of %s (%d MiB) does not fit in disk_size %d MiB (root partition %d MiB); raise disk_size"
-            % (opts.image, needed // MIB, opts.disk_size // MIB, layout.root_size // MIB)
-        )
+    needed = tree_fits(root, layout, opts.disk_size, "the tree of %s" % opts.image)
     retargeted = _disk_tree.retarget(root, old_uuid, layout.root_uuid, ROOT_UUID_FILES)
     if "boot/grub/grub.cfg" not in retargeted:
         raise BakeryError(
