@@ -220,6 +220,81 @@ class TestCommand:
             "deb [signed-by=/k.gpg] http://deb.debian.org/debian-security trixie-security main",
         ]
 
+    @pytest.mark.parametrize(
+        "packages",
+        [
+            ["python3", "linux-image-cloud-amd64"],
+            ["linux-image-arm64=6.1.0-50"],
+            ["initramfs-tools/bookworm"],
+        ],
+    )
+    def test_a_kernel_gets_its_initramfs_made_once(self, tmp_path: Path, packages: list[str]) -> None:
+        argv = _rootfs.build_command(options(tmp_path, packages=packages), "/out/x.tar")
+        hooks = [arg for arg in argv if arg.startswith("--") and "hook" in arg]
+        assert hooks == [
+            "--essential-hook=" + _rootfs.INITRAMFS_DIVERT_HOOK,
+            "--customize-hook=" + _rootfs.INITRAMFS_ONCE_HOOK,
+        ]
+        # before the suite, target and mirror
+        assert argv.index(hooks[-1]) < argv.index("bookworm")
+
+    @pytest.mark.parametrize(
+        ("packages", "mode"),
+        [
+            (["python3", "linux-base"], "root"),
+            (["linux-image-amd64"], "fakechroot"),
+            (["initramfs-tools"], "chrootless"),
+        ],
+    )
+    def test_no_hooks_without_a_kernel_or_where_hooks_cannot_chroot(
+        self, tmp_path: Path, packages: list[str], mode: str
+    ) -> None:
+        argv = _rootfs.build_command(options(tmp_path, packages=packages, mode=mode), "/out/x.tar")
+        assert not [arg for arg in argv if "hook" in arg]
+
+    def test_the_hooks_divert_update_initramfs_and_put_it_back(self, tmp_path: Path) -> None:
+        """The hooks, run by sh on a fake root whose chroot is a stand-in that runs dpkg-divert's renames and
+        records update-initramfs: the no-op stands in while mmdebstrap installs, the package's own is back after,
+        and is run once for every kernel."""
+        root = tmp_path / "root"
+        (root / "usr/sbin").mkdir(parents=True)
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        calls = tmp_path / "calls"
+        (bin_dir / "chroot").write_text(
+            "#!/bin/sh\n"
+            'root=$1; shift; echo "$*" >> %s\n'
+            'case "$1" in dpkg-divert)\n'
+            '  case "$*" in *--add*) [ -e "$root/usr/sbin/update-initramfs" ] && '
+            'mv "$root/usr/sbin/update-initramfs" "$root/usr/sbin/update-initramfs.bakery";;\n'
+            '  *--remove*) [ -e "$root/usr/sbin/update-initramfs.bakery" ] && '
+            'mv "$root/usr/sbin/update-initramfs.bakery" "$root/usr/sbin/update-initramfs";; esac;;\n'
+            "esac\nexit 0\n" % calls
+        )
+        (bin_dir / "chroot").chmod(0o755)
+        env = {"PATH": "%s:/usr/bin:/bin" % bin_dir}
+
+        def hook(text: str) -> None:
+            subprocess.run(["sh", "-c", text, "hook", str(root)], env=env, check=True)
+
+        hook(_rootfs.INITRAMFS_DIVERT_HOOK)
+        stub = root / "usr/sbin/update-initramfs"
+        assert subprocess.run([str(stub), "-c", "-k", "6.1"], check=False).returncode == 0
+        # dpkg unpacks initramfs-tools: its file goes to the diverted name
+        (root / "usr/sbin/update-initramfs.bakery").write_text("#!/bin/sh\nthe real one\n")
+        hook(_rootfs.INITRAMFS_ONCE_HOOK)
+        assert stub.read_text() == "#!/bin/sh\nthe real one\n"
+        assert not (root / "usr/sbin/update-initramfs.bakery").exists()
+        said = calls.read_text().splitlines()
+        assert said[-1] == "update-initramfs -c -k all" and len(said) == 3, said
+        # without initramfs-tools (no kernel came after all), nothing is run
+        calls.unlink()
+        stub.unlink()
+        hook(_rootfs.INITRAMFS_DIVERT_HOOK)
+        hook(_rootfs.INITRAMFS_ONCE_HOOK)
+        assert not stub.exists()
+        assert [line.split()[0] for line in calls.read_text().splitlines()] == ["dpkg-divert", "dpkg-divert"]
+
 
 # --------------------------------------------------------------------------- fingerprint
 
