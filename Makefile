@@ -3,7 +3,7 @@
 #   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
 #   make test                                          lint, sanity, unit, integration, molecule, docs (CI)
 #   make lint | sanity | unit | integration | molecule | docs   one of them
-#   make integration-emulated                          the arm64 container bakes under emulation (not in make test)
+#   make integration-emulated                          the arm64 bakes under emulation (not in make test)
 #   make ee [EE_ARGS=...]                              build the execution environment, bake in it
 #   make help                                          this list
 #
@@ -141,15 +141,13 @@ unit: collection-test
 		if [ $$rc = 5 ]; then echo "unit: pytest collected no tests in tests/unit" >&2; fi; exit $$rc; }
 
 integration: apt-test collection-test
-	@scripts/binfmt arm64
 	@PATH="$(BIN):$$PATH" scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
 
-# The integration tests that bake a foreign architecture (arm64) under emulation beyond the one arm64 disk make
-# test bakes and boots (test_arm64): containers provisioned under qemu-user, and a target baked for amd64 and
-# arm64 into one multi-architecture image (its own emulated rootfs). Tens of minutes on two cores, so not in make
-# test.
+# The integration tests that bake a foreign architecture (arm64) under emulation: an emulated root filesystem with
+# its kernel, containers and a chroot under qemu-user, a disk booted under qemu-system-aarch64 (TCG). Tens of
+# minutes on two cores, so not in make test.
 integration-emulated: apt-test collection-test
 	@scripts/binfmt arm64
 	@PATH="$(BIN):$$PATH" INTEGRATION_EMULATED=1 scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS)
