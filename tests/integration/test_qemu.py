@@ -1,8 +1,9 @@
 """QEMU disk target, end to end, under TCG (never KVM).
 
 The session's one bake of the default definition (``conftest.default_bake``: the ``disk`` target and the box
-made from it), into a temporary output directory, with the shared test cache for the rootfs: its disk, its
-manifest entry, nothing left behind, a second bake that changes nothing. The disks boot twice in the suite,
+made from it; its Docker image is test_default_image's, in the cloud stream), into a temporary output
+directory, with the shared test cache for the rootfs: its disk, its manifest entry, nothing left behind, a
+second bake that changes nothing. The disks boot twice in the suite,
 once per firmware: with UEFI here, as the builder VM of a ``provision: vm`` bake (provisioned over SSH,
 its stamp records the firmware); with BIOS in test_vagrant, where vagrant-libvirt boots the default bake's
 box (SeaBIOS), logs in as vagrant with the insecure key and checks nginx and sudo.
