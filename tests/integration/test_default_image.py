@@ -48,7 +48,8 @@ def test_the_default_image_is_documented_and_a_forced_bake_makes_the_same_layers
     made: list[str] = []
     client = docker_client()
     try:
-        _, first = bake(tmp_path / "first", definition)
+        first_run, first = bake(tmp_path / "first", definition)
+        assert first_run.stats["bakery-docker"]["changed"] > 0, first_run.stats
         made.append(first["id"])
         assert first["target"] == "docker" and first["tags"] == ["%s:latest" % repository]
 
