@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -170,6 +171,19 @@ def remove_repositories(*names: str) -> None:
             for ref in image.get("RepoTags") or []:
                 if ref.rsplit(":", 1)[0] == name:
                     client.api.remove_image(ref, force=True)
+
+
+def remove_untagged(image_ids: list[str]) -> None:
+    """Remove the images of *image_ids* that have no tag left (a test's earlier images, whose tags its later
+    bakes took), the latest first: an image another one was made from goes after it.  Images that still have a
+    tag, or are gone already, stay as they are."""
+    import docker
+
+    client = docker_client()
+    for image_id in reversed(image_ids):
+        with contextlib.suppress(docker.errors.APIError):
+            if not client.api.inspect_image(image_id)["RepoTags"]:
+                client.api.remove_image(image_id)
 
 
 @pytest.fixture(scope="session")

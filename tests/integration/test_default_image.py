@@ -9,15 +9,13 @@ forced bake makes an image with the same layer digests.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
 from pathlib import Path
 
-import docker
 import yaml
-from conftest import REPO, docker_client, remove_repositories, run_playbook
+from conftest import REPO, docker_client, remove_repositories, remove_untagged, run_playbook
 from provenance_checks import check_statement
 from sbom_checks import DPKG_FORMAT, check_documents, installed
 
@@ -77,7 +75,4 @@ def test_the_default_image_is_documented_and_a_forced_bake_makes_the_same_layers
         assert len(layers) == 2, layers
     finally:
         remove_repositories(repository)
-        for image_id in made:  # the first image lost its tag to the forced bake's
-            with contextlib.suppress(docker.errors.APIError):
-                if not client.api.inspect_image(image_id)["RepoTags"]:
-                    client.api.remove_image(image_id)
+        remove_untagged(made)  # the first image lost its tag to the forced bake's

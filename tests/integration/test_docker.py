@@ -6,7 +6,6 @@ Every test talks to the dockerd that `make test` started; base images come from 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, run_playbook
+from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, remove_untagged, run_playbook
 from ports import free_port
 from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
@@ -396,10 +395,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert serves("%s:latest" % name).strip() == "nginx on Debian"
     finally:
         remove_repositories(name)
-        for made_id in reversed(made):  # the images that lost their tags to later ones
-            with contextlib.suppress(docker.errors.APIError):
-                if not docker_client().api.inspect_image(made_id)["RepoTags"]:
-                    docker_client().api.remove_image(made_id)
+        remove_untagged(made)  # the images that lost their tags to later ones
 
 
 def test_base_entrypoint_and_cmd_survive_a_commit(bake_base, tmp_path, docker_leftovers):
