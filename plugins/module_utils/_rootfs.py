@@ -378,15 +378,17 @@ def compute_inputs(opts: RootfsOptions) -> dict[str, str]:
 # puts initramfs-tools' own back and makes every kernel's initramfs once (update-initramfs -c -k all, what the
 # kernel's postinst does).  The hooks run chroot: the modes where mmdebstrap's hooks may (as root, or in a user
 # namespace); the others build as before.
-UPDATE_INITRAMFS = _TOOL = "/usr/sbin/update-initramfs"
+UPDATE_INITRAMFS = "/usr/sbin/update-initramfs"
 INITRAMFS_ONCE_MODES = ("auto", "root", "unshare", "sudo")
 INITRAMFS_DIVERT_HOOK = (
-    f'chroot "$1" dpkg-divert --quiet --local --rename --divert {_TOOL}.bakery --add {_TOOL}'
-    f' && printf "#!/bin/sh\\nexit 0\\n" > "$1{_TOOL}" && chmod 0755 "$1{_TOOL}"'
+    f'chroot "$1" dpkg-divert --quiet --local --rename --divert {UPDATE_INITRAMFS}.bakery'
+    f" --add {UPDATE_INITRAMFS}"
+    f' && printf "#!/bin/sh\\nexit 0\\n" > "$1{UPDATE_INITRAMFS}" && chmod 0755 "$1{UPDATE_INITRAMFS}"'
 )
 INITRAMFS_ONCE_HOOK = (
-    f'rm -f "$1{_TOOL}" && chroot "$1" dpkg-divert --quiet --local --rename --remove {_TOOL}'
-    f' && if [ -e "$1{_TOOL}" ]; then chroot "$1" update-initramfs -c -k all; fi'
+    f'rm -f "$1{UPDATE_INITRAMFS}"'
+    f' && chroot "$1" dpkg-divert --quiet --local --rename --remove {UPDATE_INITRAMFS}'
+    f' && if [ -e "$1{UPDATE_INITRAMFS}" ]; then chroot "$1" update-initramfs -c -k all; fi'
 )
 
 
