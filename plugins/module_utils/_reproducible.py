@@ -26,6 +26,7 @@ import errno
 import os
 import re
 import stat
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -217,15 +218,79 @@ def normalise_tree(root: str, live: bool = False, check_mode: bool = False) -> l
 def clamp_times(root: str, epoch: int) -> int:
     """Every entry of *root* (the root itself too): access time the epoch, modification time at most the epoch
     (links themselves, never what they point at); the number of entries. Directories last, after what is in
-    them, so that nothing changes their times again."""
+    them, so that nothing changes their times again.
+
+    A Python bytecode file that was valid for its source stays valid (:func:`_follow_source_time`): it records
+    the source's modification time, which the clamp changes. ``os.walk`` bottom-up reaches ``__pycache__``
+    before the directory of its sources, so each source still has its own time when its bytecode is read."""
     count = 0
     for directory, dirs, files in os.walk(root, topdown=False):
+        cache = os.path.basename(directory) == "__pycache__"
         for name in files + dirs:
             path = os.path.join(directory, name)
+            if cache and name.endswith(".pyc"):
+                _follow_source_time(path, epoch)
             _clamp(path, epoch)
             count += 1
     _clamp(root, epoch)
     return count + 1
+
+
+# A timestamp-based .pyc (PEP 552 flags 0) holds, after its 4-byte magic number and flags, the modification time
+# and the size of its source (little-endian, 32 bits each); Python ignores it when they differ from the source's.
+# Debian compiles them when a package is installed, so they record the package's times: clamping the sources
+# would leave every one of them stale in the image (Python would compile the module again at each import, and
+# write the file again where it can). Hash-based ones (flags 1 and 3, what SOURCE_DATE_EPOCH makes py_compile
+# write) do not depend on times. Written here, not by a library: no library rewrites this header in place.
+_PYC_HEADER = struct.Struct("<4sIII")
+
+
+def pyc_source(pyc: str) -> str | None:
+    """The source of a bytecode file ``<dir>/__pycache__/<module>.<tag>[.opt-N].pyc`` (a path, ``/`` separated
+    or not): ``<dir>/<module>.py``; None for any other path."""
+    head, name = os.path.split(pyc)
+    directory, cache = os.path.split(head)
+    if cache != "__pycache__" or not name.endswith(".pyc") or "." not in name[: -len(".pyc")]:
+        return None
+    return os.path.join(directory, name.split(".", 1)[0] + ".py")
+
+
+def pyc_header_at_epoch(header: bytes, source_mtime: int, source_size: int, epoch: int) -> bytes | None:
+    """The first bytes of a bytecode file (at least its 16-byte header) recording *epoch* as its source's time,
+    when they are timestamp-based bytecode valid for a source of *source_mtime* and *source_size* and the clamp
+    changes that time; else None (leave the file as it is)."""
+    if len(header) < _PYC_HEADER.size or source_mtime <= epoch:
+        return None
+    magic, flags, recorded, size = _PYC_HEADER.unpack_from(header)
+    if flags != 0 or recorded != source_mtime & 0xFFFFFFFF or size != source_size & 0xFFFFFFFF:
+        return None
+    return _PYC_HEADER.pack(magic, flags, epoch & 0xFFFFFFFF, size) + header[_PYC_HEADER.size :]
+
+
+def _follow_source_time(pyc: str, epoch: int) -> None:
+    """When *pyc* is valid for its source (:func:`pyc_source`) and that source's time is later than *epoch*,
+    record the epoch as the source's time (what the clamp makes it)."""
+    source = pyc_source(pyc)
+    try:
+        st_pyc = os.lstat(pyc)
+        st_source = os.lstat(source) if source else None
+    except OSError:
+        return
+    if st_source is None or not (stat.S_ISREG(st_pyc.st_mode) and stat.S_ISREG(st_source.st_mode)):
+        return
+    try:
+        with open(pyc, "r+b") as handle:
+            fixed = pyc_header_at_epoch(
+                handle.read(_PYC_HEADER.size), int(st_source.st_mtime), st_source.st_size, epoch
+            )
+            if fixed is None:
+                return
+            handle.seek(0)
+            handle.write(fixed)
+    except OSError:
+        return
+    # the file's own times as they were; the clamp that follows treats it as any other file
+    os.utime(pyc, ns=(st_pyc.st_atime_ns, st_pyc.st_mtime_ns), follow_symlinks=False)
 
 
 def _clamp(path: str, epoch: int) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
+import struct
 import subprocess
 import time
 import uuid
@@ -50,7 +52,7 @@ def baked(default_bake):
     return default_bake
 
 
-def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
+def test_default_bake_makes_the_disk_and_its_manifest_entry(baked, tmp_path):
     out = baked["tmp"] / "output"
     disk = out / "example-web.qcow2"
     sidecar = json.loads((out / "example-web.qcow2.bakery.json").read_text())
@@ -86,6 +88,10 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked):
     # nothing temporary is left beside the output
     assert not list((Path(baked["definition"]["cache_dir"]) / "qemu").glob("%s-*" % entry["bake_id"]))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # its times are the bake's epoch, and Python still takes the bytecode Debian compiled as valid
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
+    assert stale_bytecode(raw) == []
 
 
 def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, tmp_path):
@@ -402,6 +408,30 @@ def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
     )
 
 
+def stale_bytecode(disk: Path, modules=("base64", "json/__init__", "subprocess", "zipfile")) -> list[str]:
+    """The modules of the raw disk's Python 3.11 whose timestamp-based bytecode Python would not use: it records
+    another time or size than its source has (the disk's times are the bake's epoch, its bytecode was compiled
+    when the packages were installed, or in a builder VM when Ansible ran)."""
+    stale = []
+    for module in modules:
+        source = "/usr/lib/python3.11/%s.py" % module
+        pyc = "%s/__pycache__/%s.cpython-311.pyc" % (posixpath.dirname(source), posixpath.basename(module))
+        st = debugfs(disk, "stat %s" % source).stdout
+        mtime, size = (
+            int(re.search(r"\bmtime: 0x([0-9a-f]+)", st).group(1), 16),
+            int(re.search(r"Size: (\d+)", st).group(1)),
+        )
+        header = subprocess.run(
+            ["debugfs", "-R", "cat %s" % pyc, "%s?offset=%d" % (disk, 66 * 1024**2)],
+            capture_output=True,
+            check=True,
+        ).stdout[:16]
+        flags, recorded, recorded_size = struct.unpack("<III", header[4:16])
+        if flags == 0 and (recorded, recorded_size) != (mtime, size):
+            stale.append("%s (source %d %d, bytecode %d %d)" % (module, mtime, size, recorded, recorded_size))
+    return stale
+
+
 # the reassembled disk's check in verify: it booted from the root file system its fstab and kernel command line name
 BOOTED_CHECK = (
     'uuid="$(findmnt -no UUID /)"; echo "root $uuid"; test -s /etc/bakery-stamp'
@@ -487,6 +517,8 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
     assert "root=UUID=%s " % fstab_uuid in debugfs(disk, "cat /boot/grub/grub.cfg").stdout
     assert "Links: 2" in debugfs(disk, "stat /usr/bin/perl").stdout
     assert "Mode:  04755" in debugfs(disk, "stat /usr/bin/su").stdout
+    # Python uses the image's bytecode: the epoch the times were clamped to is what it records of its sources
+    assert stale_bytecode(disk) == []
 
     # the same bake, forced, into another directory: the same bytes; its verify boots the qcow2
     again_dir = tmp_path / "again"

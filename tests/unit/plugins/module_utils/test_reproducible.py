@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import py_compile
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from test_plan import BAKE, plan
@@ -247,3 +253,59 @@ def test_a_vmdk_descriptor_gets_a_derived_cid_and_its_final_name(tmp_path):
     qcow2 = tmp_path / "disk.qcow2"
     qcow2.write_bytes(b"QFI\xfb" + bytes(600))
     assert not _qemu_disk.fix_vmdk_descriptor(str(qcow2), "disk.qcow2", "ab" * 32)
+
+
+def python_uses_its_bytecode(lib, module: str) -> bool:
+    """Whether Python itself takes *module*'s bytecode file under *lib* as valid (``-v`` names the file it loads
+    code from, or says the bytecode is stale); it writes none."""
+    proc = subprocess.run(
+        [sys.executable, "-v", "-c", "import %s" % module],
+        env=dict(os.environ, PYTHONPATH=str(lib), PYTHONDONTWRITEBYTECODE="1"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return (
+        "code object from '%s'" % importlib.util.cache_from_source(str(lib / (module + ".py"))) in proc.stderr
+    )
+
+
+def test_bytecode_valid_for_its_source_stays_valid_when_the_source_time_is_clamped(tmp_path):
+    lib = tmp_path / "root" / "usr" / "lib" / "python3"
+    lib.mkdir(parents=True)
+    for name in ("fresh", "stale", "hashed", "older"):
+        (lib / ("%s.py" % name)).write_text("VALUE = %r\n" % name)
+        os.utime(lib / ("%s.py" % name), (2_000_000_000, 2_000_000_000))
+    timestamp = py_compile.PycInvalidationMode.TIMESTAMP
+    for name in ("fresh", "stale"):
+        py_compile.compile(str(lib / ("%s.py" % name)), invalidation_mode=timestamp, doraise=True)
+    py_compile.compile(
+        str(lib / "hashed.py"), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, doraise=True
+    )
+    # a source older than the epoch keeps its time, and its bytecode its header
+    os.utime(lib / "older.py", (500, 500))
+    py_compile.compile(str(lib / "older.py"), invalidation_mode=timestamp, doraise=True)
+    # bytecode already stale (its source changed since) stays stale: it is not made to look valid
+    (lib / "stale.py").write_text("VALUE = 'changed since'\n")
+    os.utime(lib / "stale.py", (2_000_000_001, 2_000_000_001))
+    cached = {name: Path(importlib.util.cache_from_source(str(lib / ("%s.py" % name)))) for name in
+              ("fresh", "stale", "hashed", "older")}  # fmt: skip
+    before = {name: path.read_bytes() for name, path in cached.items()}
+    os.utime(cached["fresh"], (1_900_000_000, 1_900_000_000))
+    assert python_uses_its_bytecode(lib, "fresh") and not python_uses_its_bytecode(lib, "stale")
+
+    epoch = 1_000_000_000
+    _reproducible.clamp_times(str(tmp_path / "root"), epoch)
+    assert os.lstat(lib / "fresh.py").st_mtime == epoch
+    # clamped as any other file (before Python reads it and its access time changes)
+    assert os.lstat(cached["fresh"]).st_mtime == epoch and os.lstat(cached["fresh"]).st_atime == epoch
+    assert python_uses_its_bytecode(lib, "fresh"), "the clamp left fresh's bytecode stale"
+    assert cached["fresh"].read_bytes()[16:] == before["fresh"][16:]
+    assert python_uses_its_bytecode(lib, "hashed") and python_uses_its_bytecode(lib, "older")
+    assert not python_uses_its_bytecode(lib, "stale")
+    for name in ("stale", "hashed", "older"):
+        assert cached[name].read_bytes() == before[name], name
+    # the same tree again: nothing more to do
+    assert _reproducible.clamp_times(str(tmp_path / "root"), epoch) and cached["fresh"].read_bytes()[:16] == (
+        before["fresh"][:8] + struct.pack("<II", epoch, len("VALUE = 'fresh'\n"))
+    )
