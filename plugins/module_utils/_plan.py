@@ -656,8 +656,9 @@ def make_plan(
             root = step_root(tname, kind, options, inputs.get("source"), package_lists)
             if epoch["explicit"]:
                 # the user's epoch changes what the provisioners write (it is in their environment) and the
-                # artifact's bytes; the derived one follows from the source, an input already
-                inputs["source_date_epoch"] = str(epoch["source_date_epoch"])
+                # artifact's bytes; the derived one follows from the source, an input already. A digest, as every
+                # input is (the SBOMs list the inputs as SHA-256 checksums)
+                inputs["source_date_epoch"] = digest_value({"source_date_epoch": epoch["source_date_epoch"]})
                 root["source_date_epoch"] = epoch["source_date_epoch"]
             step_keys = chain_keys(root, step_digests)
         # the checks of the finished artifact: no input of its fingerprint, but of whether it is verified

@@ -14,6 +14,7 @@ import pytest
 from test_plan import BAKE, plan
 
 from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _reproducible
+from ansible_collections.bakery.images.plugins.module_utils._fingerprint import digest_value
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 IDENTITY = "3f" * 32
@@ -77,12 +78,16 @@ def test_every_target_of_the_plan_has_the_bakes_epoch_an_input_only_when_the_use
     assert plan()["targets"][0]["source_date_epoch"] == img["source_date_epoch"]
     chosen = plan(dict(BAKE, source_date_epoch=1700000000))
     assert {target["source_date_epoch"] for target in chosen["targets"]} == {1700000000}
-    assert chosen["targets"][0]["inputs"]["source_date_epoch"] == "1700000000"
+    assert chosen["targets"][0]["inputs"]["source_date_epoch"] == digest_value(
+        {"source_date_epoch": 1700000000}
+    )
     assert chosen["targets"][0]["step_keys"][0] != img["step_keys"][0]
     # a target that is not provisioned keeps its inputs as they were (none: the module digests its source)
     assert chosen["targets"][1]["inputs"] == {}
     from_env = plan(environ={"SOURCE_DATE_EPOCH": "1700000001"})
-    assert from_env["targets"][0]["inputs"]["source_date_epoch"] == "1700000001"
+    assert from_env["targets"][0]["inputs"]["source_date_epoch"] == digest_value(
+        {"source_date_epoch": 1700000001}
+    )
     snapshot = plan(dict(BAKE, base=dict(BAKE["base"], mirror=SNAPSHOT)))
     assert snapshot["reproducibility"] == {
         "source_date_epoch": 1704164645,
