@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ansible_collections.bakery.images.plugins.module_utils import _reproducible
+
 WHITEOUT_PREFIX = ".wh."
 _CHUNK = 1 << 20
 # the engine's own paths in every container's file system (its init layer and mount points): never in a layer
@@ -276,6 +278,7 @@ def write_layer(
     """Write the normalised layer tar of *paths* of *final* (*content* opens a regular file's content by its name)
     and the *whiteouts* to *out*; return its digest (``sha256:...``, the diff id) and size."""
     digesting = _Digesting(out)
+    paths = set(paths)
     members = [(name, False) for name in paths] + [(name, True) for name in whiteouts]
     members.sort(key=lambda item: _sort_key(_whiteout_name(item[0]) if item[1] else item[0]))
     first_of: dict[str, str] = {}  # hard link group (its content's member) -> the first member written of it
@@ -302,8 +305,27 @@ def write_layer(
             first_of[group] = name
             info.size = entry.size
             with content(group) as data:
-                layer.addfile(info, data)
+                fixed = _bytecode_at_epoch(final, paths, group, data, epoch)
+                layer.addfile(info, data if fixed is None else io.BytesIO(fixed))
     return "sha256:" + digesting.sha256.hexdigest(), digesting.size
+
+
+def _bytecode_at_epoch(
+    final: Mapping[str, Entry], paths: set[str], name: str, data: IO[bytes], epoch: int
+) -> bytes | None:
+    """The content of *name* to write when it is Python bytecode valid for a source whose time the layer clamps
+    (_reproducible.pyc_header_at_epoch: it then records the epoch); None to write *data* as it is. A source the
+    layer does not hold keeps the base's time, and its bytecode stays valid as it is."""
+    source = _reproducible.pyc_source(name)
+    found = final.get(source) if source and source in paths else None
+    if found is None or found.kind != tarfile.REGTYPE:
+        return None
+    content = data.read()
+    fixed = _reproducible.pyc_header_at_epoch(content[:16], found.mtime, found.size, epoch)
+    if fixed is None:
+        data.seek(0)
+        return None
+    return fixed + content[16:]
 
 
 def _whiteout_name(name: str) -> str:

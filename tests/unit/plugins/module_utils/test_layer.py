@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import struct
 import tarfile
 
 import pytest
@@ -45,7 +46,7 @@ def fs_tar(entries: list[tuple], shuffle: int | None = None) -> bytes:
             elif kind == "hardlink":
                 info.type, info.linkname = tarfile.LNKTYPE, data
             else:
-                payload = data.encode()
+                payload = data if isinstance(data, bytes) else data.encode()
                 info.size = len(payload)
             archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
     return out.getvalue()
@@ -284,3 +285,44 @@ def test_an_index_kept_by_image_id_is_the_index_read_and_spares_the_next_export(
     assert sorted(os.listdir(cache)) == ["bb.json.gz", "cc.json.gz"]
     assert _docker.base_index(None, "sha256:dd", "b", None) == (read, "export")  # no cache: nothing kept
     assert exports == ["sha256:aa", "sha256:aa", "sha256:bb", "sha256:cc", "sha256:dd"]
+
+
+def pyc(source_mtime: int, source_size: int, code: bytes = b"code") -> bytes:
+    """Timestamp-based bytecode (PEP 552 flags 0) recording its source's time and size."""
+    return b"\xa7\r\r\n" + struct.pack("<III", 0, source_mtime, source_size) + code
+
+
+def test_bytecode_of_a_source_the_layer_clamps_records_the_epoch_and_stays_valid():
+    source = "VALUE = 1\n"
+    lib = "usr/local/lib/python3.11/dist-packages"
+    base = BASE + [
+        ("usr/lib", "dir", None, OLD),
+        ("usr/lib/base.py", "file", source, OLD),
+    ]
+    final = base + [
+        ("usr/local", "dir", None, NOW),
+        ("usr/local/lib", "dir", None, NOW),
+        ("usr/local/lib/python3.11", "dir", None, NOW),
+        (lib, "dir", None, NOW),
+        (lib + "/mod.py", "file", source, NOW),
+        (lib + "/stale.py", "file", source, NOW),
+        (lib + "/__pycache__", "dir", None, NOW),
+        (lib + "/__pycache__/mod.cpython-311.pyc", "file", pyc(NOW, len(source)), NOW),
+        (lib + "/__pycache__/mod.cpython-311.opt-1.pyc", "file", pyc(NOW, len(source), b"opt"), NOW),
+        # compiled before its source changed: stale, and left so
+        (lib + "/__pycache__/stale.cpython-311.pyc", "file", pyc(NOW - 60, len(source)), NOW),
+        ("usr/lib/__pycache__", "dir", None, NOW),
+        # bytecode of a base file the layer leaves alone: the source keeps its time, the bytecode its header
+        ("usr/lib/__pycache__/base.cpython-311.pyc", "file", pyc(OLD, len(source)), NOW),
+    ]
+    written = layer(fs_tar(base), fs_tar(final))
+    with tarfile.open(fileobj=io.BytesIO(written), mode="r:") as archive:
+        content = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+        times = {m.name: m.mtime for m in archive.getmembers()}
+    assert times[lib + "/mod.py"] == EPOCH and "usr/lib/base.py" not in times
+    assert content[lib + "/__pycache__/mod.cpython-311.pyc"] == pyc(EPOCH, len(source))
+    assert content[lib + "/__pycache__/mod.cpython-311.opt-1.pyc"] == pyc(EPOCH, len(source), b"opt")
+    assert content[lib + "/__pycache__/stale.cpython-311.pyc"] == pyc(NOW - 60, len(source))
+    assert content["usr/lib/__pycache__/base.cpython-311.pyc"] == pyc(OLD, len(source))
+    # the same file system in another order: the same layer
+    assert layer(fs_tar(base), fs_tar(final, shuffle=2)) == written
