@@ -321,11 +321,10 @@ def _bytecode_at_epoch(
     if found is None or found.kind != tarfile.REGTYPE:
         return None
     content = data.read()
-    fixed = _reproducible.pyc_header_at_epoch(content[:16], found.mtime, found.size, epoch)
+    fixed = _reproducible.pyc_header_at_epoch(content, found.mtime, found.size, epoch)
     if fixed is None:
         data.seek(0)
-        return None
-    return fixed + content[16:]
+    return fixed
 
 
 def _whiteout_name(name: str) -> str:

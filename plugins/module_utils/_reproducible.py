@@ -256,9 +256,9 @@ def pyc_source(pyc: str) -> str | None:
 
 
 def pyc_header_at_epoch(header: bytes, source_mtime: int, source_size: int, epoch: int) -> bytes | None:
-    """The first bytes of a bytecode file (at least its 16-byte header) recording *epoch* as its source's time,
-    when they are timestamp-based bytecode valid for a source of *source_mtime* and *source_size* and the clamp
-    changes that time; else None (leave the file as it is)."""
+    """The bytes of a bytecode file (all of it, or its first bytes: at least its 16-byte header) with *epoch*
+    recorded as its source's time, when they are timestamp-based bytecode valid for a source of *source_mtime*
+    and *source_size* and the clamp changes that time; else None (leave the file as it is)."""
     if len(header) < _PYC_HEADER.size or source_mtime <= epoch:
         return None
     magic, flags, recorded, size = _PYC_HEADER.unpack_from(header)

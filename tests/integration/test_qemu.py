@@ -398,12 +398,13 @@ STAMP_ROLE = """\
 """
 
 
-def debugfs(disk: Path, request: str) -> subprocess.CompletedProcess:
-    """Read the root file system of a raw disk made by qemu_image, at its offset, without mounting it."""
+def debugfs(disk: Path, request: str, text: bool = True) -> subprocess.CompletedProcess:
+    """Read the root file system of a raw disk made by qemu_image, at its offset, without mounting it (*text*
+    False: the output as bytes)."""
     return subprocess.run(
         ["debugfs", "-R", request, "%s?offset=%d" % (disk, 66 * 1024**2)],
         capture_output=True,
-        text=True,
+        text=text,
         check=False,
     )
 
@@ -421,11 +422,9 @@ def stale_bytecode(disk: Path, modules=("base64", "json/__init__", "subprocess",
             int(re.search(r"\bmtime: 0x([0-9a-f]+)", st).group(1), 16),
             int(re.search(r"Size: (\d+)", st).group(1)),
         )
-        header = subprocess.run(
-            ["debugfs", "-R", "cat %s" % pyc, "%s?offset=%d" % (disk, 66 * 1024**2)],
-            capture_output=True,
-            check=True,
-        ).stdout[:16]
+        read = debugfs(disk, "cat %s" % pyc, text=False)
+        assert read.returncode == 0, read.stderr
+        header = read.stdout[:16]
         flags, recorded, recorded_size = struct.unpack("<III", header[4:16])
         if flags == 0 and (recorded, recorded_size) != (mtime, size):
             stale.append("%s (source %d %d, bytecode %d %d)" % (module, mtime, size, recorded, recorded_size))
