@@ -101,7 +101,7 @@ EXTENSION_FORMATS = {
     ".vhdx": "vhdx",
 }
 SOURCE_FORMATS = ("qcow2", "raw")
-ACTIONS = ("find", "build", "unpack", "remove", "step_save", "prune_steps")
+ACTIONS = ("find", "build", "unpack", "remove", "step_save", "prune_steps", "vm_resume", "vm_step_save")
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -1811,6 +1811,13 @@ def module_action(module: Any) -> dict[str, Any]:
         return step_save_action(params, module.check_mode)
     if action == "prune_steps":
         return prune_steps_action(params, module.check_mode)
+    if action in ("vm_resume", "vm_step_save"):
+        # here, not at the top: _vm_steps uses _qemu_vm, which uses this module
+        from ansible_collections.bakery.images.plugins.module_utils import _vm_steps
+
+        if action == "vm_resume":
+            return _vm_steps.resume_action(params, module.check_mode)
+        return _vm_steps.save_action(params, module.check_mode)
     return bake_disk(params, check_mode=module.check_mode)
 
 
@@ -1958,20 +1965,31 @@ def prune_steps_action(params: Mapping[str, Any], check_mode: bool) -> dict[str,
     cache = params.get("step_cache") or {}
     if not cache.get("dir"):
         raise BakeryError("qemu_image: action=prune_steps needs step_cache.dir (the bake's cache directory)")
+    from ansible_collections.bakery.images.plugins.module_utils import _vm_steps
+
     directory = _step_cache.rootfs_steps_dir(str(cache["dir"]))
     pruned = _step_cache.prune_rootfs_steps(directory, int(cache.get("max_size") or 0), check_mode)
-    removed = pruned["unsealed"] + pruned["evicted"]
+    # the VM builders' layers, on their own (each kind gets up to the size)
+    vm_directory = _vm_steps.vm_steps_dir(str(cache["dir"]))
+    vm_pruned = _vm_steps.prune(vm_directory, int(cache.get("max_size") or 0), check_mode)
+    removed = pruned["unsealed"] + pruned["evicted"] + vm_pruned["unsealed"] + vm_pruned["evicted"]
+    verb = "would remove" if check_mode else "removed"
     return dict(
         changed=bool(removed),
         removed=removed,
-        unsealed=pruned["unsealed"],
-        evicted=pruned["evicted"],
-        msg="%s %d cached step(s) of root-filesystem builders and %d unsealed file(s) in %s"
+        unsealed=pruned["unsealed"] + vm_pruned["unsealed"],
+        evicted=pruned["evicted"] + vm_pruned["evicted"],
+        msg="%s %d cached step(s) of root-filesystem builders and %d unsealed file(s) in %s; %s %d cached "
+        "layer(s) of VM builders and %d unsealed or broken file(s) in %s"
         % (
-            "would remove" if check_mode else "removed",
+            verb,
             len(pruned["evicted"]),
             len(pruned["unsealed"]),
             directory,
+            verb,
+            len(vm_pruned["evicted"]),
+            len(vm_pruned["unsealed"]),
+            vm_directory,
         ),
     )
 

@@ -124,7 +124,7 @@ def seal_path(path: str) -> str:
     return path + SEAL_SUFFIX
 
 
-def read_seal(path: str) -> dict[str, Any] | None:
+def read_seal(path: str, suffix: str = ENTRY_SUFFIX) -> dict[str, Any] | None:
     """The seal of the entry *path* when it is valid: readable, for this key, and recording the file's size (the
     sha256 is checked where the entry is used, :func:`verified`). None otherwise, or when there is no file."""
     try:
@@ -135,7 +135,7 @@ def read_seal(path: str) -> dict[str, Any] | None:
         return None
     if not isinstance(seal, dict) or not os.path.isfile(path):
         return None
-    key = os.path.basename(path)[: -len(ENTRY_SUFFIX)]
+    key = os.path.basename(path)[: -len(suffix)]
     if seal.get("key") != key or seal.get("size") != size or not isinstance(seal.get("sha256"), str):
         return None
     return seal
@@ -170,7 +170,7 @@ def find_rootfs_step(directory: str | None, keys: list[str]) -> tuple[int, str |
     return 0, None, None
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -211,9 +211,12 @@ def archive_command(tar: str, root: str, target: str) -> list[str]:
     ]
 
 
-def seal_entry(path: str, tmp: str, key: str, position: int, target: str) -> dict[str, Any]:
-    """Sync the written tarball *tmp* and seal it for *path* (the caller renames it onto *path* next)."""
-    _fsync_path(tmp)
+def seal_entry(
+    path: str, tmp: str, key: str, position: int, target: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Sync the written entry *tmp* and seal it for *path* (the caller renames it onto *path* next), with what
+    *extra* adds to the seal (a VM layer's parent)."""
+    fsync_path(tmp)
     seal = {
         "key": key,
         "position": position,
@@ -221,6 +224,7 @@ def seal_entry(path: str, tmp: str, key: str, position: int, target: str) -> dic
         "size": os.path.getsize(tmp),
         "sha256": digest_file(tmp),
         "created": round(time.time(), 3),
+        **(extra or {}),
     }
     # a stale file of that name (an unsealed entry) must not pass for the new one between seal and rename
     if os.path.lexists(path):
@@ -244,20 +248,20 @@ def save_rootfs_step(
     with atomic_output(path) as tmp:
         write(tmp)
         seal = seal_entry(path, tmp, key, position, target)
-    _fsync_path(directory)
+    fsync_path(directory)
     return path, seal, True
 
 
-def rootfs_entries(directory: str | None) -> list[dict[str, Any]]:
+def rootfs_entries(directory: str | None, suffix: str = ENTRY_SUFFIX) -> list[dict[str, Any]]:
     """The sealed entries of *directory*: id (the path), key, position, size (the file's) and last use."""
     if not directory or not os.path.isdir(directory):
         return []
     entries = []
     for name in sorted(os.listdir(directory)):
-        if not name.endswith(ENTRY_SUFFIX) or name.startswith("."):
+        if not name.endswith(suffix) or name.startswith("."):
             continue
         path = os.path.join(directory, name)
-        seal = read_seal(path)
+        seal = read_seal(path, suffix)
         if seal is None:
             continue
         try:
@@ -276,7 +280,7 @@ def rootfs_entries(directory: str | None) -> list[dict[str, Any]]:
     return entries
 
 
-def unsealed(directory: str | None, now: float | None = None) -> list[str]:
+def unsealed(directory: str | None, now: float | None = None, suffix: str = ENTRY_SUFFIX) -> list[str]:
     """What no bake will use in *directory*: tarballs without a valid seal, seals without their tarball, and the
     leftovers of interrupted writes that no process has open and that were quiet for a while."""
     if not directory or not os.path.isdir(directory):
@@ -295,9 +299,9 @@ def unsealed(directory: str | None, now: float | None = None) -> list[str]:
                 continue
             if quiet and os.path.realpath(path) not in busy:
                 found.append(path)
-        elif name.endswith(ENTRY_SUFFIX) and read_seal(path) is None:
+        elif name.endswith(suffix) and read_seal(path, suffix) is None:
             found.append(path)
-        elif name.endswith(ENTRY_SUFFIX + SEAL_SUFFIX) and read_seal(path[: -len(SEAL_SUFFIX)]) is None:
+        elif name.endswith(suffix + SEAL_SUFFIX) and read_seal(path[: -len(SEAL_SUFFIX)], suffix) is None:
             found.append(path)
     return found
 
@@ -312,25 +316,31 @@ def remove_entry(path: str) -> None:
 
 
 def evict_rootfs_steps(
-    directory: str | None, max_size: int, keep: Iterable[str] = (), check_mode: bool = False
+    directory: str | None,
+    max_size: int,
+    keep: Iterable[str] = (),
+    check_mode: bool = False,
+    suffix: str = ENTRY_SUFFIX,
 ) -> list[str]:
     """Remove sealed entries beyond *max_size* bytes (least recently used first). Returns the paths removed."""
-    removed = eviction_order(rootfs_entries(directory), max_size, keep)
+    removed = eviction_order(rootfs_entries(directory, suffix), max_size, keep)
     if not check_mode:
         for path in removed:
             remove_entry(path)
     return removed
 
 
-def prune_rootfs_steps(directory: str | None, max_size: int, check_mode: bool = False) -> dict[str, Any]:
+def prune_rootfs_steps(
+    directory: str | None, max_size: int, check_mode: bool = False, suffix: str = ENTRY_SUFFIX
+) -> dict[str, Any]:
     """Remove what no bake will use (unsealed entries, stray seals, old partial writes), then the sealed entries
     beyond *max_size* (0: all of them)."""
-    broken = unsealed(directory)
+    broken = unsealed(directory, suffix=suffix)
     if not check_mode:
         for path in broken:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    evicted = evict_rootfs_steps(directory, max_size, check_mode=check_mode)
+    evicted = evict_rootfs_steps(directory, max_size, check_mode=check_mode, suffix=suffix)
     return {"unsealed": broken, "evicted": evicted}

@@ -42,6 +42,18 @@ description:
     (zstd, numeric owners, xattrs, ACLs, hard links; synced, sealed by C(<key>.tar.zst.seal) with its size and
     sha256, then renamed into place), then evicts the least recently used entries beyond O(step_cache.max_size);
     O(action=prune_steps) removes unsealed entries and empties the cache down to O(step_cache.max_size)."
+  - "The per-step cache of a builder VM (qemu C(provision: vm)), a qcow2 overlay chain: O(action=vm_resume) boots
+    nothing but looks up the deepest step whose layer chain in C(<step_cache.dir>/vm-steps) is sound (every layer
+    sealed, with the sha256 its seal records, standing on the layer of the step before with the content recorded
+    when it was written) and makes C(<workdir>/disk.qcow2) a fresh overlay over it; it says from which step and
+    why (RV(step_cache)), also in check mode, which makes nothing. O(action=vm_step_save) flushes and freezes the
+    running builder VM's file system (its builder key O(public_key) taken out of the guest's C(authorized_keys)
+    files for that moment), takes an external snapshot through QMP so that the disk becomes a read-only layer and
+    the VM goes on in a new overlay (C(<workdir>/disk-<step>.qcow2); C(<workdir>/top.qcow2) links to the chain's
+    top; no file the VM has open is renamed), thaws the guest, and keeps the layer as C(vm-steps/<key>.qcow2) (copied,
+    its backing file named relatively, synced, sealed with its key, position, size, sha256 and its parent's key
+    and sha256, then renamed into place); O(action=prune_steps) prunes these layers too (also those whose parent
+    went)."
   - O(action=unpack) also writes O(workdir)C(/enter), the C(chroot_exe) for community.general.chroot, which runs
     each command in the tree under bubblewrap, in mount, PID, UTS and IPC namespaces of its own, with a fresh
     C(/proc), read-only C(/proc/sys) and C(/sys), a small C(/dev), Docker's default capabilities and the
@@ -71,9 +83,10 @@ options:
       - V(build) makes the outputs unless they are up to date; V(find) only looks them up.
       - V(unpack) and V(remove) make and remove a chroot work directory (O(workdir)).
       - V(step_save) keeps the tree of O(workdir) in the per-step cache; V(prune_steps) empties that cache.
+      - V(vm_resume) and V(vm_step_save) start a builder VM's disk from, and keep its steps in, the per-step cache.
     type: str
     default: build
-    choices: [build, find, unpack, remove, step_save, prune_steps]
+    choices: [build, find, unpack, remove, step_save, prune_steps, vm_resume, vm_step_save]
   outputs:
     description: The disk files to make; the first is the primary output.
     type: list
@@ -192,8 +205,13 @@ options:
         the user chose it).
     type: int
   workdir:
-    description: The chroot work directory for O(action=unpack) and O(action=remove).
+    description: The chroot work directory for O(action=unpack) and O(action=remove); the target's work directory
+      (its C(disk.qcow2), the overlays of kept steps over it, its builder VM's C(vm)) for O(action=vm_resume) and
+      O(action=vm_step_save).
     type: path
+  public_key:
+    description: With O(action=vm_step_save), the builder VM's public key, which the kept layer does not hold.
+    type: str
   step_keys:
     description:
       - The builder's per-step cache keys from the bake plan, of the state after the start (key 0) and after each
@@ -442,6 +460,7 @@ def main() -> None:
             timeout=dict(type="int", default=1800),
             step_keys=dict(type="list", elements="str", default=[], no_log=False),
             step=dict(type="int"),
+            public_key=dict(type="str", no_log=False),
             target=dict(type="str"),
             step_cache=dict(
                 type="dict",

@@ -397,6 +397,16 @@ STAMP_ROLE = """\
     mode: "0644"
 """
 
+# the test run's id: the role's steps are this run's own (not another run's, kept in a shared cache), and the same in
+# each of its bakes (a forced one makes the bytes of one that resumed)
+STAMP_TOKEN = """\
+- name: Leave the test run's token
+  ansible.builtin.copy:
+    content: "%s\\n"
+    dest: /etc/bakery-token
+    mode: "0644"
+"""
+
 
 def debugfs(disk: Path, request: str, text: bool = True) -> subprocess.CompletedProcess:
     """Read the root file system of a raw disk made by qemu_image, at its offset, without mounting it (*text*
@@ -439,17 +449,23 @@ BOOTED_CHECK = (
 
 
 def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tmp_path):
-    """A provision: vm bake (UEFI, TCG), then the same bake forced into another directory from the same cache: the
-    disk is made again from the powered-off builder's tree both times, so its raw and qcow2 outputs are the same
-    bytes; the second bake's verify boots the qcow2 (from the root file system its fstab and grub.cfg name)."""
+    """A provision: vm bake (UEFI, TCG) keeps its builder's disk after each provisioner (per-step cache, a qcow2
+    overlay chain); the same bake with only its last provisioner changed boots from the layer kept after the first
+    and runs only the last; that second definition again, forced (no cache), into another directory makes the same
+    bytes, and its verify boots the disk. Every disk is made again from the powered-off builder's tree."""
+    run_id = uuid.uuid4().hex
     role = tmp_path / "roles" / "stamp" / "tasks"
     role.mkdir(parents=True)
-    (role / "main.yml").write_text(STAMP_ROLE)
+    # the run's id makes the role's steps this test's own; the token shows whether the role ran again
+    (role / "main.yml").write_text(STAMP_ROLE + STAMP_TOKEN % run_id)
     definition = {
         "name": "vmbake",
         "cache_dir": str(cache_dir),
         "base": default_bake(cache_dir)["base"],
-        "provisioners": [{"role": "stamp"}],
+        "provisioners": [
+            {"role": "stamp"},
+            {"name": "last", "shell": {"inline": ["echo one > /etc/bakery-last"]}},
+        ],
         "targets": [
             {
                 "name": "vmdisk",
@@ -469,80 +485,143 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
             }
         ],
     }
-    path = tmp_path / "bake.json"
-    path.write_text(json.dumps({"bake": definition}))
-    started = time.monotonic()
-    run = run_playbook(
-        BAKE_PLAYBOOK,
-        tmp_path,
-        args=["-e", "@%s" % path],
-        env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
-        timeout=2400,
-    )
-    print("the provision: vm bake took %.1f s" % (time.monotonic() - started))
-    assert run.rc == 0, run.explain()
-    assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
-    disk = tmp_path / "output" / "vmbake.raw"
-    # provisioned in the booted VM (systemd is PID 1), which booted with UEFI, its console on the serial port
-    init, firmware, cmdline = debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()
-    assert (init, firmware) == ("systemd", "uefi")
-    assert any(arg.startswith("console=ttyS0") for arg in cmdline.split()), cmdline
-    # the builder's key and the host keys made at its first boot are not in the image
-    assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
-    assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
-    (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
-    bake_id = entry["bake_id"]
-    # checked in the guest before it powered off, the builder's key among the checks
-    checks = {check["name"]: check for check in entry["hygiene"]}
-    assert {name: check["status"] for name, check in checks.items()} == {
-        name: "passed" for name in HYGIENE_CHECKS
-    }
-    assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
-    # the SBOMs list the packages of the disk's own database, read in the guest before it powered off
-    packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
-    assert len(packages) > 50
-    check_documents(entry, packages)
-    assert {s["name"]: s["digest"] for s in check_statement(entry)["subject"]} == {
-        Path(output["path"]).name: {"sha256": output["sha256"]} for output in entry["outputs"]
-    }
-    left = subprocess.run(["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False)
-    assert left.stdout == "", "qemu left running: %s" % left.stdout
-    assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
-    # made again from the builder's tree: a root file system of its own (fstab and grub.cfg name it, not the
-    # builder's), with the tree's hard links and set-user-ID bits
-    builder_uuid = re.search(r"root=UUID=(\S+)", cmdline).group(1)
-    fstab_uuid = re.search(r"^UUID=(\S+) / ", debugfs(disk, "cat /etc/fstab").stdout, re.MULTILINE).group(1)
-    assert fstab_uuid != builder_uuid
-    assert "root=UUID=%s " % fstab_uuid in debugfs(disk, "cat /boot/grub/grub.cfg").stdout
-    assert "Links: 2" in debugfs(disk, "stat /usr/bin/perl").stdout
-    assert "Mode:  04755" in debugfs(disk, "stat /usr/bin/su").stdout
-    # Python uses the image's bytecode: the epoch the times were clamped to is what it records of its sources
-    assert stale_bytecode(disk) == []
+    steps_dir = cache_dir / "vm-steps"
+    keys: list[str] = []
 
-    # the same bake, forced, into another directory: the same bytes; its verify boots the qcow2
-    again_dir = tmp_path / "again"
-    again_dir.mkdir()
-    definition["verify"] = [{"name": "booted", "shell": {"inline": [BOOTED_CHECK]}}]
-    (again_dir / "bake.json").write_text(json.dumps({"bake": definition}))
-    started = time.monotonic()
-    again = run_playbook(
-        BAKE_PLAYBOOK,
-        again_dir,
-        args=["-e", "@%s" % (again_dir / "bake.json"), "-e", "bake_force=true"],
-        env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
-        timeout=2400,
-    )
-    print("the forced provision: vm bake with verify took %.1f s" % (time.monotonic() - started))
-    assert again.rc == 0, again.explain()
-    assert again.stats["bakery-vmdisk-verify"]["failures"] == 0, again.stats
-    (second,) = json.loads((again_dir / "output" / "bake-manifest.json").read_text())["artifacts"]
-    assert second["bake_id"] != bake_id and second["verify"]["status"] == "passed", second.get("verify")
-    for name in ("vmbake.raw", "vmbake.qcow2"):
-        assert sha256_of(tmp_path / "output" / name) == sha256_of(again_dir / "output" / name), name
-    assert second["outputs"] == [
-        dict(output, path=str(again_dir / "output" / Path(output["path"]).name))
-        for output in entry["outputs"]
-    ]
+    def vm_bake(directory: Path, *args: str):
+        (directory / "bake.json").write_text(json.dumps({"bake": definition}))
+        started = time.monotonic()
+        result = run_playbook(
+            BAKE_PLAYBOOK,
+            directory,
+            args=["-e", "@%s" % (directory / "bake.json"), *args],
+            env={"ANSIBLE_ROLES_PATH": str(tmp_path / "roles")},
+            timeout=2400,
+        )
+        print("bake %s: %.1f s" % (" ".join(args) or "", time.monotonic() - started))
+        return result
+
+    try:
+        run = vm_bake(tmp_path)
+        assert run.rc == 0, run.explain()
+        assert run.stats["bakery-vmdisk-builder"]["failures"] == 0
+        disk = tmp_path / "output" / "vmbake.raw"
+        # provisioned in the booted VM (systemd is PID 1), which booted with UEFI, its console on the serial port
+        init, firmware, cmdline = debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()
+        assert (init, firmware) == ("systemd", "uefi")
+        assert any(arg.startswith("console=ttyS0") for arg in cmdline.split()), cmdline
+        # the builder's key and the host keys made at its first boot are not in the image
+        assert "authorized_keys" not in debugfs(disk, "ls -l /root/.ssh").stdout
+        assert "ssh_host_" not in debugfs(disk, "ls -l /etc/ssh").stdout
+        (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+        bake_id = entry["bake_id"]
+        first_outputs = {Path(output["path"]).name: output["sha256"] for output in entry["outputs"]}
+        # checked in the guest before it powered off, the builder's key among the checks
+        checks = {check["name"]: check for check in entry["hygiene"]}
+        assert {name: check["status"] for name, check in checks.items()} == {
+            name: "passed" for name in HYGIENE_CHECKS
+        }
+        assert checks["builder_key"]["detail"] == "", "the builder's key was not looked for"
+        # the SBOMs list the packages of the disk's own database, read in the guest before it powered off
+        packages = dpkg_query(debugfs(disk, "cat /var/lib/dpkg/status").stdout, tmp_path)
+        assert len(packages) > 50
+        check_documents(entry, packages)
+        assert {s["name"]: s["digest"] for s in check_statement(entry)["subject"]} == {
+            name: {"sha256": sha256} for name, sha256 in first_outputs.items()
+        }
+        left = subprocess.run(
+            ["pgrep", "-f", "bakery-%s" % bake_id], capture_output=True, text=True, check=False
+        )
+        assert left.stdout == "", "qemu left running: %s" % left.stdout
+        assert not list((cache_dir / "qemu").glob("%s-*" % bake_id))
+        # made again from the builder's tree: a root file system of its own (fstab and grub.cfg name it, not the
+        # builder's), with the tree's hard links and set-user-ID bits
+        builder_uuid = re.search(r"root=UUID=(\S+)", cmdline).group(1)
+        fstab = debugfs(disk, "cat /etc/fstab").stdout
+        fstab_uuid = re.search(r"^UUID=(\S+) / ", fstab, re.MULTILINE).group(1)
+        assert fstab_uuid != builder_uuid
+        assert "root=UUID=%s " % fstab_uuid in debugfs(disk, "cat /boot/grub/grub.cfg").stdout
+        assert "Links: 2" in debugfs(disk, "stat /usr/bin/perl").stdout
+        assert "Mode:  04755" in debugfs(disk, "stat /usr/bin/su").stdout
+        # Python uses the image's bytecode: the epoch the times were clamped to is what it records of its sources
+        assert stale_bytecode(disk) == []
+
+        # the per-step cache: the disk after each provisioner is a sealed layer, each over the one before
+        assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0
+        saves = run.task_results("Keep the builder VM's disk after the provisioner (per-step cache)")
+        print(
+            "steps kept: %s"
+            % [(r["frozen"], r["snapshot_duration"], r["duration"], r["size"]) for r in saves]
+        )
+        keys = run.task_result("Look up where the per-step cache starts the builder VM")["step_cache"]["keys"]
+        assert len(keys) == 3
+        for position, key in enumerate(keys[1:], 1):
+            layer = steps_dir / ("%s.qcow2" % key)
+            seal = json.loads((steps_dir / ("%s.qcow2.seal" % key)).read_text())
+            assert seal["position"] == position and seal["size"] == layer.stat().st_size
+            assert seal["sha256"] == hashlib.sha256(layer.read_bytes()).hexdigest()
+            info = json.loads(
+                subprocess.run(
+                    ["qemu-img", "info", "--output=json", str(layer)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            assert info.get("backing-filename") == (
+                None if position == 1 else "%s.qcow2" % keys[position - 1]
+            )
+        token = debugfs(disk, "cat /etc/bakery-token").stdout
+        assert token == run_id + "\n", token
+
+        # only the last provisioner changes: --check says where the bake would resume, then it resumes there
+        definition["provisioners"][1]["shell"]["inline"] = ["echo two > /etc/bakery-last"]
+        check = vm_bake(tmp_path, "--check")
+        assert check.rc == 0, check.explain()
+        line = [line for line in check.task_result("Artifact summary")["msg"] if "vmdisk" in line]
+        assert line and "would resume after provisioner 1" in line[0], line
+        second = vm_bake(tmp_path)
+        keys += second.task_result("Look up where the per-step cache starts the builder VM")["step_cache"][
+            "keys"
+        ]
+        assert second.rc == 0, second.explain()
+        (entry,) = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())["artifacts"]
+        assert entry["step_cache"]["steps"] == ["hit", "miss"] and entry["step_cache"]["resume"] == 1
+        assert entry["step_cache"]["image"] == str(steps_dir / ("%s.qcow2" % keys[1]))
+        summary = second.task_result("Artifact summary")["msg"]
+        assert any("steps 1 hit/1 miss, resumed after provisioner 1" in line for line in summary), summary
+        # the role did not run again; both provisioners' effects are in the disk
+        assert not second.task_results("Leave a stamp")
+        assert debugfs(disk, "cat /etc/bakery-token").stdout == token
+        assert debugfs(disk, "cat /etc/bakery-stamp").stdout.splitlines()[:2] == ["systemd", "uefi"]
+        assert debugfs(disk, "cat /etc/bakery-last").stdout == "two\n"
+        checks = {check["name"]: check["status"] for check in entry["hygiene"]}
+        assert checks == {name: "passed" for name in HYGIENE_CHECKS}
+
+        second_outputs = {Path(output["path"]).name: output["sha256"] for output in entry["outputs"]}
+
+        # the second definition again, forced (no cache), into another directory: the disk made from the first
+        # bake's layer and a resumed second step has the bytes of the one made without the cache; each bake boots
+        # the same builder disk (its identifiers and times follow from step 0), and a forced bake reproduces the
+        # disk bit for bit (issues 15 and 19). Its verify boots the qcow2 (from the root file system its fstab
+        # and grub.cfg name)
+        definition["verify"] = [{"name": "booted", "shell": {"inline": [BOOTED_CHECK]}}]
+        again_dir = tmp_path / "again"
+        again_dir.mkdir()
+        again = vm_bake(again_dir, "-e", "bake_force=true")
+        assert again.rc == 0, again.explain()
+        assert again.stats["bakery-vmdisk-verify"]["failures"] == 0, again.stats
+        (third,) = json.loads((again_dir / "output" / "bake-manifest.json").read_text())["artifacts"]
+        assert third["bake_id"] != entry["bake_id"] and third["step_cache"]["resume"] == 0
+        assert third["verify"]["status"] == "passed", third.get("verify")
+        assert again.task_results("Leave a stamp")
+        assert {Path(output["path"]).name: output["sha256"] for output in third["outputs"]} == second_outputs
+        for name, sha256 in second_outputs.items():
+            assert sha256_of(again_dir / "output" / name) == sha256, name
+    finally:
+        for key in set(keys[1:]):
+            for name in ("%s.qcow2" % key, "%s.qcow2.seal" % key):
+                (steps_dir / name).unlink(missing_ok=True)
 
 
 def test_verify_boots_the_disk_and_a_failed_check_publishes_nothing(baked, tmp_path):
