@@ -18,6 +18,7 @@ from ansible.release import __version__ as ansible_version
 from ansible.utils.collection_loader._collection_finder import _get_collection_role_path
 
 from ansible_collections.bakery.images.plugins.module_utils import (
+    _facts,
     _manifest,
     _plan,
     _provenance,
@@ -181,20 +182,43 @@ def read_playbook(path: str, seen: set[str] | None = None) -> dict[str, Any]:
     return found
 
 
-def _task_roles(tasks: Any) -> list[str]:
-    """The roles that tasks (and their blocks) include or import by a fixed name."""
+def _task_roles(tasks: Any, templated: bool = False) -> list[str]:
+    """The roles that tasks (and their blocks) include or import by a fixed name (*templated*: by any name)."""
     names = []
     for task in tasks if isinstance(tasks, list) else []:
         if not isinstance(task, dict):
             continue
         for key in ("block", "rescue", "always"):
-            names += _task_roles(task.get(key))
+            names += _task_roles(task.get(key), templated)
         for action in ROLE_ACTIONS & set(task):
             args = task[action]
             name = args.get("name") if isinstance(args, dict) else args
-            if isinstance(name, str) and "{{" not in name:
+            if isinstance(name, str) and (templated or "{{" not in name):
                 names.append(name)
     return names
+
+
+def _named_roles(data: Any) -> list[str]:
+    """The roles a task list includes or imports (templated names too), or a role's meta dependencies."""
+    if not isinstance(data, dict):
+        return _task_roles(data, templated=True)
+    names = []
+    for dep in data.get("dependencies") or []:
+        name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _included_roles(path: str) -> list[str]:
+    """The roles a role's file names: its meta dependencies (meta/main.yml), or those a task list includes."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    meta = os.path.basename(os.path.dirname(path)) == "meta"
+    return _named_roles(data) if meta == isinstance(data, dict) else []
 
 
 def hosts_match(patterns: list[Any], host: str, groups: list[str]) -> bool:
@@ -392,6 +416,13 @@ class ActionModule(ActionBase):
         def playbook_hosts(path: str, host: str, groups: list[str]) -> bool:
             return hosts_match(playbook(path)["hosts"], host, groups)
 
+        facts: dict[str, tuple[set[str], str | None]] = {}
+
+        def role_facts(name: str) -> tuple[set[str], str | None]:
+            if name not in facts:
+                facts[name] = self._role_facts(name, playbook_dir, set())
+            return facts[name]
+
         directory = definition_dir(bake)
         try:
             bake = validate_bake(bake)
@@ -408,6 +439,7 @@ class ActionModule(ActionBase):
                 definition_dir=directory,
                 playbook_digest=playbook_digest,
                 playbook_hosts=playbook_hosts,
+                role_facts=role_facts,
             )
         except BakeryError as exc:
             raise AnsibleActionFail(exc.msg) from None
@@ -459,6 +491,28 @@ class ActionModule(ActionBase):
             "provisioner role %r not found (looked in %s/roles and the roles path %s)"
             % (name, playbook_dir, ":".join(C.DEFAULT_ROLES_PATH))
         )
+
+    def _role_facts(self, name: str, playbook_dir: str, seen: set[str]) -> tuple[set[str], str | None]:
+        """The fact subsets beyond min that role *name* (and the roles it depends on or includes by name) names,
+        and why it could read any fact, or None (see _facts)."""
+        if name in seen:
+            return set(), None
+        seen.add(name)
+        if "{{" in name:
+            return set(), "it includes a role by a templated name (%s)" % name
+        try:
+            path = self._role_path(name, playbook_dir)
+        except BakeryError:
+            return set(), "role %s was not found to be read" % name
+        needed, why, roles = _facts.role_subsets(path, _included_roles)
+        if why:
+            return needed, why
+        for other in roles:
+            found, why = self._role_facts(other, playbook_dir, seen)
+            needed |= found
+            if why:
+                return needed, "%s (included): %s" % (other, why)
+        return needed, None
 
     def _role_digest(self, name: str, playbook_dir: str, collections: Any, seen: set[str]) -> str:
         """Content digest of a role and, recursively, of the roles it depends on."""

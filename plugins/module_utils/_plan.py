@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import (
+    _facts,
     _hygiene,
     _provisioners,
     _qemu_arch,
@@ -482,6 +483,7 @@ def make_plan(
     playbook_digest: Callable[[str], str] | None = None,
     playbook_hosts: PlaybookHosts | None = None,
     environ: Mapping[str, str] | None = None,
+    role_facts: Callable[[str], tuple[set[str], str | None]] | None = None,
 ) -> dict[str, Any]:
     """Expand a bake definition (already validated against the bake role's spec) into targets.
 
@@ -495,6 +497,8 @@ def make_plan(
     its roles); *playbook_hosts(path, host, groups)* says whether a play of the playbook would run on a
     builder named *host* in *groups* (``all``, ``bakery_builders``, the target's name and type, ``default``).
     *environ* is the controller's environment (its ``SOURCE_DATE_EPOCH``; ``os.environ`` by default).
+    *role_facts(name)* gives the fact subsets beyond Ansible's ``min`` whose facts a role names, and why it could
+    read any fact, or None: a builder gathers ``min`` and those subsets only (:mod:`_facts`; without it, all).
     """
     name = check_name("bake", bake.get("name"))
     output_dir, cache_dir = bake_dirs(bake, cwd)
@@ -579,6 +583,7 @@ def make_plan(
 
     chosen = select(list(unit_types), as_list(only), as_list(except_), unit_types, groups)
     package_lists = bake.get("package_lists") or "refresh"
+    chosen_subset = bake.get("gather_subset") or None
     step_cache = cache_settings(bake, cache_dir)
     forced = force if isinstance(force, bool) else None
     forced_names = [] if forced is not None else as_list(force)
@@ -700,6 +705,10 @@ def make_plan(
             bool(target.get("force")) or bool(forced) or tname in forced_names or defined in forced_names
         )
         verify_inputs.update(verify_options(kind, options))
+        subset, subset_why = _facts.gather_subset(
+            provisioners + error_provisioners, role_facts, chosen_subset
+        )
+        verify_subset, verify_subset_why = _facts.gather_subset(verify, role_facts, chosen_subset)
         planned.append(
             {
                 "name": tname,
@@ -731,6 +740,13 @@ def make_plan(
                 "error_provisioners": [_provisioners.masked(entry) for entry in error_provisioners],
                 "verify": [_provisioners.masked(entry) for entry in verify],
                 "verify_digest": fingerprint(verify_inputs) if verify else None,
+                # the facts the builder and the verifier gather before the roles (see _facts)
+                "gather_subset": {
+                    "builder": subset,
+                    "builder_why": subset_why,
+                    "verifier": verify_subset,
+                    "verifier_why": verify_subset_why,
+                },
                 "source": None,
             }
         )
