@@ -198,27 +198,26 @@ def _task_roles(tasks: Any, templated: bool = False) -> list[str]:
     return names
 
 
-def _named_roles(data: Any) -> list[str]:
-    """The roles a task list includes or imports (templated names too), or a role's meta dependencies."""
-    if not isinstance(data, dict):
-        return _task_roles(data, templated=True)
+def _meta_dependencies(data: Any) -> list[str]:
+    """The role names a role's meta/main.yml lists as its dependencies (templated names too)."""
     names = []
-    for dep in data.get("dependencies") or []:
+    for dep in (data.get("dependencies") if isinstance(data, dict) else None) or []:
         name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
         if isinstance(name, str):
             names.append(name)
     return names
 
 
-def _included_roles(path: str) -> list[str]:
-    """The roles a role's file names: its meta dependencies (meta/main.yml), or those a task list includes."""
+def _included_roles(path: str, text: str) -> list[str]:
+    """The roles a role's file *path* (its content *text*) names: its meta dependencies (meta/main.yml), or
+    those a task list includes or imports (templated names too)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
         return []
-    meta = os.path.basename(os.path.dirname(path)) == "meta"
-    return _named_roles(data) if meta == isinstance(data, dict) else []
+    if os.path.basename(os.path.dirname(path)) == "meta":
+        return _meta_dependencies(data)
+    return _task_roles(data, templated=True) if isinstance(data, list) else []
 
 
 def hosts_match(patterns: list[Any], host: str, groups: list[str]) -> bool:
@@ -525,8 +524,7 @@ class ActionModule(ActionBase):
         if os.path.isfile(meta):
             with open(meta, encoding="utf-8") as handle:
                 data = yaml.safe_load(handle) or {}
-            for dep in data.get("dependencies") or []:
-                dep_name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
-                if isinstance(dep_name, str) and "{{" not in dep_name:
+            for dep_name in _meta_dependencies(data):
+                if "{{" not in dep_name:
                     parts["dep:" + dep_name] = self._role_digest(dep_name, playbook_dir, collections, seen)
         return digest_value(parts)

@@ -180,9 +180,11 @@ def role_files(path: str) -> Iterable[str]:
             yield os.path.join(root, name)
 
 
-def role_subsets(path: str, included: Callable[[str], list[str]]) -> tuple[set[str], str | None, list[str]]:
+def role_subsets(
+    path: str, included: Callable[[str, str], list[str]]
+) -> tuple[set[str], str | None, list[str]]:
     """The subsets beyond ``min`` whose facts the role at *path* names, why it could read any fact (None: only
-    those), and the roles its files name (*included(file)*: the roles a task file includes or imports by name, its
+    those), and the roles its files name (*included(file, text)*: the roles a task file includes or imports by name, its
     meta dependencies; a templated name keeps its ``{{``)."""
     needed: set[str] = set()
     roles: list[str] = []
@@ -199,7 +201,7 @@ def role_subsets(path: str, included: Callable[[str], list[str]]) -> tuple[set[s
         if why:
             return needed, "%s: %s" % (os.path.relpath(file, path), why), roles
         if file.endswith((".yml", ".yaml")):
-            roles += included(file)
+            roles += included(file, text)
     return needed, None, roles
 
 

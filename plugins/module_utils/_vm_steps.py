@@ -318,34 +318,38 @@ def resume_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
     )
 
 
-def _snapshot_device(vmdir: str, active: str) -> str:
-    """The QMP device of the VM's disk: the writable drive whose top is the work directory's file *active*, else
-    the only writable drive the VM has (firmware variables aside)."""
-    writable = []
+def _writable_drives(vmdir: str) -> list[tuple[str, str]]:
+    """The VM's writable drives (firmware variables aside) from QMP: their device and the file they write into."""
+    drives = []
     for block in _qemu_vm.qmp_command(vmdir, "query-block") or []:
         inserted = block.get("inserted") or {}
         if not inserted or inserted.get("ro") or str(block.get("device") or "").startswith("pflash"):
             continue
-        device = str(block.get("device") or inserted.get("node-name"))
-        if os.path.basename(str(inserted.get("file") or "")) == active:
+        drives.append(
+            (str(block.get("device") or inserted.get("node-name")), str(inserted.get("file") or ""))
+        )
+    return drives
+
+
+def _snapshot_device(vmdir: str, active: str) -> str:
+    """The QMP device of the VM's disk: the writable drive whose top is the work directory's file *active*, else
+    the only writable drive the VM has (firmware variables aside)."""
+    drives = _writable_drives(vmdir)
+    for device, file in drives:
+        if os.path.basename(file) == active:
             return device
-        writable.append(device)
-    if len(writable) == 1:
-        return writable[0]
+    if len(drives) == 1:
+        return drives[0][0]
     raise BakeryError("qemu_image: the builder VM has no writable drive on %s" % active)
 
 
 def _top_file(vmdir: str) -> str:
     """The file the VM's writable drive writes into now ("" when the VM does not answer)."""
     try:
-        blocks = _qemu_vm.qmp_command(vmdir, "query-block") or []
+        drives = _writable_drives(vmdir)
     except (OSError, ValueError):
         return ""
-    for block in blocks:
-        inserted = block.get("inserted") or {}
-        if inserted and not inserted.get("ro") and not str(block.get("device") or "").startswith("pflash"):
-            return str(inserted.get("file") or "")
-    return ""
+    return drives[0][1] if drives else ""
 
 
 def freeze_script(user: str, public_key: str) -> str:

@@ -90,7 +90,7 @@ def test_a_role_is_read_in_its_templates_and_variables_not_in_its_files(tmp_path
     )
     seen = []
 
-    def included(path):
+    def included(path, text):
         seen.append(Path(path).relative_to(role).as_posix())
         return ["common"] if path.endswith("tasks/main.yml") else ["base"] if "meta" in path else []
 
@@ -128,7 +128,7 @@ def test_the_gather_subset_of_a_target():
 
 
 def test_the_example_role_needs_the_virtual_and_chroot_facts_only():
-    needed, why, _roles = _facts.role_subsets(str(REPO / "roles" / "example_web"), lambda path: [])
+    needed, why, _roles = _facts.role_subsets(str(REPO / "roles" / "example_web"), lambda path, text: [])
     assert (needed, why) == ({"virtual", "chroot"}, None)
 
 
