@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of the ``sbom`` module: documents that already record the artifact (its digest, inputs, ...)
 are kept without running the module, which would read the artifact's package database again (a Docker image's
-archives, a disk's file system: the slowest part of an unchanged bake's SBOM step). Anything else runs the module.
+archives, a disk's file system: the slowest part of an unchanged bake's SBOM step). Anything else runs the module,
+in Ansible's worker on a bake's target host (plugins/plugin_utils/_in_process.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.bakery.images.plugins.module_utils import _sbom_record
+from ansible_collections.bakery.images.plugins.plugin_utils import _in_process
 
 _READS = ("root", "image", "disk", "source_document", "installed")
 
@@ -37,5 +39,8 @@ class ActionModule(ActionBase):
                 if found is not None:
                     result.update(_sbom_record.unchanged_result(found))
                     return result
-        result.update(self._execute_module(task_vars=task_vars))
+        if _in_process.eligible(self, task_vars or {}):
+            result.update(_in_process.run_module(self, "sbom", args))
+        else:
+            result.update(self._execute_module(task_vars=task_vars))
         return result
