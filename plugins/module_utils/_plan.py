@@ -35,6 +35,7 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
 )
 from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
 from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
+from ansible_collections.bakery.images.plugins.module_utils._provenance import collection_version
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # every target type bakery knows; a target names its type by the one key of these it has
@@ -452,16 +453,32 @@ def cache_settings(bake: Mapping[str, Any], cache_dir: str) -> dict[str, Any]:
     }
 
 
+# How bakery itself prepares a builder and what it does around each provisioner (the refresh of the package lists
+# before the first one, the facts it gathers, ...), beyond what the roles do: part of key 0 with the collection's
+# version, so that a bake never resumes from steps that a bakery which did this otherwise kept. Raise it with any
+# such change (2: the package lists are refreshed without translations).
+BUILDER_FORMAT = 2
+
+# the collection's root, whose galaxy.yml (a checkout) or MANIFEST.json (an installed collection) has its version
+_COLLECTION_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
 def step_root(
     name: str, kind: str, options: Mapping[str, Any], source: str | None, package_lists: str
 ) -> dict[str, Any]:
     """What decides a builder's state before its first provisioner (key 0 of its per-step cache): the target's
     name and type (a role may act on them: ``bakery_target_name``, ``bakery_builder_type``, the builder's host
     name), its source (the rootfs identity; a docker base image by name here, by id where the builder starts),
-    and the package lists (refreshed before the first provisioner, or kept). A docker target's other options
-    (changes, labels) are applied at the commit, after every step; another type's options may shape its
-    builder, so they all count."""
-    root: dict[str, Any] = {"target": name, "type": kind, "source": source, "package_lists": package_lists}
+    the package lists (refreshed before the first provisioner, or kept), and the bakery that prepares the builder
+    (:data:`BUILDER_FORMAT`, the collection's version). A docker target's other options (changes, labels) are
+    applied at the commit, after every step; another type's options may shape its builder, so they all count."""
+    root: dict[str, Any] = {
+        "target": name,
+        "type": kind,
+        "source": source,
+        "package_lists": package_lists,
+        "bakery": {"builder_format": BUILDER_FORMAT, "version": collection_version(_COLLECTION_ROOT)},
+    }
     if kind == "docker":
         root["base_image"] = options.get("base_image")
     else:
