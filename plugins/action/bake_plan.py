@@ -21,7 +21,6 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _facts,
     _manifest,
     _plan,
-    _provenance,
     _provisioners,
 )
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
@@ -462,7 +461,7 @@ class ActionModule(ActionBase):
         plan["fail_fast"] = plan["fail_fast"] or on_error == "abort"
         # who bakes, for the provenance statements (runDetails.builder.version)
         plan["versions"] = {
-            "bakery": _provenance.collection_version(os.path.join(os.path.dirname(__file__), "..", "..")),
+            "bakery": _plan.bakery_version(),
             "ansible-core": ansible_version,
         }
         result.update(changed=False, plan=plan)

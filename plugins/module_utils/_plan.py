@@ -8,6 +8,7 @@ specs on the controller and hands them in, which keeps this unit-testable.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -463,6 +464,12 @@ BUILDER_FORMAT = 2
 _COLLECTION_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
+@functools.cache
+def bakery_version() -> str:
+    """This collection's version, read once per process (every target's key 0 and the provenance name it)."""
+    return collection_version(_COLLECTION_ROOT)
+
+
 def step_root(
     name: str, kind: str, options: Mapping[str, Any], source: str | None, package_lists: str
 ) -> dict[str, Any]:
@@ -477,7 +484,7 @@ def step_root(
         "type": kind,
         "source": source,
         "package_lists": package_lists,
-        "bakery": {"builder_format": BUILDER_FORMAT, "version": collection_version(_COLLECTION_ROOT)},
+        "bakery": {"builder_format": BUILDER_FORMAT, "version": bakery_version()},
     }
     if kind == "docker":
         root["base_image"] = options.get("base_image")
