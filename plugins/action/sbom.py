@@ -39,8 +39,5 @@ class ActionModule(ActionBase):
                 if found is not None:
                     result.update(_sbom_record.unchanged_result(found))
                     return result
-        if _in_process.eligible(self, task_vars or {}):
-            result.update(_in_process.run_module(self, "sbom", args))
-        else:
-            result.update(self._execute_module(task_vars=task_vars))
+        result.update(_in_process.module_result(self, task_vars or {}))
         return result

@@ -171,17 +171,20 @@ def run_module(action: Any, name: str, args: Mapping[str, Any]) -> dict[str, Any
     return result
 
 
+def module_result(action: Any, task_vars: Mapping[str, Any]) -> dict[str, Any]:
+    """The result of the task's module: run in this worker where :func:`eligible`, else as Ansible runs it."""
+    if eligible(action, task_vars):
+        name = action._task.resolved_action or action._task.action
+        return run_module(action, str(name).rsplit(".", 1)[-1], action._task.args)
+    return action._execute_module(task_vars=task_vars)
+
+
 class InProcessAction(ActionBase):
-    """The action of a bakery module that may run in the worker (:func:`eligible`), else as Ansible runs it."""
+    """The action of a bakery module that may run in the worker (:func:`module_result`)."""
 
     TRANSFERS_FILES = False
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        if eligible(self, task_vars):
-            action = self._task.resolved_action or self._task.action
-            result.update(run_module(self, str(action).rsplit(".", 1)[-1], self._task.args))
-        else:
-            result.update(self._execute_module(task_vars=task_vars))
+        result.update(module_result(self, task_vars or {}))
         return result
