@@ -26,10 +26,10 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _reproducible
+from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _reproducible
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_tarball,
@@ -55,6 +55,7 @@ from ansible_collections.bakery.images.plugins.module_utils._layer import (
     changes,
     dump_index,
     image_archive,
+    image_entries,
     index_tar,
     load_index,
     member_name,
@@ -1142,6 +1143,8 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         _check_committed(client, image_id, conf)
         what = "committed %s" % cname
         result = _built(client, image_id, params, fp, inputs, changed_inputs(previous, inputs), started, what)
+        # the image's packages, for its SBOMs (the docker role hands them to the sbom module as installed)
+        result["packages"] = made.pop("packages")
         result["layer"] = made
         return result
 
@@ -1282,6 +1285,22 @@ def image_config(
     return image
 
 
+def image_packages(
+    kept: Mapping[str, Entry],
+    members: Mapping[str, tarfile.TarInfo],
+    extract: Callable[[tarfile.TarInfo], Any],
+) -> list[dict[str, Any]] | None:
+    """The package records (:func:`_dpkg_db.records`) of the image whose files are *kept* (the container's, less
+    what the layer leaves out), read from the container's export (*members*, ``extract``) while it is open: what
+    reading the image's package database again would give, without the engine's archives of it (the SBOM step's
+    slowest part). None when the image has no dpkg database."""
+    reader = _dpkg_db.TarReader()
+    for name in kept:
+        if _dpkg_db.in_database(name):
+            reader.add_member(name, members[name], extract, _dpkg_db.wanted_member)
+    return _dpkg_db.records(reader)
+
+
 def reproducible_image(
     client: Any, cid: str, base_id: str, conf: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -1317,7 +1336,8 @@ def reproducible_image(
         layer_path = os.path.join(workdir, "layer.tar")
         with tarfile.open(exported, mode="r:") as archive:
             final = index_tar(archive)
-            paths, whiteouts = changes(base_entries, final, VARYING_PATHS)
+            kept = image_entries(base_entries, final, VARYING_PATHS)
+            paths, whiteouts = changes(base_entries, final, VARYING_PATHS, kept)
             members = {member_name(member.name): member for member in archive.getmembers()}
 
             def content(name: str) -> Any:
@@ -1325,6 +1345,7 @@ def reproducible_image(
 
             with open(layer_path, "wb") as layer_file:
                 diff_id, size = write_layer(layer_file, final, paths, whiteouts, content, epoch)
+            packages = image_packages(kept, members, archive.extractfile)
         diff_ids = list((base_image.get("RootFS") or {}).get("Layers") or []) + [diff_id]
         config = canonical_json(image_config(base_image, conf, diff_ids, epoch)).encode()
         archive_path = os.path.join(workdir, "image.tar")
@@ -1349,6 +1370,7 @@ def reproducible_image(
         )
     return dict(
         id=image_id,
+        packages=packages,
         diff_id=diff_id,
         size=size,
         paths=len(paths),

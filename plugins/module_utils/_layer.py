@@ -202,14 +202,12 @@ def varying(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def changes(
+def image_entries(
     base: Mapping[str, Entry], final: Mapping[str, Entry], patterns: Iterable[str] = ()
-) -> tuple[list[str], list[str]]:
-    """The paths of *final* a layer over *base* holds (changed or new, and their parent directories), and the
-    paths it whites out (the topmost ones *base* has and *final* lost), each sorted.
-
-    A path matching one of *patterns* (``fnmatch``, relative, ``*`` crosses ``/``) that differs from the base's
-    counts as gone, and so does all below it: the image has none (a whiteout hides the base's)."""
+) -> dict[str, Entry]:
+    """The paths of *final* that the image of a layer over *base* has (:func:`changes`): all but those matching
+    one of *patterns* (``fnmatch``, relative, ``*`` crosses ``/``) that differ from the base's, and all below
+    them."""
     patterns = tuple(patterns)
     dropped: set[str] = set()
     kept: dict[str, Entry] = {}
@@ -222,6 +220,23 @@ def changes(
             dropped.add(name)
             continue
         kept[name] = entry
+    return kept
+
+
+def changes(
+    base: Mapping[str, Entry],
+    final: Mapping[str, Entry],
+    patterns: Iterable[str] = (),
+    kept: Mapping[str, Entry] | None = None,
+) -> tuple[list[str], list[str]]:
+    """The paths of *final* a layer over *base* holds (changed or new, and their parent directories), and the
+    paths it whites out (the topmost ones *base* has and *final* lost), each sorted.
+
+    A path matching one of *patterns* (``fnmatch``, relative, ``*`` crosses ``/``) that differs from the base's
+    counts as gone, and so does all below it: the image has none (a whiteout hides the base's). *kept*: what
+    :func:`image_entries` gave for the same arguments, when the caller has it already."""
+    if kept is None:
+        kept = image_entries(base, final, patterns)
     changed = {
         name for name, entry in kept.items() if name not in base or base[name].state() != entry.state()
     }

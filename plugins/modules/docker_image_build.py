@@ -430,6 +430,16 @@ layer:
     load_seconds:
       description: Seconds C(docker load) took.
       type: float
+packages:
+  description:
+    - "The installed packages of the image V(commit) made, read from its dpkg database while the container's file
+      system was exported (what the image holds: the layer's paths left out are left out here too), one record per
+      package as M(bakery.images.sbom) takes them in O(bakery.images.sbom#module:installed): name, version,
+      architecture, source, source version, maintainer, licenses and the digest of its md5sums list."
+    - None when the image has no dpkg database.
+  returned: commit
+  type: list
+  elements: dict
 step_cache:
   description: What V(start) found in the per-step cache.
   returned: start of a build container (also in check mode)

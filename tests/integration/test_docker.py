@@ -22,6 +22,8 @@ from ports import free_port
 from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
 
+from ansible_collections.bakery.images.plugins.module_utils import _sbom
+
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
 DOCKERFILE = Path(__file__).parent / "files" / "Dockerfile.nginx"
@@ -265,6 +267,18 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
             image.id, ["dpkg-query", "-W", "-f", DPKG_FORMAT], remove=True
         )
         check_documents(entry, installed(in_image.decode()))
+        # the commit read the image's packages while it exported the container: the documents are those that reading
+        # the image itself gives
+        (sbom_task,) = [r for r in first.task_results("Write the artifact's SBOMs") if "invocation" in r]
+        sbom_args = dict(sbom_task["invocation"]["module_args"])
+        assert sbom_args["installed"] and sbom_args["image"] is None
+        again = {kind: str(tmp_path / ("from-image." + kind)) for kind in ("spdx", "cyclonedx")}
+        sbom_args.update(
+            installed=None, image=image.id, spdx_path=again["spdx"], cyclonedx_path=again["cyclonedx"]
+        )
+        _sbom.run(sbom_args, False)
+        for kind, path in again.items():
+            assert Path(path).read_bytes() == Path(entry["sbom"][kind]["path"]).read_bytes(), kind
         assert {
             label: str(tmp_path / "output" / config["Labels"][label])
             for label in ("org.bakery.sbom.spdx", "org.bakery.sbom.cyclonedx")

@@ -13,7 +13,11 @@ import tarfile
 import pytest
 
 from ansible_collections.bakery.images.plugins.module_utils import _layer
-from ansible_collections.bakery.images.plugins.module_utils._docker import VARYING_PATHS, sweep_layer_workdirs
+from ansible_collections.bakery.images.plugins.module_utils._docker import (
+    VARYING_PATHS,
+    image_packages,
+    sweep_layer_workdirs,
+)
 
 EPOCH = 1_700_000_000
 OLD = 1_600_000_000  # a package file's time, before the epoch
@@ -326,3 +330,60 @@ def test_bytecode_of_a_source_the_layer_clamps_records_the_epoch_and_stays_valid
     assert content["usr/lib/__pycache__/base.cpython-311.pyc"] == pyc(OLD, len(source))
     # the same file system in another order: the same layer
     assert layer(fs_tar(base), fs_tar(final, shuffle=2)) == written
+
+
+COPYRIGHT = (
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+    "Files: *\nCopyright: someone\nLicense: BSD-2-clause\n"
+)
+STATUS = (
+    "Package: nginx\nStatus: install ok installed\nVersion: 1.22\nArchitecture: amd64\nMaintainer: Deb <d@x>\n\n"
+    "Package: nginx-common\nStatus: install ok installed\nVersion: 1.22\nArchitecture: all\nSource: nginx\n\n"
+    "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\nArchitecture: amd64\n"
+)
+DATABASE = [
+    ("var/lib/dpkg/info", "dir", None, NOW),
+    ("var/lib/dpkg/info/nginx.md5sums", "file", "abc  usr/sbin/nginx\n", NOW),
+    ("usr/share", "dir", None, NOW),
+    ("usr/share/doc", "dir", None, NOW),
+    ("usr/share/doc/nginx", "dir", None, NOW),
+    ("usr/share/doc/nginx/copyright", "file", COPYRIGHT, NOW),
+    ("usr/share/doc/nginx-common", "symlink", "nginx", NOW),
+    ("etc/copyright", "file", COPYRIGHT, NOW),
+]
+
+
+def with_database() -> list[tuple]:
+    """The provisioned file system with a dpkg database: a status file, an md5sums list, copyright files."""
+    others = [entry for entry in provisioned(NOW) if entry[0] != "var/lib/dpkg/status"]
+    return others + [("var/lib/dpkg/status", "file", STATUS, NOW)] + DATABASE
+
+
+def export_packages(final: bytes, patterns=()) -> list[dict] | None:
+    base_entries, final_entries = index(fs_tar(BASE)), index(final)
+    kept = _layer.image_entries(base_entries, final_entries, patterns)
+    with tarfile.open(fileobj=io.BytesIO(final), mode="r:") as archive:
+        found = {_layer.member_name(member.name): member for member in archive.getmembers()}
+        return image_packages(kept, found, archive.extractfile)
+
+
+def test_the_image_packages_are_read_from_the_export_as_the_image_has_them():
+    records = export_packages(fs_tar(with_database()))
+    assert [(r["name"], r["architecture"], r["source"]) for r in records] == [
+        ("nginx", "amd64", "nginx"),
+        ("nginx-common", "all", "nginx"),
+    ]
+    nginx, common = records
+    # the copyright behind nginx-common's link to nginx's documentation directory
+    assert nginx["licenses"] == common["licenses"] == ["BSD-2-clause"]
+    assert nginx["md5sums_sha256"] == hashlib.sha256(b"abc  usr/sbin/nginx\n").hexdigest()
+    assert common["md5sums_sha256"] is None
+    assert nginx["maintainer"] == "Deb <d@x>"
+    # what the layer leaves out (a path that varies) the image lacks: so do the packages read from the export
+    records = export_packages(fs_tar(with_database()), patterns=("usr/share/doc/nginx",))
+    assert [r["licenses"] for r in records] == [[], []]
+
+
+def test_an_export_without_a_dpkg_database_has_no_packages():
+    without = [entry for entry in provisioned(NOW) if not entry[0].startswith("var/lib/dpkg")]
+    assert export_packages(fs_tar(without)) is None

@@ -14,7 +14,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from ansible_collections.bakery.images.plugins.module_utils import _sbom, _sbom_record
+from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _sbom, _sbom_record
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 STATUS = """\
@@ -93,7 +93,7 @@ def make_tree(root) -> None:
 
 
 def packages_of(reader) -> dict:
-    return {p.name: p for p in _sbom.read_packages(reader)}
+    return {p.name: p for p in _dpkg_db.read_packages(reader)}
 
 
 SUBJECT = _sbom.Subject(
@@ -107,7 +107,7 @@ SUBJECT = _sbom.Subject(
 
 def test_the_installed_packages_with_what_dpkg_knows_of_them(tmp_path):
     make_tree(tmp_path)
-    found = packages_of(_sbom.TreeReader(str(tmp_path)))
+    found = packages_of(_dpkg_db.TreeReader(str(tmp_path)))
     assert sorted(found) == ["adduser", "libc6", "libssl3"]  # config-files only: not installed
     libc = found["libc6"]
     assert (libc.version, libc.architecture, libc.source, libc.source_version) == (
@@ -136,23 +136,23 @@ def test_links_never_leave_the_root(tmp_path):
     doc = root / "usr/share/doc"
     os.unlink(doc / "libssl3")
     os.symlink("../../../../outside", doc / "libssl3")
-    assert packages_of(_sbom.TreeReader(str(root)))["libssl3"].licenses == []
+    assert packages_of(_dpkg_db.TreeReader(str(root)))["libssl3"].licenses == []
 
 
 def test_a_tar_of_the_tree_reads_as_the_tree(tmp_path):
     make_tree(tmp_path / "root")
-    reader = _sbom.TarReader()
-    for path in _sbom.DATABASE_PATHS:
+    reader = _dpkg_db.TarReader()
+    for path in _dpkg_db.DATABASE_PATHS:
         data = io.BytesIO()
         with tarfile.open(fileobj=data, mode="w") as tar:
             tar.add(str(tmp_path / "root") + path, arcname=os.path.basename(path))
-        reader.add(os.path.dirname(path), data.getvalue(), _sbom.wanted_member)
-    assert _sbom.read_packages(reader) == _sbom.read_packages(_sbom.TreeReader(str(tmp_path / "root")))
+        reader.add(os.path.dirname(path), data.getvalue(), _dpkg_db.wanted_member)
+    assert _dpkg_db.read_packages(reader) == _dpkg_db.read_packages(_dpkg_db.TreeReader(str(tmp_path / "root")))
 
 
 def test_no_database_is_an_error(tmp_path):
     with pytest.raises(_sbom.SbomError, match="no dpkg database"):
-        _sbom.read_packages(_sbom.TreeReader(str(tmp_path)))
+        _dpkg_db.read_packages(_dpkg_db.TreeReader(str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_debian_license_names_as_spdx_expressions(names, expression):
 
 def documents(tmp_path, subject=SUBJECT) -> dict:
     make_tree(tmp_path)
-    return _sbom.documents(subject, _sbom.read_packages(_sbom.TreeReader(str(tmp_path))), INPUTS)
+    return _sbom.documents(subject, _dpkg_db.read_packages(_dpkg_db.TreeReader(str(tmp_path))), INPUTS)
 
 
 def test_cyclonedx_document_is_valid_against_the_official_schema(tmp_path):
@@ -360,8 +360,8 @@ def test_run_derives_an_artifact_from_its_source_document(tmp_path):
 
 def test_links_resolve_inside_the_root_and_a_loop_resolves_to_nothing():
     links = {"usr/share/doc/a": "/usr/share/doc/b", "usr/share/doc/b": "../../../../../c", "x": "y", "y": "x"}
-    assert _sbom.resolve("/usr/share/doc/a/copyright", links.get) == "c/copyright"
-    assert _sbom.resolve("x/copyright", links.get) is None
+    assert _dpkg_db.resolve("/usr/share/doc/a/copyright", links.get) == "c/copyright"
+    assert _dpkg_db.resolve("x/copyright", links.get) is None
 
 
 def test_an_artifact_without_dpkg_gets_documents_of_its_inputs_and_a_warning(tmp_path):
