@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _reproducible
 from ansible_collections.bakery.images.plugins.module_utils._files import (
@@ -752,14 +752,22 @@ def with_platform(
 
 
 class _ChunkReader(io.RawIOBase):
-    """The chunks of a streamed response as a file, for tarfile's stream mode."""
+    """The chunks of a streamed response as a file, for tarfile's stream mode; each chunk also written to
+    *copy_to* as it is read, when given (a byte-exact copy of what was read)."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], copy_to: IO[bytes] | None = None) -> None:
         self._chunks = iter(chunks)
         self._pending = b""
+        self._copy_to = copy_to
 
     def readable(self) -> bool:
         return True
+
+    def drain(self) -> None:
+        """Read what the stream still has (a tar's end blocks), so that the response is whole."""
+        for chunk in self._chunks:
+            if self._copy_to is not None:
+                self._copy_to.write(chunk)
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
@@ -767,6 +775,8 @@ class _ChunkReader(io.RawIOBase):
                 self._pending = next(self._chunks)
             except StopIteration:
                 return 0
+            if self._copy_to is not None:
+                self._copy_to.write(self._pending)
         size = min(len(buffer), len(self._pending))
         buffer[:size] = self._pending[:size]
         self._pending = self._pending[size:]
@@ -1320,13 +1330,18 @@ def reproducible_image(
         base_entries, base_from = base_index(
             client, base_image["Id"], params.get("bake_id"), params.get("index_cache")
         )
+        # the export is indexed (every file hashed) as it streams, and copied to a file as it is read: the
+        # members' data offsets in the stream are their offsets in the copy, where the layer's contents are read
         exported = os.path.join(workdir, "container.tar")
-        try:
-            with open(exported, "wb") as out:
-                for chunk in client.api.export(cid):
-                    out.write(chunk)
-        except APIError as exc:
-            raise BakeryError("docker export of %s failed: %s" % (cid[:12], exc.explanation)) from exc
+        with open(exported, "w+b") as copy:
+            try:
+                chunks = _ChunkReader(client.api.export(cid), copy_to=copy)
+                with tarfile.open(fileobj=chunks, mode="r|") as stream:
+                    final = index_tar(stream)
+                    members = {member_name(member.name): member for member in stream.getmembers()}
+                chunks.drain()
+            except APIError as exc:
+                raise BakeryError("docker export of %s failed: %s" % (cid[:12], exc.explanation)) from exc
         exported_at = time.monotonic()
         epoch = params.get("source_date_epoch")
         epoch_source = "source_date_epoch"
@@ -1334,12 +1349,11 @@ def reproducible_image(
             epoch, epoch_source = newest_mtime(base_entries), "the newest mtime of the base image's files"
         epoch = int(epoch)
         layer_path = os.path.join(workdir, "layer.tar")
-        with tarfile.open(exported, mode="r:") as archive:
-            final = index_tar(archive)
+        with open(exported, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
             kept = image_entries(base_entries, final, VARYING_PATHS)
             paths, whiteouts = changes(base_entries, final, VARYING_PATHS, kept)
-            members = {member_name(member.name): member for member in archive.getmembers()}
 
+            # a regular file's member (a hard link's content is its target's: write_layer asks for that)
             def content(name: str) -> Any:
                 return archive.extractfile(members[name])
 

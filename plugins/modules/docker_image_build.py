@@ -422,7 +422,7 @@ layer:
       description: Where the base image's index came from, V(kept) in O(index_cache) or read from an V(export).
       type: str
     export_seconds:
-      description: Seconds spent exporting the base image's and the container's file systems.
+      description: Seconds spent exporting the container's file system, indexed as it streams (and the base image's, when its index was not kept).
       type: float
     write_seconds:
       description: Seconds spent comparing them and writing the layer and the image archive.
