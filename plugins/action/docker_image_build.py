@@ -6,6 +6,10 @@ worker process instead of a new Python (plugins/plugin_utils/_in_process.py); an
 from __future__ import annotations
 
 from ansible_collections.bakery.images.plugins.plugin_utils._in_process import InProcessAction
+from ansible_collections.bakery.images.plugins.plugin_utils._workers import preload_connection
+
+# the connection of the build containers and verify containers this module starts (see _workers)
+preload_connection("bakery.images.docker_api")
 
 
 class ActionModule(InProcessAction):
