@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -392,14 +394,177 @@ INITRAMFS_ONCE_HOOK = (
 )
 
 
+# Under qemu-user most of that initramfs build is process starts: initramfs-tools' copy_file runs readlink,
+# realpath and mkdir for every file it copies (an arm64 cloud kernel's: 1,335 readlink, 1,334 realpath, 275 mkdir
+# of the ~3,800 programs mkinitramfs starts), each 15-30 ms of CPU under emulation.  On an amd64 host with Debian's
+# busybox-static (statically linked: no loader, no library, so nothing of the host's can get into the initramfs), the
+# customize hook puts, for the initramfs build only, small scripts run natively by that busybox in their place; they
+# answer the calls whose answer is certain to be GNU's and hand any other to the real program:
+#   readlink -f NAME   NAME absolute and existing (not under /proc or /dev): busybox's readlink -f if that exists;
+#   realpath -ms NAME  NAME absolute: NAME made canonical by its text alone, as GNU's -m -s (no file is looked at);
+#   realpath -s NAME   NAME absolute, existing, without . or .. components: NAME with its repeated slashes removed;
+#   mkdir -p DIR...    every DIR an existing directory: nothing to do.
+# (busybox's own realpath has no options, and its readlink -f differs from GNU's for missing names.)  Then the real
+# programs go back, their directory gets back its time, and nothing of it stays in the tree.  arm64 cloud kernel:
+# update-initramfs took 160 s of CPU without them, 60 s with them, and made the same files; the whole arm64 disk
+# rootfs 380 s (351 s CPU) instead of 272 s (263 s CPU), the same tarball but for the initrd's times and SSH keys.
+INITRAMFS_HELPER_DIR = "/tmp/bakery-initramfs"
+INITRAMFS_SHADOWED = ("readlink", "realpath", "mkdir")
+# where Debian's busybox-static (and busybox) put the program
+HOST_BUSYBOX = ("/usr/bin/busybox", "/bin/busybox")
+# the Debian architectures an x86-64 host runs without emulation
+X86_64_NATIVE = frozenset({"amd64", "i386", "x32"})
+_ELF_X86_64 = 62
+_PT_INTERP = 3
+
+_SHADOW_SCRIPTS = {
+    "readlink": r"""# bakery: readlink -f of an existing absolute name by busybox, when what it says exists; else the real one
+if [ $# = 2 ] && [ "$1" = -f ]; then
+	case "$2" in
+	/proc/* | /dev/* | //*) ;;
+	/*)
+		if [ -e "$2" ] && r=$({dir}/busybox readlink -f "$2" && echo .) && [ -e "${r%?.}" ]; then
+			printf '%s' "${r%.}"
+			exit 0
+		fi
+		;;
+	esac
+fi
+exec -a readlink {dir}/readlink "$@"
+""",
+    "realpath": r"""# bakery: realpath -ms / -s of an absolute name, as GNU realpath; anything else: the real realpath
+if [ $# = 2 ]; then
+	case "$1:$2" in
+	-ms:/* | -sm:/*) fast=1 ;;
+	-s:/*)
+		case "$2/" in
+		*/./* | */../*) ;;
+		*) [ -e "$2" ] && fast=1 ;;
+		esac
+		;;
+	esac
+fi
+[ -n "$fast" ] || exec -a realpath {dir}/realpath "$@"
+out=
+IFS=/
+set -f
+for c in $2; do
+	case "$c" in
+	'' | .) ;;
+	..) out="${out%/*}" ;;
+	*) out="$out/$c" ;;
+	esac
+done
+printf '%s\n' "${out:-/}"
+""",
+    "mkdir": r"""# bakery: mkdir -p of directories that all exist does nothing, as GNU mkdir; anything else: the real mkdir
+if [ $# -ge 2 ] && [ "$1" = -p ]; then
+	all=1
+	shift
+	for d in "$@"; do
+		case "$d" in -*) all= ;; esac
+		[ -d "$d" ] || all=
+	done
+	[ -n "$all" ] && exit 0
+	set -- -p "$@"
+fi
+exec -a mkdir {dir}/mkdir "$@"
+""",
+}
+
+
+def shadow_script(tool: str, directory: str = INITRAMFS_HELPER_DIR) -> str:
+    """The script that stands in for /usr/bin/*tool* while the initramfs is made (run by busybox's sh)."""
+    return f"#!{directory}/busybox sh\n" + _SHADOW_SCRIPTS[tool].replace("{dir}", directory)
+
+
+def _static_x86_64(path: str) -> bool:
+    """Whether *path* is an x86-64 ELF executable that needs no program interpreter (statically linked)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(64)
+            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+                return False
+            (machine,) = struct.unpack_from("<H", header, 18)
+            (phoff,) = struct.unpack_from("<Q", header, 32)
+            phentsize, phnum = struct.unpack_from("<HH", header, 54)
+            if machine != _ELF_X86_64 or phentsize < 4 or not phnum:
+                return False
+            handle.seek(phoff)
+            table = handle.read(phentsize * phnum)
+    except OSError:
+        return False
+    if len(table) < phentsize * phnum:
+        return False
+    types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
+    return _PT_INTERP not in types
+
+
+def initramfs_busybox(
+    opts: RootfsOptions, candidates: Sequence[str] = HOST_BUSYBOX, machine: str | None = None
+) -> str | None:
+    """The host's statically linked x86-64 busybox when *opts* makes an initramfs under emulation on an x86-64
+    host (a foreign architecture, a kernel, a mode whose hooks chroot); else None: the initramfs is made as
+    before."""
+    machine = machine or os.uname().machine
+    if machine != "x86_64" or opts.architecture in X86_64_NATIVE:
+        return None
+    if not (installs_a_kernel(opts.packages) and opts.mode in INITRAMFS_ONCE_MODES):
+        return None
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK) and _static_x86_64(path):
+            return os.path.realpath(path)
+    return None
+
+
+def initramfs_once_hook(busybox: str | None = None) -> str:
+    """The customize hook that makes the initramfs once; with *busybox* (the host's static one), readlink,
+    realpath and mkdir are shadowed by the scripts above while it is made, and put back after."""
+    if not busybox:
+        return INITRAMFS_ONCE_HOOK
+    d = INITRAMFS_HELPER_DIR
+    tools = " ".join(INITRAMFS_SHADOWED)
+    lines = [
+        f'rm -f "$1{UPDATE_INITRAMFS}"'
+        f' && chroot "$1" dpkg-divert --quiet --local --rename --remove {UPDATE_INITRAMFS} || exit',
+        f'[ -e "$1{UPDATE_INITRAMFS}" ] || exit 0',
+        'usr_bin=$(stat -c %y "$1/usr/bin") && tmp=$(stat -c %y "$1/tmp") || exit',
+        f'mkdir "$1{d}" && cp {shlex.quote(busybox)} "$1{d}/busybox" || exit',
+        "rc=0",
+    ]
+    for tool in INITRAMFS_SHADOWED:
+        lines.append(f'cat > "$1{d}/{tool}.sh" <<' + "'BAKERY_EOF' || rc=1")
+        lines.append(shadow_script(tool, d).rstrip("\n"))
+        lines.append("BAKERY_EOF")
+    lines += [
+        f'[ $rc = 0 ] && chmod 0755 "$1{d}"/*.sh || rc=1',
+        f"[ $rc = 0 ] && for t in {tools}; do",
+        # GNU's own program only (not a symlink, not another implementation such as uutils'): the scripts answer as
+        # GNU's would; where it is elsewhere (/bin/mkdir before merged /usr), it is left alone
+        '\t[ -f "$1/usr/bin/$t" ] && [ ! -L "$1/usr/bin/$t" ] && grep -q "GNU coreutils" "$1/usr/bin/$t" || continue',
+        f'\tmv "$1/usr/bin/$t" "$1{d}/$t" && mv "$1{d}/$t.sh" "$1/usr/bin/$t" || {{ rc=1; break; }}',
+        "done",
+        '[ $rc = 0 ] && { chroot "$1" update-initramfs -c -k all || rc=$?; }',
+        f"for t in {tools}; do",
+        f'\tif [ -e "$1{d}/$t" ]; then mv -f "$1{d}/$t" "$1/usr/bin/$t" || rc=1; fi',
+        "done",
+        f'rm -rf "$1{d}" && touch -d "$usr_bin" "$1/usr/bin" && touch -d "$tmp" "$1/tmp" || rc=1',
+        "exit $rc",
+    ]
+    return "\n".join(lines)
+
+
 def installs_a_kernel(packages: list[str]) -> bool:
     """Whether *packages* (apt syntax) name a Debian kernel or initramfs-tools."""
     names = [re.split(r"[:=/]", package, maxsplit=1)[0] for package in packages]
     return any(name.startswith("linux-image-") or name == "initramfs-tools" for name in names)
 
 
-def build_command(opts: RootfsOptions, target: str, mmdebstrap: str = "mmdebstrap") -> list[str]:
-    """The mmdebstrap argv that builds *opts* into *target* (whose name keeps the tarball ending)."""
+def build_command(
+    opts: RootfsOptions, target: str, mmdebstrap: str = "mmdebstrap", busybox: str | None = None
+) -> list[str]:
+    """The mmdebstrap argv that builds *opts* into *target* (whose name keeps the tarball ending); *busybox*:
+    the host's static busybox that speeds up the initramfs build (``initramfs_busybox``), None: none."""
     argv = [
         mmdebstrap,
         f"--variant={opts.variant}",
@@ -413,7 +578,10 @@ def build_command(opts: RootfsOptions, target: str, mmdebstrap: str = "mmdebstra
     for path in opts.keyring:
         argv.append(f"--keyring={path}")
     if installs_a_kernel(opts.packages) and opts.mode in INITRAMFS_ONCE_MODES:
-        argv += [f"--essential-hook={INITRAMFS_DIVERT_HOOK}", f"--customize-hook={INITRAMFS_ONCE_HOOK}"]
+        argv += [
+            f"--essential-hook={INITRAMFS_DIVERT_HOOK}",
+            f"--customize-hook={initramfs_once_hook(busybox)}",
+        ]
     argv += [opts.suite, target, opts.mirror]
     argv += opts.extra_sources
     return argv
@@ -681,7 +849,7 @@ def bake_rootfs(params: Mapping[str, Any], check_mode: bool = False, diff: bool 
         "fingerprint": fp,
         "inputs": inputs,
         "changed_inputs": [] if current else changed_names,
-        "command": build_command(opts, opts.path),
+        "command": build_command(opts, opts.path, busybox=initramfs_busybox(opts)),
         "sha256": (sidecar or {}).get("sha256") if current else None,
         "size": (sidecar or {}).get("size") if current else None,
     }
@@ -739,7 +907,7 @@ def _build(opts: RootfsOptions, mmdebstrap: str, fp: str, inputs: dict[str, str]
             # mmdebstrap picks the compressor from the name: keep the tarball's ending
             target = tmp + opts.extension
             steps.add_undo(f"remove partial tarball {target}", lambda: _remove(target))
-            argv = build_command(opts, target, mmdebstrap)
+            argv = build_command(opts, target, mmdebstrap, busybox=initramfs_busybox(opts))
             steps.run("mmdebstrap", lambda: run_mmdebstrap(argv, opts))
             if not os.path.isfile(target) or os.path.getsize(target) == 0:
                 raise BakeryError(

@@ -89,6 +89,9 @@ options:
       - The Debian architecture of the root filesystem, for example C(amd64) or C(arm64).
       - Defaults to the build host's (C(dpkg --print-architecture)). A foreign architecture needs
         C(qemu-user-static) and C(binfmt-support) on the build host.
+      - On an amd64 build host with C(busybox-static), the initramfs of a foreign root filesystem with a kernel
+        is made with that (static, native) busybox standing in for C(readlink), C(realpath) and C(mkdir) in its
+        chroot, then put back. The initramfs is the same, made in less than half the time. Without it, as before.
     type: str
   keyring:
     description:

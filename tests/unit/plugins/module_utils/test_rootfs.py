@@ -8,6 +8,8 @@ exercised by tests/integration/test_rootfs.py.
 from __future__ import annotations
 
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -294,6 +296,280 @@ class TestCommand:
         hook(_rootfs.INITRAMFS_ONCE_HOOK)
         assert not stub.exists()
         assert [line.split()[0] for line in calls.read_text().splitlines()] == ["dpkg-divert", "dpkg-divert"]
+
+
+# --------------------------------------------------------------------------- initramfs under emulation
+
+
+def fake_elf(path: Path, machine: int = 62, interp: bool = False) -> str:
+    """A 64-bit little-endian ELF header and program header table (PT_LOAD, and PT_INTERP when *interp*)."""
+    types = [1, 3] if interp else [1]
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<HH", header, 16, 2, machine)
+    struct.pack_into("<Q", header, 32, 64)
+    struct.pack_into("<HH", header, 54, 56, len(types))
+    table = b"".join(struct.pack("<I", kind) + bytes(52) for kind in types)
+    path.write_bytes(bytes(header) + table)
+    path.chmod(0o755)
+    return str(path)
+
+
+HOST_STATIC_BUSYBOX = next((p for p in _rootfs.HOST_BUSYBOX if _rootfs._static_x86_64(p)), None)
+needs_busybox = pytest.mark.skipif(
+    HOST_STATIC_BUSYBOX is None or os.uname().machine != "x86_64",
+    reason="needs Debian's busybox-static on an x86-64 host",
+)
+
+
+class TestInitramfsBusybox:
+    def arm64(self, tmp_path: Path, **params) -> _rootfs.RootfsOptions:
+        params.setdefault("packages", ["linux-image-cloud-arm64", "initramfs-tools"])
+        return options(tmp_path, architecture="arm64", **params)
+
+    def test_static_x86_64_elf(self, tmp_path: Path) -> None:
+        assert _rootfs._static_x86_64(fake_elf(tmp_path / "static"))
+        assert not _rootfs._static_x86_64(fake_elf(tmp_path / "dynamic", interp=True))
+        assert not _rootfs._static_x86_64(fake_elf(tmp_path / "aarch64", machine=183))
+        (tmp_path / "script").write_text("#!/bin/sh\n")
+        assert not _rootfs._static_x86_64(str(tmp_path / "script"))
+        (tmp_path / "short").write_bytes(b"\x7fELF\x02\x01")
+        assert not _rootfs._static_x86_64(str(tmp_path / "short"))
+        assert not _rootfs._static_x86_64(str(tmp_path / "missing"))
+
+    def test_a_foreign_kernel_build_on_x86_64_takes_the_static_busybox(self, tmp_path: Path) -> None:
+        dynamic = fake_elf(tmp_path / "dynamic", interp=True)
+        static = fake_elf(tmp_path / "static")
+        found = _rootfs.initramfs_busybox(
+            self.arm64(tmp_path), [dynamic, str(tmp_path / "none"), static], "x86_64"
+        )
+        assert found == static
+
+    @pytest.mark.parametrize(
+        ("architecture", "packages", "mode", "machine"),
+        [
+            ("amd64", ["linux-image-amd64"], "auto", "x86_64"),  # native
+            ("i386", ["linux-image-686"], "auto", "x86_64"),  # native too
+            ("arm64", ["python3"], "auto", "x86_64"),  # no initramfs to make
+            ("arm64", ["linux-image-arm64"], "fakechroot", "x86_64"),  # hooks that cannot chroot
+            ("arm64", ["linux-image-arm64"], "auto", "aarch64"),  # an x86-64 busybox would be emulated itself
+        ],
+    )
+    def test_none_elsewhere(
+        self, tmp_path: Path, architecture: str, packages: list[str], mode: str, machine: str
+    ) -> None:
+        static = fake_elf(tmp_path / "static")
+        opts = options(tmp_path, architecture=architecture, packages=packages, mode=mode)
+        assert _rootfs.initramfs_busybox(opts, [static], machine) is None
+
+    def test_none_without_a_static_busybox(self, tmp_path: Path) -> None:
+        """Debian's busybox package (dynamically linked) would bring the host's loader: not taken."""
+        dynamic = fake_elf(tmp_path / "busybox", interp=True)
+        assert (
+            _rootfs.initramfs_busybox(self.arm64(tmp_path), [dynamic, str(tmp_path / "none")], "x86_64")
+            is None
+        )
+
+    def test_the_command_takes_the_hook_with_busybox(self, tmp_path: Path) -> None:
+        opts = self.arm64(tmp_path)
+        argv = _rootfs.build_command(opts, "/out/x.tar", busybox="/usr/bin/busybox")
+        hooks = [arg for arg in argv if "hook" in arg]
+        assert hooks == [
+            "--essential-hook=" + _rootfs.INITRAMFS_DIVERT_HOOK,
+            "--customize-hook=" + _rootfs.initramfs_once_hook("/usr/bin/busybox"),
+        ]
+        assert "cp /usr/bin/busybox " in hooks[1]
+        assert _rootfs.initramfs_once_hook(None) == _rootfs.INITRAMFS_ONCE_HOOK
+        # without busybox, the hook of before
+        assert (
+            _rootfs.build_command(opts, "/out/x.tar")[-4] == "--customize-hook=" + _rootfs.INITRAMFS_ONCE_HOOK
+        )
+
+    def fake_root(self, tmp_path: Path, update_rc: int = 0) -> tuple[Path, dict[str, str], Path]:
+        """A root with initramfs-tools' update-initramfs diverted and GNU-named tools in usr/bin, and a chroot
+        stand-in that runs dpkg-divert's rename and, for update-initramfs, records what usr/bin holds then."""
+        root = tmp_path / "root"
+        for sub in ("usr/sbin", "usr/bin", "tmp"):
+            (root / sub).mkdir(parents=True)
+        (root / "usr/sbin/update-initramfs.bakery").write_text("#!/bin/sh\nthe real one\n")
+        for tool in _rootfs.INITRAMFS_SHADOWED:
+            (root / "usr/bin" / tool).write_text(f"the real {tool}\nGNU coreutils\n")
+            (root / "usr/bin" / tool).chmod(0o755)
+        for sub in ("usr/bin", "tmp"):
+            os.utime(root / sub, ns=(1_500_000_000_123_456_789, 1_500_000_000_123_456_789))
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        seen = tmp_path / "seen"
+        (bin_dir / "chroot").write_text(
+            "#!/bin/sh\n"
+            "root=$1; shift\n"
+            'case "$1" in\n'
+            'dpkg-divert) [ ! -e "$root/usr/sbin/update-initramfs.bakery" ] || '
+            'mv "$root/usr/sbin/update-initramfs.bakery" "$root/usr/sbin/update-initramfs";;\n'
+            "update-initramfs)\n"
+            f'  echo "$*" > {seen}\n'
+            f'  for t in {" ".join(_rootfs.INITRAMFS_SHADOWED)}; do head -1 "$root/usr/bin/$t" >> {seen} 2>/dev/null;'
+            f' head -1 "$root{_rootfs.INITRAMFS_HELPER_DIR}/$t" >> {seen} 2>/dev/null; done\n'
+            f'  cmp -s "$root{_rootfs.INITRAMFS_HELPER_DIR}/busybox" "{tmp_path}/busybox" && echo busybox >> {seen}\n'
+            f"  exit {update_rc};;\n"
+            "esac\n"
+        )
+        (bin_dir / "chroot").chmod(0o755)
+        (tmp_path / "busybox").write_bytes(b"a static busybox")
+        return root, {"PATH": f"{bin_dir}:/usr/bin:/bin"}, seen
+
+    @pytest.mark.parametrize("update_rc", [0, 3])
+    def test_the_hook_shadows_the_tools_and_leaves_no_trace(self, tmp_path: Path, update_rc: int) -> None:
+        root, env, seen = self.fake_root(tmp_path, update_rc)
+        before = {tool: os.stat(root / "usr/bin" / tool) for tool in _rootfs.INITRAMFS_SHADOWED}
+        hook = _rootfs.initramfs_once_hook(str(tmp_path / "busybox"))
+        proc = subprocess.run(["sh", "-c", hook, "hook", str(root)], env=env, check=False)
+        assert proc.returncode == update_rc
+        # while update-initramfs ran: the scripts in usr/bin, the real tools and busybox beside them
+        said = seen.read_text().splitlines()
+        shebang = f"#!{_rootfs.INITRAMFS_HELPER_DIR}/busybox sh"
+        assert said[0] == "update-initramfs -c -k all"
+        assert said[1:] == [
+            line for tool in _rootfs.INITRAMFS_SHADOWED for line in (shebang, f"the real {tool}")
+        ] + ["busybox"]
+        # after: the same files (inode, content, mode, time), nothing else, the directories' times back
+        for tool in _rootfs.INITRAMFS_SHADOWED:
+            after = os.stat(root / "usr/bin" / tool)
+            assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (
+                before[tool].st_ino,
+                before[tool].st_mode,
+                before[tool].st_mtime_ns,
+            )
+            assert (root / "usr/bin" / tool).read_text() == f"the real {tool}\nGNU coreutils\n"
+        assert sorted(os.listdir(root / "usr/bin")) == sorted(_rootfs.INITRAMFS_SHADOWED)
+        assert os.listdir(root / "tmp") == []
+        for sub in ("usr/bin", "tmp"):
+            assert os.stat(root / sub).st_mtime_ns == 1_500_000_000_123_456_789
+        assert (root / "usr/sbin/update-initramfs").read_text() == "#!/bin/sh\nthe real one\n"
+
+    def test_the_hook_leaves_alone_what_is_not_gnu_coreutils_in_usr_bin(self, tmp_path: Path) -> None:
+        """Another implementation (uutils), a symlink, a program elsewhere (/bin/mkdir before merged /usr):
+        not shadowed, and the initramfs is made all the same."""
+        root, env, seen = self.fake_root(tmp_path)
+        (root / "usr/bin/readlink").write_text("uutils readlink\n")
+        (root / "usr/bin/realpath").unlink()
+        os.symlink("readlink", root / "usr/bin/realpath")
+        (root / "usr/bin/mkdir").unlink()
+        hook = _rootfs.initramfs_once_hook(str(tmp_path / "busybox"))
+        subprocess.run(["sh", "-c", hook, "hook", str(root)], env=env, check=True)
+        said = seen.read_text().splitlines()
+        assert said == ["update-initramfs -c -k all", "uutils readlink", "uutils readlink", "busybox"], said
+        assert (root / "usr/bin/readlink").read_text() == "uutils readlink\n"
+        assert os.readlink(root / "usr/bin/realpath") == "readlink"
+        assert sorted(os.listdir(root / "usr/bin")) == ["readlink", "realpath"]
+        assert os.listdir(root / "tmp") == []
+
+    def test_the_hook_runs_nothing_without_initramfs_tools(self, tmp_path: Path) -> None:
+        root, env, seen = self.fake_root(tmp_path)
+        (root / "usr/sbin/update-initramfs.bakery").unlink()
+        hook = _rootfs.initramfs_once_hook(str(tmp_path / "busybox"))
+        subprocess.run(["sh", "-c", hook, "hook", str(root)], env=env, check=True)
+        assert not seen.exists() and os.listdir(root / "tmp") == []
+
+
+@needs_busybox
+class TestShadowScripts:
+    """The scripts, run by the host's static busybox, answer as GNU readlink, realpath and mkdir do."""
+
+    @pytest.fixture
+    def tools(self, tmp_path: Path) -> Path:
+        helper = tmp_path / "helper"
+        helper.mkdir()
+        os.symlink(HOST_STATIC_BUSYBOX, helper / "busybox")
+        for tool in _rootfs.INITRAMFS_SHADOWED:
+            os.symlink(shutil.which(tool), helper / tool)
+            (helper / f"{tool}.sh").write_text(_rootfs.shadow_script(tool, str(helper)))
+            (helper / f"{tool}.sh").chmod(0o755)
+        return helper
+
+    @pytest.fixture
+    def tree(self, tmp_path: Path) -> Path:
+        """Files, directories, relative and absolute symlinks, dangling ones, a loop, odd names."""
+        t = tmp_path / "tree"
+        (t / "d/e").mkdir(parents=True)
+        (t / "sp ace").mkdir()
+        for name in ("f", "d/e/g", "sp ace/h", "d/-x"):
+            (t / name).write_text("x")
+        links = {
+            "l1": "f",
+            "l2": "l1",
+            "dl": "d",
+            "d/up": "../f",
+            "abs": str(t / "d/e"),
+            "dang": "missing",
+            "d/dang": "../nothing/here",
+            "loop1": "loop2",
+            "loop2": "loop1",
+            "usr": "d",
+        }
+        for name, target in links.items():
+            os.symlink(target, t / name)
+        return t
+
+    def names(self, t: Path) -> list[str]:
+        rel = [
+            "f", "l1", "l2", "dl", "dl/", "dl/e/g", "dl/up", "d/up", "abs/g", "abs/../f", "dang", "dang/",
+            "d/dang", "missing", "missing/x", "f/", "f/x", "loop1", "d/./e/../e/g", "dl/../f", "sp ace/h",
+            "d/-x", "usr/e", "d//e///g", "d/e/", ".", "..", "d/missing", "d/e/g/.",
+        ]  # fmt: skip
+        names = [f"{t}/{name}" for name in rel] + ["/", "//", "///", "/usr/bin", "/dev/null"]
+        names += [f"/{t}/f", "relative", "d/e", "", "-x", f"{t}/../tree/f"]
+        return names
+
+    def same(self, argv_gnu: list[str], argv_script: list[str], cwd: Path) -> None:
+        gnu = subprocess.run(argv_gnu, capture_output=True, text=True, cwd=cwd, timeout=30, check=False)
+        ours = subprocess.run(argv_script, capture_output=True, text=True, cwd=cwd, timeout=30, check=False)
+        assert (ours.stdout, ours.returncode) == (gnu.stdout, gnu.returncode), argv_gnu
+
+    @pytest.mark.parametrize("option", ["-f", "-e", "-m"])
+    def test_readlink(self, tools: Path, tree: Path, option: str) -> None:
+        for name in self.names(tree):
+            self.same(["readlink", option, name], [str(tools / "readlink.sh"), option, name], tree)
+
+    @pytest.mark.parametrize("option", ["-ms", "-sm", "-s", "-m", "-e"])
+    def test_realpath(self, tools: Path, tree: Path, option: str) -> None:
+        for name in self.names(tree):
+            self.same(["realpath", option, name], [str(tools / "realpath.sh"), option, name], tree)
+
+    def test_realpath_more_than_one_name(self, tools: Path, tree: Path) -> None:
+        self.same(
+            ["realpath", "-s", f"{tree}/f", f"{tree}/l1"],
+            [str(tools / "realpath.sh"), "-s", f"{tree}/f", f"{tree}/l1"],
+            tree,
+        )
+
+    def test_mkdir(self, tools: Path, tmp_path: Path) -> None:
+        for run in ("gnu", "ours"):
+            base = tmp_path / run
+            (base / "there/deep").mkdir(parents=True)
+            (base / "file").write_text("x")
+            mkdir = ["mkdir"] if run == "gnu" else [str(tools / "mkdir.sh")]
+            results = []
+            for args in (
+                ["-p", f"{base}/there/deep", f"{base}/there"],
+                ["-p", f"{base}/new/a/b", f"{base}/there"],
+                ["-p", f"{base}/file"],
+                ["-p", f"{base}/file/x"],
+                ["-p", "--", f"{base}/there"],
+                ["-p", "rel/x"],
+                [f"{base}/plain"],
+            ):
+                proc = subprocess.run(mkdir + args, capture_output=True, text=True, cwd=base, check=False)
+                results.append((proc.stdout, proc.returncode))
+            listing = sorted(
+                (str(p.relative_to(base)), oct(p.stat().st_mode))
+                for p in base.rglob("*")
+                if not p.is_symlink()
+            )
+            if run == "gnu":
+                expected = (results, listing)
+            else:
+                assert (results, listing) == expected
 
 
 # --------------------------------------------------------------------------- fingerprint
