@@ -147,7 +147,9 @@ def test_a_tar_of_the_tree_reads_as_the_tree(tmp_path):
         with tarfile.open(fileobj=data, mode="w") as tar:
             tar.add(str(tmp_path / "root") + path, arcname=os.path.basename(path))
         reader.add(os.path.dirname(path), data.getvalue(), _dpkg_db.wanted_member)
-    assert _dpkg_db.read_packages(reader) == _dpkg_db.read_packages(_dpkg_db.TreeReader(str(tmp_path / "root")))
+    assert _dpkg_db.read_packages(reader) == _dpkg_db.read_packages(
+        _dpkg_db.TreeReader(str(tmp_path / "root"))
+    )
 
 
 def test_no_database_is_an_error(tmp_path):
