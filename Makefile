@@ -44,7 +44,8 @@ APT_BAKE += qemu-system-x86 ovmf openssh-client
 # Foreign architectures (base.architecture: arm64): qemu-user-static runs their binaries through binfmt_misc,
 # which scripts/binfmt mounts and registers where nothing did (BINFMT_ARCHES).  busybox-static (statically
 # linked) runs natively in their chroot in place of readlink, realpath and mkdir while the rootfs's initramfs is
-# made: that build takes 60 s of CPU instead of 160 s (without it, the initramfs is made as before).
+# made: that build takes 60 s of CPU instead of 160 s (without it, the initramfs is made as before).  It takes the
+# place of Debian's dynamically linked busybox where that is installed (it provides busybox: the same program).
 APT_BAKE += qemu-user-static busybox-static
 BINFMT_ARCHES ?= arm64
 # arm64 disks boot (provision: vm, verify) under qemu-system-aarch64 (qemu-system-arm) with UEFI only: AAVMF
