@@ -420,53 +420,53 @@ _PT_INTERP = 3
 _SHADOW_SCRIPTS = {
     "readlink": r"""# bakery: readlink -f of an existing absolute name by busybox, when what it says exists; else the real one
 if [ $# = 2 ] && [ "$1" = -f ]; then
-	case "$2" in
-	/proc/* | /dev/* | //*) ;;
-	/*)
-		if [ -e "$2" ] && r=$({dir}/busybox readlink -f "$2" && echo .) && [ -e "${r%?.}" ]; then
-			printf '%s' "${r%.}"
-			exit 0
-		fi
-		;;
-	esac
+    case "$2" in
+    /proc/* | /dev/* | //*) ;;
+    /*)
+        if [ -e "$2" ] && r=$({dir}/busybox readlink -f "$2" && echo .) && [ -e "${r%?.}" ]; then
+            printf '%s' "${r%.}"
+            exit 0
+        fi
+        ;;
+    esac
 fi
 exec -a readlink {dir}/readlink "$@"
 """,
     "realpath": r"""# bakery: realpath -ms / -s of an absolute name, as GNU realpath; anything else: the real realpath
 if [ $# = 2 ]; then
-	case "$1:$2" in
-	-ms:/* | -sm:/*) fast=1 ;;
-	-s:/*)
-		case "$2/" in
-		*/./* | */../*) ;;
-		*) [ -e "$2" ] && fast=1 ;;
-		esac
-		;;
-	esac
+    case "$1:$2" in
+    -ms:/* | -sm:/*) fast=1 ;;
+    -s:/*)
+        case "$2/" in
+        */./* | */../*) ;;
+        *) [ -e "$2" ] && fast=1 ;;
+        esac
+        ;;
+    esac
 fi
 [ -n "$fast" ] || exec -a realpath {dir}/realpath "$@"
 out=
 IFS=/
 set -f
 for c in $2; do
-	case "$c" in
-	'' | .) ;;
-	..) out="${out%/*}" ;;
-	*) out="$out/$c" ;;
-	esac
+    case "$c" in
+    '' | .) ;;
+    ..) out="${out%/*}" ;;
+    *) out="$out/$c" ;;
+    esac
 done
 printf '%s\n' "${out:-/}"
 """,
     "mkdir": r"""# bakery: mkdir -p of directories that all exist does nothing, as GNU mkdir; anything else: the real mkdir
 if [ $# -ge 2 ] && [ "$1" = -p ]; then
-	all=1
-	shift
-	for d in "$@"; do
-		case "$d" in -*) all= ;; esac
-		[ -d "$d" ] || all=
-	done
-	[ -n "$all" ] && exit 0
-	set -- -p "$@"
+    all=1
+    shift
+    for d in "$@"; do
+        case "$d" in -*) all= ;; esac
+        [ -d "$d" ] || all=
+    done
+    [ -n "$all" ] && exit 0
+    set -- -p "$@"
 fi
 exec -a mkdir {dir}/mkdir "$@"
 """,
