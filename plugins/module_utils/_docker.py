@@ -1989,7 +1989,9 @@ class _ManifestCli:
 
 
 def index_entries(found: Mapping[str, Any] | None) -> list[dict[str, str]]:
-    """The images an index lists (digest, platform ``os/architecture[/variant]``); none for anything else."""
+    """The images an index lists (digest, platform ``os/architecture[/variant]``), sorted by platform; none for
+    anything else. The registry's order is that of the images' digests (the manifest tool's store is a directory
+    of them), which changes with every build: the manifest and the summary list the platforms in one order."""
     if not found or found.get("mediaType") not in INDEX_MEDIA_TYPES:
         return []
     listed = []
@@ -1997,7 +1999,7 @@ def index_entries(found: Mapping[str, Any] | None) -> list[dict[str, str]]:
         platform = item.get("platform") or {}
         words = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
         listed.append({"digest": item.get("digest"), "platform": "/".join(w for w in words if w)})
-    return listed
+    return sorted(listed, key=lambda item: (item["platform"], str(item["digest"])))
 
 
 def image_index(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:

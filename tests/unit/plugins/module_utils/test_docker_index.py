@@ -27,9 +27,11 @@ def test_the_registry_of_a_repository_and_whether_the_engine_talks_plain_http_to
 
 
 def test_an_index_lists_its_images_with_their_platforms_and_an_image_manifest_lists_none():
+    # in the registry's order (by digest), listed by platform
     index = {
         "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
         "manifests": [
+            {"digest": "sha256:11", "platform": {"os": "linux", "architecture": "arm64"}},
             {"digest": "sha256:aa", "platform": {"os": "linux", "architecture": "amd64"}},
             {"digest": "sha256:bb", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
         ],
@@ -37,6 +39,7 @@ def test_an_index_lists_its_images_with_their_platforms_and_an_image_manifest_li
     assert _docker.index_entries(index) == [
         {"digest": "sha256:aa", "platform": "linux/amd64"},
         {"digest": "sha256:bb", "platform": "linux/arm/v7"},
+        {"digest": "sha256:11", "platform": "linux/arm64"},
     ]
     assert _docker.index_entries({"mediaType": "application/vnd.docker.distribution.manifest.v2+json"}) == []
     assert _docker.index_entries(None) == []
