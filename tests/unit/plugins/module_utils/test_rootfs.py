@@ -173,6 +173,15 @@ class TestOptions:
 # --------------------------------------------------------------------------- command line
 
 
+def chroot_stand_in(tmp_path: Path, script: str) -> dict[str, str]:
+    """The environment of mmdebstrap's hooks run by sh on a fake root: a PATH whose ``chroot`` is *script*."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chroot").write_text(script)
+    (bin_dir / "chroot").chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
 class TestCommand:
     def test_minimal(self, tmp_path: Path) -> None:
         opts = options(tmp_path)
@@ -260,10 +269,9 @@ class TestCommand:
         and is run once for every kernel."""
         root = tmp_path / "root"
         (root / "usr/sbin").mkdir(parents=True)
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
         calls = tmp_path / "calls"
-        (bin_dir / "chroot").write_text(
+        env = chroot_stand_in(
+            tmp_path,
             "#!/bin/sh\n"
             'root=$1; shift; echo "$*" >> %s\n'
             'case "$1" in dpkg-divert)\n'
@@ -271,10 +279,8 @@ class TestCommand:
             'mv "$root/usr/sbin/update-initramfs" "$root/usr/sbin/update-initramfs.bakery";;\n'
             '  *--remove*) [ -e "$root/usr/sbin/update-initramfs.bakery" ] && '
             'mv "$root/usr/sbin/update-initramfs.bakery" "$root/usr/sbin/update-initramfs";; esac;;\n'
-            "esac\nexit 0\n" % calls
+            "esac\nexit 0\n" % calls,
         )
-        (bin_dir / "chroot").chmod(0o755)
-        env = {"PATH": "%s:/usr/bin:/bin" % bin_dir}
 
         def hook(text: str) -> None:
             subprocess.run(["sh", "-c", text, "hook", str(root)], env=env, check=True)
@@ -397,10 +403,9 @@ class TestInitramfsBusybox:
             (root / "usr/bin" / tool).chmod(0o755)
         for sub in ("usr/bin", "tmp"):
             os.utime(root / sub, ns=(1_500_000_000_123_456_789, 1_500_000_000_123_456_789))
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
         seen = tmp_path / "seen"
-        (bin_dir / "chroot").write_text(
+        env = chroot_stand_in(
+            tmp_path,
             "#!/bin/sh\n"
             "root=$1; shift\n"
             'case "$1" in\n'
@@ -412,11 +417,10 @@ class TestInitramfsBusybox:
             f' head -1 "$root{_rootfs.INITRAMFS_HELPER_DIR}/$t" >> {seen} 2>/dev/null; done\n'
             f'  cmp -s "$root{_rootfs.INITRAMFS_HELPER_DIR}/busybox" "{tmp_path}/busybox" && echo busybox >> {seen}\n'
             f"  exit {update_rc};;\n"
-            "esac\n"
+            "esac\n",
         )
-        (bin_dir / "chroot").chmod(0o755)
         (tmp_path / "busybox").write_bytes(b"a static busybox")
-        return root, {"PATH": f"{bin_dir}:/usr/bin:/bin"}, seen
+        return root, env, seen
 
     @pytest.mark.parametrize("update_rc", [0, 3])
     def test_the_hook_shadows_the_tools_and_leaves_no_trace(self, tmp_path: Path, update_rc: int) -> None:
