@@ -25,8 +25,6 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _signature,
     _vagrant,
 )
-from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
-from ansible_collections.bakery.images.plugins.module_utils._docker import check_context, validate_name
 from ansible_collections.bakery.images.plugins.module_utils._files import parse_size
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
     chain_keys,
@@ -34,8 +32,6 @@ from ansible_collections.bakery.images.plugins.module_utils._fingerprint import 
     fingerprint,
     new_bake_id,
 )
-from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
-from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
 from ansible_collections.bakery.images.plugins.module_utils._provenance import collection_version
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
@@ -1202,8 +1198,16 @@ def with_local_paths(kind: str, options: Mapping[str, Any], cwd: str) -> dict[st
 def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = ".") -> None:
     """What the argument spec cannot say: names the engine or cloud would reject later, files that are
     missing or malformed (targets build on this host), sizes out of range, options that conflict."""
+    # the modules of a kind are imported when a target of that kind is checked: _aws, _gcp and _docker import
+    # boto3, google-auth and the Docker SDK, 0.2 s that every bake paid in its plan (the bake_plan action loads this
+    # module in Ansible's main process), whatever its targets
     try:
         if kind == "docker":
+            from ansible_collections.bakery.images.plugins.module_utils._docker import (
+                check_context,
+                validate_name,
+            )
+
             validate_name(options.get("repository") or "", options.get("tags") or ["latest"])
             if options.get("context"):
                 if options.get("base_image"):
@@ -1239,6 +1243,8 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
             check_relative_path("output", options.get("output"))
             check_relative_path("catalog", options.get("catalog"))
         elif kind == "ami":
+            from ansible_collections.bakery.images.plugins.module_utils._aws import check_ami_name
+
             check_ami_name(options.get("name"))
             check_size_gb("root_volume_size", options.get("root_volume_size"))
             sources = [key for key in AMI_SOURCES if options.get(key)]
@@ -1310,6 +1316,9 @@ def check_openstack(options: Mapping[str, Any], where: str) -> None:
 
 def check_gce(options: Mapping[str, Any], where: str) -> None:
     """Names Compute Engine would reject (RFC 1035), and the options each way of making the image needs."""
+    from ansible_collections.bakery.images.plugins.module_utils._gcp import BAKE_ID_LENGTH, check_labels
+    from ansible_collections.bakery.images.plugins.module_utils._gcp import check_name as check_gce_name
+
     try:
         name = options.get("name") or ""
         if options.get("unique_name", True):
