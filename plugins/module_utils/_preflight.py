@@ -45,14 +45,13 @@ from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import (
     _plan,
-    _preflight_cloud,
     _qemu_arch,
     _qemu_disk,
     _qemu_vm,
     _signature,
 )
 from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
-from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
+from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # Commands (and files) bakery runs on the build host -> the Debian package that ships them (the Makefile's APT_BAKE
 # installs them all): the disk and VM modules' own tables, and what else the checks name.
@@ -76,6 +75,10 @@ PACKAGES: dict[str, str] = {
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # seconds every external call (an engine ping, arch-test) may take
 DEFAULT_TIMEOUT = 5.0
+# the target types whose checks are _preflight_cloud's (their clouds' credentials, regions, sources, buckets)
+CLOUD_TYPES = ("ami", "gce", "openstack", "digitalocean")
+# secret texts shorter than this are not scrubbed from the messages (see secret_values)
+MIN_SECRET = 4
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 GIB = 1024**3
 
@@ -1074,11 +1077,13 @@ def preflight(
     host: Host | None = None,
     package_lists: str = "refresh",
     cloud: Any = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Check the build host for every target of the plan; every problem, not the first.
 
     *cloud* (a ``_preflight_cloud.Cloud``: credential variables, fakes) serves the checks of cloud targets, whose
-    options must hold the real values of their secret options. Returns ``targets`` (name, type, ``preflight``: a
+    options must hold the real values of their secret options; without it, one is made with the credential
+    *variables* (the roles' ``ami_access_key``, ...) when a target needs it. Returns ``targets`` (name, type, ``preflight``: a
     list of checks with ``check``, ``option``, ``ok``, ``msg``), ``problems`` (one line per problem, naming target
     and option) and ``duration``."""
     started = time.monotonic()
@@ -1099,9 +1104,13 @@ def preflight(
     )
     ctx.engines = {item: answer for (kind, item), answer in answers.items() if kind == "engine"}
     ctx.mirrors = {item: answer for (kind, item), answer in answers.items() if kind == "mirror"}
-    clouds = [t for t in targets if t["type"] in _preflight_cloud.TYPES]
+    clouds = [t for t in targets if t["type"] in CLOUD_TYPES]
     if clouds:
-        cloud = cloud or _preflight_cloud.Cloud(env=host.env, timeout=host.timeout)
+        # imported here: _preflight_cloud imports _aws and _gcp, and with them boto3 and google-auth (0.26 s in the
+        # bake_preflight action's import, in Ansible's main process), which only bakes with cloud targets need
+        from ansible_collections.bakery.images.plugins.module_utils import _preflight_cloud
+
+        cloud = cloud or _preflight_cloud.Cloud(variables=variables or {}, env=host.env, timeout=host.timeout)
         ctx.cloud = _preflight_cloud.check_targets(clouds, cloud)
 
     looked_up: dict[str, bool | None] = {}
@@ -1214,12 +1223,53 @@ def run(
     host = host or Host(timeout=seconds)
     secrets = [_plan.target_secrets(bake, t) for t in targets] if bake else [{} for t in targets]
     real = [dict(t, options=_plan.with_secrets(_options(t), s)) if s else t for t, s in zip(targets, secrets)]
-    cloud = cloud or _preflight_cloud.Cloud(variables=variables or {}, env=host.env, timeout=seconds)
-    result = preflight(real, host, package_lists, cloud)
+    result = preflight(real, host, package_lists, cloud, variables)
     signing = sign_problem((bake or {}).get("sign"))
     if signing:
         result = dict(result, problems=list(result["problems"]) + [signing])
     result = dict(
         result, changed=False, failed=bool(result["problems"]), msg=message(result), summary=summary(result)
     )
-    return _preflight_cloud.scrub(result, _preflight_cloud.secret_values(variables or {}, secrets))
+    return scrub(result, secret_values(variables or {}, secrets))
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def secret_values(variables: Mapping[str, Any], secrets: Sequence[Any]) -> list[str]:
+    """Every secret text the preflight was given: the credential variables and the targets' secret options."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif value not in (None, "") and not isinstance(value, bool):
+            text = str(value)
+            # a text of a few characters would be replaced all over the messages; no message holds one anyway
+            if text != NO_LOG_MASK and len(text) >= MIN_SECRET:
+                found.append(text)
+
+    walk(dict(variables))
+    walk(list(secrets))
+    # longest first: a secret that holds another is replaced whole
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(value: Any, secrets: Sequence[str]) -> Any:
+    """*value* with every secret text in its strings replaced by the no_log mask."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, NO_LOG_MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {key: scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secrets) for item in value]
+    return value

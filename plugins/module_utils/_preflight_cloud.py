@@ -17,7 +17,7 @@ for the same reason). Every call is bounded (the preflight's timeout to connect,
 most one retry); the targets are checked at once, each in a thread (what they share, such as the regions of one
 account, is asked once), and one that has not finished after :meth:`Cloud.deadline` seconds fails with that.
 Nothing is created. No message holds a secret: the results are scrubbed of the values of the secret options
-and credential variables (:func:`scrub`).
+and credential variables (``_preflight.scrub``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ansible_collections.bakery.images.plugins.module_utils import _aws, _gcp
-from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
+from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
-TYPES = ("ami", "gce", "openstack", "digitalocean")
-# secret texts shorter than this are not scrubbed from the messages (see secret_values)
-MIN_SECRET = 4
 # botocore's retries max_attempts for the preflight's AWS calls: it counts the retries (total_max_attempts is one
 # more), so 1 is one call and at most one retry (standard mode)
 AWS_RETRIES = 1
@@ -656,45 +653,3 @@ def check_targets(targets: Sequence[Mapping[str, Any]], cloud: Cloud) -> dict[st
             )
         out[target["name"]] = checks
     return out
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-def secret_values(variables: Mapping[str, Any], secrets: Sequence[Any]) -> list[str]:
-    """Every secret text the preflight was given: the credential variables and the targets' secret options."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, Mapping):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-        elif value not in (None, "") and not isinstance(value, bool):
-            text = str(value)
-            # a text of a few characters would be replaced all over the messages; no message holds one anyway
-            if text != NO_LOG_MASK and len(text) >= MIN_SECRET:
-                found.append(text)
-
-    walk(dict(variables))
-    walk(list(secrets))
-    # longest first: a secret that holds another is replaced whole
-    return sorted(set(found), key=len, reverse=True)
-
-
-def scrub(value: Any, secrets: Sequence[str]) -> Any:
-    """*value* with every secret text in its strings replaced by the no_log mask."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, NO_LOG_MASK)
-        return value
-    if isinstance(value, Mapping):
-        return {key: scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [scrub(item, secrets) for item in value]
-    return value

@@ -618,9 +618,9 @@ def test_a_target_with_secrets_that_is_not_in_the_definition_fails_clearly():
 
 
 def test_secret_values_and_scrub():
-    values = _preflight_cloud.secret_values({"a": "abcdef", "b": None, "c": "ab"}, [{"x": {"y": "abcdefgh"}}])
+    values = _preflight.secret_values({"a": "abcdef", "b": None, "c": "ab"}, [{"x": {"y": "abcdefgh"}}])
     assert values == ["abcdefgh", "abcdef"]  # longest first; a short text is not scrubbed all over
-    assert _preflight_cloud.scrub({"m": ["key abcdefgh!", 3]}, values) == {"m": ["key %s!" % NO_LOG_MASK, 3]}
+    assert _preflight.scrub({"m": ["key abcdefgh!", 3]}, values) == {"m": ["key %s!" % NO_LOG_MASK, 3]}
 
 
 def test_with_secrets_puts_the_real_values_back():
