@@ -3,7 +3,7 @@
 #   make bake [BAKE_ARGS="--check -e @my-bake.yml"]   bake with playbooks/bake.yml
 #   make test                                          lint, sanity, unit, integration, molecule, docs (CI)
 #   make lint | sanity | unit | integration | molecule | docs   one of them
-#   make integration-emulated                          the arm64 bakes under emulation (not in make test)
+#   make integration-emulated                          every bake under emulation (make test runs the arm64 one)
 #   make ee [EE_ARGS=...]                              build the execution environment, bake in it
 #   make help                                          this list
 #
@@ -143,14 +143,17 @@ unit: collection-test
 	@$(BIN)/pytest tests/unit $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "unit: pytest collected no tests in tests/unit" >&2; fi; exit $$rc; }
 
+# the arm64 bake (tests/integration/test_arm64.py) runs its arm64 binaries through qemu-user: scripts/binfmt registers
+# the handler where nothing did
 integration: apt-test collection-test
+	@scripts/binfmt $(BINFMT_ARCHES)
 	@PATH="$(BIN):$$PATH" scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
 
 # The integration tests that bake a foreign architecture (arm64) under emulation: an emulated root filesystem with
 # its kernel, containers and a chroot under qemu-user, a disk booted under qemu-system-aarch64 (TCG). Tens of
-# minutes on two cores, so not in make test.
+# minutes on two cores: make test runs only the arm64 bake of the default role (marker arm64), this all of them.
 integration-emulated: apt-test collection-test
 	@scripts/binfmt arm64
 	@PATH="$(BIN):$$PATH" INTEGRATION_EMULATED=1 scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS)
