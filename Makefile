@@ -144,9 +144,9 @@ unit: collection-test
 		if [ $$rc = 5 ]; then echo "unit: pytest collected no tests in tests/unit" >&2; fi; exit $$rc; }
 
 # the arm64 bake (tests/integration/test_arm64.py) runs its arm64 binaries through qemu-user: scripts/binfmt registers
-# the handler where nothing did
+# the handler where nothing did (where it cannot, that test fails and says so; the others run)
 integration: apt-test collection-test
-	@scripts/binfmt $(BINFMT_ARCHES)
+	@scripts/binfmt $(BINFMT_ARCHES) || echo "note: the arm64 integration test cannot run here until that is done" >&2
 	@PATH="$(BIN):$$PATH" scripts/dockerd run scripts/integration $(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 		if [ $$rc = 5 ]; then echo "integration: pytest collected no tests in tests/integration" >&2; fi; \
 		exit $$rc; }
