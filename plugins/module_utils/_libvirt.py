@@ -13,7 +13,9 @@ no network, no pool, no domain or volume whose name does not carry a bake id.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket as _socket
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -37,8 +39,25 @@ TIMEOUT = 120
 
 
 def available(socket: str | None = None) -> bool:
-    """Whether libvirtd listens on this host (its socket exists)."""
-    return os.path.exists(socket or SOCKET)
+    """Whether libvirtd listens on this host: its socket exists and a connection to it is not refused.
+
+    A libvirtd that was killed (a crash, the OOM killer, SIGKILL) leaves its socket behind; nothing listens on it
+    then, and virsh fails with "Connection refused". Such a host has no libvirtd to list or remove domains with,
+    as one without the socket: the domains it defined are swept when a libvirtd runs again. Any other failure to
+    connect (permission denied, a full backlog) counts as listening, so that virsh says what is wrong.
+    """
+    path = socket or SOCKET
+    if not os.path.exists(path):
+        return False
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    probe.settimeout(5)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        probe.close()
+    return True
 
 
 def domain_name(bake_id: str, target: str) -> str:
@@ -147,7 +166,8 @@ def sweep(
 
     A resource is selected when its name carries a bake id (``bakery-<bake id>-...``) that *selector* selects (the
     age is the time in a generated bake id) and, when given, when it is one of *domain_names* (a domain or its
-    disk) or belongs to one of *box_names* (a box image). Without a libvirt socket there is nothing to look at.
+    disk) or belongs to one of *box_names* (a box image). Without a libvirtd listening (:func:`available`) there is
+    nothing to look at.
     Removals that fail are reported (state failed), not raised; a listing that fails raises BakeryError.
     """
     if not available(socket or SOCKET):

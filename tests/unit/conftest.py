@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / ".collections" / "src"
 LINK = SRC / "ansible_collections" / "bakery" / "images"
@@ -31,3 +33,12 @@ def _link_checkout() -> None:
 
 
 _link_checkout()
+
+
+@pytest.fixture(autouse=True)
+def _no_host_libvirtd(monkeypatch, tmp_path_factory):
+    """Unit tests never talk to this host's libvirtd: the janitor's sweep of this host (and a vagrant target's
+    destroy) look at a socket that does not exist, unless a test points them at its stand-in."""
+    from ansible_collections.bakery.images.plugins.module_utils import _libvirt
+
+    monkeypatch.setattr(_libvirt, "SOCKET", str(tmp_path_factory.getbasetemp() / "no-libvirt-sock"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,10 +79,37 @@ OLD = "20200101t000000-0a0b0c"  # a bake of long ago
 NEW = time.strftime("%Y%m%dt%H%M%S", time.gmtime()) + "-0d0e0f"  # a bake of now
 
 
+def unix_socket(listen: bool):
+    """A Unix socket (in a short directory: socket paths have 107 bytes) something listens on, as libvirtd's, or
+    the one a killed libvirtd leaves: bound once, nothing listening on it any more."""
+    directory = tempfile.mkdtemp(prefix="lv-")
+    path = os.path.join(directory, "libvirt-sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    if listen:
+        server.listen(8)
+    else:
+        server.close()
+    yield path
+    server.close()
+    os.unlink(path)
+    os.rmdir(directory)
+
+
 @pytest.fixture()
-def libvirt(tmp_path, monkeypatch):
-    """The stand-in virsh on PATH, a socket file, and the state: two bakes' machines and box images, a machine of
-    bake ``mine`` (not a generated id), and things that are not bakery's."""
+def listening():
+    yield from unix_socket(listen=True)
+
+
+@pytest.fixture()
+def stale():
+    yield from unix_socket(listen=False)
+
+
+@pytest.fixture()
+def libvirt(tmp_path, monkeypatch, listening):
+    """The stand-in virsh on PATH, a socket it listens on, and the state: two bakes' machines and box images, a
+    machine of bake ``mine`` (not a generated id), and things that are not bakery's."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     virsh = bin_dir / "virsh"
@@ -89,8 +118,6 @@ def libvirt(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     state = tmp_path / "state.json"
     monkeypatch.setenv("FAKE_VIRSH_STATE", str(state))
-    socket = tmp_path / "libvirt-sock"
-    socket.write_text("")
     data = {
         "domains": {
             "bakery-%s-box-default" % OLD: "shut off",
@@ -121,7 +148,7 @@ def libvirt(tmp_path, monkeypatch):
 
     class Host:
         path = state
-        sock = str(socket)
+        sock = listening
 
         @staticmethod
         def read() -> dict:
@@ -249,6 +276,19 @@ def test_a_listing_that_fails_raises(libvirt):
 
 def test_without_a_libvirt_socket_there_is_nothing_to_look_at(libvirt, tmp_path):
     assert _libvirt.sweep(Selector(NEW), False, socket=str(tmp_path / "no-sock")) == []
+    assert libvirt.calls() == []
+
+
+def test_a_socket_nothing_listens_on_is_no_libvirtd(libvirt, stale, tmp_path):
+    """A killed libvirtd leaves its socket: virsh would fail with "Connection refused" on every call, so the sweep
+    (the janitor's, a bake's cleanup) has nothing to look at there, as without a socket; so has a plain file."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert _libvirt.available(libvirt.sock)
+    assert not _libvirt.available(stale)
+    assert not _libvirt.available(str(plain))
+    assert not _libvirt.available(str(tmp_path / "no-sock"))
+    assert _libvirt.sweep(Selector(NEW), False, socket=stale) == []
     assert libvirt.calls() == []
 
 
