@@ -14,16 +14,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
+# _hygiene, _qemu_disk and _vagrant are imported where a target needs them: this module runs in Ansible's main
+# process, where they were 0.1 s of every bake's start
 from ansible_collections.bakery.images.plugins.module_utils import (
     _facts,
-    _hygiene,
     _provisioners,
     _qemu_arch,
-    _qemu_disk,
     _reproducible,
     _rootfs,
     _signature,
-    _vagrant,
 )
 from ansible_collections.bakery.images.plugins.module_utils._files import parse_size
 from ansible_collections.bakery.images.plugins.module_utils._fingerprint import (
@@ -832,6 +831,8 @@ def sign_plan(value: Any, cwd: str) -> dict[str, Any] | None:
 
 def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
     """A ``hygiene`` setting (``skip``, ``var_log_max``), checked: unknown check names and bad sizes refused."""
+    from ansible_collections.bakery.images.plugins.module_utils import _hygiene
+
     if hygiene is None:
         return {}
     if not isinstance(hygiene, Mapping):
@@ -869,6 +870,8 @@ def instance_hygiene(
 
 def hygiene_input(hygiene: Mapping[str, Any]) -> str:
     """The fingerprint input of a target's complete ``hygiene`` settings (sizes in bytes: 64M and 64MiB agree)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _hygiene
+
     return digest_value(_hygiene.parse_options(hygiene).describe())
 
 
@@ -1217,6 +1220,8 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
                     )
                 check_context(local_path(cwd, options["context"]), options.get("dockerfile"))
         elif kind == "qemu":
+            from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
             _qemu_disk.parse_size(options.get("disk_size") or "4G")
             if options.get("name") is not None:
                 check_file_name("output name", options["name"])
@@ -1234,6 +1239,8 @@ def check_target(kind: str, options: Mapping[str, Any], where: str, cwd: str = "
             if options.get("base_image") and not os.path.isfile(local_path(cwd, options["base_image"])):
                 raise BakeryError("base_image %r is not a file" % options["base_image"])
         elif kind == "vagrant":
+            from ansible_collections.bakery.images.plugins.module_utils import _vagrant
+
             if options.get("box_name"):
                 _vagrant.check_box_name(options["box_name"])
             if options.get("version") is not None:

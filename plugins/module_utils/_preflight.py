@@ -33,6 +33,7 @@ All I/O goes through a :class:`Host`, so the unit tests inject a fake ``which``,
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -43,21 +44,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+# _qemu_disk, _qemu_vm and _vagrant are imported where a qemu or vagrant target needs them: this module runs in
+# Ansible's main process, where they were 0.1 s of every bake's start
 from ansible_collections.bakery.images.plugins.module_utils import (
     _plan,
     _qemu_arch,
-    _qemu_disk,
-    _qemu_vm,
     _signature,
 )
 from ansible_collections.bakery.images.plugins.module_utils._files import read_sidecar
 from ansible_collections.bakery.images.plugins.module_utils._steps import NO_LOG_MASK, BakeryError
 
 # Commands (and files) bakery runs on the build host -> the Debian package that ships them (the Makefile's APT_BAKE
-# installs them all): the disk and VM modules' own tables, and what else the checks name.
-PACKAGES: dict[str, str] = {
-    **_qemu_disk.TOOLS,
-    **{name: text.replace("Debian package ", "") for name, text in _qemu_vm.PACKAGES.items()},
+# installs them all): the disk and VM modules' own tables (added by packages()), and what else the checks name.
+OWN_PACKAGES: dict[str, str] = {
     "mmdebstrap": "mmdebstrap",
     "bwrap": "bubblewrap",
     "grub-bios-setup": "grub-pc-bin",
@@ -71,6 +70,26 @@ PACKAGES: dict[str, str] = {
     # binfmt_misc handlers for foreign architectures
     "binfmt": "qemu-user-static",
 }
+
+
+@functools.cache
+def packages() -> dict[str, str]:
+    """Every command and file the checks name -> its Debian package (also as the module attribute PACKAGES)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _qemu_vm
+
+    return {
+        **_qemu_disk.TOOLS,
+        **{name: text.replace("Debian package ", "") for name, text in _qemu_vm.PACKAGES.items()},
+        **OWN_PACKAGES,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PACKAGES":
+        return packages()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
 # what modules search besides PATH (_qemu_disk.which, _rootfs.find_mmdebstrap)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # seconds every external call (an engine ping, arch-test) may take
@@ -296,7 +315,7 @@ class Need:
 
     @property
     def debian_package(self) -> str:
-        return self.package or PACKAGES.get(self.name, self.name)
+        return self.package or packages().get(self.name, self.name)
 
 
 def _command(name: str, option: str, why: str, system_path: bool = False, build_only: bool = True) -> Need:
@@ -354,6 +373,8 @@ def docker_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
 
 def qemu_needs(target: Mapping[str, Any], ctx: Context) -> list[Need]:
     """What qemu_image, qemu_vm and the chroot builder run for this target (see their ``which`` calls)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _qemu_vm
+
     options = _options(target)
     provision = options.get("provision") or "chroot"
     formats = list(options.get("formats") or ["qcow2"])
@@ -801,6 +822,8 @@ CHECKS: dict[str, list[Callable[[Mapping[str, Any], Context], list[Finding]]]] =
 
 
 def _size(value: Any) -> int:
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
     return _qemu_disk.round_up(_qemu_disk.parse_size(value or "4G"))
 
 
@@ -831,6 +854,8 @@ def _content(target: Mapping[str, Any], ctx: Context) -> int:
 
 def _copies(target: Mapping[str, Any], ctx: Context) -> list[tuple[str, int, str]]:
     """(directory, copies of the disk's content, what) a build of the target writes."""
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
     options = _options(target)
     if target["type"] == "qemu":
         formats = list(options.get("formats") or ["qcow2"])
@@ -998,6 +1023,8 @@ def artifact_found(target: Mapping[str, Any]) -> bool | None:
     """Whether the target's artifact with its fingerprint exists, as its role's ``find`` step says; None when
     that cannot be told cheaply (docker targets: the engine decides; a base_image without its checksum would be
     read whole)."""
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
     if target.get("force"):
         return False
     options = _options(target)
