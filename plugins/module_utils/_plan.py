@@ -831,12 +831,12 @@ def sign_plan(value: Any, cwd: str) -> dict[str, Any] | None:
 
 def check_hygiene(hygiene: Any, where: str) -> dict[str, Any]:
     """A ``hygiene`` setting (``skip``, ``var_log_max``), checked: unknown check names and bad sizes refused."""
-    from ansible_collections.bakery.images.plugins.module_utils import _hygiene
-
     if hygiene is None:
         return {}
     if not isinstance(hygiene, Mapping):
         raise BakeryError("%s must be a dictionary (skip, var_log_max)" % where)
+    from ansible_collections.bakery.images.plugins.module_utils import _hygiene
+
     try:
         if hygiene.get("skip") is not None:
             _hygiene.check_names(as_list(hygiene["skip"]), "skip")

@@ -8,7 +8,7 @@ how to fix it. The checks, by target type (:data:`CHECKS`; cloud checks are adde
 
 * **tools**: the commands and files the target's modules run on the build host (``qemu-img``, ``bwrap``,
   ``mmdebstrap`` when the base rootfs is not in the cache, ...), each with the Debian package that ships it
-  (:data:`PACKAGES`), searched as the module that runs it searches;
+  (:func:`packages`), searched as the module that runs it searches;
 * **engine**: the Docker engine of a docker target (its ``docker_host``, else ``DOCKER_HOST``, else the local
   socket) answers, within a short timeout;
 * **disk_space**: what a disk target's build will likely write (per copy of the disk, work files and outputs:
@@ -74,7 +74,8 @@ OWN_PACKAGES: dict[str, str] = {
 
 @functools.cache
 def packages() -> dict[str, str]:
-    """Every command and file the checks name -> its Debian package (also as the module attribute PACKAGES)."""
+    """Every command and file the checks name -> its Debian package (built on first use: the disk and VM modules'
+    tables need their imports)."""
     from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk, _qemu_vm
 
     return {
@@ -82,12 +83,6 @@ def packages() -> dict[str, str]:
         **{name: text.replace("Debian package ", "") for name, text in _qemu_vm.PACKAGES.items()},
         **OWN_PACKAGES,
     }
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PACKAGES":
-        return packages()
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 # what modules search besides PATH (_qemu_disk.which, _rootfs.find_mmdebstrap)
@@ -854,10 +849,10 @@ def _content(target: Mapping[str, Any], ctx: Context) -> int:
 
 def _copies(target: Mapping[str, Any], ctx: Context) -> list[tuple[str, int, str]]:
     """(directory, copies of the disk's content, what) a build of the target writes."""
-    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
-
     options = _options(target)
     if target["type"] == "qemu":
+        from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
         formats = list(options.get("formats") or ["qcow2"])
         output = target.get("output_dir") or "output"
         cache = os.path.dirname(_qemu_disk.workdir_for(target))
@@ -1023,13 +1018,13 @@ def artifact_found(target: Mapping[str, Any]) -> bool | None:
     """Whether the target's artifact with its fingerprint exists, as its role's ``find`` step says; None when
     that cannot be told cheaply (docker targets: the engine decides; a base_image without its checksum would be
     read whole)."""
-    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
-
     if target.get("force"):
         return False
     options = _options(target)
     try:
         if target["type"] == "qemu":
+            from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
             outputs = _qemu_disk.outputs_for(target)
             if not all(os.path.isfile(out["path"]) for out in outputs):
                 return False

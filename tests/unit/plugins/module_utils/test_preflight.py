@@ -546,11 +546,11 @@ def test_the_remedy_for_a_foreign_architecture_names_what_is_missing(tmp_path, m
 
 def test_the_package_table_agrees_with_the_modules():
     for command, package in _qemu_disk.TOOLS.items():
-        assert _preflight.PACKAGES[command] == package
+        assert _preflight.packages()[command] == package
     for command, text in _qemu_vm.PACKAGES.items():
-        assert text == "Debian package " + _preflight.PACKAGES[command]
+        assert text == "Debian package " + _preflight.packages()[command]
     for package in _qemu_disk.GRUB_PLATFORMS.values():
-        assert package in _preflight.PACKAGES.values()
+        assert package in _preflight.packages().values()
 
 
 def test_artifact_found_reads_the_qemu_sidecars(tmp_path):
