@@ -20,6 +20,12 @@ description:
     callback only shows that summary; it computes nothing.
   - On SIGINT or SIGTERM it stops the running tasks and removes the bake's temporary resources before the
     run exits (O(cleanup_on_signal)); Ansible alone would exit without running the cleanup play.
+  - >-
+    Keeps the compiled code of the collections' Python (plugins, module utilities) in a bytecode cache, as
+    Python does for other code, so that a run does not compile the same unchanged files again (about 0.8 s of
+    every bake). The cache is C(~/.cache/bakery/ansible-bytecode) (or under E(XDG_CACHE_HOME)), or the
+    directory named by the E(BAKERY_BYTECODE_CACHE) environment variable; that variable set empty turns it
+    off. A changed file is compiled again.
   - Works beside any stdout callback. It stays quiet when the stdout callback writes machine-readable
     output (a name ending in C(json) or C(jsonl)), which must not be mixed with other lines.
   - Enable it in C(ansible.cfg) with C(callbacks_enabled = bakery.images.bake_progress) (the
@@ -76,6 +82,8 @@ from ansible import constants as C
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
+from ansible_collections.bakery.images.plugins.plugin_utils import _bytecode
+
 REPORT_ACTIONS = frozenset(("bakery.images.bake_report", "bake_report"))
 PLAN_ACTIONS = frozenset(("bakery.images.bake_plan", "bake_plan"))
 JANITOR_PLAYBOOK = os.path.join(
@@ -110,6 +118,9 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # loaded in Ansible's main process before the first task: every collection module imported from here on,
+        # here and in the workers, is compiled once and then read from the bytecode cache
+        _bytecode.install()
         self._lock = threading.Lock()
         # host name -> [task uuid, task name, started, last line printed]; a host runs one task at a time
         self._running: dict[str, list] = {}

@@ -8,7 +8,7 @@ import time
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _provisioners, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _provisioners
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 
@@ -36,11 +36,17 @@ def qemu_artifact(result, target, started=None):
     return _manifest.qemu_artifact(result, target, started, time.time())
 
 
+# _qemu_disk is imported by the filters of disk targets only: every bake loads this file, in its main process and
+# in the workers of the tasks that use a filter of it, and a docker-only bake needs none of the disk code
 def qemu_outputs(target):
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
     return _qemu_disk.outputs_for(target)
 
 
 def qemu_workdir(target):
+    from ansible_collections.bakery.images.plugins.module_utils import _qemu_disk
+
     return _qemu_disk.workdir_for(target)
 
 

@@ -744,10 +744,12 @@ def test_fetch_url_answers_for_files_and_refused_connections(tmp_path):
 def test_a_bake_without_cloud_targets_does_not_import_the_cloud_checks():
     """The cloud checks, and boto3 and google-auth with them, are imported only for a bake with a cloud target (they
     cost every bake 0.26 s in Ansible's main process): the preflight of a docker target leaves them out. So do the
-    plan's checks of a docker target and the preflight's with the disk, VM, box and hygiene modules (0.1 s)."""
+    plan's checks of a docker target and the preflight's with the disk, VM, box and hygiene modules (0.1 s), and the
+    playbook's filters, which every bake loads."""
     code = (
         "import sys\n"
         "from ansible_collections.bakery.images.plugins.module_utils import _plan, _preflight\n"
+        "from ansible_collections.bakery.images.plugins.filter import bake\n"
         "_plan.check_target('docker', {'repository': 'bakery/web', 'tags': ['1']}, 'targets[0].docker')\n"
         "host = _preflight.Host(env={}, ping=lambda docker_host, timeout: None, fetch=lambda url, timeout: None)\n"
         "_preflight.preflight([{'name': 'd', 'type': 'docker', 'options': {}}], host)\n"
