@@ -1,0 +1,293 @@
+# Copyright: bakery contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible's payloads of modules (AnsiballZ), kept from one run to the next.
+
+Before Ansible runs a Python module on a host it assembles the module's payload: it parses the module and every
+module utility the module imports, transitively (``recursive_finder``), and zips them. It keeps the payload for the
+rest of the run, in ``ansiballz_cache`` under the run's own temporary directory (``C.DEFAULT_LOCAL_TMP``), which goes
+when the run ends: every run assembles every module it uses again. In a bake that provisions a build container it
+is the largest part of the host's own work per task: py-spy put 3.1 s of a 25 s forced Docker bake in it (the eight
+modules of bakery.images.example_web and the bake's own tasks, 0.2-0.5 s each, one after the other), and a bake in
+a builder VM pays the same on the host.
+
+Here the payloads a run assembled are kept in a cache directory when it ends (:func:`keep`), and put where Ansible
+looks for them when the next run starts (:func:`restore`), so that it assembles only what changed. A kept payload is
+used only when nothing it could hold has changed:
+
+- it is kept per ansible-core version and Python (the payload's format and the pickle of Ansible's entry);
+- it is kept only when every file in it is, byte for byte, the file on disk it came from at the end of the run (the
+  module, and the module utilities of ansible-core or of a collection); else it is not kept;
+- it is used only while every file under the module's own file and the module-utility directories it drew from (all
+  of ``ansible/module_utils``, all of a collection's ``plugins/module_utils``) has the size and modification time it
+  had when the payload was kept: a changed, added or removed file there, or another installation of a collection
+  found first, leaves the payload unused, and Ansible assembles it again.
+
+Modules outside ansible-core and collections (a role's ``library``) are never kept. Anything unexpected (another
+layout of Ansible's cache, a file that cannot be read) keeps or restores nothing: Ansible assembles the payload as
+it always does. The cache is ``ansiballz`` beside the bytecode cache (:mod:`_bytecode`), one entry per module, and
+``BAKERY_ANSIBALLZ_CACHE`` names another directory; an empty value turns it off.
+
+Written here because ansible-core keeps its payloads for one run only and has no option to keep them longer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable
+
+ENV = "BAKERY_ANSIBALLZ_CACHE"
+KEPT = ".kept"
+# how Ansible's payloads begin the packages ``ansible`` and ``ansible.module_utils`` (namespace packages)
+_STUB = b"from pkgutil import extend_path"
+
+
+def cache_dir() -> str | None:
+    """``$BAKERY_ANSIBALLZ_CACHE``, else ``bakery/ansiballz/<ansible-core version>-<python>`` under
+    ``$XDG_CACHE_HOME`` (``~/.cache``); None when the variable is set empty."""
+    if ENV in os.environ:
+        base = os.environ[ENV]
+        if not base:
+            return None
+    else:
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(home, "bakery", "ansiballz")
+    try:
+        from ansible.release import __version__
+    except ImportError:
+        return None
+    return os.path.join(base, "%s-%s" % (__version__, sys.implementation.cache_tag or "python"))
+
+
+def run_cache() -> str | None:
+    """Ansible's cache of assembled payloads of this run (it is made when the first payload is)."""
+    try:
+        from ansible import constants as C
+
+        return os.path.join(C.DEFAULT_LOCAL_TMP, "ansiballz_cache")  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - another ansible-core: nothing is kept or restored
+        return None
+
+
+def _ansible_root() -> str:
+    import ansible
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
+
+
+def _collection_roots() -> list[str]:
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+    return [os.path.abspath(path) for path in AnsibleCollectionConfig.collection_paths or []]
+
+
+class _Sources:
+    """Where a payload's files come from: ``ansible/...`` from ansible-core's installation, ``ansible_collections/
+    ns/coll/...`` from the first collection path that has the collection (the one Ansible's loader uses)."""
+
+    def __init__(self) -> None:
+        self.ansible = _ansible_root()
+        self.collections = _collection_roots()
+        self._found: dict[tuple[str, str], str | None] = {}
+
+    def collection(self, namespace: str, name: str) -> str | None:
+        key = (namespace, name)
+        if key not in self._found:
+            self._found[key] = next(
+                (
+                    os.path.join(root, "ansible_collections", namespace, name)
+                    for root in self.collections
+                    if os.path.isdir(os.path.join(root, "ansible_collections", namespace, name))
+                ),
+                None,
+            )
+        return self._found[key]
+
+    def path(self, member: str) -> str | None:
+        """The file on disk of the payload's member *member*; None when there is none (a package's
+        ``__init__.py`` that Ansible writes itself)."""
+        parts = member.split("/")
+        if parts[0] == "ansible":
+            return os.path.join(self.ansible, *parts)
+        if parts[0] == "ansible_collections" and len(parts) > 3:
+            root = self.collection(parts[1], parts[2])
+            return os.path.join(root, *parts[3:]) if root else None
+        return None
+
+    def trees(self, members: Iterable[str]) -> list[str]:
+        """The module-utility directories the members were drawn from."""
+        found = set()
+        for member in members:
+            parts = member.split("/")
+            if parts[:2] == ["ansible", "module_utils"]:
+                found.add(os.path.join(self.ansible, "ansible", "module_utils"))
+            elif parts[0] == "ansible_collections" and parts[3:5] == ["plugins", "module_utils"]:
+                root = self.collection(parts[1], parts[2])
+                if root:
+                    found.add(os.path.join(root, "plugins", "module_utils"))
+        return sorted(found)
+
+
+def _tree_state(tree: str) -> bytes:
+    digest = hashlib.sha256(b"tree %s\n" % tree.encode("utf-8", "surrogateescape"))
+    for directory, dirs, files in os.walk(tree):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            stat = os.lstat(path)
+            digest.update(
+                b"%s\0%d\0%d\n" % (path.encode("utf-8", "surrogateescape"), stat.st_size, stat.st_mtime_ns)
+            )
+    return digest.digest()
+
+
+def state(paths: Iterable[str], trees: Iterable[str], memo: dict[str, bytes] | None = None) -> str:
+    """The size and modification time of the files *paths* and of every file under the directories *trees*
+    (*memo*: the trees' states already read in this pass)."""
+    memo = {} if memo is None else memo
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = os.stat(path)
+        digest.update(
+            b"%s\0%d\0%d\n" % (path.encode("utf-8", "surrogateescape"), stat.st_size, stat.st_mtime_ns)
+        )
+    for tree in sorted(trees):
+        if tree not in memo:
+            memo[tree] = _tree_state(tree)
+        digest.update(memo[tree])
+    return digest.hexdigest()
+
+
+def _members(entry: str) -> dict[str, bytes]:
+    """The files of the payload in Ansible's cache entry *entry* (a pickled ``_CachedModule``)."""
+    with open(entry, "rb") as handle:
+        cached = pickle.load(handle)  # noqa: S301 - Ansible's own entry, written by this run
+    data = base64.b64decode(cached.zip_data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def describe(entry: str, sources: _Sources, memo: dict[str, bytes] | None = None) -> dict | None:
+    """What keeps the payload of *entry* valid (see the module's docstring), or None when it must not be kept: a
+    file in it is not the file on disk it came from, or comes from outside ansible-core and the collections."""
+    members = _members(entry)
+    paths = []
+    for member, data in members.items():
+        path = sources.path(member)
+        same = False
+        if path is not None and os.path.isfile(path):
+            with open(path, "rb") as handle:
+                same = handle.read() == data
+        if not same:
+            if member.endswith("__init__.py") and (not data.strip() or data.startswith(_STUB)):
+                continue  # a package that Ansible writes into the payload itself (empty, or a namespace)
+            return None
+        # the module itself: its own file; module utilities are covered by their directories below
+        if "/module_utils/" not in member:
+            paths.append(path)
+    trees = sources.trees(members)
+    return {"paths": sorted(paths), "trees": trees, "state": state(paths, trees, memo)}
+
+
+def _valid(signature: dict, memo: dict[str, bytes] | None = None) -> bool:
+    try:
+        return state(signature["paths"], signature["trees"], memo) == signature["state"]
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _read_kept(path: str) -> tuple[dict, bytes]:
+    """A kept payload: its signature (a JSON line), then Ansible's entry as it was in the run's cache. One file, so
+    that bakes keeping the same module at once never pair one's signature with the other's payload."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    line, _newline, entry = data.partition(b"\n")
+    signature = json.loads(line)
+    if not isinstance(signature, dict):
+        raise ValueError("not a signature")
+    return signature, entry
+
+
+def restore(kept: str | None = None, run: str | None = None) -> list[str]:
+    """Put every kept payload that is still valid into this run's cache; the names of those put there."""
+    kept = kept if kept is not None else cache_dir()
+    run = run if run is not None else run_cache()
+    if not kept or not run or not os.path.isdir(kept):
+        return []
+    restored = []
+    memo: dict[str, bytes] = {}
+    for name in sorted(os.listdir(kept)):
+        if not name.endswith(KEPT) or name.startswith("."):
+            continue
+        entry = name[: -len(KEPT)]
+        try:
+            signature, payload = _read_kept(os.path.join(kept, name))
+            if not _valid(signature, memo) or os.path.exists(os.path.join(run, entry)):
+                continue
+            os.makedirs(run, exist_ok=True)
+            _write(os.path.join(run, entry), payload)
+            restored.append(entry)
+        except (OSError, ValueError):
+            continue
+    return restored
+
+
+def keep(kept: str | None = None, run: str | None = None) -> list[str]:
+    """Keep the payloads this run assembled that are not kept yet (or kept for other files); their names."""
+    kept = kept if kept is not None else cache_dir()
+    run = run if run is not None else run_cache()
+    if not kept or not run or not os.path.isdir(run):
+        return []
+    sources = None
+    written = []
+    memo: dict[str, bytes] = {}
+    for entry in sorted(os.listdir(run)):
+        if entry.endswith((".lock", "-part")) or entry.startswith("."):
+            continue
+        path = os.path.join(kept, entry + KEPT)
+        try:
+            if _valid(_read_kept(path)[0], memo):
+                continue  # kept already, and still valid
+        except (OSError, ValueError):
+            pass
+        try:
+            sources = sources or _Sources()
+            signature = describe(os.path.join(run, entry), sources, memo)
+            if signature is None:
+                continue
+            with open(os.path.join(run, entry), "rb") as handle:
+                payload = handle.read()
+            os.makedirs(kept, mode=0o700, exist_ok=True)
+            _write(path, json.dumps(signature).encode() + b"\n" + payload)
+            written.append(entry)
+        except Exception:  # noqa: BLE001 - a cache: what cannot be kept is assembled again next run
+            continue
+    return written
+
+
+def _write(path: str, data: bytes) -> None:
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def clear(kept: str | None = None) -> None:
+    """Forget every kept payload."""
+    kept = kept if kept is not None else cache_dir()
+    if kept:
+        shutil.rmtree(kept, ignore_errors=True)
