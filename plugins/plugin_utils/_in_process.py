@@ -115,6 +115,11 @@ class StandInModule:
 
 
 def _interpreter(action: Any, task_vars: Mapping[str, Any]) -> str | None:
+    # a delegated task's module runs with the interpreter of the host it is delegated to (Ansible's
+    # ActionBase._configure_module reads it from the delegated host's variables, as here)
+    delegate_to = getattr(action._task, "delegate_to", None)
+    if delegate_to:
+        task_vars = (task_vars.get("ansible_delegated_vars") or {}).get(delegate_to) or {}
     value = task_vars.get("ansible_python_interpreter")
     if value is None:
         return None

@@ -24,7 +24,11 @@ def action(
     return SimpleNamespace(
         _connection=SimpleNamespace(transport=transport),
         _play_context=SimpleNamespace(become=False, check_mode=check_mode, diff=False),
-        _task=SimpleNamespace(async_val=task.get("async_val", 0), environment=environment or [{}]),
+        _task=SimpleNamespace(
+            async_val=task.get("async_val", 0),
+            environment=environment or [{}],
+            delegate_to=task.get("delegate_to"),
+        ),
         _templar=templar,
         _loader=SimpleNamespace(get_basedir=lambda: str(tmp_path)),
     )
@@ -51,6 +55,18 @@ def test_only_a_local_task_in_the_controllers_python_runs_in_the_worker(tmp_path
     assert not _in_process.eligible(become, here)
     monkeypatch.setenv(_in_process.SWITCH, "0")
     assert not _in_process.eligible(action(tmp_path), here)
+
+
+def test_a_task_delegated_to_a_local_host_in_the_controllers_python_runs_in_the_worker(tmp_path):
+    """A builder's task delegated to its target's host (the docker step cache's commit, say): the interpreter is the
+    delegated host's, as Ansible's ActionBase reads it, not the builder's."""
+    builder = {"ansible_python_interpreter": "/usr/bin/python3"}
+    delegated = dict(builder, ansible_delegated_vars={"t1": {"ansible_python_interpreter": sys.executable}})
+    assert _in_process.eligible(action(tmp_path, delegate_to="t1"), delegated)
+    assert not _in_process.eligible(action(tmp_path), delegated)
+    assert not _in_process.eligible(action(tmp_path, delegate_to="t2"), delegated)
+    reversed_ = {"ansible_python_interpreter": sys.executable, "ansible_delegated_vars": {"t1": builder}}
+    assert not _in_process.eligible(action(tmp_path, delegate_to="t1"), reversed_)
 
 
 def test_the_module_writes_its_result_with_defaults_applied_and_changed_truthful(tmp_path):
