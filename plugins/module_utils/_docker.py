@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _reproducible
+from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _overlay, _reproducible
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_tarball,
@@ -1162,11 +1162,12 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
 # ---------------------------------------------------------------- reproducible layers
 #
 # The final image of a container bake is its base image's layers plus one layer that is a function of the
-# container's file system only (module_utils/_layer.py): both file systems are exported, compared, and the changes
-# written as a normalised tar (sorted, times clamped to the bake's SOURCE_DATE_EPOCH, numeric owners, whiteouts
-# for what went), which is loaded (``docker load``) with the image config. The engine looks every layer up by its
-# chain id before it reads the archive's file for it: the base layers are never sent, and a layer it has already
-# (the same bake again) is not stored twice.
+# container's file system only (module_utils/_layer.py): both file systems are indexed (the base image's from an
+# export, kept by image id; the container's from its overlay directories, module_utils/_overlay.py, else from its
+# export), compared, and the changes written as a normalised tar (sorted, times clamped to the bake's
+# SOURCE_DATE_EPOCH, numeric owners, whiteouts for what went), which is loaded (``docker load``) with the image
+# config. The engine looks every layer up by its chain id before it reads the archive's file for it: the base layers
+# are never sent, and a layer it has already (the same bake again) is not stored twice.
 
 # What provisioning leaves that differs from one run to the next although the bake is the same (logs, the
 # package tools' backups and binary caches, random seeds, ...: the root-filesystem builders' list, with the reason
@@ -1311,6 +1312,22 @@ def image_packages(
     return _dpkg_db.records(reader)
 
 
+def _merged_tree(client: Any, cid: str, base_image: dict[str, Any]) -> tuple[_overlay.MergedTree | None, str]:
+    """The merged view of the running container *cid*'s overlay directories above *base_image*, when this process
+    can read it as the container's export would give it (:func:`_overlay.overlay_of`); else None and why."""
+    if os.environ.get(_overlay.READ_FROM_ENV) == "export":
+        return None, "%s=export" % _overlay.READ_FROM_ENV
+    try:
+        container, info = client.api.inspect_container(cid), client.api.info()
+    except APIError as exc:
+        return None, "cannot inspect the container or the engine: %s" % exc.explanation
+    try:
+        overlay, why = _overlay.overlay_of(container, base_image, info)
+    except OSError as exc:
+        return None, "cannot read this host's mounts: %s" % exc
+    return (_overlay.MergedTree(overlay) if overlay else None), why
+
+
 def reproducible_image(
     client: Any, cid: str, base_id: str, conf: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -1318,8 +1335,10 @@ def reproducible_image(
     container's file system changed (normalised, :mod:`_layer`), with the container config *conf*.
 
     SOURCE_DATE_EPOCH is ``params["source_date_epoch"]`` (the bake's), else the newest modification time of the
-    base image's files (stable for one base image, so for one rootfs cache). Returns the image id, the layer's
-    diff id and what making it took."""
+    base image's files (stable for one base image, so for one rootfs cache). The container's files are read from
+    its overlay directories where they give what its export would (:mod:`_overlay`), else from the export
+    (``read_from``, and ``read_from_why`` not). Returns the image id, the layer's diff id and what making it
+    took."""
     base_image = _image(client, base_id) if base_id else None
     if base_image is None:
         raise BakeryError("the base image %s of the build container is gone" % (base_id or "?"))
@@ -1330,36 +1349,55 @@ def reproducible_image(
         base_entries, base_from = base_index(
             client, base_image["Id"], params.get("bake_id"), params.get("index_cache")
         )
-        # the export is indexed (every file hashed) as it streams, and copied to a file as it is read: the
-        # members' data offsets in the stream are their offsets in the copy, where the layer's contents are read
-        exported = os.path.join(workdir, "container.tar")
-        with open(exported, "w+b") as copy:
-            try:
-                chunks = _ChunkReader(client.api.export(cid), copy_to=copy)
-                with tarfile.open(fileobj=chunks, mode="r|") as stream:
-                    final = index_tar(stream)
-                    members = {member_name(member.name): member for member in stream.getmembers()}
-                chunks.drain()
-            except APIError as exc:
-                raise BakeryError("docker export of %s failed: %s" % (cid[:12], exc.explanation)) from exc
-        exported_at = time.monotonic()
         epoch = params.get("source_date_epoch")
         epoch_source = "source_date_epoch"
         if epoch is None:
             epoch, epoch_source = newest_mtime(base_entries), "the newest mtime of the base image's files"
         epoch = int(epoch)
         layer_path = os.path.join(workdir, "layer.tar")
-        with open(exported, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+
+        def layer(final: dict[str, Entry], content: Callable[[str], Any], packages_of: Callable) -> tuple:
             kept = image_entries(base_entries, final, VARYING_PATHS)
             paths, whiteouts = changes(base_entries, final, VARYING_PATHS, kept)
-
-            # a regular file's member (a hard link's content is its target's: write_layer asks for that)
-            def content(name: str) -> Any:
-                return archive.extractfile(members[name])
-
             with open(layer_path, "wb") as layer_file:
                 diff_id, size = write_layer(layer_file, final, paths, whiteouts, content, epoch)
-            packages = image_packages(kept, members, archive.extractfile)
+            return diff_id, size, paths, whiteouts, packages_of(kept)
+
+        # the container's files from its overlay directories where they can be read as its export would give
+        # them (_overlay), else from the export
+        made = None
+        tree, why = _merged_tree(client, cid, base_image)
+        if tree is not None:
+            try:
+                final = tree.index(base_entries)
+                exported_at = time.monotonic()
+                made = layer(final, tree.open, tree.packages)
+            except (OSError, _overlay.Unusable) as exc:
+                if not _overlay.reading_error(exc):
+                    raise
+                why = "reading the overlay directories failed: %s" % exc
+        if made is None:
+            # the export is indexed (every file hashed) as it streams, and copied to a file as it is read: the
+            # members' data offsets in the stream are their offsets in the copy, where the layer's contents are
+            # read
+            exported = os.path.join(workdir, "container.tar")
+            with open(exported, "w+b") as copy:
+                try:
+                    chunks = _ChunkReader(client.api.export(cid), copy_to=copy)
+                    with tarfile.open(fileobj=chunks, mode="r|") as stream:
+                        final = index_tar(stream)
+                        members = {member_name(member.name): member for member in stream.getmembers()}
+                    chunks.drain()
+                except APIError as exc:
+                    raise BakeryError("docker export of %s failed: %s" % (cid[:12], exc.explanation)) from exc
+            exported_at = time.monotonic()
+            with open(exported, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+                # a regular file's member (a hard link's content is its target's: write_layer asks for that)
+                def content(name: str) -> Any:
+                    return archive.extractfile(members[name])
+
+                made = layer(final, content, lambda kept: image_packages(kept, members, archive.extractfile))
+        diff_id, size, paths, whiteouts, packages = made
         diff_ids = list((base_image.get("RootFS") or {}).get("Layers") or []) + [diff_id]
         config = canonical_json(image_config(base_image, conf, diff_ids, epoch)).encode()
         archive_path = os.path.join(workdir, "image.tar")
@@ -1392,6 +1430,8 @@ def reproducible_image(
         source_date_epoch=epoch,
         source_date_epoch_from=epoch_source,
         base_index=base_from,
+        read_from="export" if why else "overlay",
+        read_from_why=why,
         export_seconds=round(exported_at - started, 3),
         write_seconds=round(written_at - exported_at, 3),
         load_seconds=round(time.monotonic() - written_at, 3),

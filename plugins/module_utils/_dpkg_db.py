@@ -120,7 +120,8 @@ class TreeReader(Reader):
 
 class TarReader(Reader):
     """Members of tar archives of an artifact's files (``docker cp``-like archives: member names relative to
-    the archived path's parent directory, given as *parent*)."""
+    the archived path's parent directory, given as *parent*), or the same paths from an index of such an archive
+    (:meth:`add_entry`: a commit that read the container's files from its overlay directories)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -145,15 +146,40 @@ class TarReader(Reader):
     ) -> None:
         """Take one member, at *path* (relative to the root); ``extract(member)`` gives a regular file's content
         (a file object) when ``wanted(path)`` says so (always without *wanted*)."""
-        self._add_dirs(path)
-        if member.isdir():
-            self.dirs.add(path)
-        elif member.issym():
-            self.links[path] = member.linkname
-        elif member.isfile() and (wanted is None or wanted(path)):
+
+        def read() -> bytes | None:
             handle = extract(member)
-            if handle is not None:
-                self.files[path] = handle.read()
+            return handle.read() if handle is not None else None
+
+        self.add_entry(
+            path,
+            directory=member.isdir(),
+            target=member.linkname if member.issym() else None,
+            read=read if member.isfile() else None,
+            wanted=wanted,
+        )
+
+    def add_entry(
+        self,
+        path: str,
+        directory: bool = False,
+        target: str | None = None,
+        read: Callable[[], bytes | None] | None = None,
+        wanted: Any = None,
+    ) -> None:
+        """Take one path (relative to the root) of an index of the archive rather than its member: a directory, a
+        symbolic link to *target*, or a regular file whose content ``read()`` gives when ``wanted(path)`` says so
+        (always without *wanted*). Anything else (*read* None: a hard link, a device) only makes its parent
+        directories known, as its member would."""
+        self._add_dirs(path)
+        if directory:
+            self.dirs.add(path)
+        elif target is not None:
+            self.links[path] = target
+        elif read is not None and (wanted is None or wanted(path)):
+            content = read()
+            if content is not None:
+                self.files[path] = content
 
     def _add_dirs(self, path: str) -> None:
         parent = posixpath.dirname(path)

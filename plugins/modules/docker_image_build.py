@@ -421,8 +421,19 @@ layer:
     base_index:
       description: Where the base image's index came from, V(kept) in O(index_cache) or read from an V(export).
       type: str
+    read_from:
+      description: >-
+        Where the container's files were read from: V(overlay), its overlay directories on this host (a local
+        overlay2 engine, the container running), or V(export), the engine's export of its file system. Both
+        give the same layer.
+      type: str
+    read_from_why:
+      description: Why the files were read from the export (empty when they were read from the overlay directories).
+      type: str
     export_seconds:
-      description: Seconds spent exporting the container's file system, indexed as it streams (and the base image's, when its index was not kept).
+      description: >-
+        Seconds spent reading and indexing the container's file system (from the overlay directories, or its
+        export as it streams), and the base image's when its index was not kept.
       type: float
     write_seconds:
       description: Seconds spent comparing them and writing the layer and the image archive.
