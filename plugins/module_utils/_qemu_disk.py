@@ -52,6 +52,7 @@ from ansible_collections.bakery.images.plugins.module_utils import (
     _isolation,
     _qemu_arch,
     _reproducible,
+    _rootfs,
     _standin,
     _step_cache,
 )
@@ -211,6 +212,10 @@ class DiskOptions:
     architecture: str = _qemu_arch.DEFAULT
     # every time in a disk made from a tree (None: one that follows from the fingerprint)
     source_date_epoch: int | None = None
+    # a builder VM's disk made from a rootfs tarball gets the package lists kept beside it (_rootfs.seed_apt_lists);
+    # no input of the fingerprint: the refresh before the first provisioner runs either way, and the lists leave
+    # the tree before the disk of the image is made from it
+    apt_lists: bool = False
 
     @property
     def primary(self) -> Output:
@@ -363,6 +368,7 @@ def parse_options(params: Mapping[str, Any]) -> DiskOptions:
         hygiene_results=hygiene_results,
         source_date_epoch=parse_epoch(params.get("source_date_epoch")),
         architecture=architecture,
+        apt_lists=bool(params.get("apt_lists")) and bool(rootfs),
     )
 
 
@@ -1293,8 +1299,10 @@ def unpack(
     steps: Steps,
     hostname: str | None = None,
     epoch: int | None = None,
+    apt_lists: str | None = None,
 ) -> dict[str, Any]:
-    """Unpack a rootfs tarball into ``<workdir>/root`` for chroot provisioning.
+    """Unpack a rootfs tarball into ``<workdir>/root`` for chroot provisioning; with *apt_lists* (the package
+    lists kept beside the rootfs tarball), the tree gets them (``_rootfs.seed_apt_lists``).
 
     The directory is marked temporary (``.bakery-temporary`` holds the bake id) for the cleanup and a
     janitor. While it is provisioned it gets the host's resolv.conf and a policy-rc.d that keeps package
@@ -1330,7 +1338,11 @@ def unpack(
         ],
         "unpacking %s" % tarball,
     )
-    return prepare_chroot(workdir, root, hostname, epoch)
+    seeded = _rootfs.seed_apt_lists(apt_lists, root) if apt_lists else None
+    result = prepare_chroot(workdir, root, hostname, epoch)
+    if seeded is not None:
+        result["apt_lists"] = seeded
+    return result
 
 
 def prepare_chroot(
@@ -1664,6 +1676,9 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
             "unpacking %s" % rootfs,
             timeout=opts.timeout,
         )
+        seeded = _rootfs.seed_apt_lists(_rootfs.apt_lists_path(rootfs), root) if opts.apt_lists else None
+        if seeded is not None:
+            details["apt_lists"] = seeded
     else:
         raise BakeryError("rootfs %s does not exist" % rootfs)
     arch = _qemu_arch.get(opts.architecture)
@@ -1865,7 +1880,16 @@ def unpack_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, Any]
 
         def unpack_from(path: str) -> dict[str, Any]:
             epoch = parse_epoch(params.get("source_date_epoch"))
-            return unpack(path, workdir, params.get("bake_id"), steps, params.get("hostname") or None, epoch)
+            # the package lists of the rootfs, when the tree starts from it (a cached step has the lists it
+            # refreshed)
+            lists = (
+                _rootfs.apt_lists_path(os.path.abspath(str(rootfs)))
+                if params.get("apt_lists") and path == os.path.abspath(str(rootfs))
+                else None
+            )
+            return unpack(
+                path, workdir, params.get("bake_id"), steps, params.get("hostname") or None, epoch, lists
+            )
 
         try:
             result.update(unpack_from(tarball))

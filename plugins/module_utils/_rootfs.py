@@ -10,10 +10,16 @@ components, architecture, keyring content, extra apt sources, tarball format).  
 The build writes to a temporary name beside *path* that keeps the tarball extension (mmdebstrap
 picks the compressor from it) and is renamed onto *path* only when mmdebstrap succeeded; on any
 failure, timeout or interruption the partial output is removed.
+
+The package lists mmdebstrap fetched (which it removes from the tree at the end of its build) are kept beside the
+tarball, ``<path>.apt-lists.tar``: a builder made from the tarball starts with them, so that its refresh before
+the first provisioner fetches only what changed on the mirror since.  They are no input of the fingerprint, and a
+tarball without them (built before they were kept) is used as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -21,8 +27,10 @@ import shutil
 import signal
 import struct
 import subprocess
+import tarfile
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -102,6 +110,13 @@ INPUT_NAMES = (
     "extra_sources",
     "format",
 )
+
+# The package lists beside the tarball (see the module's docstring), and the customize hook that writes them: the
+# lists directory's files but the lock (not partial/, auxfiles/), as root's, in name order.  The hook runs on the host
+# (as fake root under unshare); when it cannot write them it leaves the file empty, and the build goes on: a
+# rootfs without lists is what one built before they were kept.
+APT_LISTS_SUFFIX = ".apt-lists.tar"
+APT_LISTS_DIR = "var/lib/apt/lists"
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDERR_TAIL = 20
@@ -560,11 +575,33 @@ def installs_a_kernel(packages: list[str]) -> bool:
     return any(name.startswith("linux-image-") or name == "initramfs-tools" for name in names)
 
 
+def apt_lists_path(path: str) -> str:
+    """Where the package lists of the rootfs tarball *path* are kept."""
+    return path + APT_LISTS_SUFFIX
+
+
+def apt_lists_hook(output: str) -> str:
+    """The customize hook that writes the package lists into the tar file *output* (see :data:`APT_LISTS_SUFFIX`)."""
+    out = shlex.quote(output)
+    # one line: mmdebstrap's log shows a hook's command
+    return (
+        f'cd "$1/{APT_LISTS_DIR}" 2>/dev/null || exit 0; '
+        "find . -mindepth 1 -maxdepth 1 -type f ! -name lock -printf '%P\\0' | LC_ALL=C sort -z"
+        f" | tar --null --no-recursion --numeric-owner --owner=0 --group=0 -cf {out} -T -"
+        f" || (: > {out}) 2>/dev/null; exit 0"
+    )
+
+
 def build_command(
-    opts: RootfsOptions, target: str, mmdebstrap: str = "mmdebstrap", busybox: str | None = None
+    opts: RootfsOptions,
+    target: str,
+    mmdebstrap: str = "mmdebstrap",
+    busybox: str | None = None,
+    lists: str | None = None,
 ) -> list[str]:
     """The mmdebstrap argv that builds *opts* into *target* (whose name keeps the tarball ending); *busybox*:
-    the host's static busybox that speeds up the initramfs build (``initramfs_busybox``), None: none."""
+    the host's static busybox that speeds up the initramfs build (``initramfs_busybox``), None: none; *lists*:
+    the file that gets the package lists (``apt_lists_hook``), None: they are not kept."""
     argv = [
         mmdebstrap,
         f"--variant={opts.variant}",
@@ -582,6 +619,9 @@ def build_command(
             f"--essential-hook={INITRAMFS_DIVERT_HOOK}",
             f"--customize-hook={initramfs_once_hook(busybox)}",
         ]
+    if lists:
+        # customize hooks run before mmdebstrap's cleanup removes the lists
+        argv.append(f"--customize-hook={apt_lists_hook(lists)}")
     argv += [opts.suite, target, opts.mirror]
     argv += opts.extra_sources
     return argv
@@ -805,6 +845,65 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+@contextlib.contextmanager
+def _partial_beside(path: str) -> Iterator[str]:
+    """A temporary file beside *path*, named as the janitor knows leftovers of atomic writes
+    (``.<name>.<random>.partial``) and held open meanwhile (a janitor leaves open files alone); gone afterwards
+    unless the block renamed it."""
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=os.path.dirname(path)
+    )
+    try:
+        yield tmp
+    finally:
+        os.close(fd)
+        _remove(tmp)
+
+
+# --------------------------------------------------------------------------- seeding a builder
+
+
+def seed_apt_lists(lists: str, root: str) -> dict[str, Any] | None:
+    """Put the package lists kept beside a rootfs tarball (*lists*, ``apt_lists_path``) into the tree *root*
+    unpacked from it, so that the builder's refresh before the first provisioner fetches only what changed on
+    the mirror since the rootfs was built.  Only plain files directly in the lists directory (never ``lock``),
+    with their times (apt asks the mirror whether its files changed since them).
+
+    None when there are none to seed (a rootfs built before they were kept); else ``path``, the number of
+    ``files`` written and, when the file could not be read whole, the ``error`` (the refresh then fetches what is
+    missing: a seed is never needed)."""
+    if not os.path.isfile(lists):
+        return None
+    directory = os.path.join(root, APT_LISTS_DIR)
+    # the tree's own directory, never a link out of it
+    if not os.path.isdir(directory) or os.path.realpath(directory) != os.path.join(
+        os.path.realpath(root), APT_LISTS_DIR
+    ):
+        return None
+    result: dict[str, Any] = {"path": lists, "files": 0}
+    try:
+        with tarfile.open(lists, "r:") as archive:
+            for member in archive:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if not member.isreg() or not name or "/" in name or name in (".", "..", "lock"):
+                    continue
+                source = archive.extractfile(member)
+                if source is None:
+                    continue
+                target = os.path.join(directory, name)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as handle:
+                    shutil.copyfileobj(source, handle, 1024 * 1024)
+                    os.fchmod(handle.fileno(), 0o644)
+                    if os.geteuid() == 0:
+                        os.fchown(handle.fileno(), 0, 0)
+                os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+                result["files"] += 1
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        result["error"] = str(exc)
+    return result
+
+
 # --------------------------------------------------------------------------- the bake
 
 
@@ -849,7 +948,9 @@ def bake_rootfs(params: Mapping[str, Any], check_mode: bool = False, diff: bool 
         "fingerprint": fp,
         "inputs": inputs,
         "changed_inputs": [] if current else changed_names,
-        "command": build_command(opts, opts.path, busybox=initramfs_busybox(opts)),
+        "command": build_command(
+            opts, opts.path, busybox=initramfs_busybox(opts), lists=apt_lists_path(opts.path)
+        ),
         "sha256": (sidecar or {}).get("sha256") if current else None,
         "size": (sidecar or {}).get("size") if current else None,
     }
@@ -902,12 +1003,13 @@ def _why(reason: str, changed_names: list[str], forced: bool) -> str:
 
 def _build(opts: RootfsOptions, mmdebstrap: str, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
     builder = mmdebstrap_version(mmdebstrap)
+    lists = apt_lists_path(opts.path)
     with Steps() as steps:
-        with atomic_output(opts.path) as tmp:
+        with atomic_output(opts.path) as tmp, _partial_beside(lists) as lists_tmp:
             # mmdebstrap picks the compressor from the name: keep the tarball's ending
             target = tmp + opts.extension
             steps.add_undo(f"remove partial tarball {target}", lambda: _remove(target))
-            argv = build_command(opts, target, mmdebstrap, busybox=initramfs_busybox(opts))
+            argv = build_command(opts, target, mmdebstrap, busybox=initramfs_busybox(opts), lists=lists_tmp)
             steps.run("mmdebstrap", lambda: run_mmdebstrap(argv, opts))
             if not os.path.isfile(target) or os.path.getsize(target) == 0:
                 raise BakeryError(
@@ -916,6 +1018,12 @@ def _build(opts: RootfsOptions, mmdebstrap: str, fp: str, inputs: dict[str, str]
             os.replace(target, tmp)
             sha256 = digest_file(tmp)
             size = os.path.getsize(tmp)
+            # the old tarball's lists go with it; the new ones (none when the hook could not write them) come
+            # with the new tarball, before its sidecar marks it final
+            _remove(lists)
+            if os.path.isfile(lists_tmp) and os.path.getsize(lists_tmp) > 0:
+                os.chmod(lists_tmp, 0o644)
+                os.replace(lists_tmp, lists)
         write_sidecar(
             opts.path,
             {

@@ -110,6 +110,16 @@ options:
       - Root file system to make the disk from (a tarball, or a directory changed in place), or with
         O(action=unpack) the tarball to unpack. Mutually exclusive with O(image).
     type: path
+  apt_lists:
+    description:
+      - Seed a builder's tree with the package lists kept beside the O(rootfs) tarball (C(<rootfs>.apt-lists.tar),
+        written by M(bakery.images.rootfs)); with O(action=unpack) the tree unpacked from the tarball (not one
+        unpacked from a cached step), with O(action=build) the tree of a builder VM's disk. The files go into
+        C(/var/lib/apt/lists) with their times, so that the refresh before the first provisioner fetches only what
+        changed on the mirror since; a tarball without them (built by an older bakery) is used as it is.
+      - No input of the fingerprint. Not for a disk that is an image's (the lists would be in it).
+    type: bool
+    default: false
   image:
     description: Existing qcow2 or raw disk image to make the outputs from.
     type: path
@@ -398,6 +408,20 @@ removed:
   returned: action prune_steps
   type: list
   elements: str
+apt_lists:
+  description: The package lists the tree was seeded with (O(apt_lists)).
+  returned: with O(apt_lists) when the tree was unpacked from a rootfs tarball that has them
+  type: dict
+  contains:
+    path:
+      description: The file they came from.
+      type: str
+    files:
+      description: How many files went into C(/var/lib/apt/lists).
+      type: int
+    error:
+      description: Why the file could not be read whole (the refresh fetches what is missing).
+      type: str
 enter:
   description: The script that runs a command isolated in the tree, for the chroot connection's C(chroot_exe).
   returned: action unpack
@@ -438,6 +462,7 @@ def main() -> None:
                 ),
             ),
             rootfs=dict(type="path"),
+            apt_lists=dict(type="bool", default=False),
             image=dict(type="path"),
             image_checksum=dict(type="str"),
             image_format=dict(type="str", choices=list(_qemu_disk.SOURCE_FORMATS)),

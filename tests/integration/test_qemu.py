@@ -17,7 +17,9 @@ import posixpath
 import re
 import struct
 import subprocess
+import tarfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -92,6 +94,54 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked, tmp_path):
     raw = tmp_path / "disk.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
     assert stale_bytecode(raw) == []
+    check_seeded_package_lists(baked, raw)
+
+
+def check_seeded_package_lists(baked: dict, raw: Path) -> None:
+    """The chroot builder started with the package lists kept with the rootfs (``<rootfs>.apt-lists.tar``): its
+    refresh before the first provisioner fetched no Packages index (with no lists apt fetches the suite's whole)
+    whenever the mirror's Release is still the one kept; the image has no lists."""
+    first = baked["first"]
+    (unpacked,) = [
+        r
+        for r in first.task_results("Unpack the root filesystem into the chroot work directory")
+        if not r.get("skipped")
+    ]
+    refreshed = [
+        r
+        for r in first.task_results("Refresh the package lists before the first provisioner")
+        if not r.get("skipped")
+    ]
+    if unpacked["step_cache"]["resume"]:
+        # started from a step kept by an earlier session's bake: no seed, no refresh
+        assert "apt_lists" not in unpacked and not refreshed, unpacked
+    else:
+        (refresh,) = refreshed
+        seeded = unpacked.get("apt_lists")
+        print(
+            "refresh in the chroot builder (%s): %s"
+            % ("seeded" if seeded else "not seeded", refresh["delta"])
+        )
+        assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
+        suite, mirror = (
+            baked["definition"]["base"]["suite"],
+            baked["definition"]["base"]["mirror"].rstrip("/"),
+        )
+        release = "%s_dists_%s_InRelease" % (mirror.split("://", 1)[1].replace("/", "_"), suite)
+        with tarfile.open(seeded["path"]) as archive:
+            kept = archive.extractfile(release).read()
+        with urllib.request.urlopen("%s/dists/%s/InRelease" % (mirror, suite), timeout=60) as response:
+            current = response.read()
+        if kept == current:
+            # the Release again at most (a mirror that answers no If-Modified-Since sends it whole: apt then
+            # compares it with the one it has), never its Packages index, which apt gets with no lists
+            release_line = r"^(Hit|Get):\d+ %s %s InRelease( |$)" % (re.escape(mirror), suite)
+            assert re.search(release_line, refresh["stdout"], re.MULTILINE), refresh["stdout"]
+            assert not re.search(r"^Get:.* Packages", refresh["stdout"], re.MULTILINE), refresh["stdout"]
+    # ls -p: /inode/mode/uid/gid/name/size/
+    listing = debugfs(raw, "ls -p /var/lib/apt/lists").stdout.splitlines()
+    names = {line.split("/")[5] for line in listing if line.startswith("/")}
+    assert "lock" in names and names <= {".", "..", "lock", "partial", "auxfiles"}, listing
 
 
 def test_sboms_of_the_disk_and_its_box_list_what_dpkg_lists_in_the_disk(baked, tmp_path):
@@ -545,6 +595,19 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         assert "Mode:  04755" in debugfs(disk, "stat /usr/bin/su").stdout
         # Python uses the image's bytecode: the epoch the times were clamped to is what it records of its sources
         assert stale_bytecode(disk) == []
+
+        # the builder's disk got the package lists kept with the rootfs (when it has them: one built before they
+        # were kept has none), for the refresh before the first provisioner
+        seeded = run.task_result("Make the disk the builder VM boots").get("apt_lists")
+        (refresh,) = [
+            r
+            for r in run.task_results("Refresh the package lists before the first provisioner")
+            if not r.get("skipped")
+        ]
+        print("refresh in the builder VM (%s): %s" % ("seeded" if seeded else "not seeded", refresh["delta"]))
+        rootfs = run.task_result("Build the target's root filesystem (the base with a kernel)")["path"]
+        if Path(rootfs + ".apt-lists.tar").exists():
+            assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
 
         # the per-step cache: the disk after each provisioner is a sealed layer, each over the one before
         assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0

@@ -88,6 +88,12 @@ def test_build(bookworm_rootfs: dict) -> None:
             "--variant=minbase" in result["command"] and "--include=python3,python3-apt" in result["command"]
         )
         assert result["msg"].startswith("built rootfs")
+        # the package lists mmdebstrap fetched are kept beside it (for the builders made from it), not in it
+        with tarfile.open(str(path) + ".apt-lists.tar") as lists:
+            kept = lists.getnames()
+        assert any(name.endswith("_dists_bookworm_InRelease") for name in kept), kept
+        assert any(name.endswith("_Packages") for name in kept), kept
+        assert "lock" not in kept and not [name for name in kept if "/" in name], kept
     else:
         # reused from the cache of an earlier session
         assert result["changed_inputs"] == []
@@ -101,6 +107,7 @@ def test_build(bookworm_rootfs: dict) -> None:
     with tarfile.open(path) as tar:
         names = set(tar.getnames())
     assert "./usr/bin/python3" in names
+    assert not [n for n in names if n.startswith("./var/lib/apt/lists/") and n.endswith("_Packages")]
     assert not [p.name for p in path.parent.iterdir() if ".partial" in p.name]
 
 
