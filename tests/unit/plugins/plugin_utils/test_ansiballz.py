@@ -82,7 +82,8 @@ def bake(tmp_path: Path, cache: Path) -> dict:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assembled = re.findall(r"ANSIBALLZ: Creating module", out.stdout + out.stderr)
     used = re.findall(r"ANSIBALLZ: using cached module: \S+/([^/\s]+)", out.stdout + out.stderr)
-    greeting = re.search(r'GREETING=([^" ]+) LOCAL=([^" ]+)', out.stdout)
+    # the debug line as any stdout callback or result format prints it (JSON, YAML)
+    greeting = re.search(r'GREETING=([^"\s]+) LOCAL=([^"\s]+)', out.stdout)
     assert greeting, out.stdout[-2000:]
     kept = sorted(os.listdir(_kept(cache))) if _kept(cache).is_dir() else []
     return {
@@ -143,7 +144,7 @@ def test_a_payload_whose_files_are_not_the_files_on_disk_is_not_kept(tmp_path):
     bake(tmp_path, cache)
     (kept,) = [path for path in _kept(cache).iterdir() if path.name.startswith("ansible_collections.ns.coll")]
     signature, payload = _ansiballz._read_kept(str(kept))
-    assert signature["trees"] == [str(coll / "plugins" / "module_utils"), *signature["trees"][1:]]
+    assert str(coll / "plugins" / "module_utils") in signature["trees"]
     assert str(coll / "plugins" / "modules" / "hello.py") in signature["paths"]
 
     # Ansible's entry of this payload, in a run cache of its own, against a collection whose module changed since
