@@ -33,17 +33,16 @@ Written here because ansible-core keeps its payloads for one run only and has no
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable
+
+from ansible_collections.bakery.images.plugins.plugin_utils import _bytecode
 
 ENV = "BAKERY_ANSIBALLZ_CACHE"
 KEPT = ".kept"
@@ -53,14 +52,13 @@ _STUB = b"from pkgutil import extend_path"
 
 def cache_dir() -> str | None:
     """``$BAKERY_ANSIBALLZ_CACHE``, else ``bakery/ansiballz/<ansible-core version>-<python>`` under
-    ``$XDG_CACHE_HOME`` (``~/.cache``); None when the variable is set empty."""
+    ``$XDG_CACHE_HOME`` (``~/.cache``, :func:`_bytecode.cache_root`); None when the variable is set empty."""
     if ENV in os.environ:
         base = os.environ[ENV]
         if not base:
             return None
     else:
-        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(home, "bakery", "ansiballz")
+        base = os.path.join(_bytecode.cache_root(), "ansiballz")
     try:
         from ansible.release import __version__
     except ImportError:
@@ -137,16 +135,17 @@ class _Sources:
         return sorted(found)
 
 
+def _file_state(path: str, stat: os.stat_result) -> bytes:
+    return b"%s\0%d\0%d\n" % (path.encode("utf-8", "surrogateescape"), stat.st_size, stat.st_mtime_ns)
+
+
 def _tree_state(tree: str) -> bytes:
     digest = hashlib.sha256(b"tree %s\n" % tree.encode("utf-8", "surrogateescape"))
     for directory, dirs, files in os.walk(tree):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(directory, name)
-            stat = os.lstat(path)
-            digest.update(
-                b"%s\0%d\0%d\n" % (path.encode("utf-8", "surrogateescape"), stat.st_size, stat.st_mtime_ns)
-            )
+            digest.update(_file_state(path, os.lstat(path)))
     return digest.digest()
 
 
@@ -156,10 +155,7 @@ def state(paths: Iterable[str], trees: Iterable[str], memo: dict[str, bytes] | N
     memo = {} if memo is None else memo
     digest = hashlib.sha256()
     for path in sorted(paths):
-        stat = os.stat(path)
-        digest.update(
-            b"%s\0%d\0%d\n" % (path.encode("utf-8", "surrogateescape"), stat.st_size, stat.st_mtime_ns)
-        )
+        digest.update(_file_state(path, os.stat(path)))
     for tree in sorted(trees):
         if tree not in memo:
             memo[tree] = _tree_state(tree)
@@ -234,7 +230,7 @@ def restore(kept: str | None = None, run: str | None = None) -> list[str]:
             if not _valid(signature, memo) or os.path.exists(os.path.join(run, entry)):
                 continue
             os.makedirs(run, exist_ok=True)
-            _write(os.path.join(run, entry), payload)
+            _bytecode.write_atomically(os.path.join(run, entry), payload)
             restored.append(entry)
         except (OSError, ValueError):
             continue
@@ -267,27 +263,8 @@ def keep(kept: str | None = None, run: str | None = None) -> list[str]:
             with open(os.path.join(run, entry), "rb") as handle:
                 payload = handle.read()
             os.makedirs(kept, mode=0o700, exist_ok=True)
-            _write(path, json.dumps(signature).encode() + b"\n" + payload)
+            _bytecode.write_atomically(path, json.dumps(signature).encode() + b"\n" + payload)
             written.append(entry)
         except Exception:  # noqa: BLE001 - a cache: what cannot be kept is assembled again next run
             continue
     return written
-
-
-def _write(path: str, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def clear(kept: str | None = None) -> None:
-    """Forget every kept payload."""
-    kept = kept if kept is not None else cache_dir()
-    if kept:
-        shutil.rmtree(kept, ignore_errors=True)

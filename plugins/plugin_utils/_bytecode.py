@@ -38,13 +38,34 @@ ENV = "BAKERY_BYTECODE_CACHE"
 _MARK = "_bakery_bytecode_cache"
 
 
+def cache_root() -> str:
+    """``bakery`` under ``$XDG_CACHE_HOME`` (``~/.cache``): where the callback's caches of Ansible's work are kept
+    (this one, and the module payloads of :mod:`_ansiballz`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bakery")
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write *data* to *path* through a temporary file beside it: a reader sees the old file or the whole new one.
+    Here rather than module_utils' ``_files.atomic_output``: this module is imported before the bytecode cache is
+    installed, and importing that one (with what it imports) would compile it from source on every run."""
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def cache_dir() -> str | None:
-    """Where the code objects are kept: ``$BAKERY_BYTECODE_CACHE``, else ``bakery/ansible-bytecode`` under
-    ``$XDG_CACHE_HOME`` (``~/.cache``); None when that variable is set empty (no cache)."""
+    """Where the code objects are kept: ``$BAKERY_BYTECODE_CACHE``, else ``ansible-bytecode`` under
+    :func:`cache_root`; None when that variable is set empty (no cache)."""
     if ENV in os.environ:
         return os.environ[ENV] or None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bakery", "ansible-bytecode", sys.implementation.cache_tag or "python")
+    return os.path.join(cache_root(), "ansible-bytecode", sys.implementation.cache_tag or "python")
 
 
 def _key(filename: str, source: str | bytes) -> bytes:
@@ -82,15 +103,7 @@ def store(directory: str, filename: str, source: str | bytes, code: CodeType) ->
     """Keep *code*, compiled from *source*, as the entry of *filename* (atomically; a failure keeps nothing)."""
     with contextlib.suppress(OSError, ValueError):
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(_key(filename, source) + marshal.dumps(code))
-            os.replace(tmp, _entry(directory, filename))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(_entry(directory, filename), _key(filename, source) + marshal.dumps(code))
 
 
 def compile_cached(directory: str, filename: str, source: str | bytes) -> CodeType:
