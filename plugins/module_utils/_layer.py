@@ -14,7 +14,6 @@ so are paths that vary from run to run (:func:`changes`' *varying*) unless the b
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import io
@@ -47,7 +46,9 @@ class Entry:
     """One path of an exported file system, as a layer would hold it."""
 
     name: str
-    kind: bytes  # a tarfile type; a hard link is a regular file sharing the content of ``link``
+    # a tarfile type; a hard link has its group's (the type of its first path ``link``: a regular file shares its
+    # content, a symbolic link, FIFO or device is what that path is)
+    kind: bytes
     mode: int
     uid: int
     gid: int
@@ -57,7 +58,7 @@ class Entry:
     xattrs: tuple[tuple[str, str], ...] = ()
     digest: str = ""  # sha256 of a regular file's content
     mtime: int = 0
-    link: str = ""  # for a hard link: the member holding the content
+    link: str = ""  # for a hard link: its group's first path (the member holding a regular file's content)
 
     def state(self) -> tuple[Any, ...]:
         """What makes two entries the same path content (the time does not)."""
@@ -93,6 +94,37 @@ def _sort_key(name: str) -> list[str]:
     return name.split("/")
 
 
+def hard_link(
+    first: Entry, name: str, mode: int, uid: int, gid: int, xattrs: tuple[tuple[str, str], ...], mtime: int
+) -> Entry:
+    """The path *name* of the hard link group whose first path (in the export's order) is *first*, with its own
+    *mode* (a regular file's), owner, extended attributes and time. A regular file shares the content of *first*;
+    a symbolic link, FIFO or device (GNU ln links a symbolic link itself, not its target) is what *first* is: its
+    type, target, device numbers and mode, never content to read. ValueError if *first* is a directory."""
+    if first.is_dir:
+        raise ValueError("hard link %s to the directory %s" % (name, first.name))
+    return Entry(
+        name=name,
+        kind=first.kind,
+        mode=mode if first.kind == tarfile.REGTYPE else first.mode,
+        uid=uid,
+        gid=gid,
+        size=first.size,
+        linkname=first.linkname,
+        device=first.device,
+        xattrs=xattrs,
+        digest=first.digest,
+        mtime=mtime,
+        link=first.link or first.name,
+    )
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted((key, value) for key, value in member.pax_headers.items() if key.startswith("SCHILY.xattr."))
+    )
+
+
 def index_tar(archive: tarfile.TarFile) -> dict[str, Entry]:
     """Every path of an exported file system (read in order: a stream works) but the engine's own ones."""
     found: dict[str, Entry] = {}
@@ -100,7 +132,17 @@ def index_tar(archive: tarfile.TarFile) -> dict[str, Entry]:
         name = member_name(member.name)
         if not name or engine_path(name):
             continue
-        digest, kind, link = "", member.type, ""
+        if member.islnk():
+            first = found.get(member_name(member.linkname))
+            if first is None:
+                raise ValueError(
+                    "hard link %s to %s, which comes nowhere before it" % (name, member.linkname)
+                )
+            found[name] = hard_link(
+                first, name, member.mode & 0o7777, member.uid, member.gid, _xattrs(member), int(member.mtime)
+            )
+            continue
+        digest, kind = "", member.type
         if member.isfile():
             kind = tarfile.REGTYPE
             hashed = hashlib.sha256()
@@ -110,42 +152,24 @@ def index_tar(archive: tarfile.TarFile) -> dict[str, Entry]:
                 hashed.update(chunk)
                 chunk = data.read(_CHUNK) if data is not None else b""
             digest = hashed.hexdigest()
-        elif member.islnk():
-            target = found.get(member_name(member.linkname))
-            if target is None:
-                raise ValueError(
-                    "hard link %s to %s, which comes nowhere before it" % (name, member.linkname)
-                )
-            kind, digest, link = tarfile.REGTYPE, target.digest, target.link or target.name
         found[name] = Entry(
             name=name,
             kind=kind,
             mode=member.mode & 0o7777,
             uid=member.uid,
             gid=member.gid,
-            size=member.size if kind == tarfile.REGTYPE and not link else 0,
+            size=member.size if kind == tarfile.REGTYPE else 0,
             linkname=member.linkname if member.issym() else "",
             device=(member.devmajor, member.devminor) if member.ischr() or member.isblk() else (0, 0),
-            xattrs=tuple(
-                sorted(
-                    (key, value)
-                    for key, value in member.pax_headers.items()
-                    if key.startswith("SCHILY.xattr.")
-                )
-            ),
+            xattrs=_xattrs(member),
             digest=digest,
             mtime=int(member.mtime),
-            link=link,
         )
-    if found:
-        # a hard link's size is its content's
-        for name, entry in list(found.items()):
-            if entry.link:
-                found[name] = dataclasses.replace(entry, size=found[entry.link].size)
     return found
 
 
-INDEX_VERSION = 1
+# 2: a later path of a hard-linked symbolic link, FIFO or device is what its first path is (1: a regular file)
+INDEX_VERSION = 2
 
 
 def dump_index(entries: Mapping[str, Entry]) -> bytes:
@@ -291,12 +315,15 @@ def write_layer(
     epoch: int,
 ) -> tuple[str, int]:
     """Write the normalised layer tar of *paths* of *final* (*content* opens a regular file's content by its name)
-    and the *whiteouts* to *out*; return its digest (``sha256:...``, the diff id) and size."""
+    and the *whiteouts* to *out*; return its digest (``sha256:...``, the diff id) and size.
+
+    The first path of a hard link group the layer holds is what it is (the only one whose content is read, for a
+    regular file), the others hard links to it, as the export has them."""
     digesting = _Digesting(out)
     paths = set(paths)
     members = [(name, False) for name in paths] + [(name, True) for name in whiteouts]
     members.sort(key=lambda item: _sort_key(_whiteout_name(item[0]) if item[1] else item[0]))
-    first_of: dict[str, str] = {}  # hard link group (its content's member) -> the first member written of it
+    first_of: dict[str, str] = {}  # hard link group (its first path in the index) -> its first member written
     with tarfile.open(fileobj=digesting, mode="w|", format=tarfile.PAX_FORMAT) as layer:  # type: ignore[call-overload]
         for name, whiteout in members:
             if whiteout:
@@ -305,6 +332,12 @@ def write_layer(
             entry = final[name]
             info = _info(name, entry.kind, entry.mode, entry.uid, entry.gid, min(entry.mtime, epoch))
             info.pax_headers = dict(entry.xattrs)
+            group = entry.link or name
+            if group in first_of:
+                info.type, info.linkname = tarfile.LNKTYPE, first_of[group]
+                layer.addfile(info)
+                continue
+            first_of[group] = name
             if entry.kind == tarfile.SYMTYPE:
                 info.linkname = entry.linkname
             elif entry.kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
@@ -312,12 +345,6 @@ def write_layer(
             if entry.kind != tarfile.REGTYPE:
                 layer.addfile(info)
                 continue
-            group = entry.link or name
-            if group in first_of:
-                info.type, info.linkname = tarfile.LNKTYPE, first_of[group]
-                layer.addfile(info)
-                continue
-            first_of[group] = name
             info.size = entry.size
             with content(group) as data:
                 fixed = _bytecode_at_epoch(final, paths, group, data, epoch)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db
-from ansible_collections.bakery.images.plugins.module_utils._layer import Entry, engine_path
+from ansible_collections.bakery.images.plugins.module_utils._layer import Entry, engine_path, hard_link
 
 # ``export`` makes the commit read the container's export even where its overlay directories could be read (tests)
 READ_FROM_ENV = "BAKERY_COMMIT_READ_FROM"
@@ -331,18 +331,14 @@ class MergedTree:
                 if st.st_nlink > 1:
                     first = first_of.setdefault(st.st_ino, name)
                     if first != name:
-                        target = read[first]
-                        read[name] = Entry(
-                            name=name,
-                            kind=tarfile.REGTYPE,
-                            mode=st.st_mode & 0o7777,
-                            uid=st.st_uid,
-                            gid=st.st_gid,
-                            size=target.size,
-                            xattrs=capability(path),
-                            digest=target.digest,
-                            mtime=st.st_mtime_ns // 1_000_000_000,
-                            link=first,
+                        read[name] = hard_link(
+                            read[first],
+                            name,
+                            st.st_mode & 0o7777,
+                            st.st_uid,
+                            st.st_gid,
+                            capability(path),
+                            st.st_mtime_ns // 1_000_000_000,
                         )
                         continue
             read[name] = Entry(
@@ -364,8 +360,8 @@ class MergedTree:
         return {name: read[name] if name in read else base[name] for name in sorted(names, key=_order)}
 
     def _open(self, name: str) -> IO[bytes]:
-        """The regular file *name*, never a link's target nor a FIFO (which an open would wait on: write_layer asks
-        for the content of a hard link group's first path, which the export may have as a FIFO)."""
+        """The regular file *name*, never a link's target nor a FIFO (which an open would wait on), should a file
+        have become one since it was indexed."""
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self._path(name), flags)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -408,14 +404,15 @@ class MergedTree:
     def packages(self, kept: Mapping[str, Entry]) -> list[dict[str, Any]] | None:
         """The package records (:func:`_dpkg_db.records`) of the image whose files are *kept*, read as
         ``_docker.image_packages`` reads them from the export: the same members (a hard link's content is its
-        first path's, which is read under that path only), the contents from the merged view."""
+        first path's, which is read under that path only; nor is a later path of a symbolic link followed, a hard
+        link member there), the contents from the merged view."""
         reader = _dpkg_db.TarReader()
         for name, entry in kept.items():
             if _dpkg_db.in_database(name):
                 reader.add_entry(
                     name,
                     directory=entry.is_dir,
-                    target=entry.linkname if entry.kind == tarfile.SYMTYPE else None,
+                    target=entry.linkname if entry.kind == tarfile.SYMTYPE and not entry.link else None,
                     read=(lambda name=name: self._read(name))
                     if entry.kind == tarfile.REGTYPE and not entry.link
                     else None,

@@ -98,6 +98,21 @@ python3 -m py_compile /usr/local/lib/python3/dist-packages/ovl_mod.py
 """
 
 
+# every kind of inode with two names (GNU ln links a symbolic link itself, not its target), new ones and a second
+# name of a base image's symbolic link; and a base file removed (same_image wants a whiteout)
+HARD_LINKED = r"""
+set -eu
+mkdir /opt/hl && cd /opt/hl
+echo x > file
+ln -s file symlink && ln symlink symlink-hard
+mkfifo fifo && ln fifo fifo-hard
+mknod null c 1 3 && ln null null-hard
+echo regular > regular && ln regular regular-hard
+ln "$(find /usr/share -type l | sort | head -n 1)" base-symlink-hard
+rm /etc/issue.net
+"""
+
+
 @pytest.fixture()
 def engine(bake_base, docker_leftovers):
     """The engine, a bake id for what the test makes (the janitor's label), and the containers and images it
@@ -196,10 +211,6 @@ def test_the_layer_from_the_overlay_is_the_layer_from_the_export(engine, bake_ba
     run(client, cid, changes(base))
     cache = str(tmp_path / "index-cache")
     same_index(engine, cid, base_image, cache)
-    # a hard link to a FIFO or a symbolic link is one in the index, but write_layer cannot write one from the
-    # export (it asks for the content of the group's first path): the commit fails either way; without them
-    run(client, cid, "rm /opt/new/fifo-hard /opt/new/symlink-hard")
-    same_index(engine, cid, base_image, cache)
     made = same_image(engine, cid, base_image, cache, monkeypatch)
     assert made["paths"] > 300
     packages = {record["name"]: record for record in made["packages"]}
@@ -269,3 +280,54 @@ def test_the_init_layer_and_a_failed_read_of_the_overlay(engine, bake_base, tmp_
         made["diff_id"],
         made["packages"],
     )
+
+
+def test_hard_linked_symbolic_links_fifos_and_devices_are_in_the_image_as_they_are(
+    engine, bake_base, tmp_path, monkeypatch
+):
+    """A hard link to a symbolic link, a FIFO or a device: the export has the first path as what it is and the
+    next as a hard link to it; the image has both names of the same inode (no regular file, and no commit that
+    fails asking for a FIFO's content)."""
+    client, bake_id, _made = engine
+    base_image = client.api.inspect_image(bake_base["image"])
+    cid = running(engine, base_image["Id"])
+    run(client, cid, HARD_LINKED)
+    cache = str(tmp_path / "index-cache")
+    same_index(engine, cid, base_image, cache)
+    made = same_image(engine, cid, base_image, cache, monkeypatch)
+
+    # each path of /opt/hl: its type, link count, inode and what it links to
+    script = "cd /opt/hl && for name in *; do stat -c '%n|%F|%h|%i|%N' \"$name\"; done"
+
+    def listing(output: bytes) -> dict[str, tuple[str, ...]]:
+        return {line.split("|")[0]: tuple(line.split("|")[1:]) for line in output.decode().splitlines()}
+
+    labels = {BAKE_ID_LABEL: bake_id, TEMPORARY_LABEL: "true"}
+    image = listing(client.containers.run(made["id"], ["sh", "-c", script], remove=True, labels=labels))
+    container = listing(client.api.exec_start(client.api.exec_create(cid, ["sh", "-c", script])["Id"]))
+    assert set(image) == {
+        "base-symlink-hard",
+        "file",
+        "fifo",
+        "fifo-hard",
+        "null",
+        "null-hard",
+        "regular",
+        "regular-hard",
+        "symlink",
+        "symlink-hard",
+    }
+    for first, kind in (
+        ("symlink", "symbolic link"),
+        ("fifo", "fifo"),
+        ("null", "character special file"),
+        ("regular", "regular file"),
+    ):
+        for name in (first, first + "-hard"):
+            assert image[name][:2] == (kind, "2"), (name, image[name])
+        assert image[first + "-hard"][2] == image[first][2], "one inode"
+    assert image["symlink"][3] == "'symlink' -> 'file'"
+    assert image["symlink-hard"][3] == "'symlink-hard' -> 'file'"
+    # the base's symbolic link keeps its one name in the image's lower layer: the new name is one of its own
+    assert image["base-symlink-hard"][:2] == ("symbolic link", "1")
+    assert image["base-symlink-hard"][3] == container["base-symlink-hard"][3]

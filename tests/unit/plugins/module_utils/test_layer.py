@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -25,7 +27,8 @@ NOW = 1_800_000_000  # when provisioning wrote it
 
 
 def fs_tar(entries: list[tuple], shuffle: int | None = None) -> bytes:
-    """An exported file system: (name, kind, content or link target, mtime[, extra TarInfo fields])."""
+    """An exported file system: (name, kind, content, link target or device numbers, mtime[, extra TarInfo
+    fields]); kind file, dir, symlink, hardlink (to the member named), fifo or chardev."""
     if shuffle is not None:
         entries = list(entries)
         random.Random(shuffle).shuffle(entries)
@@ -49,6 +52,10 @@ def fs_tar(entries: list[tuple], shuffle: int | None = None) -> bytes:
                 info.type, info.linkname = tarfile.SYMTYPE, data
             elif kind == "hardlink":
                 info.type, info.linkname = tarfile.LNKTYPE, data
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+            elif kind == "chardev":
+                info.type, (info.devmajor, info.devminor) = tarfile.CHRTYPE, data
             else:
                 payload = data if isinstance(data, bytes) else data.encode()
                 info.size = len(payload)
@@ -164,6 +171,90 @@ def test_hard_links_stay_links_within_the_layer_and_become_files_to_a_base_file(
     assert tool2.isfile() and tool2.size == len("tool")
 
 
+# one inode of each kind with two names, as the engine exports them: its first path as what it is, the next a hard
+# link to it (GNU ln links a symbolic link itself; a FIFO and a device can have more names too)
+LINKED = [
+    ("opt", "dir", None, NOW),
+    ("opt/file", "file", "x", NOW),
+    ("opt/fifo", "fifo", None, NOW, {"mode": 0o600, "uid": 7}),
+    ("opt/fifo-hard", "hardlink", "opt/fifo", NOW, {"mode": 0o600, "uid": 7}),
+    ("opt/null", "chardev", (1, 3), NOW, {"mode": 0o666}),
+    ("opt/null-hard", "hardlink", "opt/null", NOW, {"mode": 0o666, "devmajor": 1, "devminor": 3}),
+    ("opt/regular", "file", "content", NOW, {"mode": 0o755}),
+    ("opt/regular-hard", "hardlink", "opt/regular", NOW, {"mode": 0o755}),
+    ("opt/symlink", "symlink", "file", NOW, {"mode": 0o777}),
+    # tarfile's default mode, not the engine's: the group's is its first path's
+    ("opt/symlink-hard", "hardlink", "opt/symlink", NOW),
+]
+
+
+def test_every_name_of_a_hard_linked_symlink_fifo_or_device_is_what_its_first_path_is():
+    found = index(fs_tar(BASE + LINKED))
+    for first in ("opt/symlink", "opt/fifo", "opt/null"):
+        assert found[first + "-hard"] == dataclasses.replace(found[first], name=first + "-hard", link=first)
+    symlink, fifo, null = found["opt/symlink-hard"], found["opt/fifo-hard"], found["opt/null-hard"]
+    assert (symlink.kind, symlink.linkname, symlink.mode, symlink.digest) == (
+        tarfile.SYMTYPE,
+        "file",
+        0o777,
+        "",
+    )
+    assert (fifo.kind, fifo.mode, fifo.uid, fifo.size, fifo.digest) == (tarfile.FIFOTYPE, 0o600, 7, 0, "")
+    assert (null.kind, null.device) == (tarfile.CHRTYPE, (1, 3))
+    # a regular file's group as before: a file with its first path's content
+    regular = found["opt/regular-hard"]
+    assert (regular.kind, regular.link, regular.size) == (tarfile.REGTYPE, "opt/regular", len("content"))
+    assert regular.digest == found["opt/regular"].digest == hashlib.sha256(b"content").hexdigest()
+    assert _layer.load_index(_layer.dump_index(found)) == found
+
+
+def test_a_hard_link_to_a_directory_is_an_error():
+    with pytest.raises(ValueError, match="directory"):
+        index(fs_tar([("a", "dir", None, OLD), ("b", "hardlink", "a", OLD)]))
+
+
+def test_the_layer_has_a_hard_linked_symlink_fifo_or_device_as_the_export_has_it_and_reads_no_content_of_it():
+    final = fs_tar(BASE + LINKED)
+    final_entries = index(final)
+    paths, whiteouts = _layer.changes(index(fs_tar(BASE)), final_entries)
+    asked = []
+
+    def content(name):
+        asked.append(name)
+        return archive.extractfile(name)
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(final), mode="r:") as archive:
+        _layer.write_layer(out, final_entries, paths, whiteouts, content, EPOCH)
+    assert asked == ["opt/file", "opt/regular"]
+    got = members(out.getvalue())
+    assert got["opt/symlink"].issym() and got["opt/symlink"].linkname == "file"
+    assert got["opt/fifo"].isfifo() and (got["opt/fifo"].mode, got["opt/fifo"].uid) == (0o600, 7)
+    assert got["opt/null"].ischr() and (got["opt/null"].devmajor, got["opt/null"].devminor) == (1, 3)
+    assert got["opt/regular"].isfile() and got["opt/regular"].size == len("content")
+    for first in ("opt/symlink", "opt/fifo", "opt/null", "opt/regular"):
+        later = got[first + "-hard"]
+        assert later.islnk() and later.linkname == first and later.size == 0, first
+        assert later.mode == got[first].mode and later.mtime == EPOCH
+
+
+def test_a_new_name_of_a_base_symlink_or_fifo_is_one_of_its_own_in_the_layer():
+    base = BASE + [
+        ("opt", "dir", None, OLD),
+        ("opt/fifo", "fifo", None, OLD),
+        ("opt/symlink", "symlink", "file", OLD, {"mode": 0o777}),
+    ]
+    final = base + [
+        ("opt/fifo-hard", "hardlink", "opt/fifo", OLD),
+        ("opt/symlink-hard", "hardlink", "opt/symlink", OLD, {"mode": 0o777}),
+    ]
+    got = members(layer(fs_tar(base), fs_tar(final)))
+    # the base's first paths are as they were: not in the layer, and so nothing to link to
+    assert set(got) == {"opt", "opt/fifo-hard", "opt/symlink-hard"}
+    assert got["opt/fifo-hard"].isfifo() and got["opt/fifo-hard"].mtime == OLD
+    assert got["opt/symlink-hard"].issym() and got["opt/symlink-hard"].linkname == "file"
+
+
 def test_what_went_is_whited_out_once_at_its_top():
     got = members(layer(fs_tar(BASE), fs_tar(provisioned(NOW))))
     assert {name for name in got if "/.wh." in name} == {"etc/.wh.old", "etc/.wh.gone"}
@@ -267,7 +358,11 @@ def test_an_index_kept_by_image_id_is_the_index_read_and_spares_the_next_export(
     read = index(fs_tar(provisioned(NOW) + [("etc/xattr", "file", "x", OLD, {"xattrs": {"user.a": "b"}})]))
     assert _layer.load_index(_layer.dump_index(read)) == read
     with pytest.raises(ValueError):
-        _layer.load_index(b'{"version": 1, "entries": [["only a name"]]}')
+        _layer.load_index(b'{"version": %d, "entries": [["only a name"]]}' % _layer.INDEX_VERSION)
+    # an index of version 1 has the later paths of a hard-linked symbolic link, FIFO or device as regular files
+    older = dict(json.loads(_layer.dump_index(read)), version=1)
+    with pytest.raises(ValueError, match="version"):
+        _layer.load_index(json.dumps(older).encode())
 
     exports = []
 
@@ -283,12 +378,16 @@ def test_an_index_kept_by_image_id_is_the_index_read_and_spares_the_next_export(
     assert exports == ["sha256:aa"]
     (cache / "aa.json.gz").write_bytes(b"not gzip")  # damaged: read again, and kept again
     assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "export")
+    with gzip.open(cache / "aa.json.gz", "wb") as handle:  # kept by an older version: read again
+        handle.write(json.dumps(older).encode())
+    assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "export")
+    assert _docker.base_index(None, "sha256:aa", "b", str(cache)) == (read, "kept")
     for image in ("sha256:bb", "sha256:cc"):
         os.utime(cache / "aa.json.gz", (1, 1))  # the least recently used
         _docker.base_index(None, image, "b", str(cache))
     assert sorted(os.listdir(cache)) == ["bb.json.gz", "cc.json.gz"]
     assert _docker.base_index(None, "sha256:dd", "b", None) == (read, "export")  # no cache: nothing kept
-    assert exports == ["sha256:aa", "sha256:aa", "sha256:bb", "sha256:cc", "sha256:dd"]
+    assert exports == ["sha256:aa", "sha256:aa", "sha256:aa", "sha256:bb", "sha256:cc", "sha256:dd"]
 
 
 def pyc(source_mtime: int, source_size: int, code: bytes = b"code") -> bytes:

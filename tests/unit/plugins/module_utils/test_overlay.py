@@ -4,12 +4,14 @@ merged view against the index of its tar, the package records, and when the expo
 
 The layer directories are made here as the engine's are (whiteouts are character devices 0/0, opaque directories
 have ``trusted.overlay.opaque=y``): the tests need root, as the engine does. The merged view is a plain
-directory tree and its "export" a tar of it made by tarfile (the same order for these ASCII names, hard links
-only between regular files, sockets left out); tests/integration/test_overlay_commit.py checks the real engine.
+directory tree and its "export" a tar of it made by tarfile (the same order for these ASCII names, a later path of
+any non-directory inode a hard link to its first, sockets left out); tests/integration/test_overlay_commit.py checks
+the real engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -47,8 +49,9 @@ License: GPL-2
 
 
 def build(root: Path, spec: list[tuple], mtime: int = OLD) -> Path:
-    """A directory tree: (name, kind[, data]) with kind file, dir, symlink, hardlink (data: the first path),
-    fifo, socket, whiteout (a character device 0/0) or opaque (a directory with trusted.overlay.opaque=y)."""
+    """A directory tree: (name, kind[, data]) with kind file, dir, symlink, hardlink (data: the first path, never
+    followed), fifo, socket, chardev (data: its device numbers), whiteout (a character device 0/0) or opaque (a
+    directory with trusted.overlay.opaque=y)."""
     root.mkdir(parents=True, exist_ok=True)
     for name, kind, *rest in spec:
         data = rest[0] if rest else ""
@@ -63,7 +66,7 @@ def build(root: Path, spec: list[tuple], mtime: int = OLD) -> Path:
         elif kind == "symlink":
             path.symlink_to(data)
         elif kind == "hardlink":
-            os.link(root / data, path)
+            os.link(root / data, path, follow_symlinks=False)
         elif kind == "fifo":
             os.mkfifo(path)
         elif kind == "socket":
@@ -71,6 +74,8 @@ def build(root: Path, spec: list[tuple], mtime: int = OLD) -> Path:
                 sock.bind(str(path))
         elif kind == "whiteout":
             os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        elif kind == "chardev":
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(*data))
         else:
             raise AssertionError(kind)
     for path in [root, *root.rglob("*")]:
@@ -78,9 +83,25 @@ def build(root: Path, spec: list[tuple], mtime: int = OLD) -> Path:
     return root
 
 
+class _Export(tarfile.TarFile):
+    """tarfile's archive of a tree, with the export's hard links: a symbolic link, FIFO or device whose inode came
+    before is a hard link to its first path too (tarfile links regular files only)."""
+
+    def gettarinfo(self, name=None, arcname=None, fileobj=None):
+        info = super().gettarinfo(name, arcname, fileobj)  # None for a socket
+        if info is None or info.type not in (tarfile.SYMTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE):
+            return info
+        st = os.lstat(name)
+        if st.st_nlink > 1:
+            first = self.inodes.setdefault((st.st_ino, st.st_dev), info.name)
+            if first != info.name:
+                info.type, info.linkname = tarfile.LNKTYPE, first
+        return info
+
+
 def tar_of(root: Path) -> bytes:
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with _Export.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
         archive.add(str(root), arcname=".")
     return out.getvalue()
 
@@ -228,6 +249,27 @@ def test_base_paths_below_a_hiding_path_and_hard_link_groups_are_candidates():
     assert _overlay.candidates(base, _overlay.Candidates(paths={"i"}, hiding={"i"})) == {"i", "j"}
 
 
+def as_exported(tree: _overlay.MergedTree, base: dict, final: dict, data: bytes, patterns=()) -> tuple:
+    """What a commit of *final* (the index of *tree*) over *base* makes reading *tree*: the entries the image keeps,
+    the whiteouts, the layer and the package records; the layer and the records checked to be those it makes
+    reading the export *data* (a tar of the merged view)."""
+    archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    members = {_layer.member_name(member.name): member for member in archive.getmembers()}
+    kept = _layer.image_entries(base, final, patterns)
+    paths, whiteouts = _layer.changes(base, final, patterns, kept)
+
+    def layer(content) -> bytes:
+        out = io.BytesIO()
+        _layer.write_layer(out, final, paths, whiteouts, content, 1_700_000_000)
+        return out.getvalue()
+
+    written = layer(tree.open)
+    assert written == layer(lambda name: archive.extractfile(members[name]))
+    records = tree.packages(kept)
+    assert records == image_packages(kept, members, archive.extractfile)
+    return kept, whiteouts, written, records
+
+
 def test_the_merged_index_is_the_index_of_its_tar(trees):
     base = index_of(tar_of(trees["base"]))
     expected = index_of(tar_of(trees["merged"]))
@@ -248,20 +290,76 @@ def test_the_merged_index_is_the_index_of_its_tar(trees):
     assert "etc/keep" not in _overlay.candidates(base, _overlay.scan_layers([str(trees["upper"])]))
 
     # the layer and the package records are those of the tar
-    data = tar_of(trees["merged"])
-    archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    members = {_layer.member_name(member.name): member for member in archive.getmembers()}
-    kept = _layer.image_entries(base, final, VARYING_PATHS)
-    paths, whiteouts = _layer.changes(base, final, VARYING_PATHS, kept)
+    kept, whiteouts, _written, records = as_exported(
+        tree, base, final, tar_of(trees["merged"]), VARYING_PATHS
+    )
     assert "var/log/apt/history.log" not in kept and "etc/old" in whiteouts
-
-    def layer(content) -> tuple[str, int]:
-        return _layer.write_layer(io.BytesIO(), final, paths, whiteouts, content, 1_700_000_000)
-
-    assert layer(tree.open) == layer(lambda name: archive.extractfile(members[name]))
-    records = tree.packages(kept)
-    assert records == image_packages(kept, members, archive.extractfile)
     assert [(record["name"], record["licenses"]) for record in records] == [("base-files", ["GPL-2"])]
+
+
+# inodes of every kind with two names (GNU ln links a symbolic link itself), new in the container: as the export has
+# them, the first path is what it is and the next a hard link to it; a package's documentation directory is the
+# second name of a symbolic link
+LINKED_BASE = [
+    ("etc", "dir"),
+    ("etc/issue", "file", "Debian\n"),
+    ("usr/share/doc/base-files/copyright", "file", COPYRIGHT),
+    ("var/lib/dpkg/status", "file", STATUS),
+]
+LINKED = [
+    ("opt", "dir"),
+    ("opt/fifo", "fifo"),
+    ("opt/fifo-hard", "hardlink", "opt/fifo"),
+    ("opt/file", "file", "x"),
+    ("opt/null", "chardev", (1, 3)),
+    ("opt/null-hard", "hardlink", "opt/null"),
+    ("opt/regular", "file", "regular"),
+    ("opt/regular-hard", "hardlink", "opt/regular"),
+    ("opt/symlink", "symlink", "file"),
+    ("opt/symlink-hard", "hardlink", "opt/symlink"),
+    ("usr/share/doc/a-doc", "symlink", "base-files"),
+    ("usr/share/doc/gone", "hardlink", "usr/share/doc/a-doc"),
+]
+
+
+def test_hard_linked_symlinks_fifos_and_devices_are_what_the_export_has(tmp_path):
+    base = index_of(tar_of(build(tmp_path / "base", LINKED_BASE)))
+    data = tar_of(build(tmp_path / "merged", LINKED_BASE + LINKED))
+    expected = index_of(data)
+    overlay = _overlay.Overlay(
+        merged=str(tmp_path / "merged"),
+        layers=(str(build(tmp_path / "upper", LINKED)),),
+        init=str(build(tmp_path / "init", [("etc/hostname", "file")])),
+    )
+    tree = _overlay.MergedTree(overlay)
+    final = tree.index(base)
+    assert final == expected and list(final) == list(expected)
+    for first in ("opt/symlink", "opt/fifo", "opt/null"):
+        assert final[first + "-hard"] == dataclasses.replace(final[first], name=first + "-hard", link=first)
+    assert (final["opt/symlink-hard"].kind, final["opt/symlink-hard"].linkname) == (tarfile.SYMTYPE, "file")
+    assert final["opt/fifo-hard"].kind == tarfile.FIFOTYPE and final["opt/fifo-hard"].digest == ""
+    assert (final["opt/null-hard"].kind, final["opt/null-hard"].device) == (tarfile.CHRTYPE, (1, 3))
+    regular = final["opt/regular-hard"]
+    assert (regular.kind, regular.link, regular.digest) == (
+        tarfile.REGTYPE,
+        "opt/regular",
+        final["opt/regular"].digest,
+    )
+
+    # the layer and the package records are the export's: the FIFO is never opened (the merged view's open would
+    # refuse it); the documentation directory that is a hard link is not followed, as the export's member is not
+    _kept, _whiteouts, written, records = as_exported(tree, base, final, data)
+    with tarfile.open(fileobj=io.BytesIO(written), mode="r:") as got:
+        assert [(m.name, m.type, m.linkname) for m in got.getmembers() if m.name.endswith("-hard")] == [
+            ("opt/fifo-hard", tarfile.LNKTYPE, "opt/fifo"),
+            ("opt/null-hard", tarfile.LNKTYPE, "opt/null"),
+            ("opt/regular-hard", tarfile.LNKTYPE, "opt/regular"),
+            ("opt/symlink-hard", tarfile.LNKTYPE, "opt/symlink"),
+        ]
+    assert [(record["name"], record["licenses"]) for record in records] == [
+        ("base-files", ["GPL-2"]),
+        ("gone", []),
+    ]
 
 
 def test_a_file_that_changed_since_it_was_indexed_is_not_written(trees):
