@@ -238,8 +238,10 @@ def image_entries(
     for name in sorted(final, key=_sort_key):
         entry = final[name]
         parent = posixpath.dirname(name)
+        # the patterns last: most paths are the base's as they were (py-spy: matching every path of a container
+        # first took 0.15 s of each commit)
         if parent in dropped or (
-            varying(name, patterns) and (name not in base or base[name].state() != entry.state())
+            (name not in base or base[name].state() != entry.state()) and varying(name, patterns)
         ):
             dropped.add(name)
             continue
