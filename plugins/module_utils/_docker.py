@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _overlay, _reproducible
+from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _overlay, _reproducible, _rootfs
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_tarball,
@@ -845,6 +845,30 @@ def container_name(bake_id: str | None, target: str | None) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:120]
 
 
+def seed_apt_lists(client: Any, cid: str, rootfs: str) -> dict[str, Any] | None:
+    """Put the package lists kept beside the rootfs tarball *rootfs* (``_rootfs.apt_lists_path``) into the lists
+    directory of the build container *cid* (created, started or not), as ``_rootfs.seed_apt_lists`` puts them into
+    a chroot builder's tree (``_rootfs.apt_lists_archive``: plain files but the lock, root's, with their times), so
+    that the refresh before the first provisioner fetches only what changed on the mirror since the rootfs was
+    built.
+
+    None when the rootfs has none; else ``path`` and the number of ``files`` sent, or ``files`` 0 and the
+    ``error``: never raised, the refresh fetches what is missing."""
+    lists = _rootfs.apt_lists_path(rootfs)
+    try:
+        with _rootfs.apt_lists_archive(lists) as (seeded, data):
+            if data is None:
+                return seeded
+            taken = client.api.put_archive(cid, "/" + _rootfs.APT_LISTS_DIR, data)
+    except (APIError, DockerException, OSError) as exc:
+        error = getattr(exc, "explanation", None) or str(exc)
+    else:
+        if taken:
+            return seeded
+        error = "the engine did not take them"
+    return {"path": lists, "files": 0, "error": "cannot put them into the build container: %s" % error}
+
+
 def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """Start a build container (unless an image with the fingerprint exists) for Ansible to provision."""
     name = params["name"]
@@ -916,6 +940,13 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
                 steps=step_states(0, len(keys) - 1, True),
             )
             cid = steps.run("create container", create, undo=lambda cid: _remove(client, cid))
+        # the package lists of the rootfs, when the container starts from the image made of it (a step image has the
+        # lists its bake refreshed; a base_image is the user's)
+        seeded = (
+            steps.run("seed the package lists", lambda: seed_apt_lists(client, cid, params["rootfs"]))
+            if params.get("apt_lists") and not params.get("base_image") and start_from == base
+            else None
+        )
         try:
             steps.run("start container", lambda: client.api.start(cid))
         except APIError as exc:
@@ -926,7 +957,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
             lambda: _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands"),
         )
     base_image = _image(client, base) or {}
-    return dict(
+    result = dict(
         changed=True,
         built=False,
         found=False,
@@ -938,6 +969,9 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         msg="started build container %s from %s%s"
         % (cname, base, " at step %d (cached %s)" % (resume, start_from[7:19]) if resume else ""),
     )
+    if seeded is not None:
+        result["apt_lists"] = seeded
+    return result
 
 
 # how long a verification container must keep running on the image's own command to count as a service

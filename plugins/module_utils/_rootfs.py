@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
@@ -863,16 +863,32 @@ def _partial_beside(path: str) -> Iterator[str]:
 # --------------------------------------------------------------------------- seeding a builder
 
 
+def apt_lists_members(archive: tarfile.TarFile) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """The members of a package lists file (``apt_lists_path``) a builder may be seeded with, and their names in the
+    lists directory: plain files directly in it, never ``lock``; links, directories and names with a ``/`` (one that
+    climbs out of the directory, say) are left out."""
+    for member in archive:
+        name = member.name[2:] if member.name.startswith("./") else member.name
+        if member.isreg() and name and "/" not in name and name not in (".", "..", "lock"):
+            yield name, member
+
+
+def _has_apt_lists(lists: str) -> bool:
+    """Whether *lists* is a package lists file with something in it: the hook leaves an empty one when it could not
+    write them, and a rootfs built before they were kept has none."""
+    return os.path.isfile(lists) and os.path.getsize(lists) > 0
+
+
 def seed_apt_lists(lists: str, root: str) -> dict[str, Any] | None:
     """Put the package lists kept beside a rootfs tarball (*lists*, ``apt_lists_path``) into the tree *root*
     unpacked from it, so that the builder's refresh before the first provisioner fetches only what changed on
-    the mirror since the rootfs was built.  Only plain files directly in the lists directory (never ``lock``),
-    with their times (apt asks the mirror whether its files changed since them).
+    the mirror since the rootfs was built.  Only plain files directly in the lists directory (never ``lock``,
+    ``apt_lists_members``), with their times (apt asks the mirror whether its files changed since them).
 
-    None when there are none to seed (a rootfs built before they were kept); else ``path``, the number of
-    ``files`` written and, when the file could not be read whole, the ``error`` (the refresh then fetches what is
-    missing: a seed is never needed)."""
-    if not os.path.isfile(lists):
+    None when there are none to seed (a rootfs built before they were kept, an empty file); else ``path``, the
+    number of ``files`` written and, when the file could not be read whole, the ``error`` (the refresh then fetches
+    what is missing: a seed is never needed)."""
+    if not _has_apt_lists(lists):
         return None
     directory = os.path.join(root, APT_LISTS_DIR)
     # the tree's own directory, never a link out of it
@@ -883,10 +899,7 @@ def seed_apt_lists(lists: str, root: str) -> dict[str, Any] | None:
     result: dict[str, Any] = {"path": lists, "files": 0}
     try:
         with tarfile.open(lists, "r:") as archive:
-            for member in archive:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                if not member.isreg() or not name or "/" in name or name in (".", "..", "lock"):
-                    continue
+            for name, member in apt_lists_members(archive):
                 source = archive.extractfile(member)
                 if source is None:
                     continue
@@ -902,6 +915,56 @@ def seed_apt_lists(lists: str, root: str) -> dict[str, Any] | None:
     except (OSError, tarfile.TarError, EOFError) as exc:
         result["error"] = str(exc)
     return result
+
+
+def _as_kept(name: str, member: tarfile.TarInfo) -> bool:
+    """Whether *member* of a package lists file is as the hook writes them: a plain file by its plain name, root's,
+    mode 0644, nothing in pax headers (an extended attribute, say)."""
+    return (
+        member.name == name
+        and member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
+        and member.uid == member.gid == 0
+        and member.mode & 0o7777 == 0o644
+        and not member.pax_headers
+    )
+
+
+@contextlib.contextmanager
+def apt_lists_archive(lists: str) -> Iterator[tuple[dict[str, Any] | None, IO[bytes] | None]]:
+    """The package lists kept beside a rootfs tarball (*lists*, ``apt_lists_path``) as a tar to unpack into a
+    builder's lists directory (a build container: Docker's put_archive), with what ``seed_apt_lists`` puts into a
+    tree: the same files (``apt_lists_members``) by their plain names, root's, mode 0644, with their times.  That is
+    the file itself when it holds nothing else (as the hook writes it), else a copy of those files in a temporary
+    file.
+
+    Yields the result and the archive, open at its start: None and None when there are none (no file, an empty
+    one); ``path`` and the number of ``files`` in it; or, when the file could not be read whole, ``files`` 0, the
+    ``error`` and no archive (a half file would seed a half list, and the refresh fetches them all without one)."""
+    if not _has_apt_lists(lists):
+        yield None, None
+        return
+    with contextlib.ExitStack() as stack:
+        data: IO[bytes] | None
+        try:
+            archive = stack.enter_context(tarfile.open(lists, "r:"))
+            # every header read: a file cut short fails here, before anything is sent
+            members = list(apt_lists_members(archive))
+            if len(members) == len(archive.getmembers()) and all(_as_kept(n, m) for n, m in members):
+                data = stack.enter_context(open(lists, "rb"))
+            else:
+                data = stack.enter_context(tempfile.TemporaryFile())
+                with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as packed:
+                    for name, member in members:
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime, info.mode = member.size, member.mtime, 0o644
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = "root"
+                        packed.addfile(info, archive.extractfile(member))
+                data.seek(0)
+            result: dict[str, Any] = {"path": lists, "files": len(members)}
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            data, result = None, {"path": lists, "files": 0, "error": str(exc)}
+        yield result, data
 
 
 # --------------------------------------------------------------------------- the bake

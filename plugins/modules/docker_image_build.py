@@ -137,6 +137,18 @@ options:
   base_image:
     description: Image the build container of V(start) runs (it must exist on the engine; nothing is pulled).
     type: str
+  apt_lists:
+    description:
+      - With V(action=start), seed the build container with the package lists kept beside the O(rootfs) tarball
+        (C(<rootfs>.apt-lists.tar), written by M(bakery.images.rootfs)) when it starts from the image made of it (not
+        from a step image of the per-step cache, which has the lists its bake refreshed, and never with a
+        O(base_image)). The files go into C(/var/lib/apt/lists) before the container starts (plain files but
+        C(lock), root's, with their times), so that the refresh before the first provisioner fetches only what
+        changed on the mirror since; a tarball without them (built by an older bakery) is used as it is.
+      - A seed that fails is reported in RV(apt_lists.error), never as a failure (the refresh fetches what is
+        missing). No input of the fingerprint; the bake removes the lists after the last provisioner.
+    type: bool
+    default: false
   container:
     description: Build container id or name for V(commit) and V(remove).
     type: str
@@ -469,6 +481,20 @@ step_cache:
     reason:
       description: Why it starts there.
       type: str
+apt_lists:
+  description: The package lists the build container was seeded with (O(apt_lists)).
+  returned: start with O(apt_lists), when the container starts from a rootfs tarball that has them
+  type: dict
+  contains:
+    path:
+      description: The file they came from.
+      type: str
+    files:
+      description: How many files went into C(/var/lib/apt/lists) (V(0) with RV(apt_lists.error)).
+      type: int
+    error:
+      description: Why none went in (the refresh fetches them).
+      type: str
 kept_alive:
   description: Whether V(verifier) runs the image kept alive because its own command ended at once.
   returned: verifier
@@ -544,6 +570,7 @@ def main() -> None:
             platform=dict(type="str"),
             rootfs=dict(type="path"),
             base_image=dict(type="str"),
+            apt_lists=dict(type="bool", default=False),
             container=dict(type="str"),
             container_name=dict(type="str"),
             changes=dict(type="dict", default={}, options=CHANGES),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -224,6 +225,44 @@ def layers(image: str) -> list[str]:
     return docker_client().api.inspect_image(image)["RootFS"]["Layers"]
 
 
+def check_seeded_package_lists(run, image: str) -> None:
+    """A build container that started from the image of the bake's rootfs got the package lists kept with it
+    (``<rootfs>.apt-lists.tar``): its refresh before the first provisioner fetched no Packages index (with no lists
+    apt fetches the suite's whole) whenever the mirror's Release is still the one kept; the image has no lists."""
+    started = run.task_result("Start the build container")
+    refreshed = [
+        r
+        for r in run.task_results("Refresh the package lists before the first provisioner")
+        if not r.get("skipped")
+    ]
+    if started["step_cache"]["resume"]:
+        # started from a step kept by an earlier bake: no seed, no refresh
+        assert "apt_lists" not in started and not refreshed, started
+    else:
+        (refresh,) = refreshed
+        seeded = started.get("apt_lists")
+        print("refresh in the build container, seeded with %s:\n%s" % (seeded, refresh["stdout"]))
+        assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
+        mirror, suite = BAKE_BASE["mirror"].rstrip("/"), BAKE_BASE["suite"]
+        release = "%s_dists_%s_InRelease" % (mirror.split("://", 1)[1].replace("/", "_"), suite)
+        with tarfile.open(seeded["path"]) as archive:
+            kept = archive.extractfile(release).read()
+        with urllib.request.urlopen("%s/dists/%s/InRelease" % (mirror, suite), timeout=60) as response:
+            current = response.read()
+        if kept == current:
+            assert re.search(
+                r"^(Hit|Get):\d+ %s %s InRelease( |$)" % (re.escape(mirror), suite), refresh["stdout"], re.M
+            ), refresh["stdout"]
+            assert not re.search(r"^Get:.* Packages", refresh["stdout"], re.MULTILINE), refresh["stdout"]
+    # the bake removed them after the last provisioner, seeded or not
+    lists = docker_client().containers.run(
+        image,
+        ["sh", "-c", "find /var/lib/apt/lists -mindepth 1 -maxdepth 1 -type f ! -name lock"],
+        remove=True,
+    )
+    assert lists.decode() == "", lists.decode()
+
+
 def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_leftovers, signing_key):
     home, fingerprint = signing_key
     name = unique("web")
@@ -254,6 +293,7 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
         assert config["Labels"]["org.example.owner"] == "platform"
         assert config["Labels"]["bakery-temporary"] == "false"
         assert serves("%s:latest" % name).strip() == "nginx on Debian"
+        check_seeded_package_lists(first, image.id)
 
         manifest = json.loads((tmp_path / "output" / "bake-manifest.json").read_text())
         (entry,) = manifest["artifacts"]
@@ -398,6 +438,9 @@ def test_container_bake_provisioned_by_ansible(bake_base, tmp_path, docker_lefto
                 args,
                 again.task_result("Commit the provisioned build container"),
             )
+            # the forced bake starts from the rootfs's image, seeded with its package lists: the same layers as the
+            # first bake's (seeded too, or resumed from a cached step)
+            check_seeded_package_lists(again, entry["id"])
             # the base image's file index, read by the first bake's commit, is kept in the cache: not read again
             assert (
                 again.task_result("Commit the provisioned build container")["layer"]["base_index"] == "kept"
