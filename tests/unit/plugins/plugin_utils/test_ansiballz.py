@@ -3,11 +3,17 @@ change to a module or to a module utility it imports (or could import) runs the 
 
 from __future__ import annotations
 
+import base64
+import importlib
+import io
 import json
+import marshal
 import os
+import pickle
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from ansible_collections.bakery.images.plugins.plugin_utils import _ansiballz
@@ -80,6 +86,7 @@ def bake(tmp_path: Path, cache: Path) -> dict:
         check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    deprecations = re.findall(r"\[DEPRECATION WARNING\]:[^\n]*", out.stdout + out.stderr)
     assembled = re.findall(r"ANSIBALLZ: Creating module", out.stdout + out.stderr)
     used = re.findall(r"ANSIBALLZ: using cached module: \S+/([^/\s]+)", out.stdout + out.stderr)
     # the debug line as any stdout callback or result format prints it (JSON, YAML)
@@ -92,6 +99,7 @@ def bake(tmp_path: Path, cache: Path) -> dict:
         "greeting": greeting.group(1),
         "local": greeting.group(2),
         "kept": kept,
+        "deprecations": deprecations,
     }
 
 
@@ -203,3 +211,85 @@ def test_the_cache_is_per_ansible_core_version(monkeypatch, tmp_path):
     monkeypatch.setenv(_ansiballz.ENV, "")
     assert _ansiballz.cache_dir() is None
     assert _ansiballz.restore() == [] and _ansiballz.keep() == []
+
+
+def _payload(kept: Path) -> dict[str, bytes]:
+    _signature, entry = _ansiballz._read_kept(str(kept))
+    cached = pickle.loads(entry)  # noqa: S301 - written by the test's own run
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(cached.zip_data))) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_kept_payloads_carry_bytecode_and_deprecations_keep_their_attribution(tmp_path):
+    coll = project(tmp_path)
+    # a module deprecating something itself: Ansible names the module and its collection by the frame's file name
+    (coll / "plugins" / "modules" / "hello.py").write_text(
+        MODULE.replace(
+            "import GREETING", "import GREETING\nfrom ansible.module_utils.common.warnings import deprecate"
+        ).replace(
+            "    module.exit_json", "    deprecate('hello is old', version='3.0.0')\n    module.exit_json"
+        )
+    )
+    cache = tmp_path / "cache"
+    first = bake(tmp_path, cache)
+    (kept,) = [path for path in _kept(cache).iterdir() if path.name.startswith("ansible_collections.ns.coll")]
+    members = _payload(kept)
+    utility = "ansible_collections/ns/coll/plugins/module_utils/greeting.py"
+    code = marshal.loads(members[utility + "c"][16:])
+    assert code == compile(members[utility], utility, "exec", dont_inherit=True)
+    assert "ansible/module_utils/common/text/formatters.pyc" in members
+    # sources that deprecate keep their source only: the frames of their code are named by the payload's path
+    assert "ansible/module_utils/basic.py" in members and "ansible/module_utils/basic.pyc" not in members
+    assert not [
+        name for name in members if name.endswith(".pyc") and b"deprecat" in members[name[:-1]].lower()
+    ]
+    assert first["deprecations"] == [
+        "[DEPRECATION WARNING]: hello is old. This feature will be removed from module 'hello' in collection "
+        "'ns.coll' version 3.0.0."
+    ], first
+
+    second = bake(tmp_path, cache)
+    assert "ansible_collections.ns.coll.plugins.modules.hello-ZIP_DEFLATED-none" in second["used"]
+    assert second["greeting"] == "first"
+    assert second["deprecations"] == first["deprecations"]
+
+
+def test_with_bytecode_compiles_what_zipimport_would_and_leaves_the_rest(tmp_path):
+    files = {
+        "plain.py": b"VALUE = 40 + 2\n",
+        "warns.py": b"def old():\n    Deprecate = 1\n    return Deprecate\n",
+        "broken.py": b"def (:\n",
+        "own.py": b"X = 1\n",
+        "own.pyc": b"not ours",
+        "data.txt": b"plain.py",
+    }
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with zipfile.ZipFile(io.BytesIO(_ansiballz.with_bytecode(raw.getvalue()))) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+        assert {info.filename: info.compress_type for info in archive.infolist()}[
+            "plain.pyc"
+        ] == zipfile.ZIP_DEFLATED
+    assert sorted(members) == sorted([*files, "plain.pyc"])
+    assert all(members[name] == data for name, data in files.items())
+    assert _ansiballz._bytecode_of("plain.pyc", members["plain.pyc"], members)
+    assert not _ansiballz._bytecode_of("own.pyc", members["own.pyc"], members)
+    assert not _ansiballz._bytecode_of(
+        "plain.pyc", members["plain.pyc"], dict(members, **{"plain.py": b"VALUE = 1\n"})
+    )
+
+    # zipimport takes the bytecode (its code names the member, a source compiled there names the archive's path)
+    payload = tmp_path / "payload.zip"
+    payload.write_bytes(_ansiballz.with_bytecode(raw.getvalue()))
+    sys.path.insert(0, str(payload))
+    try:
+        plain, warns = importlib.import_module("plain"), importlib.import_module("warns")
+        assert plain.VALUE == 42 and warns.old() == 1
+        assert plain.__spec__.loader.get_code("plain").co_filename == "plain.py"
+        assert warns.__spec__.loader.get_code("warns").co_filename == str(payload / "warns.py")
+    finally:
+        sys.path.remove(str(payload))
+        for name in ("plain", "warns"):
+            sys.modules.pop(name, None)
