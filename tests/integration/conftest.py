@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import subprocess
@@ -41,6 +42,19 @@ class PlaybookResult:
                 if name == task_name or name.endswith(" : " + task_name):  # role tasks: "role : name"
                     found.extend(task["hosts"].values())
         return found
+
+    def task_seconds(self, task_name: str) -> float:
+        """How long the task(s) named *task_name* took, together (the json callback's durations)."""
+        total = 0.0
+        for play in (self.data or {}).get("plays", []):
+            for task in play.get("tasks", []):
+                name, duration = task["task"]["name"], task["task"].get("duration") or {}
+                if (name == task_name or name.endswith(" : " + task_name)) and duration.get("end"):
+                    total += (
+                        datetime.datetime.fromisoformat(duration["end"].replace("Z", "+00:00"))
+                        - datetime.datetime.fromisoformat(duration["start"].replace("Z", "+00:00"))
+                    ).total_seconds()
+        return total
 
     def task_result(self, task_name: str) -> dict:
         results = self.task_results(task_name)

@@ -119,8 +119,11 @@ def check_seeded_package_lists(baked: dict, raw: Path) -> None:
         (refresh,) = refreshed
         seeded = unpacked.get("apt_lists")
         print(
-            "refresh in the chroot builder (%s): %s"
-            % ("seeded" if seeded else "not seeded", refresh["delta"])
+            "refresh in the chroot builder (%s): %.1f s"
+            % (
+                "seeded" if seeded else "not seeded",
+                first.task_seconds("Refresh the package lists before the first provisioner"),
+            )
         )
         assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
         suite, mirror = (
@@ -599,12 +602,18 @@ def test_vm_provisioning_boots_the_disk_and_provisions_it_over_ssh(cache_dir, tm
         # the builder's disk got the package lists kept with the rootfs (when it has them: one built before they
         # were kept has none), for the refresh before the first provisioner
         seeded = run.task_result("Make the disk the builder VM boots").get("apt_lists")
-        (refresh,) = [
+        (_refreshed,) = [
             r
             for r in run.task_results("Refresh the package lists before the first provisioner")
             if not r.get("skipped")
         ]
-        print("refresh in the builder VM (%s): %s" % ("seeded" if seeded else "not seeded", refresh["delta"]))
+        print(
+            "refresh in the builder VM (%s): %.1f s"
+            % (
+                "seeded" if seeded else "not seeded",
+                run.task_seconds("Refresh the package lists before the first provisioner"),
+            )
+        )
         rootfs = run.task_result("Build the target's root filesystem (the base with a kernel)")["path"]
         if Path(rootfs + ".apt-lists.tar").exists():
             assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
