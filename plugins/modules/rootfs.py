@@ -24,8 +24,9 @@ description:
     existing tarball is left as it was. Parallel tasks that want the same O(path) build it once
     (they serialise on the lock file C(<path>.lock)).
   - The package lists C(mmdebstrap) fetched (which it removes from the tree) are kept beside the tarball as
-    C(<path>.apt-lists.tar), written with it; M(bakery.images.qemu_image) seeds a builder made from the tarball
-    with them (O(bakery.images.qemu_image#module:apt_lists)), so that its refresh before the first provisioner
+    C(<path>.apt-lists.tar), written with it; M(bakery.images.qemu_image) and M(bakery.images.docker_image_build)
+    seed a builder made from the tarball with them (O(bakery.images.qemu_image#module:apt_lists),
+    O(bakery.images.docker_image_build#module:apt_lists)), so that its refresh before the first provisioner
     fetches only what changed on the mirror since. They are no input of the fingerprint; a tarball built without
     them is up to date as it is.
   - C(mmdebstrap) failures are reported in one line that names the problem (unknown suite, unreachable
