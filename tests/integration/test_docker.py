@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, remove_untagged, run_playbook
+from package_lists import check_seeded_refresh
 from ports import free_port
 from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
@@ -227,33 +227,14 @@ def layers(image: str) -> list[str]:
 
 def check_seeded_package_lists(run, image: str) -> None:
     """A build container that started from the image of the bake's rootfs got the package lists kept with it
-    (``<rootfs>.apt-lists.tar``): its refresh before the first provisioner fetched no Packages index (with no lists
-    apt fetches the suite's whole) whenever the mirror's Release is still the one kept; the image has no lists."""
-    started = run.task_result("Start the build container")
-    refreshed = [
-        r
-        for r in run.task_results("Refresh the package lists before the first provisioner")
-        if not r.get("skipped")
-    ]
-    if started["step_cache"]["resume"]:
-        # started from a step kept by an earlier bake: no seed, no refresh
-        assert "apt_lists" not in started and not refreshed, started
-    else:
-        (refresh,) = refreshed
-        seeded = started.get("apt_lists")
-        print("refresh in the build container, seeded with %s:\n%s" % (seeded, refresh["stdout"]))
-        assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
-        mirror, suite = BAKE_BASE["mirror"].rstrip("/"), BAKE_BASE["suite"]
-        release = "%s_dists_%s_InRelease" % (mirror.split("://", 1)[1].replace("/", "_"), suite)
-        with tarfile.open(seeded["path"]) as archive:
-            kept = archive.extractfile(release).read()
-        with urllib.request.urlopen("%s/dists/%s/InRelease" % (mirror, suite), timeout=60) as response:
-            current = response.read()
-        if kept == current:
-            assert re.search(
-                r"^(Hit|Get):\d+ %s %s InRelease( |$)" % (re.escape(mirror), suite), refresh["stdout"], re.M
-            ), refresh["stdout"]
-            assert not re.search(r"^Get:.* Packages", refresh["stdout"], re.MULTILINE), refresh["stdout"]
+    (package_lists.check_seeded_refresh); the image has no lists."""
+    check_seeded_refresh(
+        run,
+        run.task_result("Start the build container"),
+        "build container",
+        BAKE_BASE["mirror"],
+        BAKE_BASE["suite"],
+    )
     # the bake removed them after the last provisioner, seeded or not
     lists = docker_client().containers.run(
         image,

@@ -17,15 +17,14 @@ import posixpath
 import re
 import struct
 import subprocess
-import tarfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import LOCAL, PREFLIGHT_TASK, REPO, loops_and_mounts, run_playbook, shadow_path
+from package_lists import check_seeded_refresh
 from provenance_checks import check_statement
 from sbom_checks import check_documents, dpkg_query
 
@@ -98,49 +97,16 @@ def test_default_bake_makes_the_disk_and_its_manifest_entry(baked, tmp_path):
 
 
 def check_seeded_package_lists(baked: dict, raw: Path) -> None:
-    """The chroot builder started with the package lists kept with the rootfs (``<rootfs>.apt-lists.tar``): its
-    refresh before the first provisioner fetched no Packages index (with no lists apt fetches the suite's whole)
-    whenever the mirror's Release is still the one kept; the image has no lists."""
+    """The chroot builder started with the package lists kept with the rootfs
+    (package_lists.check_seeded_refresh); the image has no lists."""
     first = baked["first"]
     (unpacked,) = [
         r
         for r in first.task_results("Unpack the root filesystem into the chroot work directory")
         if not r.get("skipped")
     ]
-    refreshed = [
-        r
-        for r in first.task_results("Refresh the package lists before the first provisioner")
-        if not r.get("skipped")
-    ]
-    if unpacked["step_cache"]["resume"]:
-        # started from a step kept by an earlier session's bake: no seed, no refresh
-        assert "apt_lists" not in unpacked and not refreshed, unpacked
-    else:
-        (refresh,) = refreshed
-        seeded = unpacked.get("apt_lists")
-        print(
-            "refresh in the chroot builder (%s): %.1f s"
-            % (
-                "seeded" if seeded else "not seeded",
-                first.task_seconds("Refresh the package lists before the first provisioner"),
-            )
-        )
-        assert seeded and seeded["files"] >= 2 and "error" not in seeded, seeded
-        suite, mirror = (
-            baked["definition"]["base"]["suite"],
-            baked["definition"]["base"]["mirror"].rstrip("/"),
-        )
-        release = "%s_dists_%s_InRelease" % (mirror.split("://", 1)[1].replace("/", "_"), suite)
-        with tarfile.open(seeded["path"]) as archive:
-            kept = archive.extractfile(release).read()
-        with urllib.request.urlopen("%s/dists/%s/InRelease" % (mirror, suite), timeout=60) as response:
-            current = response.read()
-        if kept == current:
-            # the Release again at most (a mirror that answers no If-Modified-Since sends it whole: apt then
-            # compares it with the one it has), never its Packages index, which apt gets with no lists
-            release_line = r"^(Hit|Get):\d+ %s %s InRelease( |$)" % (re.escape(mirror), suite)
-            assert re.search(release_line, refresh["stdout"], re.MULTILINE), refresh["stdout"]
-            assert not re.search(r"^Get:.* Packages", refresh["stdout"], re.MULTILINE), refresh["stdout"]
+    base = baked["definition"]["base"]
+    check_seeded_refresh(first, unpacked, "chroot builder", base["mirror"], base["suite"])
     # ls -p: /inode/mode/uid/gid/name/size/
     listing = debugfs(raw, "ls -p /var/lib/apt/lists").stdout.splitlines()
     names = {line.split("/")[5] for line in listing if line.startswith("/")}
