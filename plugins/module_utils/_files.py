@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
+import struct
+import sys
 import tarfile
 import tempfile
 import time
@@ -185,6 +188,61 @@ def file_lock(path: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)
         handle.close()
+
+
+# ext4's "top directory" hint (chattr +T): ioctls of linux/fs.h, written here since no library of the collection's
+# dependencies sets an inode flag (it is two ioctl calls)
+# (FS_IOC_GETFLAGS and FS_IOC_SETFLAGS: _IOR and _IOW of 'f' 1 and 2, sized as a long; the kernel reads and writes
+# an int)
+_LONG = struct.calcsize("l")
+_FS_IOC_GETFLAGS = (2 << 30) | (_LONG << 16) | (ord("f") << 8) | 1
+_FS_IOC_SETFLAGS = (1 << 30) | (_LONG << 16) | (ord("f") << 8) | 2
+_FS_TOPDIR_FL = 0x00020000
+
+
+def make_tree_directory(path: str, mode: int = 0o755) -> bool:
+    """Make the directory *path*, which a whole tree (an unpacked root file system) is about to fill, where ext4 places
+    it among block groups of its own; its parent must be a work directory of bakery's own (it gets ext4's top
+    directory hint). Returns whether ext4 took the hint (other file systems place the tree as they always do).
+
+    Why: ext4 without a journal skips every inode freed less than a minute (five, while its table is unwritten)
+    ago, one by one, each time it allocates one in that group. A tree unpacked beside one removed just before (the
+    work directory of the last bake, its builder's tree) lands among those inodes: on such a file system unpacking
+    a 14,000-file step took 8-17 s of system time instead of 1.3-1.8 s. A child of a top directory is placed by
+    ext4's Orlov allocator, from the hash of its name, in a group with the fewest directories: the directory is
+    made under a name of its own, then renamed to *path* (the files below it follow it to its group)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    hinted = False
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = bytearray(_LONG)
+            fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+            value = int.from_bytes(flags[:4], sys.byteorder)
+            if not value & _FS_TOPDIR_FL:
+                fcntl.ioctl(
+                    fd,
+                    _FS_IOC_SETFLAGS,
+                    (value | _FS_TOPDIR_FL).to_bytes(4, sys.byteorder) + bytes(_LONG - 4),
+                )
+            hinted = True
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # not ext2/3/4 (ENOTTY, EOPNOTSUPP), or not allowed: the placement is the file system's own
+    if not hinted:
+        os.mkdir(path, mode)
+        return False
+    placed = tempfile.mkdtemp(prefix=".tree-", dir=parent)
+    try:
+        os.chmod(placed, mode)
+        os.rename(placed, path)
+    except OSError:
+        os.rmdir(placed)
+        raise
+    return True
 
 
 def check_tarball(path: str, what: str = "rootfs") -> None:

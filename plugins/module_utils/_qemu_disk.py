@@ -63,6 +63,7 @@ from ansible_collections.bakery.images.plugins.module_utils._files import (
     check_raw_disk,
     check_tarball,
     file_lock,
+    make_tree_directory,
     read_sidecar,
     write_sidecar,
 )
@@ -1323,7 +1324,7 @@ def unpack(
     with open(os.path.join(workdir, TEMPORARY_MARKER), "w", encoding="utf-8") as handle:
         handle.write((bake_id or "") + "\n")
     root = os.path.join(workdir, "root")
-    os.mkdir(root, 0o755)
+    make_tree_directory(root)
     run(
         [
             which("tar"),
@@ -1661,7 +1662,7 @@ def _disk_from_rootfs(opts: DiskOptions, fp: str, work: str, details: dict[str, 
         details["restored_chroot"] = restore_chroot(root)
     elif os.path.isfile(rootfs):
         root = os.path.join(work, "root")
-        os.mkdir(root, 0o755)
+        make_tree_directory(root)
         run(
             [
                 which("tar"),
@@ -1726,7 +1727,7 @@ def _disk_from_image_tree(opts: DiskOptions, fp: str, work: str, details: dict[s
     verify_image(opts)
     started = time.monotonic()
     root = os.path.join(work, "root")
-    os.mkdir(root, 0o755)
+    make_tree_directory(root)
     with DiskFiles(str(opts.image), opts.timeout) as disk:
         old_uuid = _disk_tree.root_uuid(disk.raw, disk.offset)
         copied = _disk_tree.copy_tree(disk.raw, disk.offset, root, opts.timeout)

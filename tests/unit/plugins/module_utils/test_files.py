@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from ansible_collections.bakery.images.plugins.module_utils import _files
@@ -71,3 +73,62 @@ def test_the_openssh_public_key_of_a_pem_rsa_and_an_openssh_ed25519_private_key(
         _files.openssh_public_key(
             "-----BEGIN RSA PRIVATE KEY-----\nnot a key\n-----END RSA PRIVATE KEY-----\n"
         )
+
+
+def _topdir(path) -> bool | None:
+    """Whether *path* carries ext4's top directory hint; None where its file system has no inode flags."""
+    import fcntl
+    import os
+    import sys
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = bytearray(_files._LONG)
+        fcntl.ioctl(fd, _files._FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags[:4], sys.byteorder) & _files._FS_TOPDIR_FL)
+
+
+def test_a_tree_directory_is_placed_by_the_top_directory_hint_of_its_work_directory(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    assert not _topdir(work)
+    hinted = _files.make_tree_directory(str(work / "root"), 0o751)
+    # ext2/3/4 take the hint (as this machine's and CI's /tmp); another file system refuses it or has no inode
+    # flags, and gets a plain mkdir
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True, check=True)
+    assert hinted == (kind.stdout.strip() == "ext2/ext3") == bool(_topdir(work)), kind.stdout
+    assert (work / "root").is_dir() and (work / "root").stat().st_mode & 0o7777 == 0o751
+    # made under a name of its own, renamed: nothing else is left in the work directory
+    assert sorted(p.name for p in work.iterdir()) == ["root"]
+    # the hint is kept, and a second tree beside the first is placed the same way
+    assert _files.make_tree_directory(str(work / "second")) == hinted
+    assert sorted(p.name for p in work.iterdir()) == ["root", "second"]
+
+
+def test_a_tree_directory_is_a_plain_directory_where_inode_flags_are_refused(tmp_path, monkeypatch):
+    import errno
+
+    calls = []
+
+    def refuse(fd, request, *args):
+        calls.append(request)
+        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+
+    monkeypatch.setattr(_files.fcntl, "ioctl", refuse)
+    assert _files.make_tree_directory(str(tmp_path / "root")) is False
+    assert calls == [_files._FS_IOC_GETFLAGS]
+    assert (tmp_path / "root").is_dir() and (tmp_path / "root").stat().st_mode & 0o7777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_a_tree_directory_is_never_made_over_an_existing_path(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "kept").write_text("x")
+    with pytest.raises(FileExistsError):
+        _files.make_tree_directory(str(tmp_path / "root"))
+    assert (tmp_path / "root" / "kept").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
