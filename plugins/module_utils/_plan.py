@@ -765,6 +765,10 @@ def make_plan(
                     "builder_why": subset_why,
                     "verifier": verify_subset,
                     "verifier_why": verify_subset_why,
+                    # a builder that resumes (the per-step cache) at or after this position gathers none
+                    "builder_facts_until": _facts.facts_until(
+                        provisioners, error_provisioners, chosen_subset
+                    ),
                 },
                 "source": None,
             }

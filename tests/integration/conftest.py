@@ -43,6 +43,16 @@ class PlaybookResult:
                     found.extend(task["hosts"].values())
         return found
 
+    def host_results(self, task_name: str) -> dict[str, dict]:
+        """The result of the task(s) named *task_name* by host (a later task of that name wins)."""
+        found: dict[str, dict] = {}
+        for play in (self.data or {}).get("plays", []):
+            for task in play.get("tasks", []):
+                name = task["task"]["name"]
+                if name == task_name or name.endswith(" : " + task_name):
+                    found.update(task["hosts"])
+        return found
+
     def task_seconds(self, task_name: str) -> float:
         """How long the task(s) named *task_name* took, together (the json callback's durations)."""
         total = 0.0

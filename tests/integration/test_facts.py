@@ -33,7 +33,9 @@ def test_each_builder_gathers_the_facts_its_roles_name(bake_base, tmp_path: Path
     repository = "bakery-test/facts-%s" % uuid.uuid4().hex[:8]
     for name, tasks in (("plain", PLAIN), ("sized", SIZED)):
         (tmp_path / "roles" / name / "tasks").mkdir(parents=True)
-        (tmp_path / "roles" / name / "tasks" / "main.yml").write_text(tasks)
+        # the run's own roles: a step an earlier run kept (the per-step cache) would start the builder after the
+        # role, and a builder with no role left to run gathers no facts
+        (tmp_path / "roles" / name / "tasks" / "main.yml").write_text(tasks + "# %s\n" % repository)
     definition = {
         "name": "facts",
         "cache_dir": bake_base["cache_dir"],
@@ -80,5 +82,51 @@ def test_each_builder_gathers_the_facts_its_roles_name(bake_base, tmp_path: Path
         with open("/proc/meminfo", encoding="ascii") as handle:
             kib = int(handle.readline().split()[1])
         assert int(memtotal) == kib // 1024
+    finally:
+        remove_repositories(repository)
+
+
+def test_a_builder_whose_provisioners_read_no_fact_gathers_none(bake_base, tmp_path: Path) -> None:
+    """A shell entry only: the builder gathers no facts; its shell says it has apt, so the package lists are
+    refreshed before the provisioner and removed after it, as with facts. (A bake definition cannot name a fact of
+    the builder: the plan templates it on the controller.)"""
+    repository = "bakery-test/nofacts-%s" % uuid.uuid4().hex[:8]
+    # the run's own entry (no step of an earlier run to start from)
+    lists = "ls /var/lib/apt/lists | grep -c _Packages > /etc/lists-during || true  # %s" % repository
+    definition = {
+        "name": "nofacts",
+        "cache_dir": bake_base["cache_dir"],
+        "base": dict(BAKE_BASE),
+        "targets": [
+            {
+                "name": "bare",
+                "docker": {"repository": repository, "tags": ["bare"]},
+                "provisioners": [{"shell": {"inline": [lists]}}],
+            },
+        ],
+    }
+    try:
+        run = bake(tmp_path, definition)
+        assert run.rc == 0, run.explain()
+        assert run.host_results("Gather facts on the builder")["bakery-bare-builder"].get("skipped")
+        reached = run.host_results(
+            "Reach the builder without gathering facts (no provisioner left reads them)"
+        )
+        assert reached["bakery-bare-builder"]["stdout"].strip() == "apt", reached
+        refreshed = run.host_results("Refresh the package lists before the first provisioner")
+        assert not refreshed["bakery-bare-builder"].get("skipped"), refreshed
+        (entry,) = json.loads((tmp_path / "run" / "output" / "bake-manifest.json").read_text())["artifacts"]
+        during, after = (
+            docker_client()
+            .containers.run(
+                entry["id"],
+                ["sh", "-c", "cat /etc/lists-during; ls /var/lib/apt/lists | grep -c _Packages || true"],
+                remove=True,
+            )
+            .decode()
+            .split()
+        )
+        # the lists were there for the provisioner, and left the image after it
+        assert int(during) > 0 and int(after) == 0, (during, after)
     finally:
         remove_repositories(repository)

@@ -127,6 +127,23 @@ def test_the_gather_subset_of_a_target():
     assert _facts.gather_subset([shell, {"kind": "playbook"}], role_facts)[0] == ["min"]
 
 
+def test_a_builder_needs_facts_until_its_last_role():
+    role = {"kind": "role", "role": "web", "vars": {}}
+    shell = {"kind": "shell", "shell": {"inline": ["echo hi"], "environment": {}}}
+    playbook = {"kind": "playbook", "playbook": "site.yml", "vars": {}}
+    # a role's tasks get the facts: a resume after it gathers none for the shell entries that follow
+    assert _facts.facts_until([role, shell, shell], []) == 1
+    assert _facts.facts_until([shell, role, shell], []) == 2
+    assert _facts.facts_until([shell, role, role], []) == 3
+    # no role (a playbook gathers its own): no position needs them
+    assert _facts.facts_until([shell, playbook], []) == 0
+    assert _facts.facts_until([], []) == 0
+    # an error provisioner may run after any of them; a subset the bake chose is gathered: always
+    assert _facts.facts_until([shell, shell], [role]) == 3
+    assert _facts.facts_until([shell], [], ["min"]) == 2
+    assert _facts.facts_until([shell], [shell]) == 0
+
+
 def test_the_example_role_needs_the_virtual_and_chroot_facts_only():
     needed, why, _roles = _facts.role_subsets(str(REPO / "roles" / "example_web"), lambda path, text: [])
     assert (needed, why) == ({"virtual", "chroot"}, None)
