@@ -33,37 +33,35 @@ class PlaybookResult:
     stderr: str
     data: dict | None
 
-    def task_results(self, task_name: str) -> list[dict]:
-        """Every host's result of the task(s) named *task_name*."""
-        found = []
-        for play in (self.data or {}).get("plays", []):
-            for task in play.get("tasks", []):
-                name = task["task"]["name"]
-                if name == task_name or name.endswith(" : " + task_name):  # role tasks: "role : name"
-                    found.extend(task["hosts"].values())
-        return found
-
-    def host_results(self, task_name: str) -> dict[str, dict]:
-        """The result of the task(s) named *task_name* by host (a later task of that name wins)."""
-        found: dict[str, dict] = {}
+    def _tasks(self, task_name: str) -> Iterator[dict]:
+        """The json callback's entries of the task(s) named *task_name* (role tasks: "role : name")."""
         for play in (self.data or {}).get("plays", []):
             for task in play.get("tasks", []):
                 name = task["task"]["name"]
                 if name == task_name or name.endswith(" : " + task_name):
-                    found.update(task["hosts"])
+                    yield task
+
+    def task_results(self, task_name: str) -> list[dict]:
+        """Every host's result of the task(s) named *task_name*."""
+        return [result for task in self._tasks(task_name) for result in task["hosts"].values()]
+
+    def host_results(self, task_name: str) -> dict[str, dict]:
+        """The result of the task(s) named *task_name* by host (a later task of that name wins)."""
+        found: dict[str, dict] = {}
+        for task in self._tasks(task_name):
+            found.update(task["hosts"])
         return found
 
     def task_seconds(self, task_name: str) -> float:
         """How long the task(s) named *task_name* took, together (the json callback's durations)."""
         total = 0.0
-        for play in (self.data or {}).get("plays", []):
-            for task in play.get("tasks", []):
-                name, duration = task["task"]["name"], task["task"].get("duration") or {}
-                if (name == task_name or name.endswith(" : " + task_name)) and duration.get("end"):
-                    total += (
-                        datetime.datetime.fromisoformat(duration["end"].replace("Z", "+00:00"))
-                        - datetime.datetime.fromisoformat(duration["start"].replace("Z", "+00:00"))
-                    ).total_seconds()
+        for task in self._tasks(task_name):
+            duration = task["task"].get("duration") or {}
+            if duration.get("end"):
+                total += (
+                    datetime.datetime.fromisoformat(duration["end"].replace("Z", "+00:00"))
+                    - datetime.datetime.fromisoformat(duration["start"].replace("Z", "+00:00"))
+                ).total_seconds()
         return total
 
     def task_result(self, task_name: str) -> dict:

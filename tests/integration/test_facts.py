@@ -57,13 +57,11 @@ def test_each_builder_gathers_the_facts_its_roles_name(bake_base, tmp_path: Path
     try:
         run = bake(tmp_path, definition)
         assert run.rc == 0, run.explain()
-        gathered = {}
-        for play in run.data["plays"]:
-            for task in play["tasks"]:
-                if task["task"]["name"].endswith("Gather facts on the builder"):
-                    for host, result in task["hosts"].items():
-                        if not result.get("skipped"):  # the witness host
-                            gathered[host] = result["ansible_facts"]["gather_subset"]
+        gathered = {
+            host: result["ansible_facts"]["gather_subset"]
+            for host, result in run.host_results("Gather facts on the builder").items()
+            if not result.get("skipped")  # the witness host
+        }
         assert gathered == {"bakery-plain-builder": ["min"], "bakery-sized-builder": ["min", "hardware"]}
         images = {
             entry["target"]: entry["id"]
