@@ -6,6 +6,10 @@ worker process instead of a new Python (plugins/plugin_utils/_in_process.py); an
 from __future__ import annotations
 
 from ansible_collections.bakery.images.plugins.plugin_utils._in_process import InProcessAction
+from ansible_collections.bakery.images.plugins.plugin_utils._workers import preload_module
+
+# a disk bake runs this module many times: each worker starts with it (see _workers)
+preload_module("qemu_image")
 
 
 class ActionModule(InProcessAction):

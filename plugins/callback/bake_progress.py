@@ -32,6 +32,11 @@ description:
     is assembled again only when its file, or a file among the module utilities it draws from, changed (about
     0.2-0.5 s per module a run uses). The cache is C(~/.cache/bakery/ansiballz), or the directory named by
     E(BAKERY_ANSIBALLZ_CACHE); that variable set empty turns it off.
+  - >-
+    While a long task of the bake's own roles runs (the commit of an image, the making of a disk), imports in
+    Ansible's main process what the SBOM module needs (spdx-tools, cyclonedx-python-lib, license-expression, about
+    0.3 s), so that the SBOM task's worker, which Ansible forks from that process, starts with them. Every fork
+    waits until that import is done.
   - Works beside any stdout callback. It stays quiet when the stdout callback writes machine-readable
     output (a name ending in C(json) or C(jsonl)), which must not be mixed with other lines.
   - Enable it in C(ansible.cfg) with C(callbacks_enabled = bakery.images.bake_progress) (the
@@ -88,8 +93,10 @@ from ansible import constants as C
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.bakery.images.plugins.plugin_utils import _ansiballz, _bytecode
+from ansible_collections.bakery.images.plugins.plugin_utils import _ansiballz, _bytecode, _warm
 
+# what a task marked with the variable bakery_warm has the main process import while it runs (see _warm)
+WARMERS = {"sbom": _warm.sbom_libraries}
 REPORT_ACTIONS = frozenset(("bakery.images.bake_report", "bake_report"))
 PLAN_ACTIONS = frozenset(("bakery.images.bake_plan", "bake_plan"))
 JANITOR_PLAYBOOK = os.path.join(
@@ -178,6 +185,11 @@ class CallbackModule(CallbackBase):
         with self._lock:
             now = time.monotonic()
             self._running[host.get_name()] = [task._uuid, task.get_name(), now, now]
+        # a long task of the bake's own roles (a commit, a disk) whose worker runs now: the main process imports
+        # what a later task's module needs meanwhile, once (_warm; every fork waits until it is done)
+        warmer = WARMERS.get(str((getattr(task, "vars", None) or {}).get("bakery_warm") or ""))
+        if warmer is not None:
+            _warm.start(warmer)
 
     def _done(self, result):
         with self._lock:

@@ -1580,18 +1580,24 @@ def step_commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[s
         INPUTS_LABEL: "",
         BUILD_BAKE_ID_LABEL: "",
     }
-    # the stand-in commands are no part of a step's state: out for the commit, in again for the next step
+    # the stand-in commands are no part of a step's state: out for the commit, in again for the next step. After
+    # the last provisioner none follows: the bake removes the package lists (apt-get clean, find) and commits the
+    # image, whose commit would take them out again (one exec less; a failed commit puts them back all the same)
+    last = position == len(keys) - 1
     _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands")
+    committed = False
     try:
         reply = client.api.commit(
             cid, conf={"Labels": labels}, message="bakery step %d %s" % (position, key[:12])
         )
+        committed = True
     except APIError as exc:
         raise BakeryError(
             "docker commit of step %d of %s failed: %s" % (position, cid[:12], exc.explanation)
         ) from exc
     finally:
-        _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands")
+        if not (committed and last):
+            _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands")
     touch_steps(cache["dir"], [reply["Id"]])
     evicted = (
         evict_steps(client, cache["dir"], cache["max_size"], keep={reply["Id"]}) if cache["max_size"] else []

@@ -10,6 +10,8 @@ from ansible_collections.bakery.images.plugins.plugin_utils import _workers
 
 REPO = Path(__file__).resolve().parents[4]
 CONNECTION = "ansible_collections.bakery.images.plugins.connection.docker_api"
+MODULE = "ansible_collections.bakery.images.plugins.modules.docker_image_build"
+DOCKER_UTILS = "ansible_collections.bakery.images.plugins.module_utils._docker"
 
 # an action that reports whether its worker process has a module imported already
 LOADED = """
@@ -45,10 +47,10 @@ PLAYBOOK = """
 """
 
 
-def workers_see(tmp_path: Path, first_play: bool) -> bool:
+def workers_see(tmp_path: Path, first_play: bool, name: str = CONNECTION) -> bool:
     (tmp_path / "action_plugins").mkdir(parents=True)
     (tmp_path / "action_plugins" / "loaded.py").write_text(LOADED)
-    playbook = PLAYBOOK % CONNECTION
+    playbook = PLAYBOOK % name
     if not first_play:
         playbook = "\n- hosts" + playbook.split("\n- hosts")[2]
     (tmp_path / "site.yml").write_text(playbook)
@@ -78,6 +80,16 @@ def test_a_worker_forked_after_the_docker_action_was_imported_has_the_build_cont
     assert workers_see(tmp_path / "without", first_play=False) is False
 
 
-def test_a_connection_that_cannot_be_loaded_is_left_to_the_task_that_needs_it():
+def test_a_worker_forked_after_the_docker_action_was_imported_has_the_module_and_its_utilities(tmp_path):
+    # the module runs in the worker (_in_process): its code and bakery's Docker code are there before it starts
+    for name in (MODULE, DOCKER_UTILS):
+        assert workers_see(tmp_path / ("with-" + name), first_play=True, name=name) is True
+        assert workers_see(tmp_path / ("without-" + name), first_play=False, name=name) is False
+
+
+def test_a_connection_or_module_that_cannot_be_loaded_is_left_to_the_task_that_needs_it():
     _workers.preload_connection("no_such.collection.nothing")
     _workers.preload_connection("")
+    _workers.preload_module("no_such_module")
+    _workers.preload_module("../nothing")
+    assert "ansible_collections.bakery.images.plugins.modules.no_such_module" not in sys.modules
