@@ -1190,7 +1190,9 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         # the image's packages, for its SBOMs (the docker role hands them to the sbom module as installed)
         result["packages"] = made.pop("packages")
         result["layer"] = made
-        return result
+    # the container went with the commit (the cleanup has nothing left to remove), unless its removal failed
+    result["container_removed"] = "remove build container" in steps.undone
+    return result
 
 
 # ---------------------------------------------------------------- reproducible layers

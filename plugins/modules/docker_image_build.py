@@ -402,6 +402,11 @@ container:
   description: The build container started by V(start) (id, name, base_image), or the container V(verifier) runs (id, name, image).
   returned: when a container was started
   type: dict
+container_removed:
+  description: Whether V(commit) removed the build container (it always tries; V(false) when that failed, and a later
+    V(action=remove) removes it).
+  returned: commit (not in check mode)
+  type: bool
 layer:
   description:
     - "How V(commit) made the image: not with Docker's commit, but as the base image's layers and one layer computed
