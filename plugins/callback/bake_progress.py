@@ -33,10 +33,10 @@ description:
     0.2-0.5 s per module a run uses). The cache is C(~/.cache/bakery/ansiballz), or the directory named by
     E(BAKERY_ANSIBALLZ_CACHE); that variable set empty turns it off.
   - >-
-    While a long task of the bake's own roles runs (the commit of an image, the making of a disk), imports in
-    Ansible's main process what the SBOM module needs (spdx-tools, cyclonedx-python-lib, license-expression, about
-    0.3 s), so that the SBOM task's worker, which Ansible forks from that process, starts with them. Every fork
-    waits until that import is done.
+    While a long task of the bake's own roles runs (the start of a build container, the keep of a chroot tree,
+    the conversion of a builder VM's disk), imports in Ansible's main process what the SBOM module needs
+    (spdx-tools, cyclonedx-python-lib, license-expression, about 0.3 s), so that the SBOM task's worker, which
+    Ansible forks from that process, starts with them. Every fork waits until that import is done.
   - Works beside any stdout callback. It stays quiet when the stdout callback writes machine-readable
     output (a name ending in C(json) or C(jsonl)), which must not be mixed with other lines.
   - Enable it in C(ansible.cfg) with C(callbacks_enabled = bakery.images.bake_progress) (the
@@ -185,7 +185,7 @@ class CallbackModule(CallbackBase):
         with self._lock:
             now = time.monotonic()
             self._running[host.get_name()] = [task._uuid, task.get_name(), now, now]
-        # a long task of the bake's own roles (a commit, a disk) whose worker runs now: the main process imports
+        # a long task of the bake's own roles (marked bakery_warm) whose worker is forked now: the main process imports
         # what a later task's module needs meanwhile, once (_warm; every fork waits until it is done)
         warmer = WARMERS.get(str((getattr(task, "vars", None) or {}).get("bakery_warm") or ""))
         if warmer is not None:

@@ -144,9 +144,14 @@ def eligible(action: Any, task_vars: Mapping[str, Any]) -> bool:
     return _interpreter(action, task_vars) == sys.executable
 
 
+def import_module(name: str) -> Any:
+    """bakery's module *name* (its short name), imported into this process."""
+    return importlib.import_module("%s.%s" % (PACKAGE, name))
+
+
 def run_module(action: Any, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """Run bakery's module *name* (its short name) with *args* in this process; its result."""
-    module = importlib.import_module("%s.%s" % (PACKAGE, name))
+    module = import_module(name)
     check_mode = bool(action._play_context.check_mode)
     diff = bool(action._play_context.diff)
 

@@ -6,9 +6,9 @@ Each task runs in a worker that Ansible's main process forks for it, with what t
 (see _workers). Most of the time the main process only waits for the worker. A task whose module imports heavy
 libraries pays for them in its own worker: the SBOM module imports spdx-tools, beartype, cyclonedx-python-lib and
 license-expression, and builds the SPDX license index, 0.3 s of every bake that writes an SBOM. :func:`start` runs
-such imports in a thread of the main process, beside a long task (the bake's commit of its image, the making of its
-disk; the bake_progress callback starts it when such a task starts on a host), so that the SBOM's worker, forked
-later, starts with them.
+such imports in a thread of the main process, beside a long task that always runs before the SBOM is written (the
+start of the build container, the keep of a chroot tree, the conversion of a builder VM's disk; the bake_progress
+callback starts it when such a task starts on a host), so that the SBOM's worker, forked later, starts with them.
 
 The callback learns of the long task just before Ansible forks its worker (``v2_runner_on_start``), so
 :func:`start` only asks for the thread, which starts right after that fork, in the main process
@@ -74,8 +74,8 @@ def start(work: Callable[[], None]) -> bool:
 def sbom_libraries() -> None:
     """What the SBOM module needs before it writes anything: the module, its libraries and the SPDX license
     index (``_sbom.licensing``)."""
-    import importlib
+    from ansible_collections.bakery.images.plugins.module_utils import _sbom
+    from ansible_collections.bakery.images.plugins.plugin_utils._in_process import import_module
 
-    importlib.import_module("ansible_collections.bakery.images.plugins.modules.sbom")
-    sbom = importlib.import_module("ansible_collections.bakery.images.plugins.module_utils._sbom")
-    sbom.licensing()
+    import_module("sbom")
+    _sbom.licensing()

@@ -38,8 +38,8 @@ def preload_module(name: str) -> None:
     when the strategy imports the caller), once; a module that cannot be imported is left to the task that runs
     it, which reports why."""
     try:
-        import importlib
+        from ansible_collections.bakery.images.plugins.plugin_utils._in_process import import_module
 
-        importlib.import_module("ansible_collections.bakery.images.plugins.modules.%s" % name)
+        import_module(name)
     except Exception:  # noqa: BLE001 - only a head start: the worker that needs it imports it and reports
         pass
