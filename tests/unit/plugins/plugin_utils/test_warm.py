@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[4]
+from worker_probe import REPO, worker_imports
 
 SCRIPT = r"""
 import json, os, sys, threading, time
@@ -104,17 +104,6 @@ def test_a_failed_import_is_left_to_the_task_that_needs_it():
     assert out["waited"] < 5
 
 
-# an action that reports which of the modules named its worker process has imported already
-LOADED = """
-import sys
-from ansible.plugins.action import ActionBase
-
-
-class ActionModule(ActionBase):
-    def run(self, tmp=None, task_vars=None):
-        return {"changed": False, "loaded": [name in sys.modules for name in self._task.args["names"]]}
-"""
-
 SBOM_LIBRARIES = ["spdx_tools.spdx.model", "cyclonedx.model.bom", "license_expression"]
 
 PLAYBOOK = """
@@ -135,28 +124,11 @@ PLAYBOOK = """
 
 
 def worker_sees(tmp_path: Path, warm: str) -> list[bool]:
-    tmp_path.mkdir(parents=True)
-    (tmp_path / "action_plugins").mkdir()
-    (tmp_path / "action_plugins" / "loaded.py").write_text(LOADED)
-    (tmp_path / "site.yml").write_text(PLAYBOOK % (warm, json.dumps(SBOM_LIBRARIES)))
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+    return worker_imports(
+        tmp_path,
+        PLAYBOOK % (warm, json.dumps(SBOM_LIBRARIES)),
         ANSIBLE_CALLBACKS_ENABLED="bakery.images.bake_progress",
-        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-        ANSIBLE_LOCALHOST_WARNING="false",
     )
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "site.yml"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout)["plays"][0]["tasks"][1]["hosts"]["localhost"]["loaded"]
 
 
 def test_the_callback_has_a_marked_task_bring_the_sbom_libraries_to_the_workers_after_it(tmp_path):

@@ -1,0 +1,49 @@
+"""What a worker that Ansible forks has imported before it runs its task: a playbook whose last task is the
+action ``loaded`` (``names``: module names), run with this checkout's collection; test_workers and test_warm
+use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[4]
+
+# an action that reports which of the modules named its worker process has imported already
+LOADED = """
+import sys
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        return {"changed": False, "loaded": [name in sys.modules for name in self._task.args["names"]]}
+"""
+
+
+def worker_imports(tmp_path: Path, playbook: str, **env: str) -> list[bool]:
+    """Run *playbook* in *tmp_path* (more environment variables in *env*); for each name its last task's
+    ``loaded`` asked about, whether that task's worker had it imported."""
+    (tmp_path / "action_plugins").mkdir(parents=True)
+    (tmp_path / "action_plugins" / "loaded.py").write_text(LOADED)
+    (tmp_path / "site.yml").write_text(playbook)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "site.yml"],
+        cwd=tmp_path,
+        env=dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+            ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+            ANSIBLE_LOCALHOST_WARNING="false",
+            **env,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout)["plays"][-1]["tasks"][-1]["hosts"]["localhost"]["loaded"]
