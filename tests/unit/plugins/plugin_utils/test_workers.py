@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
-from worker_probe import worker_imports
+from worker_probe import REPO, worker_imports, worker_result
 
 from ansible_collections.bakery.images.plugins.plugin_utils import _workers
 
@@ -60,3 +63,86 @@ def test_a_connection_or_module_that_cannot_be_loaded_is_left_to_the_task_that_n
     _workers.preload_module("no_such_module")
     _workers.preload_module("../nothing")
     assert "ansible_collections.bakery.images.plugins.modules.no_such_module" not in sys.modules
+
+
+ONE_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Make something after the play started
+      ansible.builtin.set_fact:
+        numbers: "{{ range(200) | map('string') | list }}"
+    - name: Look in a worker
+      loaded:
+        names: []
+"""
+
+# at the interpreter's exit (atexit runs before its last collections): how many objects the collector would look at
+EXIT_REPORT = """
+import atexit, gc, os
+
+def _report():
+    with open(os.environ["EXIT_REPORT"], "w") as handle:
+        handle.write(str(len(gc.get_objects())))
+
+atexit.register(_report)
+"""
+
+
+def test_with_bake_progress_workers_start_with_the_heap_of_the_play_start_frozen_and_the_exit_collects_little(
+    tmp_path,
+):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(EXIT_REPORT)
+    seen = {}
+    # without: another aggregate callback, which leaves the collector alone
+    for name, callbacks in (("with", "bakery.images.bake_progress"), ("without", "ansible.posix.timer")):
+        report = tmp_path / ("%s.exit" % name)
+        result = worker_result(
+            tmp_path / name,
+            ONE_PLAY,
+            ANSIBLE_CALLBACKS_ENABLED=callbacks,
+            PYTHONPATH=str(tmp_path / "site"),
+            EXIT_REPORT=str(report),
+        )
+        seen[name] = (result["frozen"], int(report.read_text()))
+    # what the main process held when the play started (Ansible, its plugins, the playbook) is frozen in the worker
+    assert seen["with"][0] > 20000, seen
+    assert seen["without"][0] == 0, seen
+    # and the end of the run froze what the run made: the exit's collections have next to nothing to look at
+    assert seen["with"][1] < 300 < 20000 < seen["without"][1], seen
+
+
+def test_freeze_heap_leaves_what_exists_to_the_end_of_the_process_and_collects_what_is_made_later():
+    code = textwrap.dedent(
+        """
+        import gc
+        from ansible_collections.bakery.images.plugins.plugin_utils import _workers
+
+        class Node:
+            pass
+
+        def cycle():
+            node = Node()
+            node.self = node
+            return node
+
+        gc.collect()
+        cycle()  # garbage before the freeze: the collector no longer looks at it
+        _workers.freeze_heap()
+        frozen = gc.get_freeze_count()
+        before = gc.collect()
+        cycle()
+        after = gc.collect()
+        print(frozen > 0, before, after > 0)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(REPO / ".collections")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.split() == ["True", "0", "True"], done.stdout + done.stderr

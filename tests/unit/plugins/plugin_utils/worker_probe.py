@@ -1,6 +1,6 @@
 """What a worker that Ansible forks has imported before it runs its task: a playbook whose last task is the
 action ``loaded`` (``names``: module names), run with this checkout's collection; test_workers and test_warm
-use it."""
+use it. The action also says how many objects the worker inherited frozen (``gc.freeze``)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,29 @@ REPO = Path(__file__).resolve().parents[4]
 
 # an action that reports which of the modules named its worker process has imported already
 LOADED = """
+import gc
 import sys
 from ansible.plugins.action import ActionBase
 
 
 class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
-        return {"changed": False, "loaded": [name in sys.modules for name in self._task.args["names"]]}
+        return {
+            "changed": False,
+            "loaded": [name in sys.modules for name in self._task.args["names"]],
+            "frozen": gc.get_freeze_count(),
+        }
 """
 
 
 def worker_imports(tmp_path: Path, playbook: str, **env: str) -> list[bool]:
     """Run *playbook* in *tmp_path* (more environment variables in *env*); for each name its last task's
     ``loaded`` asked about, whether that task's worker had it imported."""
+    return worker_result(tmp_path, playbook, **env)["loaded"]
+
+
+def worker_result(tmp_path: Path, playbook: str, **env: str) -> dict:
+    """Run *playbook* in *tmp_path* (more environment variables in *env*); the result of its last task."""
     (tmp_path / "action_plugins").mkdir(parents=True)
     (tmp_path / "action_plugins" / "loaded.py").write_text(LOADED)
     (tmp_path / "site.yml").write_text(playbook)
@@ -46,4 +56,6 @@ def worker_imports(tmp_path: Path, playbook: str, **env: str) -> list[bool]:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout)["plays"][-1]["tasks"][-1]["hosts"]["localhost"]["loaded"]
+    # the JSON document first: an aggregate callback may print after it
+    document = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])[0]
+    return document["plays"][-1]["tasks"][-1]["hosts"]["localhost"]
