@@ -113,13 +113,15 @@ bake: apt-bake collection
 
 # ---------------------------------------------------------------- tests
 
-# All steps run, even after a failure; a summary with timings follows.  Steps joined by '+' run at the same
-# time (scripts/steps); a ~step at the lowest CPU priority: Molecule and the docs build take the CPU time the
-# integration streams leave (their boots and waits), and the integration tests run as fast as alone.
+# All steps run, even after a failure; a summary with timings (and how busy each group kept the CPUs) follows.
+# Steps joined by '+' run at the same time (scripts/steps); a ~step at the lowest CPU priority. Lint, sanity and
+# the unit tests start with the integration streams, whose first minutes (the base root filesystems downloaded
+# and unpacked, servers started) leave CPU time over; Molecule and the docs build take the CPU time the
+# integration streams leave later (their boots and waits).
 # dockerd is started (and stopped again) only around the integration tests and the Molecule scenarios, which
 # are the ones that need it.
 test: apt-test collection-test
-	@MAKE="$(MAKE)" scripts/steps lint+sanity+unit integration+~molecule+~docs
+	@MAKE="$(MAKE)" scripts/steps integration+lint+sanity+unit+~molecule+~docs
 
 # ansible-lint reads .ansible-lint (profile production, offline) and resolves bakery.images from .collections.
 lint: collection-test
