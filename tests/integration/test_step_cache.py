@@ -318,6 +318,72 @@ def test_a_builder_that_resumes_leaves_the_order_of_the_others_alone(bake_base, 
                     pass
 
 
+def test_no_state_is_kept_after_a_provisioner_that_acts_outside_the_builder(
+    bake_base, tmp_path, docker_leftovers
+):
+    """A ``local`` provisioner runs in every bake that builds, and so do the ones after it: the states after it and
+    after every later one are never a bake's start, and are not kept. The state before it is, and a changed last
+    provisioner resumes there, running the local one again."""
+    repo = "bakery-test/outside-%s" % uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex
+    log = tmp_path / "local.log"
+
+    def outside_definition(round_: str) -> dict:
+        return {
+            "name": "outside",
+            "cache_dir": bake_base["cache_dir"],
+            "base": dict(BAKE_BASE),
+            "package_lists": "keep",
+            "provisioners": [
+                # RUN: this test's own step keys (an engine may hold the step images of an earlier run)
+                {"shell": {"inline": ["echo one > /etc/bakery-outside"], "environment": {"RUN": run}}},
+                {
+                    "local": {
+                        "inline": ['echo "local $ROUND" >> "$LOG"'],
+                        "environment": {"LOG": str(log), "ROUND": round_},
+                    }
+                },
+                {
+                    "shell": {
+                        "inline": ['echo "three $ROUND" >> /etc/bakery-outside'],
+                        "environment": {"ROUND": round_},
+                    }
+                },
+            ],
+            "targets": [{"name": "web", "docker": {"repository": repo}}],
+        }
+
+    made: list[str] = []
+    try:
+        keys: list[str] = []
+        for round_ in ("1", "2"):
+            result = bake(tmp_path, outside_definition(round_))
+            (started,) = result.task_results("Start the build container")
+            keys = started["step_cache"]["keys"]
+            kept = step_images(keys)
+            made += kept.values()
+            assert result.rc == 0, result.explain()
+            entry = step_cache(tmp_path)
+            made.append(entry["id"])
+            assert read(entry["id"], "/etc/bakery-outside") == "one\nthree %s\n" % round_
+            # only the state after provisioner 1: a local provisioner (2) runs in every bake, and 3 after it
+            assert list(kept) == [keys[1]], (kept, keys)
+            assert len(
+                result.task_results("Keep the build container's state after the provisioner (per-step cache)")
+            ) == (1 if round_ == "1" else 0)
+        assert entry["step_cache"]["steps"] == ["hit", "miss", "miss"] and entry["step_cache"]["resume"] == 1
+        assert "provisioner 2 acts outside the builder" in entry["step_cache"]["reason"], entry["step_cache"]
+        assert log.read_text() == "local 1\nlocal 2\n"
+    finally:
+        remove_repositories(repo)
+        client = docker_client()
+        for image in reversed(list(dict.fromkeys(made))):
+            try:
+                client.api.remove_image(image, force=True, noprune=False)
+            except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
+                pass
+
+
 # ------------------------------------------------------------------------------------------------ chroot builders
 
 
