@@ -87,15 +87,15 @@ apt-test:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# --no-compile: pip would compile every module of every package it installs (28,000 files for the tests' venv:
-# 62 of its 127 s with the downloads cached); Python compiles the ones a run imports when it first imports them,
-# and keeps them as pip would have
+# pip compiles every module it installs (28,000 files for the tests' venv: 62 of its 127 s with the downloads
+# cached), and that stays: with PYTHONDONTWRITEBYTECODE set (this workplace sets it), Python would never keep the
+# modules it compiles on import, and every run would compile them again
 $(VENV)/.stamp-runtime: requirements.txt | $(VENV)/bin/python
-	$(BIN)/pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
 $(VENV)/.stamp-test: requirements.txt requirements-test.txt | $(VENV)/bin/python
-	$(BIN)/pip install --quiet --no-compile -r requirements-test.txt
+	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@ $(VENV)/.stamp-runtime
 
 collection: $(VENV)/.stamp-runtime
