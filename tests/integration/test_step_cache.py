@@ -125,6 +125,18 @@ def step_images(keys: list[str]) -> dict[str, str]:
     return found
 
 
+def remove_images(made: list[str]) -> None:
+    """The test's images, the last made first (the artifacts, children of the steps, before the steps, the
+    deepest first); twice, since a parent goes only once its children went."""
+    client = docker_client()
+    for _attempt in range(2):
+        for image in reversed(list(dict.fromkeys(made))):
+            try:
+                client.api.remove_image(image, force=True, noprune=False)
+            except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
+                pass
+
+
 def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_leftovers):
     repo = "bakery-test/steps-%s" % uuid.uuid4().hex[:8]
     token = uuid.uuid4().hex
@@ -233,14 +245,8 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         # docker_leftovers: no build container is left
     finally:
         remove_repositories(repo)
+        remove_images(made)
         client = docker_client()
-        # the test's images: the artifacts (children) first, then the steps, the deepest first
-        for _attempt in range(2):  # a parent goes once its children went
-            for image in reversed(list(dict.fromkeys(made))):
-                try:
-                    client.api.remove_image(image, force=True, noprune=False)
-                except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
-                    pass
         for key in reversed(keys):
             for image in client.api.images(all=True, filters={"label": "%s=%s" % (STEP_KEY_LABEL, key)}):
                 try:
@@ -309,13 +315,7 @@ def test_a_builder_that_resumes_leaves_the_order_of_the_others_alone(bake_base, 
     finally:
         for repo in repos.values():
             remove_repositories(repo)
-        client = docker_client()
-        for _attempt in range(2):
-            for image in reversed(list(dict.fromkeys(made))):
-                try:
-                    client.api.remove_image(image, force=True, noprune=False)
-                except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
-                    pass
+        remove_images(made)
 
 
 def test_no_state_is_kept_after_a_provisioner_that_acts_outside_the_builder(
@@ -376,12 +376,7 @@ def test_no_state_is_kept_after_a_provisioner_that_acts_outside_the_builder(
         assert log.read_text() == "local 1\nlocal 2\n"
     finally:
         remove_repositories(repo)
-        client = docker_client()
-        for image in reversed(list(dict.fromkeys(made))):
-            try:
-                client.api.remove_image(image, force=True, noprune=False)
-            except Exception:  # noqa: BLE001 - gone already, or still the parent of another test image
-                pass
+        remove_images(made)
 
 
 # ------------------------------------------------------------------------------------------------ chroot builders
