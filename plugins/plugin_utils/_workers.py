@@ -58,6 +58,6 @@ def preload_module(name: str) -> None:
 
 def freeze_heap() -> None:
     """Leave every object this process holds now out of the garbage collector's later passes (``gc.freeze``): the
-    collector only looks at what is made from here on. Objects that are garbage at this moment stay until the
-    process ends, a bound no larger than the collector's youngest generations."""
+    collector only looks at what is made from here on. Objects that are garbage at this moment, not collected yet,
+    stay until the process ends."""
     gc.freeze()
