@@ -214,26 +214,7 @@ def link_top(workdir: str, name: str) -> None:
 def broken_layers(directory: str | None) -> list[str]:
     """Sealed layers whose parent layer has no valid seal or another content than recorded (they are never
     used), found over and over until none is left (a layer over a broken one is broken too)."""
-    if not directory or not os.path.isdir(directory):
-        return []
-    entries = {entry["key"]: entry for entry in _step_cache.rootfs_entries(directory, LAYER_SUFFIX)}
-    seals = {key: _step_cache.read_seal(entry["id"], LAYER_SUFFIX) or {} for key, entry in entries.items()}
-    broken: list[str] = []
-    changed = True
-    while changed:
-        changed = False
-        for key, seal in seals.items():
-            if entries[key]["id"] in broken or not seal.get("parent"):
-                continue
-            parent = seals.get(seal["parent"])
-            if (
-                parent is None
-                or entries[seal["parent"]]["id"] in broken
-                or parent.get("sha256") != seal.get("parent_sha256")
-            ):
-                broken.append(entries[key]["id"])
-                changed = True
-    return sorted(broken)
+    return _step_cache.broken_entries(directory, LAYER_SUFFIX)
 
 
 def prune(directory: str | None, max_size: int, check_mode: bool = False) -> dict[str, Any]:

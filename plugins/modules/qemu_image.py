@@ -40,8 +40,12 @@ description:
     key it has (O(step_keys)) instead of O(rootfs) and says from which step (RV(step_cache.resume)), also in check
     mode; O(action=step_save) keeps the tree after provisioner O(step) as C(<step_cache.dir>/rootfs-steps/<key>.tar.zst)
     (zstd, numeric owners, xattrs, ACLs, hard links; synced, sealed by C(<key>.tar.zst.seal) with its size and
-    sha256, then renamed into place), then evicts the least recently used entries beyond O(step_cache.max_size);
-    O(action=prune_steps) removes unsealed entries and empties the cache down to O(step_cache.max_size)."
+    sha256, then renamed into place), or, when the tree stood on the sealed entry of the step before, as a layer
+    C(<key>.layer.tar.zst) of what the provisioner changed (its seal adds what it removed and its parent's key and
+    sha256); O(action=unpack) applies the layers of a chain over its whole entry, only when every entry is sound.
+    Then it evicts the least recently used entries beyond O(step_cache.max_size) (and the layers over them);
+    O(action=prune_steps) removes unsealed entries and layers over a broken parent, and empties the cache down to
+    O(step_cache.max_size)."
   - "The per-step cache of a builder VM (qemu C(provision: vm)), a qcow2 overlay chain: O(action=vm_resume) boots
     nothing but looks up the deepest step whose layer chain in C(<step_cache.dir>/vm-steps) is sound (every layer
     sealed, with the sha256 its seal records, standing on the layer of the step before with the content recorded
@@ -403,6 +407,10 @@ step_cache:
       description: Each provisioner's state, V(hit), V(miss) or V(bypassed).
       type: list
       elements: str
+layer:
+  description: Whether the entry action step_save kept (or found) is a layer over the step before's entry.
+  returned: action step_save (null when it kept nothing)
+  type: bool
 removed:
   description: The files action prune_steps removed (or would remove).
   returned: action prune_steps

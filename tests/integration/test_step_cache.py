@@ -167,10 +167,10 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         check = bake(tmp_path, second_def, "--check")
         assert check.rc == 0, check.explain()
         line = [line for line in check.task_result("Artifact summary")["msg"] if repo in line]
-        assert line and "would resume after provisioner 1" in line[0], check.task_result("Artifact summary")[
+        assert line and "would resume after provisioner 2" in line[0], check.task_result("Artifact summary")[
             "msg"
         ]
-        assert "provisioner 2 has no cached state" in line[0], line
+        assert "provisioner 3 has no cached state" in line[0], line
         assert set(
             step_images(keys + check.task_result("Start the build container")["step_cache"]["keys"])
         ) == set(keys[1:]), "--check kept no step"
@@ -197,7 +197,7 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         assert forced.rc == 0, forced.explain()
         fresh = step_cache(tmp_path)
         made.append(fresh["id"])
-        assert fresh["step_cache"]["steps"] == ["bypassed", "bypassed"]
+        assert fresh["step_cache"]["steps"] == ["bypassed"] * 3
         assert fresh["fingerprint"] == resumed["fingerprint"] and fresh["id"] != resumed["id"]
         assert read(fresh["id"], "/etc/bakery-step1") != token_first
         cached_files, fresh_files = contents(resumed["id"]), contents(fresh["id"])
@@ -400,6 +400,12 @@ def chroot_definition(cache_dir: str, run: str, second: str) -> dict:
                 }
             },
             {
+                # kept as a layer over step 1: what it writes and what it removes
+                "shell": {
+                    "inline": ["echo middle > /etc/bakery-middle", "rm -r /etc/motd /usr/share/doc/apt"]
+                },
+            },
+            {
                 "shell": {
                     "inline": ['echo "two $SECOND" > /etc/bakery-two'],
                     "environment": {"SECOND": second},
@@ -438,9 +444,10 @@ def disk_tree(disk, into) -> dict[str, str]:
 
 
 def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
-    """A qemu target with provision: chroot: its tree after each provisioner is kept as a sealed zstd tarball; a
-    bake whose first provisioner is unchanged starts from its tarball, and its disk has the files of the disk a
-    bake without the cache makes."""
+    """A qemu target with provision: chroot: its tree after each provisioner is kept as a sealed zstd tarball (the
+    first whole, the next a layer of what its provisioner changed); a bake whose first two provisioners are
+    unchanged starts from the first tarball with the layer applied, and its disk has the files of the disk a bake
+    without the cache makes."""
     import shutil
 
     run = uuid.uuid4().hex
@@ -450,17 +457,26 @@ def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
         first = bake(tmp_path, chroot_definition(str(cache_dir), run, "a"))
         assert first.rc == 0, first.explain()
         entry = step_cache(tmp_path)
-        assert entry["step_cache"]["steps"] == ["miss", "miss"] and entry["step_cache"]["resume"] == 0
+        assert entry["step_cache"]["steps"] == ["miss"] * 3 and entry["step_cache"]["resume"] == 0
         keys = first.task_result("Unpack the root filesystem into the chroot work directory")["step_cache"][
             "keys"
         ]
-        assert len(keys) == 3
-        for key in keys[1:]:
-            seal = json.loads((steps_dir / ("%s.tar.zst.seal" % key)).read_text())
-            tarball = steps_dir / ("%s.tar.zst" % key)
+        assert len(keys) == 4
+        seals = []
+        for position, key in enumerate(keys[1:], start=1):
+            # the first step whole, the next ones layers over the step before
+            name = "%s.tar.zst" % key if position == 1 else "%s.layer.tar.zst" % key
+            seal = json.loads((steps_dir / (name + ".seal")).read_text())
+            tarball = steps_dir / name
             assert seal["size"] == tarball.stat().st_size
             assert seal["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
             assert tarball.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "a zstd tarball"
+            seals.append(seal)
+        assert "parent" not in seals[0], "the first step is kept whole"
+        assert seals[1]["parent"] == keys[1] and seals[1]["parent_sha256"] == seals[0]["sha256"]
+        assert seals[2]["parent"] == keys[2] and seals[2]["depth"] == 2
+        assert seals[1]["deleted"] == ["./etc/motd", "./usr/share/doc/apt"]
+        assert seals[1]["size"] * 100 < seals[0]["size"], "a layer holds what its provisioner changed"
         disk = tmp_path / "output" / "chrootsteps.raw"
         from test_qemu import debugfs
 
@@ -471,32 +487,38 @@ def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
         check = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"), "--check")
         assert check.rc == 0, check.explain()
         line = [line for line in check.task_result("Artifact summary")["msg"] if " qemu " in line]
-        assert line and "would resume after provisioner 1" in line[0], check.task_result("Artifact summary")[
+        assert line and "would resume after provisioner 2" in line[0], check.task_result("Artifact summary")[
             "msg"
         ]
-        assert "provisioner 2 has no cached state" in line[0], line
+        assert "provisioner 3 has no cached state" in line[0], line
 
         second = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"))
         assert second.rc == 0, second.explain()
         resumed = step_cache(tmp_path)
-        assert resumed["step_cache"]["steps"] == ["hit", "miss"] and resumed["step_cache"]["resume"] == 1
-        assert resumed["step_cache"]["image"] == str(steps_dir / ("%s.tar.zst" % keys[1]))
+        assert (
+            resumed["step_cache"]["steps"] == ["hit", "hit", "miss"] and resumed["step_cache"]["resume"] == 2
+        )
+        assert resumed["step_cache"]["image"] == str(steps_dir / ("%s.layer.tar.zst" % keys[2]))
         summary = second.task_result("Artifact summary")["msg"]
-        assert any("steps 1 hit/1 miss, resumed after provisioner 1" in line for line in summary), summary
+        assert any("steps 2 hit/1 miss, resumed after provisioner 2" in line for line in summary), summary
         assert debugfs(disk, "cat /etc/bakery-step1").stdout == token, "the first provisioner ran again"
         assert debugfs(disk, "cat /etc/bakery-two").stdout == "two b\n"
+        assert debugfs(disk, "cat /etc/bakery-middle").stdout == "middle\n"
+        assert "File not found" in debugfs(disk, "stat /etc/motd").stderr, (
+            "the layer's deletions were applied"
+        )
         second_keys = second.task_result("Unpack the root filesystem into the chroot work directory")[
             "step_cache"
         ]["keys"]
-        assert second_keys[:2] == keys[:2] and second_keys[2] != keys[2]
-        keys += second_keys[2:]
+        assert second_keys[:3] == keys[:3] and second_keys[3] != keys[3]
+        keys += second_keys[3:]
         cached_files = disk_tree(disk, tmp_path / "resumed")
 
         # bake_force bypasses the cache: every provisioner runs, the disk has the same files (but the token)
         forced = bake(tmp_path, chroot_definition(str(cache_dir), run, "b"), "-e", "bake_force=true")
         assert forced.rc == 0, forced.explain()
         fresh = step_cache(tmp_path)
-        assert fresh["step_cache"]["steps"] == ["bypassed", "bypassed"]
+        assert fresh["step_cache"]["steps"] == ["bypassed"] * 3
         assert fresh["fingerprint"] == resumed["fingerprint"]
         assert debugfs(disk, "cat /etc/bakery-step1").stdout != token
         fresh_files = disk_tree(disk, tmp_path / "fresh")
@@ -526,5 +548,6 @@ def test_a_chroot_builder_resumes_from_its_sealed_steps(cache_dir, tmp_path):
         shutil.rmtree(tmp_path / "resumed", ignore_errors=True)
         shutil.rmtree(tmp_path / "fresh", ignore_errors=True)
         for key in keys[1:]:
-            for name in ("%s.tar.zst" % key, "%s.tar.zst.seal" % key):
+            for name in ("%s.tar.zst" % key, "%s.layer.tar.zst" % key):
                 (steps_dir / name).unlink(missing_ok=True)
+                (steps_dir / (name + ".seal")).unlink(missing_ok=True)

@@ -153,21 +153,7 @@ def test_the_archive_keeps_owners_links_and_xattrs(tmp_path):
     subprocess.run(_step_cache.archive_command("tar", str(root), str(target)), check=True)
     assert target.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     back = tmp_path / "back"
-    back.mkdir()
-    subprocess.run(
-        [
-            "tar",
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "-xpf",
-            str(target),
-            "-C",
-            str(back),
-        ],
-        check=True,
-    )
+    extract(target, back)
     info = os.stat(back / "etc" / "a")
     assert (info.st_uid, info.st_gid, info.st_nlink) == (1234, 4321, 2)
     assert os.stat(back / "etc" / "hard").st_ino == info.st_ino
@@ -250,3 +236,194 @@ def test_a_chroot_tree_resumes_from_its_kept_step_without_the_builders_additions
     )
     for workdir in ("w1", "w2"):
         _qemu_disk.remove_workdir(str(tmp_path / workdir))
+
+
+# ---------------------------------------------------------------- layers
+
+
+def extract(tarball, into) -> None:
+    into.mkdir()
+    subprocess.run(_step_cache.extract_command("tar", str(tarball), str(into)), check=True)
+
+
+def manifest(root) -> dict:
+    """Everything a disk made from the tree could differ in: each path's type, mode, owner, size, modification
+    time, content or link target, extended attributes, and which paths share an inode."""
+    found, inodes = {}, {}
+    for directory, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files] if directory == str(root) else [*dirs, *files]:
+            path = os.path.normpath(os.path.join(directory, name))
+            info = os.lstat(path)
+            relative = os.path.relpath(path, root)
+            if os.path.islink(path):
+                what = "link " + os.readlink(path)
+            elif os.path.isfile(path):
+                what = hashlib.sha256(open(path, "rb").read()).hexdigest()
+                inodes.setdefault(info.st_ino, []).append(relative)
+            else:
+                what = "dir"
+            xattrs = {} if os.path.islink(path) else {a: os.getxattr(path, a) for a in os.listxattr(path)}
+            found[relative] = (
+                what,
+                info.st_mode,
+                info.st_uid,
+                info.st_gid,
+                info.st_size,
+                info.st_mtime_ns,
+                xattrs,
+            )
+    return {"paths": found, "links": sorted(sorted(group) for group in inodes.values() if len(group) > 1)}
+
+
+def layered_tree(tmp_path) -> tuple:
+    """A tree, its whole archive and snapshot, then what a provisioner does to it: the tree after, and the seal
+    fields and archive of its layer."""
+    root = tmp_path / "tree"
+    for name in ("etc/app", "etc/gone", "var/lib/x", "usr/share/doc", "swap", "opt"):
+        (root / name).mkdir(parents=True)
+    (root / "opt" / "untouched").write_text("the same\n")
+    (root / "srv" / "in").mkdir(parents=True)
+    (root / "srv" / "in" / "place").write_text("written in place: its directory does not change\n")
+    (root / "etc" / "app" / "conf").write_text("one\n")
+    (root / "etc" / "app" / "same").write_text("unchanged\n")
+    (root / "etc" / "gone" / "file").write_text("removed with its directory\n")
+    (root / "etc" / "removed").write_text("removed\n")
+    (root / "etc" / "linked").write_text("a hard link\n")
+    os.link(root / "etc" / "linked", root / "var" / "lib" / "x" / "linked")
+    (root / "swap" / "was-a-file").write_text("becomes a directory\n")
+    (root / "swap" / "was-a-dir").mkdir()
+    (root / "swap" / "was-a-dir" / "inside").write_text("goes\n")
+    os.symlink("conf", root / "etc" / "app" / "link")
+    os.setxattr(root / "usr" / "share" / "doc", "user.bakery", b"dropped")
+    os.setxattr(root / "etc" / "app" / "conf", "user.bakery", b"dropped")
+    os.chown(root / "var" / "lib" / "x", 1000, 1000)
+    whole = tmp_path / "whole.tar.zst"
+    subprocess.run(_step_cache.archive_command("tar", str(root), str(whole)), check=True)
+    before = _step_cache.tree_snapshot(str(root))
+    time.sleep(0.01)
+
+    # the provisioner: in place and replaced, added and removed, links, types, owners, modes, attributes
+    with open(root / "srv" / "in" / "place", "a") as handle:
+        handle.write("more\n")
+    with open(root / "etc" / "app" / "conf", "a") as handle:
+        handle.write("two\n")
+    os.removexattr(root / "etc" / "app" / "conf", "user.bakery")
+    os.removexattr(root / "usr" / "share" / "doc", "user.bakery")
+    shutil.rmtree(root / "etc" / "gone")
+    os.unlink(root / "etc" / "removed")
+    with open(root / "var" / "lib" / "x" / "linked", "a") as handle:
+        handle.write("changed through the other name\n")
+    os.link(root / "etc" / "app" / "same", root / "etc" / "same-again")
+    os.unlink(root / "swap" / "was-a-file")
+    (root / "swap" / "was-a-file").mkdir()
+    (root / "swap" / "was-a-file" / "new").write_text("new\n")
+    shutil.rmtree(root / "swap" / "was-a-dir")
+    os.symlink("/etc", root / "swap" / "was-a-dir")
+    os.chmod(root / "etc" / "app", 0o750)
+    os.chown(root / "var" / "lib" / "x", 0, 0)
+    os.unlink(root / "etc" / "app" / "link")
+    os.symlink("same", root / "etc" / "app" / "link")
+    (root / "new" / "deep").mkdir(parents=True)
+    (root / "new" / "deep" / "file").write_text("new\n")
+    os.utime(root / "etc" / "same-again", ns=(1, 1_000_000_000))
+
+    after = _step_cache.tree_snapshot(str(root))
+    members, deleted, directories = _step_cache.tree_changes(before, after)
+    listing = tmp_path / "members"
+    listing.write_bytes(b"".join(name.encode() + b"\0" for name in members))
+    layer = tmp_path / "layer.tar.zst"
+    subprocess.run(_step_cache.archive_command("tar", str(root), str(layer), str(listing)), check=True)
+    return root, whole, layer, {"deleted": deleted, "directories": directories}, members
+
+
+def test_a_layer_over_the_whole_tree_makes_the_tree_a_whole_archive_makes(tmp_path):
+    root, whole, layer, seal, members = layered_tree(tmp_path)
+    assert "./opt/untouched" not in members and "./opt" not in members, (
+        "only what changed, and what is above it"
+    )
+    assert {"./etc/app/conf", "./var/lib/x/linked", "./etc/linked", "./new/deep/file", "."} <= set(members)
+    assert seal["deleted"] == ["./etc/gone", "./etc/removed", "./swap/was-a-dir", "./swap/was-a-file"]
+
+    # the reference: the tree after the provisioner, archived whole and unpacked
+    reference = tmp_path / "reference.tar.zst"
+    subprocess.run(_step_cache.archive_command("tar", str(root), str(reference)), check=True)
+    extract(reference, tmp_path / "fresh")
+    # the layered way: the tree before, unpacked, and the layer applied
+    extract(whole, tmp_path / "layered")
+    _qemu_disk.apply_layer(str(tmp_path / "layered"), str(layer), seal)
+
+    fresh, layered = manifest(tmp_path / "fresh"), manifest(tmp_path / "layered")
+    assert layered["paths"] == fresh["paths"], sorted(
+        set(layered["paths"].items()) ^ set(fresh["paths"].items())
+    )
+    assert (
+        layered["links"]
+        == fresh["links"]
+        == [["etc/app/same", "etc/same-again"], ["etc/linked", "var/lib/x/linked"]]
+    )
+    assert os.path.getsize(layer) < os.path.getsize(whole)
+
+
+def test_a_layer_never_removes_through_a_link(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "precious").write_text("host\n")
+    os.symlink(str(tmp_path / "outside"), tmp_path / "root" / "etc")
+    with pytest.raises(_qemu_disk.BakeryError, match="no directory of the tree"):
+        _qemu_disk.apply_layer(
+            str(tmp_path / "root"), str(tmp_path / "none"), {"deleted": ["./etc/precious"]}
+        )
+    with pytest.raises(_qemu_disk.BakeryError, match="no path in the tree"):
+        _qemu_disk.apply_layer(str(tmp_path / "root"), str(tmp_path / "none"), {"deleted": ["./../outside"]})
+    assert (tmp_path / "outside" / "precious").exists()
+
+
+def layer_save(directory, key, position, parent, data=b"layer"):
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(data + key.encode())
+        parent_seal = _step_cache.read_seal(_step_cache.entry_path(str(directory), parent))
+        return {
+            "parent": parent,
+            "parent_sha256": parent_seal["sha256"],
+            "depth": 1,
+            "deleted": [],
+            "directories": [],
+        }
+
+    return _step_cache.save_rootfs_step(str(directory), key, position, "disk", write, layer=True)
+
+
+def test_a_layer_is_used_only_over_the_very_entry_it_was_written_on(tmp_path):
+    save(tmp_path, "k1", 1)
+    layer_save(tmp_path, "k2", 2, "k1")
+    position, chain = _step_cache.find_rootfs_chain(str(tmp_path), KEYS)
+    assert position == 2 and [path for path, _seal in chain] == [
+        str(tmp_path / "k1.tar.zst"),
+        str(tmp_path / "k2.layer.tar.zst"),
+    ]
+    assert _step_cache.find_rootfs_step(str(tmp_path), KEYS)[1] == str(tmp_path / "k2.layer.tar.zst")
+    # the parent kept again with another content (evicted, then another bake's): the layer is no longer used
+    _step_cache.remove_entry(str(tmp_path / "k1.tar.zst"))
+    save(tmp_path, "k1", 1, b"other tree")
+    assert _step_cache.find_rootfs_chain(str(tmp_path), KEYS)[0] == 1
+    assert _step_cache.broken_entries(str(tmp_path)) == [str(tmp_path / "k2.layer.tar.zst")]
+    assert _step_cache.prune_rootfs_steps(str(tmp_path), 1 << 30)["unsealed"] == [
+        str(tmp_path / "k2.layer.tar.zst")
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["k1.tar.zst", "k1.tar.zst.seal"]
+    # a layer is named apart: where a bakery that knows no layers looks, there is no entry of its key
+    layer_save(tmp_path, "k2", 2, "k1")
+    assert _step_cache.read_seal(str(tmp_path / "k2.tar.zst")) is None
+    assert _step_cache.read_seal(str(tmp_path / "k2.layer.tar.zst"))["parent"] == "k1"
+    assert _step_cache.save_rootfs_step(str(tmp_path), "k2", 2, "disk", lambda tmp: None)[2] is False
+    _step_cache.remove_entry(str(tmp_path / "k2.layer.tar.zst"))
+    # what a kept layer stands on is not evicted; a layer whose parent is evicted goes with it
+    layer_save(tmp_path, "k2", 2, "k1")
+    _step_cache.touch(str(tmp_path / "k1.tar.zst"), time.time() - 100)
+    assert _step_cache.evict_rootfs_steps(str(tmp_path), 10, keep={str(tmp_path / "k2.layer.tar.zst")}) == []
+    removed = _step_cache.evict_rootfs_steps(str(tmp_path), 10)
+    assert (
+        removed == [str(tmp_path / "k1.tar.zst"), str(tmp_path / "k2.layer.tar.zst")]
+        and os.listdir(tmp_path) == []
+    )
