@@ -1385,7 +1385,13 @@ def _layer_path(root: str, name: str) -> str:
 def write_tree_snapshot(workdir: str, root: str, top: Mapping[str, Any] | None) -> None:
     """Record which cached entry the tree *root* stands on (*top*: key, position, sha256 and depth; None when it is
     no cached entry's state) and the ``lstat`` of its paths now (``_step_cache.tree_snapshot``)."""
-    store_tree_snapshot(workdir, top, _step_cache.tree_snapshot(root) if top else {})
+    paths: dict[str, list[int]] = {}
+    if top:
+        try:
+            paths = _step_cache.tree_snapshot(root)
+        except OSError:
+            top = None  # a tree it cannot read (a path too long): the next step is kept whole
+    store_tree_snapshot(workdir, top, paths)
 
 
 def store_tree_snapshot(workdir: str, top: Mapping[str, Any] | None, paths: Mapping[str, list[int]]) -> None:
@@ -2060,8 +2066,11 @@ def step_save_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, A
     def write(tmp: str) -> dict[str, Any] | None:
         restore_chroot(root)
         try:
-            snapshot.update(_step_cache.tree_snapshot(root))
-            if not layered:
+            try:
+                snapshot.update(_step_cache.tree_snapshot(root))
+            except OSError:
+                snapshot.clear()  # a tree it cannot read (a path too long): kept whole, and the next step too
+            if not layered or not snapshot:
                 run(
                     _step_cache.archive_command(which("tar"), root, tmp),
                     "archiving the tree after step %d" % position,
@@ -2093,7 +2102,7 @@ def step_save_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         directory, key, position, str(params.get("target") or ""), write, layer=layered
     )
     # the next step's layer stands on this entry only when it holds this very tree
-    store_tree_snapshot(workdir, seal if written else None, snapshot)
+    store_tree_snapshot(workdir, seal if written and snapshot else None, snapshot)
     evicted = (
         _step_cache.evict_rootfs_steps(directory, cache["max_size"], keep={path}) if cache["max_size"] else []
     )

@@ -497,17 +497,19 @@ def tree_snapshot(root: str) -> dict[str, list[int]]:
             info.st_nlink,
         ]
 
-    def walk(path: str, name: str) -> None:
+    add(root, ".", os.lstat(root))
+    # a stack, not recursion: a tree may be deeper than Python's recursion limit (a path too long for the system
+    # raises OSError, and the caller keeps the step whole)
+    pending = [(root, ".")]
+    while pending:
+        path, name = pending.pop()
         with os.scandir(path) as entries:
             for entry in entries:
                 child = name + "/" + entry.name
                 info = entry.stat(follow_symlinks=False)
                 add(entry.path, child, info)
                 if stat.S_ISDIR(info.st_mode):
-                    walk(entry.path, child)
-
-    add(root, ".", os.lstat(root))
-    walk(root, ".")
+                    pending.append((entry.path, child))
     return found
 
 

@@ -427,3 +427,35 @@ def test_a_layer_is_used_only_over_the_very_entry_it_was_written_on(tmp_path):
         removed == [str(tmp_path / "k1.tar.zst"), str(tmp_path / "k2.layer.tar.zst")]
         and os.listdir(tmp_path) == []
     )
+
+
+def test_a_tree_deeper_than_pythons_recursion_or_the_systems_paths_is_read_or_kept_whole(tmp_path):
+    root = tmp_path / "deep"
+    root.mkdir()
+    # 1,500 levels: more than Python's recursion limit, short enough for the system's paths
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _level in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        assert len(_step_cache.tree_snapshot(str(root))) == 1501
+        # 1,000 more: its paths are longer than the system takes (tar still archives such a tree)
+        for _level in range(1000):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        _step_cache.tree_snapshot(str(root))
+    (tmp_path / "work").mkdir()
+    _qemu_disk.write_tree_snapshot(
+        str(tmp_path / "work"), str(root), {"key": "k1", "position": 1, "sha256": "x"}
+    )
+    assert _qemu_disk.read_tree_snapshot(str(tmp_path / "work")) == {"top": None, "paths": {}}, (
+        "the next step is kept whole"
+    )
+    subprocess.run(["rm", "-rf", str(root)], check=True)  # shutil.rmtree recurses: too deep for it
