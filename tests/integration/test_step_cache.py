@@ -167,10 +167,10 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         check = bake(tmp_path, second_def, "--check")
         assert check.rc == 0, check.explain()
         line = [line for line in check.task_result("Artifact summary")["msg"] if repo in line]
-        assert line and "would resume after provisioner 2" in line[0], check.task_result("Artifact summary")[
+        assert line and "would resume after provisioner 1" in line[0], check.task_result("Artifact summary")[
             "msg"
         ]
-        assert "provisioner 3 has no cached state" in line[0], line
+        assert "provisioner 2 has no cached state" in line[0], line
         assert set(
             step_images(keys + check.task_result("Start the build container")["step_cache"]["keys"])
         ) == set(keys[1:]), "--check kept no step"
@@ -197,7 +197,7 @@ def test_a_bake_resumes_after_its_unchanged_steps(bake_base, tmp_path, docker_le
         assert forced.rc == 0, forced.explain()
         fresh = step_cache(tmp_path)
         made.append(fresh["id"])
-        assert fresh["step_cache"]["steps"] == ["bypassed"] * 3
+        assert fresh["step_cache"]["steps"] == ["bypassed", "bypassed"]
         assert fresh["fingerprint"] == resumed["fingerprint"] and fresh["id"] != resumed["id"]
         assert read(fresh["id"], "/etc/bakery-step1") != token_first
         cached_files, fresh_files = contents(resumed["id"]), contents(fresh["id"])
