@@ -1352,7 +1352,7 @@ def apply_layer(root: str, path: str, seal: Mapping[str, Any]) -> None:
     for name in seal.get("deleted") or []:
         target = _layer_path(root, str(name))
         if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
+            remove_tree(target)
         elif os.path.lexists(target):
             os.unlink(target)
     for name in seal.get("directories") or []:
@@ -1501,8 +1501,14 @@ def remove_workdir(workdir: str) -> bool:
     mounted = mounts_below(workdir)
     if mounted:
         raise BakeryError("%s has mounts below it (%s); unmount them first" % (workdir, ", ".join(mounted)))
-    shutil.rmtree(workdir)
+    remove_tree(workdir)
     return True
+
+
+def remove_tree(path: str) -> None:
+    """Remove the directory *path* with everything below it, on its own file system only. ``rm -rf``, not
+    ``shutil.rmtree``: Python 3.11's recurses, and a provisioned tree may be deeper than its recursion limit."""
+    run([which("rm"), "-rf", "--one-file-system", "--", path], "removing %s" % path)
 
 
 def marked_workdirs(paths: Sequence[str], depth: int = 3) -> list[str]:

@@ -429,33 +429,55 @@ def test_a_layer_is_used_only_over_the_very_entry_it_was_written_on(tmp_path):
     )
 
 
-def test_a_tree_deeper_than_pythons_recursion_or_the_systems_paths_is_read_or_kept_whole(tmp_path):
-    root = tmp_path / "deep"
-    root.mkdir()
-    # 1,500 levels: more than Python's recursion limit, short enough for the system's paths
-    fd = os.open(root, os.O_RDONLY)
+def deepen(directory, levels: int) -> None:
+    """Make *levels* nested directories ``d`` below the deepest ``d`` of *directory* (through file descriptors: the
+    path may grow longer than the system takes)."""
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        for _level in range(1500):
-            os.mkdir("d", dir_fd=fd)
-            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+        while True:
+            try:
+                child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            except FileNotFoundError:
+                break
             os.close(fd)
             fd = child
-        assert len(_step_cache.tree_snapshot(str(root))) == 1501
-        # 1,000 more: its paths are longer than the system takes (tar still archives such a tree)
-        for _level in range(1000):
+        for _level in range(levels):
             os.mkdir("d", dir_fd=fd)
             child = os.open("d", os.O_RDONLY, dir_fd=fd)
             os.close(fd)
             fd = child
     finally:
         os.close(fd)
+
+
+def test_a_tree_deeper_than_pythons_recursion_or_the_systems_paths_is_read_or_kept_whole(tmp_path):
+    work = tmp_path / "work"
+    root = work / "root"
+    (root / "deep").mkdir(parents=True)
+    (work / _qemu_disk.TEMPORARY_MARKER).write_text("bake\n")
+    # 1,500 levels: more than Python's recursion limit, short enough for the system's paths
+    deepen(root / "deep", 1500)
+    assert len(_step_cache.tree_snapshot(str(root / "deep"))) == 1501
+    # 1,000 more: its paths are longer than the system takes (tar still archives such a tree)
+    deepen(root / "deep", 1000)
     with pytest.raises(OSError):
         _step_cache.tree_snapshot(str(root))
-    (tmp_path / "work").mkdir()
-    _qemu_disk.write_tree_snapshot(
-        str(tmp_path / "work"), str(root), {"key": "k1", "position": 1, "sha256": "x"}
-    )
-    assert _qemu_disk.read_tree_snapshot(str(tmp_path / "work")) == {"top": None, "paths": {}}, (
+    _qemu_disk.write_tree_snapshot(str(work), str(root), {"key": "k1", "position": 1, "sha256": "x"})
+    assert _qemu_disk.read_tree_snapshot(str(work)) == {"top": None, "paths": {}}, (
         "the next step is kept whole"
     )
-    subprocess.run(["rm", "-rf", str(root)], check=True)  # shutil.rmtree recurses: too deep for it
+
+    # a layer that removes it goes as deep as it does (shutil.rmtree recurses), and so does removing the work
+    # directory
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "members").write_bytes(b".\0")
+    layer = tmp_path / "layer.tar.zst"
+    subprocess.run(
+        _step_cache.archive_command("tar", str(tmp_path / "nothing"), str(layer), str(tmp_path / "members")),
+        check=True,
+    )
+    _qemu_disk.apply_layer(str(root), str(layer), {"deleted": ["./deep"], "directories": ["."]})
+    assert os.listdir(root) == []
+    (root / "deep").mkdir()
+    deepen(root / "deep", 2500)
+    assert _qemu_disk.remove_workdir(str(work)) and not work.exists()
