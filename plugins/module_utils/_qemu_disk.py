@@ -2060,11 +2060,10 @@ def step_save_action(params: Mapping[str, Any], check_mode: bool) -> dict[str, A
         and int(top.get("position") or 0) == position - 1
         else None
     )
-    parent_seal = parent[1] if parent else None
     # a layer only over the very entry the tree was unpacked from or kept as, and not too deep a chain
     layered = (
-        parent_seal is not None
-        and parent_seal.get("sha256") == top.get("sha256")
+        parent is not None
+        and parent[1].get("sha256") == top.get("sha256")
         and int(top.get("depth") or 0) < _step_cache.LAYER_MAX_DEPTH
     )
     snapshot: dict[str, list[int]] = {}

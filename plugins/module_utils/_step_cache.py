@@ -11,8 +11,9 @@ into place) before the tarball is renamed onto its name. An entry whose seal is 
 match the file (a killed bake's) is never used; prune removes it. The seal's modification time is the entry's
 last use (least recently used entries go first when the cache is beyond its size).
 
-An entry after provisioner *i* > 1 is a layer (``<key>.layer.tar.zst``) when the tree stood on the sealed entry of step *i*-1 (the work
-directory's ``tree-snapshot.json`` says which, with the ``lstat`` of every path then): the tarball holds only
+An entry after provisioner *i* > 1 is a layer (``<key>.layer.tar.zst``) when the tree stood on the sealed entry
+of step *i*-1 (the work directory's ``tree-snapshot.json`` says which, with the ``lstat`` of every path then): the
+tarball holds only
 what the provisioner changed (a path whose ``lstat`` differs: its content, metadata, links or type), with the
 directories above each changed or removed path (their times), and its seal lists what it removed (``deleted``),
 its parent's key and sha256 (``parent``, ``parent_sha256``) and its depth. The state after step *i* is the first
@@ -317,8 +318,8 @@ def save_rootfs_step(
 ) -> tuple[str, dict[str, Any], bool]:
     """Keep an entry for *key*: *write(tmp)* archives the tree into the temporary file (and returns what the seal
     records beyond key, position, size and sha256, or None), which is synced, sealed and renamed onto
-    ``<key>.tar.zst`` (``<key>.layer.tar.zst`` with *layer*). A valid entry of that key is kept as it is (and touched). Returns the
-    entry's path, its seal and whether it was written."""
+    ``<key>.tar.zst`` (``<key>.layer.tar.zst`` with *layer*). A valid entry of that key is kept as it is (and
+    touched). Returns the entry's path, its seal and whether it was written."""
     os.makedirs(directory, exist_ok=True)
     found = find_entry(directory, key)
     if found is not None:
@@ -485,7 +486,7 @@ def tree_snapshot(root: str) -> dict[str, list[int]]:
     cannot set it."""
     found: dict[str, list[int]] = {}
 
-    def add(path: str, name: str, info: os.stat_result) -> None:
+    def add(name: str, info: os.stat_result) -> None:
         found[name] = [
             info.st_mode,
             info.st_uid,
@@ -497,7 +498,7 @@ def tree_snapshot(root: str) -> dict[str, list[int]]:
             info.st_nlink,
         ]
 
-    add(root, ".", os.lstat(root))
+    add(".", os.lstat(root))
     # a stack, not recursion: a tree may be deeper than Python's recursion limit (a path too long for the system
     # raises OSError, and the caller keeps the step whole)
     pending = [(root, ".")]
@@ -507,7 +508,7 @@ def tree_snapshot(root: str) -> dict[str, list[int]]:
             for entry in entries:
                 child = name + "/" + entry.name
                 info = entry.stat(follow_symlinks=False)
-                add(entry.path, child, info)
+                add(child, info)
                 if stat.S_ISDIR(info.st_mode):
                     pending.append((entry.path, child))
     return found
