@@ -55,6 +55,10 @@ from ansible_collections.bakery.images.plugins.plugin_utils import _bytecode
 
 ENV = "BAKERY_ANSIBALLZ_CACHE"
 KEPT = ".kept"
+# what a kept payload holds besides Ansible's own entry, written into its signature: a payload kept by a bakery that
+# wrote another (or none: the first ones had no bytecode) is not valid, so the next run keeps it again as this one
+# writes it, instead of using an old payload for ever while its sources stay unchanged
+FORMAT = 2
 # how Ansible's payloads begin the packages ``ansible`` and ``ansible.module_utils`` (namespace packages)
 _STUB = b"from pkgutil import extend_path"
 
@@ -275,11 +279,13 @@ def describe(entry: str, sources: _Sources, memo: dict[str, bytes] | None = None
         if "/module_utils/" not in member:
             paths.append(path)
     trees = sources.trees(members)
-    return {"paths": sorted(paths), "trees": trees, "state": state(paths, trees, memo)}
+    return {"format": FORMAT, "paths": sorted(paths), "trees": trees, "state": state(paths, trees, memo)}
 
 
 def _valid(signature: dict, memo: dict[str, bytes] | None = None) -> bool:
     try:
+        if signature.get("format") != FORMAT:
+            return False
         return state(signature["paths"], signature["trees"], memo) == signature["state"]
     except (OSError, KeyError, TypeError):
         return False

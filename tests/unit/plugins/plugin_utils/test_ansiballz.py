@@ -4,6 +4,7 @@ change to a module or to a module utility it imports (or could import) runs the 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import io
 import json
@@ -186,8 +187,17 @@ def test_a_damaged_or_stale_kept_payload_is_not_restored(tmp_path):
     kept.mkdir()
     source = tmp_path / "module.py"
     source.write_text("x = 1\n")
-    signature = {"paths": [str(source)], "trees": [], "state": _ansiballz.state([str(source)], [])}
+    signature = {
+        "format": _ansiballz.FORMAT,
+        "paths": [str(source)],
+        "trees": [],
+        "state": _ansiballz.state([str(source)], []),
+    }
     (kept / "good.kept").write_bytes(json.dumps(signature).encode() + b"\npayload")
+    # kept by a bakery that wrote another format, or none
+    (kept / "older.kept").write_bytes(json.dumps(dict(signature, format=1)).encode() + b"\npayload")
+    signature_without_format = {name: value for name, value in signature.items() if name != "format"}
+    (kept / "first.kept").write_bytes(json.dumps(signature_without_format).encode() + b"\npayload")
     (kept / "damaged.kept").write_bytes(b"{not json\npayload")
     (kept / "gone.kept").write_bytes(
         json.dumps(dict(signature, paths=[str(tmp_path / "missing.py")])).encode() + b"\npayload"
@@ -252,6 +262,39 @@ def test_kept_payloads_carry_bytecode_and_deprecations_keep_their_attribution(tm
     assert "ansible_collections.ns.coll.plugins.modules.hello-ZIP_DEFLATED-none" in second["used"]
     assert second["greeting"] == "first"
     assert second["deprecations"] == first["deprecations"]
+
+
+def test_a_payload_kept_without_bytecode_by_an_older_bakery_is_kept_again_with_it(tmp_path):
+    project(tmp_path)
+    cache = tmp_path / "cache"
+    bake(tmp_path, cache)
+    name = "ansible_collections.ns.coll.plugins.modules.hello-ZIP_DEFLATED-none"
+    kept = _kept(cache) / (name + _ansiballz.KEPT)
+    signature, entry = _ansiballz._read_kept(str(kept))
+    assert signature["format"] == _ansiballz.FORMAT
+    # the payload as the first bakery kept it: no bytecode, and a signature without a format (valid otherwise)
+    cached = pickle.loads(entry)  # noqa: S301 - written by the test's own run
+    plain = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(base64.b64decode(cached.zip_data))) as source,
+        zipfile.ZipFile(plain, "w") as target,
+    ):
+        for info in source.infolist():
+            if not info.filename.endswith(".pyc"):
+                target.writestr(info, source.read(info))
+    del signature["format"]
+    kept.write_bytes(
+        json.dumps(signature).encode()
+        + b"\n"
+        + pickle.dumps(dataclasses.replace(cached, zip_data=base64.b64encode(plain.getvalue())))
+    )
+    assert not [member for member in _payload(kept) if member.endswith(".pyc")]
+
+    second = bake(tmp_path, cache)
+    assert name not in second["used"], second  # not restored: Ansible assembled it
+    assert _ansiballz._read_kept(str(kept))[0]["format"] == _ansiballz.FORMAT
+    assert [member for member in _payload(kept) if member.endswith(".pyc")]
+    assert name in bake(tmp_path, cache)["used"]
 
 
 def test_with_bytecode_compiles_what_zipimport_would_and_leaves_the_rest(tmp_path):
