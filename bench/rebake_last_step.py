@@ -167,6 +167,11 @@ def main() -> None:
                 "goal": "<= 0.35",
                 "met": ratio <= 0.35,
                 "rebake_steps": steps,
+                # every round, in order: how far this machine's noise spreads the medians above
+                "rounds_s": {
+                    "full": [round(seconds, 1) for seconds in full],
+                    "rebake": [round(seconds, 1) for seconds in rebake],
+                },
             }
         )
     )

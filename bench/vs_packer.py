@@ -154,6 +154,12 @@ def main() -> None:
                 "ratio_unchanged": round(noop, 3),
                 "goal_unchanged": "<= 0.2",
                 "met_unchanged": noop <= 0.2,
+                # every round, in order: how far this machine's noise spreads the medians above
+                "rounds_s": {
+                    "packer": [round(seconds, 1) for seconds in packer],
+                    "bakery_forced": [round(seconds, 1) for seconds in forced],
+                    "bakery_unchanged": [round(seconds, 1) for seconds in unchanged],
+                },
             }
         )
     )
