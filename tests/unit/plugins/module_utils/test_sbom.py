@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -233,6 +234,51 @@ def test_the_same_inputs_give_the_same_bytes_and_another_fingerprint_another_ser
     assert spdx["documentNamespace"] != json.loads(first["spdx"])["documentNamespace"]
     # without the bake that made it: the epoch, never the clock
     assert spdx["creationInfo"]["created"] == "1970-01-01T00:00:00Z"
+
+
+def test_the_cyclonedx_document_made_in_a_child_is_the_one_made_here(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    packages = _dpkg_db.read_packages(_dpkg_db.TreeReader(str(tmp_path)))
+    here = {
+        "spdx": _sbom.spdx_document(SUBJECT, packages, INPUTS),
+        "cyclonedx": _sbom.cyclonedx_document(SUBJECT, packages, INPUTS),
+    }
+    parent = os.getpid()
+    made_in = []
+    real = _sbom.cyclonedx_document
+
+    def cyclonedx_document(*args):
+        made_in.append(os.getpid())  # the child's own list: only this process's calls are seen here
+        return real(*args)
+
+    monkeypatch.setattr(_sbom, "cyclonedx_document", cyclonedx_document)
+    assert _sbom.documents(SUBJECT, packages, INPUTS) == here
+    assert made_in == []  # made in the child
+
+    # a child that fails: the document is made here, the same
+    def failing_in_the_child(*args):
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        made_in.append(os.getpid())
+        return real(*args)
+
+    monkeypatch.setattr(_sbom, "cyclonedx_document", failing_in_the_child)
+    assert _sbom.documents(SUBJECT, packages, INPUTS) == here
+    assert made_in == [parent]
+
+
+def test_no_child_is_forked_beside_another_thread():
+    ran = []
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert _sbom._beside(lambda: ran.append(1) or "text")() is None
+    finally:
+        stop.set()
+        other.join()
+    assert ran == []
+    assert _sbom._beside(lambda: "text")() == "text"
 
 
 def test_a_document_read_back_gives_the_same_documents(tmp_path):
