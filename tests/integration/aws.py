@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
+from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 from ports import free_port, wait_listening
 
 REGION = "us-east-1"
@@ -182,6 +184,22 @@ class FaultProxy:
         self.server.server_close()
 
 
+def _read(call, *args, **kwargs):
+    """The test's own read of moto's state, asked again when moto answers it with a server error: its backends
+    are not safe for threads, and a read while other flows write (test_ami runs four fault cases at a time) has
+    been seen to end in its "500 Internal Server Error" page, which botocore cannot parse. Only a read of what is
+    there, never a call of the flow under test."""
+    for attempt in range(5):
+        try:
+            return call(*args, **kwargs)
+        except (ResponseParserError, ClientError) as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if attempt == 4 or not (isinstance(exc, ResponseParserError) or (status or 0) >= 500):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def leftovers(moto: MotoServer, bake_id: str, regions: list[str]) -> dict[str, list[str]]:
     """What of a bake is still there: live instances, and anything tagged temporary."""
     found: dict[str, list[str]] = {}
@@ -193,21 +211,24 @@ def leftovers(moto: MotoServer, bake_id: str, regions: list[str]) -> dict[str, l
         ec2 = moto.client("ec2", region)
         live = [
             i["InstanceId"]
-            for r in ec2.describe_instances(Filters=[{"Name": "tag:bakery-bake-id", "Values": [bake_id]}])[
-                "Reservations"
-            ]
+            for r in _read(
+                ec2.describe_instances, Filters=[{"Name": "tag:bakery-bake-id", "Values": [bake_id]}]
+            )["Reservations"]
             for i in r["Instances"]
             if i["State"]["Name"] != "terminated"
         ]
         items = {
             "instances": live,
-            "images": [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=temp)["Images"]],
-            "snapshots": [
-                s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=temp)["Snapshots"]
+            "images": [
+                i["ImageId"] for i in _read(ec2.describe_images, Owners=["self"], Filters=temp)["Images"]
             ],
-            "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs(Filters=temp)["KeyPairs"]],
+            "snapshots": [
+                s["SnapshotId"]
+                for s in _read(ec2.describe_snapshots, OwnerIds=["self"], Filters=temp)["Snapshots"]
+            ],
+            "key_pairs": [k["KeyName"] for k in _read(ec2.describe_key_pairs, Filters=temp)["KeyPairs"]],
             "security_groups": [
-                g["GroupId"] for g in ec2.describe_security_groups(Filters=temp)["SecurityGroups"]
+                g["GroupId"] for g in _read(ec2.describe_security_groups, Filters=temp)["SecurityGroups"]
             ],
         }
         for kind, ids in items.items():
