@@ -13,9 +13,9 @@ last use (least recently used entries go first when the cache is beyond its size
 
 An entry after provisioner *i* > 1 is a layer (``<key>.layer.tar.zst``) when the tree stood on the sealed entry
 of step *i*-1 (the work directory's ``tree-snapshot.json`` says which, with the ``lstat`` of every path then): the
-tarball holds only
-what the provisioner changed (a path whose ``lstat`` differs: its content, metadata, links or type), with the
-directories above each changed or removed path (their times), and its seal lists what it removed (``deleted``),
+tarball holds only what the provisioner changed (a path whose ``lstat`` differs: its content, metadata, links or
+type), with the directories above each changed or removed path (their times), and its seal lists what it removed
+(``deleted``),
 its parent's key and sha256 (``parent``, ``parent_sha256``) and its depth. The state after step *i* is the first
 full entry below it, unpacked, with each layer above it applied in order: its deletions, then its tarball. A layer
 is used only with its whole chain, each entry sealed and holding what its child's seal recorded; one over an
