@@ -1633,7 +1633,8 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
     details: dict[str, Any] = {}
     with Steps() as steps:
         work = tempfile.mkdtemp(prefix=".bakery-qemu-", dir=directory)
-        steps.add_undo("remove %s" % work, lambda: shutil.rmtree(work, ignore_errors=True), always=True)
+        # remove_tree: a disk reassembled from an image's tree has that tree here, deeper than shutil.rmtree goes
+        steps.add_undo("remove %s" % work, lambda: remove_tree(work), always=True)
         with open(os.path.join(work, TEMPORARY_MARKER), "w", encoding="utf-8") as handle:
             handle.write((opts.bake_id or "") + "\n")
         if opts.rootfs:

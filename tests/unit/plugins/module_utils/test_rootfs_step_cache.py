@@ -481,3 +481,38 @@ def test_a_tree_deeper_than_pythons_recursion_or_the_systems_paths_is_read_or_ke
     (root / "deep").mkdir()
     deepen(root / "deep", 2500)
     assert _qemu_disk.remove_workdir(str(work)) and not work.exists()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["made", "failed"])
+def test_a_disk_build_removes_its_work_directory_however_deep_the_tree_in_it(tmp_path, monkeypatch, fails):
+    """A disk reassembled from an image's tree has that tree in the build's ``.bakery-qemu-*`` directory: it goes
+    when the build ends, made or failed, even deeper than Python's recursion (shutil.rmtree would leave it)."""
+    out = tmp_path / "out"
+
+    def from_image_tree(opts, fp, work, details):
+        (tmp_path / "work").symlink_to(work)
+        os.mkdir(os.path.join(work, "tree"))
+        deepen(os.path.join(work, "tree"), 1500)
+        if fails:
+            raise _qemu_disk.BakeryError("the disk could not be made")
+        source = os.path.join(work, "disk.raw")
+        with open(source, "wb") as handle:
+            handle.truncate(1 << 20)
+        return source, "raw"
+
+    monkeypatch.setattr(_qemu_disk, "check_tools", lambda **kwargs: None)
+    monkeypatch.setattr(_qemu_disk, "_disk_from_image_tree", from_image_tree)
+    opts = _qemu_disk.DiskOptions(
+        outputs=[_qemu_disk.Output(path=str(out / "disk.raw"), format="raw")],
+        disk_size=1 << 20,
+        image=str(tmp_path / "image.qcow2"),
+        reassemble=True,
+    )
+    if fails:
+        with pytest.raises(_qemu_disk.BakeryError, match="could not be made"):
+            _qemu_disk.build(opts, "f" * 64, {})
+    else:
+        assert _qemu_disk.build(opts, "f" * 64, {})["path"] == str(out / "disk.raw")
+    assert (tmp_path / "work").is_symlink(), "the build made its work directory"
+    assert not (tmp_path / "work").exists(), "the work directory is left"
+    assert sorted(os.listdir(out)) == ([] if fails else ["disk.raw", "disk.raw.bakery.json"])
