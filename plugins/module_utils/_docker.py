@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -869,6 +870,59 @@ def seed_apt_lists(client: Any, cid: str, rootfs: str) -> dict[str, Any] | None:
     return {"path": lists, "files": 0, "error": "cannot put them into the build container: %s" % error}
 
 
+# The refresh of the package lists before the first provisioner (role bake's), started in the build container as
+# soon as it runs, so that it overlaps what the bake does before that provisioner (gathering facts, the play's
+# start): role bake's refresh task then only waits for it and shows its output and exit code. Everything of it lives
+# in LISTS_REFRESH_DIR, which that task removes, so no provisioner sees it. Only where /usr/bin/apt-get is (where role
+# bake counts the builder's package manager as apt without facts); where the directory cannot be made nothing
+# starts, and the task runs the refresh itself.
+LISTS_REFRESH_DIR = "/run/bakery-lists-refresh"
+LISTS_REFRESH = "apt-get -q update -o Acquire::Languages=none"
+# the refresh in a subshell whose output goes to a file, not to the exec's streams (the exec ends at once, and no
+# stream of it stays open); its exit code is written to a file of its own and renamed into place, then its pid
+_LISTS_REFRESH_LAUNCH = r"""set +e
+d=%(dir)s
+[ -x %(apt_get)s ] || exit 0
+mkdir -m 0700 "$d" 2>/dev/null || exit 0
+( %(refresh)s; echo $? >"$d/rc.new" && mv "$d/rc.new" "$d/rc" ) </dev/null >"$d/log" 2>&1 &
+echo $! >"$d/pid.new" && mv "$d/pid.new" "$d/pid"
+exit 0
+"""
+# role bake's task: the output and exit code of the refresh started with the container (its pid is there once the
+# start has ended), or the refresh itself when none started. One whose process went without an exit code (killed)
+# fails the task.
+_LISTS_REFRESH_WAIT = r"""d=%(dir)s
+if ! [ -e "$d/pid" ]; then [ -x %(apt_get)s ] || exit 0; exec %(refresh)s; fi
+while ! [ -e "$d/rc" ]; do
+    if ! kill -0 "$(cat "$d/pid")" 2>/dev/null && ! [ -e "$d/rc" ]; then
+        cat "$d/log"; rm -rf "$d"; echo "bakery: the refresh of the package lists ended without an exit code" >&2; exit 1
+    fi
+    sleep 0.02
+done
+cat "$d/log"; rc=$(cat "$d/rc"); rm -rf "$d"; exit "$rc"
+"""
+
+
+def _lists_refresh_values(directory: str, refresh: str, apt_get: str) -> dict[str, str]:
+    return {"dir": shlex.quote(directory), "refresh": refresh, "apt_get": shlex.quote(apt_get)}
+
+
+def lists_refresh_launch(
+    directory: str = LISTS_REFRESH_DIR, refresh: str = LISTS_REFRESH, apt_get: str = "/usr/bin/apt-get"
+) -> str:
+    """Shell that starts *refresh* in the background (see LISTS_REFRESH_DIR); it ends at once, with 0 even when it
+    started nothing. The arguments are for tests."""
+    return _LISTS_REFRESH_LAUNCH % _lists_refresh_values(directory, refresh, apt_get)
+
+
+def lists_refresh_wait(
+    directory: str = LISTS_REFRESH_DIR, refresh: str = LISTS_REFRESH, apt_get: str = "/usr/bin/apt-get"
+) -> str:
+    """Shell that waits for the refresh :func:`lists_refresh_launch` started, prints its output, removes what it
+    left and exits with its exit code; it runs *refresh* itself when none started."""
+    return _LISTS_REFRESH_WAIT % _lists_refresh_values(directory, refresh, apt_get)
+
+
 def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """Start a build container (unless an image with the fingerprint exists) for Ansible to provision."""
     name = params["name"]
@@ -952,9 +1006,15 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         except APIError as exc:
             raise BakeryError("cannot start build container %s: %s" % (cname, exc.explanation)) from exc
         _wait_running(client, cid)
+        # the refresh before the first provisioner starts now, in the same exec (not into a step image: it has the
+        # lists its bake refreshed, and its bake runs no refresh)
+        refresh = bool(params.get("lists_refresh")) and start_from == base
+        install = install_command()
+        if refresh:
+            install = install[:-1] + [install[-1] + "\n" + lists_refresh_launch()]
         steps.run(
             "install stand-in commands",
-            lambda: _exec_checked(client, cid, cname, install_command(), "installing the stand-in commands"),
+            lambda: _exec_checked(client, cid, cname, install, "installing the stand-in commands"),
         )
     base_image = _image(client, base) or {}
     result = dict(
@@ -971,6 +1031,8 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     )
     if seeded is not None:
         result["apt_lists"] = seeded
+    if refresh:
+        result["lists_refresh"] = {"started": True, "wait": lists_refresh_wait()}
     return result
 
 

@@ -149,6 +149,18 @@ options:
         missing). No input of the fingerprint; the bake removes the lists after the last provisioner.
     type: bool
     default: false
+  lists_refresh:
+    description:
+      - With V(action=start), start the refresh of the package lists (C(apt-get update), without the translations)
+        in the build container as soon as it runs, in the background, unless it starts from a step image of the
+        per-step cache (its bake refreshed them). Role C(bakery.images.bake)'s task before the first provisioner
+        then waits for it with RV(lists_refresh.wait), instead of running it, so the refresh overlaps what the bake
+        does before that task.
+      - Its output and exit code stay in C(/run/bakery-lists-refresh) until that command has read them and removed
+        the directory. Nothing starts where C(apt-get) is missing or the directory cannot be made; the command
+        then runs the refresh itself (or nothing without C(apt-get)).
+    type: bool
+    default: false
   container:
     description: Build container id or name for V(commit) and V(remove).
     type: str
@@ -500,6 +512,19 @@ apt_lists:
     error:
       description: Why none went in (the refresh fetches them).
       type: str
+lists_refresh:
+  description: The refresh of the package lists started with the build container (O(lists_refresh)).
+  returned: start with O(lists_refresh), when the container starts from its base
+  type: dict
+  contains:
+    started:
+      description: Always V(true).
+      type: bool
+    wait:
+      description:
+        - Shell for the container that waits for the refresh, prints its output, removes what it left and exits
+          with its exit code (or runs the refresh itself, when none could start).
+      type: str
 kept_alive:
   description: Whether V(verifier) runs the image kept alive because its own command ended at once.
   returned: verifier
@@ -576,6 +601,7 @@ def main() -> None:
             rootfs=dict(type="path"),
             base_image=dict(type="str"),
             apt_lists=dict(type="bool", default=False),
+            lists_refresh=dict(type="bool", default=False),
             container=dict(type="str"),
             container_name=dict(type="str"),
             changes=dict(type="dict", default={}, options=CHANGES),

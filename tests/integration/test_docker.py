@@ -18,12 +18,13 @@ from pathlib import Path
 import docker
 import pytest
 from conftest import BAKE_BASE, LOCAL, REPO, docker_client, remove_repositories, remove_untagged, run_playbook
-from package_lists import check_seeded_refresh
+from package_lists import REFRESH_TASK, check_seeded_refresh
 from ports import free_port
 from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
 
 from ansible_collections.bakery.images.plugins.module_utils import _sbom
+from ansible_collections.bakery.images.plugins.module_utils._docker import LISTS_REFRESH_DIR
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
@@ -227,18 +228,24 @@ def layers(image: str) -> list[str]:
 
 def check_seeded_package_lists(run, image: str) -> None:
     """A build container that started from the image of the bake's rootfs got the package lists kept with it
-    (package_lists.check_seeded_refresh); the image has no lists."""
-    check_seeded_refresh(
-        run,
-        run.task_result("Start the build container"),
-        "build container",
-        BAKE_BASE["mirror"],
-        BAKE_BASE["suite"],
-    )
+    (package_lists.check_seeded_refresh), and began their refresh as it started: role bake's task waited for that
+    one (its output is the refresh's) and removed what it left. The image has no lists, and nothing of the
+    refresh."""
+    started = run.task_result("Start the build container")
+    check_seeded_refresh(run, started, "build container", BAKE_BASE["mirror"], BAKE_BASE["suite"])
+    if not started["step_cache"]["resume"]:
+        assert started["lists_refresh"]["started"], started
+        (refresh,) = [r for r in run.task_results(REFRESH_TASK) if not r.get("skipped")]
+        assert refresh["rc"] == 0, refresh
     # the bake removed them after the last provisioner, seeded or not
     lists = docker_client().containers.run(
         image,
-        ["sh", "-c", "find /var/lib/apt/lists -mindepth 1 -maxdepth 1 -type f ! -name lock"],
+        [
+            "sh",
+            "-c",
+            "find /var/lib/apt/lists -mindepth 1 -maxdepth 1 -type f ! -name lock; ls -d %s 2>/dev/null || true"
+            % LISTS_REFRESH_DIR,
+        ],
         remove=True,
     )
     assert lists.decode() == "", lists.decode()

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
+import signal
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +309,127 @@ def test_the_archive_helper_reports_none_without_lists(tmp_path: Path) -> None:
     # nor does a chroot builder's tree get an error for an empty one (the hook leaves it when it could not write)
     (tmp_path / "root" / LISTS).mkdir(parents=True)
     assert _rootfs.seed_apt_lists(str(tmp_path / "empty.tar"), str(tmp_path / "root")) is None
+
+
+# the refresh before the first provisioner, begun by the start (lists_refresh) and awaited by role bake's task
+
+
+def installs(engine: dict, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every exec ``start`` runs as root (the stand-ins' install), recorded."""
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(_docker, "_exec_checked", lambda client, cid, cname, argv, what: argvs.append(argv))
+    return argvs
+
+
+@pytest.mark.parametrize("base_image", [False, True], ids=["from the rootfs", "from a base_image"])
+def test_the_refresh_begins_with_the_stand_ins_install(
+    tmp_path: Path, engine: dict, monkeypatch: pytest.MonkeyPatch, base_image: bool
+) -> None:
+    argvs = installs(engine, monkeypatch)
+    client = Client()
+    if base_image:
+        result = start(client, None, base_image="user/base:1", lists_refresh=True)
+    else:
+        result = start(client, rootfs(tmp_path, kept_lists()), lists_refresh=True)
+    # one exec: the stand-ins, then the launch (no exec more than without it)
+    ((shell, dash_c, script),) = argvs
+    assert [shell, dash_c] == ["/bin/sh", "-c"]
+    assert script == _docker.install_command()[-1] + "\n" + _docker.lists_refresh_launch()
+    assert result["lists_refresh"] == {"started": True, "wait": _docker.lists_refresh_wait()}
+
+
+def test_no_refresh_begins_unless_asked_or_from_a_step_image(
+    tmp_path: Path, engine: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argvs = installs(engine, monkeypatch)
+    result = start(Client(), rootfs(tmp_path, kept_lists()))
+    assert "lists_refresh" not in result and argvs == [_docker.install_command()]
+    # a step image has the lists its bake refreshed, and role bake runs no refresh on it
+    engine["step"] = (1, {"Id": STEP_ID})
+    argvs.clear()
+    result = start(
+        Client(),
+        rootfs(tmp_path, kept_lists()),
+        lists_refresh=True,
+        step_keys=["k0", "k1"],
+        step_cache={"enabled": True},
+    )
+    assert result["step_cache"]["resume"] == 1
+    assert "lists_refresh" not in result and argvs == [_docker.install_command()]
+
+
+def sh(script: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def refresh_scripts(tmp_path: Path, refresh: str, apt_get: str = "/bin/sh") -> tuple[str, str, Path]:
+    """The launch and the wait around *refresh* (shell, made one command as apt-get's), in a directory of
+    *tmp_path*."""
+    directory = tmp_path / "bakery-lists-refresh"
+    values = {
+        "directory": str(directory),
+        "refresh": "/bin/sh -c %s" % shlex.quote(refresh),
+        "apt_get": apt_get,
+    }
+    return _docker.lists_refresh_launch(**values), _docker.lists_refresh_wait(**values), directory
+
+
+@pytest.mark.parametrize("code", [0, 100])
+def test_the_wait_gives_the_refresh_s_output_and_exit_code_and_leaves_nothing(
+    tmp_path: Path, code: int
+) -> None:
+    launch, wait, directory = refresh_scripts(
+        tmp_path,
+        "echo Hit:1 http://deb.debian.org/debian bookworm InRelease; echo E: oops >&2; exit %d" % code,
+    )
+    # the launch ends at once: the refresh runs on in the background, its streams not the launch's
+    started = time.monotonic()
+    slow = launch.replace("exit %d'" % code, "sleep 1; exit %d'" % code)
+    assert slow != launch
+    launched = sh(slow)
+    assert launched.returncode == 0 and launched.stdout == launched.stderr == ""
+    assert time.monotonic() - started < 0.9
+    assert (directory / "pid").exists() and not (directory / "rc").exists()
+    waited = sh(wait)
+    assert waited.returncode == code
+    assert waited.stdout == "Hit:1 http://deb.debian.org/debian bookworm InRelease\nE: oops\n"
+    assert not directory.exists()
+
+
+def test_without_a_launch_the_wait_runs_the_refresh_itself(tmp_path: Path) -> None:
+    _launch, wait, directory = refresh_scripts(tmp_path, "echo refreshed here; exit 3")
+    waited = sh(wait)
+    assert (waited.returncode, waited.stdout) == (3, "refreshed here\n") and not directory.exists()
+
+
+def test_without_apt_get_nothing_starts_and_the_wait_does_nothing(tmp_path: Path) -> None:
+    launch, wait, directory = refresh_scripts(
+        tmp_path, "echo refreshed; exit 3", apt_get=str(tmp_path / "none")
+    )
+    assert sh(launch).returncode == 0 and not directory.exists()
+    waited = sh(wait)
+    assert (waited.returncode, waited.stdout) == (0, "")
+
+
+def test_a_directory_that_cannot_be_made_starts_nothing(tmp_path: Path) -> None:
+    launch, wait, directory = refresh_scripts(tmp_path, "echo refreshed; exit 0")
+    directory.write_text("in the way")
+    launched = sh(launch)
+    assert launched.returncode == 0 and directory.read_text() == "in the way"
+    # the wait finds no refresh begun, and runs it
+    waited = sh(wait)
+    assert (waited.returncode, waited.stdout) == (0, "refreshed\n")
+
+
+def test_a_refresh_killed_without_an_exit_code_fails_the_wait(tmp_path: Path) -> None:
+    launch, wait, directory = refresh_scripts(tmp_path, "echo fetching; sleep 37.25")
+    assert sh(launch).returncode == 0
+    pid = int((directory / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    waited = sh(wait, timeout=10)
+    assert waited.returncode == 1 and "ended without an exit code" in waited.stderr
+    assert not directory.exists()
+    # the subshell's own child (the refresh's sleep) is left to the test's process group: end it
+    subprocess.run(["pkill", "-f", "^sleep 37.25$"], check=False)
