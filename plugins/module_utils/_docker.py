@@ -23,9 +23,11 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
@@ -63,7 +65,11 @@ from ansible_collections.bakery.images.plugins.module_utils._layer import (
     newest_mtime,
     write_layer,
 )
-from ansible_collections.bakery.images.plugins.module_utils._standin import install_command, remove_command
+from ansible_collections.bakery.images.plugins.module_utils._standin import (
+    RECORD_PATH,
+    install_command,
+    remove_command,
+)
 from ansible_collections.bakery.images.plugins.module_utils._step_cache import (
     eviction_order,
     resume_reason,
@@ -1170,6 +1176,13 @@ def _remove(client: Any, cid: str) -> None:
         pass
 
 
+def _remove_quietly(client: Any, cid: str) -> None:
+    """:func:`_remove` in a thread of its own (the commit's, beside the image's load): a failure is left to the
+    cleanup's removal, which tries again and reports it."""
+    with contextlib.suppress(APIError, DockerException, OSError):
+        _remove(client, cid)
+
+
 def commit_config(base: dict[str, Any], changes: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     """The committed image's config: the base image's, with *changes* applied as a Dockerfile would.
 
@@ -1244,16 +1257,30 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
         # made from the cache is the image made without it, and neither is a step image
         conf["Labels"].update({STEP_KEY_LABEL: "", STEP_LABEL: ""})
         cname = container.get("Name", cid).lstrip("/")
-        steps.run(
-            "remove stand-in commands",
-            lambda: _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands"),
-        )
+        # the container's overlay, once for both uses: the look for the stand-ins and the layer
+        base_id = str(base.get("Id") or "")
+        base_image = _image(client, base_id) if base_id else None
+        merged = _merged_tree(client, cid, base_image) if base_image is not None else None
+        if not standins_absent(merged[0] if merged else None):
+            steps.run(
+                "remove stand-in commands",
+                lambda: _exec_checked(client, cid, cname, remove_command(), "removing the stand-in commands"),
+            )
         # as Docker's commit does, the container's labels (bake id, target) are the image's where ours say nothing
         conf["Labels"] = dict((container.get("Config") or {}).get("Labels") or {}, **conf["Labels"])
-        made = steps.run(
-            "write the image",
-            lambda: reproducible_image(client, cid, str(base.get("Id") or ""), conf, params),
-        )
+        # the container goes while the engine loads the image (about 0.1 s of each, side by side): nothing more
+        # is read from it then. The cleanup's removal below finds it gone, or removes it when this one failed
+        removal = threading.Thread(target=_remove_quietly, args=(client, cid), name="remove build container")
+        try:
+            made = steps.run(
+                "write the image",
+                lambda: reproducible_image(
+                    client, cid, base_id, conf, params, merged=merged, read=removal.start
+                ),
+            )
+        finally:
+            if removal.ident is not None:
+                removal.join()
         image_id = made.pop("id")
         # until it is tagged, the image is nobody's: a failure from here on removes it
         steps.add_undo("remove the untagged image", lambda: _remove_untagged(client, image_id))
@@ -1437,8 +1464,35 @@ def _merged_tree(client: Any, cid: str, base_image: dict[str, Any]) -> tuple[_ov
     return (_overlay.MergedTree(overlay) if overlay else None), why
 
 
+def standins_absent(tree: _overlay.MergedTree | None) -> bool:
+    """Whether the build container whose merged view is *tree* (read on this host) has no record of stand-ins, so
+    that their removal (``remove_command``: nothing without the record) would do nothing: the keep of the last
+    step took them out already. A path of the record that cannot be followed here (a symbolic link on the way, an
+    unreadable directory) or no merged view counts as stand-ins there: the removal runs."""
+    if tree is None:
+        return False
+    path = tree.overlay.merged
+    for part in RECORD_PATH.strip("/").split("/"):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            return False
+    return False
+
+
 def reproducible_image(
-    client: Any, cid: str, base_id: str, conf: dict[str, Any], params: Mapping[str, Any]
+    client: Any,
+    cid: str,
+    base_id: str,
+    conf: dict[str, Any],
+    params: Mapping[str, Any],
+    merged: tuple[_overlay.MergedTree | None, str] | None = None,
+    read: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Load the image of container *cid* over the image *base_id*: its layers, then one layer of what the
     container's file system changed (normalised, :mod:`_layer`), with the container config *conf*.
@@ -1446,8 +1500,9 @@ def reproducible_image(
     SOURCE_DATE_EPOCH is ``params["source_date_epoch"]`` (the bake's), else the newest modification time of the
     base image's files (stable for one base image, so for one rootfs cache). The container's files are read from
     its overlay directories where they give what its export would (:mod:`_overlay`), else from the export
-    (``read_from``, and ``read_from_why`` not). Returns the image id, the layer's diff id and what making it
-    took."""
+    (``read_from``, and ``read_from_why`` not); *merged* is :func:`_merged_tree`'s answer for *cid* when the caller
+    has it. *read* is called once nothing more is read from the container, before the image is loaded. Returns the
+    image id, the layer's diff id and what making it took."""
     base_image = _image(client, base_id) if base_id else None
     if base_image is None:
         raise BakeryError("the base image %s of the build container is gone" % (base_id or "?"))
@@ -1475,7 +1530,7 @@ def reproducible_image(
         # the container's files from its overlay directories where they can be read as its export would give
         # them (_overlay), else from the export
         made = None
-        tree, why = _merged_tree(client, cid, base_image)
+        tree, why = merged if merged is not None else _merged_tree(client, cid, base_image)
         if tree is not None:
             try:
                 final = tree.index(base_entries)
@@ -1507,6 +1562,8 @@ def reproducible_image(
 
                 made = layer(final, content, lambda kept: image_packages(kept, members, archive.extractfile))
         diff_id, size, paths, whiteouts, packages = made
+        if read is not None:
+            read()
         diff_ids = list((base_image.get("RootFS") or {}).get("Layers") or []) + [diff_id]
         config = canonical_json(image_config(base_image, conf, diff_ids, epoch)).encode()
         archive_path = os.path.join(workdir, "image.tar")

@@ -3,12 +3,15 @@ removes it only when the commit did not (one Docker module call less for every c
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from docker.errors import APIError
 
-from ansible_collections.bakery.images.plugins.module_utils import _docker
+from ansible_collections.bakery.images.plugins.module_utils import _docker, _overlay, _standin
 
 CID = "c" * 64
 IMAGE_ID = "sha256:" + "1" * 64
@@ -43,10 +46,12 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_docker, "previous_inputs", lambda client, name, tags: {})
     monkeypatch.setattr(_docker, "_image", lambda client, ref: {"Id": ref, "Config": {"Cmd": ["bash"]}})
     monkeypatch.setattr(_docker, "_exec_checked", lambda *args: "")
+    # no merged view on this host unless a test gives one
+    monkeypatch.setattr(_docker, "_merged_tree", lambda client, cid, base_image: (None, "not here"))
     monkeypatch.setattr(
         _docker,
         "reproducible_image",
-        lambda client, cid, base_id, conf, params: {
+        lambda client, cid, base_id, conf, params, merged=None, read=None: {
             "id": MADE_ID,
             "packages": [],
             "diff_id": "sha256:" + "d" * 64,
@@ -80,3 +85,111 @@ def test_a_container_the_commit_could_not_remove_is_left_to_the_cleanup() -> Non
     result = commit(Api(stuck=True))
     assert result["id"] == MADE_ID
     assert result["container_removed"] is False
+
+
+# the stand-ins' removal before the layer is written: skipped where the merged view shows it would do nothing
+
+
+def merged_view(tmp_path: Path, record: str | None) -> _overlay.MergedTree:
+    """A merged view in *tmp_path*: with the stand-ins' record (*record* ``file``), a symbolic link on its way
+    (``link``), or none (None)."""
+    merged = tmp_path / "merged"
+    lib = merged / _standin.LIB_DIR.lstrip("/")
+    if record == "link":
+        (tmp_path / "elsewhere").mkdir()
+        lib.parent.mkdir(parents=True)
+        lib.symlink_to(tmp_path / "elsewhere")
+    else:
+        lib.mkdir(parents=True)
+    if record == "file":
+        (merged / _standin.RECORD_PATH.lstrip("/")).write_text("link systemctl\n")
+    return _overlay.MergedTree(
+        _overlay.Overlay(merged=str(merged), layers=(str(tmp_path / "upper"),), init="")
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "removed"),
+    [(None, False), ("file", True), ("link", True)],
+    ids=["none there: skipped", "there: removed", "a link on the way: removed"],
+)
+def test_the_stand_ins_are_removed_unless_the_merged_view_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str | None, removed: bool
+) -> None:
+    tree = merged_view(tmp_path, record)
+    execs: list[list[str]] = []
+    passed: list[Any] = []
+    monkeypatch.setattr(_docker, "_exec_checked", lambda client, cid, cname, argv, what: execs.append(argv))
+    looked: list[str] = []
+
+    def merged_tree(client: Any, cid: str, base_image: dict[str, Any]) -> tuple[Any, str]:
+        looked.append(cid)
+        return tree, ""
+
+    monkeypatch.setattr(_docker, "_merged_tree", merged_tree)
+
+    def image(
+        client: Any, cid: str, base_id: str, conf: Any, params: Any, merged: Any = None, read: Any = None
+    ) -> dict[str, Any]:
+        passed.append(merged)
+        return {"id": MADE_ID, "packages": [], "diff_id": "sha256:" + "d" * 64}
+
+    monkeypatch.setattr(_docker, "reproducible_image", image)
+    result = commit(Api())
+    assert result["id"] == MADE_ID
+    assert execs == ([_standin.remove_command()] if removed else [])
+    # the layer reads the same merged view: looked up once
+    assert looked == [CID] and passed == [(tree, "")]
+
+
+def test_without_a_merged_view_the_stand_ins_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    execs: list[list[str]] = []
+    monkeypatch.setattr(_docker, "_exec_checked", lambda client, cid, cname, argv, what: execs.append(argv))
+    commit(Api())
+    assert execs == [_standin.remove_command()]
+
+
+def test_a_path_that_cannot_be_followed_counts_as_stand_ins_there(tmp_path: Path) -> None:
+    """Only a missing path says none is there: a file where a directory of the record's path should be (an error
+    other than no such file) leaves the removal to run."""
+    tree = merged_view(tmp_path, None)
+    assert _docker.standins_absent(tree)
+    lib = tmp_path / "merged" / _standin.LIB_DIR.lstrip("/")
+    lib.rmdir()
+    lib.write_text("not a directory")
+    assert not _docker.standins_absent(tree)
+    assert not _docker.standins_absent(None)
+
+
+# the container's removal beside the image's load
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["removed", "stuck"])
+def test_the_container_goes_while_the_image_loads_once_nothing_more_is_read(
+    monkeypatch: pytest.MonkeyPatch, stuck: bool
+) -> None:
+    api = Api(stuck=stuck)
+    seen: dict[str, Any] = {}
+
+    def image(
+        client: Any, cid: str, base_id: str, conf: Any, params: Any, merged: Any = None, read: Any = None
+    ):
+        seen["before"] = list(api.removed)
+        read()
+        # the load: the removal runs beside it
+        deadline = time.monotonic() + 10
+        while not api.removed and not stuck and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["during"] = list(api.removed)
+        return {"id": MADE_ID, "packages": [], "diff_id": "sha256:" + "d" * 64}
+
+    monkeypatch.setattr(_docker, "reproducible_image", image)
+    result = commit(api)
+    assert seen["before"] == []
+    if stuck:
+        # the thread's failure is quiet; the cleanup's removal tries again, and its failure is what the result says
+        assert seen["during"] == [] and result["container_removed"] is False
+    else:
+        # removed beside the load; the cleanup's removal finds it gone
+        assert seen["during"] == [CID] and result["container_removed"] is True
+    assert [t.name for t in threading.enumerate() if t.name == "remove build container"] == []
