@@ -1275,7 +1275,14 @@ def commit(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, A
             made = steps.run(
                 "write the image",
                 lambda: reproducible_image(
-                    client, cid, base_id, conf, params, merged=merged, read=removal.start
+                    client,
+                    cid,
+                    base_id,
+                    conf,
+                    params,
+                    base_image=base_image,
+                    merged=merged,
+                    read=removal.start,
                 ),
             )
         finally:
@@ -1491,6 +1498,7 @@ def reproducible_image(
     base_id: str,
     conf: dict[str, Any],
     params: Mapping[str, Any],
+    base_image: dict[str, Any] | None = None,
     merged: tuple[_overlay.MergedTree | None, str] | None = None,
     read: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
@@ -1500,10 +1508,12 @@ def reproducible_image(
     SOURCE_DATE_EPOCH is ``params["source_date_epoch"]`` (the bake's), else the newest modification time of the
     base image's files (stable for one base image, so for one rootfs cache). The container's files are read from
     its overlay directories where they give what its export would (:mod:`_overlay`), else from the export
-    (``read_from``, and ``read_from_why`` not); *merged* is :func:`_merged_tree`'s answer for *cid* when the caller
-    has it. *read* is called once nothing more is read from the container, before the image is loaded. Returns the
-    image id, the layer's diff id and what making it took."""
-    base_image = _image(client, base_id) if base_id else None
+    (``read_from``, and ``read_from_why`` not); *base_image* (the inspection of *base_id*) and *merged*
+    (:func:`_merged_tree`'s answer for *cid*) are the caller's when it has them. *read* is called once nothing more
+    is read from the container, before the image is loaded. Returns the image id, the layer's diff id and what
+    making it took."""
+    if base_image is None and base_id:
+        base_image = _image(client, base_id)
     if base_image is None:
         raise BakeryError("the base image %s of the build container is gone" % (base_id or "?"))
     started = time.monotonic()

@@ -51,7 +51,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         _docker,
         "reproducible_image",
-        lambda client, cid, base_id, conf, params, merged=None, read=None: {
+        lambda client, cid, base_id, conf, params, base_image=None, merged=None, read=None: {
             "id": MADE_ID,
             "packages": [],
             "diff_id": "sha256:" + "d" * 64,
@@ -129,17 +129,24 @@ def test_the_stand_ins_are_removed_unless_the_merged_view_has_none(
     monkeypatch.setattr(_docker, "_merged_tree", merged_tree)
 
     def image(
-        client: Any, cid: str, base_id: str, conf: Any, params: Any, merged: Any = None, read: Any = None
+        client: Any,
+        cid: str,
+        base_id: str,
+        conf: Any,
+        params: Any,
+        base_image: Any = None,
+        merged: Any = None,
+        read: Any = None,
     ) -> dict[str, Any]:
-        passed.append(merged)
+        passed.append((base_image, merged))
         return {"id": MADE_ID, "packages": [], "diff_id": "sha256:" + "d" * 64}
 
     monkeypatch.setattr(_docker, "reproducible_image", image)
     result = commit(Api())
     assert result["id"] == MADE_ID
     assert execs == ([_standin.remove_command()] if removed else [])
-    # the layer reads the same merged view: looked up once
-    assert looked == [CID] and passed == [(tree, "")]
+    # the layer reads the same base image and merged view: each looked up once
+    assert looked == [CID] and passed == [({"Id": IMAGE_ID, "Config": {"Cmd": ["bash"]}}, (tree, ""))]
 
 
 def test_without_a_merged_view_the_stand_ins_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +179,14 @@ def test_the_container_goes_while_the_image_loads_once_nothing_more_is_read(
     seen: dict[str, Any] = {}
 
     def image(
-        client: Any, cid: str, base_id: str, conf: Any, params: Any, merged: Any = None, read: Any = None
+        client: Any,
+        cid: str,
+        base_id: str,
+        conf: Any,
+        params: Any,
+        base_image: Any = None,
+        merged: Any = None,
+        read: Any = None,
     ):
         seen["before"] = list(api.removed)
         read()
