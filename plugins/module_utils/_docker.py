@@ -1038,7 +1038,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
     if seeded is not None:
         result["apt_lists"] = seeded
     if refresh:
-        result["lists_refresh"] = {"started": True, "wait": lists_refresh_wait()}
+        result["lists_refresh"] = {"wait": lists_refresh_wait()}
     return result
 
 

@@ -517,9 +517,6 @@ lists_refresh:
   returned: start with O(lists_refresh), when the container starts from its base
   type: dict
   contains:
-    started:
-      description: Always V(true).
-      type: bool
     wait:
       description:
         - Shell for the container that waits for the refresh, prints its output, removes what it left and exits

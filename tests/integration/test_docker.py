@@ -23,8 +23,7 @@ from ports import free_port
 from provenance_checks import check_statement, gpg_verify, throwaway_key
 from sbom_checks import DPKG_FORMAT, check_documents, installed
 
-from ansible_collections.bakery.images.plugins.module_utils import _sbom
-from ansible_collections.bakery.images.plugins.module_utils._docker import LISTS_REFRESH_DIR
+from ansible_collections.bakery.images.plugins.module_utils import _docker, _sbom
 
 BAKE_PLAYBOOK = REPO / "playbooks" / "bake.yml"
 SHARED_DOCKERFILE = REPO.parent / "shared" / "examples" / "Dockerfile.nginx"
@@ -234,7 +233,7 @@ def check_seeded_package_lists(run, image: str) -> None:
     started = run.task_result("Start the build container")
     check_seeded_refresh(run, started, "build container", BAKE_BASE["mirror"], BAKE_BASE["suite"])
     if not started["step_cache"]["resume"]:
-        assert started["lists_refresh"]["started"], started
+        assert started["lists_refresh"] == {"wait": _docker.lists_refresh_wait()}, started
         (refresh,) = [r for r in run.task_results(REFRESH_TASK) if not r.get("skipped")]
         assert refresh["rc"] == 0, refresh
     # the bake removed them after the last provisioner, seeded or not
@@ -244,7 +243,7 @@ def check_seeded_package_lists(run, image: str) -> None:
             "sh",
             "-c",
             "find /var/lib/apt/lists -mindepth 1 -maxdepth 1 -type f ! -name lock; ls -d %s 2>/dev/null || true"
-            % LISTS_REFRESH_DIR,
+            % _docker.LISTS_REFRESH_DIR,
         ],
         remove=True,
     )
