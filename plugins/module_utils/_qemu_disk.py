@@ -65,6 +65,7 @@ from ansible_collections.bakery.images.plugins.module_utils._files import (
     file_lock,
     make_tree_directory,
     read_sidecar,
+    unlinked_beside,
     write_sidecar,
 )
 from ansible_collections.bakery.images.plugins.module_utils._files import (
@@ -1661,12 +1662,13 @@ def build(opts: DiskOptions, fp: str, inputs: dict[str, str]) -> dict[str, Any]:
                     convert(source, source_format, out, tmp, opts.timeout)
                     if out.format == "vmdk":
                         fix_vmdk_descriptor(tmp, os.path.basename(out.path), fp)
-                made[out.path] = {
-                    "format": out.format,
-                    "path": out.path,
-                    "size": os.path.getsize(tmp),
-                    "sha256": digest_file(tmp),
-                }
+                made[out.path] = {"format": out.format, "path": out.path, "size": os.path.getsize(tmp)}
+            # the raw disk made from the tree is read no more (renamed onto a raw output, it is not there): it is
+            # unlinked while the outputs are digested, instead of with the work directory after them
+            left = source if os.path.dirname(source) == work and os.path.isfile(source) else None
+            with unlinked_beside(left):
+                for out, tmp in zip(order, tmps):
+                    made[out.path]["sha256"] = digest_file(tmp)
         for out in order:
             write_sidecar(
                 out.path,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 
 import pytest
 
-from ansible_collections.bakery.images.plugins.module_utils import _manifest, _plan, _qemu_disk
+from ansible_collections.bakery.images.plugins.module_utils import _files, _manifest, _plan, _qemu_disk
 from ansible_collections.bakery.images.plugins.module_utils._steps import BakeryError
 
 MIB = 1024 * 1024
@@ -373,3 +375,86 @@ def test_the_disks_fstab_keeps_the_entries_roles_wrote_and_replaces_the_root():
     # made again from its own output (a rebuild), nothing is doubled
     assert _qemu_disk.image_fstab(fstab, "5678-uuid") == fstab.replace("1234-uuid", "5678-uuid")
     assert _qemu_disk.image_fstab("", "u").splitlines()[1:] == ["UUID=u / ext4 rw,errors=remount-ro 0 1"]
+
+
+def _build_from_raw(tmp_path, monkeypatch, formats, digest, made):
+    """_qemu_disk.build with a 1 MiB raw source disk in its work directory (its path in made["source"]), *formats*
+    as its outputs, convert copying the source (after the format's name) and *digest* as digest_file."""
+
+    def from_image_tree(opts, fp, work, details):
+        made["source"] = os.path.join(work, "disk.raw")
+        with open(made["source"], "wb") as handle:
+            handle.write(b"disk" * (1 << 18))
+        return made["source"], "raw"
+
+    def convert(source, source_format, out, target, timeout, backing=None):
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            dst.write(out.format.encode() + src.read())
+
+    monkeypatch.setattr(_qemu_disk, "check_tools", lambda **kwargs: None)
+    monkeypatch.setattr(_qemu_disk, "_disk_from_image_tree", from_image_tree)
+    monkeypatch.setattr(_qemu_disk, "convert", convert)
+    monkeypatch.setattr(_qemu_disk, "digest_file", digest)
+    out = tmp_path / "out"
+    opts = _qemu_disk.DiskOptions(
+        outputs=[_qemu_disk.Output(path=str(out / ("disk." + fmt)), format=fmt) for fmt in formats],
+        disk_size=1 << 20,
+        image=str(tmp_path / "image.qcow2"),
+        reassemble=True,
+    )
+    return _qemu_disk.build(opts, "f" * 64, {})
+
+
+def _sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def test_the_source_disk_is_unlinked_while_the_outputs_are_digested(tmp_path, monkeypatch):
+    """Freeing the raw disk's blocks (0.3-0.5 s for the default bake's) overlaps the outputs' digests: a digest
+    that waits for the source to go sees it go, and each output gets its own digest."""
+    made, seen = {}, []
+
+    def digest(path):
+        deadline = time.monotonic() + 10
+        while os.path.exists(made["source"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(os.path.exists(made["source"]))
+        return _sha256(path)
+
+    result = _build_from_raw(tmp_path, monkeypatch, ["qcow2", "vdi"], digest, made)
+    assert seen == [False, False], "the source disk was not unlinked while the outputs were digested"
+    for entry in result["outputs"]:
+        assert entry["sha256"] == _sha256(entry["path"])
+    assert [entry["format"] for entry in result["outputs"]] == ["qcow2", "vdi"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "disk.qcow2",
+        "disk.qcow2.bakery.json",
+        "disk.vdi",
+        "disk.vdi.bakery.json",
+    ]
+
+
+def test_a_raw_output_is_the_source_disk_itself_and_is_digested_whole(tmp_path, monkeypatch):
+    """Renamed onto the raw output, the source disk is not there to unlink: the output is kept and digested."""
+    made = {}
+    result = _build_from_raw(tmp_path, monkeypatch, ["qcow2", "raw"], _sha256, made)
+    raw = next(entry for entry in result["outputs"] if entry["format"] == "raw")
+    assert raw["size"] == 1 << 20 and raw["sha256"] == _sha256(raw["path"])
+    assert not os.path.exists(made["source"])
+
+
+def test_unlinked_beside_removes_the_file_by_the_end_and_never_fails(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 4096)
+    with _files.unlinked_beside(str(path)):
+        pass
+    assert not path.exists()
+    with _files.unlinked_beside(str(path)):  # gone already: nothing to say
+        pass
+    with _files.unlinked_beside(None):
+        pass
+    (tmp_path / "dir").mkdir()
+    with _files.unlinked_beside(str(tmp_path / "dir")):  # not a file: left to whoever removes the directory
+        pass
+    assert (tmp_path / "dir").is_dir()
