@@ -165,7 +165,9 @@ integration-emulated: apt-test collection-test
 
 # Every Molecule scenario in extensions/molecule (molecule test --all), on the Docker engine.  Their cache
 # directory is their own (make test runs them beside the integration tests); only its rootfs directory, the base
-# root filesystem tarballs, is the one the integration tests share (tests/integration/conftest.py).
+# root filesystem tarballs, is the one the integration tests share (tests/integration/conftest.py). Its log begins
+# with "CRITICAL 'extensions/molecule/default/molecule.yml' glob failed": Molecule looks for a default scenario to
+# share state with, finds none (there is none here), says so that way, and then runs every scenario.
 MOLECULE_CACHE := tests/output/cache/molecule
 molecule: apt-test collection-test
 	@mkdir -p tests/output/cache/rootfs $(MOLECULE_CACHE)
