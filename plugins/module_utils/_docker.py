@@ -1128,9 +1128,32 @@ def _wait_running(client: Any, cid: str, timeout: float = 30.0) -> None:
         if state.get("Running"):
             return
         if state.get("Status") in ("exited", "dead") or time.monotonic() > deadline:
-            logs = client.api.logs(cid, tail=20).decode("utf-8", "replace")
+            try:
+                logs = client.api.logs(cid, tail=20).decode("utf-8", "replace")
+            except APIError:
+                # a build container logs nothing (start: its main process answers the connection)
+                logs = "(no log)"
             raise BakeryError("build container %s did not stay running (%s): %s" % (cid[:12], state, logs))
         time.sleep(delay)
+
+
+def _take_output(client: Any, cid: str, path: str) -> str:
+    """The text of the output file *path* (or its twin in /tmp) an :func:`_exec_checked` command left, removed
+    then; what went wrong instead when it cannot be read."""
+    text = None
+    for candidate in (path, "/tmp/" + os.path.basename(path)):
+        try:
+            stream, _stat = client.api.get_archive(cid, candidate)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                member = archive.extractfile(archive.getmembers()[0])
+                text = member.read().decode("utf-8", "replace") if member else ""
+        except (APIError, DockerException, tarfile.TarError, IndexError, OSError):
+            continue
+        with contextlib.suppress(APIError, DockerException):
+            removal = client.api.exec_create(cid, ["rm", "-f", candidate], user="0")
+            client.api.exec_start(removal["Id"], detach=True)
+        break
+    return text if text is not None else "(its output could not be read back from %s)" % path
 
 
 def _exec_checked(
@@ -1139,12 +1162,22 @@ def _exec_checked(
     """Run *argv* in the build container as root and wait for it, at most *timeout* seconds; an error names
     the container and the command's last output.
 
-    The exec is detached, and its output goes to the container's log (PID 1's stdout), read back on failure:
-    an attached exec needs a hijacked HTTP connection, which not every path to an engine carries (an API
-    proxy), and a plain request with a bounded wait cannot hang the bake.
+    The exec is detached, and its output goes to a file in the container's ``/dev/shm`` (Docker's tmpfs, never in
+    the image), read back with a plain request on failure and removed: an attached exec needs a hijacked HTTP
+    connection, which not every path to an engine carries (an API proxy), and a plain request with a bounded wait
+    cannot hang the bake. Not the container's log: a build container has none (its main process is the command
+    agent, whose answers no log may keep).
     """
-    wrapped = ["/bin/sh", "-c", 'exec "$@" >/proc/1/fd/1 2>&1', "bakery", *argv]
-    since = int(time.time()) - 1
+    path = "/dev/shm/.bakery-exec-%s.log" % os.urandom(6).hex()
+    wrapped = [
+        "/bin/sh",
+        "-c",
+        'o=$1; shift; { [ -d /dev/shm ] && [ -w /dev/shm ]; } || o=/tmp/${o##*/}\n"$@" >"$o" 2>&1; r=$?\n'
+        '[ "$r" -ne 0 ] || rm -f "$o"; exit "$r"',
+        "bakery",
+        path,
+        *argv,
+    ]
     try:
         created = client.api.exec_create(cid, wrapped, user="0")
         client.api.exec_start(created["Id"], detach=True)
@@ -1158,11 +1191,11 @@ def _exec_checked(
             time.sleep(delay)
         if state["ExitCode"] == 0:
             return
-        output = client.api.logs(cid, stdout=True, stderr=True, since=since).decode("utf-8", "replace")
     except APIError as exc:
         raise BakeryError(
             "%s in build container %s failed: %s" % (what, cname, exc.explanation or exc)
         ) from exc
+    output = _take_output(client, cid, path)
     raise BakeryError(
         "%s in build container %s failed (exit code %s): %s"
         % (what, cname, state["ExitCode"], output.strip()[-2000:])

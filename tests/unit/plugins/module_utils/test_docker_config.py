@@ -98,7 +98,8 @@ class _ExecClient:
         self.polls = 0
 
     def exec_create(self, cid, argv, **kwargs):
-        return {"Id": "exec1"}
+        self.argvs = getattr(self, "argvs", []) + [argv]
+        return {"Id": "exec%d" % len(self.argvs)}
 
     def exec_start(self, exec_id, detach=False):
         assert detach, "an attached exec needs a hijacked connection"
@@ -112,8 +113,18 @@ class _ExecClient:
             else {"Running": False, "ExitCode": self.code}
         )
 
-    def logs(self, cid, **kwargs):
-        return self.output
+    def get_archive(self, cid, path):
+        # the wrapper's output file: in /dev/shm, as the first exec named it
+        assert path == self.argvs[0][4] and path.startswith("/dev/shm/.bakery-exec-")
+        import io
+        import tarfile
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+            info.size = len(self.output)
+            archive.addfile(info, io.BytesIO(self.output))
+        return [buffer.getvalue()], {}
 
 
 def test_stand_in_install_failure_names_the_container_and_the_output():
@@ -125,10 +136,45 @@ def test_stand_in_install_failure_names_the_container_and_the_output():
     done = _ExecClient(0, b"sysctl\n")
     assert _exec_checked(done, "c1", "bakery-x-web", ["true"], "installing") is None
     assert done.polls == 2
+    failed = _ExecClient(1, b"no space\n")
     with pytest.raises(
         BakeryError, match=r"installing in build container bakery-x-web failed \(exit code 1\): no space"
     ):
-        _docker._exec_checked(_ExecClient(1, b"no space\n"), "c1", "bakery-x-web", ["true"], "installing")
+        _docker._exec_checked(failed, "c1", "bakery-x-web", ["true"], "installing")
+    # the output file is read back and removed; a command that succeeded removed its own
+    assert failed.argvs[1] == ["rm", "-f", failed.argvs[0][4]]
+    assert len(done.argvs) == 1 and done.argvs[0][5:] == ["true"]
+
+
+def test_the_wrapper_keeps_a_failed_commands_output_and_removes_a_good_ones(tmp_path):
+    """The wrapper script itself, run here with /tmp standing in when /dev/shm is not writable."""
+    import subprocess
+
+    wrapped = None
+
+    class _Record(_ExecClient):
+        def exec_create(self, cid, argv, **kwargs):
+            nonlocal wrapped
+            wrapped = argv
+            return super().exec_create(cid, argv, **kwargs)
+
+    _docker._exec_checked(_Record(0, b""), "c1", "bakery-x-web", ["true"], "installing")
+    script = wrapped[2]
+    out = tmp_path / "out.log"
+    assert (
+        subprocess.run(
+            ["/bin/sh", "-c", script, "bakery", str(out), "sh", "-c", "echo hi; exit 3"], check=False
+        ).returncode
+        == 3
+    )
+    assert out.read_text() == "hi\n"
+    assert (
+        subprocess.run(
+            ["/bin/sh", "-c", script, "bakery", str(out), "sh", "-c", "echo ok"], check=False
+        ).returncode
+        == 0
+    )
+    assert not out.exists()
 
 
 def test_an_exec_that_ends_soon_is_found_done_soon(monkeypatch):
