@@ -32,7 +32,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from ansible_collections.bakery.images.plugins.module_utils import _dpkg_db, _overlay, _reproducible, _rootfs
+from ansible_collections.bakery.images.plugins.module_utils import (
+    _docker_agent,
+    _dpkg_db,
+    _overlay,
+    _reproducible,
+    _rootfs,
+)
 from ansible_collections.bakery.images.plugins.module_utils._files import (
     atomic_output,
     check_tarball,
@@ -973,14 +979,19 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
 
         def create() -> str:
             try:
+                # the main process is the command agent (_docker_agent), which reads its requests on stdin; no log:
+                # the engine would keep every command's output (secrets of no_log tasks too) in the container's log
                 created = client.api.create_container(
                     start_from,
-                    entrypoint=KEEPALIVE,
+                    entrypoint=_docker_agent.ENTRYPOINT,
                     user=run_as,
                     labels=labels,
                     name=cname,
                     detach=True,
-                    host_config=client.api.create_host_config(init=False),
+                    stdin_open=True,
+                    host_config=client.api.create_host_config(
+                        init=False, log_config={"Type": "none", "Config": {}}
+                    ),
                 )
             except APIError as exc:
                 raise BakeryError("cannot create build container %s: %s" % (cname, exc.explanation)) from exc
@@ -1027,7 +1038,7 @@ def start(client: Any, params: dict[str, Any], check_mode: bool) -> dict[str, An
         changed=True,
         built=False,
         found=False,
-        container={"id": cid, "name": cname, "base_image": base_image.get("Id", base)},
+        container={"id": cid, "name": cname, "base_image": base_image.get("Id", base), "agent": True},
         fingerprint=fp,
         inputs=inputs,
         changed_inputs=looked["changed_inputs"],

@@ -411,7 +411,9 @@ built:
   returned: for build, import, start and commit
   type: bool
 container:
-  description: The build container started by V(start) (id, name, base_image), or the container V(verifier) runs (id, name, image).
+  description: The build container started by V(start) (id, name, base_image, and agent, V(true) when its main process
+    is the command agent of connection P(bakery.images.docker_api#connection)), or the container V(verifier) runs (id,
+    name, image).
   returned: when a container was started
   type: dict
 container_removed:
