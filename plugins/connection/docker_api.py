@@ -19,9 +19,9 @@ description:
     privileges, a working directory or a become password, a command while another runs (a task delegated to
     this container from another host's), a container whose C(head) reads ahead (busybox's) and an engine not
     reached over a unix socket use C(docker exec), as does every command while the agent is busy with one whose
-    task has gone (a task O(ansible.builtin.command#module:timeout), say).
+    task has gone (one that hit its task C(timeout), say).
   - One difference is visible, and only to a command that leaves a process in the background with its output
-    (M(ansible.builtin.raw), whose command is the connection's, as in C(sleep 5 & echo started)). The task ends
+    (C(ansible.builtin.raw), whose command is the connection's, as in C(sleep 5 & echo started)). The task ends
     when the command ends, with the output written until then. Through C(docker exec) it waits for that
     process's end as well, and gets what it writes meanwhile; what it writes later reaches no other task either
     way.

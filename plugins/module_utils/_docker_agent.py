@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import socket
 import struct
 import time
@@ -208,11 +207,9 @@ def attach(socket_path: str, api_version: str, container: str, timeout: float) -
 
 
 def _read(sock: socket.socket, demux: Demux, deadline: float | None) -> None:
-    """Feed ``demux`` with what the stream has now, waiting for it until ``deadline`` (None: as long as it takes)."""
-    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-    ready = select.select([sock], [], [], wait)[0]
-    if not ready:
-        raise TimeoutError
+    """Feed ``demux`` with what the stream has now, waiting for it until ``deadline`` (None: as long as it takes).
+    A socket timeout, not select(): select() fails on a descriptor above 1023, which a busy worker can have."""
+    sock.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
     chunk = sock.recv(1 << 16)
     if not chunk:
         raise EOFError
@@ -234,7 +231,6 @@ def run(
     message = request(nonce, command, data, executable)
     demux = Demux()
     demux.feed(first)
-    sock.setblocking(True)
     try:
         sock.sendall(ping(nonce))
         deadline = time.monotonic() + ping_seconds
