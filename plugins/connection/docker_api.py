@@ -13,8 +13,8 @@ description:
     P(community.docker.docker_api#connection), with the same options and behaviour, and two differences.
   - In a container whose main process is bakery's command agent (a build container of role
     R(bakery.images.docker,ansible_collections.bakery.images.docker_role), which sets O(agent)), a command runs
-    through the agent, reached with one attach to the container (2-5 ms), instead of a C(docker exec) (three
-    API calls, 30-70 ms). The command sees what it would see under C(docker exec) (the same user, environment,
+    through the agent, reached with one attach to the container (5-10 ms a command), instead of a C(docker exec)
+    (three API calls, 30-70 ms). The command sees what it would see under C(docker exec) (the same user, environment,
     working directory, stdin, exit code, output and error output). A command for another user, with
     privileges, a working directory or a become password, a command while another runs (a task delegated to
     this container from another host's), a container whose C(head) reads ahead (busybox's) and an engine not

@@ -104,7 +104,8 @@ STEP_KEY_LABEL = "org.bakery.step-key"
 STEP_LABEL = "org.bakery.step"
 # the per-step cache's record of when each step image was last used, in the bake's cache directory
 STEP_INDEX = "docker-steps.json"
-# keeps the build container alive for provisioning; the image's CMD becomes $0, harmlessly
+# keeps a verifier container alive whose image's command ends at once (a build container runs the command agent,
+# _docker_agent, instead); the image's CMD becomes $0, harmlessly
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
 # repository[:tag] as Docker accepts it: lowercase path components, optional registry host:port
 _REPOSITORY = re.compile(
@@ -1230,8 +1231,8 @@ def _remove_quietly(client: Any, cid: str) -> None:
 def commit_config(base: dict[str, Any], changes: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     """The committed image's config: the base image's, with *changes* applied as a Dockerfile would.
 
-    The build container ran a keep-alive entrypoint (perhaps as root), so Entrypoint, Cmd and User are
-    always set explicitly; as in a Dockerfile, a new ENTRYPOINT resets the base's CMD.
+    The build container ran the command agent as its entrypoint (perhaps as root), so Entrypoint, Cmd and User
+    are always set explicitly; as in a Dockerfile, a new ENTRYPOINT resets the base's CMD.
     """
     config = dict(base.get("Config") or {})
     entrypoint = config.get("Entrypoint") or []

@@ -5,6 +5,8 @@ log, and nothing of the agent is left in the container's file system."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 
@@ -114,14 +116,10 @@ def test_tasks_run_through_the_agent_as_they_would_through_docker_exec(bake_base
         def result(name: str) -> dict:
             return run.task_result(name)
 
-        import hashlib
-
         assert result("input")["stdout"].split()[0] == hashlib.sha256(b"abc" * 50000).hexdigest()
         assert result("environment")["stdout"] == "1|it's $HOME|/"
         assert result("environment")["stderr"] == "0"
         assert result("upload")["changed"] is True
-        import base64
-
         assert base64.b64decode(result("read back")["content"]) == b"uploaded\n"
         assert (result("fails")["rc"], result("fails")["stderr"]) == (7, "on stderr")
         assert (result("background")["stdout"], result("background")["stderr"]) == ("now\n", "")
