@@ -577,13 +577,17 @@ class Images:
         }
 
     def wait_active(self, image_id: str) -> dict[str, Any]:
+        """The image once it is active and its import has ended. Glance's import task saves the whole image
+        again after it made it active (it reads the image, then writes every field back) and only then drops
+        its lock (``os_glance_import_task``): a change made in between, such as the visibility, would be
+        written over, and a member added then would be refused (only shared images have members)."""
         delay = 0.5
         while True:
             image = self.glance.get(image_id)
             if image is None:
                 raise BakeryError("image %s disappeared while it was being made" % image_id)
             status = image.get("status")
-            if status == "active":
+            if status == "active" and not importing(image):
                 return image
             failed = image.get("os_glance_failed_import")
             if status in DEAD or failed:
@@ -592,7 +596,8 @@ class Images:
                     % (image_id, status, ", the import failed in store %s" % failed if failed else "")
                 )
             if time.monotonic() > self.deadline:
-                raise BakeryError("image %s is still %s after the timeout" % (image_id, status))
+                state = "active, its import not ended" if status == "active" else status
+                raise BakeryError("image %s is still %s after the timeout" % (image_id, state))
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
 

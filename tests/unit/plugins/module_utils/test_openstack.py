@@ -168,3 +168,23 @@ def test_delete_of_an_import_that_never_ends_is_bounded(monkeypatch):
     glance.delete("i-2", settle=5)
     assert glance.calls[-1] == "DELETE /images/i-2"
     assert clock[0] == pytest.approx(5.0)
+
+
+def test_an_image_is_ready_once_its_import_dropped_its_lock(monkeypatch):
+    """Glance's import task writes the whole image back after making it active, then drops its lock: a
+    visibility set in between would be undone, so the upload waits for the lock to go."""
+    monkeypatch.setattr(_openstack.time, "sleep", lambda seconds: None)
+    glance = ScriptedGlance(["importing+lock", "active+lock", "active+lock", "active"])
+    images = _openstack.Images(glance, {"name": "web"})
+    image = images.wait_active("i-3")
+    assert image["status"] == "active" and "os_glance_import_task" not in image
+    assert glance.calls == ["GET importing+lock", "GET active+lock", "GET active+lock", "GET active"]
+
+
+def test_an_import_that_never_drops_its_lock_times_out(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(_openstack.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr(_openstack.time, "monotonic", lambda: clock[0])
+    images = _openstack.Images(ScriptedGlance(["active+lock"]), {"name": "web", "timeout": 10})
+    with pytest.raises(BakeryError, match="still active, its import not ended after the timeout"):
+        images.wait_active("i-4")
