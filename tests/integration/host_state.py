@@ -40,6 +40,11 @@ VOLATILE_SYSCTLS = re.compile(
     )
 )
 
+# mmdebstrap's root mode mounts /proc, /sys and /dev into its temporary tree while it builds a rootfs; seen:
+# another stream's (or checkout's) base built beside a test's bake. The tree is File::Temp's mmdebstrap.XXXXXXXXXX,
+# whose ten characters include "_" (seen: /tmp/mmdebstrap.iXigsC7kR_/proc)
+MMDEBSTRAP_MOUNT = re.compile(r"/tmp/mmdebstrap\.[A-Za-z0-9_]{10}/(proc|sys|dev)(/|$)")
+
 # interfaces of other tests' containers: the host ends of their veth pairs
 VETH = re.compile(r"\bveth[0-9a-f]+\b")
 
@@ -131,9 +136,7 @@ def read_mounts(engine_root: str) -> set[tuple[str, str, str, str]]:
                 continue
             if point.startswith("/run/docker/netns/"):
                 continue
-            # mmdebstrap's root mode mounts /proc, /sys and /dev into its temporary tree while it builds a
-            # rootfs; seen: another checkout's test run building its base beside this test's bake
-            if re.match(r"/tmp/mmdebstrap\.[A-Za-z0-9]{10}/(proc|sys|dev)(/|$)", point):
+            if MMDEBSTRAP_MOUNT.match(point):
                 continue
             found.add((point, fstype, source, "%s %s" % (options, super_options)))
     return found

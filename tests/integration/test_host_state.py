@@ -92,3 +92,20 @@ def test_docker_rules_for_published_ports_are_left_out_and_a_roles_rule_is_not()
         "-A POSTROUTING -s 10.0.0.1/32 -d 10.0.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE",
         "-A FORWARD -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -j ACCEPT",
     ]
+
+
+def test_mmdebstrap_mounts_of_other_builds_are_left_out_whatever_their_temporary_name():
+    """Another stream's rootfs build mounts /proc, /sys and /dev into File::Temp's mmdebstrap.XXXXXXXXXX (letters,
+    digits and "_") while a bake runs beside it; other mounts below /tmp are a bake's."""
+    for point in (
+        "/tmp/mmdebstrap.iXigsC7kR_/proc",
+        "/tmp/mmdebstrap.Ab3_ef9Z0q/dev/pts",
+        "/tmp/mmdebstrap.__________/sys",
+    ):
+        assert host_state.MMDEBSTRAP_MOUNT.match(point), point
+    for point in (
+        "/tmp/mmdebstrap.short/proc",
+        "/tmp/mmdebstrap.iXigsC7kR_/etc",
+        "/tmp/other.iXigsC7kR_/proc",
+    ):
+        assert not host_state.MMDEBSTRAP_MOUNT.match(point), point
