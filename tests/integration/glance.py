@@ -14,6 +14,7 @@ image endpoint override and those headers (the module's ``headers`` option).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -30,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("BAKERY_GLANCE_VENV") or REPO / "tests" / "output" / "cache" / "glance-venv")
 # the versions checked to work together here (Glance 33.0.0 serves API v2.15; gunicorn 27 has --no-control-socket)
 PACKAGES = ["glance==33.0.0", "gunicorn==27.0.1"]
+# and every package under them, at the versions the tests passed with
+CONSTRAINTS = Path(__file__).parent / "files" / "glance-constraints.txt"
 PROJECT = "bakery-test-project"
 HEADERS = {
     "X-Identity-Status": "Confirmed",
@@ -53,17 +56,26 @@ def ensure_venv() -> Path:
     ready = VENV / ".bakery-ready"
     with open(str(VENV) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ready.exists() or ready.read_text().split() != PACKAGES:
+        want = PACKAGES + [hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()]
+        if not ready.exists() or ready.read_text().split() != want:
             if VENV.exists() and not VENV.is_symlink():
                 shutil.rmtree(VENV)
             if not VENV.exists():
                 subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
             subprocess.run(
-                [str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
+                [
+                    str(VENV / "bin" / "pip"),
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--constraint",
+                    str(CONSTRAINTS),
+                    *PACKAGES,
+                ],
                 check=True,
                 timeout=1500,
             )
-            ready.write_text(" ".join(PACKAGES) + "\n")
+            ready.write_text(" ".join(want) + "\n")
     return VENV / "bin"
 
 
