@@ -590,7 +590,9 @@ class Images:
             if status == "active" and not importing(image):
                 return image
             failed = image.get("os_glance_failed_import")
-            if status in DEAD or failed:
+            # an active image is only waited on until its import ends: a store that failed does not undo the
+            # activation (an import that need not succeed in every store), and an active image was always taken
+            if status != "active" and (status in DEAD or failed):
                 raise BakeryError(
                     "image %s did not become active: status %s%s"
                     % (image_id, status, ", the import failed in store %s" % failed if failed else "")

@@ -19,7 +19,8 @@ description:
     interoperable image import (C(glance-direct) - stage, then import) when C(/v2/info/import) lists it, else the
     image data C(PUT) - streamed from the file in chunks of O(chunk_size_mb) (bounded memory), waits until the
     image is C(active) and an import's task has ended (Glance drops its C(os_glance_import_task) lock; the task
-    writes the image once more before that), and compares Glance's C(os_hash_value) (sha512) and size with the bytes sent.
+    writes the image once more before that), and compares Glance's C(os_hash_value) (sha512) and size with the
+    bytes sent.
   - Until then the image is private, unprotected and carries the properties C(bakery_temporary=true) and
     C(bakery_bake_id); a failure or an interruption deletes it, and a killed bake's image (queued, saving or
     importing) is deleted by C(action=cleanup) or the janitor (M(bakery.images.janitor)). Only the final image

@@ -188,3 +188,19 @@ def test_an_import_that_never_drops_its_lock_times_out(monkeypatch):
     images = _openstack.Images(ScriptedGlance(["active+lock"]), {"name": "web", "timeout": 10})
     with pytest.raises(BakeryError, match="still active, its import not ended after the timeout"):
         images.wait_active("i-4")
+
+
+def test_an_active_image_with_a_failed_store_is_still_taken_once_its_import_ended(monkeypatch):
+    """An import that need not succeed in every store leaves the image active with a failed store named: as
+    before the wait for the lock, that image is taken (once the import ended), not reported as failed."""
+    monkeypatch.setattr(_openstack.time, "sleep", lambda seconds: None)
+
+    class FailedStore(ScriptedGlance):
+        def get(self, image_id):
+            image = super().get(image_id)
+            image["os_glance_failed_import"] = "fast"
+            return image
+
+    glance = FailedStore(["active+lock", "active"])
+    image = _openstack.Images(glance, {"name": "web"}).wait_active("i-5")
+    assert image["status"] == "active" and glance.calls == ["GET active+lock", "GET active"]
