@@ -146,3 +146,37 @@ def test_freeze_heap_leaves_what_exists_to_the_end_of_the_process_and_collects_w
         check=False,
     )
     assert done.stdout.split() == ["True", "0", "True"], done.stdout + done.stderr
+
+
+NOTHING_TEMPLATED = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Look in a worker before any template
+      loaded:
+        names: []
+"""
+
+
+def test_with_bake_progress_workers_start_with_the_builtin_filters_and_tests_loaded_and_the_lexer_built(
+    tmp_path,
+):
+    seen = {}
+    # without: another aggregate callback; then each worker loads them itself at its first filter, test or template
+    for name, callbacks in (("with", "bakery.images.bake_progress"), ("without", "ansible.posix.timer")):
+        seen[name] = worker_result(tmp_path / name, NOTHING_TEMPLATED, ANSIBLE_CALLBACKS_ENABLED=callbacks)[
+            "templating"
+        ]
+    filters, tests, lexers = seen["with"]
+    assert filters > 50 and tests > 20 and lexers >= 1, seen
+    assert seen["without"] == [0, 0, 0], seen
+
+
+def test_warm_templating_leaves_a_failure_to_the_workers(monkeypatch):
+    from ansible.plugins import loader
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no plugins here")
+
+    monkeypatch.setattr(loader.filter_loader, "get", broken)
+    _workers.warm_templating()  # says nothing: each worker loads the filters itself and reports

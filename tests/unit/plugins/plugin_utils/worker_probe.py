@@ -1,6 +1,7 @@
 """What a worker that Ansible forks has imported before it runs its task: a playbook whose last task is the
 action ``loaded`` (``names``: module names), run with this checkout's collection; test_workers and test_warm
-use it. The action also says how many objects the worker inherited frozen (``gc.freeze``)."""
+use it. The action also says how many objects the worker inherited frozen (``gc.freeze``), and what of
+Ansible's templating (filters, tests, Jinja's lexer) it was forked with."""
 
 from __future__ import annotations
 
@@ -25,7 +26,23 @@ class ActionModule(ActionBase):
             "changed": False,
             "loaded": [name in sys.modules for name in self._task.args["names"]],
             "frozen": gc.get_freeze_count(),
+            "templating": templating(),
         }
+
+
+# how many ansible.builtin filters and tests the worker's loaders hold, and Jinja lexers its templates share
+def templating():
+    try:
+        from ansible.plugins.loader import filter_loader, test_loader
+        from ansible._internal._templating._jinja_bits import AnsibleEnvironment
+
+        return [
+            len(filter_loader._cached_non_collection_wrappers),
+            len(test_loader._cached_non_collection_wrappers),
+            len(AnsibleEnvironment._lexer_cache),
+        ]
+    except Exception as ex:
+        return repr(ex)
 """
 
 
