@@ -144,11 +144,31 @@ class Run:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError("the run ended before %r:\n%s" % (pattern, "\n".join(self.lines[-60:])))
+                raise AssertionError(
+                    "the run ended before %r; %s\n%s"
+                    % (pattern, self.failures(), "\n".join(self.lines[-60:]))
+                )
             self.lines.append(line)
             if regex.search(line):
                 return line
         raise AssertionError("no %r within %d s:\n%s" % (pattern, timeout, "\n".join(self.lines[-60:])))
+
+    def failures(self) -> str:
+        """Every failed or unreachable task in the output so far, on one line: the task's name and
+        Ansible's message (its next lines joined), so that a run that ended early says why even where its failure
+        scrolled out of the last lines shown (the end of a bake is its cleanup and report)."""
+        found, task = [], ""
+        for index, line in enumerate(self.lines):
+            if line.startswith("TASK ["):
+                task = line.split("]")[0][len("TASK [") :]
+            elif re.match(r"(fatal|failed): \[", line) and ("FAILED!" in line or "UNREACHABLE!" in line):
+                block = [line.strip()]
+                for following in self.lines[index + 1 : index + 12]:
+                    if not following.strip() or following.startswith(("TASK [", "PLAY ", "fatal: ", "ok: ")):
+                        break
+                    block.append(following.strip())
+                found.append(("[%s] %s" % (task, " ".join(block)))[:600])
+        return "what failed: " + (" || ".join(found) if found else "nothing reported failed or unreachable")
 
     def wait_until(self, condition, what: str, timeout: float) -> None:
         """Block until *condition()* is true (checked every 0.2 s); fail if the run ends first."""
@@ -158,7 +178,9 @@ class Run:
             if self.proc.poll() is not None:
                 self._reader.join(timeout=10)
                 self._drain()
-                raise AssertionError("the run ended before %s:\n%s" % (what, "\n".join(self.lines[-60:])))
+                raise AssertionError(
+                    "the run ended before %s; %s\n%s" % (what, self.failures(), "\n".join(self.lines[-60:]))
+                )
             if time.monotonic() > deadline:
                 raise AssertionError("no %s within %d s:\n%s" % (what, timeout, "\n".join(self.lines[-60:])))
             time.sleep(0.2)
